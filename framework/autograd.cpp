@@ -1,0 +1,131 @@
+#include "framework/autograd.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "framework/ops.h"
+
+namespace pf {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+}
+
+bool grad_enabled() { return g_grad_enabled; }
+
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs,
+                   Node::BackwardFn backward) {
+  if (!needs_grad(inputs)) return out;
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->inputs = std::move(inputs);
+  node->backward = std::move(backward);
+  out.set_grad_fn(std::move(node));
+  return out;
+}
+
+namespace {
+
+// Nodes reachable from root, each after every node that consumes its output.
+std::vector<Node*> topological_order(Node* root) {
+  std::vector<Node*> order;
+  std::unordered_set<Node*> visited;
+  // Iterative post-order DFS (graphs of deep models would overflow a recursive one).
+  std::vector<std::pair<Node*, size_t>> stack{{root, 0}};
+  visited.insert(root);
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    if (next < node->inputs.size()) {
+      const Tensor& in = node->inputs[next++];
+      if (in.defined() && in.grad_fn()) {
+        Node* child = in.grad_fn().get();
+        if (visited.insert(child).second) stack.push_back({child, 0});
+      }
+    } else {
+      order.push_back(node);
+      stack.pop_back();
+    }
+  }
+  return {order.rbegin(), order.rend()};  // root first
+}
+
+// Gradients flowing through the graph may alias each other (add's backward hands the same
+// tensor to both inputs), so sums of them are fresh tensors. A leaf's gradient is its own
+// buffer (cloned on first arrival) so that += across backward calls and in-place updates such
+// as clipping never touch another tensor.
+void accumulate_flow(Tensor& slot, const Tensor& g) { slot = slot.defined() ? ops::add(slot, g) : g; }
+
+void accumulate_leaf(Tensor& slot, const Tensor& g) {
+  if (!slot.defined()) {
+    slot = g.clone();
+  } else {
+    ops::add_(slot, g);
+  }
+}
+
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad_output) {
+  PF_CHECK(root.defined(), "backward() on an undefined tensor");
+  Tensor seed = grad_output;
+  if (!seed.defined()) {
+    PF_CHECK(root.numel() == 1,
+             "backward() without a gradient needs a scalar, got shape " << shape_str(root.shape()));
+    seed = Tensor::full(root.shape(), 1.0, root.dtype(), root.device());
+  }
+  PF_CHECK(seed.shape() == root.shape(), "backward(): gradient of shape "
+                                             << shape_str(seed.shape()) << " for a tensor of shape "
+                                             << shape_str(root.shape()));
+  if (!root.grad_fn()) {  // a leaf: its gradient is the seed itself
+    PF_CHECK(root.requires_grad(), "backward() on a tensor that does not require grad");
+    Tensor g = root.grad();
+    accumulate_leaf(g, seed);
+    const_cast<Tensor&>(root).set_grad(g);
+    return;
+  }
+  NoGradGuard no_grad;  // gradients are not themselves differentiated
+  std::unordered_map<Node*, Tensor> grads;
+  grads[root.grad_fn().get()] = seed;
+  for (Node* node : topological_order(root.grad_fn().get())) {
+    auto it = grads.find(node);
+    if (it == grads.end()) continue;  // no gradient flows here
+    Tensor g = std::move(it->second);
+    grads.erase(it);
+    PF_CHECK(node->backward != nullptr,
+             "backward through '" << node->name
+                                  << "' a second time: its saved tensors were freed by the first");
+    std::vector<Tensor> in_grads = node->backward(g);
+    node->backward = nullptr;  // frees the saved activations
+    PF_CHECK(in_grads.size() == node->inputs.size(),
+             "op '" << node->name << "' returned " << in_grads.size() << " gradients for "
+                    << node->inputs.size() << " inputs");
+    for (size_t i = 0; i < in_grads.size(); ++i) {
+      Tensor& input = node->inputs[i];
+      const Tensor& gi = in_grads[i];
+      if (!gi.defined() || !input.defined() || !input.requires_grad()) continue;
+      PF_CHECK(gi.shape() == input.shape(),
+               "op '" << node->name << "' returned a gradient of shape " << shape_str(gi.shape())
+                      << " for input " << i << " of shape " << shape_str(input.shape()));
+      if (input.grad_fn()) {
+        accumulate_flow(grads[input.grad_fn().get()], gi);
+      } else {
+        Tensor leaf_grad = input.grad();
+        accumulate_leaf(leaf_grad, gi);
+        input.set_grad(leaf_grad);
+      }
+    }
+    node->inputs.clear();
+  }
+}
+
+}  // namespace pf

@@ -1,0 +1,126 @@
+// Small HDF5 helpers over the C API: the data files (data/chain.h) and the checkpoints use them.
+//
+//   H5Writer w("run/checkpoint.h5");                      // writes run/checkpoint.h5.tmp
+//   w.write_dataset("model/embed.weight", ptr, {8, 64});  // creates group /model on the way
+//   w.write_attr("/model", "d_model", int64_t{64});
+//   w.commit();                                            // flush, fsync, rename onto the path
+//
+//   H5Reader r("run/checkpoint.h5");
+//   std::vector<float> e = r.read_float("model/embed.weight", {8, 64});
+//
+// Conventions (stated once, here):
+// - Names: slashes make groups, everything else (dots included) is part of a name, so
+//   "model/layers.0.attn.q.weight" is dataset "layers.0.attn.q.weight" in group "/model".
+//   A leading slash is optional. Empty components ("a//b") and "." / ".." are rejected.
+// - Shapes are std::vector<int64_t>, row-major (C order), as HDF5 and h5py store them.
+//   An empty shape {} is a scalar dataset; zero-sized dimensions are allowed.
+// - Reading converts between float and double (HDF5 does it), and between integer widths
+//   where no value can be lost; reading an integer dataset as float (or the reverse) is an
+//   error, never a silent conversion.
+// - Every failure is a pf::Error with one line naming the file and the object. HDF5's own
+//   automatic error printing is turned off; its innermost message is appended instead.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pf {
+
+// "[8, 64]"; "[]" for a scalar.
+std::string h5_shape_str(const std::vector<int64_t>& shape);
+
+class H5Writer {
+ public:
+  // Opens (truncating) `path + ".tmp"`. Nothing appears at `path` until commit().
+  explicit H5Writer(const std::string& path);
+  // Without commit(): closes and removes the .tmp; a file already at `path` is untouched.
+  ~H5Writer();
+  H5Writer(const H5Writer&) = delete;
+  H5Writer& operator=(const H5Writer&) = delete;
+
+  // data: prod(shape) contiguous elements (row-major). Fails if `name` already exists.
+  void write_dataset(const std::string& name, const float* data, const std::vector<int64_t>& shape);
+  void write_dataset(const std::string& name, const double* data, const std::vector<int64_t>& shape);
+  void write_dataset(const std::string& name, const int32_t* data, const std::vector<int64_t>& shape);
+  void write_dataset(const std::string& name, const int64_t* data, const std::vector<int64_t>& shape);
+
+  // Attribute `name` on the group or dataset `object` ("/" is the root, "/model" a group).
+  // A missing object is created as a group; an existing attribute is replaced.
+  // Integers are stored as int64 (uint64 for the uint64_t overload), doubles as float64,
+  // strings as fixed-length UTF-8.
+  void write_attr(const std::string& object, const std::string& name, int64_t value);
+  void write_attr(const std::string& object, const std::string& name, int value) {
+    write_attr(object, name, static_cast<int64_t>(value));
+  }
+  void write_attr(const std::string& object, const std::string& name, uint64_t value);
+  void write_attr(const std::string& object, const std::string& name, double value);
+  void write_attr(const std::string& object, const std::string& name, const std::string& value);
+  void write_attr(const std::string& object, const std::string& name, const char* value) {
+    write_attr(object, name, std::string(value));
+  }
+
+  // Flushes and closes the file, fsyncs it, renames the .tmp onto `path` (atomic on POSIX)
+  // and fsyncs the directory. No writes are possible afterwards.
+  void commit();
+
+  const std::string& path() const { return path_; }
+
+ private:
+  void write_raw(const std::string& name, int64_t mem_type, const void* data,
+                 const std::vector<int64_t>& shape);
+  void write_attr_raw(const std::string& object, const std::string& name, int64_t mem_type,
+                      int64_t file_type, const void* value);
+  void check_open(const char* what) const;
+
+  std::string path_, tmp_path_;
+  int64_t file_ = -1;  // hid_t
+  bool committed_ = false;
+};
+
+class H5Reader {
+ public:
+  // Opens an existing HDF5 file read-only; a missing file or one that is not HDF5 (or is
+  // truncated) is a pf::Error naming the path.
+  explicit H5Reader(const std::string& path);
+  ~H5Reader();
+  H5Reader(const H5Reader&) = delete;
+  H5Reader& operator=(const H5Reader&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  bool has(const std::string& dataset) const;                              // a dataset of that name
+  bool has_group(const std::string& group) const;
+  bool has_attr(const std::string& object, const std::string& name) const;
+  std::vector<int64_t> shape(const std::string& dataset) const;
+
+  // The whole dataset, row-major. With `expected_shape`, a different shape is an error
+  // "dataset 'model/embed.weight' in file X: expected shape [8, 64], found [8, 32]".
+  std::vector<float> read_float(const std::string& dataset) const;
+  std::vector<float> read_float(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+  std::vector<double> read_double(const std::string& dataset) const;
+  std::vector<double> read_double(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+  std::vector<int32_t> read_int32(const std::string& dataset) const;
+  std::vector<int32_t> read_int32(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+  std::vector<int64_t> read_int64(const std::string& dataset) const;
+  std::vector<int64_t> read_int64(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+
+  // Scalar attributes of a group or dataset; missing or of the wrong class is an error.
+  int64_t attr_int(const std::string& object, const std::string& name) const;
+  uint64_t attr_uint64(const std::string& object, const std::string& name) const;  // rejects negatives
+  double attr_double(const std::string& object, const std::string& name) const;    // integers convert
+  std::string attr_string(const std::string& object, const std::string& name) const;
+
+  // Datasets below `group`, recursively, as paths relative to it ("layers.0.attn.q.weight",
+  // "sub/x"), sorted. A missing group is an error.
+  std::vector<std::string> list_datasets(const std::string& group = "/") const;
+
+ private:
+  template <class T>
+  std::vector<T> read_as(const std::string& dataset, const std::vector<int64_t>* expected_shape) const;
+  int64_t open_attr(const std::string& object, const std::string& name) const;
+
+  std::string path_;
+  int64_t file_ = -1;  // hid_t
+};
+
+}  // namespace pf

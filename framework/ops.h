@@ -1,0 +1,77 @@
+// Differentiable ops. Each op lives with its backward in framework/ops/<family>.cpp and
+// dispatches on device and dtype to the raw kernels of kernels/cpu (and kernels/cuda).
+//
+// Conventions:
+// - Inputs of one op share a device; floating inputs share a dtype (F32 or F64 on the CPU);
+//   index tensors are I32, masks U8. A violation is an error naming the shapes/dtypes found.
+// - Outputs are new contiguous tensors (reshape is the one op that shares storage).
+// - Shapes in comments: (B,N,D) means exactly that rank; (...,D) any leading dims.
+// - Ops record a graph node only when grad mode is on and an input requires grad
+//   (framework/autograd.h). The ops marked "no grad" never record one.
+#pragma once
+#include <vector>
+
+#include "framework/tensor.h"
+
+namespace pf::ops {
+
+// ---- elementwise (numpy broadcasting between a and b; the gradient of a broadcast input is
+//      summed over the broadcast dims) -----------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, double s);  // x·s
+Tensor gelu(const Tensor& x);             // exact: x·Φ(x) = 0.5·x·(1 + erf(x/√2))
+
+// ---- reductions ---------------------------------------------------------------------------
+Tensor sum(const Tensor& x);                       // all elements → shape {}
+Tensor mean(const Tensor& x);                      // all elements → shape {}
+Tensor sum_to(const Tensor& x, const Shape& shape);  // sum over the dims broadcast from `shape`
+
+// ---- linear algebra -----------------------------------------------------------------------
+// a:(...,M,K) b:(...,K,N) → (...,M,N); with trans_a a is (...,K,M), with trans_b b is (...,N,K).
+// Batch dims of a and b are equal, or b is 2-D (shared by every batch).
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// x:(...,in) w:(out,in) b:(out) or undefined → (...,out)
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+
+// ---- normalisation and activations ------------------------------------------------------------
+// Over the last dim. x:(...,C) w:(C) b:(C)
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps = 1e-5);
+Tensor softmax(const Tensor& x);  // over the last dim
+// Mean over rows of −log softmax(logits)[label]. logits:(N,K) labels:(N) I32 in [0,K) → shape {}
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels);
+
+// ---- indexing -------------------------------------------------------------------------------
+// weight:(V,D) idx:(...) I32 in [0,V) → (...,D); backward scatter-adds into weight's gradient.
+Tensor embedding(const Tensor& weight, const Tensor& idx);
+
+// ---- shape ------------------------------------------------------------------------------------
+Tensor reshape(const Tensor& x, const Shape& shape);  // shares storage; one dim may be −1
+Tensor permute(const Tensor& x, const std::vector<int>& dims);  // copy; out dim i = x dim dims[i]
+Tensor transpose(const Tensor& x, int d0, int d1);               // permute swapping two dims
+
+// ---- attention with an additive bias (the flash-bias layer) ----------------------------------
+struct AttentionOptions {
+  double scale = 0.0;            // 0 → 1/√D
+  Tensor key_padding_mask;       // (B,Nk) U8, nonzero = padding (ignored key); optional
+  bool causal = false;           // bottom-right aligned: query i sees key j iff j ≤ i + Nk − Nq
+  bool deterministic = false;    // bitwise-reproducible backward (the CPU path always is)
+};
+// out = softmax(scale·q·kᵀ + bias + mask)·v per batch and head.
+// q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D).
+// Backward gives dq, dk, dv and dbias (dbias summed over the bias's broadcast dims).
+// Never materialises B·H·Nq·Nk scores: the kernels are tiled with an online softmax.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                 const AttentionOptions& opt = {});
+
+// ---- no grad: in-place updates and queries -----------------------------------------------------
+void add_(Tensor& dst, const Tensor& src);               // dst += src (same shape)
+void scale_(Tensor& x, double s);                        // x *= s
+void axpy_(Tensor& y, double alpha, const Tensor& x);    // y += alpha·x (same shape)
+double sum_of_squares(const Tensor& x);                  // Σ x², accumulated in double
+// Fraction of rows whose argmax equals the label. logits:(N,K) labels:(N) I32
+double accuracy(const Tensor& logits, const Tensor& labels);
+bool all_finite(const Tensor& x);
+
+}  // namespace pf::ops
