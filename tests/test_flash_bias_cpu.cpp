@@ -1,0 +1,598 @@
+// Tests of the CPU flash-bias kernel (kernels/cpu/flash_bias.h) against a materialised float64
+// reference written here, and of its gradients by central differences.
+//
+// Every case draws fresh random inputs, poisons every output buffer with NaN before each run,
+// and compares by ‖x − ref‖ / ‖ref‖ over the logical elements. Tolerances:
+// - float64: 1e-12. Unit roundoff 1.1e-16; each output is a chain of dot products of length
+//   D ≤ 128 and sums over Nk ≤ 257 keys, plus exp/log, so errors of ~1e-14 are expected.
+// - float32: 1e-5. Unit roundoff 6e-8 times the accumulation length: norm-wise errors grow like
+//   u·√n to u·n with n ≈ a few hundred (D-long dot products, Nk-long sums), i.e. 1e-6 … 1.5e-5
+//   at worst; measured values are a few 1e-7.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/check.h"
+#include "kernels/cpu/flash_bias.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+using pf::kernels::BNHDStrides;
+using pf::kernels::FlashBiasBwdParams;
+using pf::kernels::FlashBiasParams;
+using pf::kernels::ScalarType;
+using pf::kernels::cpu::flash_bias_backward;
+using pf::kernels::cpu::flash_bias_forward;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::mt19937_64& rng() {
+  static std::mt19937_64 g(std::random_device{}());
+  return g;
+}
+std::vector<double> randn(size_t n, double sd = 1.0) {
+  std::normal_distribution<double> d(0.0, sd);
+  std::vector<double> x(n);
+  for (auto& e : x) e = d(rng());
+  return x;
+}
+
+enum class BiasForm { None, BH, OneH, BOne, OneOne };
+const char* bias_name(BiasForm f) {
+  switch (f) {
+    case BiasForm::None: return "none";
+    case BiasForm::BH: return "(B,H)";
+    case BiasForm::OneH: return "(1,H)";
+    case BiasForm::BOne: return "(B,1)";
+    case BiasForm::OneOne: return "(1,1)";
+  }
+  return "?";
+}
+bool bias_has_b(BiasForm f) { return f == BiasForm::BH || f == BiasForm::BOne; }
+bool bias_has_h(BiasForm f) { return f == BiasForm::BH || f == BiasForm::OneH; }
+
+// Contiguous: plain (B,N,H,D). Padded: gaps between heads, rows and batches. Packed: q, k, v as
+// slices of one (B,N,3,H,D) buffer (needs Nq == Nk).
+enum class Layout { Contiguous, Padded, Packed };
+
+struct Case {
+  int B, H, Nq, Nk, D;
+  BiasForm bias;
+  bool mask, causal;
+  Layout layout;
+  std::string str() const {
+    return "B=" + std::to_string(B) + " H=" + std::to_string(H) + " Nq=" + std::to_string(Nq) +
+           " Nk=" + std::to_string(Nk) + " D=" + std::to_string(D) + " bias=" + bias_name(bias) +
+           (mask ? " mask" : "") + (causal ? " causal" : "") +
+           (layout == Layout::Padded ? " padded" : layout == Layout::Packed ? " packed" : "");
+  }
+};
+
+// ---- the float64 reference ----------------------------------------------------------------
+
+// Inputs as contiguous float64: q (B,Nq,H,D), k v (B,Nk,H,D), bias (Bb,Hb,Nq,Nk) with Bb, Hb the
+// bias's own leading sizes, mask (B,Nk), dout (B,Nq,H,D).
+struct Inputs {
+  Case c;
+  double scale;
+  std::vector<double> q, k, v, bias, dout;
+  std::vector<uint8_t> mask;
+  int Bb() const { return bias_has_b(c.bias) ? c.B : 1; }
+  int Hb() const { return bias_has_h(c.bias) ? c.H : 1; }
+};
+
+struct Outputs {
+  std::vector<double> out, lse, dq, dk, dv, dbias;
+};
+
+// S = scale·Q Kᵀ + bias + mask materialised, softmax, O = P V; dV = Pᵀ dO, dP = dO Vᵀ,
+// dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K, dK = scale·dSᵀ Q, dB = Σ dS over broadcast axes.
+Outputs reference(const Inputs& in) {
+  const Case& c = in.c;
+  const int B = c.B, H = c.H, Nq = c.Nq, Nk = c.Nk, D = c.D;
+  auto ix = [&](int b, int n, int N, int h, int d) { return ((size_t(b) * N + n) * H + h) * D + d; };
+  Outputs o;
+  o.out.assign(size_t(B) * Nq * H * D, 0);
+  o.lse.assign(size_t(B) * H * Nq, 0);
+  o.dq.assign(o.out.size(), 0);
+  o.dk.assign(size_t(B) * Nk * H * D, 0);
+  o.dv.assign(o.dk.size(), 0);
+  o.dbias.assign(in.bias.size(), 0);
+  std::vector<double> S(size_t(Nq) * Nk), P(S.size()), dP(S.size());
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const size_t boff = (size_t(bias_has_b(c.bias) ? b : 0) * in.Hb() +
+                           (bias_has_h(c.bias) ? h : 0)) * Nq * Nk;
+      for (int i = 0; i < Nq; ++i)
+        for (int j = 0; j < Nk; ++j) {
+          double s = 0;
+          for (int d = 0; d < D; ++d) s += in.q[ix(b, i, Nq, h, d)] * in.k[ix(b, j, Nk, h, d)];
+          s *= in.scale;
+          if (c.bias != BiasForm::None) s += in.bias[boff + size_t(i) * Nk + j];
+          if (c.mask && in.mask[size_t(b) * Nk + j]) s = -kInf;
+          if (c.causal && j > i + (Nk - Nq)) s = -kInf;
+          S[size_t(i) * Nk + j] = s;
+        }
+      for (int i = 0; i < Nq; ++i) {
+        double m = -kInf;
+        for (int j = 0; j < Nk; ++j) m = std::max(m, S[size_t(i) * Nk + j]);
+        double l = 0;
+        for (int j = 0; j < Nk; ++j) {
+          const double e = m == -kInf ? 0.0 : std::exp(S[size_t(i) * Nk + j] - m);
+          P[size_t(i) * Nk + j] = e;
+          l += e;
+        }
+        for (int j = 0; j < Nk; ++j) P[size_t(i) * Nk + j] = l > 0 ? P[size_t(i) * Nk + j] / l : 0;
+        o.lse[(size_t(b) * H + h) * Nq + i] = l > 0 ? m + std::log(l) : -kInf;
+        for (int d = 0; d < D; ++d) {
+          double acc = 0;
+          for (int j = 0; j < Nk; ++j) acc += P[size_t(i) * Nk + j] * in.v[ix(b, j, Nk, h, d)];
+          o.out[ix(b, i, Nq, h, d)] = acc;
+        }
+      }
+      for (int i = 0; i < Nq; ++i) {
+        double delta = 0;
+        for (int j = 0; j < Nk; ++j) {
+          double dp = 0;
+          for (int d = 0; d < D; ++d) dp += in.dout[ix(b, i, Nq, h, d)] * in.v[ix(b, j, Nk, h, d)];
+          dP[size_t(i) * Nk + j] = dp;
+          delta += P[size_t(i) * Nk + j] * dp;
+        }
+        for (int j = 0; j < Nk; ++j) {
+          const double p = P[size_t(i) * Nk + j];
+          const double ds = p * (dP[size_t(i) * Nk + j] - delta);
+          if (c.bias != BiasForm::None) o.dbias[boff + size_t(i) * Nk + j] += ds;
+          for (int d = 0; d < D; ++d) {
+            o.dq[ix(b, i, Nq, h, d)] += in.scale * ds * in.k[ix(b, j, Nk, h, d)];
+            o.dk[ix(b, j, Nk, h, d)] += in.scale * ds * in.q[ix(b, i, Nq, h, d)];
+            o.dv[ix(b, j, Nk, h, d)] += p * in.dout[ix(b, i, Nq, h, d)];
+          }
+        }
+      }
+    }
+  return o;
+}
+
+// ---- the kernel's buffers ---------------------------------------------------------------
+
+// A (B,N,H,D) tensor inside a (possibly larger, possibly shared) buffer.
+template <class T>
+struct View {
+  T* base = nullptr;
+  BNHDStrides st;
+  int B = 0, N = 0, H = 0, D = 0;
+  T& at(int b, int n, int h, int d) const { return base[b * st.batch + n * st.row + h * st.head + d]; }
+  // the logical elements as contiguous float64 (B,N,H,D)
+  std::vector<double> values() const {
+    std::vector<double> x;
+    x.reserve(size_t(B) * N * H * D);
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < N; ++n)
+        for (int h = 0; h < H; ++h)
+          for (int d = 0; d < D; ++d) x.push_back(double(at(b, n, h, d)));
+    return x;
+  }
+  void fill(const std::vector<double>& x) const {
+    size_t t = 0;
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < N; ++n)
+        for (int h = 0; h < H; ++h)
+          for (int d = 0; d < D; ++d) at(b, n, h, d) = T(x[t++]);
+  }
+};
+
+// Buffer holding one (B,N,H,D) tensor (or three, packed) in the requested layout.
+template <class T>
+struct Storage {
+  std::vector<T> buf;
+  std::vector<View<T>> views;
+  Storage(Layout layout, int count, int B, int N, int H, int D) {
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    if (layout == Layout::Packed) {  // (B,N,count,H,D)
+      const BNHDStrides st{int64_t(N) * count * H * D, int64_t(count) * H * D, D};
+      buf.assign(size_t(B) * N * count * H * D, nan);
+      for (int t = 0; t < count; ++t) views.push_back({buf.data() + t * H * D, st, B, N, H, D});
+      return;
+    }
+    BNHDStrides st = pf::kernels::contiguous_bnhd(N, H, D);
+    if (layout == Layout::Padded) {  // gaps of 3 between heads, 5 between rows, 7 between batches
+      st.head = D + 3;
+      st.row = H * st.head + 5;
+      st.batch = N * st.row + 7;
+    }
+    const size_t one = size_t(B) * st.batch;
+    buf.assign(one * count, nan);
+    for (int t = 0; t < count; ++t) views.push_back({buf.data() + t * one, st, B, N, H, D});
+  }
+  void poison() { std::fill(buf.begin(), buf.end(), std::numeric_limits<T>::quiet_NaN()); }
+  // Elements outside every view must still hold the NaN poison (nothing wrote past a tensor).
+  bool padding_untouched() const {
+    std::vector<char> logical(buf.size(), 0);
+    for (const auto& v : views)
+      for (int b = 0; b < v.B; ++b)
+        for (int n = 0; n < v.N; ++n)
+          for (int h = 0; h < v.H; ++h)
+            for (int d = 0; d < v.D; ++d) logical[&v.at(b, n, h, d) - buf.data()] = 1;
+    for (size_t i = 0; i < buf.size(); ++i)
+      if (!logical[i] && !std::isnan(buf[i])) return false;
+    return true;
+  }
+};
+
+template <class T>
+constexpr ScalarType dtype_of() {
+  return std::is_same_v<T, double> ? ScalarType::F64 : ScalarType::F32;
+}
+
+double rel_err(const std::vector<double>& x, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - ref[i]) * (x[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  if (den == 0) return std::sqrt(num);  // reference exactly zero: x must be exactly zero too
+  return std::sqrt(num / den);          // NaN anywhere in x makes this NaN: fails any EXPECT_LE
+}
+
+template <class T>
+double tol() {
+  return std::is_same_v<T, double> ? 1e-12 : 1e-5;  // see the top of the file
+}
+
+// A whole problem: inputs in the kernel's types and layouts, output buffers, the params.
+template <class T>
+struct Problem {
+  Inputs in;
+  Storage<T> qkv_packed, q, k, v, out, dout, dq, dk, dv;
+  std::vector<T> bias, dbias, lse;
+  std::vector<uint8_t> mask;
+  View<T> Q, K, V;
+
+  explicit Problem(const Case& c)
+      : qkv_packed(Layout::Packed, 3, c.B, c.Nq, c.H, c.D),
+        q(c.layout, 1, c.B, c.Nq, c.H, c.D),
+        k(c.layout, 1, c.B, c.Nk, c.H, c.D),
+        v(c.layout, 1, c.B, c.Nk, c.H, c.D),
+        out(c.layout, 1, c.B, c.Nq, c.H, c.D),
+        dout(c.layout, 1, c.B, c.Nq, c.H, c.D),
+        dq(c.layout, 1, c.B, c.Nq, c.H, c.D),
+        dk(c.layout, 1, c.B, c.Nk, c.H, c.D),
+        dv(c.layout, 1, c.B, c.Nk, c.H, c.D) {
+    in.c = c;
+    in.scale = double(float(1.0 / std::sqrt(double(c.D))));  // the kernel takes a float scale
+    const bool packed = c.layout == Layout::Packed;
+    if (packed) EXPECT_EQ(c.Nq, c.Nk) << "a packed qkv buffer needs Nq == Nk";
+    Q = packed ? qkv_packed.views[0] : q.views[0];
+    K = packed ? qkv_packed.views[1] : k.views[0];
+    V = packed ? qkv_packed.views[2] : v.views[0];
+    // Round the random draws to T so the reference sees exactly what the kernel sees.
+    Q.fill(randn(size_t(c.B) * c.Nq * c.H * c.D));
+    K.fill(randn(size_t(c.B) * c.Nk * c.H * c.D));
+    V.fill(randn(size_t(c.B) * c.Nk * c.H * c.D));
+    dout.views[0].fill(randn(size_t(c.B) * c.Nq * c.H * c.D));
+    in.q = Q.values();
+    in.k = K.values();
+    in.v = V.values();
+    in.dout = dout.views[0].values();
+    if (c.bias != BiasForm::None) {
+      for (double x : randn(size_t(in.Bb()) * in.Hb() * c.Nq * c.Nk, 2.0)) bias.push_back(T(x));
+      in.bias.assign(bias.begin(), bias.end());
+      dbias.assign(bias.size(), std::numeric_limits<T>::quiet_NaN());
+    }
+    if (c.mask) {  // about a quarter of the keys padded; every key of the last batch padded
+      std::bernoulli_distribution pad(0.25);
+      mask.resize(size_t(c.B) * c.Nk);
+      for (int b = 0; b < c.B; ++b)
+        for (int j = 0; j < c.Nk; ++j) mask[size_t(b) * c.Nk + j] = b == c.B - 1 || pad(rng());
+      in.mask = mask;
+    }
+    lse.assign(size_t(c.B) * c.H * c.Nq, std::numeric_limits<T>::quiet_NaN());
+  }
+
+  FlashBiasBwdParams params() {
+    const Case& c = in.c;
+    FlashBiasBwdParams p;
+    p.B = c.B, p.H = c.H, p.Nq = c.Nq, p.Nk = c.Nk, p.D = c.D;
+    p.scale = float(in.scale);
+    p.dtype = dtype_of<T>();
+    p.q = Q.base, p.q_stride = Q.st;
+    p.k = K.base, p.k_stride = K.st;
+    p.v = V.base, p.v_stride = V.st;
+    p.out = out.views[0].base, p.out_stride = out.views[0].st;
+    p.lse = lse.data();
+    if (c.bias != BiasForm::None) {
+      p.bias = bias.data();
+      p.bias_dtype = dtype_of<T>();
+      p.bias_row_stride = c.Nk;
+      p.bias_head_stride = bias_has_h(c.bias) ? int64_t(c.Nq) * c.Nk : 0;
+      p.bias_batch_stride = bias_has_b(c.bias) ? int64_t(in.Hb()) * c.Nq * c.Nk : 0;
+      p.dbias = dbias.data();
+      p.dbias_row_stride = p.bias_row_stride;
+      p.dbias_head_stride = p.bias_head_stride;
+      p.dbias_batch_stride = p.bias_batch_stride;
+    }
+    p.key_padding_mask = c.mask ? mask.data() : nullptr;
+    p.causal = c.causal;
+    p.dout = dout.views[0].base, p.dout_stride = dout.views[0].st;
+    p.dq = dq.views[0].base, p.dq_stride = dq.views[0].st;
+    p.dk = dk.views[0].base, p.dk_stride = dk.views[0].st;
+    p.dv = dv.views[0].base, p.dv_stride = dv.views[0].st;
+    p.deterministic = true;
+    return p;
+  }
+
+  void poison_grads() {
+    dq.poison(), dk.poison(), dv.poison();
+    std::fill(dbias.begin(), dbias.end(), std::numeric_limits<T>::quiet_NaN());
+  }
+  std::vector<double> dbias_values() const { return {dbias.begin(), dbias.end()}; }
+};
+
+template <class T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// The full check of one case in one dtype.
+template <class T>
+void run_case(const Case& c) {
+  SCOPED_TRACE(c.str() + (std::is_same_v<T, double> ? " float64" : " float32"));
+  Problem<T> pr(c);
+  const Outputs ref = reference(pr.in);
+  FlashBiasBwdParams p = pr.params();
+
+  // forward
+  flash_bias_forward(p);
+  EXPECT_LE(rel_err(pr.out.views[0].values(), ref.out), tol<T>()) << "out";
+  std::vector<double> lse(pr.lse.begin(), pr.lse.end()), lse_ref = ref.lse;
+  for (size_t i = 0; i < lse.size(); ++i) {  // a fully masked row has lse = −inf exactly
+    ASSERT_EQ(std::isinf(lse_ref[i]), std::isinf(lse[i])) << "lse[" << i << "] = " << lse[i];
+    if (std::isinf(lse_ref[i])) {
+      EXPECT_LT(lse[i], 0);
+      lse[i] = lse_ref[i] = 0;
+    }
+  }
+  EXPECT_LE(rel_err(lse, lse_ref), tol<T>()) << "lse";
+  EXPECT_TRUE(pr.out.padding_untouched()) << "out written outside its elements";
+
+  // backward
+  flash_bias_backward(p);
+  EXPECT_LE(rel_err(pr.dq.views[0].values(), ref.dq), tol<T>()) << "dq";
+  EXPECT_LE(rel_err(pr.dk.views[0].values(), ref.dk), tol<T>()) << "dk";
+  EXPECT_LE(rel_err(pr.dv.views[0].values(), ref.dv), tol<T>()) << "dv";
+  if (c.bias != BiasForm::None)
+    EXPECT_LE(rel_err(pr.dbias_values(), ref.dbias), tol<T>()) << "dbias";
+  EXPECT_TRUE(pr.dq.padding_untouched() && pr.dk.padding_untouched() &&
+              pr.dv.padding_untouched())
+      << "a gradient was written outside its elements";
+
+  // Fully masked rows: out exactly 0; keys nobody sees: dk, dv exactly 0.
+  if (c.mask) {
+    const int b = c.B - 1;  // every key of the last batch is padded
+    for (int n = 0; n < c.Nq; ++n)
+      for (int h = 0; h < c.H; ++h)
+        for (int d = 0; d < c.D; ++d) {
+          ASSERT_EQ(pr.out.views[0].at(b, n, h, d), T(0));
+          ASSERT_EQ(pr.dq.views[0].at(b, n, h, d), T(0));
+        }
+    for (int n = 0; n < c.Nk; ++n)
+      for (int h = 0; h < c.H; ++h)
+        for (int d = 0; d < c.D; ++d) {
+          ASSERT_EQ(pr.dk.views[0].at(b, n, h, d), T(0));
+          ASSERT_EQ(pr.dv.views[0].at(b, n, h, d), T(0));
+        }
+  }
+
+  // The backward again, from poison: bitwise identical.
+  const auto dq1 = pr.dq.buf, dk1 = pr.dk.buf, dv1 = pr.dv.buf, db1 = pr.dbias;
+  pr.poison_grads();
+  flash_bias_backward(p);
+  EXPECT_TRUE(bitwise_equal(dq1, pr.dq.buf) && bitwise_equal(dk1, pr.dk.buf) &&
+              bitwise_equal(dv1, pr.dv.buf) && bitwise_equal(db1, pr.dbias))
+      << "backward not reproducible";
+
+  // One gradient at a time (the others null): each equals its value from the full run.
+  for (int which = 0; which < 4; ++which) {
+    if (which == 3 && c.bias == BiasForm::None) break;
+    pr.poison_grads();
+    FlashBiasBwdParams one = p;
+    if (which != 0) one.dq = nullptr;
+    if (which != 1) one.dk = nullptr;
+    if (which != 2) one.dv = nullptr;
+    if (which != 3) one.dbias = nullptr;
+    flash_bias_backward(one);
+    const bool same = which == 0   ? bitwise_equal(dq1, pr.dq.buf)
+                      : which == 1 ? bitwise_equal(dk1, pr.dk.buf)
+                      : which == 2 ? bitwise_equal(dv1, pr.dv.buf)
+                                   : bitwise_equal(db1, pr.dbias);
+    EXPECT_TRUE(same) << "gradient " << which << " alone differs from the full run";
+    // the unwanted ones were not touched
+    if (which != 0) EXPECT_TRUE(std::isnan(pr.dq.views[0].at(0, 0, 0, 0)));
+    if (which != 1) EXPECT_TRUE(std::isnan(pr.dk.views[0].at(0, 0, 0, 0)));
+    if (which != 2) EXPECT_TRUE(std::isnan(pr.dv.views[0].at(0, 0, 0, 0)));
+    if (which != 3 && !pr.dbias.empty()) EXPECT_TRUE(std::isnan(pr.dbias[0]));
+  }
+
+  // dbias_accumulate: added onto existing values R of the gradient's own magnitude.
+  if (c.bias != BiasForm::None) {
+    double rms = 0;
+    for (double x : ref.dbias) rms += x * x;
+    rms = std::sqrt(rms / ref.dbias.size());
+    if (rms == 0) rms = 1;  // e.g. a single key: dS = P(dP − Δ) vanishes
+    std::vector<double> R = randn(ref.dbias.size(), rms), want(R.size());
+    for (size_t i = 0; i < R.size(); ++i) {
+      pr.dbias[i] = T(R[i]);
+      want[i] = double(pr.dbias[i]) + ref.dbias[i];
+    }
+    FlashBiasBwdParams acc = p;
+    acc.dbias_accumulate = true;
+    acc.dq = acc.dk = acc.dv = nullptr;
+    flash_bias_backward(acc);
+    EXPECT_LE(rel_err(pr.dbias_values(), want), tol<T>()) << "dbias accumulate";
+  }
+}
+
+// Sizes 1, 17, 97, 257; D 16, 64, 128; every bias form, layout, mask and causal alignment.
+const std::vector<Case> kCases = {
+    {1, 1, 1, 1, 16, BiasForm::None, false, false, Layout::Contiguous},
+    {2, 3, 17, 17, 16, BiasForm::BH, false, false, Layout::Contiguous},
+    {2, 2, 17, 17, 64, BiasForm::OneH, true, false, Layout::Packed},
+    {3, 2, 17, 97, 16, BiasForm::BOne, true, true, Layout::Padded},    // causal, Nq < Nk
+    {2, 3, 97, 17, 64, BiasForm::OneOne, false, true, Layout::Padded},  // causal, Nq > Nk
+    {2, 2, 97, 97, 16, BiasForm::BH, true, true, Layout::Packed},       // causal, Nq = Nk
+    {3, 1, 33, 65, 128, BiasForm::OneOne, true, false, Layout::Padded},
+    {4, 2, 1, 17, 16, BiasForm::BH, false, true, Layout::Contiguous},
+    {2, 2, 17, 1, 16, BiasForm::OneH, true, true, Layout::Contiguous},  // rows with no key
+    {3, 2, 64, 64, 16, BiasForm::BH, true, false, Layout::Packed},      // the demo tile
+    {2, 2, 97, 97, 64, BiasForm::None, true, true, Layout::Padded},
+    {1, 4, 17, 97, 64, BiasForm::OneOne, false, false, Layout::Contiguous},
+    {2, 2, 257, 257, 16, BiasForm::BOne, true, true, Layout::Contiguous},
+};
+
+TEST(FlashBiasCpu, MatchesReferenceFloat64) {
+  for (const Case& c : kCases) run_case<double>(c);
+}
+
+TEST(FlashBiasCpu, MatchesReferenceFloat32) {
+  for (const Case& c : kCases) run_case<float>(c);
+}
+
+// ---- central differences --------------------------------------------------------------------
+
+// L = Σ out ∘ W for a random W: the kernel's dq, dk, dv, dbias (with dout = W) against
+// (L(x + h) − L(x − h)) / 2h. h = 1e-5: truncation O(h²·|L'''|) ≈ 1e-10, rounding
+// O(u·|L|/h) ≈ 1e-11, so 1e-7 relative leaves ample margin yet catches any wrong term.
+void gradcheck(const Case& c) {
+  SCOPED_TRACE(c.str());
+  Problem<double> pr(c);
+  FlashBiasBwdParams p = pr.params();
+  flash_bias_forward(p);
+  flash_bias_backward(p);
+  const auto W = pr.in.dout;  // dout = W
+
+  auto loss = [&]() {
+    pr.out.poison();
+    flash_bias_forward(p);
+    const auto o = pr.out.views[0].values();
+    double L = 0;
+    for (size_t i = 0; i < o.size(); ++i) L += o[i] * W[i];
+    return L;
+  };
+  auto numeric = [&](auto&& element, size_t n) {
+    std::vector<double> g(n);
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; ++i) {
+      double& x = element(i);
+      const double x0 = x;
+      x = x0 + h;
+      const double up = loss();
+      x = x0 - h;
+      const double down = loss();
+      x = x0;
+      g[i] = (up - down) / (2 * h);
+    }
+    return g;
+  };
+  auto logical = [](const View<double>& v) {
+    return [v](size_t t) -> double& {
+      const int d = t % v.D, h = (t / v.D) % v.H, n = (t / v.D / v.H) % v.N,
+                b = t / v.D / v.H / v.N;
+      return v.at(b, n, h, d);
+    };
+  };
+  const size_t nq = pr.in.q.size(), nk = pr.in.k.size();
+  EXPECT_LE(rel_err(pr.dq.views[0].values(), numeric(logical(pr.Q), nq)), 1e-7) << "dq";
+  EXPECT_LE(rel_err(pr.dk.views[0].values(), numeric(logical(pr.K), nk)), 1e-7) << "dk";
+  EXPECT_LE(rel_err(pr.dv.views[0].values(), numeric(logical(pr.V), nk)), 1e-7) << "dv";
+  if (c.bias != BiasForm::None) {
+    const auto num = numeric([&](size_t i) -> double& { return pr.bias[i]; }, pr.bias.size());
+    EXPECT_LE(rel_err(pr.dbias_values(), num), 1e-7) << "dbias";
+  }
+}
+
+TEST(FlashBiasCpu, CentralDifferences) {
+  gradcheck({2, 2, 3, 4, 5, BiasForm::BH, true, true, Layout::Padded});
+  gradcheck({2, 3, 4, 2, 3, BiasForm::OneOne, false, true, Layout::Contiguous});  // Nq > Nk
+  gradcheck({3, 2, 5, 5, 4, BiasForm::OneH, true, false, Layout::Packed});
+  gradcheck({2, 3, 3, 6, 2, BiasForm::BOne, false, false, Layout::Padded});
+}
+
+// ---- determinism across thread counts -------------------------------------------------------
+
+TEST(FlashBiasCpu, IndependentOfThreadCount) {
+#ifndef _OPENMP
+  GTEST_SKIP() << "built without OpenMP";
+#else
+  const int threads = omp_get_max_threads();
+  for (BiasForm f : {BiasForm::BH, BiasForm::OneH, BiasForm::BOne, BiasForm::OneOne}) {
+    Problem<float> pr({5, 3, 97, 80, 16, f, true, true, Layout::Padded});
+    FlashBiasBwdParams p = pr.params();
+    std::vector<std::vector<float>> runs;
+    for (int n : {1, 2, 3}) {
+      omp_set_num_threads(n);
+      pr.out.poison();
+      pr.poison_grads();
+      flash_bias_forward(p);
+      flash_bias_backward(p);
+      std::vector<float> all = pr.out.buf;
+      for (const auto* v : {&pr.dq.buf, &pr.dk.buf, &pr.dv.buf, &pr.dbias})
+        all.insert(all.end(), v->begin(), v->end());
+      runs.push_back(all);
+    }
+    omp_set_num_threads(threads);
+    EXPECT_TRUE(bitwise_equal(runs[0], runs[1]) && bitwise_equal(runs[0], runs[2]))
+        << "bias " << bias_name(f) << ": results depend on the thread count";
+  }
+#endif
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+void expect_error(const std::function<void()>& f, const std::string& fragment) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an error mentioning \"" << fragment << "\"";
+  } catch (const pf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(FlashBiasCpu, RejectsBadInput) {
+  Problem<float> pr({2, 2, 5, 7, 16, BiasForm::OneH, false, false, Layout::Contiguous});
+  const FlashBiasBwdParams good = pr.params();
+  FlashBiasBwdParams p = good;
+  p.dtype = ScalarType::F16;
+  expect_error([&] { flash_bias_forward(p); }, "got float16");
+  p = good;
+  p.bias_dtype = ScalarType::F64;
+  expect_error([&] { flash_bias_forward(p); }, "bias must have the inputs' dtype float32, got float64");
+  p = good;
+  p.Nk = 0;
+  expect_error([&] { flash_bias_forward(p); }, "Nk=0");
+  p = good;
+  p.lse = nullptr;
+  expect_error([&] { flash_bias_forward(p); }, "out and lse must be non-null");
+  p = good;
+  p.dout = nullptr;
+  expect_error([&] { flash_bias_backward(p); }, "dout must be non-null");
+  p = good;
+  p.bias = nullptr;
+  expect_error([&] { flash_bias_backward(p); }, "dbias was requested but there is no bias");
+  p = good;
+  p.dbias_head_stride = 0;
+  expect_error([&] { flash_bias_backward(p); }, "broadcast over heads exactly when the bias is");
+  p = good;
+  p.dbias_batch_stride = 35;
+  expect_error([&] { flash_bias_backward(p); }, "broadcast over the batch exactly when the bias is");
+}
+
+}  // namespace
