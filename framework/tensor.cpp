@@ -321,6 +321,16 @@ void Tensor::fill_(double value) {
   copy_bytes(data_ptr(), device(), host.data_ptr(), Device::CPU, nbytes());
 }
 
+void Tensor::set_data(const Tensor& src) {
+  check_defined("set_data()");
+  PF_CHECK(src.defined(), "set_data() from an undefined tensor");
+  impl_->storage = src.impl_->storage;
+  impl_->offset = src.impl_->offset;
+  impl_->shape = src.impl_->shape;
+  impl_->dtype = src.impl_->dtype;
+  impl_->device = src.impl_->device;
+}
+
 // ---------------------------------------------------------------------------------------------
 // autograd hooks
 

@@ -93,6 +93,9 @@ class Tensor {
   Tensor view(const Shape& shape) const;       // shares storage; same numel; no autograd
   void copy_(const Tensor& src);               // element-wise copy (same numel), converting dtype
   void fill_(double value);
+  // Replaces this tensor's data (storage, shape, dtype, device) with src's, keeping its identity:
+  // every handle to it sees the new data. For moving parameters and loading checkpoints.
+  void set_data(const Tensor& src);
 
   // ---- autograd ----
   bool requires_grad() const;

@@ -1,0 +1,51 @@
+// AdamW with decoupled weight decay, the warm-up + cosine learning-rate schedule and global
+// gradient-norm clipping — the optimisation recipe of DESIGN §5, matching PyTorch's
+// torch.optim.AdamW and clip_grad_norm_.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "framework/nn.h"
+
+namespace pf::optim {
+
+struct AdamWOptions {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  // decay[i] says whether params[i] gets weight decay.
+  AdamW(nn::NamedTensors params, std::vector<bool> decay, AdamWOptions opt);
+  // One update with learning rate lr, using each parameter's grad (parameters without a
+  // gradient are skipped, as in PyTorch).
+  void step(double lr);
+  int64_t steps_taken() const { return t_; }
+
+  // State for checkpoints: the moments as "m.<param>" and "v.<param>" (handles to the live
+  // tensors: a checkpoint loads into them in place), and the step count.
+  nn::NamedTensors state() const;
+  void set_steps_taken(int64_t t) { t_ = t; }
+  const nn::NamedTensors& params() const { return params_; }
+
+ private:
+  nn::NamedTensors params_;
+  std::vector<bool> decay_;
+  std::vector<Tensor> m_, v_;
+  AdamWOptions opt_;
+  int64_t t_ = 0;
+};
+
+// Weight decay applies to the Linear weight matrices only: 2-D ".weight" parameters that are not
+// embedding tables (names given in `embeddings`). Norm weights and biases are 1-D.
+std::vector<bool> decay_mask(const nn::NamedTensors& params,
+                             const std::vector<std::string>& embeddings);
+
+// Scales all gradients by min(1, max_norm / (‖g‖₂ + 1e-6)); returns the norm before clipping.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+
+// Learning rate for update `step` (0-based): linear warm-up to lr over `warmup` steps, then
+// cosine decay to min_lr at `total` steps.
+double lr_at(int64_t step, double lr, double min_lr, int64_t warmup, int64_t total);
+
+}  // namespace pf::optim

@@ -1,0 +1,136 @@
+#include "models/pairbias.h"
+
+#include "framework/autograd.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace pf::models {
+
+int distance_bin(double d, const ModelConfig& cfg) {
+  const double b = std::floor(d / cfg.dist_max * cfg.dist_bins);
+  return static_cast<int>(std::clamp(b, 0.0, static_cast<double>(cfg.dist_bins - 1)));
+}
+
+PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg,
+                           Device device) {
+  const int R = cfg.relpos_clip;
+  std::vector<int32_t> rel(static_cast<size_t>(N) * N);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) rel[i * N + j] = std::clamp(j - i, -R, R) + R;
+
+  std::vector<int32_t> bins(static_cast<size_t>(B) * N * N);
+  for (int b = 0; b < B; ++b) {
+    const float* x = coords + static_cast<size_t>(b) * N * 3;
+    int32_t* out = bins.data() + static_cast<size_t>(b) * N * N;
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j) {
+        const double dx = double(x[3 * i]) - x[3 * j], dy = double(x[3 * i + 1]) - x[3 * j + 1],
+                     dz = double(x[3 * i + 2]) - x[3 * j + 2];
+        out[i * N + j] = distance_bin(std::sqrt(dx * dx + dy * dy + dz * dz), cfg);
+      }
+  }
+  return {Tensor::from_vector(rel, {N, N}, DType::I32, device),
+          Tensor::from_vector(bins, {B, N, N}, DType::I32, device)};
+}
+
+// ---- PairRepresentation ----------------------------------------------------------------------
+
+PairRepresentation::PairRepresentation(const ModelConfig& cfg, Rng& rng) {
+  rel = register_module("rel", std::make_shared<nn::Embedding>(2 * cfg.relpos_clip + 1, cfg.c_z, rng));
+  dist = register_module("dist", std::make_shared<nn::Embedding>(cfg.dist_bins, cfg.c_z, rng));
+}
+
+Tensor PairRepresentation::forward(const PairFeatures& f) const {
+  // (N,N,c_z) broadcast over the batch onto (B,N,N,c_z)
+  return ops::add(dist->forward(f.dist_bin), rel->forward(f.rel_idx));
+}
+
+// ---- PairBiasLayer -----------------------------------------------------------------------------
+
+PairBiasLayer::PairBiasLayer(const ModelConfig& cfg, Rng& rng) {
+  pair_norm = register_module("pair_norm", std::make_shared<nn::LayerNorm>(cfg.c_z));
+  pair_proj = register_module("pair_proj", std::make_shared<nn::Linear>(cfg.c_z, cfg.n_heads, false, rng));
+  norm1 = register_module("norm1", std::make_shared<nn::LayerNorm>(cfg.d_model));
+  attn = register_module("attn", std::make_shared<nn::BiasedSelfAttention>(cfg.d_model, cfg.n_heads, rng));
+  norm2 = register_module("norm2", std::make_shared<nn::LayerNorm>(cfg.d_model));
+  mlp = register_module("mlp", std::make_shared<nn::MLP>(cfg.d_model, cfg.d_ff, rng));
+}
+
+Tensor PairBiasLayer::bias(const Tensor& z) const {
+  return ops::permute(pair_proj->forward(pair_norm->forward(z)), {0, 3, 1, 2});  // (B,H,N,N)
+}
+
+Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& z) const {
+  Tensor h = ops::add(x, attn->forward(norm1->forward(x), bias(z)));
+  return ops::add(h, mlp->forward(norm2->forward(h)));
+}
+
+// ---- PairBiasModel -----------------------------------------------------------------------------
+
+PairBiasModel::PairBiasModel(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  Rng rng(seed);
+  embed = register_module("embed", std::make_shared<nn::Embedding>(cfg.n_types, cfg.d_model, rng));
+  pair = register_module("pair", std::make_shared<PairRepresentation>(cfg, rng));
+  for (int l = 0; l < cfg.n_layers; ++l)
+    layers.push_back(register_module("layers." + std::to_string(l),
+                                     std::make_shared<PairBiasLayer>(cfg, rng)));
+  final_norm = register_module("final_norm", std::make_shared<nn::LayerNorm>(cfg.d_model));
+  head = register_module("head", std::make_shared<nn::Linear>(cfg.d_model, cfg.n_types, true, rng));
+}
+
+Tensor PairBiasModel::forward(const Tensor& tokens, const PairFeatures& f) const {
+  Tensor x = embed->forward(tokens);  // (B,N,d)
+  Tensor z = pair->forward(f);        // (B,N,N,c_z)
+  for (const auto& layer : layers) x = layer->forward(x, z);
+  return head->forward(final_norm->forward(x));
+}
+
+LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const PairFeatures& f,
+                      const Tensor& labels) {
+  Tensor logits = model.forward(tokens, f);
+  const int64_t rows = logits.size(0) * logits.size(1);
+  Tensor flat = ops::reshape(logits, {rows, logits.size(2)});
+  Tensor flat_labels = ops::reshape(labels, {rows});
+  LossResult r;
+  r.loss = ops::cross_entropy(flat, flat_labels);
+  r.accuracy = ops::accuracy(flat.detach(), flat_labels);
+  return r;
+}
+
+}  // namespace pf::models
+
+namespace pf::models {
+
+namespace {
+// b = W_b·LN_z(Rel[rel] + Dist[dist]) for lists of (rel index, distance bin) pairs → (P,H)
+Tensor bias_at(const PairBiasModel& model, int layer, const std::vector<int32_t>& rel,
+               const std::vector<int32_t>& dist) {
+  NoGradGuard no_grad;
+  const Device dev = model.pair->rel->weight.device();
+  const int64_t P = static_cast<int64_t>(rel.size());
+  Tensor z = ops::add(model.pair->rel->forward(Tensor::from_vector(rel, {P}, DType::I32, dev)),
+                      model.pair->dist->forward(Tensor::from_vector(dist, {P}, DType::I32, dev)));
+  const auto& l = *model.layers.at(layer);
+  return l.pair_proj->forward(l.pair_norm->forward(z)).to(Device::CPU).to(DType::F64);
+}
+}  // namespace
+
+Tensor bias_vs_distance(const PairBiasModel& model, int layer) {
+  const ModelConfig& c = model.config();
+  std::vector<int32_t> rel(c.dist_bins, 2 * c.relpos_clip), dist(c.dist_bins);
+  for (int k = 0; k < c.dist_bins; ++k) dist[k] = k;
+  return bias_at(model, layer, rel, dist);
+}
+
+Tensor bias_vs_relpos(const PairBiasModel& model, int layer) {
+  const ModelConfig& c = model.config();
+  std::vector<int32_t> rel, dist;
+  for (int o = -c.relpos_clip; o <= c.relpos_clip; ++o) {
+    rel.push_back(o + c.relpos_clip);
+    dist.push_back(distance_bin(3.8 * std::sqrt(std::abs(o)), c));
+  }
+  return bias_at(model, layer, rel, dist);
+}
+
+}  // namespace pf::models

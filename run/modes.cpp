@@ -1,0 +1,384 @@
+#include "run/modes.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "framework/allocator.h"
+#include "framework/autograd.h"
+#include "framework/checkpoint.h"
+#include "framework/gradcheck.h"
+#include "framework/optim.h"
+#include "framework/plot.h"
+#include "framework/run_dir.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/device_info.h"
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pf::run {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// The CUDA backend of the ops is a separate piece of work; until it is compiled in, "auto"
+// stays on the CPU and "cuda" says why it cannot be had.
+#ifdef PF_CUDA_OPS
+constexpr bool kCudaOps = true;
+#else
+constexpr bool kCudaOps = false;
+#endif
+
+Device resolve_device(const std::string& requested) {
+  if (requested == "cpu") return Device::CPU;
+  const bool gpu = cuda_available();
+  if (requested == "auto") return gpu && kCudaOps ? Device::CUDA : Device::CPU;
+  PF_CHECK(requested == "cuda", "device must be auto, cpu or cuda, found '" << requested << "'");
+  PF_CHECK(gpu, "device 'cuda' requested but no CUDA device is available (see train --check-env)");
+  PF_CHECK(kCudaOps, "device 'cuda' requested but this build's ops have no CUDA backend yet; "
+                     "use --device cpu");
+  return Device::CUDA;
+}
+
+int check_env() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  int omp_threads = 1;
+#ifdef _OPENMP
+  omp_threads = omp_get_max_threads();
+#endif
+  std::printf("CPU: %u hardware threads, OpenMP %s (%d threads)\n", hw,
+#ifdef _OPENMP
+              "on",
+#else
+              "off",
+#endif
+              omp_threads);
+  JsonLine j;
+  j.add("mode", "check-env").add("cpu_threads", static_cast<int64_t>(hw)).add("omp_threads", omp_threads);
+#ifdef PF_WITH_CUDA
+  const auto info = kernels::cuda::device_info();
+  std::printf("CUDA toolkit: runtime %d, driver %d\n", info.runtime_version, info.driver_version);
+  if (info.available) {
+    std::printf("GPU 0: %s, compute capability %d.%d, %d SMs, %.1f GiB (%d device(s))\n",
+                info.name.c_str(), info.cc_major, info.cc_minor, info.sm_count,
+                info.total_memory / 1073741824.0, info.device_count);
+  } else {
+    std::printf("GPU: none (%s)\n", info.reason.c_str());
+  }
+  std::printf("CUDA ops backend: %s\n", kCudaOps ? "built" : "not built (CPU training only)");
+  j.add("cuda_toolkit", true).add("cuda_runtime", info.runtime_version)
+      .add("cuda_driver", info.driver_version).add("gpu", info.available ? info.name : "none");
+  if (info.available) j.add("compute_capability", std::to_string(info.cc_major) + "." + std::to_string(info.cc_minor));
+#else
+  std::printf("CUDA toolkit: not found at build time (CPU-only build)\n");
+  j.add("cuda_toolkit", false).add("gpu", "none");
+#endif
+  std::printf("%s\n", j.str().c_str());
+  return 0;
+}
+
+// ---- batches and evaluation ------------------------------------------------------------------
+
+BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device device) {
+  BatchTensors t;
+  t.tokens = Tensor::from_vector(batch.tokens, {batch.B, batch.N}, DType::I32, device);
+  t.labels = Tensor::from_vector(batch.labels, {batch.B, batch.N}, DType::I32, device);
+  t.pair = models::pair_features(batch.coords.data(), batch.B, batch.N, cfg, device);
+  return t;
+}
+
+EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set, int batch_size,
+                        Device device) {
+  NoGradGuard no_grad;
+  double loss_sum = 0, correct = 0;
+  for (int start = 0; start < set.S; start += batch_size) {
+    std::vector<int> idx;
+    for (int s = start; s < std::min(set.S, start + batch_size); ++s) idx.push_back(s);
+    const BatchTensors b = to_tensors(gather_batch(set, idx), model.config(), device);
+    const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
+    loss_sum += r.loss.item() * idx.size();
+    correct += r.accuracy * idx.size();
+  }
+  return {loss_sum / set.S, correct / set.S};
+}
+
+namespace {
+
+DType precision_dtype(const std::string& precision, Device device) {
+  if (precision == "fp32") return DType::F32;
+  if (precision == "fp64") return DType::F64;
+  PF_CHECK(device == Device::CUDA, "train.precision '" << precision
+                                                       << "' needs the CUDA backend; on the CPU use fp32 or fp64");
+  return DType::F32;  // bf16 keeps fp32 master weights
+}
+
+void load_data(const Config& cfg, ChainSet& train_set, ChainSet& val_set) {
+  const auto& d = cfg.data;
+  const int K = cfg.model.n_types;
+  if (ensure_chains(d.train, d.n_train, d.n_res, K, d.seed, "train"))
+    std::printf("generated %d training chains of %d residues -> %s\n", d.n_train, d.n_res, d.train.c_str());
+  if (ensure_chains(d.val, d.n_val, d.n_res, K, d.seed, "val"))
+    std::printf("generated %d validation chains of %d residues -> %s\n", d.n_val, d.n_res, d.val.c_str());
+  train_set = read_chains(d.train);
+  val_set = read_chains(d.val);
+}
+
+const std::vector<std::string> kEmbeddings = {"embed.weight", "pair.rel.weight", "pair.dist.weight"};
+
+void write_model_attrs(H5Writer& w, const ModelConfig& m) {
+  w.write_attr("/model", "n_types", m.n_types);
+  w.write_attr("/model", "d_model", m.d_model);
+  w.write_attr("/model", "n_heads", m.n_heads);
+  w.write_attr("/model", "n_layers", m.n_layers);
+  w.write_attr("/model", "d_ff", m.d_ff);
+  w.write_attr("/model", "c_z", m.c_z);
+  w.write_attr("/model", "relpos_clip", m.relpos_clip);
+  w.write_attr("/model", "dist_bins", m.dist_bins);
+  w.write_attr("/model", "dist_max", m.dist_max);
+}
+
+// Refuses a checkpoint whose architecture differs from the config, naming the first key.
+void check_model_attrs(const H5Reader& r, const ModelConfig& m) {
+  const std::pair<const char*, int64_t> ints[] = {
+      {"n_types", m.n_types}, {"d_model", m.d_model}, {"n_heads", m.n_heads},
+      {"n_layers", m.n_layers}, {"d_ff", m.d_ff}, {"c_z", m.c_z},
+      {"relpos_clip", m.relpos_clip}, {"dist_bins", m.dist_bins}};
+  for (const auto& [key, want] : ints) {
+    const int64_t found = r.attr_int("/model", key);
+    PF_CHECK(found == want, "checkpoint " << r.path() << ": model." << key << " is " << found
+                                          << " but the config says " << want);
+  }
+  const double dmax = r.attr_double("/model", "dist_max");
+  PF_CHECK(dmax == m.dist_max, "checkpoint " << r.path() << ": model.dist_max is " << dmax
+                                              << " but the config says " << m.dist_max);
+}
+
+struct TrainState {
+  int64_t step = 0;  // updates done
+  int64_t epoch = 0, cursor = 0;
+};
+
+void save_checkpoint(const std::string& path, const Config& cfg, const models::PairBiasModel& model,
+                     const optim::AdamW& opt, const TrainState& st) {
+  H5Writer w(path);
+  write_tensors(w, "model", model.named_parameters());
+  write_model_attrs(w, cfg.model);
+  write_tensors(w, "optim", opt.state());
+  w.write_attr("/optim", "steps_taken", opt.steps_taken());
+  w.write_attr("/", "step", st.step);
+  w.write_attr("/", "sampler_epoch", st.epoch);
+  w.write_attr("/", "sampler_cursor", st.cursor);
+  w.write_attr("/", "config_hash", config_hash(cfg));
+  w.write_attr("/", "format_version", int64_t{1});
+  w.commit();
+}
+
+// Loads the model weights (and, if opt is given, the optimizer and the loop state).
+TrainState load_checkpoint(const std::string& path, const Config& cfg, models::PairBiasModel& model,
+                           optim::AdamW* opt) {
+  H5Reader r(path);
+  check_model_attrs(r, cfg.model);
+  read_tensors(r, "model", model.named_parameters());
+  TrainState st;
+  st.step = r.attr_int("/", "step");
+  if (opt) {
+    const uint64_t h = r.attr_uint64("/", "config_hash");
+    PF_CHECK(h == config_hash(cfg), "checkpoint " << path
+                                                  << " was written with different model/data settings; "
+                                                     "--resume needs the same config (or a new --out)");
+    read_tensors(r, "optim", opt->state());  // into the moments in place
+    opt->set_steps_taken(r.attr_int("/optim", "steps_taken"));
+    st.epoch = r.attr_int("/", "sampler_epoch");
+    st.cursor = r.attr_int("/", "sampler_cursor");
+  }
+  return st;
+}
+
+void write_plots(const std::string& dir, const MetricsLog& log, const models::PairBiasModel& model) {
+  auto series = [&](const std::string& key, const std::string& label) {
+    plot::Series s{label, {}, {}};
+    for (auto [x, y] : log.series(key)) s.x.push_back(x), s.y.push_back(y);
+    return s;
+  };
+  plot::write_svg(dir + "/curves.svg", "training curves",
+                  {{"loss", "step", "cross-entropy", {series("loss", "train"), series("val_loss", "validation")}},
+                   {"accuracy", "step", "accuracy", {series("acc", "train"), series("val_acc", "validation")}}});
+  const ModelConfig& c = model.config();
+  std::vector<plot::Panel> by_dist, by_rel;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const auto bd = models::bias_vs_distance(model, l).to_vector<double>();
+    const auto br = models::bias_vs_relpos(model, l).to_vector<double>();
+    plot::Panel pd{"layer " + std::to_string(l), "distance (Å, bin start)", "bias", {}};
+    plot::Panel pr{"layer " + std::to_string(l), "relative position j − i", "bias", {}};
+    for (int h = 0; h < c.n_heads; ++h) {
+      plot::Series sd{"head " + std::to_string(h), {}, {}}, sr = sd;
+      for (int k = 0; k < c.dist_bins; ++k) {
+        sd.x.push_back(k * c.dist_max / c.dist_bins);
+        sd.y.push_back(bd[k * c.n_heads + h]);
+      }
+      for (int o = -c.relpos_clip; o <= c.relpos_clip; ++o) {
+        sr.x.push_back(o);
+        sr.y.push_back(br[(o + c.relpos_clip) * c.n_heads + h]);
+      }
+      pd.series.push_back(sd);
+      pr.series.push_back(sr);
+    }
+    by_dist.push_back(pd);
+    by_rel.push_back(pr);
+  }
+  plot::write_svg(dir + "/bias_vs_distance.svg",
+                  "learned attention bias against distance (at relative offset +R)", by_dist);
+  plot::write_svg(dir + "/bias_vs_relpos.svg",
+                  "learned attention bias against relative position (at distance 3.8·√|j−i| Å)", by_rel);
+}
+
+}  // namespace
+
+// ---- train -----------------------------------------------------------------------------------
+
+int train(const Config& cfg, bool resume) {
+  const Device device = resolve_device(cfg.device);
+  const DType dtype = precision_dtype(cfg.train.precision, device);
+  const auto& t = cfg.train;
+  prepare_run_dir(cfg.out);
+  const std::string ckpt_path = cfg.out + "/checkpoint.h5";
+  PF_CHECK(!resume || fs::exists(ckpt_path), "--resume: no checkpoint at " << ckpt_path);
+
+  ChainSet train_set, val_set;
+  load_data(cfg, train_set, val_set);
+
+  models::PairBiasModel model(cfg.model, t.seed);
+  model.to(dtype);
+  model.to(device);
+  const auto params = model.named_parameters();
+  int64_t n_params = 0;
+  for (const auto& [name, p] : params) n_params += p.numel();
+  optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings),
+                   {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+  BatchSampler sampler(train_set.S, t.batch_size, t.seed);
+
+  TrainState st;
+  if (resume) {
+    st = load_checkpoint(ckpt_path, cfg, model, &opt);
+    sampler.set_state(st.epoch, st.cursor);
+    std::printf("resumed from %s at step %lld\n", ckpt_path.c_str(), static_cast<long long>(st.step));
+  }
+  write_text_file(cfg.out + "/config.yaml", config_to_yaml(cfg));
+  MetricsLog log(cfg.out + "/metrics.jsonl", resume, st.step);
+  std::printf("model: %lld parameters, %s on %s; data: %d train / %d val chains of %d residues\n",
+              static_cast<long long>(n_params), dtype_name(dtype), device_name(device),
+              train_set.S, val_set.S, train_set.N);
+
+  const int64_t tokens_per_step = static_cast<int64_t>(t.batch_size) * train_set.N;
+  double train_seconds = 0;
+  int64_t timed_steps = 0;
+  EvalResult last_eval{NAN, NAN};
+  auto checkpoint = [&] {
+    save_checkpoint(ckpt_path, cfg, model, opt, st);
+    write_plots(cfg.out, log, model);
+  };
+  while (st.step < t.steps) {
+    const auto t0 = Clock::now();
+    const BatchTensors b = to_tensors(gather_batch(train_set, sampler.next()), cfg.model, device);
+    const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
+    model.zero_grad();
+    const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
+    r.loss.backward();
+    const double grad_norm = optim::clip_grad_norm(model.parameters(), t.grad_clip);
+    opt.step(lr);
+    const double loss = r.loss.item();
+    train_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    ++timed_steps;
+    ++st.step;
+    st.epoch = sampler.epoch();
+    st.cursor = sampler.cursor();
+
+    if (st.step % t.log_every == 0 || st.step == t.steps) {
+      const double tps = tokens_per_step * timed_steps / train_seconds;
+      const double eta = (t.steps - st.step) * train_seconds / timed_steps;
+      std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
+                  static_cast<long long>(st.step), loss, r.accuracy, lr, grad_norm, tps, eta);
+      std::fflush(stdout);
+      log.write(JsonLine().add("step", st.step).add("loss", loss).add("acc", r.accuracy)
+                    .add("lr", lr).add("grad_norm", grad_norm).add("tokens_per_s", tps));
+    }
+    if (st.step % t.eval_every == 0 || st.step == t.steps) {
+      last_eval = evaluate_set(model, val_set, t.batch_size, device);
+      std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(st.step),
+                  last_eval.loss, last_eval.accuracy);
+      std::fflush(stdout);
+      log.write(JsonLine().add("step", st.step).add("val_loss", last_eval.loss)
+                    .add("val_acc", last_eval.accuracy));
+    }
+    if (st.step % t.checkpoint_every == 0 || st.step == t.steps) checkpoint();
+  }
+  if (timed_steps == 0) {  // resumed a finished run: report its state
+    last_eval = evaluate_set(model, val_set, t.batch_size, device);
+    checkpoint();
+  }
+  const double tps = timed_steps ? tokens_per_step * timed_steps / train_seconds : 0.0;
+  std::printf("%s\n", JsonLine().add("mode", "train").add("val_loss", last_eval.loss)
+                          .add("val_acc", last_eval.accuracy).add("tokens_per_s", tps)
+                          .add("steps", st.step).add("out", cfg.out).str().c_str());
+  return 0;
+}
+
+// ---- eval ------------------------------------------------------------------------------------
+
+int evaluate(const Config& cfg, const std::string& checkpoint_path) {
+  const Device device = resolve_device(cfg.device);
+  ChainSet train_set, val_set;
+  load_data(cfg, train_set, val_set);
+  models::PairBiasModel model(cfg.model, cfg.train.seed);
+  model.to(precision_dtype(cfg.train.precision, device));
+  model.to(device);
+  const TrainState st = load_checkpoint(checkpoint_path, cfg, model, nullptr);
+  const EvalResult e = evaluate_set(model, val_set, cfg.train.batch_size, device);
+  std::printf("%s\n", JsonLine().add("mode", "eval").add("val_loss", e.loss).add("val_acc", e.accuracy)
+                          .add("step", st.step).add("checkpoint", checkpoint_path).str().c_str());
+  return 0;
+}
+
+// ---- gradcheck -------------------------------------------------------------------------------
+
+int gradcheck(const Config& cfg) {
+  // A tiny batch: 2 chains, at most 10 residues (long enough for non-local neighbours).
+  const int N = std::min(cfg.data.n_res, 10);
+  const ChainSet set = generate_chains(2, N, cfg.model.n_types, cfg.data.seed, "gradcheck");
+  const Batch batch = gather_batch(set, {0, 1});
+  models::PairBiasModel model(cfg.model, cfg.train.seed);
+  model.to(DType::F64);
+  const BatchTensors b = to_tensors(batch, cfg.model, Device::CPU);
+  const auto params = model.named_parameters();
+  int64_t n_params = 0;
+  for (const auto& [name, p] : params) n_params += p.numel();
+  // Every element of every parameter for models up to 20k parameters; beyond that a seeded
+  // random subset of 256 elements per parameter keeps the check to seconds.
+  GradcheckOptions opt;
+  opt.max_elements = n_params <= 20000 ? 0 : 256;
+  const auto loss = [&] { return models::model_loss(model, b.tokens, b.pair, b.labels).loss; };
+  const auto entries = pf::gradcheck(loss, params, opt);
+  const double tol = 1e-6;  // float64 central differences with eps 1e-6: truncation ~1e-12·f''',
+                            // rounding ~1e-16/1e-6; 1e-6 leaves margin for both
+  double worst = 0;
+  std::string worst_name;
+  std::printf("%-36s %10s %12s\n", "parameter", "checked", "rel. error");
+  for (const auto& e : entries) {
+    std::printf("%-36s %10lld %12.3e%s\n", e.name.c_str(), static_cast<long long>(e.checked),
+                e.rel_error, e.rel_error > tol ? "  FAIL" : "");
+    if (e.rel_error > worst || worst_name.empty()) worst = e.rel_error, worst_name = e.name;
+  }
+  const bool passed = worst <= tol;
+  std::printf("%s\n", JsonLine().add("mode", "gradcheck").add("passed", passed)
+                          .add("worst_rel_error", worst).add("worst_param", worst_name)
+                          .add("params", static_cast<int64_t>(entries.size())).add("tolerance", tol)
+                          .str().c_str());
+  return passed ? 0 : 1;
+}
+
+}  // namespace pf::run

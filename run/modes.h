@@ -1,0 +1,45 @@
+// The modes of the train program (DESIGN §5). Each ends by printing one JSON line on stdout and
+// returns the process exit code. They sit above models/ and data/ and tie them together.
+#pragma once
+#include <string>
+
+#include "data/chain.h"
+#include "framework/config.h"
+#include "framework/tensor.h"
+#include "models/pairbias.h"
+
+namespace pf::run {
+
+// "auto" → cuda when a GPU and the CUDA backend are present, else cpu; "cuda" without them is an
+// error naming what is missing.
+Device resolve_device(const std::string& requested);
+
+// Prints what the build and the machine have: CPU threads, CUDA toolkit, driver, GPU.
+int check_env();
+
+// Trains per cfg into cfg.out; with resume, continues from cfg.out/checkpoint.h5.
+int train(const Config& cfg, bool resume);
+
+// Loads a checkpoint and evaluates it on the validation split.
+int evaluate(const Config& cfg, const std::string& checkpoint);
+
+// Finite-difference check (float64, CPU) of every parameter's gradient on a tiny batch.
+int gradcheck(const Config& cfg);
+
+// ---- pieces the modes share (also used by tests) ----------------------------------------------
+
+// A batch as tensors on `device`: tokens/labels (B,N) I32 and the pair features.
+struct BatchTensors {
+  Tensor tokens, labels;
+  models::PairFeatures pair;
+};
+BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device device);
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+};
+// Mean loss and accuracy over every residue of `set`, in batches of batch_size (no grad).
+EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set, int batch_size,
+                        Device device);
+
+}  // namespace pf::run
