@@ -241,7 +241,7 @@ void write_plots(const std::string& dir, const MetricsLog& log, const models::Pa
 
 // ---- train -----------------------------------------------------------------------------------
 
-int train(const Config& cfg, bool resume) {
+int train(const Config& cfg, bool resume, int64_t stop_at) {
   const Device device = resolve_device(cfg.device);
   const DType dtype = precision_dtype(cfg.train.precision, device);
   const auto& t = cfg.train;
@@ -282,7 +282,8 @@ int train(const Config& cfg, bool resume) {
     save_checkpoint(ckpt_path, cfg, model, opt, st);
     write_plots(cfg.out, log, model);
   };
-  while (st.step < t.steps) {
+  const int64_t last_step = stop_at > 0 ? std::min<int64_t>(stop_at, t.steps) : t.steps;
+  while (st.step < last_step) {
     const auto t0 = Clock::now();
     const BatchTensors b = to_tensors(gather_batch(train_set, sampler.next()), cfg.model, device);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
@@ -315,7 +316,7 @@ int train(const Config& cfg, bool resume) {
       log.write(JsonLine().add("step", st.step).add("val_loss", last_eval.loss)
                     .add("val_acc", last_eval.accuracy));
     }
-    if (st.step % t.checkpoint_every == 0 || st.step == t.steps) checkpoint();
+    if (st.step % t.checkpoint_every == 0 || st.step == last_step) checkpoint();
   }
   if (timed_steps == 0) {  // resumed a finished run: report its state
     last_eval = evaluate_set(model, val_set, t.batch_size, device);

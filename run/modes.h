@@ -18,7 +18,9 @@ Device resolve_device(const std::string& requested);
 int check_env();
 
 // Trains per cfg into cfg.out; with resume, continues from cfg.out/checkpoint.h5.
-int train(const Config& cfg, bool resume);
+// stop_at > 0 ends the run early after that many updates, as an interrupted job would (with
+// the checkpoint of that moment) — how tests check that a resumed run equals an unbroken one.
+int train(const Config& cfg, bool resume, int64_t stop_at = -1);
 
 // Loads a checkpoint and evaluates it on the validation split.
 int evaluate(const Config& cfg, const std::string& checkpoint);

@@ -1,0 +1,165 @@
+// Modules, the pair-bias model and the optimiser: names, shapes, float64 gradient checks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "framework/gradcheck.h"
+#include "framework/optim.h"
+#include "models/pairbias.h"
+#include "run/modes.h"
+
+namespace pf {
+namespace {
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.n_types = 5, c.d_model = 8, c.n_heads = 2, c.n_layers = 2, c.d_ff = 12, c.c_z = 4;
+  c.relpos_clip = 3, c.dist_bins = 6, c.dist_max = 12.0;
+  return c;
+}
+
+// Central differences in float64 with eps 1e-6: truncation O(eps²·f''') ≈ 1e-12 and rounding
+// O(1e-16/eps) ≈ 1e-10 relative; 1e-7 is far above both and far below any real bug.
+constexpr double kGradTol = 1e-7;
+
+void expect_gradcheck(const std::function<Tensor()>& f, const nn::NamedTensors& params) {
+  for (const auto& e : gradcheck(f, params)) EXPECT_LT(e.rel_error, kGradTol) << e.name;
+}
+
+TEST(Model, ParameterNamesFollowTheDesign) {
+  models::PairBiasModel m(tiny_config(), 0);
+  std::set<std::string> names;
+  for (const auto& [name, p] : m.named_parameters()) names.insert(name);
+  std::set<std::string> want = {"embed.weight", "pair.rel.weight", "pair.dist.weight",
+                                "final_norm.weight", "final_norm.bias", "head.weight", "head.bias"};
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    for (const char* n : {"pair_norm.weight", "pair_norm.bias", "pair_proj.weight", "norm1.weight",
+                          "norm1.bias", "norm2.weight", "norm2.bias", "attn.q.weight", "attn.q.bias",
+                          "attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias",
+                          "attn.o.weight", "attn.o.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                          "mlp.fc2.weight", "mlp.fc2.bias"})
+      want.insert(p + n);
+  }
+  EXPECT_EQ(names, want);
+  // [out, in] layout
+  EXPECT_EQ(m.layers[0]->mlp->fc1->weight.shape(), (Shape{12, 8}));
+  EXPECT_EQ(m.layers[1]->pair_proj->weight.shape(), (Shape{2, 4}));
+  EXPECT_EQ(m.pair->rel->weight.shape(), (Shape{7, 4}));
+}
+
+TEST(Model, PairFeaturesMatchTheDefinition) {
+  ModelConfig c = tiny_config();
+  // Three residues on the x axis at 0, 2.5 and 13 Å.
+  const std::vector<float> x = {0, 0, 0, 2.5f, 0, 0, 13, 0, 0};
+  const auto f = models::pair_features(x.data(), 1, 3, c);
+  const auto rel = f.rel_idx.to_vector<int32_t>();
+  const auto bin = f.dist_bin.to_vector<int32_t>();
+  EXPECT_EQ(rel[0 * 3 + 2], 2 + 3);                   // j − i = 2, R = 3
+  EXPECT_EQ(rel[2 * 3 + 0], -2 + 3);
+  EXPECT_EQ(bin[0 * 3 + 1], 1);                        // ⌊2.5 / 12 · 6⌋ = 1
+  EXPECT_EQ(bin[0 * 3 + 2], 5);                        // 13 Å clamps to the last bin
+  EXPECT_EQ(bin[1 * 3 + 1], 0);
+  EXPECT_EQ(models::distance_bin(11.999, c), 5);
+}
+
+TEST(Modules, GradcheckEachModule) {
+  Rng rng(3);
+  nn::Linear lin(5, 3, true, rng);
+  nn::LayerNorm ln(5);
+  nn::MLP mlp(5, 7, rng);
+  nn::BiasedSelfAttention attn(6, 2, rng);
+  for (nn::Module* m : std::initializer_list<nn::Module*>{&lin, &ln, &mlp, &attn}) m->to(DType::F64);
+  // LayerNorm with identity weights hides errors in the weight's gradient: perturb them.
+  ln.weight.copy_(uniform({5}, 0.5, 1.5, rng, DType::F64));
+  ln.bias.copy_(uniform({5}, -0.5, 0.5, rng, DType::F64));
+  Tensor x = randn({2, 3, 5}, rng, DType::F64).requires_grad_();
+  Tensor xa = randn({2, 4, 6}, rng, DType::F64).requires_grad_();
+  Tensor bias = randn({2, 2, 4, 4}, rng, DType::F64).requires_grad_();
+  auto with = [](nn::NamedTensors p, std::vector<std::pair<std::string, Tensor>> extra) {
+    p.insert(p.end(), extra.begin(), extra.end());
+    return p;
+  };
+  expect_gradcheck([&] { return lin.forward(x); }, with(lin.named_parameters(), {{"x", x}}));
+  expect_gradcheck([&] { return ln.forward(x); }, with(ln.named_parameters(), {{"x", x}}));
+  expect_gradcheck([&] { return mlp.forward(x); }, with(mlp.named_parameters(), {{"x", x}}));
+  expect_gradcheck([&] { return attn.forward(xa, bias); },
+                   with(attn.named_parameters(), {{"x", xa}, {"bias", bias}}));
+}
+
+TEST(Model, GradcheckWholeModelFloat64) {
+  const ModelConfig c = tiny_config();
+  models::PairBiasModel m(c, 1);
+  m.to(DType::F64);
+  Rng rng(5);
+  for (auto& [name, p] : m.named_parameters())  // break the symmetry of identity norms
+    if (name.find("norm") != std::string::npos)
+      p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
+  const ChainSet set = generate_chains(2, 9, c.n_types, 7, "test");
+  const auto b = run::to_tensors(gather_batch(set, {0, 1}), c, Device::CPU);
+  expect_gradcheck([&] { return models::model_loss(m, b.tokens, b.pair, b.labels).loss; },
+                   m.named_parameters());
+}
+
+TEST(Optim, ScheduleWarmsUpThenDecaysToMin) {
+  EXPECT_DOUBLE_EQ(optim::lr_at(0, 1.0, 0.1, 4, 20), 0.25);
+  EXPECT_DOUBLE_EQ(optim::lr_at(3, 1.0, 0.1, 4, 20), 1.0);
+  EXPECT_DOUBLE_EQ(optim::lr_at(4, 1.0, 0.1, 4, 20), 1.0);
+  EXPECT_NEAR(optim::lr_at(12, 1.0, 0.1, 4, 20), 0.55, 1e-12);  // half-way: (1 + 0.1) / 2
+  EXPECT_NEAR(optim::lr_at(20, 1.0, 0.1, 4, 20), 0.1, 1e-12);
+}
+
+TEST(Optim, AdamWStepMatchesTheFormula) {
+  Tensor w = Tensor::from_vector(std::vector<double>{1.0, -2.0, 0.5, 3.0}, {2, 2}).requires_grad_();
+  Tensor b = Tensor::from_vector(std::vector<double>{0.1, 0.2}, {2}).requires_grad_();
+  optim::AdamW opt({{"lin.weight", w}, {"lin.bias", b}},
+                   optim::decay_mask({{"lin.weight", w}, {"lin.bias", b}}, {}),
+                   {0.1, 0.9, 0.999, 1e-8, 0.5});
+  const std::vector<double> g = {0.3, -0.1, 0.0, 2.0};
+  for (int step = 1; step <= 2; ++step) {
+    w.set_grad(Tensor::from_vector(g, {2, 2}));
+    b.set_grad(Tensor::from_vector(std::vector<double>{1.0, -1.0}, {2}));
+    opt.step(0.1);
+  }
+  // By hand for element 0 of w (decayed): two steps with the same gradient.
+  double p = 1.0, m = 0, v = 0;
+  for (int t = 1; t <= 2; ++t) {
+    p *= 1 - 0.1 * 0.5;
+    m = 0.9 * m + 0.1 * g[0];
+    v = 0.999 * v + 0.001 * g[0] * g[0];
+    p -= 0.1 * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.999, t))) + 1e-8);
+  }
+  EXPECT_NEAR(w.to_vector<double>()[0], p, 1e-14);
+  // The bias gets no decay: two steps of size lr·sign(g) (Adam's first steps are ±lr).
+  EXPECT_NEAR(b.to_vector<double>()[0], 0.1 - 0.2, 1e-7);
+}
+
+TEST(Optim, ClipGradNormScalesToTheBound) {
+  Tensor a = Tensor::zeros({2}, DType::F64).requires_grad_();
+  Tensor c = Tensor::zeros({1}, DType::F64).requires_grad_();
+  a.set_grad(Tensor::from_vector(std::vector<double>{3, 0}, {2}));
+  c.set_grad(Tensor::from_vector(std::vector<double>{4}, {1}));
+  EXPECT_DOUBLE_EQ(optim::clip_grad_norm({a, c}, 1.0), 5.0);
+  EXPECT_NEAR(a.grad().to_vector<double>()[0], 3.0 / (5.0 + 1e-6), 1e-15);
+  EXPECT_NEAR(c.grad().to_vector<double>()[0], 4.0 / (5.0 + 1e-6), 1e-15);
+  EXPECT_NEAR(optim::clip_grad_norm({a, c}, 10.0), 1.0, 1e-6);  // under the bound: untouched
+  EXPECT_NEAR(c.grad().to_vector<double>()[0], 4.0 / (5.0 + 1e-6), 1e-15);
+}
+
+TEST(Optim, DecayOnlyOnLinearWeights) {
+  models::PairBiasModel m(tiny_config(), 0);
+  const auto params = m.named_parameters();
+  const auto mask = optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"});
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string& n = params[i].first;
+    const bool linear_weight = n.find("pair_proj.weight") != std::string::npos ||
+                               n.find("attn.") != std::string::npos && n.find(".weight") != std::string::npos ||
+                               n.find("mlp.") != std::string::npos && n.find(".weight") != std::string::npos ||
+                               n == "head.weight";
+    EXPECT_EQ(mask[i], linear_weight) << n;
+  }
+}
+
+}  // namespace
+}  // namespace pf
