@@ -64,7 +64,7 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     if (p.grad().defined()) sq += ops::sum_of_squares(p.grad());
   const double norm = std::sqrt(sq);
   const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) {
+  if (max_norm > 0 && coef < 1.0) {
     for (const Tensor& p : params) {
       Tensor g = p.grad();
       if (g.defined()) ops::scale_(g, coef);

@@ -42,6 +42,7 @@ std::vector<bool> decay_mask(const nn::NamedTensors& params,
                              const std::vector<std::string>& embeddings);
 
 // Scales all gradients by min(1, max_norm / (‖g‖₂ + 1e-6)); returns the norm before clipping.
+// max_norm <= 0 means no clipping (the norm is still returned, for the log).
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 
 // Learning rate for update `step` (0-based): linear warm-up to lr over `warmup` steps, then
