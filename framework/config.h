@@ -1,0 +1,71 @@
+// The run configuration (DESIGN §4, §5): a YAML file with sections model:, data:, train: and the
+// top-level keys device: and out:, then `key=value` overrides with dotted keys.
+//
+//   Config cfg = load_config("configs/pairbias.yaml", {"train.steps=200", "device=cpu"});
+//
+// Conventions (stated once, here):
+// - Every key is optional (the defaults below); an unknown key, a value of the wrong type or an
+//   impossible value is a pf::Error of one line that names the key ("config: 'model.d_model'
+//   must be an integer, found 'abc'"). Nothing is silently defaulted or clamped.
+// - After loading, model.d_ff = 0 is resolved to 4·d_model, so a loaded Config is complete.
+// - Relative data paths stay as written (train resolves them against the working directory).
+// - Override values are parsed as YAML scalars ("out='my run'" quotes are honoured) and then
+//   checked exactly like values from the file.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pf {
+
+struct ModelConfig {
+  int n_types = 8, d_model = 64, n_heads = 4, n_layers = 2;
+  int d_ff = 0;  // 0 -> 4·d_model after load
+  int c_z = 16, relpos_clip = 32, dist_bins = 64;
+  double dist_max = 16.0;  // Å
+};
+
+struct DataConfig {
+  std::string train = "data/chain_train.h5", val = "data/chain_val.h5";
+  int n_train = 8192, n_val = 512, n_res = 64;
+  uint64_t seed = 1234;
+};
+
+struct TrainConfig {
+  int steps = 600, batch_size = 32;
+  double lr = 3e-3, min_lr = 3e-4;
+  int warmup = 50;
+  double weight_decay = 0.01, grad_clip = 1.0;  // grad_clip 0 = no clipping
+  uint64_t seed = 0;
+  int eval_every = 100, log_every = 20, checkpoint_every = 200;
+  std::string precision = "fp32";  // fp32 | bf16 | fp64
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string out = "runs/pairbias";
+};
+
+// Reads `path`, applies `overrides` ("train.steps=200", "device=cpu") after the file, resolves
+// d_ff and validates everything.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+Config config_from_yaml_string(const std::string& yaml, const std::vector<std::string>& overrides = {});
+
+// Checks a Config built or edited in code (what load_config runs last); d_ff must be resolved
+// or 0. Fails with the same one-line messages.
+void validate_config(const Config& cfg);
+
+// The resolved config with every key, in a fixed order; load_config reads it back to an equal
+// Config (doubles are written with the shortest text that round-trips).
+std::string config_to_yaml(const Config& cfg);
+
+// Stable (FNV-1a 64 over a canonical text) hash of what the model and the data are: every
+// model key (d_ff resolved) and data.n_train, n_val, n_res, seed. The data file paths are not
+// part of it: moving the files does not change the data. Train keys, device and out are not
+// part of it either: a resumed run may change them.
+uint64_t config_hash(const Config& cfg);
+
+}  // namespace pf
