@@ -166,11 +166,10 @@ Handle intermediate_groups_lcpl() {
   return lcpl;
 }
 
-// Fixed-length UTF-8 string type of `size` bytes (at least 1), padded with NULs.
-Handle string_type(size_t size) {
+// Variable-length UTF-8 string type (what h5py writes for a str, and reads back as a str).
+Handle string_type() {
   Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
-  PF_CHECK(t.ok() && H5Tset_size(t.get(), std::max<size_t>(size, 1)) >= 0 &&
-               H5Tset_strpad(t.get(), H5T_STR_NULLPAD) >= 0 && H5Tset_cset(t.get(), H5T_CSET_UTF8) >= 0,
+  PF_CHECK(t.ok() && H5Tset_size(t.get(), H5T_VARIABLE) >= 0 && H5Tset_cset(t.get(), H5T_CSET_UTF8) >= 0,
            "HDF5: cannot create a string type" << hdf5_detail());
   return t;
 }
@@ -288,9 +287,12 @@ void H5Writer::write_attr(const std::string& object, const std::string& name, do
   write_attr_raw(object, name, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, &value);
 }
 void H5Writer::write_attr(const std::string& object, const std::string& name, const std::string& value) {
-  Handle t = string_type(value.size());
-  std::string padded = value.empty() ? std::string(1, '\0') : value;
-  write_attr_raw(object, name, t.get(), t.get(), padded.data());
+  PF_CHECK(value.find('\0') == std::string::npos,
+           "attribute '" << name << "' of '" << object << "' in file " << tmp_path_
+                         << ": expected a string without NUL characters");
+  Handle t = string_type();
+  const char* text = value.c_str();
+  write_attr_raw(object, name, t.get(), t.get(), &text);
 }
 
 void H5Writer::commit() {

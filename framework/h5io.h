@@ -47,7 +47,8 @@ class H5Writer {
   // Attribute `name` on the group or dataset `object` ("/" is the root, "/model" a group).
   // A missing object is created as a group; an existing attribute is replaced.
   // Integers are stored as int64 (uint64 for the uint64_t overload), doubles as float64,
-  // strings as fixed-length UTF-8.
+  // strings as variable-length UTF-8 (h5py reads them as str). Reading accepts fixed-length
+  // strings too.
   void write_attr(const std::string& object, const std::string& name, int64_t value);
   void write_attr(const std::string& object, const std::string& name, int value) {
     write_attr(object, name, static_cast<int64_t>(value));

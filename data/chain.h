@@ -1,0 +1,97 @@
+// The chain data set (DESIGN §3): generator, HDF5 file per split, batch sampler.
+//
+// A sample is a freely jointed chain of N residues, x_0 = 0, x_{i+1} = x_i + 3.8·u_i with u_i
+// uniform on the unit sphere, and types t_i uniform in {0..K-1}. The label of residue i is the
+// type of its nearest non-local neighbour:
+//   label_i = t_j,  j = argmin_{|i-j| > 2} ‖x_i − x_j‖   (ties: the smaller j)
+// Every residue has such a j once N >= 6 (in a chain of 5 the middle residue has none), so
+// N >= 6 is required everywhere.
+//
+// Conventions (stated once, here):
+// - Layout: tokens and labels (S,N) int32, coords (S,N,3) float32, row-major.
+// - Determinism: sample s of a split draws from its own std::mt19937_64 seeded from
+//   (seed, split name, s), so train and val differ, and the first S samples do not depend on
+//   how many are generated. Raw 64-bit draws are turned into numbers by fixed formulas here
+//   (not by <random> distributions, whose output differs between standard libraries).
+// - Coordinates are accumulated in double and stored as float32; labels are computed from the
+//   stored float32 values widened to double, ‖·‖ = sqrt((dx² + dy²) + dz²), so anyone reading
+//   the file can recompute them exactly.
+// - File: datasets tokens, coords, labels; attributes n_types, seed (uint64), format_version=1
+//   and split (the split name the file was generated for; optional when reading).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pf {
+
+inline constexpr double kChainBondLength = 3.8;  // Å
+inline constexpr int kChainFormatVersion = 1;
+inline constexpr int kChainMinResidues = 6;
+
+struct ChainSet {
+  int S = 0, N = 0, n_types = 0;
+  uint64_t seed = 0;
+  std::string split;                    // "train", "val", ... ("" if the file did not say)
+  std::vector<int32_t> tokens, labels;  // (S,N)
+  std::vector<float> coords;            // (S,N,3)
+};
+
+// S >= 1 chains of N >= 6 residues with n_types >= 1 types.   -> tokens/labels (S,N), coords (S,N,3)
+ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::string& split);
+
+// The label rule for one chain, from float32 coordinates widened to double (used by
+// generate_chains; exposed so that a test can feed it exact ties).   x:(N,3) t:(N) -> labels:(N)
+void chain_labels(const float* x, const int32_t* t, int N, int32_t* labels);
+
+// Writes the set atomically (H5Writer: temp file, fsync, rename). Fails on an inconsistent set.
+void write_chains(const std::string& path, const ChainSet& set);
+
+// Reads and validates: datasets present with shapes (S,N), (S,N,3), (S,N) and integer / float
+// types, attributes present, format_version supported, tokens and labels in [0, n_types),
+// coords finite. Each failure is one line naming the file.
+ChainSet read_chains(const std::string& path);
+
+// Makes sure `path` holds the chains (S, N, n_types, seed, split): generates and writes them if
+// the file is missing (returns true; the caller says "generated ..."), returns false if the
+// file is there and matches. A file with a different S, N, n_types, seed or split is an error
+// that says which differ and that the file should be deleted or the path changed. Parent
+// directories are created as needed.
+bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split);
+
+// Batches of sample indices: each epoch is a fresh permutation of 0..S-1 drawn from
+// (seed, epoch); batches are consecutive slices of it and the last partial batch of an epoch
+// is dropped. (epoch, cursor) is the whole state, so a resumed run continues the exact same
+// sequence after set_state.
+class BatchSampler {
+ public:
+  BatchSampler(int S, int batch_size, uint64_t seed);  // 1 <= batch_size <= S
+
+  std::vector<int> next();  // batch_size indices in [0, S)
+
+  int64_t epoch() const { return epoch_; }    // the epoch of the last batch returned (0 at first)
+  int64_t cursor() const { return cursor_; }  // position in that epoch's permutation
+  void set_state(int64_t epoch, int64_t cursor);
+
+  int size() const { return S_; }
+  int batch_size() const { return B_; }
+
+ private:
+  void shuffle();
+
+  int S_, B_;
+  uint64_t seed_;
+  int64_t epoch_ = 0, cursor_ = 0;
+  std::vector<int> perm_;
+};
+
+struct Batch {
+  int B = 0, N = 0;
+  std::vector<int32_t> tokens, labels;  // (B,N)
+  std::vector<float> coords;            // (B,N,3)
+};
+
+// The samples `idx` (each in [0, S), at least one) of `set`, in that order.
+Batch gather_batch(const ChainSet& set, const std::vector<int>& idx);
+
+}  // namespace pf

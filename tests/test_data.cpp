@@ -1,0 +1,400 @@
+// data/chain: deterministic generation, the geometry and the label rule checked independently,
+// the HDF5 file round trip and its validation, ensure_chains, the batch sampler and gather.
+#include "data/chain.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "framework/h5io.h"
+#include "kernels/check.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const pf::Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected pf::Error, got another exception: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "expected pf::Error, nothing was thrown";
+}
+
+// The label rule written out independently: all (distance, j) candidates, the smallest pair.
+std::vector<int32_t> brute_force_labels(const pf::ChainSet& c) {
+  std::vector<int32_t> out(static_cast<size_t>(c.S) * c.N, -1);
+  for (int s = 0; s < c.S; ++s) {
+    const float* x = &c.coords[static_cast<size_t>(s) * c.N * 3];
+    for (int i = 0; i < c.N; ++i) {
+      std::vector<std::pair<double, int>> cand;
+      for (int j = 0; j < c.N; ++j) {
+        if (j >= i - 2 && j <= i + 2) continue;
+        double d2 = 0;
+        for (int a = 0; a < 3; ++a) {
+          const double diff = static_cast<double>(x[3 * i + a]) - static_cast<double>(x[3 * j + a]);
+          d2 += diff * diff;
+        }
+        cand.emplace_back(std::sqrt(d2), j);
+      }
+      const auto best = *std::min_element(cand.begin(), cand.end());  // ties: smaller j
+      out[static_cast<size_t>(s) * c.N + i] = c.tokens[static_cast<size_t>(s) * c.N + best.second];
+    }
+  }
+  return out;
+}
+
+class ChainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = std::random_device{}();
+    rng_.seed(seed_);
+    dir_ = fs::temp_directory_path() / ("pf_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(seed_));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  std::string file(const std::string& name) const { return (dir_ / name).string(); }
+  uint64_t fresh_seed() { return rng_(); }
+
+  unsigned seed_ = 0;
+  std::mt19937_64 rng_;
+  fs::path dir_;
+};
+
+bool same(const pf::ChainSet& a, const pf::ChainSet& b) {
+  return a.S == b.S && a.N == b.N && a.n_types == b.n_types && a.seed == b.seed && a.split == b.split &&
+         a.tokens == b.tokens && a.labels == b.labels &&
+         std::equal(a.coords.begin(), a.coords.end(), b.coords.begin(), b.coords.end(),
+                    [](float x, float y) { return std::memcmp(&x, &y, sizeof x) == 0; });  // bytes
+}
+
+}  // namespace
+
+TEST_F(ChainTest, DeterministicPerSeedAndSplit) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const uint64_t seed = fresh_seed();
+  const pf::ChainSet a = pf::generate_chains(17, 33, 8, seed, "train");
+  const pf::ChainSet b = pf::generate_chains(17, 33, 8, seed, "train");
+  EXPECT_TRUE(same(a, b));
+  ASSERT_EQ(a.tokens.size(), 17u * 33u);
+  ASSERT_EQ(a.coords.size(), 17u * 33u * 3u);
+  const pf::ChainSet v = pf::generate_chains(17, 33, 8, seed, "val");
+  EXPECT_NE(v.tokens, a.tokens);
+  EXPECT_NE(v.coords, a.coords);
+  const pf::ChainSet other = pf::generate_chains(17, 33, 8, seed + 1, "train");
+  EXPECT_NE(other.coords, a.coords);
+  // the first samples do not depend on how many are generated
+  const pf::ChainSet more = pf::generate_chains(97, 33, 8, seed, "train");
+  EXPECT_TRUE(std::equal(a.tokens.begin(), a.tokens.end(), more.tokens.begin()));
+  EXPECT_TRUE(std::equal(a.coords.begin(), a.coords.end(), more.coords.begin()));
+  // samples of one set differ from each other
+  EXPECT_FALSE(std::equal(a.coords.begin() + 3 * 33, a.coords.begin() + 6 * 33, a.coords.begin()));
+  // identical files, byte for byte in their data
+  pf::write_chains(file("a.h5"), a);
+  pf::write_chains(file("b.h5"), b);
+  EXPECT_TRUE(same(pf::read_chains(file("a.h5")), pf::read_chains(file("b.h5"))));
+}
+
+TEST_F(ChainTest, FreelyJointedGeometry) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const int S = 200, N = 64;
+  const pf::ChainSet c = pf::generate_chains(S, N, 8, fresh_seed(), "train");
+  double mean[3] = {0, 0, 0}, mean_z2 = 0, worst = 0;
+  int steps = 0;
+  for (int s = 0; s < S; ++s) {
+    const float* x = &c.coords[static_cast<size_t>(s) * N * 3];
+    EXPECT_EQ(x[0], 0.0f);
+    EXPECT_EQ(x[1], 0.0f);
+    EXPECT_EQ(x[2], 0.0f);
+    for (int i = 0; i + 1 < N; ++i) {
+      double u[3], len2 = 0;
+      for (int a = 0; a < 3; ++a) {
+        u[a] = static_cast<double>(x[3 * (i + 1) + a]) - static_cast<double>(x[3 * i + a]);
+        len2 += u[a] * u[a];
+      }
+      const double len = std::sqrt(len2);
+      worst = std::max(worst, std::abs(len - 3.8));
+      for (int a = 0; a < 3; ++a) mean[a] += u[a] / len;
+      mean_z2 += (u[2] / len) * (u[2] / len);
+      ++steps;
+    }
+  }
+  // float32 storage of coordinates up to ~100 Å: half an ulp is ~4e-6 per coordinate.
+  EXPECT_LT(worst, 1e-4) << "bond length must be 3.8 Å";
+  // Directions uniform on the sphere: each mean component ~ N(0, 1/(3·12600)) -> sd 0.0051,
+  // E[z²] = 1/3 with sd sqrt((1/5 - 1/9)/12600) = 0.0027. Bounds at ~6 sd.
+  for (int a = 0; a < 3; ++a) EXPECT_NEAR(mean[a] / steps, 0.0, 0.03) << "axis " << a;
+  EXPECT_NEAR(mean_z2 / steps, 1.0 / 3.0, 0.016);
+}
+
+TEST_F(ChainTest, LabelsMatchAnIndependentBruteForce) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (auto [S, N, K] : {std::tuple{17, 6, 3}, std::tuple{5, 7, 2}, std::tuple{9, 97, 8}, std::tuple{3, 257, 20},
+                         std::tuple{1, 33, 1}}) {
+    const pf::ChainSet c = pf::generate_chains(S, N, K, fresh_seed(), "train");
+    EXPECT_EQ(c.labels, brute_force_labels(c)) << "S " << S << " N " << N << " K " << K;
+    for (int32_t t : c.tokens) ASSERT_TRUE(t >= 0 && t < K);
+  }
+  // and from a file, as a reader of it would
+  const pf::ChainSet c = pf::generate_chains(17, 64, 8, fresh_seed(), "val");
+  pf::write_chains(file("v.h5"), c);
+  const pf::ChainSet r = pf::read_chains(file("v.h5"));
+  EXPECT_EQ(r.labels, brute_force_labels(r));
+}
+
+TEST(Chain, LabelRuleOnExactTies) {
+  // Residues on a line at integer positions: i-3 and i+3 are both at distance exactly 3, the
+  // nearest non-local ones; the tie goes to the smaller j. Types t_j = j name the winner.
+  for (int N : {6, 7, 17}) {
+    std::vector<float> x(3 * N, 0.0f);
+    std::vector<int32_t> t(N), labels(N, -7);
+    for (int i = 0; i < N; ++i) {
+      x[3 * i] = static_cast<float>(i);
+      t[i] = i;
+    }
+    pf::chain_labels(x.data(), t.data(), N, labels.data());
+    for (int i = 0; i < N; ++i) EXPECT_EQ(labels[i], i >= 3 ? i - 3 : i + 3) << "N " << N << " i " << i;
+  }
+  // A folded chain: residue 5 sits next to residue 0 (distance 1), closer than anything else.
+  const int N = 8;
+  std::vector<float> x = {0, 0, 0, 4, 0, 0, 8, 0, 0, 8, 4, 0, 4, 4, 0, 0, 1, 0, 0, 5, 0, 4, 9, 0};
+  std::vector<int32_t> t = {10, 11, 12, 13, 14, 15, 16, 17}, labels(N, -7);
+  pf::chain_labels(x.data(), t.data(), N, labels.data());
+  EXPECT_EQ(labels[0], 15);  // j = 5 at distance 1
+  EXPECT_EQ(labels[5], 10);  // and back
+  EXPECT_EQ(labels[1], 14);  // j = 4 at distance 4 (vs j = 5 at sqrt(17), j = 6 at sqrt(41))
+  expect_error([&] { pf::chain_labels(x.data(), t.data(), 5, labels.data()); }, {"expected N >= 6, found 5"});
+}
+
+TEST_F(ChainTest, LabelsAreChanceLevelFromTheTypeAlone) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const int S = 512, N = 64, K = 8;
+  const pf::ChainSet c = pf::generate_chains(S, N, K, fresh_seed(), "train");
+  std::vector<int> count(K, 0);
+  int same_as_own = 0;
+  for (size_t k = 0; k < c.labels.size(); ++k) {
+    ++count[c.labels[k]];
+    same_as_own += c.labels[k] == c.tokens[k];
+  }
+  const double n = static_cast<double>(c.labels.size());
+  // 32768 labels, 1/8 each; labels share neighbours so the effective count is lower (~1/2):
+  // sd of a frequency ~ sqrt(0.125·0.875/16000) = 0.0026. Bounds at ~8 sd.
+  for (int k = 0; k < K; ++k) EXPECT_NEAR(count[k] / n, 1.0 / K, 0.02) << "type " << k;
+  // the label is independent of the residue's own type: the type alone predicts it at chance
+  EXPECT_NEAR(same_as_own / n, 1.0 / K, 0.02);
+}
+
+TEST_F(ChainTest, WriteReadRoundTripAndAttributes) {
+  const uint64_t seed = fresh_seed();
+  const pf::ChainSet c = pf::generate_chains(97, 17, 5, seed, "train");
+  pf::write_chains(file("t.h5"), c);
+  EXPECT_FALSE(fs::exists(file("t.h5.tmp")));
+  EXPECT_TRUE(same(pf::read_chains(file("t.h5")), c));
+  pf::H5Reader r(file("t.h5"));
+  EXPECT_EQ(r.attr_int("/", "n_types"), 5);
+  EXPECT_EQ(r.attr_uint64("/", "seed"), seed);
+  EXPECT_EQ(r.attr_int("/", "format_version"), 1);
+  EXPECT_EQ(r.attr_string("/", "split"), "train");
+  EXPECT_EQ(r.shape("tokens"), (std::vector<int64_t>{97, 17}));
+  EXPECT_EQ(r.shape("coords"), (std::vector<int64_t>{97, 17, 3}));
+  EXPECT_EQ(r.shape("labels"), (std::vector<int64_t>{97, 17}));
+  // an inconsistent set is refused before anything is written
+  pf::ChainSet bad = c;
+  bad.labels.pop_back();
+  expect_error([&] { pf::write_chains(file("bad.h5"), bad); }, {"write_chains", "expected tokens and labels"});
+  EXPECT_FALSE(fs::exists(file("bad.h5")));
+}
+
+TEST_F(ChainTest, EnsureGeneratesOnceReusesAndRejectsAMismatch) {
+  const uint64_t seed = fresh_seed();
+  const std::string p = file("nested/dir/train.h5");
+  EXPECT_TRUE(pf::ensure_chains(p, 17, 9, 8, seed, "train"));
+  ASSERT_TRUE(fs::exists(p));
+  const auto stamp = fs::last_write_time(p);
+  EXPECT_FALSE(pf::ensure_chains(p, 17, 9, 8, seed, "train"));
+  EXPECT_EQ(fs::last_write_time(p), stamp) << "a matching file must be reused, not rewritten";
+  EXPECT_TRUE(same(pf::read_chains(p), pf::generate_chains(17, 9, 8, seed, "train")));
+
+  expect_error([&] { pf::ensure_chains(p, 18, 9, 8, seed, "train"); },
+               {p, "chains (S) 17 in the file, 18 requested", "Delete the file"});
+  expect_error([&] { pf::ensure_chains(p, 17, 10, 8, seed, "train"); }, {"residues (N) 9 in the file, 10 requested"});
+  expect_error([&] { pf::ensure_chains(p, 17, 9, 4, seed, "train"); }, {"n_types 8 in the file, 4 requested"});
+  expect_error([&] { pf::ensure_chains(p, 17, 9, 8, seed + 1, "train"); }, {"seed "});
+  expect_error([&] { pf::ensure_chains(p, 17, 9, 8, seed, "val"); }, {"split 'train' in the file, 'val' requested"});
+  expect_error([&] { pf::ensure_chains(p, 18, 10, 8, seed, "train"); },
+               {"chains (S) 17 in the file, 18 requested; residues (N) 9 in the file, 10 requested"});
+  EXPECT_EQ(fs::last_write_time(p), stamp);
+  expect_error([&] { pf::ensure_chains(file("x.h5"), 17, 5, 8, seed, "train"); }, {"at least 6 residues", "N = 5"});
+  EXPECT_FALSE(fs::exists(file("x.h5")));
+}
+
+TEST_F(ChainTest, CorruptedFilesAreRejected) {
+  const pf::ChainSet c = pf::generate_chains(17, 9, 8, fresh_seed(), "train");
+  // Writes a chain file with one thing changed by `edit`.
+  auto variant = [&](const std::string& name, const std::function<void(pf::H5Writer&, pf::ChainSet&)>& edit,
+                     bool tokens = true, bool coords = true, bool labels = true, bool attrs = true) {
+    pf::ChainSet v = c;
+    pf::H5Writer w(file(name));
+    edit(w, v);
+    if (tokens) w.write_dataset("tokens", v.tokens.data(), {v.S, v.N});
+    if (coords) w.write_dataset("coords", v.coords.data(), {v.S, v.N, 3});
+    if (labels) w.write_dataset("labels", v.labels.data(), {v.S, v.N});
+    if (attrs) {
+      w.write_attr("/", "n_types", static_cast<int64_t>(v.n_types));
+      w.write_attr("/", "seed", v.seed);
+      w.write_attr("/", "format_version", int64_t{1});
+    }
+    w.commit();
+    return file(name);
+  };
+  auto nothing = [](pf::H5Writer&, pf::ChainSet&) {};
+  std::string p = variant("ok.h5", nothing);
+  EXPECT_EQ(pf::read_chains(p).split, "");  // no split attribute: allowed
+  EXPECT_EQ(pf::read_chains(p).labels, c.labels);
+
+  p = variant("nolabels.h5", nothing, true, true, false);
+  expect_error([&] { pf::read_chains(p); }, {p, "dataset 'labels' not found"});
+  p = variant("noattrs.h5", nothing, true, true, true, false);
+  expect_error([&] { pf::read_chains(p); }, {p, "'format_version'", "not found"});
+  p = variant("v2.h5", [](pf::H5Writer& w, pf::ChainSet&) { w.write_attr("/", "format_version", int64_t{2}); },
+              true, true, true, false);
+  expect_error([&] { pf::read_chains(p); }, {p, "format_version 2 is not supported"});
+  p = variant("token.h5", [](pf::H5Writer&, pf::ChainSet& v) { v.tokens[3 * 9 + 5] = 8; });
+  expect_error([&] { pf::read_chains(p); }, {p, "tokens[3, 5] = 8 is outside [0, 8)"});
+  p = variant("label.h5", [](pf::H5Writer&, pf::ChainSet& v) { v.labels[16 * 9 + 8] = -1; });
+  expect_error([&] { pf::read_chains(p); }, {p, "labels[16, 8] = -1 is outside [0, 8)"});
+  p = variant("nan.h5", [](pf::H5Writer&, pf::ChainSet& v) { v.coords[(2 * 9 + 4) * 3 + 1] = std::nanf(""); });
+  expect_error([&] { pf::read_chains(p); }, {p, "coords[2, 4, 1] = nan is not finite"});
+  p = variant("shape.h5", [](pf::H5Writer& w, pf::ChainSet& v) { w.write_dataset("coords", v.coords.data(), {v.S, v.N * 3}); },
+              true, false, true);
+  expect_error([&] { pf::read_chains(p); }, {p, "'coords'", "expected shape [17, 9, 3], found [17, 27]"});
+  p = variant("dtype.h5", [](pf::H5Writer& w, pf::ChainSet& v) {
+        std::vector<float> f(v.tokens.begin(), v.tokens.end());
+        w.write_dataset("tokens", f.data(), {v.S, v.N});
+      }, false);
+  expect_error([&] { pf::read_chains(p); }, {p, "'tokens'", "expected integer data", "float32"});
+  p = variant("short.h5", [](pf::H5Writer& w, pf::ChainSet& v) { w.write_dataset("tokens", v.tokens.data(), {v.S * 9 / 3, 3}); },
+              false);
+  expect_error([&] { pf::read_chains(p); }, {p, "'tokens' of shape [S, N]", "found [51, 3]"});
+  // truncated and random files
+  const std::string whole = variant("whole.h5", nothing);
+  const std::string half = file("half.h5");
+  fs::copy_file(whole, half);
+  fs::resize_file(half, fs::file_size(half) / 2);
+  expect_error([&] { pf::read_chains(half); }, {half});
+  expect_error([&] { pf::ensure_chains(half, 17, 9, 8, c.seed, "train"); }, {half});
+  expect_error([&] { pf::read_chains(file("absent.h5")); }, {file("absent.h5"), "not found"});
+}
+
+TEST_F(ChainTest, SamplerCoversEveryIndexOncePerEpochAndResumesExactly) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (auto [S, B] : {std::pair{97, 10}, std::pair{17, 17}, std::pair{1, 1}, std::pair{33, 1}, std::pair{64, 32}}) {
+    SCOPED_TRACE("S " + std::to_string(S) + " B " + std::to_string(B));
+    const uint64_t seed = fresh_seed();
+    pf::BatchSampler sampler(S, B, seed);
+    const int per_epoch = S / B;
+    std::vector<std::vector<int>> epochs;
+    for (int e = 0; e < 4; ++e) {
+      std::vector<int> seen;
+      for (int k = 0; k < per_epoch; ++k) {
+        std::vector<int> batch = sampler.next();
+        ASSERT_EQ(static_cast<int>(batch.size()), B);
+        EXPECT_EQ(sampler.epoch(), e);
+        seen.insert(seen.end(), batch.begin(), batch.end());
+      }
+      std::set<int> unique(seen.begin(), seen.end());
+      EXPECT_EQ(unique.size(), seen.size()) << "an index repeated within epoch " << e;
+      EXPECT_EQ(static_cast<int>(seen.size()), per_epoch * B);
+      for (int i : seen) ASSERT_TRUE(i >= 0 && i < S);
+      epochs.push_back(seen);
+    }
+    if (S == B && S > 1) {
+      // no partial batch: every index exactly once
+      std::vector<int> sorted = epochs[0];
+      std::sort(sorted.begin(), sorted.end());
+      for (int i = 0; i < S; ++i) EXPECT_EQ(sorted[i], i);
+    }
+    if (S >= 17) {
+      EXPECT_NE(epochs[0], epochs[1]) << "each epoch is a fresh shuffle";
+      EXPECT_NE(epochs[1], epochs[2]);
+    }
+    // resume from the middle of an epoch and from an epoch boundary
+    for (int stop : {per_epoch + 1, 2 * per_epoch, 3}) {
+      pf::BatchSampler a(S, B, seed);
+      for (int k = 0; k < stop; ++k) a.next();
+      pf::BatchSampler b(S, B, seed);
+      b.set_state(a.epoch(), a.cursor());
+      for (int k = 0; k < 2 * per_epoch + 3; ++k) ASSERT_EQ(a.next(), b.next()) << "stop " << stop << " k " << k;
+    }
+    // another seed, another order
+    if (S >= 17) {
+      pf::BatchSampler other(S, B, seed + 1);
+      std::vector<int> first;
+      for (int k = 0; k < per_epoch; ++k) {
+        auto b = other.next();
+        first.insert(first.end(), b.begin(), b.end());
+      }
+      EXPECT_NE(first, epochs[0]);
+    }
+  }
+  expect_error([] { pf::BatchSampler(10, 11, 0); }, {"batch_size <= S = 10", "found batch_size = 11"});
+  expect_error([] { pf::BatchSampler(10, 0, 0); }, {"found batch_size = 0"});
+  expect_error([] { pf::BatchSampler(10, 3, 0).set_state(0, 11); }, {"cursor = 11"});
+}
+
+TEST_F(ChainTest, ShuffleIsUniform) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  // All 6 orders of 3 samples, each with frequency 1/6: over 1200 epochs the sd of a frequency
+  // is sqrt(1/6 · 5/6 / 1200) = 0.011; bounds at ~5 sd.
+  pf::BatchSampler sampler(3, 3, fresh_seed());
+  std::map<std::vector<int>, int> count;
+  const int epochs = 1200;
+  for (int e = 0; e < epochs; ++e) ++count[sampler.next()];
+  EXPECT_EQ(count.size(), 6u);
+  for (const auto& [perm, n] : count) EXPECT_NEAR(n / double(epochs), 1.0 / 6.0, 0.055);
+}
+
+TEST_F(ChainTest, GatherBatchCopiesTheRequestedSamples) {
+  const pf::ChainSet c = pf::generate_chains(17, 9, 8, fresh_seed(), "train");
+  const std::vector<int> idx = {16, 0, 5, 5};
+  const pf::Batch b = pf::gather_batch(c, idx);
+  ASSERT_EQ(b.B, 4);
+  ASSERT_EQ(b.N, 9);
+  ASSERT_EQ(b.tokens.size(), 36u);
+  ASSERT_EQ(b.coords.size(), 108u);
+  for (int k = 0; k < 4; ++k)
+    for (int i = 0; i < 9; ++i) {
+      EXPECT_EQ(b.tokens[k * 9 + i], c.tokens[idx[k] * 9 + i]);
+      EXPECT_EQ(b.labels[k * 9 + i], c.labels[idx[k] * 9 + i]);
+      for (int a = 0; a < 3; ++a) EXPECT_EQ(b.coords[(k * 9 + i) * 3 + a], c.coords[(idx[k] * 9 + i) * 3 + a]);
+    }
+  expect_error([&] { pf::gather_batch(c, {0, 17}); }, {"sample index 17 (position 1) is outside [0, 17)"});
+  expect_error([&] { pf::gather_batch(c, {-1}); }, {"sample index -1"});
+  expect_error([&] { pf::gather_batch(c, {}); }, {"at least one sample index"});
+}
+
+TEST(Chain, BadSizesAreErrors) {
+  expect_error([] { pf::generate_chains(0, 9, 8, 1, "train"); }, {"at least 1 chain", "S = 0"});
+  expect_error([] { pf::generate_chains(3, 5, 8, 1, "train"); }, {"at least 6 residues", "N = 5"});
+  expect_error([] { pf::generate_chains(3, 9, 0, 1, "train"); }, {"n_types = 0"});
+}
