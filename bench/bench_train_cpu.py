@@ -9,8 +9,8 @@ AdamW + global grad-norm clipping + the warmup/cosine lr schedule, on freely joi
 median step time gives tokens/s = batch * n_res / median.
 
 C++ side: `train CONFIG --device cpu --out TMP train.steps=n train.eval_every=n
-train.log_every=10` with n = warmup + steps and OMP_NUM_THREADS=threads; its last stdout line
-is the JSON summary, from which tokens_per_s is read.
+train.log_every=10 train.warmup=min(warmup of the config, n)` with n = warmup + steps and
+OMP_NUM_THREADS=threads; its last stdout line is the JSON summary, from which tokens_per_s is read.
 
 Prints a table: implementation, tokens/s, step ms, ratio C++/PyTorch (of tokens/s), and ends
 with one JSON line holding the same numbers.
@@ -120,7 +120,7 @@ def bench_torch(cfg, train, n_res, threads, warmup, steps, seed=0):
     model = tp.PairBiasModel(cfg, dtype=torch.float32)
     opt = tp.make_adamw(model, float(train["lr"]), float(train["weight_decay"]))
     sched = dict(lr=float(train["lr"]), min_lr=float(train["min_lr"]),
-                 warmup=int(train["warmup"]), steps=warmup + steps)
+                 warmup=min(int(train["warmup"]), warmup + steps), steps=warmup + steps)
     times = []
     for s in range(warmup + steps):
         sl = slice((s % n_batches) * B, (s % n_batches + 1) * B)
@@ -153,7 +153,9 @@ def run_cpp(binary, config, n_steps, threads, overrides, timeout):
             return None, f"C++ trainer did not finish within {timeout} s"
     if p.returncode != 0:
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-5:])
-        return None, f"C++ trainer exited with {p.returncode}:\n{tail}"
+        how = (f"was killed by signal {-p.returncode}" if p.returncode < 0
+               else f"exited with {p.returncode}")
+        return None, f"C++ trainer {how}:\n{tail}"
     for line in reversed(p.stdout.strip().splitlines()):
         try:
             js = json.loads(line)
@@ -183,6 +185,8 @@ def main():
                         type=float if k == "dist_max" else int,
                         help=f"model key {k} (PyTorch side; default: config, else {v})")
     args = ap.parse_args()
+    args.train_bin = os.path.abspath(args.train_bin)  # the trainer runs from the repo root
+    args.config = os.path.abspath(args.config)
     if args.steps < 30:
         ap.error(f"--steps: expected at least 30 timed steps, found {args.steps}")
 
@@ -207,7 +211,9 @@ def main():
     if args.no_cpp:
         print("C++: skipped (--no-cpp)")
     else:
-        overrides = []
+        # the trainer refuses a warm-up longer than the run
+        n = args.warmup + args.steps
+        overrides = [f"train.warmup={min(int(train['warmup']), n)}"]
         if args.batch is not None:
             overrides.append(f"train.batch_size={args.batch}")
         if args.n_res is not None:
