@@ -36,20 +36,22 @@ Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs,
 
 namespace {
 
-// Nodes reachable from root, each after every node that consumes its output.
-std::vector<Node*> topological_order(Node* root) {
-  std::vector<Node*> order;
+// Nodes reachable from root, each after every node that consumes its output. The list owns
+// them: the backward releases each node's edges as it goes, which may drop the last other owner.
+std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>& root_ptr) {
+  Node* root = root_ptr.get();
+  std::vector<std::shared_ptr<Node>> order;
   std::unordered_set<Node*> visited;
   // Iterative post-order DFS (graphs of deep models would overflow a recursive one).
-  std::vector<std::pair<Node*, size_t>> stack{{root, 0}};
+  std::vector<std::pair<std::shared_ptr<Node>, size_t>> stack{{root_ptr, 0}};
   visited.insert(root);
   while (!stack.empty()) {
     auto& [node, next] = stack.back();
     if (next < node->inputs.size()) {
       const Tensor& in = node->inputs[next++];
       if (in.defined() && in.grad_fn()) {
-        Node* child = in.grad_fn().get();
-        if (visited.insert(child).second) stack.push_back({child, 0});
+        const std::shared_ptr<Node>& child = in.grad_fn();
+        if (visited.insert(child.get()).second) stack.push_back({child, 0});
       }
     } else {
       order.push_back(node);
@@ -96,7 +98,8 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
   NoGradGuard no_grad;  // gradients are not themselves differentiated
   std::unordered_map<Node*, Tensor> grads;
   grads[root.grad_fn().get()] = seed;
-  for (Node* node : topological_order(root.grad_fn().get())) {
+  for (const std::shared_ptr<Node>& node_ptr : topological_order(root.grad_fn())) {
+    Node* node = node_ptr.get();
     auto it = grads.find(node);
     if (it == grads.end()) continue;  // no gradient flows here
     Tensor g = std::move(it->second);
