@@ -1,0 +1,176 @@
+// Elementwise ops: add, sub, mul (numpy broadcasting), scale, gelu; and the no-grad in-place
+// updates and queries (add_, scale_, axpy_, sum_of_squares, all_finite).
+//
+// Backward, for out = a ∘ b broadcast to out's shape S and g = ∂L/∂out:
+//   add: da = Σ→a g          db = Σ→b g           (Σ→x: sum over the dims x is broadcast along)
+//   sub: da = Σ→a g          db = −Σ→b g
+//   mul: da = Σ→a (g·b)      db = Σ→b (g·a)
+//   scale: dx = s·g;   gelu: dx = g·(Φ(x) + x·φ(x))
+#include <cmath>
+
+#include "framework/ops/common.h"
+#include "kernels/cpu/elementwise.h"
+
+namespace pf::ops {
+
+using namespace detail;
+
+namespace {
+
+// out = a ∘ b with broadcasting, no autograd.  a:(...) b:(...) → broadcast_shapes(a, b)
+Tensor binary_raw(kernels::cpu::BinaryOp op, const Tensor& a, const Tensor& b, const char* name) {
+  check_float(a, name, "a");
+  check_float(b, name, "b");
+  check_same(a, "a", b, "b", name);
+  const Shape shape = broadcast_shapes(a.shape(), b.shape());
+  if (a.device() == Device::CUDA) PF_FAIL(name << ": CUDA backend not built yet");
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  const Shape sa = broadcast_strides(a.shape(), shape), sb = broadcast_strides(b.shape(), shape);
+  dispatch_float(a.dtype(), name, [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::binary(op, a.data<T>(), sa.data(), b.data<T>(), sb.data(), out.data<T>(),
+                         shape.data(), static_cast<int>(shape.size()));
+  });
+  return out;
+}
+
+Tensor scale_raw(const Tensor& x, double s, const char* name) {
+  check_float(x, name, "x");
+  if (x.device() == Device::CUDA) PF_FAIL(name << ": CUDA backend not built yet");
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  dispatch_float(x.dtype(), name, [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::scale(x.data<T>(), static_cast<T>(s), out.data<T>(), x.numel());
+  });
+  return out;
+}
+
+}  // namespace
+
+// a:(...) b:(...) → broadcast shape
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_raw(kernels::cpu::BinaryOp::Add, a, b, "add");
+  const Shape sa = a.shape(), sb = b.shape();
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  return make_result(out, "add", {a, b},
+                     [sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
+                       return {need_a ? reduce_to(g, sa) : Tensor(),
+                               need_b ? reduce_to(g, sb) : Tensor()};
+                     });
+}
+
+// a:(...) b:(...) → broadcast shape
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_raw(kernels::cpu::BinaryOp::Sub, a, b, "sub");
+  const Shape sa = a.shape(), sb = b.shape();
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  return make_result(out, "sub", {a, b},
+                     [sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
+                       return {need_a ? reduce_to(g, sa) : Tensor(),
+                               need_b ? scale_raw(reduce_to(g, sb), -1.0, "sub") : Tensor()};
+                     });
+}
+
+// a:(...) b:(...) → broadcast shape
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_raw(kernels::cpu::BinaryOp::Mul, a, b, "mul");
+  // Each gradient needs the other input; save it only if that gradient is wanted.
+  const Tensor save_b = a.requires_grad() ? b.detach() : Tensor();
+  const Tensor save_a = b.requires_grad() ? a.detach() : Tensor();
+  const Shape sa = a.shape(), sb = b.shape();
+  return make_result(out, "mul", {a, b},
+                     [save_a, save_b, sa, sb](const Tensor& g) -> std::vector<Tensor> {
+                       using kernels::cpu::BinaryOp;
+                       Tensor da, db;
+                       if (save_b.defined())
+                         da = reduce_to(binary_raw(BinaryOp::Mul, g, save_b, "mul"), sa);
+                       if (save_a.defined())
+                         db = reduce_to(binary_raw(BinaryOp::Mul, g, save_a, "mul"), sb);
+                       return {da, db};
+                     });
+}
+
+// x:(...) → (...)
+Tensor scale(const Tensor& x, double s) {
+  Tensor out = scale_raw(x, s, "scale");
+  return make_result(out, "scale", {x}, [s](const Tensor& g) -> std::vector<Tensor> {
+    return {scale_raw(g, s, "scale")};
+  });
+}
+
+// x:(...) → (...)
+Tensor gelu(const Tensor& x) {
+  check_float(x, "gelu", "x");
+  if (x.device() == Device::CUDA) PF_FAIL("gelu: CUDA backend not built yet");
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  dispatch_float(x.dtype(), "gelu", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::gelu_forward(x.data<T>(), out.data<T>(), x.numel());
+  });
+  const Tensor saved_x = x.detach();
+  return make_result(out, "gelu", {x}, [saved_x](const Tensor& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::empty(saved_x.shape(), saved_x.dtype(), saved_x.device());
+    dispatch_float(saved_x.dtype(), "gelu", [&](auto t) {
+      using T = decltype(t);
+      kernels::cpu::gelu_backward(saved_x.data<T>(), g.data<T>(), dx.data<T>(), saved_x.numel());
+    });
+    return {dx};
+  });
+}
+
+// ---- no grad ----------------------------------------------------------------------------------
+
+namespace {
+void check_inplace(const Tensor& dst, const Tensor& src, const char* op) {
+  check_float(dst, op, "dst");
+  check_float(src, op, "src");
+  check_same(dst, "dst", src, "src", op);
+  PF_CHECK(dst.shape() == src.shape(), op << ": dst " << dst.str() << " and src " << src.str()
+                                          << " must have the same shape");
+}
+}  // namespace
+
+// dst:(...) += src:(...)
+void add_(Tensor& dst, const Tensor& src) { axpy_(dst, 1.0, src); }
+
+// x:(...) *= s
+void scale_(Tensor& x, double s) {
+  check_float(x, "scale_", "x");
+  if (x.device() == Device::CUDA) PF_FAIL("scale_: CUDA backend not built yet");
+  dispatch_float(x.dtype(), "scale_", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::scale(x.data<T>(), static_cast<T>(s), x.data<T>(), x.numel());
+  });
+}
+
+// y:(...) += alpha·x:(...)
+void axpy_(Tensor& y, double alpha, const Tensor& x) {
+  check_inplace(y, x, "axpy_");
+  if (y.device() == Device::CUDA) PF_FAIL("axpy_: CUDA backend not built yet");
+  dispatch_float(y.dtype(), "axpy_", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::axpy(y.data<T>(), static_cast<T>(alpha), x.data<T>(), y.numel());
+  });
+}
+
+// x:(...) → Σ x²
+double sum_of_squares(const Tensor& x) {
+  check_float(x, "sum_of_squares", "x");
+  if (x.device() == Device::CUDA) PF_FAIL("sum_of_squares: CUDA backend not built yet");
+  return dispatch_float(x.dtype(), "sum_of_squares", [&](auto t) {
+    using T = decltype(t);
+    return kernels::cpu::sum_of_squares(x.data<T>(), x.numel());
+  });
+}
+
+// x:(...) → no NaN/inf
+bool all_finite(const Tensor& x) {
+  check_float(x, "all_finite", "x");
+  if (x.device() == Device::CUDA) PF_FAIL("all_finite: CUDA backend not built yet");
+  return dispatch_float(x.dtype(), "all_finite", [&](auto t) {
+    using T = decltype(t);
+    return kernels::cpu::all_finite(x.data<T>(), x.numel());
+  });
+}
+
+}  // namespace pf::ops

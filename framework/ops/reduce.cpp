@@ -1,0 +1,96 @@
+// Reductions: sum, mean (to a scalar) and sum_to (down to a broadcast shape).
+//
+//   sum:    y = Σ x            dx = g (broadcast to x's shape)
+//   mean:   y = Σ x / n        dx = g / n
+//   sum_to: y = x summed over the dims broadcast from `shape`;  dx = g broadcast back to x's shape
+#include "framework/ops/common.h"
+#include "kernels/cpu/permute.h"
+#include "kernels/cpu/reduce.h"
+
+namespace pf::ops {
+
+namespace detail {
+
+Tensor reduce_to(const Tensor& g, const Shape& shape) {
+  if (g.shape() == shape) return g;
+  if (g.device() == Device::CUDA) PF_FAIL("sum_to: CUDA backend not built yet");
+  Tensor out = Tensor::empty(shape, g.dtype(), g.device());
+  const Shape out_strides = broadcast_strides(shape, g.shape());
+  dispatch_float(g.dtype(), "sum_to", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::sum_to(g.data<T>(), g.shape().data(), g.ndim(), out_strides.data(),
+                         out.data<T>(), out.numel());
+  });
+  return out;
+}
+
+Tensor expand_to(const Tensor& x, const Shape& shape) {
+  if (x.shape() == shape) return x;
+  if (x.device() == Device::CUDA) PF_FAIL("expand: CUDA backend not built yet");
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  const Shape strides = broadcast_strides(x.shape(), shape);
+  kernels::cpu::strided_copy(x.data_ptr(), strides.data(), out.data_ptr(), shape.data(),
+                             static_cast<int>(shape.size()), dtype_size(x.dtype()));
+  return out;
+}
+
+}  // namespace detail
+
+using namespace detail;
+
+namespace {
+
+// x:(...) → scalar Σ x · factor (accumulated in double), in x's dtype.
+Tensor scaled_total(const Tensor& x, double factor, const char* op) {
+  check_float(x, op, "x");
+  if (x.device() == Device::CUDA) PF_FAIL(op << ": CUDA backend not built yet");
+  const double total = dispatch_float(x.dtype(), op, [&](auto t) {
+    using T = decltype(t);
+    return kernels::cpu::sum(x.data<T>(), x.numel());
+  });
+  return Tensor::full({}, total * factor, x.dtype(), x.device());
+}
+
+}  // namespace
+
+// x:(...) → ()
+Tensor sum(const Tensor& x) {
+  Tensor out = scaled_total(x, 1.0, "sum");
+  const Shape shape = x.shape();
+  return make_result(out, "sum", {x}, [shape](const Tensor& g) -> std::vector<Tensor> {
+    return {Tensor::full(shape, g.item(), g.dtype(), g.device())};
+  });
+}
+
+// x:(...) → ()
+Tensor mean(const Tensor& x) {
+  check_float(x, "mean", "x");
+  PF_CHECK(x.numel() > 0, "mean: x has no elements (" << x.str() << ")");
+  const double inv_n = 1.0 / static_cast<double>(x.numel());
+  Tensor out = scaled_total(x, inv_n, "mean");
+  const Shape shape = x.shape();
+  return make_result(out, "mean", {x}, [shape, inv_n](const Tensor& g) -> std::vector<Tensor> {
+    return {Tensor::full(shape, g.item() * inv_n, g.dtype(), g.device())};
+  });
+}
+
+// x:(...) → shape, where shape broadcasts to x's shape
+Tensor sum_to(const Tensor& x, const Shape& shape) {
+  check_float(x, "sum_to", "x");
+  PF_CHECK(shape.size() <= x.shape().size(),
+           "sum_to: target " << shape_str(shape) << " has more dims than x " << x.str());
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const int64_t xd = x.shape()[x.shape().size() - shape.size() + i];
+    PF_CHECK(shape[i] == xd || shape[i] == 1,
+             "sum_to: target " << shape_str(shape) << " does not broadcast to x's shape "
+                               << shape_str(x.shape()) << " (dim " << i << ")");
+  }
+  Tensor out = reduce_to(x, shape);
+  if (out.impl() == x.impl()) out = x.clone();  // a new tensor even when nothing is summed
+  const Shape x_shape = x.shape();
+  return make_result(out, "sum_to", {x}, [x_shape](const Tensor& g) -> std::vector<Tensor> {
+    return {expand_to(g, x_shape)};
+  });
+}
+
+}  // namespace pf::ops

@@ -1,0 +1,86 @@
+// Shape ops: reshape (shares storage), permute and transpose (copy).
+//
+//   reshape: dx = g viewed as x's shape;   permute by p: dx = permute(g, p⁻¹)
+#include "framework/ops/common.h"
+#include "kernels/cpu/permute.h"
+
+namespace pf::ops {
+
+using namespace detail;
+
+// x:(...) → shape (one entry may be −1: inferred)
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  check_defined(x, "reshape", "x");
+  Shape target = shape;
+  int infer = -1;
+  int64_t known = 1;
+  for (size_t i = 0; i < target.size(); ++i) {
+    if (target[i] == -1) {
+      PF_CHECK(infer < 0, "reshape: more than one -1 in " << shape_str(shape));
+      infer = static_cast<int>(i);
+    } else {
+      PF_CHECK(target[i] >= 0, "reshape: negative size in " << shape_str(shape));
+      known *= target[i];
+    }
+  }
+  if (infer >= 0) {
+    PF_CHECK(known > 0 && x.numel() % known == 0,
+             "reshape: cannot infer the -1 of " << shape_str(shape) << " for " << x.str());
+    target[infer] = x.numel() / known;
+  }
+  PF_CHECK(shape_numel(target) == x.numel(), "reshape: " << shape_str(shape) << " holds "
+                                                         << shape_numel(target) << " elements, x "
+                                                         << x.str() << " has " << x.numel());
+  Tensor out = x.view(target);
+  const Shape x_shape = x.shape();
+  return make_result(out, "reshape", {x}, [x_shape](const Tensor& g) -> std::vector<Tensor> {
+    return {g.view(x_shape)};
+  });
+}
+
+// x:(d0..dn−1) → (d_dims[0], ..., d_dims[n−1]); dims may count from the end (−1 = last)
+Tensor permute(const Tensor& x, const std::vector<int>& dims) {
+  check_defined(x, "permute", "x");
+  const int n = x.ndim();
+  PF_CHECK(static_cast<int>(dims.size()) == n,
+           "permute: " << dims.size() << " dims given for x " << x.str() << " of " << n << " dims");
+  std::vector<int> perm(n), inverse(n, -1);
+  for (int i = 0; i < n; ++i) {
+    const int d = dims[i] < 0 ? dims[i] + n : dims[i];
+    PF_CHECK(d >= 0 && d < n, "permute: dim " << dims[i] << " out of range for x " << x.str());
+    PF_CHECK(inverse[d] < 0, "permute: dim " << dims[i] << " appears twice; dims must be a "
+                                             << "permutation of 0.." << n - 1);
+    perm[i] = d;
+    inverse[d] = i;
+  }
+  if (x.device() == Device::CUDA) PF_FAIL("permute: CUDA backend not built yet");
+  Shape out_shape(n);
+  for (int i = 0; i < n; ++i) out_shape[i] = x.shape()[perm[i]];
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+  kernels::cpu::permute(x.data_ptr(), x.shape().data(), n, perm.data(), out.data_ptr(),
+                        dtype_size(x.dtype()));
+  return make_result(out, "permute", {x}, [inverse](const Tensor& g) -> std::vector<Tensor> {
+    Shape shape(g.ndim());
+    std::vector<int> p = inverse;
+    for (int i = 0; i < g.ndim(); ++i) shape[i] = g.shape()[p[i]];
+    Tensor dx = Tensor::empty(shape, g.dtype(), g.device());
+    kernels::cpu::permute(g.data_ptr(), g.shape().data(), g.ndim(), p.data(), dx.data_ptr(),
+                          dtype_size(g.dtype()));
+    return {dx};
+  });
+}
+
+// x:(...) → x with dims d0 and d1 swapped (may count from the end)
+Tensor transpose(const Tensor& x, int d0, int d1) {
+  check_defined(x, "transpose", "x");
+  const int n = x.ndim();
+  const int a = d0 < 0 ? d0 + n : d0, b = d1 < 0 ? d1 + n : d1;
+  PF_CHECK(a >= 0 && a < n && b >= 0 && b < n,
+           "transpose: dims (" << d0 << ", " << d1 << ") out of range for x " << x.str());
+  std::vector<int> perm(n);
+  for (int i = 0; i < n; ++i) perm[i] = i;
+  std::swap(perm[a], perm[b]);
+  return permute(x, perm);
+}
+
+}  // namespace pf::ops
