@@ -1,0 +1,89 @@
+// Softmax over the last dim, mean cross-entropy, and accuracy (no grad).
+//
+//   softmax:       dx = y·(g − Σ_c g·y)                       (y saved from the forward)
+//   cross_entropy: L = mean_r (lse_r − x[r, label_r]);   dx = g/N·(softmax(x) − onehot(label))
+#include "framework/ops/common.h"
+#include "kernels/cpu/softmax.h"
+
+namespace pf::ops {
+
+using namespace detail;
+
+// x:(...,C) → (...,C)
+Tensor softmax(const Tensor& x) {
+  check_float(x, "softmax", "x");
+  PF_CHECK(x.ndim() >= 1, "softmax: x must be (...,C), got a scalar " << x.str());
+  if (x.device() == Device::CUDA) PF_FAIL("softmax: CUDA backend not built yet");
+  const int64_t C = x.size(-1), M = C > 0 ? x.numel() / C : 0;
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  dispatch_float(x.dtype(), "softmax", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::softmax_forward(x.data<T>(), y.data<T>(), M, C);
+  });
+  const Tensor sy = y.detach();
+  return make_result(y, "softmax", {x}, [sy, M, C](const Tensor& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::empty(sy.shape(), g.dtype(), g.device());
+    dispatch_float(g.dtype(), "softmax", [&](auto t) {
+      using T = decltype(t);
+      kernels::cpu::softmax_backward(sy.data<T>(), g.data<T>(), dx.data<T>(), M, C);
+    });
+    return {dx};
+  });
+}
+
+namespace {
+void check_logits_labels(const Tensor& logits, const Tensor& labels, const char* op) {
+  check_float(logits, op, "logits");
+  check_defined(labels, op, "labels");
+  PF_CHECK(logits.ndim() == 2, op << ": logits must be (N,K), got " << logits.str());
+  PF_CHECK(labels.dtype() == DType::I32, op << ": labels must be int32, got " << labels.str());
+  PF_CHECK(labels.ndim() == 1 && labels.size(0) == logits.size(0),
+           op << ": labels must be (" << logits.size(0) << ") to match logits "
+              << shape_str(logits.shape()) << ", got " << labels.str());
+  PF_CHECK(labels.device() == logits.device(), op << ": logits and labels on different devices: "
+                                                  << logits.str() << " and " << labels.str());
+  PF_CHECK(logits.size(0) >= 1 && logits.size(1) >= 1,
+           op << ": logits must have at least one row and one class, got " << logits.str());
+}
+}  // namespace
+
+// logits:(N,K) labels:(N) I32 → ()
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
+  check_logits_labels(logits, labels, "cross_entropy");
+  if (logits.device() == Device::CUDA) PF_FAIL("cross_entropy: CUDA backend not built yet");
+  const int64_t N = logits.size(0), K = logits.size(1);
+  Tensor lse = Tensor::empty({N}, logits.dtype(), logits.device());
+  const double loss = dispatch_float(logits.dtype(), "cross_entropy", [&](auto t) {
+    using T = decltype(t);
+    return kernels::cpu::cross_entropy_forward(logits.data<T>(), labels.data<int32_t>(),
+                                               lse.data<T>(), N, K);
+  });
+  Tensor out = Tensor::full({}, loss, logits.dtype(), logits.device());
+  const Tensor sx = logits.detach(), sl = labels.detach();
+  return make_result(out, "cross_entropy", {logits, labels},
+                     [sx, sl, lse, N, K](const Tensor& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::empty(sx.shape(), sx.dtype(), sx.device());
+    const double gv = g.item();
+    dispatch_float(sx.dtype(), "cross_entropy", [&](auto t) {
+      using T = decltype(t);
+      kernels::cpu::cross_entropy_backward(sx.data<T>(), sl.data<int32_t>(), lse.data<T>(), gv,
+                                           dx.data<T>(), N, K);
+    });
+    return {dx, Tensor()};
+  });
+}
+
+// logits:(N,K) labels:(N) I32 → fraction of rows whose argmax is the label
+double accuracy(const Tensor& logits, const Tensor& labels) {
+  check_logits_labels(logits, labels, "accuracy");
+  if (logits.device() == Device::CUDA) PF_FAIL("accuracy: CUDA backend not built yet");
+  const int64_t N = logits.size(0), K = logits.size(1);
+  kernels::cpu::check_labels(labels.data<int32_t>(), N, K, "accuracy");
+  const int64_t correct = dispatch_float(logits.dtype(), "accuracy", [&](auto t) {
+    using T = decltype(t);
+    return kernels::cpu::count_correct(logits.data<T>(), labels.data<int32_t>(), N, K);
+  });
+  return static_cast<double>(correct) / static_cast<double>(N);
+}
+
+}  // namespace pf::ops
