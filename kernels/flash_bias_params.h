@@ -50,7 +50,7 @@ inline BNHDStrides contiguous_bnhd(int64_t N, int64_t H, int64_t D) {
 struct FlashBiasParams {
   // problem size
   int B = 0, H = 0, Nq = 0, Nk = 0, D = 0;
-  float scale = 1.0f;
+  double scale = 1.0;  // double so that the F64 reference path is exact; kernels narrow it
   ScalarType dtype = ScalarType::F32;  // of q, k, v, out (and dout, dq, dk, dv)
 
   const void* q = nullptr;  BNHDStrides q_stride;   // (B,Nq,H,D)

@@ -94,9 +94,10 @@ TEST(Train, CheckpointHasDesignLayoutAndEvalReproducesValLoss) {
 
   MetricsLog log(cfg.out + "/metrics.jsonl", true, 1 << 30);
   const double logged = log.series("val_loss").back().second;
-  const size_t pos = printed.find("{\"mode\": \"eval\", \"val_loss\": ");
+  const std::string prefix = "{\"mode\": \"eval\", \"val_loss\": ";
+  const size_t pos = printed.find(prefix);
   ASSERT_NE(pos, std::string::npos) << printed;
-  const double evaluated = std::stod(printed.substr(pos + 30));
+  const double evaluated = std::stod(printed.substr(pos + prefix.size()));
   EXPECT_NEAR(evaluated, logged, 1e-5 * logged);  // both printed with 6 significant digits
   fs::remove_all(dir);
 }
