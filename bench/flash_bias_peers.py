@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""PyTorch references for the flash-bias benchmark (bench/bench_flash_bias.cu runs this in the
+same invocation and prints one table).
+
+For each shape B,H,N,D,shared (fp16; the bias (B|1,H,N,N) requires grad like q, k, v), times the
+forward and forward+backward (median, triton.testing.do_bench) of:
+  sdpa   torch.nn.functional.scaled_dot_product_attention with the bias as a float attn_mask
+  flex   torch.compile(flex_attention) with the bias captured in score_mod
+  naive  softmax(scale * q k^T + bias) v in plain PyTorch ops
+and prints one line per (impl, shape):
+  PEER impl B H N D shared fwd_ms fwdbwd_ms        (nan where the impl cannot run the shape)
+Diagnostics go to stderr.
+
+    python3 bench/flash_bias_peers.py --shapes '2,4,4096,32,0;4,8,2048,64,1'
+"""
+import argparse
+import math
+import sys
+import traceback
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", required=True, help="B,H,N,D,shared;...")
+    ap.add_argument("--impls", default="sdpa,flex,naive")
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    log(f"peers: torch {torch.__version__}, device {torch.cuda.get_device_name(0)}")
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+    except Exception as e:  # older PyTorch
+        flex = None
+        log(f"flex_attention unavailable: {e}")
+
+    def bench(fn, grads):
+        return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
+
+    for spec in args.shapes.split(";"):
+        B, H, N, D, shared = (int(x) for x in spec.split(","))
+        scale = 1.0 / math.sqrt(D)
+        dev, dt = "cuda", torch.float16
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+        k = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+        v = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+        bias = torch.randn(1 if shared else B, H, N, N, device=dev, dtype=dt, generator=gen).requires_grad_()
+        dout = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
+        grads = [q, k, v, bias]
+
+        def sdpa():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+        def score_mod(score, b, h, qi, ki):
+            return score + bias[0 if shared else b, h, qi, ki]
+
+        def flex_fn():
+            return flex(q, k, v, score_mod=score_mod, scale=scale)
+
+        def naive():
+            s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias
+            return torch.matmul(torch.softmax(s, dim=-1), v)
+
+        impls = {"sdpa": sdpa, "flex": flex_fn if flex is not None else None, "naive": naive}
+        for name in args.impls.split(","):
+            fn = impls.get(name)
+            t_f = t_fb = float("nan")
+            if fn is not None:
+                try:
+                    with torch.no_grad():
+                        t_f = bench(fn, None)
+                    t_fb = bench(lambda: fn().backward(dout), grads)
+                except Exception as e:
+                    log(f"{name} failed at {spec}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    traceback.print_exc(limit=1, file=sys.stderr)
+                torch.cuda.empty_cache()
+            print(f"PEER {name} {B} {H} {N} {D} {shared} {t_f:.4f} {t_fb:.4f}", flush=True)
+            log(f"  {name:6s} {spec}: fwd {t_f:.3f} ms, fwd+bwd {t_fb:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+// The public flash-bias API (kernels/cuda/flash_bias.h): validation, the backward's workspace
+// plan, and the sequence of launches. The kernels themselves live in flash_bias_*_kernel.cuh.
+#include "kernels/cuda/flash_bias.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/check.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_bias_bwd_preprocess.cuh"
+#include "kernels/cuda/flash_bias_dispatch.cuh"
+#include "kernels/cuda/flash_bias_traits.cuh"
+
+namespace pf::kernels::cuda {
+
+namespace {
+
+using fb::BwdArgs;
+using fb::DbiasMode;
+using fb::FwdArgs;
+
+int elt_size(ScalarType t) {
+  switch (t) {
+    case ScalarType::F32: return 4;
+    case ScalarType::F64: return 8;
+    case ScalarType::F16:
+    case ScalarType::BF16: return 2;
+  }
+  return 1;
+}
+
+bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// A (B,N,H,D) operand: 16-byte aligned base and strides (vector loads of 16 bytes per row piece).
+void check_bnhd(const char* who, const char* name, const void* ptr, const BNHDStrides& s, ScalarType dtype) {
+  const int64_t per16 = 16 / elt_size(dtype);
+  PF_CHECK(aligned(ptr, 16), who << ": " << name << " must be 16-byte aligned (16-byte vector loads), got address % 16 = "
+                                 << reinterpret_cast<uintptr_t>(ptr) % 16);
+  PF_CHECK(s.batch % per16 == 0 && s.row % per16 == 0 && s.head % per16 == 0,
+           who << ": " << name << " strides (batch, row, head) = (" << s.batch << ", " << s.row << ", " << s.head
+               << ") must be multiples of " << per16 << " elements (16 bytes of " << scalar_type_name(dtype) << ")");
+}
+
+void check_common(const FlashBiasParams& p, const char* who) {
+  PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 1 && p.Nk >= 1,
+           who << ": sizes must be >= 1, got B=" << p.B << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);
+  PF_CHECK(p.D == 16 || p.D == 32 || p.D == 64 || p.D == 128,
+           who << ": head dim D=" << p.D << " is not supported; supported: 16, 32, 64, 128");
+  PF_CHECK(p.dtype == ScalarType::F16 || p.dtype == ScalarType::BF16 || p.dtype == ScalarType::F32,
+           who << ": dtype " << scalar_type_name(p.dtype) << " is not supported on CUDA; supported: float16, bfloat16, float32");
+  PF_CHECK(p.B <= 65535 && p.H <= 65535, who << ": B=" << p.B << " and H=" << p.H << " must be <= 65535 (grid limits)");
+  PF_CHECK(std::isfinite(p.scale), who << ": scale must be finite, got " << p.scale);
+  PF_CHECK(p.q && p.k && p.v, who << ": q, k and v must not be null");
+  check_bnhd(who, "q", p.q, p.q_stride, p.dtype);
+  check_bnhd(who, "k", p.k, p.k_stride, p.dtype);
+  check_bnhd(who, "v", p.v, p.v_stride, p.dtype);
+  PF_CHECK(p.out != nullptr && p.lse != nullptr, who << ": out and lse must not be null");
+  check_bnhd(who, "out", p.out, p.out_stride, p.dtype);
+  PF_CHECK(aligned(p.lse, 4), who << ": lse (float) must be 4-byte aligned");
+  if (p.bias != nullptr) {
+    PF_CHECK(p.bias_dtype == ScalarType::F32 || p.bias_dtype == ScalarType::F16 || p.bias_dtype == ScalarType::BF16,
+             who << ": bias dtype " << scalar_type_name(p.bias_dtype)
+                 << " is not supported on CUDA; supported: float32, float16, bfloat16");
+    PF_CHECK(aligned(p.bias, elt_size(p.bias_dtype)),
+             who << ": bias must be aligned to its element size " << elt_size(p.bias_dtype));
+  }
+}
+
+// The bias (or any (B|1,H|1,Nq,Nk) tensor) can be fetched in aligned 16-byte pieces.
+bool bias_vec_ok(const void* ptr, ScalarType dtype, int64_t sb, int64_t sh, int64_t sr) {
+  const int64_t per16 = 16 / elt_size(dtype);
+  return aligned(ptr, 16) && sb % per16 == 0 && sh % per16 == 0 && sr % per16 == 0;
+}
+
+FwdArgs make_fwd_args(const FlashBiasParams& p) {
+  FwdArgs a;
+  a.p = p;
+  a.scale_log2 = p.scale * fb::kLog2e;
+  a.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
+  a.bias_vec = p.bias && bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
+  return a;
+}
+
+size_t round256(size_t n) { return (n + 255) / 256 * 256; }
+
+// Where the backward's scratch lives and how dB is reduced.
+struct BwdPlan {
+  DbiasMode dbias_mode = DbiasMode::kNone;
+  bool shared_b = false, shared_h = false;
+  int nsb = 0, nsh = 0;       // dB accumulator slices
+  int64_t dbias_ld = 0;       // dB accumulator row pitch (multiple of 4 floats)
+  size_t off_delta = 0, off_dq = 0, off_dbias = 0, total = 0;
+  bool dq_atomic = false;
+};
+
+BwdPlan plan_backward(const FlashBiasBwdParams& p) {
+  BwdPlan plan;
+  plan.shared_b = p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
+  plan.shared_h = p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
+  if (p.dbias != nullptr)
+    plan.dbias_mode = !(plan.shared_b || plan.shared_h) ? DbiasMode::kDirect
+                      : p.deterministic                 ? DbiasMode::kGrouped
+                                                        : DbiasMode::kAtomic;
+  plan.dq_atomic = p.dq != nullptr && !p.deterministic;
+  const size_t rows = size_t(p.B) * p.H * p.Nq;
+  plan.off_delta = 0;
+  size_t off = round256(rows * sizeof(float));
+  if (plan.dq_atomic) {
+    plan.off_dq = off;
+    off += round256(rows * p.D * sizeof(float));
+  }
+  if (plan.dbias_mode == DbiasMode::kAtomic || plan.dbias_mode == DbiasMode::kGrouped) {
+    plan.nsb = plan.shared_b ? 1 : p.B;
+    plan.nsh = plan.shared_h ? 1 : p.H;
+    plan.dbias_ld = (int64_t(p.Nk) + 3) / 4 * 4;
+    plan.off_dbias = off;
+    off += round256(size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float));
+  }
+  plan.total = off;
+  return plan;
+}
+
+int grid_for(int64_t n, int threads) {
+  return int(std::min<int64_t>((n + threads - 1) / threads, 132 * 16));
+}
+
+}  // namespace
+
+void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream) {
+  check_common(p, "flash_bias_forward");
+  const FwdArgs args = make_fwd_args(p);
+  fb::dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    fb::dispatch_head_dim(p.D, [&](auto d) { fb::launch_flash_bias_fwd<T, decltype(d)::value>(args, stream); });
+  });
+}
+
+size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p) { return plan_backward(p).total; }
+
+void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStream_t stream) {
+  const char* who = "flash_bias_backward";
+  check_common(p, who);
+  PF_CHECK(p.dout != nullptr, who << ": dout must not be null");
+  check_bnhd(who, "dout", p.dout, p.dout_stride, p.dtype);
+  if (p.dq) check_bnhd(who, "dq", p.dq, p.dq_stride, p.dtype);
+  if (p.dk) check_bnhd(who, "dk", p.dk, p.dk_stride, p.dtype);
+  if (p.dv) check_bnhd(who, "dv", p.dv, p.dv_stride, p.dtype);
+  if (p.dbias) {
+    PF_CHECK(p.bias != nullptr, who << ": dbias was given but there is no bias");
+    PF_CHECK(aligned(p.dbias, elt_size(p.bias_dtype)),
+             who << ": dbias must be aligned to its element size " << elt_size(p.bias_dtype));
+  }
+  const BwdPlan plan = plan_backward(p);
+  PF_CHECK(plan.total == 0 || workspace != nullptr,
+           who << ": workspace is null but " << plan.total << " bytes are needed (flash_bias_backward_workspace_bytes)");
+  PF_CHECK(aligned(workspace, 256), who << ": workspace must be 256-byte aligned");
+  const bool want_dq = p.dq != nullptr, want_dk = p.dk != nullptr, want_dv = p.dv != nullptr;
+  if (!want_dq && !want_dk && !want_dv && p.dbias == nullptr) return;
+
+  char* ws = static_cast<char*>(workspace);
+  BwdArgs args;
+  args.p = p;
+  args.scale_log2 = p.scale * fb::kLog2e;
+  args.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
+  args.bias_vec = p.bias && bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
+  args.dbias_vec = p.dbias && aligned(p.dbias, 2 * elt_size(p.bias_dtype)) && p.dbias_batch_stride % 2 == 0 &&
+                   p.dbias_head_stride % 2 == 0 && p.dbias_row_stride % 2 == 0;
+  args.delta = reinterpret_cast<float*>(ws + plan.off_delta);
+  args.dq_accum = plan.dq_atomic ? reinterpret_cast<float*>(ws + plan.off_dq) : nullptr;
+  args.dbias_mode = plan.dbias_mode;
+  args.shared_b = plan.shared_b;
+  args.shared_h = plan.shared_h;
+  if (plan.nsb > 0) {
+    args.dbias_accum = reinterpret_cast<float*>(ws + plan.off_dbias);
+    args.dbias_accum_ld = plan.dbias_ld;
+  }
+  args.group_b = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_b;
+  args.group_h = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_h;
+
+  const int64_t rows = int64_t(p.B) * p.H * p.Nq;
+  const size_t accum_dq_bytes = size_t(rows) * p.D * sizeof(float);
+  const size_t accum_db_bytes = size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float);
+  if (args.dq_accum) PF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, accum_dq_bytes, stream));
+  if (args.dbias_accum) PF_CUDA_CHECK(cudaMemsetAsync(args.dbias_accum, 0, accum_db_bytes, stream));
+
+  fb::dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    // Δ = rowsum(dO ∘ O): 8 warps per block, one warp per row
+    fb::flash_bias_bwd_delta_kernel<T><<<grid_for(rows, 8), 256, 0, stream>>>(p, const_cast<float*>(args.delta));
+    PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_delta_kernel");
+
+    fb::dispatch_head_dim(p.D, [&](auto d) {
+      constexpr int D = decltype(d)::value;
+      if (want_dk || want_dv || p.dbias != nullptr || plan.dq_atomic) fb::launch_flash_bias_bwd<T, D>(args, stream);
+      if (want_dq && !plan.dq_atomic) fb::launch_flash_bias_bwd_dq<T, D>(args, stream);
+    });
+
+    if (plan.dq_atomic) {
+      fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, args.dq_accum);
+      PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
+    }
+  });
+  if (args.dbias_accum) {
+    const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
+    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p, args.bias_kind, args.dbias_accum,
+                                                                               plan.dbias_ld, plan.nsb, plan.nsh);
+    PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
+  }
+}
+
+}  // namespace pf::kernels::cuda

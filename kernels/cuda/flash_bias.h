@@ -1,0 +1,48 @@
+// Flash-bias attention on the GPU: forward and backward (dQ, dK, dV and the bias gradient dB).
+//
+//   out = softmax(scale · Q Kᵀ + B + mask) · V        per batch b and head h
+//
+// The problem is described by kernels/flash_bias_params.h (pointers, shapes, strides in
+// elements); every convention stated there holds here. The CPU twin with the same API is
+// kernels/cpu/flash_bias.h and is the reference these kernels are tested against
+// (tests/test_flash_bias_cuda.cpp).
+//
+// Supported:
+// - dtype (q, k, v, out, dout, dq, dk, dv): F16 or BF16 (tensor cores, fp32 accumulation), or F32
+//   (fp32 arithmetic throughout, no tf32). The lse is float (B,H,Nq) contiguous.
+// - bias_dtype: F32, F16 or BF16, independent of dtype (an fp32 learnable bias with bf16 inputs
+//   is fine); dbias has the bias's dtype.
+// - head dim D in {16, 32, 64, 128}; any B, H, Nq, Nk >= 1.
+// - q, k, v, out, dout, dq, dk, dv: 16-byte aligned pointers and batch/row/head strides that are
+//   multiples of 16 bytes (8 halves, 4 floats). The bias and its gradient may have any strides.
+// Anything else fails with a pf::Error naming what was given and what is supported.
+//
+// All work is queued on `stream`; nothing synchronises. Errors raised while a kernel runs surface
+// at the caller's next synchronising CUDA call.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "kernels/flash_bias_params.h"
+
+namespace pf::kernels::cuda {
+
+// q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
+void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream);
+
+// Bytes of scratch that flash_bias_backward needs for `p` (a multiple of 256; may be 0):
+// rowsum(dO∘O) (B,H,Nq) fp32, the fp32 dQ accumulator (B,H,Nq,D) unless p.deterministic, and
+// the fp32 dB accumulator (B|1,H|1,Nq,Nk) when the bias is shared over the batch or heads.
+size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p);
+
+// Needs p.out and p.lse from the forward. dout:(B,Nq,H,D) -> dq:(B,Nq,H,D) dk,dv:(B,Nk,H,D)
+// dbias:(B|1,H|1,Nq,Nk); each gradient is computed only when its pointer is non-null.
+// `workspace` holds at least flash_bias_backward_workspace_bytes(p) bytes of device memory
+// (256-byte aligned; contents need not be initialised).
+// With p.deterministic the results are bitwise identical run to run (no floating-point atomics);
+// otherwise dQ, and dB of a bias shared over the batch or heads, are summed with fp32 atomics
+// (run-to-run differences at the level of fp32 rounding only).
+void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStream_t stream);
+
+}  // namespace pf::kernels::cuda

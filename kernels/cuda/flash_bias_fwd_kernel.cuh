@@ -1,0 +1,198 @@
+// Flash-bias forward: one CTA per (64 query rows, h, b); it walks the key blocks with an online
+// softmax in base 2 and never materialises the Nq × Nk scores.
+//
+// Per key block j (x = base-2 logits of the block, m = running row max, l = running row sum):
+//   m' = max(m, rowmax x)    α = 2^(m − m')    P = 2^(x − m')
+//   l' = α·l + rowsum P      O' = α·O + P·V_j
+// and at the end out = O / l, lse = ln 2 · (m + log2 l). A row with no attended key keeps
+// m = −inf and l = 0: out = 0, lse = −inf (never NaN: −inf logits use m' = 0 as their origin).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_bias_mask.cuh"
+#include "kernels/cuda/flash_bias_traits.cuh"
+#include "kernels/cuda/flash_bias_warp.cuh"
+
+namespace pf::kernels::cuda::fb {
+
+// q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
+// grid (ceil(Nq/64), H, B), block 128, dynamic shared memory Tr::kSmemBytes.
+template <typename Tr>
+__global__ void __launch_bounds__(Tr::kNThreads)
+    flash_bias_fwd_kernel(const __grid_constant__ FwdArgs args) {
+  using T = typename Tr::Element;
+  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN;
+  constexpr int kPitch = Tr::kPitch, kSPitch = Tr::kSPitch, kBiasPitch = Tr::kBiasPitch;
+  constexpr int kStages = Tr::kStages, kNThreads = Tr::kNThreads;
+  const FlashBiasParams& p = args.p;
+
+  extern __shared__ __align__(128) char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + Tr::kOffQ);
+  T* sK = reinterpret_cast<T*>(smem + Tr::kOffK);
+  T* sV = reinterpret_cast<T*>(smem + Tr::kOffV);
+  char* sBias = smem + Tr::kOffBias;
+  T* sP = reinterpret_cast<T*>(smem + Tr::kOffP);
+  uint8_t* sKeyOk = reinterpret_cast<uint8_t*>(smem + Tr::kOffKeyOk);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int m0 = blockIdx.x * BM;
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride.batch + h * p.k_stride.head;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
+  const bool has_bias = args.bias_kind != kNoBias;
+  const char* bias = has_bias ? static_cast<const char*>(p.bias) +
+                                    (b * p.bias_batch_stride + h * p.bias_head_stride) * bias_elt_size(args.bias_kind)
+                              : nullptr;
+  const uint8_t* kpm = p.key_padding_mask ? p.key_padding_mask + int64_t(b) * p.Nk : nullptr;
+  const int causal_off = p.Nk - p.Nq;
+
+  // Key blocks this query block can see (causal: up to the diagonal of its last row).
+  int n_blocks = (p.Nk + BN - 1) / BN;
+  if (p.causal) {
+    const int last_key = min(m0 + BM, p.Nq) - 1 + causal_off;
+    n_blocks = last_key < 0 ? 0 : min(n_blocks, last_key / BN + 1);
+  }
+
+  auto load_kv = [&](int n_block, int stage) {
+    const int n0 = n_block * BN;
+    load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, k, p.k_stride.row, n0, p.Nk, tid);
+    load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, v, p.v_stride.row, n0, p.Nk, tid);
+    if (has_bias)
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * Tr::kBiasTileBytes, bias, p.bias_row_stride,
+                                                    args.bias_kind, m0, n0, p.Nq, p.Nk, args.bias_vec, tid);
+  };
+
+  load_rows<T, D, BM, kPitch, kNThreads>(sQ, q, p.q_stride.row, m0, p.Nq, tid);
+  if (n_blocks > 0) {
+    load_kv(0, 0);
+    if (tid < BN) sKeyOk[tid] = key_ok(kpm, tid, p.Nk);
+  }
+  cp_async_commit();
+
+  float acc_o[1][D / 8][4];
+  zero_frag(acc_o);
+  float m_row[2] = {-INFINITY, -INFINITY};  // rows g and g + 8 of this warp, base 2
+  float l_row[2] = {0.f, 0.f};              // this thread's part of the row sums
+
+  for (int nb = 0; nb < n_blocks; ++nb) {
+    const int stage = nb % kStages;
+    uint8_t key_ok_next = 0;  // the next tile's key validity, stored to shared memory after compute
+    if constexpr (kStages > 1) {
+      if (nb + 1 < n_blocks) {
+        load_kv(nb + 1, (nb + 1) % kStages);
+        if (tid < BN) key_ok_next = key_ok(kpm, (nb + 1) * BN + tid, p.Nk);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      if (nb > 0) {
+        load_kv(nb, 0);
+        if (tid < BN) sKeyOk[tid] = key_ok(kpm, nb * BN + tid, p.Nk);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    const int n0 = nb * BN;
+    const T* sKs = sK + stage * BN * kPitch;
+    const T* sVs = sV + stage * BN * kPitch;
+
+    float S[1][BN / 8][4];
+    zero_frag(S);
+    warp_gemm<1, BN / 8, D, false, false>(S, sQ + warp * 16 * kPitch, kPitch, sKs, kPitch);
+    scores_to_log2<BN / 8, kBiasPitch>(S, warp * 16, 0, m0, n0,
+                                       has_bias ? sBias + stage * Tr::kBiasTileBytes : nullptr,
+                                       args.bias_kind, sKeyOk + stage * BN, p.causal, causal_off,
+                                       args.scale_log2);
+
+    // online softmax over this key block
+    float mx[2] = {m_row[0], m_row[1]};
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      mx[0] = fmaxf(mx[0], fmaxf(S[0][nt][0], S[0][nt][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(S[0][nt][2], S[0][nt][3]));
+    }
+    float m_use[2], alpha[2], rowsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+      m_use[hf] = mx[hf] == -INFINITY ? 0.f : mx[hf];
+      alpha[hf] = exp2f(m_row[hf] - m_use[hf]);
+      m_row[hf] = mx[hf];
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        S[0][nt][e] = exp2f(S[0][nt][e] - m_use[e / 2]);
+        rowsum[e / 2] += S[0][nt][e];
+      }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) l_row[hf] = l_row[hf] * alpha[hf] + rowsum[hf];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[0][nt][e] *= alpha[e / 2];
+
+    // O += P · V_j (P through this warp's own rows of shared memory)
+    T* sPw = sP + warp * 16 * kSPitch;
+    store_frag(S, sPw, kSPitch);
+    __syncwarp();
+    warp_gemm<1, D / 8, BN, false, true>(acc_o, sPw, kSPitch, sVs, kPitch);
+
+    if constexpr (kStages > 1) {
+      if (nb + 1 < n_blocks && tid < BN) sKeyOk[((nb + 1) % kStages) * BN + tid] = key_ok_next;
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  // epilogue: out = O / l, lse = ln 2 · (m + log2 l)
+  T* out = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
+  float* lse = static_cast<float*>(p.lse) + (int64_t(b) * p.H + h) * p.Nq;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float l = l_row[hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int i = m0 + warp * 16 + g + 8 * hf;
+    if (i < p.Nq) {
+      T* orow = out + int64_t(i) * p.out_stride.row;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+        store_pair(orow + 8 * nt + 2 * t, acc_o[0][nt][2 * hf] * inv, acc_o[0][nt][2 * hf + 1] * inv);
+      if (t == 0) lse[i] = l > 0.f ? (m_row[hf] + log2f(l)) * kLn2 : -INFINITY;
+    }
+  }
+}
+
+template <typename Tr, typename Kernel>
+inline void set_smem_limit(Kernel kernel) {
+  if constexpr (Tr::kSmemBytes > 48 * 1024) {
+    // once per instantiation and process (the attribute belongs to the kernel, not a launch)
+    static const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+    PF_CUDA_CHECK(err);
+  }
+}
+
+template <typename T, int D>
+void launch_flash_bias_fwd(const FwdArgs& args, cudaStream_t stream) {
+  using Tr = FwdTraits<T, D>;
+  const FlashBiasParams& p = args.p;
+  auto kernel = flash_bias_fwd_kernel<Tr>;
+  set_smem_limit<Tr>(kernel);
+  const dim3 grid((p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(args);
+  PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_kernel");
+}
+
+}  // namespace pf::kernels::cuda::fb

@@ -1,0 +1,132 @@
+// Tile traits of the flash-bias kernels and the argument blocks the kernels receive.
+//
+// Every kernel works on a 64 (queries) × 64 (keys) tile of the score matrix at a time; a warp
+// owns 16 query rows (forward, dQ kernel) or a 16 × 32 piece (backward, 8 warps). Shared-memory
+// tiles of Q, K, V and dO rows have a pitch of D + 16 bytes so that the eight row addresses of an
+// ldmatrix (or a warp's scalar reads) fall into distinct banks; the P / dS tiles and the bias
+// tile have a pitch of 72 elements for the same reason (bank-checked for 2- and 4-byte elements).
+//
+// Element = __half or __nv_bfloat16: tensor cores (mma.sync m16n8k16, fp32 accumulation).
+// Element = float: the same kernels with a fp32 SIMT product on the same fragment layout.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/flash_bias_params.h"
+
+namespace pf::kernels::cuda::fb {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Shapes shared by the three kernels for element type T and head dim D.
+template <typename T, int D>
+struct TileShape {
+  using Element = T;
+  static constexpr int kHeadDim = D;
+  static constexpr int kBlockM = 64;  // query rows per tile
+  static constexpr int kBlockN = 64;  // keys per tile
+  static constexpr bool kTensorCores = !std::is_same_v<T, float>;
+  static constexpr int kPitch = D + 16 / int(sizeof(T));  // Q/K/V/dO rows in shared memory
+  static constexpr int kSPitch = kBlockN + 8;             // P and dS tiles (elements of T)
+  static constexpr int kBiasPitch = kBlockN + 8;          // bias tile (elements of the bias dtype)
+  static constexpr int kRowTileBytes = kBlockM * kPitch * int(sizeof(T));  // == kBlockN rows too
+  static constexpr int kBiasTileBytes = kBlockM * kBiasPitch * 4;  // sized for a fp32 bias
+  static constexpr int kSTileBytes = kBlockM * kSPitch * int(sizeof(T));
+  static_assert(kBlockM == kBlockN, "row tiles are sized once for queries and keys");
+  static_assert(D % 16 == 0 && D >= 16 && D <= 128, "head dim must be 16, 32, 64 or 128");
+};
+
+// Forward: 4 warps × 16 query rows; K, V, bias and key-mask tiles double-buffered.
+template <typename T, int D>
+struct FwdTraits : TileShape<T, D> {
+  using S = TileShape<T, D>;
+  static constexpr int kNWarps = 4, kNThreads = 128;
+  static constexpr int kStages = 2;
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffK = kOffQ + S::kRowTileBytes;
+  static constexpr int kOffV = kOffK + kStages * S::kRowTileBytes;
+  static constexpr int kOffBias = kOffV + kStages * S::kRowTileBytes;
+  static constexpr int kOffP = kOffBias + kStages * S::kBiasTileBytes;
+  static constexpr int kOffKeyOk = kOffP + S::kSTileBytes;
+  static constexpr int kSmemBytes = kOffKeyOk + kStages * S::kBlockN;
+};
+
+// Backward (dK, dV, dB and, unless deterministic, dQ by atomics): 8 warps; a CTA owns one key
+// block and walks the query blocks; Q, dO, bias, lse and delta tiles double-buffered, except for
+// fp32 at D = 128 where two stages do not fit in shared memory.
+template <typename T, int D>
+struct BwdTraits : TileShape<T, D> {
+  using S = TileShape<T, D>;
+  static constexpr int kNWarps = 8, kNThreads = 256;
+  static constexpr int kStages = (std::is_same_v<T, float> && D == 128) ? 1 : 2;
+  static constexpr int kOffK = 0;
+  static constexpr int kOffV = kOffK + S::kRowTileBytes;
+  static constexpr int kOffQ = kOffV + S::kRowTileBytes;
+  static constexpr int kOffdO = kOffQ + kStages * S::kRowTileBytes;
+  static constexpr int kOffBias = kOffdO + kStages * S::kRowTileBytes;
+  static constexpr int kOffP = kOffBias + kStages * S::kBiasTileBytes;
+  static constexpr int kOffdS = kOffP + S::kSTileBytes;
+  static constexpr int kOffLse = kOffdS + S::kSTileBytes;
+  static constexpr int kOffDelta = kOffLse + kStages * S::kBlockM * 4;
+  static constexpr int kOffKeyOk = kOffDelta + kStages * S::kBlockM * 4;
+  static constexpr int kSmemBytes = kOffKeyOk + S::kBlockN;
+};
+
+// Deterministic dQ: 4 warps × 16 query rows, walks the key blocks like the forward.
+template <typename T, int D>
+struct DqTraits : TileShape<T, D> {
+  using S = TileShape<T, D>;
+  static constexpr int kNWarps = 4, kNThreads = 128;
+  static constexpr int kStages = (std::is_same_v<T, float> && D == 128) ? 1 : 2;
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffdO = kOffQ + S::kRowTileBytes;
+  static constexpr int kOffK = kOffdO + S::kRowTileBytes;
+  static constexpr int kOffV = kOffK + kStages * S::kRowTileBytes;
+  static constexpr int kOffBias = kOffV + kStages * S::kRowTileBytes;
+  static constexpr int kOffdS = kOffBias + kStages * S::kBiasTileBytes;
+  static constexpr int kOffLse = kOffdS + S::kSTileBytes;
+  static constexpr int kOffDelta = kOffLse + S::kBlockM * 4;
+  static constexpr int kOffKeyOk = kOffDelta + S::kBlockM * 4;
+  static constexpr int kSmemBytes = kOffKeyOk + kStages * S::kBlockN;
+};
+
+// ---- kernel arguments (built and validated by flash_bias.cu) ----------------------------------
+
+constexpr int kNoBias = -1;  // bias_kind when there is no bias; else int(ScalarType) of the bias
+
+struct FwdArgs {
+  FlashBiasParams p;
+  float scale_log2 = 0.f;  // p.scale · log2(e): scores are kept in base 2
+  int bias_kind = kNoBias;
+  bool bias_vec = false;   // bias rows may be fetched in aligned 16-byte pieces
+};
+
+// How dB reaches memory.
+enum class DbiasMode : int {
+  kNone = 0,
+  kDirect = 1,   // one CTA per (key block, b, h) owns each dB element: written from registers
+  kAtomic = 2,   // bias shared over batch and/or heads: fp32 atomics into dbias_accum
+  kGrouped = 3,  // shared, deterministic: a CTA loops over the sharing (b, h) in a fixed order
+};
+
+struct BwdArgs {
+  FlashBiasBwdParams p;
+  float scale_log2 = 0.f;
+  int bias_kind = kNoBias;
+  bool bias_vec = false;
+  bool dbias_vec = false;            // dbias pairs may be stored as one aligned 2-element access
+  const float* delta = nullptr;      // (B,H,Nq) rowsum(dO∘O)
+  float* dq_accum = nullptr;         // (B,H,Nq,D) fp32, unscaled; non-null = dQ by atomics
+  float* dbias_accum = nullptr;      // (B|1,H|1,Nq,dbias_accum_ld) fp32, kAtomic / kGrouped
+  int64_t dbias_accum_ld = 0;
+  DbiasMode dbias_mode = DbiasMode::kNone;
+  bool shared_b = false, shared_h = false;  // the bias is shared over the batch / heads
+  bool group_b = false, group_h = false;    // kGrouped: a CTA loops over b / h
+};
+
+}  // namespace pf::kernels::cuda::fb

@@ -1,0 +1,830 @@
+// The CUDA flash-bias kernels (kernels/cuda/flash_bias.h) against the float64 CPU reference
+// (kernels/cpu/flash_bias.h) on fresh random inputs.
+//
+// Every case: inputs drawn at random and rounded to the case's dtype; the same values, upcast to
+// float64, go through the CPU reference. Outputs, gradients and the backward's workspace are
+// poisoned with NaN bytes before each run. Errors are ‖x − ref‖ / ‖ref‖ over each whole tensor.
+//
+// Tolerances (tied to the precision):
+// - float32 inputs: ≤ 1e-5 for every output. The kernels do fp32 arithmetic throughout; fp32's
+//   unit roundoff is 6e-8 and the longest dot products here (Nk ≤ 1025 terms, pairwise through
+//   64-key tiles) stay well under 1e-6 relative.
+// - float16 / bfloat16 inputs: no worse than 2× the error of the same computation done naively in
+//   that precision (every product accumulated exactly, then rounded to the dtype: S = rd(rd(QKᵀ)·
+//   scale) + bias rounded, P = rd(softmax S), O = rd(P V), dP, dS, dQ, dK, dV likewise), the
+//   error an eager framework makes in that dtype. This bound is measured here per case on the
+//   same inputs. It is floored at the dtype's unit roundoff u (2⁻¹¹ for fp16, 2⁻⁸ for bf16):
+//   an output stored in the dtype cannot be closer than its own rounding, and with a single key
+//   the naive computation happens to be exact.
+// - lse (always fp32): ≤ 1e-5, as it involves no low-precision rounding.
+// - float32 inputs with a float16 / bfloat16 bias: dB is computed in fp32 and rounded once to
+//   the bias dtype, so its bound is that dtype's unit roundoff.
+// The deterministic backward is run twice and must be bitwise identical.
+//
+// The suite skips when no CUDA device is present; the argument checks run anywhere.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/check.h"
+#include "kernels/cpu/flash_bias.h"
+#include "kernels/cuda/device_info.h"
+#include "kernels/cuda/flash_bias.h"
+#include "kernels/flash_bias_params.h"
+
+namespace {
+
+using pf::kernels::BNHDStrides;
+using pf::kernels::FlashBiasBwdParams;
+using pf::kernels::FlashBiasParams;
+using pf::kernels::ScalarType;
+
+#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+// ---- host-side dtype emulation -------------------------------------------------------------------
+
+uint16_t float_to_half_bits(float f) {  // round to nearest even
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return uint16_t(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds past 65504
+  if (ax < 0x38800000u) {                                  // half subnormal (or zero)
+    float af;
+    std::memcpy(&af, &ax, 4);
+    return uint16_t(sign | uint32_t(std::nearbyint(af * 16777216.0f)));
+  }
+  const uint32_t mant = ax & 0x7fffffu;
+  uint32_t h = ((((ax >> 23) - 127 + 15)) << 10) | (mant >> 13);
+  const uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return uint16_t(sign | h);
+}
+
+float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) ? 1u : 0u, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  float v;
+  if (e == 0) v = std::ldexp(float(m), -24);
+  else if (e == 31) v = m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else v = std::ldexp(float(m | 0x400u), int(e) - 25);
+  return sign ? -v : v;
+}
+
+uint16_t float_to_bf16_bits(float f) {  // round to nearest even (no NaN inputs here)
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return uint16_t(x >> 16);
+}
+
+float bf16_bits_to_float(uint16_t h) {
+  const uint32_t x = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+int elt_size(ScalarType t) { return t == ScalarType::F32 ? 4 : t == ScalarType::F64 ? 8 : 2; }
+
+// x rounded to dtype t (as the kernels' inputs and outputs are).
+double rd(ScalarType t, double x) {
+  if (std::isinf(x)) return x;
+  switch (t) {
+    case ScalarType::F16: return half_bits_to_float(float_to_half_bits(float(x)));
+    case ScalarType::BF16: return bf16_bits_to_float(float_to_bf16_bits(float(x)));
+    case ScalarType::F32: return double(float(x));
+    case ScalarType::F64: return x;
+  }
+  return x;
+}
+
+double unit_roundoff(ScalarType t) {
+  return t == ScalarType::F16 ? std::ldexp(1.0, -11) : t == ScalarType::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -24);
+}
+
+// ---- strided host tensors mirrored on the device -----------------------------------------------
+
+// A 4-d tensor with element strides (unit stride on the last dim), stored in dtype `dt`.
+struct HostTensor {
+  ScalarType dt = ScalarType::F32;
+  int64_t n[4] = {1, 1, 1, 1};
+  int64_t s[4] = {0, 0, 0, 1};
+  std::vector<uint8_t> bytes;
+
+  HostTensor() = default;
+  HostTensor(ScalarType t, std::initializer_list<int64_t> dims, std::initializer_list<int64_t> strides) : dt(t) {
+    std::copy(dims.begin(), dims.end(), n);
+    std::copy(strides.begin(), strides.end(), s);
+    int64_t last = 0;
+    for (int d = 0; d < 4; ++d) last += (n[d] - 1) * s[d];
+    bytes.assign(size_t(last + 1) * elt_size(dt), 0);
+  }
+  int64_t off(int64_t a, int64_t b, int64_t c, int64_t d) const { return a * s[0] + b * s[1] + c * s[2] + d * s[3]; }
+  double get(int64_t a, int64_t b, int64_t c, int64_t d) const {
+    const uint8_t* p = bytes.data() + off(a, b, c, d) * elt_size(dt);
+    switch (dt) {
+      case ScalarType::F16: { uint16_t h; std::memcpy(&h, p, 2); return half_bits_to_float(h); }
+      case ScalarType::BF16: { uint16_t h; std::memcpy(&h, p, 2); return bf16_bits_to_float(h); }
+      case ScalarType::F32: { float f; std::memcpy(&f, p, 4); return f; }
+      case ScalarType::F64: { double x; std::memcpy(&x, p, 8); return x; }
+    }
+    return 0;
+  }
+  void set(int64_t a, int64_t b, int64_t c, int64_t d, double x) {
+    uint8_t* p = bytes.data() + off(a, b, c, d) * elt_size(dt);
+    switch (dt) {
+      case ScalarType::F16: { uint16_t h = float_to_half_bits(float(x)); std::memcpy(p, &h, 2); break; }
+      case ScalarType::BF16: { uint16_t h = float_to_bf16_bits(float(x)); std::memcpy(p, &h, 2); break; }
+      case ScalarType::F32: { float f = float(x); std::memcpy(p, &f, 4); break; }
+      case ScalarType::F64: std::memcpy(p, &x, 8); break;
+    }
+  }
+  // Dense float64 copy in logical order.
+  std::vector<double> dense() const {
+    std::vector<double> out(size_t(n[0] * n[1] * n[2] * n[3]));
+    size_t idx = 0;
+    for (int64_t a = 0; a < n[0]; ++a)
+      for (int64_t b = 0; b < n[1]; ++b)
+        for (int64_t c = 0; c < n[2]; ++c)
+          for (int64_t d = 0; d < n[3]; ++d) out[idx++] = get(a, b, c, d);
+    return out;
+  }
+  BNHDStrides bnhd() const { return BNHDStrides{s[0], s[1], s[2]}; }  // for (B,N,H,D) tensors
+};
+
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  explicit DeviceBuffer(size_t n) : bytes(n) {
+    if (n > 0 && cudaMalloc(&ptr, n) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
+  }
+  ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void upload(const HostTensor& t) { cudaMemcpy(ptr, t.bytes.data(), t.bytes.size(), cudaMemcpyHostToDevice); }
+  void download(HostTensor& t) const { cudaMemcpy(t.bytes.data(), ptr, t.bytes.size(), cudaMemcpyDeviceToHost); }
+  void poison() { if (ptr) cudaMemset(ptr, 0xff, bytes); }  // NaN in fp16, bf16 and fp32
+};
+
+bool have_gpu() { return pf::kernels::cuda::device_info().available; }
+
+// ---- cases ---------------------------------------------------------------------------------------
+
+enum class BiasForm { kNone, kFull, kSharedB, kSharedH, kSharedBH };
+enum Grad : unsigned { kDq = 1, kDk = 2, kDv = 4, kDb = 8, kAll = 15 };
+
+struct Case {
+  ScalarType dtype = ScalarType::F16;
+  ScalarType bias_dtype = ScalarType::F16;
+  int B = 2, H = 3, Nq = 97, Nk = 97, D = 64;
+  BiasForm bias = BiasForm::kFull;
+  bool mask = false, causal = false;
+  bool deterministic = false, accumulate = false;
+  unsigned grads = kAll;
+  bool padded = false;          // q/k/v/out/grads with padded (non-contiguous) strides
+  int bias_pad = 0;             // extra elements per bias row (odd: unaligned rows)
+  bool all_masked_batch = false;  // every key of batch 0 is padding
+  double scale = 0;             // 0: 1/sqrt(D)
+  std::string tag;              // for the test name
+};
+
+const char* dtype_tag(ScalarType t) {
+  switch (t) {
+    case ScalarType::F16: return "f16";
+    case ScalarType::BF16: return "bf16";
+    case ScalarType::F32: return "f32";
+    case ScalarType::F64: return "f64";
+  }
+  return "x";
+}
+
+std::string case_name(const Case& c) {
+  std::ostringstream os;
+  os << dtype_tag(c.dtype) << "_bias" << dtype_tag(c.bias_dtype) << "_D" << c.D << "_B" << c.B << "H" << c.H << "_"
+     << c.Nq << "x" << c.Nk;
+  const char* forms[] = {"nobias", "full", "sharedB", "sharedH", "sharedBH"};
+  os << "_" << forms[int(c.bias)];
+  if (c.mask) os << "_mask";
+  if (c.causal) os << "_causal";
+  if (c.deterministic) os << "_det";
+  if (c.accumulate) os << "_acc";
+  if (c.grads != kAll) {
+    os << "_only";
+    if (c.grads & kDq) os << "dq";
+    if (c.grads & kDk) os << "dk";
+    if (c.grads & kDv) os << "dv";
+    if (c.grads & kDb) os << "db";
+  }
+  if (c.padded) os << "_padded";
+  if (c.bias_pad) os << "_biaspad" << c.bias_pad;
+  if (c.all_masked_batch) os << "_allmasked";
+  if (!c.tag.empty()) os << "_" << c.tag;
+  return os.str();
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cs;
+  const ScalarType dts[] = {ScalarType::F16, ScalarType::BF16, ScalarType::F32};
+  // Every dtype × head dim, odd and even sizes, Nq ≠ Nk, a full bias.
+  const int sizes[][2] = {{17, 17}, {97, 33}, {1, 97}, {100, 64}};
+  for (ScalarType dt : dts) {
+    int si = 0;
+    for (int D : {16, 32, 64, 128}) {
+      Case c;
+      c.dtype = c.bias_dtype = dt;
+      c.D = D;
+      c.Nq = sizes[si][0];
+      c.Nk = sizes[si][1];
+      ++si;
+      cs.push_back(c);
+    }
+  }
+  // Every bias form, with and without mask and causal, in every dtype (D = 64 and 32).
+  for (ScalarType dt : dts)
+    for (BiasForm f : {BiasForm::kNone, BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH})
+      for (int mc = 0; mc < 4; ++mc) {
+        Case c;
+        c.dtype = c.bias_dtype = dt;
+        c.bias = f;
+        c.mask = mc & 1;
+        c.causal = mc & 2;
+        c.D = (mc & 1) ? 32 : 64;
+        c.Nq = mc == 3 ? 130 : 97;  // causal with Nq > Nk: leading rows see no key
+        c.Nk = mc == 2 ? 150 : 97;
+        cs.push_back(c);
+      }
+  // Deterministic backward at every bias form (bitwise repeat checked).
+  for (ScalarType dt : dts)
+    for (BiasForm f : {BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH}) {
+      Case c;
+      c.dtype = c.bias_dtype = dt;
+      c.bias = f;
+      c.deterministic = true;
+      c.mask = true;
+      c.causal = f == BiasForm::kSharedB;
+      c.Nq = 70;
+      c.Nk = 129;
+      c.D = dt == ScalarType::F32 ? 128 : 32;  // f32 at D = 128: the single-stage pipeline
+      cs.push_back(c);
+    }
+  // Mixed bias dtypes: an fp32 learnable bias with fp16 / bf16 inputs, and the others.
+  const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32}, {ScalarType::BF16, ScalarType::F32},
+                                 {ScalarType::F16, ScalarType::BF16}, {ScalarType::BF16, ScalarType::F16},
+                                 {ScalarType::F32, ScalarType::F16}, {ScalarType::F32, ScalarType::BF16}};
+  for (auto& m : mixes)
+    for (BiasForm f : {BiasForm::kFull, BiasForm::kSharedB}) {
+      Case c;
+      c.dtype = m[0];
+      c.bias_dtype = m[1];
+      c.bias = f;
+      c.mask = true;
+      c.Nq = 65;
+      c.Nk = 77;
+      cs.push_back(c);
+      c.deterministic = true;
+      cs.push_back(c);
+    }
+  // dB accumulated into an existing buffer; subsets of gradients.
+  for (ScalarType dt : dts) {
+    for (BiasForm f : {BiasForm::kFull, BiasForm::kSharedBH}) {
+      Case c;
+      c.dtype = c.bias_dtype = dt;
+      c.bias = f;
+      c.accumulate = true;
+      c.causal = true;
+      cs.push_back(c);
+    }
+    for (unsigned g : {unsigned(kDb), unsigned(kDq), unsigned(kDk | kDv), unsigned(kDq | kDb)}) {
+      Case c;
+      c.dtype = c.bias_dtype = dt;
+      c.grads = g;
+      c.mask = true;
+      cs.push_back(c);
+      c.deterministic = true;
+      c.bias = BiasForm::kSharedH;
+      cs.push_back(c);
+    }
+  }
+  // Strided operands, unaligned and padded bias rows, fully masked batches, B = H = 1, N = 1.
+  for (ScalarType dt : dts) {
+    Case c;
+    c.dtype = c.bias_dtype = dt;
+    c.padded = true;
+    c.bias_pad = 3;
+    c.Nq = 66;
+    c.Nk = 67;
+    cs.push_back(c);
+    c.padded = false;
+    c.bias_pad = 8 + 5;  // aligned rows when Nk + pad is a multiple of 8: 67 + 13 = 80
+    cs.push_back(c);
+    Case m;
+    m.dtype = m.bias_dtype = dt;
+    m.mask = true;
+    m.all_masked_batch = true;
+    m.causal = true;
+    m.bias = BiasForm::kSharedB;
+    cs.push_back(m);
+    m.deterministic = true;
+    cs.push_back(m);
+    Case one;
+    one.dtype = one.bias_dtype = dt;
+    one.B = one.H = 1;
+    one.Nq = one.Nk = 1;
+    one.D = 16;
+    cs.push_back(one);
+    one.causal = true;
+    one.Nq = 5;  // Nq > Nk = 1: only the last query sees the key
+    cs.push_back(one);
+  }
+  // Large, tile-crossing sizes (the CPU references dominate the run time here).
+  {
+    Case c;  // the shape at which a public flash-bias kernel returned a 0.22 relative error
+    c.dtype = c.bias_dtype = ScalarType::F16;
+    c.B = 2; c.H = 4; c.Nq = c.Nk = 1024; c.D = 32;
+    c.tag = "large";
+    cs.push_back(c);
+    Case d;
+    d.dtype = d.bias_dtype = ScalarType::F16;
+    d.B = 2; d.H = 2; d.Nq = d.Nk = 1025; d.D = 32;
+    d.mask = d.causal = true;
+    d.bias = BiasForm::kSharedB;
+    d.tag = "large";
+    cs.push_back(d);
+    Case e;
+    e.dtype = ScalarType::BF16;
+    e.bias_dtype = ScalarType::F32;
+    e.B = 1; e.H = 2; e.Nq = 1000; e.Nk = 1025; e.D = 128;
+    e.mask = true;
+    e.deterministic = true;
+    e.tag = "large";
+    cs.push_back(e);
+    Case f;
+    f.dtype = f.bias_dtype = ScalarType::F32;
+    f.B = 2; f.H = 1; f.Nq = f.Nk = 1000; f.D = 64;
+    f.causal = true;
+    f.bias = BiasForm::kSharedH;
+    f.tag = "large";
+    cs.push_back(f);
+  }
+  return cs;
+}
+
+// ---- the naive low-precision computation (the fp16/bf16 error yardstick) ---------------------
+
+struct Dense {  // logical (B,N,H,D) or (Bb,Hb,Nq,Nk) float64 arrays
+  std::vector<double> q, k, v, dout, bias, out, lse, dq, dk, dv, dbias;
+};
+
+// Forward and backward of one (b, h) with every intermediate rounded to dtype t (dS, dB summed
+// in float64 over the broadcast axes by the caller, then rounded to the bias dtype).
+void naive_one_head(const Case& c, double scale, ScalarType t, const Dense& in, const std::vector<uint8_t>& mask,
+                    int b, int h, std::vector<double>& out, std::vector<double>& dq, std::vector<double>& dk_part,
+                    std::vector<double>& dv_part, std::vector<double>& ds) {
+  const int Nq = c.Nq, Nk = c.Nk, D = c.D, H = c.H;
+  auto Q = [&](int i, int d) { return in.q[((size_t(b) * Nq + i) * H + h) * D + d]; };
+  auto K = [&](int j, int d) { return in.k[((size_t(b) * Nk + j) * H + h) * D + d]; };
+  auto V = [&](int j, int d) { return in.v[((size_t(b) * Nk + j) * H + h) * D + d]; };
+  auto dO = [&](int i, int d) { return in.dout[((size_t(b) * Nq + i) * H + h) * D + d]; };
+  const int Bb = (c.bias == BiasForm::kSharedB || c.bias == BiasForm::kSharedBH) ? 1 : c.B;
+  const int Hb = (c.bias == BiasForm::kSharedH || c.bias == BiasForm::kSharedBH) ? 1 : c.H;
+  const int bb = Bb == 1 ? 0 : b, hb = Hb == 1 ? 0 : h;
+  std::vector<double> P(size_t(Nq) * Nk), dP(size_t(Nq) * Nk);
+  for (int i = 0; i < Nq; ++i) {
+    double m = -INFINITY;
+    for (int j = 0; j < Nk; ++j) {
+      const bool ok = !(c.mask && mask[size_t(b) * Nk + j]) && !(c.causal && j > i + Nk - Nq);
+      double s = -INFINITY;
+      if (ok) {
+        double acc = 0;
+        for (int d = 0; d < D; ++d) acc += Q(i, d) * K(j, d);
+        s = rd(t, rd(t, acc) * scale);
+        if (c.bias != BiasForm::kNone) s = rd(t, s + in.bias[((size_t(bb) * Hb + hb) * Nq + i) * Nk + j]);
+      }
+      P[size_t(i) * Nk + j] = s;
+      m = std::max(m, s);
+    }
+    double sum = 0;
+    for (int j = 0; j < Nk; ++j) {
+      double& p = P[size_t(i) * Nk + j];
+      p = m == -INFINITY ? 0.0 : std::exp(p - m);
+      sum += p;
+    }
+    for (int j = 0; j < Nk; ++j) P[size_t(i) * Nk + j] = sum > 0 ? rd(t, P[size_t(i) * Nk + j] / sum) : 0.0;
+  }
+  std::vector<double> O(size_t(Nq) * D), delta(Nq);
+  for (int i = 0; i < Nq; ++i) {
+    for (int d = 0; d < D; ++d) {
+      double acc = 0;
+      for (int j = 0; j < Nk; ++j) acc += P[size_t(i) * Nk + j] * V(j, d);
+      O[size_t(i) * D + d] = rd(t, acc);
+      out[((size_t(b) * Nq + i) * H + h) * D + d] = O[size_t(i) * D + d];
+    }
+    double acc = 0;
+    for (int d = 0; d < D; ++d) acc += dO(i, d) * O[size_t(i) * D + d];
+    delta[i] = rd(t, acc);
+  }
+  for (int i = 0; i < Nq; ++i)
+    for (int j = 0; j < Nk; ++j) {
+      double acc = 0;
+      for (int d = 0; d < D; ++d) acc += dO(i, d) * V(j, d);
+      const double p = P[size_t(i) * Nk + j];
+      ds[size_t(i) * Nk + j] = rd(t, p * (rd(t, acc) - delta[i]));
+    }
+  for (int i = 0; i < Nq; ++i)
+    for (int d = 0; d < D; ++d) {
+      double acc = 0;
+      for (int j = 0; j < Nk; ++j) acc += ds[size_t(i) * Nk + j] * K(j, d);
+      dq[((size_t(b) * Nq + i) * H + h) * D + d] = rd(t, rd(t, acc) * scale);
+    }
+  for (int j = 0; j < Nk; ++j)
+    for (int d = 0; d < D; ++d) {
+      double a = 0, bv = 0;
+      for (int i = 0; i < Nq; ++i) {
+        a += ds[size_t(i) * Nk + j] * Q(i, d);
+        bv += P[size_t(i) * Nk + j] * dO(i, d);
+      }
+      dk_part[((size_t(b) * Nk + j) * H + h) * D + d] = rd(t, rd(t, a) * scale);
+      dv_part[((size_t(b) * Nk + j) * H + h) * D + d] = rd(t, bv);
+    }
+}
+
+double norm(const std::vector<double>& x) {
+  double s = 0;
+  for (double v : x) s += v * v;
+  return std::sqrt(s);
+}
+
+// ‖x − ref‖ / ‖ref‖. Where the exact result is identically zero, ‖x‖ / zero_scale instead
+// (exactly zero required when zero_scale is 0).
+double rel_err(const std::vector<double>& x, const std::vector<double>& ref, double zero_scale = 0) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - ref[i]) * (x[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  if (den == 0) {
+    if (zero_scale > 0) return std::sqrt(num) / zero_scale;
+    return num == 0 ? 0 : INFINITY;
+  }
+  return std::sqrt(num / den);
+}
+
+size_t count_nan(const std::vector<double>& x) {
+  return size_t(std::count_if(x.begin(), x.end(), [](double v) { return std::isnan(v); }));
+}
+
+// ---- the test ------------------------------------------------------------------------------------
+
+class FlashBiasCuda : public ::testing::TestWithParam<Case> {};
+
+TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
+  const Case c = GetParam();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("case " + case_name(c) + " seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+
+  const int B = c.B, H = c.H, Nq = c.Nq, Nk = c.Nk, D = c.D;
+  const double scale = c.scale != 0 ? c.scale : 1.0 / std::sqrt(double(D));
+  const ScalarType dt = c.dtype, bdt = c.bias_dtype;
+  const bool has_bias = c.bias != BiasForm::kNone;
+  const bool shared_b = c.bias == BiasForm::kSharedB || c.bias == BiasForm::kSharedBH;
+  const bool shared_h = c.bias == BiasForm::kSharedH || c.bias == BiasForm::kSharedBH;
+  const int Bb = shared_b ? 1 : B, Hb = shared_h ? 1 : H;
+
+  // (B,N,H,D) layouts: contiguous or padded (head stride D + 8, extra batch padding)
+  auto bnhd = [&](int N) {
+    const int64_t hs = c.padded ? D + 8 : D, rs = hs * H, bs = rs * N + (c.padded ? 8 : 0);
+    return HostTensor(dt, {B, N, H, D}, {bs, rs, hs, 1});
+  };
+  HostTensor q = bnhd(Nq), k = bnhd(Nk), v = bnhd(Nk), dout = bnhd(Nq);
+  HostTensor out = bnhd(Nq), dq = bnhd(Nq), dk = bnhd(Nk), dv = bnhd(Nk);
+  const int64_t brow = Nk + c.bias_pad;
+  HostTensor bias, dbias;
+  if (has_bias) {
+    bias = HostTensor(bdt, {Bb, Hb, Nq, Nk}, {shared_b ? 0 : Hb * Nq * brow, shared_h ? 0 : Nq * brow, brow, 1});
+    dbias = bias;
+  }
+  for (HostTensor* t : {&q, &k, &v, &dout})
+    for (int64_t a = 0; a < t->n[0]; ++a)
+      for (int64_t b2 = 0; b2 < t->n[1]; ++b2)
+        for (int64_t h = 0; h < t->n[2]; ++h)
+          for (int64_t d = 0; d < t->n[3]; ++d) t->set(a, b2, h, d, normal(rng));
+  if (has_bias)
+    for (int a = 0; a < Bb; ++a)
+      for (int h = 0; h < Hb; ++h)
+        for (int i = 0; i < Nq; ++i)
+          for (int j = 0; j < Nk; ++j) {
+            bias.set(a, h, i, j, normal(rng));
+            dbias.set(a, h, i, j, c.accumulate ? normal(rng) : 0.0);  // accumulate: existing gradient
+          }
+  std::vector<uint8_t> mask(size_t(B) * Nk, 0);
+  if (c.mask) {
+    std::bernoulli_distribution pad(0.25);
+    for (auto& m : mask) m = pad(rng) ? 1 : 0;
+    if (c.all_masked_batch) std::fill(mask.begin(), mask.begin() + Nk, uint8_t(1));
+  }
+
+  // device copies; outputs poisoned
+  DeviceBuffer d_q(q.bytes.size()), d_k(k.bytes.size()), d_v(v.bytes.size()), d_dout(dout.bytes.size());
+  DeviceBuffer d_out(out.bytes.size()), d_dq(dq.bytes.size()), d_dk(dk.bytes.size()), d_dv(dv.bytes.size());
+  DeviceBuffer d_lse(size_t(B) * H * Nq * sizeof(float));
+  DeviceBuffer d_bias(bias.bytes.size()), d_dbias(dbias.bytes.size()), d_mask(mask.size());
+  d_q.upload(q);
+  d_k.upload(k);
+  d_v.upload(v);
+  d_dout.upload(dout);
+  if (has_bias) d_bias.upload(bias);
+  if (c.mask) CUDA_OK(cudaMemcpy(d_mask.ptr, mask.data(), mask.size(), cudaMemcpyHostToDevice));
+  d_out.poison();
+  d_lse.poison();
+
+  FlashBiasBwdParams p;
+  p.B = B; p.H = H; p.Nq = Nq; p.Nk = Nk; p.D = D;
+  p.scale = float(scale);
+  p.dtype = dt;
+  p.q = d_q.ptr; p.q_stride = q.bnhd();
+  p.k = d_k.ptr; p.k_stride = k.bnhd();
+  p.v = d_v.ptr; p.v_stride = v.bnhd();
+  p.out = d_out.ptr; p.out_stride = out.bnhd();
+  p.lse = d_lse.ptr;
+  if (has_bias) {
+    p.bias = d_bias.ptr;
+    p.bias_dtype = bdt;
+    p.bias_batch_stride = bias.s[0];
+    p.bias_head_stride = bias.s[1];
+    p.bias_row_stride = bias.s[2];
+  }
+  p.key_padding_mask = c.mask ? static_cast<const uint8_t*>(d_mask.ptr) : nullptr;
+  p.causal = c.causal;
+  pf::kernels::cuda::flash_bias_forward(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+
+  p.dout = d_dout.ptr; p.dout_stride = dout.bnhd();
+  if (c.grads & kDq) { p.dq = d_dq.ptr; p.dq_stride = dq.bnhd(); }
+  if (c.grads & kDk) { p.dk = d_dk.ptr; p.dk_stride = dk.bnhd(); }
+  if (c.grads & kDv) { p.dv = d_dv.ptr; p.dv_stride = dv.bnhd(); }
+  if (has_bias && (c.grads & kDb)) {
+    p.dbias = d_dbias.ptr;
+    p.dbias_batch_stride = dbias.s[0];
+    p.dbias_head_stride = dbias.s[1];
+    p.dbias_row_stride = dbias.s[2];
+    p.dbias_accumulate = c.accumulate;
+  }
+  p.deterministic = c.deterministic;
+  const size_t ws_bytes = pf::kernels::cuda::flash_bias_backward_workspace_bytes(p);
+  DeviceBuffer d_ws(ws_bytes);
+
+  auto run_backward = [&]() {
+    d_dq.poison();
+    d_dk.poison();
+    d_dv.poison();
+    d_ws.poison();
+    if (has_bias) {
+      if (c.accumulate) d_dbias.upload(dbias);
+      else d_dbias.poison();
+    }
+    pf::kernels::cuda::flash_bias_backward(p, d_ws.ptr, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+  };
+  run_backward();
+
+  HostTensor out_h = out, dq_h = dq, dk_h = dk, dv_h = dv, dbias_h = dbias;
+  std::vector<float> lse_h(size_t(B) * H * Nq);
+  d_out.download(out_h);
+  d_dq.download(dq_h);
+  d_dk.download(dk_h);
+  d_dv.download(dv_h);
+  if (has_bias) d_dbias.download(dbias_h);
+  CUDA_OK(cudaMemcpy(lse_h.data(), d_lse.ptr, lse_h.size() * sizeof(float), cudaMemcpyDeviceToHost));
+
+  if (c.deterministic) {  // the same inputs again: bitwise identical gradients
+    run_backward();
+    HostTensor dq2 = dq, dk2 = dk, dv2 = dv, db2 = dbias;
+    d_dq.download(dq2);
+    d_dk.download(dk2);
+    d_dv.download(dv2);
+    if (has_bias) d_dbias.download(db2);
+    if (c.grads & kDq) EXPECT_EQ(dq2.bytes, dq_h.bytes) << "dq differs between two deterministic runs";
+    if (c.grads & kDk) EXPECT_EQ(dk2.bytes, dk_h.bytes) << "dk differs between two deterministic runs";
+    if (c.grads & kDv) EXPECT_EQ(dv2.bytes, dv_h.bytes) << "dv differs between two deterministic runs";
+    if (has_bias && (c.grads & kDb)) EXPECT_EQ(db2.bytes, dbias_h.bytes) << "dbias differs between two deterministic runs";
+  }
+
+  // float64 reference on the same (rounded) inputs
+  Dense in;
+  in.q = q.dense(); in.k = k.dense(); in.v = v.dense(); in.dout = dout.dense();
+  if (has_bias) in.bias = bias.dense();
+  std::vector<double> r_out(in.q.size()), r_lse(lse_h.size()), r_dq(in.q.size()), r_dk(in.k.size()), r_dv(in.v.size());
+  std::vector<double> r_db = has_bias ? dbias.dense() : std::vector<double>();  // initial values when accumulating
+  {
+    FlashBiasBwdParams r;
+    r.B = B; r.H = H; r.Nq = Nq; r.Nk = Nk; r.D = D;
+    r.scale = float(scale);
+    r.dtype = ScalarType::F64;
+    r.q = in.q.data(); r.q_stride = pf::kernels::contiguous_bnhd(Nq, H, D);
+    r.k = in.k.data(); r.k_stride = pf::kernels::contiguous_bnhd(Nk, H, D);
+    r.v = in.v.data(); r.v_stride = r.k_stride;
+    r.out = r_out.data(); r.out_stride = r.q_stride;
+    r.lse = r_lse.data();
+    if (has_bias) {
+      r.bias = in.bias.data();
+      r.bias_dtype = ScalarType::F64;
+      r.bias_batch_stride = shared_b ? 0 : int64_t(Hb) * Nq * Nk;
+      r.bias_head_stride = shared_h ? 0 : int64_t(Nq) * Nk;
+      r.bias_row_stride = Nk;
+    }
+    r.key_padding_mask = c.mask ? mask.data() : nullptr;
+    r.causal = c.causal;
+    pf::kernels::cpu::flash_bias_forward(r);
+    r.dout = in.dout.data(); r.dout_stride = r.q_stride;
+    r.dq = r_dq.data(); r.dq_stride = r.q_stride;
+    r.dk = r_dk.data(); r.dk_stride = r.k_stride;
+    r.dv = r_dv.data(); r.dv_stride = r.k_stride;
+    if (has_bias) {
+      r.dbias = r_db.data();
+      r.dbias_batch_stride = r.bias_batch_stride;
+      r.dbias_head_stride = r.bias_head_stride;
+      r.dbias_row_stride = Nk;
+      r.dbias_accumulate = c.accumulate;
+    }
+    pf::kernels::cpu::flash_bias_backward(r);
+  }
+
+  // the naive low-precision yardstick (fp16 / bf16 only)
+  const bool low = dt != ScalarType::F32;
+  std::vector<double> n_out, n_dq, n_dk, n_dv, n_db;
+  if (low) {
+    n_out.assign(in.q.size(), 0); n_dq.assign(in.q.size(), 0); n_dk.assign(in.k.size(), 0); n_dv.assign(in.v.size(), 0);
+    std::vector<double> ds_all(size_t(B) * H * Nq * Nk);
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h) {
+        std::vector<double> ds(size_t(Nq) * Nk);
+        naive_one_head(c, scale, dt, in, mask, b, h, n_out, n_dq, n_dk, n_dv, ds);
+        std::copy(ds.begin(), ds.end(), ds_all.begin() + (size_t(b) * H + h) * Nq * Nk);
+      }
+    if (has_bias) {
+      n_db = dbias.dense();
+      const std::vector<double> init = n_db;
+      if (!c.accumulate) std::fill(n_db.begin(), n_db.end(), 0.0);
+      std::vector<double> sum(n_db.size(), 0.0);
+      for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h)
+          for (size_t e = 0; e < size_t(Nq) * Nk; ++e)
+            sum[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq * Nk) + e] += ds_all[(size_t(b) * H + h) * Nq * Nk + e];
+      for (size_t e = 0; e < n_db.size(); ++e) n_db[e] = rd(bdt, n_db[e] + rd(dt, sum[e]));
+    }
+  }
+
+  // When every row attends at most one key the softmax is constant and dQ, dK, dB are exactly
+  // zero; computed, they are the rounding residue of dP − Δ, whose terms have the size of
+  // dV = Pᵀ dO: they are then measured against ‖dV‖ (zero_scale).
+  const double dv_scale = norm(r_dv);
+  auto check = [&](const char* name, const std::vector<double>& got, const std::vector<double>& ref,
+                   const std::vector<double>* naive, ScalarType out_dt, double zero_scale = 0) {
+    const size_t nans = count_nan(got);
+    EXPECT_EQ(nans, 0u) << name << ": " << nans << " NaN (unwritten or poisoned) elements";
+    const double err = rel_err(got, ref, zero_scale);
+    double nerr = 0, tol = std::max(1e-5, unit_roundoff(out_dt));
+    if (naive) {
+      nerr = rel_err(*naive, ref, zero_scale);
+      tol = std::max(2.0 * nerr, unit_roundoff(out_dt));
+    }
+    EXPECT_LE(err, tol) << name << ": relative error " << err << " (naive " << dtype_tag(dt) << " error " << nerr << ")";
+    std::printf("    %-6s err %.3e  tol %.3e%s\n", name, err, tol, naive ? "  (2x naive or u)" : "");
+  };
+
+  std::printf("  %s\n", case_name(c).c_str());
+  check("out", out_h.dense(), r_out, low ? &n_out : nullptr, dt);
+  {  // lse: finite entries by relative error, -inf exactly where the reference has it
+    std::vector<double> got, ref;
+    size_t inf_mismatch = 0;
+    for (size_t i = 0; i < lse_h.size(); ++i) {
+      if (std::isinf(r_lse[i])) inf_mismatch += !(std::isinf(lse_h[i]) && lse_h[i] < 0);
+      else { got.push_back(lse_h[i]); ref.push_back(r_lse[i]); }
+    }
+    EXPECT_EQ(inf_mismatch, 0u) << "lse: rows with no attended key must have lse = -inf";
+    if (!got.empty()) check("lse", got, ref, nullptr, ScalarType::F32);
+  }
+  if (c.grads & kDq) check("dq", dq_h.dense(), r_dq, low ? &n_dq : nullptr, dt, dv_scale);
+  if (c.grads & kDk) check("dk", dk_h.dense(), r_dk, low ? &n_dk : nullptr, dt, dv_scale);
+  if (c.grads & kDv) check("dv", dv_h.dense(), r_dv, low ? &n_dv : nullptr, dt);
+  if (has_bias && (c.grads & kDb)) {
+    check("dbias", dbias_h.dense(), r_db, low ? &n_db : nullptr, bdt, c.accumulate ? 0.0 : dv_scale);
+  }
+
+  if (c.all_masked_batch) {  // batch 0 attends nothing: exact zeros, lse = -inf
+    for (int i = 0; i < Nq; ++i)
+      for (int h = 0; h < H; ++h) {
+        EXPECT_TRUE(std::isinf(lse_h[(size_t(0) * H + h) * Nq + i]));
+        for (int d = 0; d < D; ++d) {
+          ASSERT_EQ(out_h.get(0, i, h, d), 0.0) << "out of a fully masked row";
+          if (c.grads & kDq) ASSERT_EQ(dq_h.get(0, i, h, d), 0.0) << "dq of a fully masked row";
+        }
+      }
+    for (int j = 0; j < Nk; ++j)
+      for (int h = 0; h < H; ++h)
+        for (int d = 0; d < D; ++d) {
+          if (c.grads & kDk) ASSERT_EQ(dk_h.get(0, j, h, d), 0.0) << "dk of a fully masked batch";
+          if (c.grads & kDv) ASSERT_EQ(dv_h.get(0, j, h, d), 0.0) << "dv of a fully masked batch";
+        }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FlashBiasCuda, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return case_name(info.param); });
+
+// ---- argument checks (no device needed: they fail before any CUDA call) -----------------------
+
+FlashBiasBwdParams valid_params() {
+  FlashBiasBwdParams p;
+  p.B = 2; p.H = 2; p.Nq = 17; p.Nk = 17; p.D = 64;
+  p.scale = 0.125f;
+  p.dtype = ScalarType::F16;
+  void* fake = reinterpret_cast<void*>(uintptr_t(1) << 20);  // aligned, never dereferenced
+  p.q = p.k = p.v = fake;
+  p.out = p.lse = fake;
+  p.q_stride = p.k_stride = p.v_stride = p.out_stride = pf::kernels::contiguous_bnhd(17, 2, 64);
+  p.dout = fake;
+  p.dout_stride = p.q_stride;
+  return p;
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const pf::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(FlashBiasCudaArgs, RejectsUnsupportedHeadDim) {
+  FlashBiasBwdParams p = valid_params();
+  p.D = 48;
+  p.q_stride = p.k_stride = p.v_stride = p.out_stride = pf::kernels::contiguous_bnhd(17, 2, 48);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("D=48"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("16, 32, 64, 128"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsFloat64) {
+  FlashBiasBwdParams p = valid_params();
+  p.dtype = ScalarType::F64;
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("float64"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsMisalignedStrides) {
+  FlashBiasBwdParams p = valid_params();
+  p.k_stride.row = 2 * 64 + 4;  // 4 halves = 8 bytes: not a 16-byte multiple
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("k strides"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("multiples of 8"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsMisalignedPointer) {
+  FlashBiasBwdParams p = valid_params();
+  p.v = static_cast<const char*>(p.v) + 2;
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("v must be 16-byte aligned"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsDbiasWithoutBias) {
+  FlashBiasBwdParams p = valid_params();
+  p.dbias = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_backward(p, nullptr, nullptr); });
+  EXPECT_NE(msg.find("no bias"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsMissingWorkspace) {
+  FlashBiasBwdParams p = valid_params();
+  p.dq = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  p.dq_stride = p.q_stride;
+  ASSERT_GT(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p), 0u);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_backward(p, nullptr, nullptr); });
+  EXPECT_NE(msg.find("workspace"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsFloat64Bias) {
+  FlashBiasBwdParams p = valid_params();
+  p.bias = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  p.bias_dtype = ScalarType::F64;
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("bias dtype float64"), std::string::npos) << msg;
+}
+
+}  // namespace
