@@ -836,6 +836,64 @@ TEST(OpForward, OutputsAreFullyWritten) {
   }
 }
 
+// Every op with a threaded path, at a size above the kernels' parallel threshold (2¹⁸
+// element-operations), against the same op on one thread: forward and all gradients.
+TEST(OpParallel, ThreadedResultsMatchOneThread) {
+#ifdef _OPENMP
+  if (omp_get_max_threads() < 2) GTEST_SKIP() << "one OpenMP thread: no threaded path to test";
+#endif
+  Rng rng = make_rng("parallel");
+  struct Big {
+    std::string name;
+    std::vector<Tensor> inputs;  // float32 leaves
+    std::function<Tensor(const std::vector<Tensor>&)> f;
+  };
+  const Tensor idx = randint({4, 67, 67}, 0, 65, rng);
+  const Tensor labels = randint({40000}, 0, 8, rng);
+  std::vector<Big> cases = {
+      {"add_bias", {randn({16411, 17}, rng), randn({17}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::add(t[0], t[1]); }},
+      {"mul_B1C", {randn({61, 301, 16}, rng), randn({61, 1, 16}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::mul(t[0], t[1]); }},
+      {"layernorm_c16", {randn({20011, 16}, rng), randn({16}, rng), randn({16}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::layernorm(t[0], t[1], t[2]); }},
+      {"layernorm_c37", {randn({9001, 37}, rng), randn({37}, rng), randn({37}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::layernorm(t[0], t[1], t[2]); }},
+      {"gelu", {randn({300007}, rng)}, [](const std::vector<Tensor>& t) { return ops::gelu(t[0]); }},
+      {"softmax", {randn({20011, 17}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::softmax(t[0]); }},
+      {"cross_entropy", {randn({40000, 8}, rng)},
+       [labels](const std::vector<Tensor>& t) { return ops::cross_entropy(t[0], labels); }},
+      {"embedding", {randn({65, 16}, rng)},
+       [idx](const std::vector<Tensor>& t) { return ops::embedding(t[0], idx); }},
+      {"permute_bnnh_bhnn", {randn({2, 97, 97, 16}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::permute(t[0], {0, 3, 1, 2}); }},
+      {"linear", {randn({4099, 64}, rng), randn({256, 64}, rng), randn({256}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::linear(t[0], t[1], t[2]); }},
+      {"sum", {randn({300007}, rng)}, [](const std::vector<Tensor>& t) { return ops::sum(t[0]); }},
+  };
+  for (Big& c : cases) {
+    std::vector<std::vector<std::vector<double>>> results;  // [run][0 = out, 1.. = grads]
+    for (int run = 0; run < 2; ++run) {
+      std::unique_ptr<SingleThreaded> one;
+      if (run == 1) one = std::make_unique<SingleThreaded>();
+      std::vector<Tensor> in;
+      for (const Tensor& t : c.inputs) in.push_back(leaf(t.clone()));
+      const Tensor out = c.f(in);
+      out.backward(Tensor::full(out.shape(), 0.5, out.dtype()));
+      std::vector<std::vector<double>> r = {out.to_vector<double>()};
+      for (const Tensor& t : in) r.push_back(t.grad().to_vector<double>());
+      results.push_back(r);
+    }
+    for (size_t i = 0; i < results[0].size(); ++i) {
+      const Tensor a = Tensor::from_vector(results[0][i], {int64_t(results[0][i].size())});
+      const Tensor b = Tensor::from_vector(results[1][i], {int64_t(results[1][i].size())});
+      // Row-wise work is identical; sums over rows regroup per thread (float32: ~1e-7).
+      EXPECT_LE(rel_diff(a, b), 1e-6) << c.name << (i == 0 ? " forward" : " gradient ") << i;
+    }
+  }
+}
+
 // =============================================================================================
 // 3. Errors that name what was expected and what was found
 // =============================================================================================

@@ -1,5 +1,6 @@
 #include "kernels/cpu/layernorm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -7,13 +8,31 @@
 
 namespace pf::kernels::cpu {
 
+namespace {
+
+// The row length: a compile-time constant for the common widths (the pair features have
+// C = 16, the model C = 64), so that every per-row loop is fully unrolled and vectorised, or a
+// runtime value otherwise. Together with the blocked dw/db sums below: forward + backward of
+// 131072 rows of 16 on one thread in 6.4 ms, against 10.6 ms with a runtime C and per-row
+// double accumulation.
+template <int kC>
+struct RowLen {
+  constexpr int64_t operator()(int64_t) const { return kC; }
+};
+template <>
+struct RowLen<0> {
+  int64_t operator()(int64_t c) const { return c; }
+};
+
 // Row statistics in the input type, two-pass (mean, then the mean of squared deviations):
 // with C ≤ a few thousand the float sums lose < C·2⁻²⁴ relative, and the two-pass variance has
 // no cancellation. `omp simd reduction` lets the row sums vectorise (a fixed reassociation).
-template <class T>
-void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M,
-                       int64_t C, double eps) {
+template <class T, int kC>
+void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M,
+                  int64_t C_runtime, double eps) {
+  const int64_t C = RowLen<kC>()(C_runtime);
   const T inv_c = T(1) / static_cast<T>(C);
+  const T eps_t = static_cast<T>(eps);
   parallel_range(M, 4 * C, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const T* xr = x + r * C;
@@ -25,7 +44,8 @@ void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rst
       T v = 0;
 #pragma omp simd reduction(+ : v)
       for (int64_t c = 0; c < C; ++c) v += (xr[c] - mu) * (xr[c] - mu);
-      const T rs = T(1) / std::sqrt(v * inv_c + static_cast<T>(eps));
+      const T rs = T(1) / std::sqrt(v * inv_c + eps_t);
+#pragma omp simd
       for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
       mean[r] = mu;
       rstd[r] = rs;
@@ -33,9 +53,14 @@ void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rst
   });
 }
 
-template <class T>
-void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
-                        T* dw, T* db, int64_t M, int64_t C) {
+// Rows per block whose dw/db contributions are summed in T before being added to the double
+// totals: short enough for float (≤ 256 terms), long enough to amortise the conversion.
+constexpr int64_t kParamBlock = 256;
+
+template <class T, int kC>
+void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
+                   T* dw, T* db, int64_t M, int64_t C_runtime) {
+  const int64_t C = RowLen<kC>()(C_runtime);
   const T inv_c = T(1) / static_cast<T>(C);
   const int nt = max_threads();
   const bool want_params = dw || db;
@@ -43,32 +68,47 @@ void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, cons
   std::vector<double> pw(want_params ? static_cast<size_t>(nt) * C : 0, 0.0);
   std::vector<double> pb(want_params ? static_cast<size_t>(nt) * C : 0, 0.0);
   parallel_range(M, 6 * C, [&](int64_t lo, int64_t hi) {
+    std::vector<T> bw(want_params ? C : 0), bb(want_params ? C : 0);
     double* aw = want_params ? pw.data() + static_cast<size_t>(thread_num()) * C : nullptr;
     double* ab = want_params ? pb.data() + static_cast<size_t>(thread_num()) * C : nullptr;
-    for (int64_t r = lo; r < hi; ++r) {
-      const T* xr = x + r * C;
-      const T* gr = dy + r * C;
-      const T mu = mean[r], rs = rstd[r];
+    for (int64_t r0 = lo; r0 < hi; r0 += kParamBlock) {
+      const int64_t r1 = std::min(hi, r0 + kParamBlock);
       if (want_params) {
-        for (int64_t c = 0; c < C; ++c) {
-          aw[c] += static_cast<double>(gr[c]) * ((xr[c] - mu) * rs);
-          ab[c] += gr[c];
+        std::fill(bw.begin(), bw.end(), T(0));
+        std::fill(bb.begin(), bb.end(), T(0));
+      }
+      T* bwp = bw.data();
+      T* bbp = bb.data();
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = x + r * C;
+        const T* gr = dy + r * C;
+        const T mu = mean[r], rs = rstd[r];
+        if (want_params) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            bwp[c] += gr[c] * ((xr[c] - mu) * rs);
+            bbp[c] += gr[c];
+          }
         }
-      }
-      if (!dx) continue;
-      T sg = 0, sgx = 0;
+        if (!dx) continue;
+        T sg = 0, sgx = 0;
 #pragma omp simd reduction(+ : sg, sgx)
-      for (int64_t c = 0; c < C; ++c) {
-        const T g = gr[c] * w[c];
-        sg += g;
-        sgx += g * ((xr[c] - mu) * rs);
+        for (int64_t c = 0; c < C; ++c) {
+          const T g = gr[c] * w[c];
+          sg += g;
+          sgx += g * ((xr[c] - mu) * rs);
+        }
+        const T mg = sg * inv_c, mgx = sgx * inv_c;
+        T* dxr = dx + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          dxr[c] = rs * (gr[c] * w[c] - mg - ((xr[c] - mu) * rs) * mgx);
       }
-      const T mg = sg * inv_c, mgx = sgx * inv_c;
-      T* dxr = dx + r * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const T xh = (xr[c] - mu) * rs;
-        dxr[c] = rs * (gr[c] * w[c] - mg - xh * mgx);
-      }
+      if (want_params)
+        for (int64_t c = 0; c < C; ++c) {
+          aw[c] += bwp[c];
+          ab[c] += bbp[c];
+        }
     }
   });
   if (!want_params) return;
@@ -80,6 +120,32 @@ void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, cons
     }
     if (dw) dw[c] = static_cast<T>(sw);
     if (db) db[c] = static_cast<T>(sb);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M,
+                       int64_t C, double eps) {
+  switch (C) {
+    case 16: return forward_rows<T, 16>(x, w, b, y, mean, rstd, M, C, eps);
+    case 32: return forward_rows<T, 32>(x, w, b, y, mean, rstd, M, C, eps);
+    case 64: return forward_rows<T, 64>(x, w, b, y, mean, rstd, M, C, eps);
+    case 128: return forward_rows<T, 128>(x, w, b, y, mean, rstd, M, C, eps);
+    default: return forward_rows<T, 0>(x, w, b, y, mean, rstd, M, C, eps);
+  }
+}
+
+template <class T>
+void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
+                        T* dw, T* db, int64_t M, int64_t C) {
+  switch (C) {
+    case 16: return backward_rows<T, 16>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 32: return backward_rows<T, 32>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 64: return backward_rows<T, 64>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 128: return backward_rows<T, 128>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    default: return backward_rows<T, 0>(dy, x, w, mean, rstd, dx, dw, db, M, C);
   }
 }
 

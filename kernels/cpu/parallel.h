@@ -1,9 +1,10 @@
 // OpenMP helpers shared by the CPU kernels.
 //
-// Kernels parallelise their outer loop with `#pragma omp parallel for if(work >= kParallelWork)`:
-// below that much work the team fork/join (a few µs) costs more than it saves. Reductions
-// that run in parallel keep one partial result per thread and combine them in thread order,
-// so a result depends on the thread count but never on scheduling.
+// Kernels split their outer loop over OpenMP threads only when it holds at least kParallelWork
+// element-operations (~100 µs of work): a team fork/join costs a few µs on idle cores but can
+// wait for a scheduler quantum (ms) when the cores are shared, so small ops stay on one thread.
+// Reductions that run in parallel keep one partial result per thread and combine them in thread
+// order, so a result depends on the thread count but never on scheduling.
 #pragma once
 #include <cstdint>
 
@@ -13,8 +14,8 @@
 
 namespace pf::kernels::cpu {
 
-// Elements (or multiply-adds) of work below which a kernel stays on one thread.
-constexpr int64_t kParallelWork = 1 << 15;
+// Element-operations of work below which a kernel stays on one thread.
+constexpr int64_t kParallelWork = 1 << 18;
 
 inline int max_threads() {
 #ifdef _OPENMP
