@@ -744,8 +744,7 @@ std::vector<double> naive_attention(const Tensor& q, const Tensor& k, const Tens
   const std::vector<uint8_t> mv = opt.key_padding_mask.defined()
                                       ? opt.key_padding_mask.to_vector<uint8_t>()
                                       : std::vector<uint8_t>();
-  // The kernels' problem description (kernels/flash_bias_params.h) carries the scale as a float.
-  const double scale = static_cast<float>(opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(double(D)));
+  const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
   std::vector<double> out(B * Nq * H * D, 0.0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)

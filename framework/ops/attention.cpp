@@ -90,7 +90,7 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
   p.Nq = s.Nq;
   p.Nk = s.Nk;
   p.D = s.D;
-  p.scale = static_cast<float>(scale);
+  p.scale = scale;
   p.dtype = scalar_type(q.dtype());
   p.q = q.data_ptr();
   p.q_stride = kernels::contiguous_bnhd(s.Nq, s.H, s.D);
