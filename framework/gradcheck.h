@@ -9,8 +9,11 @@
 // leaves that require grad. On return their values are unchanged and their grads are cleared.
 //
 // Float64 with eps = 1e-6: the central difference's truncation error is O(eps²·|f'''|) ≈ 1e-12
-// and its rounding error is O(ε_64·|L|/eps) ≈ 1e-10·|L|, so an honest gradient shows a relative
-// error around 1e-9 while a wrong one shows O(1).
+// and its rounding error is O(ε_64·|L|/eps) ≈ 1e-10·|L| per element, so an honest gradient of
+// size O(1) shows a relative error around 1e-9 while a wrong one shows O(1). A gradient much
+// smaller than |L| is resolved correspondingly worse (relative error ~1e-10·|L|/|∂L/∂x|).
+// Where both the analytic and the numeric gradient of a param lie below the rounding level
+// (1000·2⁻⁵²·Σ|loss()∘W| / eps per element) they count as both zero: rel_error = 0.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -32,6 +35,7 @@ struct GradcheckEntry {
   std::string name;
   int64_t checked = 0;         // elements compared
   double rel_error = 0;        // ‖analytic − numeric‖₂ / max(‖numeric‖₂, ‖analytic‖₂); 0 if both 0
+                               // (both below the finite-difference resolution, see above)
   double max_abs_error = 0;    // max |analytic − numeric|
 };
 

@@ -1081,6 +1081,33 @@ TEST(Gradcheck, FindsAWrongGradient) {
   EXPECT_EQ(e[0].checked, 3);
 }
 
+TEST(Gradcheck, GradientsZeroInExactArithmeticCountAsZero) {
+  // softmax(x + c) does not depend on the scalar c: its gradient is rounding noise on both sides.
+  Rng rng = make_rng("gradcheck_zero");
+  Tensor x = leaf(randn({3, 5}, rng, DType::F64));
+  Tensor c = leaf(randn({}, rng, DType::F64));
+  const auto e = gradcheck([&] { return ops::softmax(ops::add(x, c)); }, {{"x", x}, {"c", c}});
+  EXPECT_LE(e[0].rel_error, kGradTol);
+  EXPECT_EQ(e[1].rel_error, 0.0);
+  EXPECT_LT(e[1].max_abs_error, 1e-8);
+}
+
+TEST(Gradcheck, AMissingGradientIsCaught) {
+  // An op that forgets its input's gradient: analytic 0, numeric clearly not.
+  Tensor x = leaf(Tensor::from_vector(std::vector<double>{0.3, -1.2}, {2}));
+  Tensor y = leaf(Tensor::from_vector(std::vector<double>{2.0, 0.5}, {2}));
+  auto forgetful_mul = [](const Tensor& a, const Tensor& b) {
+    Tensor out = ops::mul(a.detach(), b.detach());
+    const Tensor sa = a.detach();
+    return make_result(out, "forgetful_mul", {a, b}, [sa](const Tensor& g) -> std::vector<Tensor> {
+      return {Tensor::zeros(sa.shape(), DType::F64), ops::mul(g, sa)};
+    });
+  };
+  const auto e = gradcheck([&] { return forgetful_mul(x, y); }, {{"x", x}, {"y", y}});
+  EXPECT_EQ(e[0].rel_error, 1.0);
+  EXPECT_LE(e[1].rel_error, kGradTol);
+}
+
 TEST(Gradcheck, SubsetAndValidation) {
   Rng rng = make_rng("gradcheck_subset");
   Tensor x = leaf(randn({40}, rng, DType::F64));
