@@ -3,6 +3,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "framework/anomaly.h"
 #include "framework/ops.h"
 
 namespace pf {
@@ -25,11 +26,12 @@ bool needs_grad(const std::vector<Tensor>& inputs) {
 
 Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs,
                    Node::BackwardFn backward) {
+  anomaly::check_forward(out, name);  // anomaly mode only (framework/anomaly.h)
   if (!needs_grad(inputs)) return out;
   auto node = std::make_shared<Node>();
   node->name = name;
   node->inputs = std::move(inputs);
-  node->backward = std::move(backward);
+  node->backward = anomaly::checked_backward(std::move(backward), name);
   out.set_grad_fn(std::move(node));
   return out;
 }

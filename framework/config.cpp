@@ -21,12 +21,12 @@
 namespace pf {
 namespace {
 
-enum class Kind { Int, UInt64, Double, String };
+enum class Kind { Int, UInt64, Double, String, Bool };
 
 struct Key {
   const char* name;
   Kind kind;
-  void* field;  // int*, uint64_t*, double* or std::string* according to kind
+  void* field;  // int*, uint64_t*, double*, std::string* or bool* according to kind
 };
 
 struct Section {
@@ -57,7 +57,9 @@ std::vector<Section> key_table(Config& c) {
         {"grad_clip", Kind::Double, &t.grad_clip}, {"seed", Kind::UInt64, &t.seed},
         {"eval_every", Kind::Int, &t.eval_every}, {"log_every", Kind::Int, &t.log_every},
         {"checkpoint_every", Kind::Int, &t.checkpoint_every},
-        {"precision", Kind::String, &t.precision}}},
+        {"precision", Kind::String, &t.precision},
+        {"max_bad_steps", Kind::Int, &t.max_bad_steps},
+        {"detect_anomaly", Kind::Bool, &t.detect_anomaly}}},
       {"", {{"device", Kind::String, &c.device}, {"out", Kind::String, &c.out}}},
   };
 }
@@ -161,6 +163,11 @@ void assign(const Key& key, const std::string& name, const Value& v) {
     case Kind::String:
       if (!scalar) PF_FAIL("config: '" << name << "' must be a string, found " << found(v));
       *static_cast<std::string*>(key.field) = s;
+      break;
+    case Kind::Bool:  // YAML 1.2 core schema booleans only ("yes"/"on" stay errors)
+      if (scalar && (s == "true" || s == "True" || s == "TRUE")) *static_cast<bool*>(key.field) = true;
+      else if (scalar && (s == "false" || s == "False" || s == "FALSE")) *static_cast<bool*>(key.field) = false;
+      else PF_FAIL("config: '" << name << "' must be true or false, found " << found(v));
       break;
   }
 }
@@ -276,6 +283,7 @@ std::string format_value(const Key& k) {
     case Kind::UInt64: return std::to_string(*static_cast<const uint64_t*>(k.field));
     case Kind::Double: return format_double(*static_cast<const double*>(k.field));
     case Kind::String: return *static_cast<const std::string*>(k.field);
+    case Kind::Bool: return *static_cast<const bool*>(k.field) ? "true" : "false";
   }
   return "";
 }
@@ -338,6 +346,7 @@ void validate_config(const Config& c) {
                     "'train.checkpoint_every' must be at least 1, found " << t.checkpoint_every);
   PF_CONFIG_REQUIRE(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp64",
                     "'train.precision' must be one of fp32, bf16, fp64, found '" << t.precision << "'");
+  PF_CONFIG_REQUIRE(t.max_bad_steps >= 1, "'train.max_bad_steps' must be at least 1, found " << t.max_bad_steps);
 
   PF_CONFIG_REQUIRE(c.device == "auto" || c.device == "cpu" || c.device == "cuda",
                     "'device' must be one of auto, cpu, cuda, found '" << c.device << "'");

@@ -39,6 +39,12 @@ struct TrainConfig {
   uint64_t seed = 0;
   int eval_every = 100, log_every = 20, checkpoint_every = 200;
   std::string precision = "fp32";  // fp32 | bf16 | fp64
+  // A step whose loss or gradient norm is not finite is skipped (no update) and counted; this
+  // many in a row stop the run (the last good checkpoint is kept).
+  int max_bad_steps = 10;
+  // Anomaly mode: every op's output and every gradient is checked, and the first non-finite
+  // one stops the run with the op, its shape and the layer it belongs to (framework/anomaly.h).
+  bool detect_anomaly = false;
 };
 
 struct Config {

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "framework/anomaly.h"
+
 namespace pf::nn {
 
 // ---- Module ----------------------------------------------------------------------------------
@@ -82,7 +84,10 @@ MLP::MLP(int64_t d, int64_t d_ff, Rng& rng) {
   fc2 = register_module("fc2", std::make_shared<Linear>(d_ff, d, true, rng));
 }
 
-Tensor MLP::forward(const Tensor& x) const { return fc2->forward(ops::gelu(fc1->forward(x))); }
+Tensor MLP::forward(const Tensor& x) const {
+  const Tensor h = ops::gelu(anomaly::in_scope("fc1", [&] { return fc1->forward(x); }));
+  return anomaly::in_scope("fc2", [&] { return fc2->forward(h); });
+}
 
 // ---- BiasedSelfAttention -----------------------------------------------------------------------
 
@@ -99,11 +104,13 @@ Tensor BiasedSelfAttention::forward(const Tensor& x, const Tensor& bias,
   PF_CHECK(x.ndim() == 3, "attention input must be (B,N,d), got " << shape_str(x.shape()));
   const int64_t B = x.size(0), N = x.size(1), d = x.size(2);
   const Shape heads{B, N, H, d / H};
-  Tensor qh = ops::reshape(q->forward(x), heads);
-  Tensor kh = ops::reshape(k->forward(x), heads);
-  Tensor vh = ops::reshape(v->forward(x), heads);
+  // Children run in their named scopes (anomaly mode names the layer of a non-finite value).
+  Tensor qh = ops::reshape(anomaly::in_scope("q", [&] { return q->forward(x); }), heads);
+  Tensor kh = ops::reshape(anomaly::in_scope("k", [&] { return k->forward(x); }), heads);
+  Tensor vh = ops::reshape(anomaly::in_scope("v", [&] { return v->forward(x); }), heads);
   Tensor a = ops::attention(qh, kh, vh, bias, opt);  // (B,N,H,d/H), scale 1/√(d/H) by default
-  return o->forward(ops::reshape(a, {B, N, d}));
+  const Tensor merged = ops::reshape(a, {B, N, d});
+  return anomaly::in_scope("o", [&] { return o->forward(merged); });
 }
 
 }  // namespace pf::nn

@@ -1,5 +1,6 @@
 #include "models/pairbias.h"
 
+#include "framework/anomaly.h"
 #include "framework/autograd.h"
 
 #include <algorithm>
@@ -43,7 +44,8 @@ PairRepresentation::PairRepresentation(const ModelConfig& cfg, Rng& rng) {
 
 Tensor PairRepresentation::forward(const PairFeatures& f) const {
   // (N,N,c_z) broadcast over the batch onto (B,N,N,c_z)
-  return ops::add(dist->forward(f.dist_bin), rel->forward(f.rel_idx));
+  return ops::add(anomaly::in_scope("dist", [&] { return dist->forward(f.dist_bin); }),
+                  anomaly::in_scope("rel", [&] { return rel->forward(f.rel_idx); }));
 }
 
 // ---- PairBiasLayer -----------------------------------------------------------------------------
@@ -58,12 +60,18 @@ PairBiasLayer::PairBiasLayer(const ModelConfig& cfg, Rng& rng) {
 }
 
 Tensor PairBiasLayer::bias(const Tensor& z) const {
-  return ops::permute(pair_proj->forward(pair_norm->forward(z)), {0, 3, 1, 2});  // (B,H,N,N)
+  const Tensor zn = anomaly::in_scope("pair_norm", [&] { return pair_norm->forward(z); });
+  const Tensor b = anomaly::in_scope("pair_proj", [&] { return pair_proj->forward(zn); });
+  return ops::permute(b, {0, 3, 1, 2});  // (B,H,N,N)
 }
 
 Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& z) const {
-  Tensor h = ops::add(x, attn->forward(norm1->forward(x), bias(z)));
-  return ops::add(h, mlp->forward(norm2->forward(h)));
+  using anomaly::in_scope;  // each child in its named scope (anomaly mode names the layer)
+  const Tensor x1 = in_scope("norm1", [&] { return norm1->forward(x); });
+  const Tensor b = bias(z);
+  Tensor h = ops::add(x, in_scope("attn", [&] { return attn->forward(x1, b); }));
+  const Tensor h2 = in_scope("norm2", [&] { return norm2->forward(h); });
+  return ops::add(h, in_scope("mlp", [&] { return mlp->forward(h2); }));
 }
 
 // ---- PairBiasModel -----------------------------------------------------------------------------
@@ -80,10 +88,13 @@ PairBiasModel::PairBiasModel(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) 
 }
 
 Tensor PairBiasModel::forward(const Tensor& tokens, const PairFeatures& f) const {
-  Tensor x = embed->forward(tokens);  // (B,N,d)
-  Tensor z = pair->forward(f);        // (B,N,N,c_z)
-  for (const auto& layer : layers) x = layer->forward(x, z);
-  return head->forward(final_norm->forward(x));
+  using anomaly::in_scope;  // each child in its named scope (anomaly mode names the layer)
+  Tensor x = in_scope("embed", [&] { return embed->forward(tokens); });  // (B,N,d)
+  const Tensor z = in_scope("pair", [&] { return pair->forward(f); });   // (B,N,N,c_z)
+  for (size_t l = 0; l < layers.size(); ++l)
+    x = in_scope("layers", static_cast<int>(l), [&] { return layers[l]->forward(x, z); });
+  const Tensor xn = in_scope("final_norm", [&] { return final_norm->forward(x); });
+  return in_scope("head", [&] { return head->forward(xn); });
 }
 
 LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const PairFeatures& f,

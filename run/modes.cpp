@@ -5,9 +5,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "framework/allocator.h"
+#include "framework/anomaly.h"
 #include "framework/autograd.h"
 #include "framework/checkpoint.h"
 #include "framework/gradcheck.h"
@@ -158,10 +160,24 @@ void check_model_attrs(const H5Reader& r, const ModelConfig& m) {
                                               << " but the config says " << m.dist_max);
 }
 
+// Everything besides the weights and the optimizer that a resumed run needs to continue the exact
+// same sequence. The training loop draws no random numbers besides the sampler's shuffles (no
+// dropout), and each shuffle is a pure function of (train.seed, epoch): (epoch, cursor) is the
+// whole random state.
 struct TrainState {
-  int64_t step = 0;  // updates done
+  int64_t step = 0;  // loop steps done (updates plus skipped steps)
   int64_t epoch = 0, cursor = 0;
+  int64_t skipped = 0, bad_in_row = 0;  // steps skipped for a non-finite loss / gradient norm
 };
+
+constexpr int64_t kCheckpointFormat = 1;
+
+// The name of the first tensor holding a NaN or an infinity, "" if all are finite.
+std::string first_non_finite(const nn::NamedTensors& tensors) {
+  for (const auto& [name, t] : tensors)
+    if (anomaly::first_non_finite(t) >= 0) return name;
+  return "";
+}
 
 void save_checkpoint(const std::string& path, const Config& cfg, const models::PairBiasModel& model,
                      const optim::AdamW& opt, const TrainState& st) {
@@ -173,8 +189,10 @@ void save_checkpoint(const std::string& path, const Config& cfg, const models::P
   w.write_attr("/", "step", st.step);
   w.write_attr("/", "sampler_epoch", st.epoch);
   w.write_attr("/", "sampler_cursor", st.cursor);
+  w.write_attr("/", "skipped_steps", st.skipped);
+  w.write_attr("/", "bad_steps_in_row", st.bad_in_row);
   w.write_attr("/", "config_hash", config_hash(cfg));
-  w.write_attr("/", "format_version", int64_t{1});
+  w.write_attr("/", "format_version", kCheckpointFormat);
   w.commit();
 }
 
@@ -182,19 +200,46 @@ void save_checkpoint(const std::string& path, const Config& cfg, const models::P
 TrainState load_checkpoint(const std::string& path, const Config& cfg, models::PairBiasModel& model,
                            optim::AdamW* opt) {
   H5Reader r(path);
+  const int64_t version = r.attr_int("/", "format_version");
+  PF_CHECK(version == kCheckpointFormat, "checkpoint " << path << ": format_version " << version
+                                                       << " is not supported (this build reads "
+                                                       << kCheckpointFormat << ")");
   check_model_attrs(r, cfg.model);
   read_tensors(r, "model", model.named_parameters());
+  const std::string bad = first_non_finite(model.named_parameters());
+  PF_CHECK(bad.empty(), "checkpoint " << path << ": model/" << bad << " holds a NaN or an infinity");
   TrainState st;
   st.step = r.attr_int("/", "step");
+  PF_CHECK(st.step >= 0, "checkpoint " << path << ": expected step >= 0, found " << st.step);
   if (opt) {
     const uint64_t h = r.attr_uint64("/", "config_hash");
     PF_CHECK(h == config_hash(cfg), "checkpoint " << path
                                                   << " was written with different model/data settings; "
                                                      "--resume needs the same config (or a new --out)");
     read_tensors(r, "optim", opt->state());  // into the moments in place
-    opt->set_steps_taken(r.attr_int("/optim", "steps_taken"));
+    for (const auto& [name, t] : opt->state()) {
+      std::string what;
+      const int64_t at = anomaly::first_non_finite(t, &what);
+      PF_CHECK(at < 0, "checkpoint " << path << ": optim/" << name << " holds " << what << " at flat index " << at);
+      if (name.rfind("v.", 0) == 0)  // second moments are squares
+        for (double x : t.to_vector<double>())
+          PF_CHECK(x >= 0, "checkpoint " << path << ": optim/" << name << " holds a negative value " << x);
+    }
+    const int64_t taken = r.attr_int("/optim", "steps_taken");
+    PF_CHECK(taken >= 0 && taken <= st.step, "checkpoint " << path << ": expected 0 <= optim steps_taken <= step = "
+                                                           << st.step << ", found " << taken);
+    opt->set_steps_taken(taken);
     st.epoch = r.attr_int("/", "sampler_epoch");
     st.cursor = r.attr_int("/", "sampler_cursor");
+    PF_CHECK(st.epoch >= 0 && st.cursor >= 0, "checkpoint " << path << ": expected sampler_epoch and sampler_cursor >= 0, found "
+                                                            << st.epoch << " and " << st.cursor);
+    // Written since the non-finite step counting; absent in older checkpoints (then 0).
+    if (r.has_attr("/", "skipped_steps")) st.skipped = r.attr_int("/", "skipped_steps");
+    if (r.has_attr("/", "bad_steps_in_row")) st.bad_in_row = r.attr_int("/", "bad_steps_in_row");
+    PF_CHECK(st.bad_in_row >= 0 && st.bad_in_row <= st.skipped && st.skipped + taken == st.step,
+             "checkpoint " << path << ": expected 0 <= bad_steps_in_row <= skipped_steps and skipped_steps + optim "
+                              "steps_taken = step, found " << st.bad_in_row << ", " << st.skipped << ", "
+                           << taken << ", " << st.step);
   }
   return st;
 }
@@ -245,6 +290,7 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
   const Device device = resolve_device(cfg.device);
   const DType dtype = precision_dtype(cfg.train.precision, device);
   const auto& t = cfg.train;
+  const anomaly::EnableGuard anomaly_mode(t.detect_anomaly);
   prepare_run_dir(cfg.out);
   const std::string ckpt_path = cfg.out + "/checkpoint.h5";
   PF_CHECK(!resume || fs::exists(ckpt_path), "--resume: no checkpoint at " << ckpt_path);
@@ -263,9 +309,13 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
   BatchSampler sampler(train_set.S, t.batch_size, t.seed);
 
   TrainState st;
+  int64_t saved_step = -1;  // the step of the checkpoint on disk (-1: none yet)
   if (resume) {
     st = load_checkpoint(ckpt_path, cfg, model, &opt);
+    PF_CHECK(st.cursor <= train_set.S, "checkpoint " << ckpt_path << ": sampler_cursor " << st.cursor
+                                                     << " is past the " << train_set.S << " training chains");
     sampler.set_state(st.epoch, st.cursor);
+    saved_step = st.step;
     std::printf("resumed from %s at step %lld\n", ckpt_path.c_str(), static_cast<long long>(st.step));
   }
   write_text_file(cfg.out + "/config.yaml", config_to_yaml(cfg));
@@ -278,8 +328,24 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
   double train_seconds = 0;
   int64_t timed_steps = 0;
   EvalResult last_eval{NAN, NAN};
+  auto kept = [&] {
+    std::ostringstream os;
+    if (saved_step >= 0) os << "the last good checkpoint (step " << saved_step << ") is kept at " << ckpt_path;
+    else os << "no checkpoint was written yet";
+    return os.str();
+  };
   auto checkpoint = [&] {
+    // Never replace a good checkpoint with non-finite weights or moments.
+    std::string bad = first_non_finite(params);
+    if (bad.empty()) bad = first_non_finite(opt.state());
+    if (!bad.empty())
+      PF_FAIL("parameter or moment '" << bad << "' holds a NaN or an infinity after step " << st.step
+                                      << ", so no checkpoint is written: " << kept()
+                                      << " (try a lower train.lr, or train.grad_clip > 0)");
     save_checkpoint(ckpt_path, cfg, model, opt, st);
+    saved_step = st.step;
+    std::printf("checkpoint step %lld -> %s\n", static_cast<long long>(st.step), ckpt_path.c_str());
+    std::fflush(stdout);
     write_plots(cfg.out, log, model);
   };
   const int64_t last_step = stop_at > 0 ? std::min<int64_t>(stop_at, t.steps) : t.steps;
@@ -291,22 +357,45 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
     const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
     r.loss.backward();
     const double grad_norm = optim::clip_grad_norm(model.parameters(), t.grad_clip);
-    opt.step(lr);
     const double loss = r.loss.item();
+    // A non-finite loss or gradient norm: no update (weights and moments stay as they were),
+    // counted; the batch and the learning-rate schedule move on as after an update.
+    const bool good = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (good) {
+      opt.step(lr);
+      st.bad_in_row = 0;
+    } else {
+      ++st.skipped;
+      ++st.bad_in_row;
+    }
     train_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
     ++timed_steps;
     ++st.step;
     st.epoch = sampler.epoch();
     st.cursor = sampler.cursor();
 
-    if (st.step % t.log_every == 0 || st.step == t.steps) {
+    if (!good) {  // always logged
+      std::printf("step %6lld  SKIPPED: loss %.4g, grad_norm %.4g not finite, no update (%lld in a row, "
+                  "%lld in all; the run stops at train.max_bad_steps = %d in a row)\n",
+                  static_cast<long long>(st.step), loss, grad_norm, static_cast<long long>(st.bad_in_row),
+                  static_cast<long long>(st.skipped), t.max_bad_steps);
+      std::fflush(stdout);
+      log.write(JsonLine().add("step", st.step).add("loss", loss).add("grad_norm", grad_norm)
+                    .add("lr", lr).add("skipped", true).add("bad_in_row", st.bad_in_row)
+                    .add("skipped_steps", st.skipped));
+      if (st.bad_in_row >= t.max_bad_steps)
+        PF_FAIL(st.bad_in_row << " steps in a row (the last at step " << st.step
+                          << ") had a non-finite loss or gradient norm (train.max_bad_steps = " << t.max_bad_steps
+                          << "); stopped: " << kept() << " (try a lower train.lr, or train.grad_clip > 0)");
+    } else if (st.step % t.log_every == 0 || st.step == t.steps) {
       const double tps = tokens_per_step * timed_steps / train_seconds;
       const double eta = (t.steps - st.step) * train_seconds / timed_steps;
       std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
                   static_cast<long long>(st.step), loss, r.accuracy, lr, grad_norm, tps, eta);
       std::fflush(stdout);
       log.write(JsonLine().add("step", st.step).add("loss", loss).add("acc", r.accuracy)
-                    .add("lr", lr).add("grad_norm", grad_norm).add("tokens_per_s", tps));
+                    .add("lr", lr).add("grad_norm", grad_norm).add("tokens_per_s", tps)
+                    .add("skipped_steps", st.skipped));
     }
     if (st.step % t.eval_every == 0 || st.step == t.steps) {
       last_eval = evaluate_set(model, val_set, t.batch_size, device);
@@ -325,7 +414,8 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
   const double tps = timed_steps ? tokens_per_step * timed_steps / train_seconds : 0.0;
   std::printf("%s\n", JsonLine().add("mode", "train").add("val_loss", last_eval.loss)
                           .add("val_acc", last_eval.accuracy).add("tokens_per_s", tps)
-                          .add("steps", st.step).add("out", cfg.out).str().c_str());
+                          .add("steps", st.step).add("skipped_steps", st.skipped).add("out", cfg.out)
+                          .str().c_str());
   return 0;
 }
 
@@ -333,6 +423,7 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
 
 int evaluate(const Config& cfg, const std::string& checkpoint_path) {
   const Device device = resolve_device(cfg.device);
+  const anomaly::EnableGuard anomaly_mode(cfg.train.detect_anomaly);
   ChainSet train_set, val_set;
   load_data(cfg, train_set, val_set);
   models::PairBiasModel model(cfg.model, cfg.train.seed);
