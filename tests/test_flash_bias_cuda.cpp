@@ -552,7 +552,7 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
 
   FlashBiasBwdParams p;
   p.B = B; p.H = H; p.Nq = Nq; p.Nk = Nk; p.D = D;
-  p.scale = float(scale);
+  p.scale = scale;
   p.dtype = dt;
   p.q = d_q.ptr; p.q_stride = q.bnhd();
   p.k = d_k.ptr; p.k_stride = k.bnhd();
@@ -631,7 +631,7 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   {
     FlashBiasBwdParams r;
     r.B = B; r.H = H; r.Nq = Nq; r.Nk = Nk; r.D = D;
-    r.scale = float(scale);
+    r.scale = scale;
     r.dtype = ScalarType::F64;
     r.q = in.q.data(); r.q_stride = pf::kernels::contiguous_bnhd(Nq, H, D);
     r.k = in.k.data(); r.k_stride = pf::kernels::contiguous_bnhd(Nk, H, D);

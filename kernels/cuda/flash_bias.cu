@@ -76,7 +76,7 @@ bool bias_vec_ok(const void* ptr, ScalarType dtype, int64_t sb, int64_t sh, int6
 FwdArgs make_fwd_args(const FlashBiasParams& p) {
   FwdArgs a;
   a.p = p;
-  a.scale_log2 = p.scale * fb::kLog2e;
+  a.scale = float(p.scale);
   a.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
   a.bias_vec = p.bias && bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
   return a;
@@ -161,11 +161,13 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   char* ws = static_cast<char*>(workspace);
   BwdArgs args;
   args.p = p;
-  args.scale_log2 = p.scale * fb::kLog2e;
+  args.scale = float(p.scale);
   args.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
   args.bias_vec = p.bias && bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
   args.dbias_vec = p.dbias && aligned(p.dbias, 2 * elt_size(p.bias_dtype)) && p.dbias_batch_stride % 2 == 0 &&
                    p.dbias_head_stride % 2 == 0 && p.dbias_row_stride % 2 == 0;
+  args.dbias_from_smem = plan.dbias_mode == DbiasMode::kDirect && !p.dbias_accumulate && p.bias_dtype == p.dtype &&
+                         bias_vec_ok(p.dbias, p.bias_dtype, p.dbias_batch_stride, p.dbias_head_stride, p.dbias_row_stride);
   args.delta = reinterpret_cast<float*>(ws + plan.off_delta);
   args.dq_accum = plan.dq_atomic ? reinterpret_cast<float*>(ws + plan.off_dq) : nullptr;
   args.dbias_mode = plan.dbias_mode;
@@ -177,6 +179,7 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   }
   args.group_b = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_b;
   args.group_h = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_h;
+  args.sharing_fastest = plan.dbias_mode == DbiasMode::kAtomic;
 
   const int64_t rows = int64_t(p.B) * p.H * p.Nq;
   const size_t accum_dq_bytes = size_t(rows) * p.D * sizeof(float);
@@ -197,7 +200,7 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
     });
 
     if (plan.dq_atomic) {
-      fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, args.dq_accum);
+      fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, args.dq_accum, args.scale);
       PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
     }
   });

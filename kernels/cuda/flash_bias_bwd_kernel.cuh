@@ -6,8 +6,8 @@
 //   dS = P ∘ (dP − Δ),  Δ_i = Σ_j P_ij dP_ij = Σ_d dO_id O_id        (softmax Jacobian)
 //   dB = dS, summed over the axes along which the bias is broadcast
 //   dQ = scale · dS K        dK = scale · dSᵀ Q
-// P is recomputed from the saved lse: P = 2^(x − lse·log2 e) with x the base-2 logits. A row with
-// lse = −inf (no attended key) uses +inf instead, so its P, dS and gradients are exactly 0.
+// P is recomputed from the saved lse: P = 2^(log2 e · x − log2 e · lse) with x the logits. A row
+// with lse = −inf (no attended key) uses +inf instead, so its P, dS and gradients are exactly 0.
 //
 // Two kernels:
 // - flash_bias_bwd_kernel: one CTA per key block of 64 (and per (b, h), or per sharing group in
@@ -28,8 +28,46 @@
 
 namespace pf::kernels::cuda::fb {
 
-// lse as stored by the forward (natural log) -> the base-2 origin used to recompute P.
+// lse as stored by the forward (natural log) -> log2 e · lse, the origin used to recompute P.
 __device__ __forceinline__ float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
+
+// P and dS of a warp's scores in place: S (logits) -> P = 2^(log2 e · S − lse2), dP -> dS = P ∘ (dP − Δ).
+template <int NT>
+__device__ __forceinline__ void probs_and_ds(float (&S)[1][NT][4], float (&dP)[1][NT][4], const float (&lse2)[2],
+                                             const float (&dlt)[2]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float pij = fast_exp2(fmaf(S[0][nt][e], kLog2e, -lse2[e / 2]));
+      S[0][nt][e] = pij;
+      dP[0][nt][e] = pij * (dP[0][nt][e] - dlt[e / 2]);
+    }
+}
+
+// Copies rows [m0, m0 + 64) ∩ [0, Nq) × keys [n0, n0 + 64) ∩ [0, Nk) of the dS tile (element type T,
+// = the dbias dtype) to dbias in 16-byte pieces (rows 16-byte aligned); pieces straddling Nk
+// element by element.
+template <typename T, int BM, int BN, int kSPitch, int kNThreads>
+__device__ __forceinline__ void store_dbias_tile(char* dbias, int64_t row_stride, const T* sdS, int m0, int n0, int Nq,
+                                                 int Nk, int tid) {
+  constexpr int kChunk = 16 / int(sizeof(T)), kChunksPerRow = BN / kChunk;
+#pragma unroll
+  for (int it = 0; it < (BM * kChunksPerRow + kNThreads - 1) / kNThreads; ++it) {
+    const int c = tid + it * kNThreads;
+    if ((BM * kChunksPerRow) % kNThreads != 0 && c >= BM * kChunksPerRow) break;
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
+    const int i = m0 + r, j = n0 + col;
+    if (i >= Nq || j >= Nk) continue;
+    T* dst = reinterpret_cast<T*>(dbias + int64_t(i) * row_stride * int64_t(sizeof(T))) + j;
+    const T* src = sdS + r * kSPitch + col;
+    if (j + kChunk <= Nk) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int e = 0; e < kChunk && j + e < Nk; ++e) dst[e] = src[e];
+    }
+  }
+}
 
 // Fetches the lse and Δ of rows [m0, m0 + BM) (rows past Nq: lse = +inf so that P = 0, Δ = 0).
 template <int BM>
@@ -84,11 +122,12 @@ __device__ __forceinline__ void store_dbias_pair(char* row, int kind, int j, int
 // ------------------------------------------------------------------------------------------------
 // q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) lse,delta:(B,H,Nq)
 //   -> dk,dv:(B,Nk,H,D) dbias:(B|1,H|1,Nq,Nk) [dq_accum:(B,H,Nq,D) fp32 +=]
-// grid (ceil(Nk/64), group_h ? 1 : H, group_b ? 1 : B), block 256.
+// grid (ceil(Nk/64), group_h ? 1 : H, group_b ? 1 : B), or 1-d with the sharing dims fastest
+// (args.sharing_fastest), block 256.
 // Warp w: S/dP piece rows 16·(w%4), cols 32·(w/4); dK/dV rows (keys) 16·(w%4), cols (d) (D/2)·(w/4);
 // dQ rows 16·(w%4), cols (D/2)·(w/4).
 template <typename Tr>
-__global__ void __launch_bounds__(Tr::kNThreads)
+__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     flash_bias_bwd_kernel(const __grid_constant__ BwdArgs args) {
   using T = typename Tr::Element;
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN;
@@ -102,21 +141,39 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   T* sV = reinterpret_cast<T*>(smem + Tr::kOffV);
   T* sQ = reinterpret_cast<T*>(smem + Tr::kOffQ);
   T* sdO = reinterpret_cast<T*>(smem + Tr::kOffdO);
-  char* sBias = smem + Tr::kOffBias;
   T* sP = reinterpret_cast<T*>(smem + Tr::kOffP);
   T* sdS = reinterpret_cast<T*>(smem + Tr::kOffdS);
   float* sLse = reinterpret_cast<float*>(smem + Tr::kOffLse);
   float* sDelta = reinterpret_cast<float*>(smem + Tr::kOffDelta);
   uint8_t* sKeyOk = reinterpret_cast<uint8_t*>(smem + Tr::kOffKeyOk);
+  char* sBias = smem + Tr::kOffBias;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp % 4) * 16, wn = (warp / 4) * 32;   // S / dP piece
   const int wk = (warp % 4) * 16, wd = (warp / 4) * (D / 2);  // dK / dV / dQ piece
-  const int n0 = blockIdx.x * BN;
+  // CTA -> (key block, h, b). With dB summed by atomics, the CTAs that add into the same dB tile
+  // (the sharing b and/or h) are adjacent in launch order, so their additions meet in L2.
+  int n_block = blockIdx.x, h_cta = blockIdx.y, b_cta = blockIdx.z;
+  if (args.sharing_fastest) {
+    int r = blockIdx.x;
+    const int ib = args.shared_b ? r % p.B : 0;
+    if (args.shared_b) r /= p.B;
+    const int ih = args.shared_h ? r % p.H : 0;
+    if (args.shared_h) r /= p.H;
+    const int n_kblocks = (p.Nk + BN - 1) / BN;
+    n_block = r % n_kblocks;
+    r /= n_kblocks;
+    h_cta = args.shared_h ? ih : r % p.H;
+    if (!args.shared_h) r /= p.H;
+    b_cta = args.shared_b ? ib : r;
+  }
+  const int n0 = n_block * BN;
   const int m_blocks = (p.Nq + BM - 1) / BM;
   const int causal_off = p.Nk - p.Nq;
   const bool has_bias = args.bias_kind != kNoBias;
   const int belt = has_bias ? bias_elt_size(args.bias_kind) : 0;
+  const int bias_tile_bytes = Tr::kBiasTileElems * belt;
+  const float scale = args.scale;
   const bool want_dk = p.dk != nullptr, want_dv = p.dv != nullptr;
   const bool dq_atomic = args.dq_accum != nullptr;
   const DbiasMode dbias_mode = args.dbias_mode;
@@ -128,8 +185,8 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     m_begin = i_min <= 0 ? 0 : min(i_min / BM, m_blocks);
   }
 
-  const int b_begin = args.group_b ? 0 : blockIdx.z, b_end = args.group_b ? p.B : blockIdx.z + 1;
-  const int h_begin = args.group_h ? 0 : blockIdx.y, h_end = args.group_h ? p.H : blockIdx.y + 1;
+  const int b_begin = args.group_b ? 0 : b_cta, b_end = args.group_b ? p.B : b_cta + 1;
+  const int h_begin = args.group_h ? 0 : h_cta, h_end = args.group_h ? p.H : h_cta + 1;
 
   for (int b = b_begin; b < b_end; ++b) {
     for (int h = h_begin; h < h_end; ++h) {
@@ -175,7 +232,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
         load_rows<T, D, BM, kPitch, kNThreads>(sQ + stage * BM * kPitch, q, p.q_stride.row, m0, p.Nq, tid);
         load_rows<T, D, BM, kPitch, kNThreads>(sdO + stage * BM * kPitch, dout, p.dout_stride.row, m0, p.Nq, tid);
         if (has_bias)
-          load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * Tr::kBiasTileBytes, bias, p.bias_row_stride,
+          load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * bias_tile_bytes, bias, p.bias_row_stride,
                                                         args.bias_kind, m0, n0, p.Nq, p.Nk, args.bias_vec, tid);
         load_row_stats<BM>(sLse + stage * BM, sDelta + stage * BM, lse, delta, m0, p.Nq, tid);
       };
@@ -211,26 +268,21 @@ __global__ void __launch_bounds__(Tr::kNThreads)
           zero_frag(dP);
           warp_gemm<1, 4, D, false, false>(S, sQs + wm * kPitch, kPitch, sK + wn * kPitch, kPitch);
           warp_gemm<1, 4, D, false, false>(dP, sdOs + wm * kPitch, kPitch, sV + wn * kPitch, kPitch);
-          scores_to_log2<4, kBiasPitch>(S, wm, wn, m0, n0, has_bias ? sBias + stage * Tr::kBiasTileBytes : nullptr,
-                                        args.bias_kind, sKeyOk, p.causal, causal_off, args.scale_log2);
+          const bool masked = tile_needs_mask<BM, BN>(kpm != nullptr, p.causal, m0, n0, p.Nk, causal_off);
+          with_tile_mode(args.bias_kind, masked, [&](auto kind, auto msk) {
+            scores_to_logits<decltype(kind)::value, decltype(msk)::value, 4, kBiasPitch>(
+                S, wm, wn, m0, n0, sBias + stage * bias_tile_bytes, sKeyOk, p.causal, causal_off, scale);
+          });
           float lse2[2], dlt[2];
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
             lse2[hf] = lse_to_log2(sLses[wm + g + 8 * hf]);
             dlt[hf] = sDeltas[wm + g + 8 * hf];
           }
-          // S <- P, dP <- dS
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float pij = exp2f(S[0][nt][e] - lse2[e / 2]);
-              S[0][nt][e] = pij;
-              dP[0][nt][e] = pij * (dP[0][nt][e] - dlt[e / 2]);
-            }
+          probs_and_ds(S, dP, lse2, dlt);  // S <- P, dP <- dS
 
-          // dB from the fp32 dS, once per tile
-          if (dbias_mode != DbiasMode::kNone) {
+          // dB from the fp32 dS, once per tile (or from the dS tile below)
+          if (dbias_mode != DbiasMode::kNone && !args.dbias_from_smem) {
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
               const int i = m0 + wm + g + 8 * hf;
@@ -267,6 +319,8 @@ __global__ void __launch_bounds__(Tr::kNThreads)
           store_frag(S, sP + wm * kSPitch + wn, kSPitch);
           store_frag(dP, sdS + wm * kSPitch + wn, kSPitch);
           __syncthreads();
+          if (args.dbias_from_smem)
+            store_dbias_tile<T, BM, BN, kSPitch, kNThreads>(dbias, p.dbias_row_stride, sdS, m0, n0, p.Nq, p.Nk, tid);
 
           if (want_dv) warp_gemm<1, kDT, BM, true, true>(acc_dv, sP + wk, kSPitch, sdOs + wd, kPitch);
           if (want_dk) warp_gemm<1, kDT, BM, true, true>(acc_dk, sdS + wk, kSPitch, sQs + wd, kPitch);
@@ -305,7 +359,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
           T* row = static_cast<T*>(p.dk) + b * p.dk_stride.batch + h * p.dk_stride.head + int64_t(j) * p.dk_stride.row;
 #pragma unroll
           for (int nt = 0; nt < kDT; ++nt)
-            store_pair(row + wd + 8 * nt + 2 * t, acc_dk[0][nt][2 * hf] * p.scale, acc_dk[0][nt][2 * hf + 1] * p.scale);
+            store_pair(row + wd + 8 * nt + 2 * t, acc_dk[0][nt][2 * hf] * scale, acc_dk[0][nt][2 * hf + 1] * scale);
         }
         if (want_dv) {
           T* row = static_cast<T*>(p.dv) + b * p.dv_stride.batch + h * p.dv_stride.head + int64_t(j) * p.dv_stride.row;
@@ -336,11 +390,11 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   T* sdO = reinterpret_cast<T*>(smem + Tr::kOffdO);
   T* sK = reinterpret_cast<T*>(smem + Tr::kOffK);
   T* sV = reinterpret_cast<T*>(smem + Tr::kOffV);
-  char* sBias = smem + Tr::kOffBias;
-  T* sdS = reinterpret_cast<T*>(smem + Tr::kOffdS);
+  T* sdS = reinterpret_cast<T*>(smem + Tr::kOffdS);  // fp32 path only
   float* sLse = reinterpret_cast<float*>(smem + Tr::kOffLse);
   float* sDelta = reinterpret_cast<float*>(smem + Tr::kOffDelta);
   uint8_t* sKeyOk = reinterpret_cast<uint8_t*>(smem + Tr::kOffKeyOk);
+  char* sBias = smem + Tr::kOffBias;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -352,11 +406,13 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
   const T* dout = static_cast<const T*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head;
   const bool has_bias = args.bias_kind != kNoBias;
-  const char* bias = has_bias ? static_cast<const char*>(p.bias) +
-                                    (b * p.bias_batch_stride + h * p.bias_head_stride) * bias_elt_size(args.bias_kind)
+  const int belt = has_bias ? bias_elt_size(args.bias_kind) : 0;
+  const int bias_tile_bytes = Tr::kBiasTileElems * belt;
+  const char* bias = has_bias ? static_cast<const char*>(p.bias) + (b * p.bias_batch_stride + h * p.bias_head_stride) * belt
                               : nullptr;
   const uint8_t* kpm = p.key_padding_mask ? p.key_padding_mask + int64_t(b) * p.Nk : nullptr;
   const int causal_off = p.Nk - p.Nq;
+  const float scale = args.scale;
 
   int n_blocks = (p.Nk + BN - 1) / BN;
   if (p.causal) {
@@ -369,7 +425,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, k, p.k_stride.row, n0, p.Nk, tid);
     load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, v, p.v_stride.row, n0, p.Nk, tid);
     if (has_bias)
-      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * Tr::kBiasTileBytes, bias, p.bias_row_stride,
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * bias_tile_bytes, bias, p.bias_row_stride,
                                                     args.bias_kind, m0, n0, p.Nq, p.Nk, args.bias_vec, tid);
   };
 
@@ -415,23 +471,30 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     zero_frag(dP);
     warp_gemm<1, BN / 8, D, false, false>(S, sQ + warp * 16 * kPitch, kPitch, sKs, kPitch);
     warp_gemm<1, BN / 8, D, false, false>(dP, sdO + warp * 16 * kPitch, kPitch, sVs, kPitch);
-    scores_to_log2<BN / 8, kBiasPitch>(S, warp * 16, 0, m0, n0, has_bias ? sBias + stage * Tr::kBiasTileBytes : nullptr,
-                                       args.bias_kind, sKeyOk + stage * BN, p.causal, causal_off, args.scale_log2);
+    const bool masked = tile_needs_mask<BM, BN>(kpm != nullptr, p.causal, m0, n0, p.Nk, causal_off);
+    with_tile_mode(args.bias_kind, masked, [&](auto kind, auto msk) {
+      scores_to_logits<decltype(kind)::value, decltype(msk)::value, BN / 8, kBiasPitch>(
+          S, warp * 16, 0, m0, n0, sBias + stage * bias_tile_bytes, sKeyOk + stage * BN, p.causal, causal_off, scale);
+    });
     float lse2[2], dlt[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       lse2[hf] = lse_to_log2(sLse[warp * 16 + g + 8 * hf]);
       dlt[hf] = sDelta[warp * 16 + g + 8 * hf];
     }
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dP[0][nt][e] = exp2f(S[0][nt][e] - lse2[e / 2]) * (dP[0][nt][e] - dlt[e / 2]);
+    probs_and_ds(S, dP, lse2, dlt);  // dP <- dS
 
-    T* sdSw = sdS + warp * 16 * kSPitch;
-    store_frag(dP, sdSw, kSPitch);
-    __syncwarp();
-    warp_gemm<1, D / 8, BN, false, true>(acc_dq, sdSw, kSPitch, sKs, kPitch);
+    // dQ += dS · K_j
+    if constexpr (Tr::kTensorCores) {
+      uint32_t da[BN / 16][4];
+      frag_to_A<BN / 8, T>(dP, da);
+      warp_gemm_rA<D / 8, BN, true>(acc_dq, da, sKs, kPitch);
+    } else {
+      T* sdSw = sdS + warp * 16 * kSPitch;
+      store_frag(dP, sdSw, kSPitch);
+      __syncwarp();
+      warp_gemm<1, D / 8, BN, false, true>(acc_dq, sdSw, kSPitch, sKs, kPitch);
+    }
 
     if constexpr (kStages > 1) {
       if (nb + 1 < n_blocks && tid < BN) sKeyOk[((nb + 1) % kStages) * BN + tid] = key_ok_next;
@@ -448,7 +511,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     T* row = dq + int64_t(i) * p.dq_stride.row;
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt)
-      store_pair(row + 8 * nt + 2 * t, acc_dq[0][nt][2 * hf] * p.scale, acc_dq[0][nt][2 * hf + 1] * p.scale);
+      store_pair(row + 8 * nt + 2 * t, acc_dq[0][nt][2 * hf] * scale, acc_dq[0][nt][2 * hf + 1] * scale);
   }
 }
 
@@ -458,8 +521,10 @@ void launch_flash_bias_bwd(const BwdArgs& args, cudaStream_t stream) {
   const FlashBiasBwdParams& p = args.p;
   auto kernel = flash_bias_bwd_kernel<Tr>;
   set_smem_limit<Tr>(kernel);
-  const dim3 grid((p.Nk + Tr::kBlockN - 1) / Tr::kBlockN, args.group_h ? 1 : p.H, args.group_b ? 1 : p.B);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(args);
+  const int n_kblocks = (p.Nk + Tr::kBlockN - 1) / Tr::kBlockN;
+  const dim3 grid = args.sharing_fastest ? dim3(unsigned(n_kblocks) * p.H * p.B, 1, 1)
+                                         : dim3(n_kblocks, args.group_h ? 1 : p.H, args.group_b ? 1 : p.B);
+  kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind)), stream>>>(args);
   PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_kernel");
 }
 
@@ -470,7 +535,7 @@ void launch_flash_bias_bwd_dq(const BwdArgs& args, cudaStream_t stream) {
   auto kernel = flash_bias_bwd_dq_kernel<Tr>;
   set_smem_limit<Tr>(kernel);
   const dim3 grid((p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(args);
+  kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind)), stream>>>(args);
   PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_dq_kernel");
 }
 

@@ -38,7 +38,8 @@ __global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwd
 
 // dq_accum:(B,H,Nq,D) fp32 (unscaled Σ dS K) -> dq:(B,Nq,H,D) = scale · dq_accum
 template <typename T>
-__global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasBwdParams p, const float* acc) {
+__global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasBwdParams p, const float* acc,
+                                              float scale) {
   const int64_t n = int64_t(p.B) * p.H * p.Nq * p.D;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int d = int(idx % p.D);
@@ -47,7 +48,7 @@ __global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasB
     const int h = int((row / p.Nq) % p.H);
     const int b = int(row / (int64_t(p.Nq) * p.H));
     T* dq = static_cast<T*>(p.dq) + b * p.dq_stride.batch + int64_t(i) * p.dq_stride.row + h * p.dq_stride.head;
-    dq[d] = from_float<T>(acc[idx] * p.scale);
+    dq[d] = from_float<T>(acc[idx] * scale);
   }
 }
 

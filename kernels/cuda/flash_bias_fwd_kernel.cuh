@@ -1,11 +1,11 @@
-// Flash-bias forward: one CTA per (64 query rows, h, b); it walks the key blocks with an online
-// softmax in base 2 and never materialises the Nq × Nk scores.
+// Flash-bias forward: one CTA per (BM query rows, h, b); it walks the key blocks with an online
+// softmax and never materialises the Nq × Nk scores.
 //
-// Per key block j (x = base-2 logits of the block, m = running row max, l = running row sum):
-//   m' = max(m, rowmax x)    α = 2^(m − m')    P = 2^(x − m')
+// Per key block j (x = logits of the block, m = running row max, l = running row sum):
+//   m' = max(m, rowmax x)    α = e^(m − m')    P = e^(x − m')     (as 2^(log2 e · ...), one FFMA + EX2)
 //   l' = α·l + rowsum P      O' = α·O + P·V_j
-// and at the end out = O / l, lse = ln 2 · (m + log2 l). A row with no attended key keeps
-// m = −inf and l = 0: out = 0, lse = −inf (never NaN: −inf logits use m' = 0 as their origin).
+// and at the end out = O / l, lse = m + ln l. A row with no attended key keeps m = −inf and
+// l = 0: out = 0, lse = −inf (never NaN: −inf logits use m' = 0 as their origin).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -19,7 +19,7 @@
 namespace pf::kernels::cuda::fb {
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
-// grid (ceil(Nq/64), H, B), block 128, dynamic shared memory Tr::kSmemBytes.
+// grid (ceil(Nq/BM), H, B), block 32·kNWarps, dynamic shared memory smem_bytes<Tr>(bias elt size).
 template <typename Tr>
 __global__ void __launch_bounds__(Tr::kNThreads)
     flash_bias_fwd_kernel(const __grid_constant__ FwdArgs args) {
@@ -33,9 +33,9 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   T* sQ = reinterpret_cast<T*>(smem + Tr::kOffQ);
   T* sK = reinterpret_cast<T*>(smem + Tr::kOffK);
   T* sV = reinterpret_cast<T*>(smem + Tr::kOffV);
-  char* sBias = smem + Tr::kOffBias;
-  T* sP = reinterpret_cast<T*>(smem + Tr::kOffP);
+  T* sP = reinterpret_cast<T*>(smem + Tr::kOffP);  // fp32 path only
   uint8_t* sKeyOk = reinterpret_cast<uint8_t*>(smem + Tr::kOffKeyOk);
+  char* sBias = smem + Tr::kOffBias;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -45,11 +45,13 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   const T* k = static_cast<const T*>(p.k) + b * p.k_stride.batch + h * p.k_stride.head;
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
   const bool has_bias = args.bias_kind != kNoBias;
-  const char* bias = has_bias ? static_cast<const char*>(p.bias) +
-                                    (b * p.bias_batch_stride + h * p.bias_head_stride) * bias_elt_size(args.bias_kind)
+  const int belt = has_bias ? bias_elt_size(args.bias_kind) : 0;
+  const int bias_tile_bytes = Tr::kBiasTileElems * belt;
+  const char* bias = has_bias ? static_cast<const char*>(p.bias) + (b * p.bias_batch_stride + h * p.bias_head_stride) * belt
                               : nullptr;
   const uint8_t* kpm = p.key_padding_mask ? p.key_padding_mask + int64_t(b) * p.Nk : nullptr;
   const int causal_off = p.Nk - p.Nq;
+  const float scale = args.scale;
 
   // Key blocks this query block can see (causal: up to the diagonal of its last row).
   int n_blocks = (p.Nk + BN - 1) / BN;
@@ -63,7 +65,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, k, p.k_stride.row, n0, p.Nk, tid);
     load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, v, p.v_stride.row, n0, p.Nk, tid);
     if (has_bias)
-      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * Tr::kBiasTileBytes, bias, p.bias_row_stride,
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * bias_tile_bytes, bias, p.bias_row_stride,
                                                     args.bias_kind, m0, n0, p.Nq, p.Nk, args.bias_vec, tid);
   };
 
@@ -76,8 +78,8 @@ __global__ void __launch_bounds__(Tr::kNThreads)
 
   float acc_o[1][D / 8][4];
   zero_frag(acc_o);
-  float m_row[2] = {-INFINITY, -INFINITY};  // rows g and g + 8 of this warp, base 2
-  float l_row[2] = {0.f, 0.f};              // this thread's part of the row sums
+  float m_row[2] = {-INFINITY, -INFINITY};  // running max of rows g and g + 8 of this warp (natural units)
+  float l_row[2] = {0.f, 0.f};              // this thread's part of the running row sums
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int stage = nb % kStages;
@@ -106,32 +108,34 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     float S[1][BN / 8][4];
     zero_frag(S);
     warp_gemm<1, BN / 8, D, false, false>(S, sQ + warp * 16 * kPitch, kPitch, sKs, kPitch);
-    scores_to_log2<BN / 8, kBiasPitch>(S, warp * 16, 0, m0, n0,
-                                       has_bias ? sBias + stage * Tr::kBiasTileBytes : nullptr,
-                                       args.bias_kind, sKeyOk + stage * BN, p.causal, causal_off,
-                                       args.scale_log2);
+    const bool masked = tile_needs_mask<BM, BN>(kpm != nullptr, p.causal, m0, n0, p.Nk, causal_off);
+    with_tile_mode(args.bias_kind, masked, [&](auto kind, auto msk) {
+      scores_to_logits<decltype(kind)::value, decltype(msk)::value, BN / 8, kBiasPitch>(
+          S, warp * 16, 0, m0, n0, sBias + stage * bias_tile_bytes, sKeyOk + stage * BN, p.causal, causal_off, scale);
+    });
 
-    // online softmax over this key block
+    // online softmax over this key block: P = 2^(log2 e · (x − m))
     float mx[2] = {m_row[0], m_row[1]};
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       mx[0] = fmaxf(mx[0], fmaxf(S[0][nt][0], S[0][nt][1]));
       mx[1] = fmaxf(mx[1], fmaxf(S[0][nt][2], S[0][nt][3]));
     }
-    float m_use[2], alpha[2], rowsum[2] = {0.f, 0.f};
+    float m_scaled[2], alpha[2], rowsum[2] = {0.f, 0.f};
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
       mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
-      m_use[hf] = mx[hf] == -INFINITY ? 0.f : mx[hf];
-      alpha[hf] = exp2f(m_row[hf] - m_use[hf]);
+      const float m_use = mx[hf] == -INFINITY ? 0.f : mx[hf];  // all −inf so far: P = 0, not NaN
+      m_scaled[hf] = m_use * kLog2e;
+      alpha[hf] = fast_exp2((m_row[hf] - m_use) * kLog2e);
       m_row[hf] = mx[hf];
     }
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        S[0][nt][e] = exp2f(S[0][nt][e] - m_use[e / 2]);
+        S[0][nt][e] = fast_exp2(fmaf(S[0][nt][e], kLog2e, -m_scaled[e / 2]));
         rowsum[e / 2] += S[0][nt][e];
       }
 #pragma unroll
@@ -141,11 +145,17 @@ __global__ void __launch_bounds__(Tr::kNThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_o[0][nt][e] *= alpha[e / 2];
 
-    // O += P · V_j (P through this warp's own rows of shared memory)
-    T* sPw = sP + warp * 16 * kSPitch;
-    store_frag(S, sPw, kSPitch);
-    __syncwarp();
-    warp_gemm<1, D / 8, BN, false, true>(acc_o, sPw, kSPitch, sVs, kPitch);
+    // O += P · V_j
+    if constexpr (Tr::kTensorCores) {
+      uint32_t pa[BN / 16][4];
+      frag_to_A<BN / 8, T>(S, pa);
+      warp_gemm_rA<D / 8, BN, true>(acc_o, pa, sVs, kPitch);
+    } else {
+      T* sPw = sP + warp * 16 * kSPitch;
+      store_frag(S, sPw, kSPitch);
+      __syncwarp();
+      warp_gemm<1, D / 8, BN, false, true>(acc_o, sPw, kSPitch, sVs, kPitch);
+    }
 
     if constexpr (kStages > 1) {
       if (nb + 1 < n_blocks && tid < BN) sKeyOk[((nb + 1) % kStages) * BN + tid] = key_ok_next;
@@ -154,7 +164,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   }
   cp_async_wait<0>();
 
-  // epilogue: out = O / l, lse = ln 2 · (m + log2 l)
+  // epilogue: out = O / l, lse = m + ln l
   T* out = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
   float* lse = static_cast<float*>(p.lse) + (int64_t(b) * p.H + h) * p.Nq;
 #pragma unroll
@@ -169,20 +179,23 @@ __global__ void __launch_bounds__(Tr::kNThreads)
 #pragma unroll
       for (int nt = 0; nt < D / 8; ++nt)
         store_pair(orow + 8 * nt + 2 * t, acc_o[0][nt][2 * hf] * inv, acc_o[0][nt][2 * hf + 1] * inv);
-      if (t == 0) lse[i] = l > 0.f ? (m_row[hf] + log2f(l)) * kLn2 : -INFINITY;
+      if (t == 0) lse[i] = l > 0.f ? m_row[hf] + log2f(l) * kLn2 : -INFINITY;
     }
   }
 }
 
+// Raises the kernel's dynamic shared-memory limit to what a fp32 bias needs (the largest case),
+// once per instantiation and process (the attribute belongs to the kernel, not a launch).
 template <typename Tr, typename Kernel>
 inline void set_smem_limit(Kernel kernel) {
-  if constexpr (Tr::kSmemBytes > 48 * 1024) {
-    // once per instantiation and process (the attribute belongs to the kernel, not a launch)
-    static const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  constexpr int kMax = smem_bytes<Tr>(4);
+  if constexpr (kMax > 48 * 1024) {
+    static const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
     PF_CUDA_CHECK(err);
   }
 }
+
+inline int launch_bias_elt(int bias_kind) { return bias_kind == kNoBias ? 0 : bias_elt_size(bias_kind); }
 
 template <typename T, int D>
 void launch_flash_bias_fwd(const FwdArgs& args, cudaStream_t stream) {
@@ -191,7 +204,7 @@ void launch_flash_bias_fwd(const FwdArgs& args, cudaStream_t stream) {
   auto kernel = flash_bias_fwd_kernel<Tr>;
   set_smem_limit<Tr>(kernel);
   const dim3 grid((p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(args);
+  kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind)), stream>>>(args);
   PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_kernel");
 }
 

@@ -1,7 +1,7 @@
 // Tile traits of the flash-bias kernels and the argument blocks the kernels receive.
 //
-// Every kernel works on a 64 (queries) × 64 (keys) tile of the score matrix at a time; a warp
-// owns 16 query rows (forward, dQ kernel) or a 16 × 32 piece (backward, 8 warps). Shared-memory
+// Every kernel works on a BM (queries) × 64 (keys) tile of the score matrix at a time; a warp
+// owns 16 query rows (forward, dQ kernel) or a 16 × 32 piece (backward, 8 warps, BM = 64). Shared-memory
 // tiles of Q, K, V and dO rows have a pitch of D + 16 bytes so that the eight row addresses of an
 // ldmatrix (or a warp's scalar reads) fall into distinct banks; the P / dS tiles and the bias
 // tile have a pitch of 72 elements for the same reason (bank-checked for 2- and 4-byte elements).
@@ -23,76 +23,85 @@ namespace pf::kernels::cuda::fb {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Shapes shared by the three kernels for element type T and head dim D.
-template <typename T, int D>
+// Shapes shared by the three kernels for element type T, head dim D and BM query rows per tile.
+template <typename T, int D, int BM>
 struct TileShape {
   using Element = T;
   static constexpr int kHeadDim = D;
-  static constexpr int kBlockM = 64;  // query rows per tile
+  static constexpr int kBlockM = BM;  // query rows per tile
   static constexpr int kBlockN = 64;  // keys per tile
   static constexpr bool kTensorCores = !std::is_same_v<T, float>;
   static constexpr int kPitch = D + 16 / int(sizeof(T));  // Q/K/V/dO rows in shared memory
   static constexpr int kSPitch = kBlockN + 8;             // P and dS tiles (elements of T)
   static constexpr int kBiasPitch = kBlockN + 8;          // bias tile (elements of the bias dtype)
-  static constexpr int kRowTileBytes = kBlockM * kPitch * int(sizeof(T));  // == kBlockN rows too
-  static constexpr int kBiasTileBytes = kBlockM * kBiasPitch * 4;  // sized for a fp32 bias
-  static constexpr int kSTileBytes = kBlockM * kSPitch * int(sizeof(T));
-  static_assert(kBlockM == kBlockN, "row tiles are sized once for queries and keys");
+  static constexpr int kQTileBytes = BM * kPitch * int(sizeof(T));
+  static constexpr int kKTileBytes = kBlockN * kPitch * int(sizeof(T));
+  static constexpr int kSTileBytes = BM * kSPitch * int(sizeof(T));
+  static constexpr int kBiasTileElems = BM * kBiasPitch;  // × the bias's element size, at run time
   static_assert(D % 16 == 0 && D >= 16 && D <= 128, "head dim must be 16, 32, 64 or 128");
 };
 
-// Forward: 4 warps × 16 query rows; K, V, bias and key-mask tiles double-buffered.
+// The bias tiles come last in shared memory and take 2 or 4 bytes per element as the bias dtype
+// asks (a fp16 bias leaves room for one more CTA per SM than a fp32 one would).
+template <typename Tr>
+constexpr int smem_bytes(int bias_elt_size) {
+  return Tr::kOffBias + Tr::kStages * Tr::kBiasTileElems * bias_elt_size;
+}
+
+// Forward: 16 query rows per warp; 8 warps (128 rows) on tensor cores so that each K/V tile
+// serves twice the rows, 4 warps for fp32 (shared memory). K, V, bias and key-validity tiles
+// double-buffered. On tensor cores P stays in registers; fp32 goes through a P tile.
 template <typename T, int D>
-struct FwdTraits : TileShape<T, D> {
-  using S = TileShape<T, D>;
-  static constexpr int kNWarps = 4, kNThreads = 128;
+struct FwdTraits : TileShape<T, D, std::is_same_v<T, float> ? 64 : 128> {
+  using S = TileShape<T, D, std::is_same_v<T, float> ? 64 : 128>;
+  static constexpr int kNWarps = S::kBlockM / 16, kNThreads = 32 * kNWarps;
   static constexpr int kStages = 2;
   static constexpr int kOffQ = 0;
-  static constexpr int kOffK = kOffQ + S::kRowTileBytes;
-  static constexpr int kOffV = kOffK + kStages * S::kRowTileBytes;
-  static constexpr int kOffBias = kOffV + kStages * S::kRowTileBytes;
-  static constexpr int kOffP = kOffBias + kStages * S::kBiasTileBytes;
-  static constexpr int kOffKeyOk = kOffP + S::kSTileBytes;
-  static constexpr int kSmemBytes = kOffKeyOk + kStages * S::kBlockN;
+  static constexpr int kOffK = kOffQ + S::kQTileBytes;
+  static constexpr int kOffV = kOffK + kStages * S::kKTileBytes;
+  static constexpr int kOffP = kOffV + kStages * S::kKTileBytes;
+  static constexpr int kOffKeyOk = kOffP + (S::kTensorCores ? 0 : S::kSTileBytes);
+  static constexpr int kOffBias = kOffKeyOk + 128;
 };
 
 // Backward (dK, dV, dB and, unless deterministic, dQ by atomics): 8 warps; a CTA owns one key
 // block and walks the query blocks; Q, dO, bias, lse and delta tiles double-buffered, except for
 // fp32 at D = 128 where two stages do not fit in shared memory.
 template <typename T, int D>
-struct BwdTraits : TileShape<T, D> {
-  using S = TileShape<T, D>;
+struct BwdTraits : TileShape<T, D, 64> {
+  using S = TileShape<T, D, 64>;
   static constexpr int kNWarps = 8, kNThreads = 256;
+  // 2 CTAs per SM (≤ 128 registers) up to D = 64: one CTA of 8 warps left the SM idle at barriers.
+  static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
   static constexpr int kStages = (std::is_same_v<T, float> && D == 128) ? 1 : 2;
   static constexpr int kOffK = 0;
-  static constexpr int kOffV = kOffK + S::kRowTileBytes;
-  static constexpr int kOffQ = kOffV + S::kRowTileBytes;
-  static constexpr int kOffdO = kOffQ + kStages * S::kRowTileBytes;
-  static constexpr int kOffBias = kOffdO + kStages * S::kRowTileBytes;
-  static constexpr int kOffP = kOffBias + kStages * S::kBiasTileBytes;
+  static constexpr int kOffV = kOffK + S::kKTileBytes;
+  static constexpr int kOffQ = kOffV + S::kKTileBytes;
+  static constexpr int kOffdO = kOffQ + kStages * S::kQTileBytes;
+  static constexpr int kOffP = kOffdO + kStages * S::kQTileBytes;
   static constexpr int kOffdS = kOffP + S::kSTileBytes;
   static constexpr int kOffLse = kOffdS + S::kSTileBytes;
   static constexpr int kOffDelta = kOffLse + kStages * S::kBlockM * 4;
   static constexpr int kOffKeyOk = kOffDelta + kStages * S::kBlockM * 4;
-  static constexpr int kSmemBytes = kOffKeyOk + S::kBlockN;
+  static constexpr int kOffBias = kOffKeyOk + 128;
 };
 
-// Deterministic dQ: 4 warps × 16 query rows, walks the key blocks like the forward.
+// Deterministic dQ: 4 warps × 16 query rows, walks the key blocks like the forward; on tensor
+// cores dS stays in registers for dQ += dS K.
 template <typename T, int D>
-struct DqTraits : TileShape<T, D> {
-  using S = TileShape<T, D>;
+struct DqTraits : TileShape<T, D, 64> {
+  using S = TileShape<T, D, 64>;
   static constexpr int kNWarps = 4, kNThreads = 128;
   static constexpr int kStages = (std::is_same_v<T, float> && D == 128) ? 1 : 2;
   static constexpr int kOffQ = 0;
-  static constexpr int kOffdO = kOffQ + S::kRowTileBytes;
-  static constexpr int kOffK = kOffdO + S::kRowTileBytes;
-  static constexpr int kOffV = kOffK + kStages * S::kRowTileBytes;
-  static constexpr int kOffBias = kOffV + kStages * S::kRowTileBytes;
-  static constexpr int kOffdS = kOffBias + kStages * S::kBiasTileBytes;
-  static constexpr int kOffLse = kOffdS + S::kSTileBytes;
+  static constexpr int kOffdO = kOffQ + S::kQTileBytes;
+  static constexpr int kOffK = kOffdO + S::kQTileBytes;
+  static constexpr int kOffV = kOffK + kStages * S::kKTileBytes;
+  static constexpr int kOffdS = kOffV + kStages * S::kKTileBytes;
+  static constexpr int kOffLse = kOffdS + (S::kTensorCores ? 0 : S::kSTileBytes);
   static constexpr int kOffDelta = kOffLse + S::kBlockM * 4;
   static constexpr int kOffKeyOk = kOffDelta + S::kBlockM * 4;
-  static constexpr int kSmemBytes = kOffKeyOk + kStages * S::kBlockN;
+  static constexpr int kOffBias = kOffKeyOk + 128;
 };
 
 // ---- kernel arguments (built and validated by flash_bias.cu) ----------------------------------
@@ -101,7 +110,7 @@ constexpr int kNoBias = -1;  // bias_kind when there is no bias; else int(Scalar
 
 struct FwdArgs {
   FlashBiasParams p;
-  float scale_log2 = 0.f;  // p.scale · log2(e): scores are kept in base 2
+  float scale = 0.f;       // p.scale narrowed to float
   int bias_kind = kNoBias;
   bool bias_vec = false;   // bias rows may be fetched in aligned 16-byte pieces
 };
@@ -116,10 +125,12 @@ enum class DbiasMode : int {
 
 struct BwdArgs {
   FlashBiasBwdParams p;
-  float scale_log2 = 0.f;
+  float scale = 0.f;                 // p.scale narrowed to float
   int bias_kind = kNoBias;
   bool bias_vec = false;
   bool dbias_vec = false;            // dbias pairs may be stored as one aligned 2-element access
+  bool dbias_from_smem = false;      // kDirect, =, dbias dtype == element type, 16-byte aligned rows:
+                                     // dB leaves from the dS tile in 16-byte stores
   const float* delta = nullptr;      // (B,H,Nq) rowsum(dO∘O)
   float* dq_accum = nullptr;         // (B,H,Nq,D) fp32, unscaled; non-null = dQ by atomics
   float* dbias_accum = nullptr;      // (B|1,H|1,Nq,dbias_accum_ld) fp32, kAtomic / kGrouped
@@ -127,6 +138,7 @@ struct BwdArgs {
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;  // the bias is shared over the batch / heads
   bool group_b = false, group_h = false;    // kGrouped: a CTA loops over b / h
+  bool sharing_fastest = false;             // kAtomic: 1-d grid, the sharing b / h vary fastest
 };
 
 }  // namespace pf::kernels::cuda::fb

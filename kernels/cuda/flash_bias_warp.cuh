@@ -50,6 +50,25 @@ __device__ __forceinline__ float2 load_pair(const T* p) {
   else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
 }
 
+// 2^x on the special-function unit (relative error < 2^-22; 2^-inf = 0; subnormal results flush to 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// (x, y) rounded to T and packed into one 32-bit register (x in the low half), as mma operands.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float x, float y) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 h = __floats2half2_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
 // ---- asynchronous copies ---------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -222,6 +241,49 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* sA, 
         for (int mt = 0; mt < MT; ++mt) mma_16816<T>(acc[mt][NT - 1], a[mt], bf[0], bf[1]);
       }
     }
+  }
+}
+
+// acc (16 × 8·NT) += A (16 × K) · B (K × 8·NT) with A already in registers as mma A fragments
+// (a[kk] covers k = 16·kk .. 16·kk + 15) and B in shared memory laid out as in warp_gemm (kBT).
+// 16-bit T only: this is how P (forward) and dS (dQ kernel) feed the tensor cores without a trip
+// through shared memory.
+template <int NT, int K, bool kBT, typename T>
+__device__ __forceinline__ void warp_gemm_rA(float (&acc)[1][NT][4], const uint32_t (&a)[K / 16][4], const T* sB,
+                                             int ldb) {
+  static_assert(!std::is_same_v<T, float>, "warp_gemm_rA: tensor-core element types only");
+  const int lane = threadIdx.x & 31, lr = lane & 7, mi = lane >> 3;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t bf[4];
+      if constexpr (!kBT) ldsm_x4(bf, sB + (16 * np + (mi >> 1) * 8 + lr) * ldb + 16 * kk + (mi & 1) * 8);
+      else ldsm_x4_t(bf, sB + (16 * kk + (mi & 1) * 8 + lr) * ldb + 16 * np + (mi >> 1) * 8);
+      mma_16816<T>(acc[0][2 * np], a[kk], bf[0], bf[1]);
+      mma_16816<T>(acc[0][2 * np + 1], a[kk], bf[2], bf[3]);
+    }
+    if constexpr (NT % 2 == 1) {
+      constexpr int n0 = 8 * (NT - 1);
+      const int mk = (lane >> 3) & 1;
+      uint32_t bf[2];
+      if constexpr (!kBT) ldsm_x2(bf, sB + (n0 + lr) * ldb + 16 * kk + mk * 8);
+      else ldsm_x2_t(bf, sB + (16 * kk + mk * 8 + lr) * ldb + n0);
+      mma_16816<T>(acc[0][NT - 1], a[kk], bf[0], bf[1]);
+    }
+  }
+}
+
+// A accumulator tile (16 × 8·NT, NT even) as A fragments of the next product (k = its columns),
+// rounded to T: the m16n8 accumulator layout of n-tiles 2kk, 2kk+1 is the m16n8k16 A layout.
+template <int NT, typename T>
+__device__ __forceinline__ void frag_to_A(const float (&c)[1][NT][4], uint32_t (&a)[NT / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; ++kk) {
+    a[kk][0] = pack2<T>(c[0][2 * kk][0], c[0][2 * kk][1]);          // row g,     k 2t..
+    a[kk][1] = pack2<T>(c[0][2 * kk][2], c[0][2 * kk][3]);          // row g + 8, k 2t..
+    a[kk][2] = pack2<T>(c[0][2 * kk + 1][0], c[0][2 * kk + 1][1]);  // row g,     k 2t + 8..
+    a[kk][3] = pack2<T>(c[0][2 * kk + 1][2], c[0][2 * kk + 1][3]);  // row g + 8, k 2t + 8..
   }
 }
 
