@@ -870,6 +870,15 @@ TEST(OpParallel, ThreadedResultsMatchOneThread) {
       {"linear", {randn({4099, 64}, rng), randn({256, 64}, rng), randn({256}, rng)},
        [](const std::vector<Tensor>& t) { return ops::linear(t[0], t[1], t[2]); }},
       {"sum", {randn({300007}, rng)}, [](const std::vector<Tensor>& t) { return ops::sum(t[0]); }},
+      // GEMMs split along M, N and K (the pair projection's weight gradient sums 70001 rows)
+      {"linear_16_to_4", {randn({70001, 16}, rng), randn({4, 16}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::linear(t[0], t[1], Tensor()); }},
+      {"matmul_wide", {randn({8, 300}, rng), randn({300, 4001}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1]); }},
+      {"matmul_wide_ta_tb", {randn({300, 8}, rng), randn({4001, 300}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1], true, true); }},
+      {"matmul_batched_shared_b", {randn({3, 1001, 64}, rng), randn({64, 72}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1]); }},
   };
   for (Big& c : cases) {
     std::vector<std::vector<std::vector<double>>> results;  // [run][0 = out, 1.. = grads]

@@ -5,6 +5,12 @@
 // op(a[i]) is (M,K) and op(b[i]) is (K,N): a[i] is stored (M,K), or (K,M) when trans_a; b[i]
 // is stored (K,N), or (N,K) when trans_b. A non-batched operand is one matrix used for every
 // i (a stride-0 batch). A non-batched c receives the sum over the batch.
+//
+// Threads: a large product is split across OpenMP threads by blocks of rows of c, else of
+// columns, else of the inner dim (one partial product per thread, added in thread order); each
+// block is one single-threaded Eigen product. Eigen's own GEMM threading is switched off
+// process-wide on first use (Eigen::setNbThreads(1)): it synchronises by spinning, which cost
+// 40% of a training step on 2 shared cores.
 #pragma once
 #include <cstdint>
 
