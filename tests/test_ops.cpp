@@ -271,6 +271,13 @@ std::vector<OpCase> registry() {
                                   return layernorm(t[0], t[1], t[2], 1e-3);
                                 }};
                }});
+  r.push_back({"layernorm_c64_m19", [](Rng& rng) {  // a compile-time width, a partial block
+                 return Problem{{{"x", randn64({19, 64}, rng)}, {"w", randn64({64}, rng)},
+                                 {"b", randn64({64}, rng)}},
+                                [](const std::vector<Tensor>& t) {
+                                  return layernorm(t[0], t[1], t[2]);
+                                }};
+               }});
   r.push_back({"softmax", [](Rng& rng) {
                  return Problem{{{"x", scale(randn64({5, 13}, rng), 2.0)}},
                                 [](const std::vector<Tensor>& t) { return softmax(t[0]); }};

@@ -11,10 +11,8 @@ namespace pf::kernels::cpu {
 namespace {
 
 // The row length: a compile-time constant for the common widths (the pair features have
-// C = 16, the model C = 64), so that every per-row loop is fully unrolled and vectorised, or a
-// runtime value otherwise. Together with the blocked dw/db sums below: forward + backward of
-// 131072 rows of 16 on one thread in 6.4 ms, against 10.6 ms with a runtime C and per-row
-// double accumulation.
+// C = 16, the model C = 64), so that every per-row loop is fully unrolled and vectorised and the
+// per-row scratch lives on the stack, or a runtime value otherwise.
 template <int kC>
 struct RowLen {
   constexpr int64_t operator()(int64_t) const { return kC; }
@@ -23,6 +21,26 @@ template <>
 struct RowLen<0> {
   int64_t operator()(int64_t c) const { return c; }
 };
+
+// Scratch of one row's length.
+template <class T, int kC>
+struct RowBuf {
+  explicit RowBuf(int64_t) {}
+  T* data() { return v; }
+  T v[kC];
+};
+template <class T>
+struct RowBuf<T, 0> {
+  explicit RowBuf(int64_t c) : v(c) {}
+  T* data() { return v.data(); }
+  std::vector<T> v;
+};
+
+// Rows per block of the forward: their 1/√(var + eps) are computed in one vectorised loop
+// instead of a scalar sqrt and divide per row (forward of 131072 rows of 16 on one thread:
+// 1.9 ms against 2.4 ms; the backward, with x̂ kept in a row buffer on the stack: 3.4 ms
+// against 5.4 ms).
+constexpr int kStatBlock = 16;
 
 // Row statistics in the input type, two-pass (mean, then the mean of squared deviations):
 // with C ≤ a few thousand the float sums lose < C·2⁻²⁴ relative, and the two-pass variance has
@@ -34,21 +52,32 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, in
   const T inv_c = T(1) / static_cast<T>(C);
   const T eps_t = static_cast<T>(eps);
   parallel_range(M, 4 * C, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const T* xr = x + r * C;
-      T* yr = y + r * C;
-      T s = 0;
+    for (int64_t r0 = lo; r0 < hi; r0 += kStatBlock) {
+      const int n = static_cast<int>(std::min<int64_t>(kStatBlock, hi - r0));
+      T mu[kStatBlock], var[kStatBlock] = {}, rs[kStatBlock];
+      for (int i = 0; i < n; ++i) {
+        const T* xr = x + (r0 + i) * C;
+        T s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < C; ++c) s += xr[c];
-      const T mu = s * inv_c;
-      T v = 0;
+        for (int64_t c = 0; c < C; ++c) s += xr[c];
+        const T m = s * inv_c;
+        T v = 0;
 #pragma omp simd reduction(+ : v)
-      for (int64_t c = 0; c < C; ++c) v += (xr[c] - mu) * (xr[c] - mu);
-      const T rs = T(1) / std::sqrt(v * inv_c + eps_t);
+        for (int64_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
+        mu[i] = m;
+        var[i] = v;
+      }
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
-      mean[r] = mu;
-      rstd[r] = rs;
+      for (int i = 0; i < kStatBlock; ++i) rs[i] = T(1) / std::sqrt(var[i] * inv_c + eps_t);
+      for (int i = 0; i < n; ++i) {
+        const T* xr = x + (r0 + i) * C;
+        T* yr = y + (r0 + i) * C;
+        const T m = mu[i], s = rs[i];
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) * s * w[c] + b[c];
+        mean[r0 + i] = m;
+        rstd[r0 + i] = s;
+      }
     }
   });
 }
@@ -68,46 +97,40 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* 
   std::vector<double> pw(want_params ? static_cast<size_t>(nt) * C : 0, 0.0);
   std::vector<double> pb(want_params ? static_cast<size_t>(nt) * C : 0, 0.0);
   parallel_range(M, 6 * C, [&](int64_t lo, int64_t hi) {
-    std::vector<T> bw(want_params ? C : 0), bb(want_params ? C : 0);
+    RowBuf<T, kC> xh_buf(C), bw_buf(C), bb_buf(C);
+    T* xh = xh_buf.data();  // x̂ of the current row
+    T* bw = bw_buf.data();  // Σ dy·x̂ over the current block of rows
+    T* bb = bb_buf.data();  // Σ dy over the current block of rows
     double* aw = want_params ? pw.data() + static_cast<size_t>(thread_num()) * C : nullptr;
     double* ab = want_params ? pb.data() + static_cast<size_t>(thread_num()) * C : nullptr;
     for (int64_t r0 = lo; r0 < hi; r0 += kParamBlock) {
       const int64_t r1 = std::min(hi, r0 + kParamBlock);
-      if (want_params) {
-        std::fill(bw.begin(), bw.end(), T(0));
-        std::fill(bb.begin(), bb.end(), T(0));
-      }
-      T* bwp = bw.data();
-      T* bbp = bb.data();
+      std::fill(bw, bw + C, T(0));
+      std::fill(bb, bb + C, T(0));
       for (int64_t r = r0; r < r1; ++r) {
         const T* xr = x + r * C;
         const T* gr = dy + r * C;
         const T mu = mean[r], rs = rstd[r];
-        if (want_params) {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            bwp[c] += gr[c] * ((xr[c] - mu) * rs);
-            bbp[c] += gr[c];
-          }
-        }
-        if (!dx) continue;
         T sg = 0, sgx = 0;
 #pragma omp simd reduction(+ : sg, sgx)
         for (int64_t c = 0; c < C; ++c) {
+          xh[c] = (xr[c] - mu) * rs;
           const T g = gr[c] * w[c];
           sg += g;
-          sgx += g * ((xr[c] - mu) * rs);
+          sgx += g * xh[c];
+          bw[c] += gr[c] * xh[c];
+          bb[c] += gr[c];
         }
+        if (!dx) continue;
         const T mg = sg * inv_c, mgx = sgx * inv_c;
         T* dxr = dx + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          dxr[c] = rs * (gr[c] * w[c] - mg - ((xr[c] - mu) * rs) * mgx);
+        for (int64_t c = 0; c < C; ++c) dxr[c] = rs * (gr[c] * w[c] - mg - xh[c] * mgx);
       }
       if (want_params)
         for (int64_t c = 0; c < C; ++c) {
-          aw[c] += bwp[c];
-          ab[c] += bbp[c];
+          aw[c] += bw[c];
+          ab[c] += bb[c];
         }
     }
   });
