@@ -33,10 +33,10 @@ struct GradcheckOptions {
 
 struct GradcheckEntry {
   std::string name;
-  int64_t checked = 0;         // elements compared
-  double rel_error = 0;        // ‖analytic − numeric‖₂ / max(‖numeric‖₂, ‖analytic‖₂); 0 if both 0
-                               // (both below the finite-difference resolution, see above)
-  double max_abs_error = 0;    // max |analytic − numeric|
+  int64_t checked = 0;  // elements compared
+  double rel_error = 0;  // ‖analytic − numeric‖₂ / max(‖numeric‖₂, ‖analytic‖₂); 0 if both 0
+                         // (both below the finite-difference resolution, see above)
+  double max_abs_error = 0;  // max |analytic − numeric|
 };
 
 // One entry per param, in order.

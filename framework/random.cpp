@@ -40,8 +40,8 @@ void Rng::set_state(const std::string& s) {
   std::istringstream is(s);
   std::mt19937_64 e;
   is >> e;
-  PF_CHECK(!is.fail(), "Rng::set_state: the text is not an mt19937_64 state (" << s.size()
-                                                                              << " characters)");
+  PF_CHECK(!is.fail(),
+           "Rng::set_state: the text is not an mt19937_64 state (" << s.size() << " characters)");
   engine_ = e;
 }
 

@@ -19,13 +19,13 @@ class Rng {
   explicit Rng(uint64_t seed = 0) : engine_(seed) {}
 
   uint64_t next_u64() { return engine_(); }
-  double uniform();                         // [0, 1), 53 random bits
+  double uniform();  // [0, 1), 53 random bits
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }  // [lo, hi)
   double normal();                          // N(0, 1), Box–Muller on two uniforms
   int64_t randint(int64_t lo, int64_t hi);  // uniform in [lo, hi), unbiased; needs lo < hi
 
-  std::string state() const;                // the engine state as text
-  void set_state(const std::string& s);     // error if `s` is not a state written by state()
+  std::string state() const;             // the engine state as text
+  void set_state(const std::string& s);  // error if `s` is not a state written by state()
 
  private:
   std::mt19937_64 engine_;

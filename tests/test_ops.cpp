@@ -51,9 +51,7 @@ uint64_t test_seed() {
 }
 
 // A fresh generator for one test, derived from the run's seed and the test's name.
-Rng make_rng(const std::string& name) {
-  return Rng(test_seed() ^ std::hash<std::string>{}(name));
-}
+Rng make_rng(const std::string& name) { return Rng(test_seed() ^ std::hash<std::string>{}(name)); }
 
 Tensor leaf(Tensor t) {
   t.requires_grad_();
@@ -128,17 +126,17 @@ OpCase binary_case(const std::string& name, Tensor (*op)(const Tensor&, const Te
 
 OpCase matmul_case(const std::string& name, Shape sa, Shape sb, bool ta, bool tb) {
   return {name, [=](Rng& rng) {
-            return Problem{{{"a", randn64(sa, rng)}, {"b", randn64(sb, rng)}},
-                           [ta, tb](const std::vector<Tensor>& t) {
-                             return ops::matmul(t[0], t[1], ta, tb);
-                           }};
+            return Problem{
+                {{"a", randn64(sa, rng)}, {"b", randn64(sb, rng)}},
+                [ta, tb](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1], ta, tb); }};
           }};
 }
 
 OpCase permute_case(const std::string& name, Shape s, std::vector<int> perm) {
   return {name, [=](Rng& rng) {
-            return Problem{{{"x", randn64(s, rng)}},
-                           [perm](const std::vector<Tensor>& t) { return ops::permute(t[0], perm); }};
+            return Problem{{{"x", randn64(s, rng)}}, [perm](const std::vector<Tensor>& t) {
+                             return ops::permute(t[0], perm);
+                           }};
           }};
 }
 
@@ -166,7 +164,8 @@ OpCase attention_case(const std::string& name, AttnSpec s) {
             p.inputs = {{"q", randn64({s.B, s.Nq, s.H, s.D}, rng)},
                         {"k", randn64({s.B, s.Nk, s.H, s.D}, rng)},
                         {"v", randn64({s.B, s.Nk, s.H, s.D}, rng)}};
-            if (s.bias_b > 0) p.inputs.push_back({"bias", randn64({s.bias_b, s.bias_h, s.Nq, s.Nk}, rng)});
+            if (s.bias_b > 0)
+              p.inputs.push_back({"bias", randn64({s.bias_b, s.bias_h, s.Nq, s.Nk}, rng)});
             ops::AttentionOptions opt;
             opt.causal = s.causal;
             opt.scale = s.scale;
@@ -220,10 +219,9 @@ std::vector<OpCase> registry() {
     std::string n = "sum_to";
     for (int64_t d : target) n += "_" + std::to_string(d);
     r.push_back({n, [target](Rng& rng) {
-                   return Problem{{{"x", randn64({2, 5, 4}, rng)}},
-                                  [target](const std::vector<Tensor>& t) {
-                                    return sum_to(t[0], target);
-                                  }};
+                   return Problem{
+                       {{"x", randn64({2, 5, 4}, rng)}},
+                       [target](const std::vector<Tensor>& t) { return sum_to(t[0], target); }};
                  }});
   }
   // ---- matmul: 2-D, every transpose form, batched, shared 2-D b ----
@@ -241,43 +239,44 @@ std::vector<OpCase> registry() {
   r.push_back(matmul_case("matmul_1x1", {1, 1}, {1, 1}, false, false));
   // ---- linear ----
   r.push_back({"linear", [](Rng& rng) {
-                 return Problem{{{"x", randn64({2, 5, 7}, rng)}, {"w", randn64({3, 7}, rng)},
-                                 {"b", randn64({3}, rng)}},
-                                [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
+                 return Problem{
+                     {{"x", randn64({2, 5, 7}, rng)},
+                      {"w", randn64({3, 7}, rng)},
+                      {"b", randn64({3}, rng)}},
+                     [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
                }});
   r.push_back({"linear_no_bias", [](Rng& rng) {
-                 return Problem{{{"x", randn64({17, 4}, rng)}, {"w", randn64({5, 4}, rng)}},
-                                [](const std::vector<Tensor>& t) {
-                                  return linear(t[0], t[1], Tensor());
-                                }};
+                 return Problem{
+                     {{"x", randn64({17, 4}, rng)}, {"w", randn64({5, 4}, rng)}},
+                     [](const std::vector<Tensor>& t) { return linear(t[0], t[1], Tensor()); }};
                }});
-  r.push_back({"linear_1d_x", [](Rng& rng) {
-                 return Problem{{{"x", randn64({6}, rng)}, {"w", randn64({1, 6}, rng)},
-                                 {"b", randn64({1}, rng)}},
-                                [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
-               }});
+  r.push_back(
+      {"linear_1d_x", [](Rng& rng) {
+         return Problem{
+             {{"x", randn64({6}, rng)}, {"w", randn64({1, 6}, rng)}, {"b", randn64({1}, rng)}},
+             [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
+       }});
   // ---- normalisation, activations ----
-  r.push_back({"layernorm", [](Rng& rng) {
-                 return Problem{{{"x", randn64({4, 17}, rng)}, {"w", randn64({17}, rng)},
-                                 {"b", randn64({17}, rng)}},
-                                [](const std::vector<Tensor>& t) {
-                                  return layernorm(t[0], t[1], t[2]);
-                                }};
-               }});
+  r.push_back(
+      {"layernorm", [](Rng& rng) {
+         return Problem{
+             {{"x", randn64({4, 17}, rng)}, {"w", randn64({17}, rng)}, {"b", randn64({17}, rng)}},
+             [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2]); }};
+       }});
   r.push_back({"layernorm_3d_c16", [](Rng& rng) {
-                 return Problem{{{"x", randn64({2, 3, 16}, rng)}, {"w", randn64({16}, rng)},
+                 return Problem{{{"x", randn64({2, 3, 16}, rng)},
+                                 {"w", randn64({16}, rng)},
                                  {"b", randn64({16}, rng)}},
                                 [](const std::vector<Tensor>& t) {
                                   return layernorm(t[0], t[1], t[2], 1e-3);
                                 }};
                }});
-  r.push_back({"layernorm_c64_m19", [](Rng& rng) {  // a compile-time width, a partial block
-                 return Problem{{{"x", randn64({19, 64}, rng)}, {"w", randn64({64}, rng)},
-                                 {"b", randn64({64}, rng)}},
-                                [](const std::vector<Tensor>& t) {
-                                  return layernorm(t[0], t[1], t[2]);
-                                }};
-               }});
+  r.push_back(
+      {"layernorm_c64_m19", [](Rng& rng) {  // a compile-time width, a partial block
+         return Problem{
+             {{"x", randn64({19, 64}, rng)}, {"w", randn64({64}, rng)}, {"b", randn64({64}, rng)}},
+             [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2]); }};
+       }});
   r.push_back({"softmax", [](Rng& rng) {
                  return Problem{{{"x", scale(randn64({5, 13}, rng), 2.0)}},
                                 [](const std::vector<Tensor>& t) { return softmax(t[0]); }};
@@ -303,13 +302,15 @@ std::vector<OpCase> registry() {
   // ---- embedding: 51 draws from 11 rows repeat rows for sure ----
   r.push_back({"embedding_repeats", [](Rng& rng) {
                  const Tensor idx = randint({3, 17}, 0, 11, rng);
-                 return Problem{{{"weight", randn64({11, 5}, rng)}},
-                                [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
+                 return Problem{
+                     {{"weight", randn64({11, 5}, rng)}},
+                     [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
                }});
   r.push_back({"embedding_one_row", [](Rng& rng) {
                  const Tensor idx = Tensor::from_vector(std::vector<int32_t>{2, 2, 2, 0}, {4});
-                 return Problem{{{"weight", randn64({3, 1}, rng)}},
-                                [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
+                 return Problem{
+                     {{"weight", randn64({3, 1}, rng)}},
+                     [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
                }});
   // ---- shape ----
   r.push_back(permute_case("permute_0312", {2, 3, 4, 5}, {0, 3, 1, 2}));
@@ -320,8 +321,9 @@ std::vector<OpCase> registry() {
   r.push_back(permute_case("permute_10_large", {37, 41}, {1, 0}));
   r.push_back(permute_case("permute_neg", {3, 1, 5}, {-1, 0, 1}));
   r.push_back({"transpose", [](Rng& rng) {
-                 return Problem{{{"x", randn64({2, 3, 5}, rng)}},
-                                [](const std::vector<Tensor>& t) { return transpose(t[0], 0, -1); }};
+                 return Problem{{{"x", randn64({2, 3, 5}, rng)}}, [](const std::vector<Tensor>& t) {
+                                  return transpose(t[0], 0, -1);
+                                }};
                }});
   r.push_back({"reshape_then_mul", [](Rng& rng) {  // the view carries the gradient back
                  return Problem{{{"x", randn64({2, 3, 4}, rng)}, {"y", randn64({4, 6}, rng)}},
@@ -368,8 +370,8 @@ TEST_P(OpGrad, MatchesFiniteDifferences) {
   std::printf("gradcheck %-28s worst rel error %.1e\n", c.name.c_str(), worst);
   for (const GradcheckEntry& e : entries) {
     EXPECT_GT(e.checked, 0) << e.name;
-    EXPECT_LE(e.rel_error, kGradTol) << c.name << " d" << e.name << ": max abs error "
-                                     << e.max_abs_error;
+    EXPECT_LE(e.rel_error, kGradTol)
+        << c.name << " d" << e.name << ": max abs error " << e.max_abs_error;
   }
   // The checker leaves values and gradients as it found them.
   EXPECT_EQ(inputs[0].to_vector<double>(), before);
@@ -443,7 +445,8 @@ TEST(OpForward, GeluFloat32OverARange) {
   for (int i = 0; i < n; ++i) {
     const double v = x[i], cdf = 0.5 * (1 + std::erf(v / std::sqrt(2.0)));
     err = std::max(err, std::abs(y[i] - v * cdf));
-    derr = std::max(derr, std::abs(dy[i] - (cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI))));
+    derr =
+        std::max(derr, std::abs(dy[i] - (cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI))));
   }
   // Absolute: |gelu| ≤ 6 and |gelu'| ≤ 1.13 here, float32 resolution there ~5e-7 and ~1e-7.
   EXPECT_LT(err, 2e-6);
@@ -626,8 +629,8 @@ TEST(OpForward, MatmulMatchesTripleLoop) {
         if (bb) bs.insert(bs.begin(), batch);
         Tensor b = randn(bs, rng, DType::F64);
         const std::vector<double> got = ops::matmul(a, b, ta, tb).to_vector<double>();
-        const std::vector<double> want = naive_matmul(a.to_vector<double>(), b.to_vector<double>(),
-                                                      batch, M, N, K, ta, tb, bb);
+        const std::vector<double> want =
+            naive_matmul(a.to_vector<double>(), b.to_vector<double>(), batch, M, N, K, ta, tb, bb);
         EXPECT_LT(max_abs_diff(got, want), 1e-12) << ta << tb << bb;
       }
 }
@@ -783,12 +786,14 @@ std::vector<double> naive_attention(const Tensor& q, const Tensor& k, const Tens
 
 TEST(OpForward, AttentionMatchesTextbookFormula) {
   Rng rng = make_rng("attention_direct");
-  struct Case { int B, Nq, Nk, H, D, bb, bh; bool mask, causal; };
-  for (const Case& c : {Case{2, 17, 97, 3, 16, 2, 3, false, false},
-                        Case{2, 33, 17, 2, 8, 1, 2, true, false},
-                        Case{1, 9, 9, 4, 16, 1, 1, false, true},
-                        Case{3, 5, 7, 2, 4, 3, 1, true, true},
-                        Case{2, 1, 1, 1, 2, 0, 0, false, false}}) {
+  struct Case {
+    int B, Nq, Nk, H, D, bb, bh;
+    bool mask, causal;
+  };
+  for (const Case& c :
+       {Case{2, 17, 97, 3, 16, 2, 3, false, false}, Case{2, 33, 17, 2, 8, 1, 2, true, false},
+        Case{1, 9, 9, 4, 16, 1, 1, false, true}, Case{3, 5, 7, 2, 4, 3, 1, true, true},
+        Case{2, 1, 1, 1, 2, 0, 0, false, false}}) {
     for (DType t : {DType::F64, DType::F32}) {
       Tensor q = randn({c.B, c.Nq, c.H, c.D}, rng, t), k = randn({c.B, c.Nk, c.H, c.D}, rng, t),
              v = randn({c.B, c.Nk, c.H, c.D}, rng, t);
@@ -812,14 +817,18 @@ TEST(OpForward, AttentionDeterministicBackwardIsRepeatable) {
   Tensor g = randn({2, 19, 2, 16}, rng);
   std::vector<std::vector<float>> first;
   for (int run = 0; run < 3; ++run) {
-    Tensor ql = leaf(q.clone()), kl = leaf(k.clone()), vl = leaf(v.clone()), bl = leaf(bias.clone());
+    Tensor ql = leaf(q.clone()), kl = leaf(k.clone()), vl = leaf(v.clone()),
+           bl = leaf(bias.clone());
     ops::AttentionOptions opt;
     opt.deterministic = true;
     ops::attention(ql, kl, vl, bl, opt).backward(g);
-    std::vector<std::vector<float>> grads = {ql.grad().to_vector<float>(), kl.grad().to_vector<float>(),
-                                             vl.grad().to_vector<float>(), bl.grad().to_vector<float>()};
-    if (run == 0) first = grads;
-    else EXPECT_EQ(grads, first) << "run " << run;  // bitwise
+    std::vector<std::vector<float>> grads = {
+        ql.grad().to_vector<float>(), kl.grad().to_vector<float>(), vl.grad().to_vector<float>(),
+        bl.grad().to_vector<float>()};
+    if (run == 0)
+      first = grads;
+    else
+      EXPECT_EQ(grads, first) << "run " << run;  // bitwise
     EXPECT_EQ(bl.grad().shape(), bias.shape());
   }
 }
@@ -857,34 +866,51 @@ TEST(OpParallel, ThreadedResultsMatchOneThread) {
   const Tensor idx = randint({4, 67, 67}, 0, 65, rng);
   const Tensor labels = randint({40000}, 0, 8, rng);
   std::vector<Big> cases = {
-      {"add_bias", {randn({16411, 17}, rng), randn({17}, rng)},
+      {"add_bias",
+       {randn({16411, 17}, rng), randn({17}, rng)},
        [](const std::vector<Tensor>& t) { return ops::add(t[0], t[1]); }},
-      {"mul_B1C", {randn({61, 301, 16}, rng), randn({61, 1, 16}, rng)},
+      {"mul_B1C",
+       {randn({61, 301, 16}, rng), randn({61, 1, 16}, rng)},
        [](const std::vector<Tensor>& t) { return ops::mul(t[0], t[1]); }},
-      {"layernorm_c16", {randn({20011, 16}, rng), randn({16}, rng), randn({16}, rng)},
+      {"layernorm_c16",
+       {randn({20011, 16}, rng), randn({16}, rng), randn({16}, rng)},
        [](const std::vector<Tensor>& t) { return ops::layernorm(t[0], t[1], t[2]); }},
-      {"layernorm_c37", {randn({9001, 37}, rng), randn({37}, rng), randn({37}, rng)},
+      {"layernorm_c37",
+       {randn({9001, 37}, rng), randn({37}, rng), randn({37}, rng)},
        [](const std::vector<Tensor>& t) { return ops::layernorm(t[0], t[1], t[2]); }},
-      {"gelu", {randn({300007}, rng)}, [](const std::vector<Tensor>& t) { return ops::gelu(t[0]); }},
-      {"softmax", {randn({20011, 17}, rng)},
+      {"gelu",
+       {randn({300007}, rng)},
+       [](const std::vector<Tensor>& t) { return ops::gelu(t[0]); }},
+      {"softmax",
+       {randn({20011, 17}, rng)},
        [](const std::vector<Tensor>& t) { return ops::softmax(t[0]); }},
-      {"cross_entropy", {randn({40000, 8}, rng)},
+      {"cross_entropy",
+       {randn({40000, 8}, rng)},
        [labels](const std::vector<Tensor>& t) { return ops::cross_entropy(t[0], labels); }},
-      {"embedding", {randn({65, 16}, rng)},
+      {"embedding",
+       {randn({65, 16}, rng)},
        [idx](const std::vector<Tensor>& t) { return ops::embedding(t[0], idx); }},
-      {"permute_bnnh_bhnn", {randn({2, 97, 97, 16}, rng)},
-       [](const std::vector<Tensor>& t) { return ops::permute(t[0], {0, 3, 1, 2}); }},
-      {"linear", {randn({4099, 64}, rng), randn({256, 64}, rng), randn({256}, rng)},
+      {"permute_bnnh_bhnn",
+       {randn({2, 97, 97, 16}, rng)},
+       [](const std::vector<Tensor>& t) {
+         return ops::permute(t[0], {0, 3, 1, 2});
+       }},
+      {"linear",
+       {randn({4099, 64}, rng), randn({256, 64}, rng), randn({256}, rng)},
        [](const std::vector<Tensor>& t) { return ops::linear(t[0], t[1], t[2]); }},
       {"sum", {randn({300007}, rng)}, [](const std::vector<Tensor>& t) { return ops::sum(t[0]); }},
       // GEMMs split along M, N and K (the pair projection's weight gradient sums 70001 rows)
-      {"linear_16_to_4", {randn({70001, 16}, rng), randn({4, 16}, rng)},
+      {"linear_16_to_4",
+       {randn({70001, 16}, rng), randn({4, 16}, rng)},
        [](const std::vector<Tensor>& t) { return ops::linear(t[0], t[1], Tensor()); }},
-      {"matmul_wide", {randn({8, 300}, rng), randn({300, 4001}, rng)},
+      {"matmul_wide",
+       {randn({8, 300}, rng), randn({300, 4001}, rng)},
        [](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1]); }},
-      {"matmul_wide_ta_tb", {randn({300, 8}, rng), randn({4001, 300}, rng)},
+      {"matmul_wide_ta_tb",
+       {randn({300, 8}, rng), randn({4001, 300}, rng)},
        [](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1], true, true); }},
-      {"matmul_batched_shared_b", {randn({3, 1001, 64}, rng), randn({64, 72}, rng)},
+      {"matmul_batched_shared_b",
+       {randn({3, 1001, 64}, rng), randn({64, 72}, rng)},
        [](const std::vector<Tensor>& t) { return ops::matmul(t[0], t[1]); }},
   };
   for (Big& c : cases) {
@@ -913,19 +939,20 @@ TEST(OpParallel, ThreadedResultsMatchOneThread) {
 // 3. Errors that name what was expected and what was found
 // =============================================================================================
 
-#define EXPECT_PF_ERROR(stmt, substring)                                          \
-  do {                                                                            \
-    try {                                                                         \
-      stmt;                                                                       \
-      ADD_FAILURE() << #stmt " did not throw";                                    \
-    } catch (const ::pf::Error& e) {                                              \
-      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos)         \
-          << "message: " << e.what();                                             \
-    }                                                                             \
+#define EXPECT_PF_ERROR(stmt, substring)                                  \
+  do {                                                                    \
+    try {                                                                 \
+      stmt;                                                               \
+      ADD_FAILURE() << #stmt " did not throw";                            \
+    } catch (const ::pf::Error& e) {                                      \
+      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos) \
+          << "message: " << e.what();                                     \
+    }                                                                     \
   } while (0)
 
 TEST(OpErrors, ShapesAndDtypes) {
-  const Tensor a = Tensor::zeros({3, 4}), b5 = Tensor::zeros({5}), d = Tensor::zeros({3, 4}, DType::F64);
+  const Tensor a = Tensor::zeros({3, 4}), b5 = Tensor::zeros({5}),
+               d = Tensor::zeros({3, 4}, DType::F64);
   const Tensor i = Tensor::zeros({3, 4}, DType::I32);
   EXPECT_PF_ERROR(ops::add(a, b5), "do not broadcast");
   EXPECT_PF_ERROR(ops::mul(a, d), "same dtype");
@@ -956,11 +983,11 @@ TEST(OpErrors, IndicesAndLabels) {
   const Tensor logits = Tensor::zeros({3, 4});
   const Tensor good = Tensor::from_vector(std::vector<int32_t>{0, 3, 1}, {3});
   EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::zeros({3})), "labels must be int32");
-  EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::zeros({2}, DType::I32)),
-                  "labels must be (3)");
+  EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::zeros({2}, DType::I32)), "labels must be (3)");
   EXPECT_PF_ERROR(ops::cross_entropy(Tensor::zeros({3}), good), "logits must be (N,K)");
-  EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 4, 1}, {3})),
-                  "label 4 at row 1 is outside [0, 4)");
+  EXPECT_PF_ERROR(
+      ops::cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 4, 1}, {3})),
+      "label 4 at row 1 is outside [0, 4)");
   EXPECT_PF_ERROR(ops::accuracy(logits, Tensor::from_vector(std::vector<int32_t>{0, 1, -1}, {3})),
                   "label -1 at row 2");
   const Tensor table = Tensor::zeros({5, 2});
@@ -972,10 +999,13 @@ TEST(OpErrors, IndicesAndLabels) {
 
 TEST(OpErrors, Attention) {
   const Tensor q = Tensor::zeros({2, 5, 3, 4}), k = Tensor::zeros({2, 7, 3, 4});
-  EXPECT_PF_ERROR(ops::attention(Tensor::zeros({2, 5, 12}), k, k, Tensor()), "q must be (B,Nq,H,D)");
-  EXPECT_PF_ERROR(ops::attention(q, Tensor::zeros({2, 7, 3, 8}), Tensor::zeros({2, 7, 3, 8}), Tensor()),
-                  "k must be (B=2,Nk,H=3,D=4)");
-  EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({2, 6, 3, 4}), Tensor()), "v must have k's shape");
+  EXPECT_PF_ERROR(ops::attention(Tensor::zeros({2, 5, 12}), k, k, Tensor()),
+                  "q must be (B,Nq,H,D)");
+  EXPECT_PF_ERROR(
+      ops::attention(q, Tensor::zeros({2, 7, 3, 8}), Tensor::zeros({2, 7, 3, 8}), Tensor()),
+      "k must be (B=2,Nk,H=3,D=4)");
+  EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({2, 6, 3, 4}), Tensor()),
+                  "v must have k's shape");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({2, 3, 7, 5})),
                   "bias must be (B|1,H|1,Nq,Nk) = (2|1,3|1,5,7)");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({2, 2, 5, 7})), "got float32[2, 2, 5, 7]");
@@ -985,7 +1015,8 @@ TEST(OpErrors, Attention) {
   opt.key_padding_mask = Tensor::zeros({2, 7});
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt), "key_padding_mask must be uint8");
   opt.key_padding_mask = Tensor::zeros({2, 5}, DType::U8);
-  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt), "key_padding_mask must be (B,Nk) = (2,7)");
+  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt),
+                  "key_padding_mask must be (B,Nk) = (2,7)");
   opt.key_padding_mask = Tensor();
   opt.scale = -1;
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt), "scale must be");
@@ -1017,7 +1048,8 @@ TEST(Autograd, TensorUsedTwiceGetsTheSummedGradient) {
   const std::vector<double> g = x.grad().to_vector<double>(), xv = x.to_vector<double>();
   for (size_t i = 0; i < xv.size(); ++i) {
     const double cdf = 0.5 * (1 + std::erf(xv[i] / std::sqrt(2.0)));
-    EXPECT_NEAR(g[i], 3 + cdf + xv[i] * std::exp(-0.5 * xv[i] * xv[i]) / std::sqrt(2 * M_PI), 1e-14);
+    EXPECT_NEAR(g[i], 3 + cdf + xv[i] * std::exp(-0.5 * xv[i] * xv[i]) / std::sqrt(2 * M_PI),
+                1e-14);
   }
 }
 
@@ -1050,8 +1082,8 @@ TEST(Autograd, SavedActivationsAreFreedByBackward) {
   std::weak_ptr<Storage> hidden, act;
   Tensor loss;
   {
-    Tensor h = ops::scale(x, 2.0);              // intermediate, saved by gelu
-    Tensor a = ops::gelu(h);                    // saved (as an input) by linear
+    Tensor h = ops::scale(x, 2.0);  // intermediate, saved by gelu
+    Tensor a = ops::gelu(h);        // saved (as an input) by linear
     hidden = h.impl()->storage;
     act = a.impl()->storage;
     loss = ops::sum(ops::linear(a, w, Tensor()));
@@ -1059,7 +1091,7 @@ TEST(Autograd, SavedActivationsAreFreedByBackward) {
   EXPECT_FALSE(hidden.expired());  // held by the graph only
   EXPECT_FALSE(act.expired());
   loss.backward();
-  EXPECT_TRUE(hidden.expired());   // released as each node ran
+  EXPECT_TRUE(hidden.expired());  // released as each node ran
   EXPECT_TRUE(act.expired());
   EXPECT_TRUE(x.grad().defined());
   EXPECT_TRUE(w.grad().defined());

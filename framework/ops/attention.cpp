@@ -48,9 +48,8 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
   s.D = static_cast<int>(q.size(3));
   s.Nk = static_cast<int>(k.size(1));
   PF_CHECK(k.size(0) == s.B && k.size(2) == s.H && k.size(3) == s.D,
-           "attention: k must be (B=" << s.B << ",Nk,H=" << s.H << ",D=" << s.D
-                                      << ") to match q " << shape_str(q.shape()) << ", got "
-                                      << k.str());
+           "attention: k must be (B=" << s.B << ",Nk,H=" << s.H << ",D=" << s.D << ") to match q "
+                                      << shape_str(q.shape()) << ", got " << k.str());
   PF_CHECK(s.B >= 1 && s.Nq >= 1 && s.Nk >= 1 && s.H >= 1 && s.D >= 1,
            "attention: every size must be >= 1, got q " << shape_str(q.shape()) << " and k "
                                                         << shape_str(k.shape()));
@@ -61,8 +60,8 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
                     (bias.size(1) == s.H || bias.size(1) == 1) && bias.size(2) == s.Nq &&
                     bias.size(3) == s.Nk;
     PF_CHECK(ok, "attention: bias must be (B|1,H|1,Nq,Nk) = (" << s.B << "|1," << s.H << "|1,"
-                                                               << s.Nq << "," << s.Nk
-                                                               << "), got " << bias.str());
+                                                               << s.Nq << "," << s.Nk << "), got "
+                                                               << bias.str());
     s.bias_row_stride = s.Nk;
     s.bias_head_stride = bias.size(1) == 1 ? 0 : int64_t{s.Nq} * s.Nk;
     s.bias_batch_stride = bias.size(0) == 1 ? 0 : bias.size(1) * s.Nq * s.Nk;
@@ -72,8 +71,8 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
     PF_CHECK(m.dtype() == DType::U8, "attention: key_padding_mask must be uint8, got " << m.str());
     PF_CHECK(m.shape() == (Shape{s.B, s.Nk}), "attention: key_padding_mask must be (B,Nk) = ("
                                                   << s.B << "," << s.Nk << "), got " << m.str());
-    PF_CHECK(m.device() == q.device(), "attention: key_padding_mask on " << m.str() << ", q on "
-                                                                         << q.str());
+    PF_CHECK(m.device() == q.device(),
+             "attention: key_padding_mask on " << m.str() << ", q on " << q.str());
   }
   PF_CHECK(opt.scale >= 0 && std::isfinite(opt.scale),
            "attention: scale must be finite and >= 0 (0 = 1/sqrt(D)), got " << opt.scale);
@@ -82,8 +81,8 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
 
 // The forward problem over contiguous tensors.
 kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q, const Tensor& k,
-                                        const Tensor& v, const Tensor& bias,
-                                        const Tensor& mask, bool causal, double scale) {
+                                        const Tensor& v, const Tensor& bias, const Tensor& mask,
+                                        bool causal, double scale) {
   kernels::FlashBiasParams p;
   p.B = s.B;
   p.H = s.H;
@@ -136,40 +135,40 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const bool causal = opt.causal, deterministic = opt.deterministic;
   return make_result(out, "attention", {q, k, v, bias},
                      [=](const Tensor& g) -> std::vector<Tensor> {
-    kernels::FlashBiasBwdParams bp;
-    static_cast<kernels::FlashBiasParams&>(bp) =
-        forward_params(s, sq, sk, sv, sbias, smask, causal, scale);
-    bp.out = const_cast<void*>(so.data_ptr());
-    bp.lse = const_cast<void*>(lse.data_ptr());
-    bp.dout = g.data_ptr();
-    bp.dout_stride = bp.q_stride;
-    Tensor dq, dk, dv, dbias;
-    if (need_q) {
-      dq = Tensor::empty(sq.shape(), sq.dtype(), sq.device());
-      bp.dq = dq.data_ptr();
-      bp.dq_stride = bp.q_stride;
-    }
-    if (need_k) {
-      dk = Tensor::empty(sk.shape(), sk.dtype(), sk.device());
-      bp.dk = dk.data_ptr();
-      bp.dk_stride = bp.k_stride;
-    }
-    if (need_v) {
-      dv = Tensor::empty(sv.shape(), sv.dtype(), sv.device());
-      bp.dv = dv.data_ptr();
-      bp.dv_stride = bp.v_stride;
-    }
-    if (need_bias) {
-      dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
-      bp.dbias = dbias.data_ptr();
-      bp.dbias_batch_stride = s.bias_batch_stride;
-      bp.dbias_head_stride = s.bias_head_stride;
-      bp.dbias_row_stride = s.bias_row_stride;
-    }
-    bp.deterministic = deterministic;
-    kernels::cpu::flash_bias_backward(bp);
-    return {dq, dk, dv, dbias};
-  });
+                       kernels::FlashBiasBwdParams bp;
+                       static_cast<kernels::FlashBiasParams&>(bp) =
+                           forward_params(s, sq, sk, sv, sbias, smask, causal, scale);
+                       bp.out = const_cast<void*>(so.data_ptr());
+                       bp.lse = const_cast<void*>(lse.data_ptr());
+                       bp.dout = g.data_ptr();
+                       bp.dout_stride = bp.q_stride;
+                       Tensor dq, dk, dv, dbias;
+                       if (need_q) {
+                         dq = Tensor::empty(sq.shape(), sq.dtype(), sq.device());
+                         bp.dq = dq.data_ptr();
+                         bp.dq_stride = bp.q_stride;
+                       }
+                       if (need_k) {
+                         dk = Tensor::empty(sk.shape(), sk.dtype(), sk.device());
+                         bp.dk = dk.data_ptr();
+                         bp.dk_stride = bp.k_stride;
+                       }
+                       if (need_v) {
+                         dv = Tensor::empty(sv.shape(), sv.dtype(), sv.device());
+                         bp.dv = dv.data_ptr();
+                         bp.dv_stride = bp.v_stride;
+                       }
+                       if (need_bias) {
+                         dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
+                         bp.dbias = dbias.data_ptr();
+                         bp.dbias_batch_stride = s.bias_batch_stride;
+                         bp.dbias_head_stride = s.bias_head_stride;
+                         bp.dbias_row_stride = s.bias_row_stride;
+                       }
+                       bp.deterministic = deterministic;
+                       kernels::cpu::flash_bias_backward(bp);
+                       return {dq, dk, dv, dbias};
+                     });
 }
 
 }  // namespace pf::ops

@@ -28,17 +28,20 @@ inline void check_same(const Tensor& a, const char* an, const Tensor& b, const c
                                       << " must have the same dtype, got " << a.str() << " and "
                                       << b.str());
   PF_CHECK(a.device() == b.device(), op << ": " << an << " and " << bn
-                                        << " must be on the same device, got " << a.str()
-                                        << " and " << b.str());
+                                        << " must be on the same device, got " << a.str() << " and "
+                                        << b.str());
 }
 
 // Calls f(T{}) with T = float or double for a F32/F64 dtype.
 template <class F>
 decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::F32: return f(float{});
-    case DType::F64: return f(double{});
-    default: break;
+    case DType::F32:
+      return f(float{});
+    case DType::F64:
+      return f(double{});
+    default:
+      break;
   }
   PF_FAIL(op << ": no CPU kernel for dtype " << dtype_name(t) << " (float32 or float64 expected)");
 }

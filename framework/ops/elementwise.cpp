@@ -52,11 +52,10 @@ Tensor add(const Tensor& a, const Tensor& b) {
   Tensor out = binary_raw(kernels::cpu::BinaryOp::Add, a, b, "add");
   const Shape sa = a.shape(), sb = b.shape();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
-  return make_result(out, "add", {a, b},
-                     [sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
-                       return {need_a ? reduce_to(g, sa) : Tensor(),
-                               need_b ? reduce_to(g, sb) : Tensor()};
-                     });
+  return make_result(
+      out, "add", {a, b}, [sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
+        return {need_a ? reduce_to(g, sa) : Tensor(), need_b ? reduce_to(g, sb) : Tensor()};
+      });
 }
 
 // a:(...) b:(...) → broadcast shape
@@ -125,8 +124,8 @@ void check_inplace(const Tensor& dst, const Tensor& src, const char* op) {
   check_float(dst, op, "dst");
   check_float(src, op, "src");
   check_same(dst, "dst", src, "src", op);
-  PF_CHECK(dst.shape() == src.shape(), op << ": dst " << dst.str() << " and src " << src.str()
-                                          << " must have the same shape");
+  PF_CHECK(dst.shape() == src.shape(),
+           op << ": dst " << dst.str() << " and src " << src.str() << " must have the same shape");
 }
 }  // namespace
 

@@ -27,13 +27,14 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
   const Tensor sidx = idx.detach();
   return make_result(out, "embedding", {weight, idx},
                      [sidx, V, D, n](const Tensor& g) -> std::vector<Tensor> {
-    Tensor dw = Tensor::empty({V, D}, g.dtype(), g.device());
-    dispatch_float(g.dtype(), "embedding", [&](auto t) {
-      using T = decltype(t);
-      kernels::cpu::embedding_backward(g.data<T>(), sidx.data<int32_t>(), dw.data<T>(), n, V, D);
-    });
-    return {dw, Tensor()};
-  });
+                       Tensor dw = Tensor::empty({V, D}, g.dtype(), g.device());
+                       dispatch_float(g.dtype(), "embedding", [&](auto t) {
+                         using T = decltype(t);
+                         kernels::cpu::embedding_backward(g.data<T>(), sidx.data<int32_t>(),
+                                                          dw.data<T>(), n, V, D);
+                       });
+                       return {dw, Tensor()};
+                     });
 }
 
 }  // namespace pf::ops

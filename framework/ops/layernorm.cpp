@@ -16,12 +16,12 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
   check_same(x, "x", b, "b", "layernorm");
   PF_CHECK(x.ndim() >= 1, "layernorm: x must be (...,C), got a scalar " << x.str());
   const int64_t C = x.size(-1);
-  PF_CHECK(w.shape() == Shape{C},
-           "layernorm: w must be (" << C << ") to match x " << shape_str(x.shape()) << ", got "
-                                    << w.str());
-  PF_CHECK(b.shape() == Shape{C},
-           "layernorm: b must be (" << C << ") to match x " << shape_str(x.shape()) << ", got "
-                                    << b.str());
+  PF_CHECK(w.shape() == Shape{C}, "layernorm: w must be (" << C << ") to match x "
+                                                           << shape_str(x.shape()) << ", got "
+                                                           << w.str());
+  PF_CHECK(b.shape() == Shape{C}, "layernorm: b must be (" << C << ") to match x "
+                                                           << shape_str(x.shape()) << ", got "
+                                                           << b.str());
   PF_CHECK(C >= 1, "layernorm: the normalised dim of x " << x.str() << " is empty");
   PF_CHECK(eps >= 0, "layernorm: eps must be >= 0, got " << eps);
   if (x.device() == Device::CUDA) PF_FAIL("layernorm: CUDA backend not built yet");
@@ -36,21 +36,21 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
   });
   const bool need_x = x.requires_grad(), need_w = w.requires_grad(), need_b = b.requires_grad();
   const Tensor sx = x.detach(), sw = w.detach();
-  return make_result(y, "layernorm", {x, w, b},
-                     [sx, sw, mean, rstd, M, C, need_x, need_w, need_b](const Tensor& g)
-                         -> std::vector<Tensor> {
-    Tensor dx = need_x ? Tensor::empty(sx.shape(), g.dtype(), g.device()) : Tensor();
-    Tensor dw = need_w ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
-    Tensor db = need_b ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
-    dispatch_float(g.dtype(), "layernorm", [&](auto t) {
-      using T = decltype(t);
-      kernels::cpu::layernorm_backward(g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<T>(),
-                                       rstd.data<T>(), need_x ? dx.data<T>() : nullptr,
-                                       need_w ? dw.data<T>() : nullptr,
-                                       need_b ? db.data<T>() : nullptr, M, C);
-    });
-    return {dx, dw, db};
-  });
+  return make_result(
+      y, "layernorm", {x, w, b},
+      [sx, sw, mean, rstd, M, C, need_x, need_w, need_b](const Tensor& g) -> std::vector<Tensor> {
+        Tensor dx = need_x ? Tensor::empty(sx.shape(), g.dtype(), g.device()) : Tensor();
+        Tensor dw = need_w ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
+        Tensor db = need_b ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
+        dispatch_float(g.dtype(), "layernorm", [&](auto t) {
+          using T = decltype(t);
+          kernels::cpu::layernorm_backward(g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<T>(),
+                                           rstd.data<T>(), need_x ? dx.data<T>() : nullptr,
+                                           need_w ? dw.data<T>() : nullptr,
+                                           need_b ? db.data<T>() : nullptr, M, C);
+        });
+        return {dx, dw, db};
+      });
 }
 
 }  // namespace pf::ops

@@ -32,18 +32,16 @@ MatmulDims matmul_dims(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   d.K = ta ? a0 : a1;
   d.N = tb ? b0 : b1;
   const int64_t kb = tb ? b1 : b0;
-  PF_CHECK(d.K == kb, "matmul: inner dims differ: a " << shape_str(a.shape())
-                                                      << (ta ? " (transposed)" : "") << " gives K="
-                                                      << d.K << ", b " << shape_str(b.shape())
-                                                      << (tb ? " (transposed)" : "") << " gives K="
-                                                      << kb);
+  PF_CHECK(d.K == kb, "matmul: inner dims differ: a "
+                          << shape_str(a.shape()) << (ta ? " (transposed)" : "")
+                          << " gives K=" << d.K << ", b " << shape_str(b.shape())
+                          << (tb ? " (transposed)" : "") << " gives K=" << kb);
   const Shape a_batch(a.shape().begin(), a.shape().end() - 2);
   const Shape b_batch(b.shape().begin(), b.shape().end() - 2);
   d.b_batched = b.ndim() > 2;
   PF_CHECK(!d.b_batched || a_batch == b_batch,
-           "matmul: batch dims must be equal or b must be 2-D, got a " << shape_str(a.shape())
-                                                                       << " and b "
-                                                                       << shape_str(b.shape()));
+           "matmul: batch dims must be equal or b must be 2-D, got a "
+               << shape_str(a.shape()) << " and b " << shape_str(b.shape()));
   d.batch = shape_numel(a_batch);
   d.out_shape = a_batch;
   d.out_shape.push_back(d.M);
@@ -69,34 +67,34 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const Tensor sa = b.requires_grad() ? a.detach() : Tensor();  // dB needs A
   const Tensor sb = a.requires_grad() ? b.detach() : Tensor();  // dA needs B
   const Shape a_shape = a.shape(), b_shape = b.shape();
-  return make_result(out, "matmul", {a, b},
-                     [sa, sb, a_shape, b_shape, d, trans_a, trans_b](const Tensor& g)
-                         -> std::vector<Tensor> {
-    Tensor da, db;
-    dispatch_float(g.dtype(), "matmul", [&](auto t) {
-      using T = decltype(t);
-      const T* gp = g.data<T>();
-      if (sb.defined()) {
-        da = Tensor::empty(a_shape, g.dtype(), g.device());
-        if (!trans_a)  // dA (M,K) = G·op(B)ᵀ
-          kernels::cpu::gemm<T>(d.batch, d.M, d.K, d.N, gp, true, false, sb.data<T>(), d.b_batched,
-                                !trans_b, da.data<T>(), true, false);
-        else  // dA (K,M) = op(B)·Gᵀ
-          kernels::cpu::gemm<T>(d.batch, d.K, d.M, d.N, sb.data<T>(), d.b_batched, trans_b, gp,
-                                true, true, da.data<T>(), true, false);
-      }
-      if (sa.defined()) {
-        db = Tensor::empty(b_shape, g.dtype(), g.device());
-        if (!trans_b)  // dB (K,N) = op(A)ᵀ·G
-          kernels::cpu::gemm<T>(d.batch, d.K, d.N, d.M, sa.data<T>(), true, !trans_a, gp, true,
-                                false, db.data<T>(), d.b_batched, false);
-        else  // dB (N,K) = Gᵀ·op(A)
-          kernels::cpu::gemm<T>(d.batch, d.N, d.K, d.M, gp, true, true, sa.data<T>(), true,
-                                trans_a, db.data<T>(), d.b_batched, false);
-      }
-    });
-    return {da, db};
-  });
+  return make_result(
+      out, "matmul", {a, b},
+      [sa, sb, a_shape, b_shape, d, trans_a, trans_b](const Tensor& g) -> std::vector<Tensor> {
+        Tensor da, db;
+        dispatch_float(g.dtype(), "matmul", [&](auto t) {
+          using T = decltype(t);
+          const T* gp = g.data<T>();
+          if (sb.defined()) {
+            da = Tensor::empty(a_shape, g.dtype(), g.device());
+            if (!trans_a)  // dA (M,K) = G·op(B)ᵀ
+              kernels::cpu::gemm<T>(d.batch, d.M, d.K, d.N, gp, true, false, sb.data<T>(),
+                                    d.b_batched, !trans_b, da.data<T>(), true, false);
+            else  // dA (K,M) = op(B)·Gᵀ
+              kernels::cpu::gemm<T>(d.batch, d.K, d.M, d.N, sb.data<T>(), d.b_batched, trans_b, gp,
+                                    true, true, da.data<T>(), true, false);
+          }
+          if (sa.defined()) {
+            db = Tensor::empty(b_shape, g.dtype(), g.device());
+            if (!trans_b)  // dB (K,N) = op(A)ᵀ·G
+              kernels::cpu::gemm<T>(d.batch, d.K, d.N, d.M, sa.data<T>(), true, !trans_a, gp, true,
+                                    false, db.data<T>(), d.b_batched, false);
+            else  // dB (N,K) = Gᵀ·op(A)
+              kernels::cpu::gemm<T>(d.batch, d.N, d.K, d.M, gp, true, true, sa.data<T>(), true,
+                                    trans_a, db.data<T>(), d.b_batched, false);
+          }
+        });
+        return {da, db};
+      });
 }
 
 // x:(...,in) w:(out,in) b:(out) or undefined → (...,out)
@@ -112,9 +110,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   if (b.defined()) {
     check_float(b, "linear", "b");
     check_same(x, "x", b, "b", "linear");
-    PF_CHECK(b.shape() == Shape{out_f},
-             "linear: b must be (" << out_f << ") to match w " << shape_str(w.shape()) << ", got "
-                                   << b.str());
+    PF_CHECK(b.shape() == Shape{out_f}, "linear: b must be (" << out_f << ") to match w "
+                                                              << shape_str(w.shape()) << ", got "
+                                                              << b.str());
   }
   if (x.device() == Device::CUDA) PF_FAIL("linear: CUDA backend not built yet");
   Shape out_shape = x.shape();
@@ -131,30 +129,30 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const Tensor sw = x.requires_grad() ? w.detach() : Tensor();  // dx needs w
   const bool need_b = b.defined() && b.requires_grad();
   const Shape x_shape = x.shape(), w_shape = w.shape();
-  return make_result(y, "linear", {x, w, b},
-                     [sx, sw, need_b, x_shape, w_shape, M, in, out_f](const Tensor& g)
-                         -> std::vector<Tensor> {
-    Tensor dx, dw, db;
-    dispatch_float(g.dtype(), "linear", [&](auto t) {
-      using T = decltype(t);
-      const T* gp = g.data<T>();
-      if (sw.defined()) {  // dx (M,in) = G (M,out) · w (out,in)
-        dx = Tensor::empty(x_shape, g.dtype(), g.device());
-        kernels::cpu::gemm<T>(1, M, in, out_f, gp, false, false, sw.data<T>(), false, false,
-                              dx.data<T>(), false, false);
-      }
-      if (sx.defined()) {  // dw (out,in) = Gᵀ (out,M) · x (M,in)
-        dw = Tensor::empty(w_shape, g.dtype(), g.device());
-        kernels::cpu::gemm<T>(1, out_f, in, M, gp, false, true, sx.data<T>(), false, false,
-                              dw.data<T>(), false, false);
-      }
-      if (need_b) {
-        db = Tensor::empty({out_f}, g.dtype(), g.device());
-        kernels::cpu::column_sums(gp, M, out_f, db.data<T>());
-      }
-    });
-    return {dx, dw, db};
-  });
+  return make_result(
+      y, "linear", {x, w, b},
+      [sx, sw, need_b, x_shape, w_shape, M, in, out_f](const Tensor& g) -> std::vector<Tensor> {
+        Tensor dx, dw, db;
+        dispatch_float(g.dtype(), "linear", [&](auto t) {
+          using T = decltype(t);
+          const T* gp = g.data<T>();
+          if (sw.defined()) {  // dx (M,in) = G (M,out) · w (out,in)
+            dx = Tensor::empty(x_shape, g.dtype(), g.device());
+            kernels::cpu::gemm<T>(1, M, in, out_f, gp, false, false, sw.data<T>(), false, false,
+                                  dx.data<T>(), false, false);
+          }
+          if (sx.defined()) {  // dw (out,in) = Gᵀ (out,M) · x (M,in)
+            dw = Tensor::empty(w_shape, g.dtype(), g.device());
+            kernels::cpu::gemm<T>(1, out_f, in, M, gp, false, true, sx.data<T>(), false, false,
+                                  dw.data<T>(), false, false);
+          }
+          if (need_b) {
+            db = Tensor::empty({out_f}, g.dtype(), g.device());
+            kernels::cpu::column_sums(gp, M, out_f, db.data<T>());
+          }
+        });
+        return {dx, dw, db};
+      });
 }
 
 }  // namespace pf::ops

@@ -18,8 +18,8 @@ Tensor reduce_to(const Tensor& g, const Shape& shape) {
   const Shape out_strides = broadcast_strides(shape, g.shape());
   dispatch_float(g.dtype(), "sum_to", [&](auto t) {
     using T = decltype(t);
-    kernels::cpu::sum_to(g.data<T>(), g.shape().data(), g.ndim(), out_strides.data(),
-                         out.data<T>(), out.numel());
+    kernels::cpu::sum_to(g.data<T>(), g.shape().data(), g.ndim(), out_strides.data(), out.data<T>(),
+                         out.numel());
   });
   return out;
 }

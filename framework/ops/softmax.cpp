@@ -62,15 +62,16 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
   const Tensor sx = logits.detach(), sl = labels.detach();
   return make_result(out, "cross_entropy", {logits, labels},
                      [sx, sl, lse, N, K](const Tensor& g) -> std::vector<Tensor> {
-    Tensor dx = Tensor::empty(sx.shape(), sx.dtype(), sx.device());
-    const double gv = g.item();
-    dispatch_float(sx.dtype(), "cross_entropy", [&](auto t) {
-      using T = decltype(t);
-      kernels::cpu::cross_entropy_backward(sx.data<T>(), sl.data<int32_t>(), lse.data<T>(), gv,
-                                           dx.data<T>(), N, K);
-    });
-    return {dx, Tensor()};
-  });
+                       Tensor dx = Tensor::empty(sx.shape(), sx.dtype(), sx.device());
+                       const double gv = g.item();
+                       dispatch_float(sx.dtype(), "cross_entropy", [&](auto t) {
+                         using T = decltype(t);
+                         kernels::cpu::cross_entropy_backward(sx.data<T>(), sl.data<int32_t>(),
+                                                              lse.data<T>(), gv, dx.data<T>(), N,
+                                                              K);
+                       });
+                       return {dx, Tensor()};
+                     });
 }
 
 // logits:(N,K) labels:(N) I32 → fraction of rows whose argmax is the label

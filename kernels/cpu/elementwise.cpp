@@ -18,9 +18,24 @@ namespace pf::kernels::cpu {
 
 namespace {
 
-struct AddOp { template <class T> T operator()(T a, T b) const { return a + b; } };
-struct SubOp { template <class T> T operator()(T a, T b) const { return a - b; } };
-struct MulOp { template <class T> T operator()(T a, T b) const { return a * b; } };
+struct AddOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a + b;
+  }
+};
+struct SubOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a - b;
+  }
+};
+struct MulOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a * b;
+  }
+};
 
 template <class T, class Op>
 void binary_impl(const T* a, const int64_t* a_stride, const T* b, const int64_t* b_stride, T* out,
@@ -54,9 +69,12 @@ template <class T>
 void binary(BinaryOp op, const T* a, const int64_t* a_stride, const T* b, const int64_t* b_stride,
             T* out, const int64_t* shape, int ndim) {
   switch (op) {
-    case BinaryOp::Add: return binary_impl<T, AddOp>(a, a_stride, b, b_stride, out, shape, ndim);
-    case BinaryOp::Sub: return binary_impl<T, SubOp>(a, a_stride, b, b_stride, out, shape, ndim);
-    case BinaryOp::Mul: return binary_impl<T, MulOp>(a, a_stride, b, b_stride, out, shape, ndim);
+    case BinaryOp::Add:
+      return binary_impl<T, AddOp>(a, a_stride, b, b_stride, out, shape, ndim);
+    case BinaryOp::Sub:
+      return binary_impl<T, SubOp>(a, a_stride, b, b_stride, out, shape, ndim);
+    case BinaryOp::Mul:
+      return binary_impl<T, MulOp>(a, a_stride, b, b_stride, out, shape, ndim);
   }
 }
 
@@ -169,12 +187,12 @@ bool all_finite(const T* x, int64_t n) {
 
 // ---------------------------------------------------------------------------------------------
 
-#define PF_INSTANTIATE(T)                                                                     \
-  template void binary<T>(BinaryOp, const T*, const int64_t*, const T*, const int64_t*, T*,  \
-                          const int64_t*, int);                                               \
-  template void scale<T>(const T*, T, T*, int64_t);                                           \
-  template void axpy<T>(T*, T, const T*, int64_t);                                            \
-  template double sum_of_squares<T>(const T*, int64_t);                                       \
+#define PF_INSTANTIATE(T)                                                                   \
+  template void binary<T>(BinaryOp, const T*, const int64_t*, const T*, const int64_t*, T*, \
+                          const int64_t*, int);                                             \
+  template void scale<T>(const T*, T, T*, int64_t);                                         \
+  template void axpy<T>(T*, T, const T*, int64_t);                                          \
+  template double sum_of_squares<T>(const T*, int64_t);                                     \
   template bool all_finite<T>(const T*, int64_t);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)

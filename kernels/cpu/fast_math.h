@@ -21,7 +21,7 @@ inline float exp_nonpositive(float t) {
   constexpr uint32_t kMinus104 = 0xC2D00000u;
   tb = tb > kMinus104 ? kMinus104 : tb;
   std::memcpy(&t, &tb, 4);
-  const float kf = (t * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(t/ln2)
+  const float kf = (t * 1.44269504088896341f + 12582912.0f) - 12582912.0f;          // round(t/ln2)
   const float r = (t - kf * 0.693145751953125f) - kf * 1.42860682030941723212e-6f;  // ln2 hi+lo
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;

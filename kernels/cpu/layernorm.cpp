@@ -87,8 +87,8 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, in
 constexpr int64_t kParamBlock = 256;
 
 template <class T, int kC>
-void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
-                   T* dw, T* db, int64_t M, int64_t C_runtime) {
+void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw,
+                   T* db, int64_t M, int64_t C_runtime) {
   const int64_t C = RowLen<kC>()(C_runtime);
   const T inv_c = T(1) / static_cast<T>(C);
   const int nt = max_threads();
@@ -152,11 +152,16 @@ template <class T>
 void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M,
                        int64_t C, double eps) {
   switch (C) {
-    case 16: return forward_rows<T, 16>(x, w, b, y, mean, rstd, M, C, eps);
-    case 32: return forward_rows<T, 32>(x, w, b, y, mean, rstd, M, C, eps);
-    case 64: return forward_rows<T, 64>(x, w, b, y, mean, rstd, M, C, eps);
-    case 128: return forward_rows<T, 128>(x, w, b, y, mean, rstd, M, C, eps);
-    default: return forward_rows<T, 0>(x, w, b, y, mean, rstd, M, C, eps);
+    case 16:
+      return forward_rows<T, 16>(x, w, b, y, mean, rstd, M, C, eps);
+    case 32:
+      return forward_rows<T, 32>(x, w, b, y, mean, rstd, M, C, eps);
+    case 64:
+      return forward_rows<T, 64>(x, w, b, y, mean, rstd, M, C, eps);
+    case 128:
+      return forward_rows<T, 128>(x, w, b, y, mean, rstd, M, C, eps);
+    default:
+      return forward_rows<T, 0>(x, w, b, y, mean, rstd, M, C, eps);
   }
 }
 
@@ -164,17 +169,22 @@ template <class T>
 void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
                         T* dw, T* db, int64_t M, int64_t C) {
   switch (C) {
-    case 16: return backward_rows<T, 16>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    case 32: return backward_rows<T, 32>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    case 64: return backward_rows<T, 64>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    case 128: return backward_rows<T, 128>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    default: return backward_rows<T, 0>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 16:
+      return backward_rows<T, 16>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 32:
+      return backward_rows<T, 32>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 64:
+      return backward_rows<T, 64>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 128:
+      return backward_rows<T, 128>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    default:
+      return backward_rows<T, 0>(dy, x, w, mean, rstd, dx, dw, db, M, C);
   }
 }
 
-#define PF_INSTANTIATE(T)                                                                      \
+#define PF_INSTANTIATE(T)                                                                        \
   template void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, \
-                                     double);                                                  \
+                                     double);                                                    \
   template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*,  \
                                       T*, int64_t, int64_t);
 PF_INSTANTIATE(float)

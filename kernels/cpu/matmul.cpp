@@ -53,15 +53,23 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, Operand<T> a, Operand<T> b, T*
   const ConstMap<T> B(b.p, b.trans ? N : K, b.trans ? K : N, Eigen::OuterStride<>(b.ld));
   // Four spelled-out cases: Eigen folds .transpose() of a map into the GEMM's packing.
   if (!accumulate) {
-    if (!a.trans && !b.trans) C.noalias() = A * B;
-    else if (!a.trans) C.noalias() = A * B.transpose();
-    else if (!b.trans) C.noalias() = A.transpose() * B;
-    else C.noalias() = A.transpose() * B.transpose();
+    if (!a.trans && !b.trans)
+      C.noalias() = A * B;
+    else if (!a.trans)
+      C.noalias() = A * B.transpose();
+    else if (!b.trans)
+      C.noalias() = A.transpose() * B;
+    else
+      C.noalias() = A.transpose() * B.transpose();
   } else {
-    if (!a.trans && !b.trans) C.noalias() += A * B;
-    else if (!a.trans) C.noalias() += A * B.transpose();
-    else if (!b.trans) C.noalias() += A.transpose() * B;
-    else C.noalias() += A.transpose() * B.transpose();
+    if (!a.trans && !b.trans)
+      C.noalias() += A * B;
+    else if (!a.trans)
+      C.noalias() += A * B.transpose();
+    else if (!b.trans)
+      C.noalias() += A.transpose() * B;
+    else
+      C.noalias() += A.transpose() * B.transpose();
   }
 }
 
@@ -89,8 +97,7 @@ void gemm_2d(int64_t M, int64_t N, int64_t K, Operand<T> a, Operand<T> b, T* c, 
     {
       int64_t r0, r1;
       thread_range(M, thread_num(), num_threads(), r0, r1);
-      if (r0 < r1)
-        gemm_serial(r1 - r0, N, K, op_rows(a, r0), b, c + r0 * N, N, accumulate);
+      if (r0 < r1) gemm_serial(r1 - r0, N, K, op_rows(a, r0), b, c + r0 * N, N, accumulate);
     }
     return;
   }
@@ -125,9 +132,8 @@ void gemm_2d(int64_t M, int64_t N, int64_t K, Operand<T> a, Operand<T> b, T* c, 
 }  // namespace
 
 template <class T>
-void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const T* a, bool a_batched,
-          bool trans_a, const T* b, bool b_batched, bool trans_b, T* c, bool c_batched,
-          bool accumulate) {
+void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const T* a, bool a_batched, bool trans_a,
+          const T* b, bool b_batched, bool trans_b, T* c, bool c_batched, bool accumulate) {
   eigen_single_threaded();
   if (M == 0 || N == 0) return;
   if (batch == 0) {  // an empty batch: a summed c is an empty sum
@@ -203,10 +209,10 @@ void column_sums(const T* x, int64_t rows, int64_t n, T* out) {
   }
 }
 
-#define PF_INSTANTIATE(T)                                                                    \
-  template void gemm<T>(int64_t, int64_t, int64_t, int64_t, const T*, bool, bool, const T*, \
-                        bool, bool, T*, bool, bool);                                         \
-  template void add_row_vector<T>(T*, const T*, int64_t, int64_t);                           \
+#define PF_INSTANTIATE(T)                                                                         \
+  template void gemm<T>(int64_t, int64_t, int64_t, int64_t, const T*, bool, bool, const T*, bool, \
+                        bool, T*, bool, bool);                                                    \
+  template void add_row_vector<T>(T*, const T*, int64_t, int64_t);                                \
   template void column_sums<T>(const T*, int64_t, int64_t, T*);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)

@@ -19,15 +19,15 @@ namespace pf::kernels::cpu {
 // a:(batch|1, M,K | K,M)  b:(batch|1, K,N | N,K)  c:(batch|1, M,N)
 // accumulate: c += product instead of c = product.
 template <class T>
-void gemm(int64_t batch, int64_t M, int64_t N, int64_t K,
-          const T* a, bool a_batched, bool trans_a,
-          const T* b, bool b_batched, bool trans_b,
-          T* c, bool c_batched, bool accumulate);
+void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const T* a, bool a_batched, bool trans_a,
+          const T* b, bool b_batched, bool trans_b, T* c, bool c_batched, bool accumulate);
 
 // out[r, :] += bias for every row.  out:(rows, n) bias:(n)
-template <class T> void add_row_vector(T* out, const T* bias, int64_t rows, int64_t n);
+template <class T>
+void add_row_vector(T* out, const T* bias, int64_t rows, int64_t n);
 
 // out = Σ_rows x[r, :], written (=), accumulated in double.  x:(rows, n) out:(n)
-template <class T> void column_sums(const T* x, int64_t rows, int64_t n, T* out);
+template <class T>
+void column_sums(const T* x, int64_t rows, int64_t n, T* out);
 
 }  // namespace pf::kernels::cpu

@@ -78,16 +78,20 @@ void copy_typed(const E* x, E* out, const StridedIter<1>& it) {
 
 }  // namespace
 
-void strided_copy(const void* x, const int64_t* x_stride, void* out, const int64_t* shape,
-                  int ndim, size_t elem_size) {
+void strided_copy(const void* x, const int64_t* x_stride, void* out, const int64_t* shape, int ndim,
+                  size_t elem_size) {
   const int64_t* strides[1] = {x_stride};
   const StridedIter<1> it = make_strided_iter<1>(shape, ndim, strides);
   if (it.numel() == 0) return;
   switch (elem_size) {
-    case 1: return copy_typed(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), it);
-    case 2: return copy_typed(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(out), it);
-    case 4: return copy_typed(static_cast<const uint32_t*>(x), static_cast<uint32_t*>(out), it);
-    case 8: return copy_typed(static_cast<const uint64_t*>(x), static_cast<uint64_t*>(out), it);
+    case 1:
+      return copy_typed(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), it);
+    case 2:
+      return copy_typed(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(out), it);
+    case 4:
+      return copy_typed(static_cast<const uint32_t*>(x), static_cast<uint32_t*>(out), it);
+    case 8:
+      return copy_typed(static_cast<const uint64_t*>(x), static_cast<uint64_t*>(out), it);
   }
   PF_FAIL("strided_copy: element size " << elem_size << " bytes, expected 1, 2, 4 or 8");
 }

@@ -6,7 +6,8 @@
 namespace pf::kernels::cpu {
 
 // Σ x.  x:(n)
-template <class T> double sum(const T* x, int64_t n);
+template <class T>
+double sum(const T* x, int64_t n);
 
 // out = x summed over the dims that out broadcasts.
 // x: contiguous, shape:(ndim);  out_stride:(ndim) out's element strides over x's dims, 0 on the

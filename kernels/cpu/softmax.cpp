@@ -121,12 +121,12 @@ int64_t count_correct(const T* logits, const int32_t* labels, int64_t M, int64_t
   return correct;
 }
 
-#define PF_INSTANTIATE(T)                                                                      \
-  template void softmax_forward<T>(const T*, T*, int64_t, int64_t);                            \
-  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);                 \
-  template double cross_entropy_forward<T>(const T*, const int32_t*, T*, int64_t, int64_t);    \
-  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, double, T*,       \
-                                          int64_t, int64_t);                                   \
+#define PF_INSTANTIATE(T)                                                                          \
+  template void softmax_forward<T>(const T*, T*, int64_t, int64_t);                                \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);                     \
+  template double cross_entropy_forward<T>(const T*, const int32_t*, T*, int64_t, int64_t);        \
+  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, double, T*, int64_t, \
+                                          int64_t);                                                \
   template int64_t count_correct<T>(const T*, const int32_t*, int64_t, int64_t);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)

@@ -19,9 +19,9 @@ constexpr int kMaxDims = 8;
 
 template <int K>
 struct StridedIter {
-  int ndim = 1;                          // after merging; at least 1
-  int64_t shape[kMaxDims] = {1};         // sizes of the merged dims
-  int64_t stride[K][kMaxDims] = {};      // per operand, in elements
+  int ndim = 1;                      // after merging; at least 1
+  int64_t shape[kMaxDims] = {1};     // sizes of the merged dims
+  int64_t stride[K][kMaxDims] = {};  // per operand, in elements
 
   int64_t inner() const { return shape[ndim - 1]; }
   int64_t numel() const {
@@ -34,8 +34,8 @@ struct StridedIter {
 // shape:(ndim) the iteration space; strides[k]:(ndim) operand k's stride per dim.
 template <int K>
 StridedIter<K> make_strided_iter(const int64_t* shape, int ndim, const int64_t* const* strides) {
-  PF_CHECK(ndim <= kMaxDims, "strided loop over " << ndim << " dims, at most " << kMaxDims
-                                                  << " are supported");
+  PF_CHECK(ndim <= kMaxDims,
+           "strided loop over " << ndim << " dims, at most " << kMaxDims << " are supported");
   StridedIter<K> it;
   int n = 0;  // dims kept so far, built innermost first
   int64_t sh[kMaxDims];
