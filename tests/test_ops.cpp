@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -26,6 +27,13 @@
 #include "framework/ops.h"
 #include "framework/random.h"
 #include "framework/tensor.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/permute.h"
+#include "kernels/cpu/reduce.h"
+#include "kernels/cpu/softmax.h"
 
 namespace pf {
 namespace {
@@ -78,15 +86,10 @@ double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) 
   return m;
 }
 
-// A tensor whose every element is NaN: an output a kernel must overwrite completely.
-Tensor poisoned(const Shape& shape, DType dtype = DType::F64) {
-  return Tensor::full(shape, std::nan(""), dtype);
-}
-
 // Runs its scope on one OpenMP thread. The gradient checks call thousands of tiny ops; a team
 // fork per call costs microseconds on an idle machine but can wait a scheduler quantum on a
 // loaded one (seen: 40 s for one check on 2 busy cores). The kernels' results do not depend on
-// the thread count, and the threaded paths are tested at large sizes in OpForward below.
+// the thread count, and the threaded paths are tested at large sizes in OpParallel below.
 class SingleThreaded {
  public:
 #ifdef _OPENMP
@@ -833,21 +836,110 @@ TEST(OpForward, AttentionDeterministicBackwardIsRepeatable) {
   }
 }
 
-TEST(OpForward, OutputsAreFullyWritten) {
-  // Ops write every output element: kernels run into memory that held NaN before.
+// The raw kernels write every element of their outputs: each output buffer starts as NaN, at
+// awkward sizes, on one thread and (where the size allows) on several.
+template <class T>
+std::vector<T> nan_buffer(size_t n) {
+  return std::vector<T>(n, std::numeric_limits<T>::quiet_NaN());
+}
+
+template <class T>
+bool finite(const std::vector<T>& v) {
+  for (T x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+template <class T>
+void check_kernels_overwrite_poison(int64_t M, int64_t C, Rng& rng) {
+  namespace k = kernels::cpu;
+  std::vector<T> x(M * C), g(M * C), w(C), b(C);
+  for (T& v : x) v = static_cast<T>(rng.normal());
+  for (T& v : g) v = static_cast<T>(rng.normal());
+  for (T& v : w) v = static_cast<T>(rng.normal());
+  for (T& v : b) v = static_cast<T>(rng.normal());
+  const std::string where = std::to_string(M) + "x" + std::to_string(C);
+  {  // broadcast binary: (M,C) + (C)
+    auto out = nan_buffer<T>(M * C);
+    const int64_t shape[2] = {M, C}, sa[2] = {C, 1}, sb[2] = {0, 1};
+    k::binary(k::BinaryOp::Mul, x.data(), sa, b.data(), sb, out.data(), shape, 2);
+    EXPECT_TRUE(finite(out)) << "binary " << where;
+  }
+  {
+    auto out = nan_buffer<T>(M * C), dx = nan_buffer<T>(M * C);
+    k::scale(x.data(), T(3), out.data(), M * C);
+    EXPECT_TRUE(finite(out)) << "scale " << where;
+    k::gelu_forward(x.data(), out.data(), M * C);
+    k::gelu_backward(x.data(), g.data(), dx.data(), M * C);
+    EXPECT_TRUE(finite(out) && finite(dx)) << "gelu " << where;
+  }
+  {  // (M,C) → (1,C) and → (M,1)
+    auto cols = nan_buffer<T>(C), rows = nan_buffer<T>(M);
+    const int64_t shape[2] = {M, C}, to_cols[2] = {0, 1}, to_rows[2] = {1, 0};
+    k::sum_to(x.data(), shape, 2, to_cols, cols.data(), C);
+    k::sum_to(x.data(), shape, 2, to_rows, rows.data(), M);
+    EXPECT_TRUE(finite(cols) && finite(rows)) << "sum_to " << where;
+  }
+  {
+    auto out = nan_buffer<T>(M * C);
+    const int64_t shape[3] = {M, 1, C};
+    const int perm[3] = {2, 1, 0};
+    k::permute(x.data(), shape, 3, perm, out.data(), sizeof(T));
+    EXPECT_TRUE(finite(out)) << "permute " << where;
+  }
+  {  // op(x) (M,C) · op(v) (C,7) in every transpose form, then a reduction over the M rows
+    std::vector<T> v(C * 7);
+    for (T& e : v) e = static_cast<T>(rng.normal());
+    auto out = nan_buffer<T>(M * 7);
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        out = nan_buffer<T>(M * 7);
+        k::gemm<T>(1, M, 7, C, x.data(), true, ta, v.data(), true, tb, out.data(), true, false);
+        EXPECT_TRUE(finite(out)) << "gemm " << where << " " << ta << tb;
+      }
+    auto red = nan_buffer<T>(C * 7);
+    k::gemm<T>(1, C, 7, M, x.data(), true, true, out.data(), true, false, red.data(), true, false);
+    EXPECT_TRUE(finite(red)) << "gemm reduction " << where;
+  }
+  {
+    auto y = nan_buffer<T>(M * C), mean = nan_buffer<T>(M), rstd = nan_buffer<T>(M);
+    auto dx = nan_buffer<T>(M * C), dw = nan_buffer<T>(C), db = nan_buffer<T>(C);
+    k::layernorm_forward(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), M, C,
+                         1e-5);
+    k::layernorm_backward(g.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(),
+                          dw.data(), db.data(), M, C);
+    EXPECT_TRUE(finite(y) && finite(mean) && finite(rstd)) << "layernorm fwd " << where;
+    EXPECT_TRUE(finite(dx) && finite(dw) && finite(db)) << "layernorm bwd " << where;
+  }
+  {
+    auto y = nan_buffer<T>(M * C), dx = nan_buffer<T>(M * C), lse = nan_buffer<T>(M);
+    auto dl = nan_buffer<T>(M * C);
+    k::softmax_forward(x.data(), y.data(), M, C);
+    k::softmax_backward(y.data(), g.data(), dx.data(), M, C);
+    EXPECT_TRUE(finite(y) && finite(dx)) << "softmax " << where;
+    std::vector<int32_t> labels(M);
+    for (int32_t& l : labels) l = static_cast<int32_t>(rng.randint(0, C));
+    k::cross_entropy_forward(x.data(), labels.data(), lse.data(), M, C);
+    k::cross_entropy_backward(x.data(), labels.data(), lse.data(), 1.0, dl.data(), M, C);
+    EXPECT_TRUE(finite(lse) && finite(dl)) << "cross_entropy " << where;
+  }
+  {  // a table of C rows of width 5, M lookups
+    const int64_t V = C, D = 5;
+    std::vector<int32_t> idx(M);
+    for (int32_t& i : idx) i = static_cast<int32_t>(rng.randint(0, V));
+    auto out = nan_buffer<T>(M * D), dw = nan_buffer<T>(V * D);
+    k::embedding_forward(x.data(), idx.data(), out.data(), M, V, D);
+    k::embedding_backward(g.data(), idx.data(), dw.data(), M, V, D);
+    EXPECT_TRUE(finite(out) && finite(dw)) << "embedding " << where;
+  }
+}
+
+TEST(Kernels, OverwriteEveryOutputElement) {
   Rng rng = make_rng("poison");
-  for (int rep = 0; rep < 3; ++rep) {
-    // Churn the allocator with NaN-filled buffers of the sizes the ops allocate next.
-    std::vector<Tensor> junk;
-    for (int64_t n : {64, 255, 256, 1024, 4096}) junk.push_back(poisoned({n}));
-    junk.clear();
-    Tensor x = randn({17, 15}, rng, DType::F64), w = randn({15}, rng, DType::F64);
-    EXPECT_TRUE(ops::all_finite(ops::layernorm(x, w, w)));
-    EXPECT_TRUE(ops::all_finite(ops::softmax(x)));
-    EXPECT_TRUE(ops::all_finite(ops::gelu(x)));
-    EXPECT_TRUE(ops::all_finite(ops::permute(ops::reshape(x, {17, 3, 5}), {2, 0, 1})));
-    EXPECT_TRUE(ops::all_finite(ops::matmul(x, x, false, true)));
-    EXPECT_TRUE(ops::all_finite(ops::sum_to(x, {1, 15})));
+  for (auto [M, C] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {17, 16}, {97, 33}, {16411, 17}}) {
+    check_kernels_overwrite_poison<float>(M, C, rng);
+    check_kernels_overwrite_poison<double>(M, C, rng);
   }
 }
 
