@@ -84,12 +84,23 @@ FwdArgs make_fwd_args(const FlashBiasParams& p) {
 
 size_t round256(size_t n) { return (n + 255) / 256 * 256; }
 
+// Thread-block clusters (the kCluster dB reduction) need compute capability 9.0.
+bool device_has_clusters() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major >= 9;
+}
+
 // Where the backward's scratch lives and how dB is reduced.
 struct BwdPlan {
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;
   int nsb = 0, nsh = 0;       // dB accumulator slices
   int64_t dbias_ld = 0;       // dB accumulator row pitch (multiple of 4 floats)
+  int cluster_size = 1;       // (b, h) pairs sharing one dB slice
   size_t off_delta = 0, off_dq = 0, off_dbias = 0, total = 0;
   bool dq_atomic = false;
 };
@@ -98,10 +109,12 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   BwdPlan plan;
   plan.shared_b = p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
   plan.shared_h = p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
+  plan.cluster_size = (plan.shared_b ? p.B : 1) * (plan.shared_h ? p.H : 1);
   if (p.dbias != nullptr)
-    plan.dbias_mode = !(plan.shared_b || plan.shared_h) ? DbiasMode::kDirect
-                      : p.deterministic                 ? DbiasMode::kGrouped
-                                                        : DbiasMode::kAtomic;
+    plan.dbias_mode = !(plan.shared_b || plan.shared_h)          ? DbiasMode::kDirect
+                      : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters() ? DbiasMode::kCluster
+                      : p.deterministic                          ? DbiasMode::kGrouped
+                                                                 : DbiasMode::kAtomic;
   plan.dq_atomic = p.dq != nullptr && !p.deterministic;
   const size_t rows = size_t(p.B) * p.H * p.Nq;
   plan.off_delta = 0;
@@ -179,7 +192,8 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   }
   args.group_b = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_b;
   args.group_h = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_h;
-  args.sharing_fastest = plan.dbias_mode == DbiasMode::kAtomic;
+  args.sharing_fastest = plan.dbias_mode == DbiasMode::kAtomic || plan.dbias_mode == DbiasMode::kCluster;
+  args.cluster_size = plan.dbias_mode == DbiasMode::kCluster ? plan.cluster_size : 1;
 
   const int64_t rows = int64_t(p.B) * p.H * p.Nq;
   const size_t accum_dq_bytes = size_t(rows) * p.D * sizeof(float);

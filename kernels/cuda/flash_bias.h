@@ -31,9 +31,10 @@ namespace pf::kernels::cuda {
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream);
 
-// Bytes of scratch that flash_bias_backward needs for `p` (a multiple of 256; may be 0):
-// rowsum(dO∘O) (B,H,Nq) fp32, the fp32 dQ accumulator (B,H,Nq,D) unless p.deterministic, and
-// the fp32 dB accumulator (B|1,H|1,Nq,Nk) when the bias is shared over the batch or heads.
+// Bytes of scratch that flash_bias_backward needs for `p` (a multiple of 256): rowsum(dO∘O)
+// (B,H,Nq) fp32, the fp32 dQ accumulator (B,H,Nq,D) unless p.deterministic, and the fp32 dB
+// accumulator (B|1,H|1,Nq,Nk) when more than 8 (b, h) pairs share one bias slice (up to 8, the
+// sharing CTAs form a thread-block cluster and sum dB on chip, in a fixed order).
 size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p);
 
 // Needs p.out and p.lse from the forward. dout:(B,Nq,H,D) -> dq:(B,Nq,H,D) dk,dv:(B,Nk,H,D)
@@ -41,8 +42,8 @@ size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p);
 // `workspace` holds at least flash_bias_backward_workspace_bytes(p) bytes of device memory
 // (256-byte aligned; contents need not be initialised).
 // With p.deterministic the results are bitwise identical run to run (no floating-point atomics);
-// otherwise dQ, and dB of a bias shared over the batch or heads, are summed with fp32 atomics
-// (run-to-run differences at the level of fp32 rounding only).
+// otherwise dQ, and dB of a bias shared by more than 8 (b, h) pairs, are summed with fp32
+// atomics (run-to-run differences at the level of fp32 rounding only).
 void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStream_t stream);
 
 }  // namespace pf::kernels::cuda

@@ -16,6 +16,7 @@
 // - flash_bias_bwd_dq_kernel (deterministic mode): one CTA per query block recomputes S, P, dP and
 //   dS over the key blocks and accumulates dQ in registers: no atomics, fixed order.
 #pragma once
+#include <cooperative_groups.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -119,6 +120,59 @@ __device__ __forceinline__ void store_dbias_pair(char* row, int kind, int j, int
   }
 }
 
+// Split cluster barrier (sm_90): arrive publishes this thread's shared-memory writes to the
+// cluster, wait blocks until every thread of every CTA in the cluster has arrived.
+// The host picks kCluster only on devices of compute capability 9.0 or newer.
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// kCluster: this CTA (cluster rank `rank` of G) sums rows r ≡ rank (mod G) of the G fp32 dS tiles
+// in rank order and writes them to dB (bias dtype, = or +=). dbias: the shared dB slice.
+template <int BM, int BN, int kS32Pitch, int kNThreads>
+__device__ __forceinline__ void reduce_dbias_cluster(float* sdS32, int rank, int G, char* dbias, int64_t row_stride,
+                                                     int belt, int kind, int m0, int n0, int Nq, int Nk,
+                                                     bool accumulate, bool vec, int tid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  constexpr int kQuads = BN / 4;
+  const int rows = (BM - rank + G - 1) / G;
+  for (int idx = tid; idx < rows * kQuads; idx += kNThreads) {
+    const int r = rank + (idx / kQuads) * G, c = (idx % kQuads) * 4;
+    const int i = m0 + r, j = n0 + c;
+    if (i >= Nq || j >= Nk) continue;
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int qr = 0; qr < G; ++qr) {
+      const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdS32 + r * kS32Pitch + c, qr));
+      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+    }
+    char* row = dbias + int64_t(i) * row_stride * belt;
+    store_dbias_pair(row, kind, j, Nk, sum.x, sum.y, accumulate, vec);
+    store_dbias_pair(row, kind, j + 2, Nk, sum.z, sum.w, accumulate, vec);
+  }
+#else
+  __trap();
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------
 // q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) lse,delta:(B,H,Nq)
 //   -> dk,dv:(B,Nk,H,D) dbias:(B|1,H|1,Nq,Nk) [dq_accum:(B,H,Nq,D) fp32 +=]
@@ -146,7 +200,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   float* sLse = reinterpret_cast<float*>(smem + Tr::kOffLse);
   float* sDelta = reinterpret_cast<float*>(smem + Tr::kOffDelta);
   uint8_t* sKeyOk = reinterpret_cast<uint8_t*>(smem + Tr::kOffKeyOk);
+  float* sdS32 = reinterpret_cast<float*>(smem + Tr::kOffdS32);  // kCluster only
   char* sBias = smem + Tr::kOffBias;
+  constexpr int kS32Pitch = Tr::kS32Pitch;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp % 4) * 16, wn = (warp / 4) * 32;   // S / dP piece
@@ -201,18 +257,22 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       const float* lse = static_cast<const float*>(p.lse) + bh * p.Nq;
       const float* delta = args.delta + bh * p.Nq;
       const uint8_t* kpm = p.key_padding_mask ? p.key_padding_mask + int64_t(b) * p.Nk : nullptr;
-      char* dbias = nullptr;  // kDirect: this (b, h)'s dB slice
+      char* dbias = nullptr;  // kDirect: this (b, h)'s dB slice; kCluster: the shared slice
       float* dbias_acc = nullptr;  // kAtomic / kGrouped: the fp32 accumulator slice
       if (dbias_mode == DbiasMode::kDirect) {
         dbias = static_cast<char*>(p.dbias) + (b * p.dbias_batch_stride + h * p.dbias_head_stride) * belt;
+      } else if (dbias_mode == DbiasMode::kCluster) {
+        const int bs = args.shared_b ? 0 : b, hs = args.shared_h ? 0 : h;
+        dbias = static_cast<char*>(p.dbias) + (bs * p.dbias_batch_stride + hs * p.dbias_head_stride) * belt;
       } else if (dbias_mode != DbiasMode::kNone) {
         const int bs = args.shared_b ? 0 : b, hs = args.shared_h ? 0 : h;
         const int nsh = args.shared_h ? 1 : p.H;
         dbias_acc = args.dbias_accum + (int64_t(bs) * nsh + hs) * p.Nq * args.dbias_accum_ld;
       }
 
-      // dB rows that the causal skip leaves out are zero (dS = 0 there).
-      if (dbias != nullptr && !p.dbias_accumulate && m_begin > 0) {
+      // dB rows that the causal skip leaves out are zero (dS = 0 there); in a cluster, rank 0 writes them.
+      const int cluster_rank = dbias_mode == DbiasMode::kCluster ? int(blockIdx.x % unsigned(args.cluster_size)) : 0;
+      if (dbias != nullptr && !p.dbias_accumulate && m_begin > 0 && cluster_rank == 0) {
         const int rows = min(m_begin * BM, p.Nq), cols = min(BN, p.Nk - n0);
         for (int idx = tid; idx < rows * cols; idx += kNThreads) {
           const int i = idx / cols, j = n0 + idx % cols;
@@ -237,6 +297,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
         load_row_stats<BM>(sLse + stage * BM, sDelta + stage * BM, lse, delta, m0, p.Nq, tid);
       };
 
+      const bool cluster_mode = dbias_mode == DbiasMode::kCluster;
+      if (cluster_mode) cluster_arrive();  // pairs with the first wait below (or the final one)
       if (m_begin < m_blocks) {
         load_rows<T, D, BN, kPitch, kNThreads>(sK, k, p.k_stride.row, n0, p.Nk, tid);
         load_rows<T, D, BN, kPitch, kNThreads>(sV, v, p.v_stride.row, n0, p.Nk, tid);
@@ -281,8 +343,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
           }
           probs_and_ds(S, dP, lse2, dlt);  // S <- P, dP <- dS
 
-          // dB from the fp32 dS, once per tile (or from the dS tile below)
-          if (dbias_mode != DbiasMode::kNone && !args.dbias_from_smem) {
+          // dB from the fp32 dS, once per tile (or from the dS tile below, or summed over the cluster)
+          if (dbias_mode != DbiasMode::kNone && dbias_mode != DbiasMode::kCluster && !args.dbias_from_smem) {
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
               const int i = m0 + wm + g + 8 * hf;
@@ -318,7 +380,12 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 
           store_frag(S, sP + wm * kSPitch + wn, kSPitch);
           store_frag(dP, sdS + wm * kSPitch + wn, kSPitch);
+          if (cluster_mode) {
+            cluster_wait();  // every CTA of the cluster has finished reading the previous fp32 dS tiles
+            store_frag(dP, sdS32 + wm * kS32Pitch + wn, kS32Pitch);
+          }
           __syncthreads();
+          if (cluster_mode) cluster_arrive();  // publishes the fp32 dS tile; waited on after the products
           if (args.dbias_from_smem)
             store_dbias_tile<T, BM, BN, kSPitch, kNThreads>(dbias, p.dbias_row_stride, sdS, m0, n0, p.Nq, p.Nk, tid);
 
@@ -345,10 +412,18 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
               }
             }
           }
+          if (cluster_mode) {
+            cluster_wait();  // all fp32 dS tiles of this query block are visible
+            reduce_dbias_cluster<BM, BN, kS32Pitch, kNThreads>(sdS32, cluster_rank, args.cluster_size, dbias,
+                                                               p.dbias_row_stride, belt, args.bias_kind, m0, n0, p.Nq,
+                                                               p.Nk, p.dbias_accumulate, args.dbias_vec, tid);
+            cluster_arrive_relaxed();  // reads done (their values are consumed); no memory to publish
+          }
           __syncthreads();
         }
         cp_async_wait<0>();
       }
+      if (cluster_mode) cluster_wait();  // no CTA leaves while the cluster may still read its tiles
 
       // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO for keys n0 + wk + ...
 #pragma unroll
@@ -524,7 +599,24 @@ void launch_flash_bias_bwd(const BwdArgs& args, cudaStream_t stream) {
   const int n_kblocks = (p.Nk + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid = args.sharing_fastest ? dim3(unsigned(n_kblocks) * p.H * p.B, 1, 1)
                                          : dim3(n_kblocks, args.group_h ? 1 : p.H, args.group_b ? 1 : p.B);
-  kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind)), stream>>>(args);
+  const int smem = smem_bytes<Tr>(launch_bias_elt(args.bias_kind));
+  if (args.dbias_mode == DbiasMode::kCluster) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(Tr::kNThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = unsigned(args.cluster_size);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    PF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args));
+  } else {
+    kernel<<<grid, Tr::kNThreads, smem, stream>>>(args);
+  }
   PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_kernel");
 }
 

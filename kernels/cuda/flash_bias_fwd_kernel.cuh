@@ -21,7 +21,7 @@ namespace pf::kernels::cuda::fb {
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
 // grid (ceil(Nq/BM), H, B), block 32·kNWarps, dynamic shared memory smem_bytes<Tr>(bias elt size).
 template <typename Tr>
-__global__ void __launch_bounds__(Tr::kNThreads)
+__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     flash_bias_fwd_kernel(const __grid_constant__ FwdArgs args) {
   using T = typename Tr::Element;
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN;
@@ -69,12 +69,16 @@ __global__ void __launch_bounds__(Tr::kNThreads)
                                                     args.bias_kind, m0, n0, p.Nq, p.Nk, args.bias_vec, tid);
   };
 
+  // Prologue: Q and the first kStages − 1 key blocks, one commit group each.
   load_rows<T, D, BM, kPitch, kNThreads>(sQ, q, p.q_stride.row, m0, p.Nq, tid);
-  if (n_blocks > 0) {
-    load_kv(0, 0);
-    if (tid < BN) sKeyOk[tid] = key_ok(kpm, tid, p.Nk);
+#pragma unroll
+  for (int st = 0; st < (kStages > 2 ? kStages - 1 : 1); ++st) {
+    if (st < n_blocks) {
+      load_kv(st, st);
+      if (tid < BN) sKeyOk[st * BN + tid] = key_ok(kpm, st * BN + tid, p.Nk);
+    }
+    cp_async_commit();
   }
-  cp_async_commit();
 
   float acc_o[1][D / 8][4];
   zero_frag(acc_o);
@@ -83,14 +87,25 @@ __global__ void __launch_bounds__(Tr::kNThreads)
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int stage = nb % kStages;
-    uint8_t key_ok_next = 0;  // the next tile's key validity, stored to shared memory after compute
-    if constexpr (kStages > 1) {
+    uint8_t key_ok_next = 0;  // a later tile's key validity, stored to shared memory after compute
+    if constexpr (kStages > 2) {
+      // tile nb is complete once at most kStages − 2 younger groups are pending; after the
+      // barrier every warp is done with tile nb − 1, whose stage receives tile nb + kStages − 1
+      cp_async_wait<kStages - 2>();
+      __syncthreads();
+      if (nb + kStages - 1 < n_blocks) {
+        load_kv(nb + kStages - 1, (nb + kStages - 1) % kStages);
+        if (tid < BN) key_ok_next = key_ok(kpm, (nb + kStages - 1) * BN + tid, p.Nk);
+      }
+      cp_async_commit();
+    } else if constexpr (kStages > 1) {
       if (nb + 1 < n_blocks) {
         load_kv(nb + 1, (nb + 1) % kStages);
         if (tid < BN) key_ok_next = key_ok(kpm, (nb + 1) * BN + tid, p.Nk);
       }
       cp_async_commit();
       cp_async_wait<1>();
+      __syncthreads();
     } else {
       if (nb > 0) {
         load_kv(nb, 0);
@@ -98,8 +113,8 @@ __global__ void __launch_bounds__(Tr::kNThreads)
       }
       cp_async_commit();
       cp_async_wait<0>();
+      __syncthreads();
     }
-    __syncthreads();
 
     const int n0 = nb * BN;
     const T* sKs = sK + stage * BN * kPitch;
@@ -157,10 +172,14 @@ __global__ void __launch_bounds__(Tr::kNThreads)
       warp_gemm<1, D / 8, BN, false, true>(acc_o, sPw, kSPitch, sVs, kPitch);
     }
 
-    if constexpr (kStages > 1) {
-      if (nb + 1 < n_blocks && tid < BN) sKeyOk[((nb + 1) % kStages) * BN + tid] = key_ok_next;
+    if constexpr (kStages > 2) {
+      if (nb + kStages - 1 < n_blocks && tid < BN) sKeyOk[((nb + kStages - 1) % kStages) * BN + tid] = key_ok_next;
+    } else {
+      if constexpr (kStages > 1) {
+        if (nb + 1 < n_blocks && tid < BN) sKeyOk[((nb + 1) % kStages) * BN + tid] = key_ok_next;
+      }
+      __syncthreads();  // the next iteration's loads overwrite the stage just read
     }
-    __syncthreads();
   }
   cp_async_wait<0>();
 

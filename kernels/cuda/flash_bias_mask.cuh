@@ -30,30 +30,38 @@ __host__ __device__ __forceinline__ int bias_elt_size(int kind) {
 // anyway). `vec`: the slice base and row stride allow aligned 16-byte pieces; pieces that
 // straddle Nk, and all pieces of an unaligned bias, are copied element by element.
 // g: bias slice (b, h) base, row_stride in elements.
+// Each thread owns one 16-byte column piece and walks rows kNThreads / (BN / piece) apart.
 template <int kElt, int BM, int BN, int kBiasPitch, int kNThreads>
 __device__ __forceinline__ void load_bias_tile_t(char* s, const char* g, int64_t row_stride, int m0, int n0, int Nq,
                                                  int Nk, bool vec, int tid) {
   constexpr int kChunk = 16 / kElt;  // elements per 16-byte piece
   constexpr int kChunksPerRow = BN / kChunk;
-  constexpr int kTotal = BM * kChunksPerRow;
+  static_assert(kNThreads % kChunksPerRow == 0, "load_bias_tile: threads must cover whole rows");
+  constexpr int kRowsPerPass = kNThreads / kChunksPerRow;
+  constexpr int kPasses = (BM + kRowsPerPass - 1) / kRowsPerPass;
   using E = std::conditional_t<kElt == 4, uint32_t, uint16_t>;
-#pragma unroll 1
-  for (int it = 0; it < (kTotal + kNThreads - 1) / kNThreads; ++it) {
-    const int c = tid + it * kNThreads;
-    if (kTotal % kNThreads != 0 && c >= kTotal) break;
-    const int r = c / kChunksPerRow;
-    const int col = (c % kChunksPerRow) * kChunk;
-    const int i = m0 + r, j = n0 + col;
-    char* dst = s + (r * kBiasPitch + col) * kElt;
-    const char* src = g + (int64_t(i) * row_stride + j) * kElt;
-    if (vec && i < Nq && j + kChunk <= Nk) {
-      cp_async_16(dst, src);
-    } else if (i >= Nq || j >= Nk) {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+  const int col = (tid % kChunksPerRow) * kChunk, rr = tid / kChunksPerRow;
+  const int j = n0 + col;
+  const bool whole = vec && j + kChunk <= Nk;  // the piece lies inside the row: one 16-byte copy
+  const bool any = j < Nk;
+  const char* src = g + (int64_t(m0 + rr) * row_stride + j) * kElt;
+  const int64_t step = int64_t(kRowsPerPass) * row_stride * kElt;
+  char* dst = s + (rr * kBiasPitch + col) * kElt;
+#pragma unroll
+  for (int ps = 0; ps < kPasses; ++ps) {
+    const int r = rr + ps * kRowsPerPass;
+    if (BM % kRowsPerPass != 0 && r >= BM) break;
+    const bool row_ok = m0 + r < Nq;
+    char* d = dst + ps * kRowsPerPass * kBiasPitch * kElt;
+    const char* sp = src + ps * step;
+    if (whole && row_ok) {
+      cp_async_16(d, sp);
+    } else if (!any || !row_ok) {
+      *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
     } else {
 #pragma unroll
       for (int e = 0; e < kChunk; ++e)
-        reinterpret_cast<E*>(dst)[e] = j + e < Nk ? reinterpret_cast<const E*>(src)[e] : E(0);
+        reinterpret_cast<E*>(d)[e] = j + e < Nk ? reinterpret_cast<const E*>(sp)[e] : E(0);
     }
   }
 }

@@ -55,13 +55,16 @@ template <typename T, int D>
 struct FwdTraits : TileShape<T, D, std::is_same_v<T, float> ? 64 : 128> {
   using S = TileShape<T, D, std::is_same_v<T, float> ? 64 : 128>;
   static constexpr int kNWarps = S::kBlockM / 16, kNThreads = 32 * kNWarps;
-  static constexpr int kStages = 2;
+  // Three stages (one barrier per key block instead of two) where shared memory still allows
+  // two CTAs per SM: 16-bit inputs with D <= 32.
+  static constexpr int kStages = (S::kTensorCores && D <= 32) ? 3 : 2;
+  static constexpr int kMinBlocks = (S::kTensorCores && D <= 64) ? 2 : 1;  // ≤ 128 registers: 2 CTAs per SM
   static constexpr int kOffQ = 0;
   static constexpr int kOffK = kOffQ + S::kQTileBytes;
   static constexpr int kOffV = kOffK + kStages * S::kKTileBytes;
   static constexpr int kOffP = kOffV + kStages * S::kKTileBytes;
   static constexpr int kOffKeyOk = kOffP + (S::kTensorCores ? 0 : S::kSTileBytes);
-  static constexpr int kOffBias = kOffKeyOk + 128;
+  static constexpr int kOffBias = kOffKeyOk + (kStages * S::kBlockN + 127) / 128 * 128;
 };
 
 // Backward (dK, dV, dB and, unless deterministic, dQ by atomics): 8 warps; a CTA owns one key
@@ -83,7 +86,9 @@ struct BwdTraits : TileShape<T, D, 64> {
   static constexpr int kOffLse = kOffdS + S::kSTileBytes;
   static constexpr int kOffDelta = kOffLse + kStages * S::kBlockM * 4;
   static constexpr int kOffKeyOk = kOffDelta + kStages * S::kBlockM * 4;
-  static constexpr int kOffBias = kOffKeyOk + 128;
+  static constexpr int kS32Pitch = S::kBlockN + 4;  // fp32 dS tile read by the cluster's dB reduction
+  static constexpr int kOffdS32 = kOffKeyOk + 128;
+  static constexpr int kOffBias = kOffdS32 + S::kBlockM * kS32Pitch * 4;
 };
 
 // Deterministic dQ: 4 warps × 16 query rows, walks the key blocks like the forward; on tensor
@@ -121,7 +126,11 @@ enum class DbiasMode : int {
   kDirect = 1,   // one CTA per (key block, b, h) owns each dB element: written from registers
   kAtomic = 2,   // bias shared over batch and/or heads: fp32 atomics into dbias_accum
   kGrouped = 3,  // shared, deterministic: a CTA loops over the sharing (b, h) in a fixed order
+  kCluster = 4,  // shared by at most 8 (b, h): those CTAs form a thread-block cluster and sum their
+                 // fp32 dS tiles through distributed shared memory in rank order (deterministic)
 };
+
+constexpr int kMaxClusterSize = 8;  // portable cluster size
 
 struct BwdArgs {
   FlashBiasBwdParams p;
@@ -138,7 +147,8 @@ struct BwdArgs {
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;  // the bias is shared over the batch / heads
   bool group_b = false, group_h = false;    // kGrouped: a CTA loops over b / h
-  bool sharing_fastest = false;             // kAtomic: 1-d grid, the sharing b / h vary fastest
+  bool sharing_fastest = false;             // kAtomic, kCluster: 1-d grid, the sharing b / h vary fastest
+  int cluster_size = 1;                     // kCluster: number of (b, h) sharing one dB slice
 };
 
 }  // namespace pf::kernels::cuda::fb

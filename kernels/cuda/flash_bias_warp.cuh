@@ -96,22 +96,27 @@ __device__ __forceinline__ void cp_async_wait() {
 // Copies rows [r0, r0 + ROWS) of a (n_rows × D) row-major global matrix with row stride
 // `row_stride` into a shared tile of pitch kPitch; rows past n_rows are zero-filled (so that a
 // padded key or query never injects garbage, e.g. NaN · 0, into a product).
+// Each thread owns one 16-byte column piece and walks rows kNThreads / (D / piece) apart, so the
+// per-piece cost is one address add and one cp.async.
 // g: row 0 of the matrix, 16-byte aligned, row_stride a multiple of 16 bytes.
 template <typename T, int D, int ROWS, int kPitch, int kNThreads>
 __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int r0, int n_rows,
                                           int tid) {
   constexpr int kChunk = 16 / int(sizeof(T));
   constexpr int kChunksPerRow = D / kChunk;
-  constexpr int kTotal = ROWS * kChunksPerRow;
+  static_assert(kNThreads % kChunksPerRow == 0, "load_rows: threads must cover whole rows");
+  constexpr int kRowsPerPass = kNThreads / kChunksPerRow;
+  constexpr int kPasses = (ROWS + kRowsPerPass - 1) / kRowsPerPass;
+  const int col = (tid % kChunksPerRow) * kChunk, rr = tid / kChunksPerRow;
+  const T* src = g + int64_t(r0 + rr) * row_stride + col;
+  const int64_t step = int64_t(kRowsPerPass) * row_stride;
+  T* dst = s + rr * kPitch + col;
 #pragma unroll
-  for (int it = 0; it < (kTotal + kNThreads - 1) / kNThreads; ++it) {
-    const int c = tid + it * kNThreads;
-    if (kTotal % kNThreads != 0 && c >= kTotal) break;
-    const int r = c / kChunksPerRow;
-    const int col = (c % kChunksPerRow) * kChunk;
-    T* dst = s + r * kPitch + col;
-    if (r0 + r < n_rows) cp_async_16(dst, g + int64_t(r0 + r) * row_stride + col);
-    else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+  for (int ps = 0; ps < kPasses; ++ps) {
+    const int r = rr + ps * kRowsPerPass;
+    if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
+    if (r0 + r < n_rows) cp_async_16(dst + ps * kRowsPerPass * kPitch, src + ps * step);
+    else *reinterpret_cast<uint4*>(dst + ps * kRowsPerPass * kPitch) = make_uint4(0u, 0u, 0u, 0u);
   }
 }
 
