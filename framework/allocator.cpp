@@ -2,14 +2,91 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #ifdef PF_WITH_CUDA
-#include <cuda_runtime_api.h>
-
+#include "kernels/cuda/context.h"
 #include "kernels/cuda/device_info.h"
 #endif
 
 namespace pf {
+
+#ifdef PF_WITH_CUDA
+namespace {
+
+// Size classes: multiples of 512 bytes up to 1 MiB; above, 16 classes per power of two (at most
+// 6.25% rounding waste). A block is reused only for its own class, so no block is ever split.
+size_t size_class(size_t bytes) {
+  constexpr size_t kSmall = size_t{1} << 20;
+  if (bytes <= kSmall) return (bytes + 511) / 512 * 512;
+  size_t pow2 = kSmall;
+  while (pow2 * 2 < bytes) pow2 *= 2;
+  const size_t step = pow2 / 16;
+  return (bytes + step - 1) / step * step;
+}
+
+struct CachingAllocator {
+  std::mutex mu;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;  // class → cached blocks
+  std::unordered_map<void*, size_t> live;                      // block → its class
+  CudaMemoryStats stats;
+
+  void* alloc(size_t bytes) {
+    const size_t cls = size_class(bytes);
+    std::lock_guard<std::mutex> lock(mu);
+    void* p = nullptr;
+    auto it = free_blocks.find(cls);
+    if (it != free_blocks.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+    } else {
+      p = kernels::cuda::raw_malloc(cls);
+      if (!p) {  // out of memory: give the cache back and try once more
+        release_cached_locked();
+        p = kernels::cuda::raw_malloc(cls);
+      }
+      PF_CHECK(p != nullptr, "CUDA out of memory allocating "
+                                 << bytes << " bytes (" << stats.allocated << " bytes in live tensors, "
+                                 << stats.reserved << " reserved)");
+      ++stats.device_mallocs;
+      stats.reserved += cls;
+      stats.peak_reserved = std::max(stats.peak_reserved, stats.reserved);
+    }
+    live[p] = cls;
+    stats.allocated += cls;
+    stats.peak_allocated = std::max(stats.peak_allocated, stats.allocated);
+    return p;
+  }
+
+  void free(void* p) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = live.find(p);
+    PF_CHECK(it != live.end(), "device_free of a pointer the CUDA allocator did not hand out");
+    stats.allocated -= it->second;
+    free_blocks[it->second].push_back(p);
+    live.erase(it);
+  }
+
+  void release_cached_locked() {
+    for (auto& [cls, blocks] : free_blocks) {
+      for (void* p : blocks) {
+        kernels::cuda::raw_free(p);
+        stats.reserved -= cls;
+      }
+      blocks.clear();
+    }
+  }
+};
+
+CachingAllocator& cuda_allocator() {
+  static CachingAllocator* a = new CachingAllocator;  // outlives static tensors at exit
+  return *a;
+}
+
+}  // namespace
+#endif
 
 void* device_alloc(Device device, size_t bytes) {
   if (bytes == 0) bytes = 1;
@@ -20,11 +97,7 @@ void* device_alloc(Device device, size_t bytes) {
     return p;
   }
 #ifdef PF_WITH_CUDA
-  void* p = nullptr;
-  cudaError_t err = cudaMalloc(&p, bytes);
-  PF_CHECK(err == cudaSuccess,
-           "cudaMalloc of " << bytes << " bytes failed: " << cudaGetErrorString(err));
-  return p;
+  return cuda_allocator().alloc(bytes);
 #else
   PF_FAIL("a CUDA tensor was requested but this build has no CUDA support");
 #endif
@@ -37,7 +110,7 @@ void device_free(Device device, void* ptr, size_t /*bytes*/) {
     return;
   }
 #ifdef PF_WITH_CUDA
-  cudaFree(ptr);
+  cuda_allocator().free(ptr);
 #endif
 }
 
@@ -48,12 +121,13 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
     return;
   }
 #ifdef PF_WITH_CUDA
-  cudaMemcpyKind kind = dst_device == Device::CPU   ? cudaMemcpyDeviceToHost
-                        : src_device == Device::CPU ? cudaMemcpyHostToDevice
-                                                    : cudaMemcpyDeviceToDevice;
-  cudaError_t err = cudaMemcpy(dst, src, bytes, kind);
-  PF_CHECK(err == cudaSuccess, "cudaMemcpy of " << bytes << " bytes failed: "
-                                                 << cudaGetErrorString(err));
+  if (dst_device == Device::CPU) {
+    kernels::cuda::copy_device_to_host(dst, src, bytes);
+  } else if (src_device == Device::CPU) {
+    kernels::cuda::copy_host_to_device(dst, src, bytes);
+  } else {
+    kernels::cuda::copy_device_to_device(dst, src, bytes);
+  }
 #else
   PF_FAIL("a CUDA copy was requested but this build has no CUDA support");
 #endif
@@ -65,6 +139,33 @@ bool cuda_available() {
   return available;
 #else
   return false;
+#endif
+}
+
+CudaMemoryStats cuda_memory_stats() {
+#ifdef PF_WITH_CUDA
+  auto& a = cuda_allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  return a.stats;
+#else
+  return {};
+#endif
+}
+
+void cuda_reset_peak_memory() {
+#ifdef PF_WITH_CUDA
+  auto& a = cuda_allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.stats.peak_allocated = a.stats.allocated;
+  a.stats.peak_reserved = a.stats.reserved;
+#endif
+}
+
+void cuda_empty_cache() {
+#ifdef PF_WITH_CUDA
+  auto& a = cuda_allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.release_cached_locked();
 #endif
 }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "framework/anomaly.h"
+#include "framework/precision.h"
 
 namespace pf::nn {
 
@@ -58,7 +59,13 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias, Rng& rng) {
   if (with_bias) bias = register_parameter("bias", uniform({out}, -bound, bound, rng));
 }
 
-Tensor Linear::forward(const Tensor& x) const { return ops::linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) const {
+  // bf16 activations (framework/precision.h): the product uses bf16 copies of the fp32 weights.
+  if (x.defined() && x.dtype() == DType::BF16 && weight.dtype() != DType::BF16)
+    return ops::linear(x, ops::cast(weight, x.dtype()),
+                       bias.defined() ? ops::cast(bias, x.dtype()) : bias);
+  return ops::linear(x, weight, bias);
+}
 
 // ---- LayerNorm -------------------------------------------------------------------------------
 
@@ -75,7 +82,10 @@ Embedding::Embedding(int64_t V, int64_t D, Rng& rng) {
   weight = register_parameter("weight", randn({V, D}, rng));
 }
 
-Tensor Embedding::forward(const Tensor& idx) const { return ops::embedding(weight, idx); }
+Tensor Embedding::forward(const Tensor& idx) const {
+  const Tensor out = ops::embedding(weight, idx);
+  return autocast_enabled() ? ops::cast(out, autocast_dtype()) : out;  // framework/precision.h
+}
 
 // ---- MLP -------------------------------------------------------------------------------------
 

@@ -46,6 +46,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels);
 // weight:(V,D) idx:(...) I32 in [0,V) → (...,D); backward scatter-adds into weight's gradient.
 Tensor embedding(const Tensor& weight, const Tensor& idx);
 
+// ---- dtype ------------------------------------------------------------------------------------
+// x converted (nearest even) to a floating dtype; the gradient is converted back to x's dtype.
+// Returns x itself when the dtype already matches.
+Tensor cast(const Tensor& x, DType dtype);
+
 // ---- shape ------------------------------------------------------------------------------------
 Tensor reshape(const Tensor& x, const Shape& shape);  // shares storage; one dim may be −1
 Tensor permute(const Tensor& x, const std::vector<int>& dims);  // copy; out dim i = x dim dims[i]

@@ -4,6 +4,11 @@
 #include <cmath>
 
 #include "kernels/cpu/adamw.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/elementwise.h"
+#endif
 
 namespace pf::optim {
 
@@ -25,7 +30,21 @@ void AdamW::step(double lr) {
     if (!g.defined()) continue;
     const kernels::cpu::AdamWStep s{lr, opt_.beta1, opt_.beta2, opt_.eps,
                                     decay_[i] ? opt_.weight_decay : 0.0, t_};
-    PF_CHECK(p.device() == Device::CPU, "AdamW: CUDA parameters need the CUDA backend");
+    if (p.device() == Device::CUDA) {
+#ifdef PF_WITH_CUDA
+      PF_CHECK(p.dtype() == DType::F32 && g.dtype() == DType::F32,
+               "AdamW: parameter '" << params_[i].first << "' on the GPU must be float32 master "
+                                    << "weights with a float32 gradient, got " << p.str()
+                                    << " and gradient " << g.str());
+      kernels::cuda::adamw_update(static_cast<float*>(p.data_ptr()),
+                                  static_cast<const float*>(g.data_ptr()),
+                                  static_cast<float*>(m_[i].data_ptr()),
+                                  static_cast<float*>(v_[i].data_ptr()), p.numel(), s);
+      continue;
+#else
+      PF_FAIL("AdamW: parameter '" << params_[i].first << "' is on the GPU in a build without CUDA");
+#endif
+    }
     if (p.dtype() == DType::F32) {
       kernels::cpu::adamw_update(p.data<float>(), g.data<float>(), m_[i].data<float>(),
                                  v_[i].data<float>(), p.numel(), s);
@@ -58,10 +77,35 @@ std::vector<bool> decay_mask(const nn::NamedTensors& params,
   return out;
 }
 
-double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+namespace {
+// Σ‖g‖² over the gradients; on the GPU summed into one device value and read back once.
+double total_sum_of_squares(const std::vector<Tensor>& params) {
+#ifdef PF_WITH_CUDA
+  const bool on_gpu = !params.empty() && params[0].device() == Device::CUDA;
+  if (on_gpu) {
+    Tensor acc = Tensor::empty({}, DType::F64, Device::CUDA);
+    kernels::cuda::memset_zero(acc.data_ptr(), sizeof(double));
+    for (const Tensor& p : params) {
+      const Tensor g = p.grad();
+      if (!g.defined()) continue;
+      PF_CHECK(g.device() == Device::CUDA && (g.dtype() == DType::F32 || g.dtype() == DType::BF16),
+               "clip_grad_norm: gradients must all be float32/bfloat16 on the GPU, got " << g.str());
+      kernels::cuda::sum_of_squares(g.dtype() == DType::F32 ? kernels::ScalarType::F32
+                                                            : kernels::ScalarType::BF16,
+                                    g.data_ptr(), g.numel(), static_cast<double*>(acc.data_ptr()));
+    }
+    return acc.item();
+  }
+#endif
   double sq = 0;
   for (const Tensor& p : params)
     if (p.grad().defined()) sq += ops::sum_of_squares(p.grad());
+  return sq;
+}
+}  // namespace
+
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  const double sq = total_sum_of_squares(params);
   const double norm = std::sqrt(sq);
   const double coef = max_norm / (norm + 1e-6);
   if (max_norm > 0 && coef < 1.0) {

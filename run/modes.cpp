@@ -1,5 +1,6 @@
 #include "run/modes.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include "framework/gradcheck.h"
 #include "framework/optim.h"
 #include "framework/plot.h"
+#include "framework/precision.h"
 #include "framework/run_dir.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/device_info.h"
@@ -289,6 +291,8 @@ void write_plots(const std::string& dir, const MetricsLog& log, const models::Pa
 int train(const Config& cfg, bool resume, int64_t stop_at) {
   const Device device = resolve_device(cfg.device);
   const DType dtype = precision_dtype(cfg.train.precision, device);
+  // bf16: bf16 activations over the fp32 master weights (framework/precision.h)
+  const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : dtype);
   const auto& t = cfg.train;
   const anomaly::EnableGuard anomaly_mode(t.detect_anomaly);
   prepare_run_dir(cfg.out);
@@ -342,7 +346,13 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
       PF_FAIL("parameter or moment '" << bad << "' holds a NaN or an infinity after step " << st.step
                                       << ", so no checkpoint is written: " << kept()
                                       << " (try a lower train.lr, or train.grad_clip > 0)");
-    save_checkpoint(ckpt_path, cfg, model, opt, st);
+    try {
+      save_checkpoint(ckpt_path, cfg, model, opt, st);
+    } catch (const Error& e) {  // a full disk, an unwritable directory: say what is kept
+      std::string why = e.what();
+      std::replace(why.begin(), why.end(), '\n', ' ');  // HDF5's own messages may hold newlines
+      PF_FAIL("the checkpoint of step " << st.step << " could not be written (" << why << "); " << kept());
+    }
     saved_step = st.step;
     std::printf("checkpoint step %lld -> %s\n", static_cast<long long>(st.step), ckpt_path.c_str());
     std::fflush(stdout);
@@ -429,6 +439,7 @@ int evaluate(const Config& cfg, const std::string& checkpoint_path) {
   models::PairBiasModel model(cfg.model, cfg.train.seed);
   model.to(precision_dtype(cfg.train.precision, device));
   model.to(device);
+  const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : DType::F32);
   const TrainState st = load_checkpoint(checkpoint_path, cfg, model, nullptr);
   const EvalResult e = evaluate_set(model, val_set, cfg.train.batch_size, device);
   std::printf("%s\n", JsonLine().add("mode", "eval").add("val_loss", e.loss).add("val_acc", e.accuracy)

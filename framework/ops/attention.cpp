@@ -12,6 +12,10 @@
 
 #include "framework/ops/common.h"
 #include "kernels/cpu/flash_bias.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/flash_bias.h"
+#endif
 
 namespace pf::ops {
 
@@ -110,14 +114,90 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
   return p;
 }
 
+#ifdef PF_WITH_CUDA
+// The forward problem on the GPU: forward_params with the device dtypes (float32 or bfloat16)
+// and the device mask pointer.
+kernels::FlashBiasParams cuda_params(const AttentionShape& s, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& bias, const Tensor& mask,
+                                     bool causal, double scale) {
+  kernels::FlashBiasParams p = forward_params(s, q, k, v, bias, Tensor(), causal, scale);
+  p.dtype = scalar_type_of(q.dtype());
+  if (bias.defined()) p.bias_dtype = scalar_type_of(bias.dtype());
+  if (mask.defined()) p.key_padding_mask = static_cast<const uint8_t*>(mask.data_ptr());
+  return p;
+}
+
+// The flash-bias CUDA kernels as the op: lse (B,H,Nq) fp32 saved for the backward; the backward's
+// workspace comes from the caching allocator.
+Tensor attention_cuda(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Tensor& bias, const AttentionOptions& opt, double scale) {
+  Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
+  Tensor lse = Tensor::empty({s.B, s.H, s.Nq}, DType::F32, q.device());
+  kernels::FlashBiasParams p =
+      cuda_params(s, q, k, v, bias, opt.key_padding_mask, opt.causal, scale);
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr();
+  kernels::cuda::flash_bias_forward(p, static_cast<cudaStream_t>(kernels::cuda::stream()));
+
+  const Tensor sq = q.detach(), sk = k.detach(), sv = v.detach(), so = out.detach();
+  const Tensor sbias = bias.defined() ? bias.detach() : Tensor();
+  const Tensor smask = opt.key_padding_mask.defined() ? opt.key_padding_mask.detach() : Tensor();
+  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
+  const bool need_bias = bias.defined() && bias.requires_grad();
+  const bool causal = opt.causal, deterministic = opt.deterministic;
+  return make_result(out, "attention", {q, k, v, bias},
+                     [=](const Tensor& g) -> std::vector<Tensor> {
+                       kernels::FlashBiasBwdParams bp;
+                       static_cast<kernels::FlashBiasParams&>(bp) =
+                           cuda_params(s, sq, sk, sv, sbias, smask, causal, scale);
+                       bp.out = const_cast<void*>(so.data_ptr());
+                       bp.lse = const_cast<void*>(lse.data_ptr());
+                       bp.dout = g.data_ptr();
+                       bp.dout_stride = bp.q_stride;
+                       Tensor dq, dk, dv, dbias;
+                       if (need_q) {
+                         dq = Tensor::empty(sq.shape(), sq.dtype(), sq.device());
+                         bp.dq = dq.data_ptr();
+                         bp.dq_stride = bp.q_stride;
+                       }
+                       if (need_k) {
+                         dk = Tensor::empty(sk.shape(), sk.dtype(), sk.device());
+                         bp.dk = dk.data_ptr();
+                         bp.dk_stride = bp.k_stride;
+                       }
+                       if (need_v) {
+                         dv = Tensor::empty(sv.shape(), sv.dtype(), sv.device());
+                         bp.dv = dv.data_ptr();
+                         bp.dv_stride = bp.v_stride;
+                       }
+                       if (need_bias) {
+                         dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
+                         bp.dbias = dbias.data_ptr();
+                         bp.dbias_batch_stride = s.bias_batch_stride;
+                         bp.dbias_head_stride = s.bias_head_stride;
+                         bp.dbias_row_stride = s.bias_row_stride;
+                       }
+                       bp.deterministic = deterministic;
+                       Tensor ws = Tensor::empty(
+                           {static_cast<int64_t>(kernels::cuda::flash_bias_backward_workspace_bytes(bp))},
+                           DType::U8, g.device());
+                       kernels::cuda::flash_bias_backward(
+                           bp, ws.data_ptr(), static_cast<cudaStream_t>(kernels::cuda::stream()));
+                       return {dq, dk, dv, dbias};
+                     });
+}
+#endif
+
 }  // namespace
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D)
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const AttentionOptions& opt) {
   const AttentionShape s = check_attention(q, k, v, bias, opt);
-  if (q.device() == Device::CUDA) PF_FAIL("attention: CUDA backend not built yet");
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(s.D));
+#ifdef PF_WITH_CUDA
+  if (q.device() == Device::CUDA) return attention_cuda(s, q, k, v, bias, opt, scale);
+#endif
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
   // The log-sum-exp per (b, h, query row), in the accumulator type (float for F32 inputs).
   Tensor lse = Tensor::empty({s.B, s.H, s.Nq}, q.dtype(), q.device());

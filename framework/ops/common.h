@@ -6,6 +6,7 @@
 #include "framework/autograd.h"
 #include "framework/ops.h"
 #include "framework/tensor.h"
+#include "kernels/flash_bias_params.h"  // ScalarType
 
 namespace pf::ops::detail {
 
@@ -14,11 +15,26 @@ inline void check_defined(const Tensor& t, const char* op, const char* name) {
   PF_CHECK(t.defined(), op << ": " << name << " is an undefined tensor");
 }
 
-// Errors unless t is a defined float32/float64 tensor.
+// Errors unless t is a defined float32/float64 tensor (on the GPU: float32 or bfloat16).
 inline void check_float(const Tensor& t, const char* op, const char* name) {
   check_defined(t, op, name);
+  if (t.device() == Device::CUDA) {
+    PF_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16,
+             op << ": " << name << " on the GPU must be float32 or bfloat16, got " << t.str());
+    return;
+  }
   PF_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
            op << ": " << name << " must be float32 or float64, got " << t.str());
+}
+
+// The kernels' name for a dtype (floating dtypes only).
+inline kernels::ScalarType scalar_type_of(DType t) {
+  switch (t) {
+    case DType::F64: return kernels::ScalarType::F64;
+    case DType::BF16: return kernels::ScalarType::BF16;
+    case DType::F16: return kernels::ScalarType::F16;
+    default: return kernels::ScalarType::F32;
+  }
 }
 
 // Errors unless a and b share dtype and device.

@@ -10,6 +10,10 @@
 
 #include "framework/ops/common.h"
 #include "kernels/cpu/elementwise.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/elementwise.h"
+#endif
 
 namespace pf::ops {
 
@@ -23,9 +27,15 @@ Tensor binary_raw(kernels::cpu::BinaryOp op, const Tensor& a, const Tensor& b, c
   check_float(b, name, "b");
   check_same(a, "a", b, "b", name);
   const Shape shape = broadcast_shapes(a.shape(), b.shape());
-  if (a.device() == Device::CUDA) PF_FAIL(name << ": CUDA backend not built yet");
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
   const Shape sa = broadcast_strides(a.shape(), shape), sb = broadcast_strides(b.shape(), shape);
+#ifdef PF_WITH_CUDA
+  if (a.device() == Device::CUDA) {
+    kernels::cuda::binary(op, scalar_type_of(a.dtype()), a.data_ptr(), sa.data(), b.data_ptr(),
+                          sb.data(), out.data_ptr(), shape.data(), static_cast<int>(shape.size()));
+    return out;
+  }
+#endif
   dispatch_float(a.dtype(), name, [&](auto t) {
     using T = decltype(t);
     kernels::cpu::binary(op, a.data<T>(), sa.data(), b.data<T>(), sb.data(), out.data<T>(),
@@ -36,8 +46,13 @@ Tensor binary_raw(kernels::cpu::BinaryOp op, const Tensor& a, const Tensor& b, c
 
 Tensor scale_raw(const Tensor& x, double s, const char* name) {
   check_float(x, name, "x");
-  if (x.device() == Device::CUDA) PF_FAIL(name << ": CUDA backend not built yet");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    kernels::cuda::scale(scalar_type_of(x.dtype()), x.data_ptr(), s, out.data_ptr(), x.numel());
+    return out;
+  }
+#endif
   dispatch_float(x.dtype(), name, [&](auto t) {
     using T = decltype(t);
     kernels::cpu::scale(x.data<T>(), static_cast<T>(s), out.data<T>(), x.numel());
@@ -100,8 +115,12 @@ Tensor scale(const Tensor& x, double s) {
 // x:(...) → (...)
 Tensor gelu(const Tensor& x) {
   check_float(x, "gelu", "x");
-  if (x.device() == Device::CUDA) PF_FAIL("gelu: CUDA backend not built yet");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA)
+    kernels::cuda::gelu_forward(scalar_type_of(x.dtype()), x.data_ptr(), out.data_ptr(), x.numel());
+  else
+#endif
   dispatch_float(x.dtype(), "gelu", [&](auto t) {
     using T = decltype(t);
     kernels::cpu::gelu_forward(x.data<T>(), out.data<T>(), x.numel());
@@ -109,6 +128,13 @@ Tensor gelu(const Tensor& x) {
   const Tensor saved_x = x.detach();
   return make_result(out, "gelu", {x}, [saved_x](const Tensor& g) -> std::vector<Tensor> {
     Tensor dx = Tensor::empty(saved_x.shape(), saved_x.dtype(), saved_x.device());
+#ifdef PF_WITH_CUDA
+    if (g.device() == Device::CUDA) {
+      kernels::cuda::gelu_backward(scalar_type_of(g.dtype()), saved_x.data_ptr(), g.data_ptr(),
+                                   dx.data_ptr(), saved_x.numel());
+      return {dx};
+    }
+#endif
     dispatch_float(saved_x.dtype(), "gelu", [&](auto t) {
       using T = decltype(t);
       kernels::cpu::gelu_backward(saved_x.data<T>(), g.data<T>(), dx.data<T>(), saved_x.numel());
@@ -135,7 +161,12 @@ void add_(Tensor& dst, const Tensor& src) { axpy_(dst, 1.0, src); }
 // x:(...) *= s
 void scale_(Tensor& x, double s) {
   check_float(x, "scale_", "x");
-  if (x.device() == Device::CUDA) PF_FAIL("scale_: CUDA backend not built yet");
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    kernels::cuda::scale(scalar_type_of(x.dtype()), x.data_ptr(), s, x.data_ptr(), x.numel());
+    return;
+  }
+#endif
   dispatch_float(x.dtype(), "scale_", [&](auto t) {
     using T = decltype(t);
     kernels::cpu::scale(x.data<T>(), static_cast<T>(s), x.data<T>(), x.numel());
@@ -145,7 +176,12 @@ void scale_(Tensor& x, double s) {
 // y:(...) += alpha·x:(...)
 void axpy_(Tensor& y, double alpha, const Tensor& x) {
   check_inplace(y, x, "axpy_");
-  if (y.device() == Device::CUDA) PF_FAIL("axpy_: CUDA backend not built yet");
+#ifdef PF_WITH_CUDA
+  if (y.device() == Device::CUDA) {
+    kernels::cuda::axpy(scalar_type_of(y.dtype()), y.data_ptr(), alpha, x.data_ptr(), y.numel());
+    return;
+  }
+#endif
   dispatch_float(y.dtype(), "axpy_", [&](auto t) {
     using T = decltype(t);
     kernels::cpu::axpy(y.data<T>(), static_cast<T>(alpha), x.data<T>(), y.numel());
@@ -155,7 +191,15 @@ void axpy_(Tensor& y, double alpha, const Tensor& x) {
 // x:(...) → Σ x²
 double sum_of_squares(const Tensor& x) {
   check_float(x, "sum_of_squares", "x");
-  if (x.device() == Device::CUDA) PF_FAIL("sum_of_squares: CUDA backend not built yet");
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {  // waits for the result
+    Tensor acc = Tensor::empty({}, DType::F64, Device::CUDA);
+    kernels::cuda::memset_zero(acc.data_ptr(), sizeof(double));
+    kernels::cuda::sum_of_squares(scalar_type_of(x.dtype()), x.data_ptr(), x.numel(),
+                                  static_cast<double*>(acc.data_ptr()));
+    return acc.item();
+  }
+#endif
   return dispatch_float(x.dtype(), "sum_of_squares", [&](auto t) {
     using T = decltype(t);
     return kernels::cpu::sum_of_squares(x.data<T>(), x.numel());
@@ -165,7 +209,14 @@ double sum_of_squares(const Tensor& x) {
 // x:(...) → no NaN/inf
 bool all_finite(const Tensor& x) {
   check_float(x, "all_finite", "x");
-  if (x.device() == Device::CUDA) PF_FAIL("all_finite: CUDA backend not built yet");
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {  // waits for the result
+    Tensor flag = Tensor::full({}, 1.0, DType::I32, Device::CUDA);
+    kernels::cuda::all_finite(scalar_type_of(x.dtype()), x.data_ptr(), x.numel(),
+                              static_cast<int*>(flag.data_ptr()));
+    return flag.item() != 0;
+  }
+#endif
   return dispatch_float(x.dtype(), "all_finite", [&](auto t) {
     using T = decltype(t);
     return kernels::cpu::all_finite(x.data<T>(), x.numel());

@@ -2,10 +2,43 @@
 // gradient rows into the table's gradient (repeated indices add up).
 #include "framework/ops/common.h"
 #include "kernels/cpu/embedding.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/embedding.h"
+#endif
 
 namespace pf::ops {
 
 using namespace detail;
+
+#ifdef PF_WITH_CUDA
+namespace {
+// The GPU path: float32 or bfloat16 tables, fp32 sums; the backward of the model's tables
+// (V·D ≤ 3072) is summed in a fixed order. An index outside [0,V) reads NaN and adds nothing.
+Tensor embedding_cuda(const Tensor& weight, const Tensor& idx) {
+  const int64_t V = weight.size(0), D = weight.size(1), n = idx.numel();
+  const auto st = scalar_type_of(weight.dtype());
+  Shape out_shape = idx.shape();
+  out_shape.push_back(D);
+  Tensor out = Tensor::empty(out_shape, weight.dtype(), weight.device());
+  kernels::cuda::embedding_forward(st, weight.data_ptr(),
+                                   static_cast<const int32_t*>(idx.data_ptr()), out.data_ptr(), n,
+                                   V, D);
+  const Tensor sidx = idx.detach();
+  return make_result(out, "embedding", {weight, idx},
+                     [sidx, V, D, n, st](const Tensor& g) -> std::vector<Tensor> {
+                       Tensor dw = Tensor::empty({V, D}, g.dtype(), g.device());
+                       Tensor ws = Tensor::empty(
+                           {static_cast<int64_t>(
+                               kernels::cuda::embedding_backward_workspace_bytes(n, V, D))},
+                           DType::U8, g.device());
+                       kernels::cuda::embedding_backward(
+                           st, g.data_ptr(), static_cast<const int32_t*>(sidx.data_ptr()),
+                           dw.data_ptr(), n, V, D, ws.data_ptr());
+                       return {dw, Tensor()};
+                     });
+}
+}  // namespace
+#endif
 
 // weight:(V,D) idx:(...) I32 → (...,D)
 Tensor embedding(const Tensor& weight, const Tensor& idx) {
@@ -15,7 +48,9 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
   PF_CHECK(idx.dtype() == DType::I32, "embedding: idx must be int32, got " << idx.str());
   PF_CHECK(idx.device() == weight.device(), "embedding: weight and idx on different devices: "
                                                 << weight.str() << " and " << idx.str());
-  if (weight.device() == Device::CUDA) PF_FAIL("embedding: CUDA backend not built yet");
+#ifdef PF_WITH_CUDA
+  if (weight.device() == Device::CUDA) return embedding_cuda(weight, idx);
+#endif
   const int64_t V = weight.size(0), D = weight.size(1), n = idx.numel();
   Shape out_shape = idx.shape();
   out_shape.push_back(D);

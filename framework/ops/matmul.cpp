@@ -9,6 +9,10 @@
 
 #include "framework/ops/common.h"
 #include "kernels/cpu/matmul.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/reduce.h"
+#endif
 
 namespace pf::ops {
 
@@ -57,8 +61,13 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_float(b, "matmul", "b");
   check_same(a, "a", b, "b", "matmul");
   const MatmulDims d = matmul_dims(a, b, trans_a, trans_b);
-  if (a.device() == Device::CUDA) PF_FAIL("matmul: CUDA backend not built yet");
   Tensor out = Tensor::empty(d.out_shape, a.dtype(), a.device());
+#ifdef PF_WITH_CUDA
+  if (a.device() == Device::CUDA)
+    kernels::cuda::gemm(scalar_type_of(a.dtype()), d.batch, d.M, d.N, d.K, a.data_ptr(), true,
+                        trans_a, b.data_ptr(), d.b_batched, trans_b, out.data_ptr(), true, false);
+  else
+#endif
   dispatch_float(a.dtype(), "matmul", [&](auto t) {
     using T = decltype(t);
     kernels::cpu::gemm<T>(d.batch, d.M, d.N, d.K, a.data<T>(), true, trans_a, b.data<T>(),
@@ -71,6 +80,30 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
       out, "matmul", {a, b},
       [sa, sb, a_shape, b_shape, d, trans_a, trans_b](const Tensor& g) -> std::vector<Tensor> {
         Tensor da, db;
+#ifdef PF_WITH_CUDA
+        if (g.device() == Device::CUDA) {  // the same products as the CPU path below
+          const auto st = scalar_type_of(g.dtype());
+          if (sb.defined()) {
+            da = Tensor::empty(a_shape, g.dtype(), g.device());
+            if (!trans_a)
+              kernels::cuda::gemm(st, d.batch, d.M, d.K, d.N, g.data_ptr(), true, false,
+                                  sb.data_ptr(), d.b_batched, !trans_b, da.data_ptr(), true, false);
+            else
+              kernels::cuda::gemm(st, d.batch, d.K, d.M, d.N, sb.data_ptr(), d.b_batched, trans_b,
+                                  g.data_ptr(), true, true, da.data_ptr(), true, false);
+          }
+          if (sa.defined()) {
+            db = Tensor::empty(b_shape, g.dtype(), g.device());
+            if (!trans_b)
+              kernels::cuda::gemm(st, d.batch, d.K, d.N, d.M, sa.data_ptr(), true, !trans_a,
+                                  g.data_ptr(), true, false, db.data_ptr(), d.b_batched, false);
+            else
+              kernels::cuda::gemm(st, d.batch, d.N, d.K, d.M, g.data_ptr(), true, true,
+                                  sa.data_ptr(), true, trans_a, db.data_ptr(), d.b_batched, false);
+          }
+          return {da, db};
+        }
+#endif
         dispatch_float(g.dtype(), "matmul", [&](auto t) {
           using T = decltype(t);
           const T* gp = g.data<T>();
@@ -114,10 +147,17 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
                                                               << shape_str(w.shape()) << ", got "
                                                               << b.str());
   }
-  if (x.device() == Device::CUDA) PF_FAIL("linear: CUDA backend not built yet");
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
   Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    const auto st = scalar_type_of(x.dtype());
+    kernels::cuda::gemm(st, 1, M, out_f, in, x.data_ptr(), false, false, w.data_ptr(), false, true,
+                        y.data_ptr(), false, false);
+    if (b.defined()) kernels::cuda::add_row_vector(st, y.data_ptr(), b.data_ptr(), M, out_f);
+  } else
+#endif
   dispatch_float(x.dtype(), "linear", [&](auto t) {
     using T = decltype(t);
     // One GEMM over all rows: (M,in)·(out,in)ᵀ.
@@ -133,6 +173,27 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
       y, "linear", {x, w, b},
       [sx, sw, need_b, x_shape, w_shape, M, in, out_f](const Tensor& g) -> std::vector<Tensor> {
         Tensor dx, dw, db;
+#ifdef PF_WITH_CUDA
+        if (g.device() == Device::CUDA) {  // the same products as the CPU path below
+          const auto st = scalar_type_of(g.dtype());
+          if (sw.defined()) {
+            dx = Tensor::empty(x_shape, g.dtype(), g.device());
+            kernels::cuda::gemm(st, 1, M, in, out_f, g.data_ptr(), false, false, sw.data_ptr(),
+                                false, false, dx.data_ptr(), false, false);
+          }
+          if (sx.defined()) {
+            dw = Tensor::empty(w_shape, g.dtype(), g.device());
+            kernels::cuda::gemm(st, 1, out_f, in, M, g.data_ptr(), false, true, sx.data_ptr(),
+                                false, false, dw.data_ptr(), false, false);
+          }
+          if (need_b) {  // column sums of G (M,out)
+            db = Tensor::empty({out_f}, g.dtype(), g.device());
+            const int64_t shape2[2] = {M, out_f}, out_stride[2] = {0, 1};
+            kernels::cuda::sum_to(st, g.data_ptr(), shape2, 2, out_stride, db.data_ptr(), out_f);
+          }
+          return {dx, dw, db};
+        }
+#endif
         dispatch_float(g.dtype(), "linear", [&](auto t) {
           using T = decltype(t);
           const T* gp = g.data<T>();

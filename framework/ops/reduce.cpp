@@ -6,6 +6,11 @@
 #include "framework/ops/common.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/reduce.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/permute.h"
+#include "kernels/cuda/reduce.h"
+#endif
 
 namespace pf::ops {
 
@@ -13,9 +18,15 @@ namespace detail {
 
 Tensor reduce_to(const Tensor& g, const Shape& shape) {
   if (g.shape() == shape) return g;
-  if (g.device() == Device::CUDA) PF_FAIL("sum_to: CUDA backend not built yet");
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
   const Shape out_strides = broadcast_strides(shape, g.shape());
+#ifdef PF_WITH_CUDA
+  if (g.device() == Device::CUDA) {
+    kernels::cuda::sum_to(scalar_type_of(g.dtype()), g.data_ptr(), g.shape().data(), g.ndim(),
+                          out_strides.data(), out.data_ptr(), out.numel());
+    return out;
+  }
+#endif
   dispatch_float(g.dtype(), "sum_to", [&](auto t) {
     using T = decltype(t);
     kernels::cpu::sum_to(g.data<T>(), g.shape().data(), g.ndim(), out_strides.data(), out.data<T>(),
@@ -26,9 +37,15 @@ Tensor reduce_to(const Tensor& g, const Shape& shape) {
 
 Tensor expand_to(const Tensor& x, const Shape& shape) {
   if (x.shape() == shape) return x;
-  if (x.device() == Device::CUDA) PF_FAIL("expand: CUDA backend not built yet");
   Tensor out = Tensor::empty(shape, x.dtype(), x.device());
   const Shape strides = broadcast_strides(x.shape(), shape);
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    kernels::cuda::strided_copy(x.data_ptr(), strides.data(), out.data_ptr(), shape.data(),
+                                static_cast<int>(shape.size()), dtype_size(x.dtype()));
+    return out;
+  }
+#endif
   kernels::cpu::strided_copy(x.data_ptr(), strides.data(), out.data_ptr(), shape.data(),
                              static_cast<int>(shape.size()), dtype_size(x.dtype()));
   return out;
@@ -43,12 +60,32 @@ namespace {
 // x:(...) → scalar Σ x · factor (accumulated in double), in x's dtype.
 Tensor scaled_total(const Tensor& x, double factor, const char* op) {
   check_float(x, op, "x");
-  if (x.device() == Device::CUDA) PF_FAIL(op << ": CUDA backend not built yet");
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {  // stays on the device: no wait
+    Tensor out = Tensor::empty({}, x.dtype(), x.device());
+    kernels::cuda::sum(scalar_type_of(x.dtype()), x.data_ptr(), x.numel(),
+                       scalar_type_of(x.dtype()), out.data_ptr(), factor);
+    return out;
+  }
+#endif
   const double total = dispatch_float(x.dtype(), op, [&](auto t) {
     using T = decltype(t);
     return kernels::cpu::sum(x.data<T>(), x.numel());
   });
   return Tensor::full({}, total * factor, x.dtype(), x.device());
+}
+
+// g:() → (shape) filled with g·factor; on the GPU without reading g back to the host.
+Tensor broadcast_grad(const Tensor& g, const Shape& shape, double factor) {
+#ifdef PF_WITH_CUDA
+  if (g.device() == Device::CUDA) {
+    Tensor out = Tensor::empty(shape, g.dtype(), g.device());
+    kernels::cuda::broadcast_scalar(scalar_type_of(g.dtype()), out.data_ptr(), out.numel(),
+                                    scalar_type_of(g.dtype()), g.data_ptr(), factor);
+    return out;
+  }
+#endif
+  return Tensor::full(shape, g.item() * factor, g.dtype(), g.device());
 }
 
 }  // namespace
@@ -58,7 +95,7 @@ Tensor sum(const Tensor& x) {
   Tensor out = scaled_total(x, 1.0, "sum");
   const Shape shape = x.shape();
   return make_result(out, "sum", {x}, [shape](const Tensor& g) -> std::vector<Tensor> {
-    return {Tensor::full(shape, g.item(), g.dtype(), g.device())};
+    return {broadcast_grad(g, shape, 1.0)};
   });
 }
 
@@ -70,7 +107,7 @@ Tensor mean(const Tensor& x) {
   Tensor out = scaled_total(x, inv_n, "mean");
   const Shape shape = x.shape();
   return make_result(out, "mean", {x}, [shape, inv_n](const Tensor& g) -> std::vector<Tensor> {
-    return {Tensor::full(shape, g.item() * inv_n, g.dtype(), g.device())};
+    return {broadcast_grad(g, shape, inv_n)};
   });
 }
 

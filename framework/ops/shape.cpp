@@ -3,10 +3,28 @@
 //   reshape: dx = g viewed as x's shape;   permute by p: dx = permute(g, p⁻¹)
 #include "framework/ops/common.h"
 #include "kernels/cpu/permute.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/permute.h"
+#endif
 
 namespace pf::ops {
 
 using namespace detail;
+
+namespace {
+// out = x permuted by perm (no autograd), on x's device.
+void permute_raw(const Tensor& x, const std::vector<int>& perm, Tensor& out) {
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    kernels::cuda::permute(x.data_ptr(), x.shape().data(), x.ndim(), perm.data(), out.data_ptr(),
+                           dtype_size(x.dtype()));
+    return;
+  }
+#endif
+  kernels::cpu::permute(x.data_ptr(), x.shape().data(), x.ndim(), perm.data(), out.data_ptr(),
+                        dtype_size(x.dtype()));
+}
+}  // namespace
 
 // x:(...) → shape (one entry may be −1: inferred)
 Tensor reshape(const Tensor& x, const Shape& shape) {
@@ -53,19 +71,16 @@ Tensor permute(const Tensor& x, const std::vector<int>& dims) {
     perm[i] = d;
     inverse[d] = i;
   }
-  if (x.device() == Device::CUDA) PF_FAIL("permute: CUDA backend not built yet");
   Shape out_shape(n);
   for (int i = 0; i < n; ++i) out_shape[i] = x.shape()[perm[i]];
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  kernels::cpu::permute(x.data_ptr(), x.shape().data(), n, perm.data(), out.data_ptr(),
-                        dtype_size(x.dtype()));
+  permute_raw(x, perm, out);
   return make_result(out, "permute", {x}, [inverse](const Tensor& g) -> std::vector<Tensor> {
     Shape shape(g.ndim());
     std::vector<int> p = inverse;
     for (int i = 0; i < g.ndim(); ++i) shape[i] = g.shape()[p[i]];
     Tensor dx = Tensor::empty(shape, g.dtype(), g.device());
-    kernels::cpu::permute(g.data_ptr(), g.shape().data(), g.ndim(), p.data(), dx.data_ptr(),
-                          dtype_size(g.dtype()));
+    permute_raw(g, p, dx);
     return {dx};
   });
 }

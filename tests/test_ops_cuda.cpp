@@ -1,0 +1,515 @@
+// Every op of framework/ops.h on the GPU against the CPU on the same random inputs, forward and
+// backward, in float32 and bfloat16; the raw kernels' outputs are NaN-poisoned first; the caching
+// allocator's behaviour; AdamW and gradient clipping. Skips cleanly without a CUDA device.
+//
+// Tolerances (‖gpu − cpu‖ / ‖cpu‖ over all elements):
+// - float32: 1e-5. Both sides compute in fp32 from the same inputs and differ only in the order
+//   of their sums (cuBLAS, block reductions); for sums of n ≤ ~10⁴ terms the norm-wise error is a
+//   few times √n·2⁻²⁴ ≈ 6e-6 in the worst case we draw, and typically 1e-7.
+// - bfloat16: the GPU stores every result in bf16 (unit roundoff u = 2⁻⁸ ≈ 3.9e-3) while the CPU
+//   reference computes the same (bf16-representable) inputs in fp32. Each checked value carries
+//   at most three bf16 roundings in sequence (an intermediate stored in bf16 — e.g. a GEMM output
+//   that a bias is added to — the result itself, and for gradients the bf16 upstream gradient),
+//   so its relative error is ≤ 3u ≈ 1.2e-2 elementwise; a norm-wise bound of 3u = 1.17e-2 holds
+//   with margin (rounding errors are not all of one sign). A wrong kernel is off by O(1).
+//
+// Inputs are drawn fresh each run; the seed is printed and PF_TEST_SEED=<n> replays a run.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/allocator.h"
+#include "framework/autograd.h"
+#include "framework/ops.h"
+#include "framework/optim.h"
+#include "framework/random.h"
+#include "framework/tensor.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/layernorm.h"
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/reduce.h"
+#endif
+
+namespace pf {
+namespace {
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBF16Tol = 3.0 / 256.0;  // 3u, u = 2⁻⁸ (see the header)
+
+uint64_t test_seed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("PF_TEST_SEED");
+    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+    std::printf("test_ops_cuda: seed %llu (PF_TEST_SEED=%llu replays it)\n",
+                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
+    return s;
+  }();
+  return seed;
+}
+
+#define PF_REQUIRE_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)"
+
+double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = a[i] - b[i];
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  if (den == 0) return std::sqrt(num);
+  return std::sqrt(num / den);
+}
+
+bool all_finite_host(const std::vector<double>& v) {
+  for (double x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+// Fills the allocator's cache with NaN blocks shaped like `shapes` (then frees them), so that
+// the op's outputs, which reuse cached blocks of their size class, start out as NaN.
+void poison_cache(const std::vector<Shape>& shapes) {
+  std::vector<Tensor> held;
+  for (const Shape& s : shapes)
+    for (DType t : {DType::F32, DType::BF16})
+      held.push_back(Tensor::full(s, std::nan(""), t, Device::CUDA));
+}
+
+// One op case: inputs drawn on the CPU in float32 (index tensors I32); the op; which inputs get
+// gradients; which floating inputs stay float32 in the bf16 run (fp32 master weights).
+struct OpCase {
+  std::string name;
+  std::function<std::vector<Tensor>(Rng&)> inputs;
+  std::function<Tensor(const std::vector<Tensor>&)> fn;
+  std::vector<bool> grad;     // per input
+  std::vector<bool> keep_f32; // per input, in the bf16 run (empty: none)
+};
+
+struct RunResult {
+  std::vector<double> out;
+  std::vector<std::vector<double>> grads;  // per input with grad
+};
+
+// Runs c on `device` with floating inputs in `dtype`, backward from the upstream gradient r.
+RunResult run_case(const OpCase& c, const std::vector<Tensor>& host_inputs, const Tensor& host_r,
+                   Device device, DType dtype) {
+  std::vector<Tensor> in;
+  for (size_t i = 0; i < host_inputs.size(); ++i) {
+    Tensor t = host_inputs[i];
+    const bool keep = i < c.keep_f32.size() && c.keep_f32[i];
+    if (is_floating(t.dtype()) && !keep) t = t.to(dtype);  // host conversion, then the copy
+    t = t.to(device);
+    if (c.grad[i]) t.requires_grad_(true);
+    in.push_back(t);
+  }
+  Tensor out = c.fn(in);
+  Tensor r = host_r.to(out.dtype()).to(device);
+  if (device == Device::CUDA) poison_cache({out.shape()});
+  out.backward(r);
+  RunResult res;
+  res.out = out.to(Device::CPU).to_vector<double>();
+  for (size_t i = 0; i < in.size(); ++i)
+    if (c.grad[i]) {
+      EXPECT_TRUE(in[i].grad().defined()) << c.name << ": no gradient for input " << i;
+      if (in[i].grad().defined()) {
+        EXPECT_EQ(in[i].grad().dtype(), in[i].dtype()) << c.name << ": gradient dtype, input " << i;
+        res.grads.push_back(in[i].grad().to(Device::CPU).to_vector<double>());
+      } else {
+        res.grads.emplace_back();
+      }
+    }
+  return res;
+}
+
+// bf16-representable copies of the floating inputs (the values the bf16 run sees), as float32.
+std::vector<Tensor> round_to_bf16(const OpCase& c, const std::vector<Tensor>& inputs) {
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const bool keep = i < c.keep_f32.size() && c.keep_f32[i];
+    const Tensor& t = inputs[i];
+    out.push_back(is_floating(t.dtype()) && !keep ? t.to(DType::BF16).to(DType::F32) : t);
+  }
+  return out;
+}
+
+void check_case(const OpCase& c, DType dtype, Rng& rng) {
+  SCOPED_TRACE(c.name + (dtype == DType::BF16 ? " [bf16]" : " [fp32]"));
+  std::vector<Tensor> inputs = c.inputs(rng);
+  if (dtype == DType::BF16) inputs = round_to_bf16(c, inputs);
+  // The upstream gradient: random, of the output's shape (from a no-grad CPU evaluation).
+  Shape out_shape;
+  {
+    NoGradGuard ng;
+    out_shape = c.fn(inputs).shape();
+  }
+  Tensor r = randn(out_shape, rng);
+  if (dtype == DType::BF16) r = r.to(DType::BF16).to(DType::F32);
+  const RunResult cpu = run_case(c, inputs, r, Device::CPU, DType::F32);
+  const RunResult gpu = run_case(c, inputs, r, Device::CUDA, dtype);
+  const double tol = dtype == DType::BF16 ? kBF16Tol : kF32Tol;
+  ASSERT_EQ(cpu.out.size(), gpu.out.size());
+  EXPECT_TRUE(all_finite_host(gpu.out)) << "non-finite output (an element never written?)";
+  const double e_out = rel_error(gpu.out, cpu.out);
+  EXPECT_LE(e_out, tol) << "forward";
+  std::printf("  %-40s %s fwd %.2e", c.name.c_str(), dtype == DType::BF16 ? "bf16" : "fp32", e_out);
+  ASSERT_EQ(cpu.grads.size(), gpu.grads.size());
+  for (size_t g = 0; g < cpu.grads.size(); ++g) {
+    ASSERT_EQ(cpu.grads[g].size(), gpu.grads[g].size()) << "gradient " << g;
+    EXPECT_TRUE(all_finite_host(gpu.grads[g])) << "non-finite gradient " << g;
+    const double e = rel_error(gpu.grads[g], cpu.grads[g]);
+    EXPECT_LE(e, tol) << "gradient " << g;
+    std::printf("  d%zu %.2e", g, e);
+  }
+  std::printf("\n");
+}
+
+// ---- the registry --------------------------------------------------------------------------
+
+Tensor rn(const Shape& s, Rng& rng) { return randn(s, rng); }
+
+std::vector<OpCase> op_cases() {
+  std::vector<OpCase> cases;
+  auto binary = [&](const std::string& name, Shape a, Shape b,
+                    Tensor (*f)(const Tensor&, const Tensor&)) {
+    cases.push_back({name + " " + shape_str(a) + " " + shape_str(b),
+                     [a, b](Rng& rng) { return std::vector<Tensor>{rn(a, rng), rn(b, rng)}; },
+                     [f](const std::vector<Tensor>& x) { return f(x[0], x[1]); },
+                     {true, true}});
+  };
+  for (auto f : {std::make_pair("add", &ops::add), std::make_pair("sub", &ops::sub),
+                 std::make_pair("mul", &ops::mul)}) {
+    binary(f.first, {17, 97}, {17, 97}, f.second);
+    binary(f.first, {3, 17, 64}, {64}, f.second);
+    binary(f.first, {2, 9, 9, 16}, {9, 9, 16}, f.second);
+    binary(f.first, {4, 1, 3}, {1, 5, 1}, f.second);
+    binary(f.first, {1}, {7, 1}, f.second);
+  }
+  cases.push_back({"scale -1.7 (33,5)", [](Rng& rng) { return std::vector<Tensor>{rn({33, 5}, rng)}; },
+                   [](const std::vector<Tensor>& x) { return ops::scale(x[0], -1.7); }, {true}});
+  for (Shape s : {Shape{1}, Shape{17, 97}, Shape{4099}})
+    cases.push_back({"gelu " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::gelu(x[0]); }, {true}});
+  for (Shape s : {Shape{1}, Shape{17, 97}, Shape{3, 1000}}) {
+    cases.push_back({"sum " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::sum(x[0]); }, {true}});
+    cases.push_back({"mean " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::mean(x[0]); }, {true}});
+  }
+  auto sum_to = [&](Shape from, Shape to) {
+    cases.push_back({"sum_to " + shape_str(from) + "->" + shape_str(to),
+                     [from](Rng& rng) { return std::vector<Tensor>{rn(from, rng)}; },
+                     [to](const std::vector<Tensor>& x) { return ops::sum_to(x[0], to); }, {true}});
+  };
+  sum_to({97, 17}, {17});
+  sum_to({97, 17}, {97, 1});
+  sum_to({3, 5, 7, 2}, {5, 1, 2});
+  sum_to({2, 33, 33, 16}, {33, 33, 16});
+  sum_to({4097, 3}, {1, 3});
+  auto matmul = [&](Shape a, Shape b, bool ta, bool tb) {
+    cases.push_back({std::string("matmul ") + shape_str(a) + (ta ? "T " : " ") + shape_str(b) + (tb ? "T" : ""),
+                     [a, b](Rng& rng) { return std::vector<Tensor>{rn(a, rng), rn(b, rng)}; },
+                     [ta, tb](const std::vector<Tensor>& x) { return ops::matmul(x[0], x[1], ta, tb); },
+                     {true, true}});
+  };
+  matmul({17, 33}, {33, 5}, false, false);
+  matmul({33, 17}, {33, 5}, true, false);
+  matmul({17, 33}, {5, 33}, false, true);
+  matmul({33, 17}, {5, 33}, true, true);
+  matmul({3, 17, 33}, {3, 33, 9}, false, false);
+  matmul({3, 33, 17}, {3, 9, 33}, true, true);
+  matmul({2, 3, 17, 33}, {33, 9}, false, false);  // b shared by every batch: dB summed
+  matmul({2, 3, 33, 17}, {9, 33}, true, true);
+  matmul({1, 1}, {1, 1}, false, false);
+  for (auto [M, in, out] : {std::array<int64_t, 3>{1, 1, 1}, {97, 64, 17}, {2 * 64, 64, 256}}) {
+    cases.push_back({"linear M=" + std::to_string(M) + " " + std::to_string(in) + "->" + std::to_string(out),
+                     [M = M, in = in, out = out](Rng& rng) {
+                       return std::vector<Tensor>{rn({M, in}, rng), rn({out, in}, rng), rn({out}, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) { return ops::linear(x[0], x[1], x[2]); },
+                     {true, true, true}});
+  }
+  cases.push_back({"linear no bias (2,9,16)->4",
+                   [](Rng& rng) { return std::vector<Tensor>{rn({2, 9, 16}, rng), rn({4, 16}, rng)}; },
+                   [](const std::vector<Tensor>& x) { return ops::linear(x[0], x[1], Tensor()); },
+                   {true, true}});
+  for (int64_t C : {1, 5, 16, 17, 32, 64, 256, 1024}) {
+    const int64_t M = C >= 256 ? 37 : 299;
+    cases.push_back({"layernorm (" + std::to_string(M) + "," + std::to_string(C) + ")",
+                     [M, C](Rng& rng) {
+                       Tensor x = randn({M, C}, rng);
+                       // an offset mean, as real activations have
+                       return std::vector<Tensor>{ops::add(x, Tensor::full({1}, 0.7)),
+                                                  uniform({C}, 0.5, 1.5, rng), rn({C}, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) { return ops::layernorm(x[0], x[1], x[2]); },
+                     {true, true, true}});
+  }
+  for (Shape s : {Shape{1, 1}, Shape{17, 97}, Shape{3, 5, 8}})
+    cases.push_back({"softmax " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::softmax(x[0]); }, {true}});
+  for (auto [N, K] : {std::array<int, 2>{1, 1}, {97, 8}, {4099, 17}})
+    cases.push_back({"cross_entropy (" + std::to_string(N) + "," + std::to_string(K) + ")",
+                     [N = N, K = K](Rng& rng) {
+                       return std::vector<Tensor>{ops::scale(rn({N, K}, rng), 3.0), randint({N}, 0, K, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) { return ops::cross_entropy(x[0], x[1]); },
+                     {true, false}});
+  for (auto [V, D, n] : {std::array<int, 3>{1, 1, 1}, {8, 64, 97}, {65, 16, 4099}, {300, 17, 999}})
+    cases.push_back({"embedding V=" + std::to_string(V) + " D=" + std::to_string(D) + " n=" + std::to_string(n),
+                     [V = V, D = D, n = n](Rng& rng) {
+                       return std::vector<Tensor>{rn({V, D}, rng), randint({n}, 0, V, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) { return ops::embedding(x[0], x[1]); },
+                     {true, false}});
+  auto permute = [&](Shape s, std::vector<int> p) {
+    std::string ps;
+    for (int d : p) ps += std::to_string(d);
+    cases.push_back({"permute " + shape_str(s) + " " + ps,
+                     [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [p](const std::vector<Tensor>& x) { return ops::permute(x[0], p); }, {true}});
+  };
+  permute({2, 17, 17, 4}, {0, 3, 1, 2});  // the pair bias (B,N,N,H) → (B,H,N,N): tiled path
+  permute({2, 5, 7, 3}, {0, 2, 1, 3});    // general path
+  permute({33, 65}, {1, 0});
+  permute({1, 1, 1}, {2, 0, 1});
+  cases.push_back({"reshape+transpose (6,10)",
+                   [](Rng& rng) { return std::vector<Tensor>{rn({6, 10}, rng)}; },
+                   [](const std::vector<Tensor>& x) {
+                     return ops::transpose(ops::reshape(x[0], {3, 2, 10}), 0, 2);
+                   },
+                   {true}});
+  cases.push_back({"cast f32->bf16->f32 (17,9)",
+                   [](Rng& rng) { return std::vector<Tensor>{rn({17, 9}, rng)}; },
+                   [](const std::vector<Tensor>& x) {
+                     return ops::mul(ops::cast(ops::cast(x[0], DType::BF16), x[0].dtype()), x[0]);
+                   },
+                   {true}});
+  // attention: q,k,v (B,N,H,D), every bias broadcast form, odd and even lengths
+  struct Att { int B, Nq, Nk, H, D; Shape bias; };
+  for (const Att& a : {Att{1, 1, 1, 1, 16, {1, 1, 1, 1}}, Att{2, 17, 17, 4, 16, {2, 4, 17, 17}},
+                       Att{2, 33, 97, 2, 32, {1, 2, 33, 97}}, Att{3, 64, 64, 2, 64, {3, 1, 64, 64}},
+                       Att{2, 65, 65, 8, 32, {1, 1, 65, 65}}, Att{1, 19, 19, 2, 128, {1, 2, 19, 19}}})
+    cases.push_back({"attention B" + std::to_string(a.B) + " Nq" + std::to_string(a.Nq) + " Nk" +
+                         std::to_string(a.Nk) + " H" + std::to_string(a.H) + " D" + std::to_string(a.D) +
+                         " bias" + shape_str(a.bias),
+                     [a](Rng& rng) {
+                       return std::vector<Tensor>{rn({a.B, a.Nq, a.H, a.D}, rng), rn({a.B, a.Nk, a.H, a.D}, rng),
+                                                  rn({a.B, a.Nk, a.H, a.D}, rng), rn(a.bias, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], x[3]); },
+                     {true, true, true, true}});
+  return cases;
+}
+
+TEST(OpsCuda, EveryOpFloat32MatchesCpu) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed());
+  for (const OpCase& c : op_cases()) check_case(c, DType::F32, rng);
+}
+
+TEST(OpsCuda, EveryOpBfloat16MatchesCpu) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 1);
+  for (const OpCase& c : op_cases()) check_case(c, DType::BF16, rng);
+}
+
+// LayerNorm with fp32 weights and bf16 activations (the bf16 training mode): dw, db in fp32.
+TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 2);
+  OpCase c{"layernorm mixed (999,32)",
+           [](Rng& r) {
+             return std::vector<Tensor>{randn({999, 32}, r), uniform({32}, 0.5, 1.5, r), randn({32}, r)};
+           },
+           [](const std::vector<Tensor>& x) { return ops::layernorm(x[0], x[1], x[2]); },
+           {true, true, true},
+           {false, true, true}};
+  check_case(c, DType::BF16, rng);
+}
+
+// ---- no-grad ops -----------------------------------------------------------------------------
+
+TEST(OpsCuda, InPlaceAndQueries) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 3);
+  const Tensor x = randn({4099}, rng), y = randn({4099}, rng);
+  Tensor cy = y.clone(), gy = y.to(Device::CUDA);
+  ops::axpy_(cy, -0.3, x);
+  ops::axpy_(gy, -0.3, x.to(Device::CUDA));
+  EXPECT_LE(rel_error(gy.to_vector<double>(), cy.to_vector<double>()), kF32Tol);
+  ops::scale_(cy, 1.5);
+  ops::scale_(gy, 1.5);
+  EXPECT_LE(rel_error(gy.to_vector<double>(), cy.to_vector<double>()), kF32Tol);
+  ops::add_(cy, x);
+  ops::add_(gy, x.to(Device::CUDA));
+  EXPECT_LE(rel_error(gy.to_vector<double>(), cy.to_vector<double>()), kF32Tol);
+  const double sc = ops::sum_of_squares(cy), sg = ops::sum_of_squares(gy);
+  EXPECT_NEAR(sg, sc, 1e-5 * sc);
+  EXPECT_TRUE(ops::all_finite(gy));
+  std::vector<float> v = gy.to_vector<float>();
+  v[4098] = std::nanf("");
+  EXPECT_FALSE(ops::all_finite(Tensor::from_vector(v, {4099}, DType::F32, Device::CUDA)));
+  v[4098] = INFINITY;
+  EXPECT_FALSE(ops::all_finite(Tensor::from_vector(v, {4099}, DType::BF16, Device::CUDA)));
+  const Tensor logits = randn({999, 8}, rng);
+  const Tensor labels = randint({999}, 0, 8, rng);
+  EXPECT_DOUBLE_EQ(ops::accuracy(logits.to(Device::CUDA), labels.to(Device::CUDA)),
+                   ops::accuracy(logits, labels));
+  std::vector<int32_t> bad = labels.to_vector<int32_t>();
+  bad[5] = 8;
+  EXPECT_THROW(ops::accuracy(logits.to(Device::CUDA),
+                             Tensor::from_vector(bad, {999}, DType::I32, Device::CUDA)),
+               Error);
+}
+
+// ---- raw kernels write every output element (outputs NaN-poisoned first) ---------------------
+
+#ifdef PF_WITH_CUDA
+TEST(OpsCuda, RawKernelsWriteEveryOutput) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 4);
+  namespace kc = kernels::cuda;
+  const auto F32 = kernels::ScalarType::F32;
+  const double nan = std::nan("");
+  for (int64_t M : {1, 97, 4099}) {
+    for (int64_t C : {1, 16, 17, 64, 1024}) {
+      const Tensor x = randn({M, C}, rng).to(Device::CUDA), w = randn({C}, rng).to(Device::CUDA);
+      Tensor y = Tensor::full({M, C}, nan, DType::F32, Device::CUDA);
+      Tensor mean = Tensor::full({M}, nan, DType::F32, Device::CUDA), rstd = mean.clone();
+      kc::layernorm_forward(F32, F32, x.data_ptr(), w.data_ptr(), w.data_ptr(), y.data_ptr(),
+                            static_cast<float*>(mean.data_ptr()), static_cast<float*>(rstd.data_ptr()), M, C, 1e-5);
+      Tensor dx = Tensor::full({M, C}, nan, DType::F32, Device::CUDA);
+      Tensor dw = Tensor::full({C}, nan, DType::F32, Device::CUDA), db = dw.clone();
+      Tensor ws = Tensor::full({int64_t(kc::layernorm_backward_workspace_bytes(M, C)) / 4}, nan,
+                               DType::F32, Device::CUDA);
+      kc::layernorm_backward(F32, F32, x.data_ptr(), x.data_ptr(), w.data_ptr(),
+                             static_cast<const float*>(mean.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
+                             dx.data_ptr(), dw.data_ptr(), db.data_ptr(), M, C, ws.data_ptr());
+      for (const Tensor* t : {&y, &mean, &rstd, &dx, &dw, &db})
+        EXPECT_TRUE(all_finite_host(t->to_vector<double>())) << "layernorm M=" << M << " C=" << C;
+      // sum_to over the rows
+      Tensor s = Tensor::full({C}, nan, DType::F32, Device::CUDA);
+      const int64_t shape[2] = {M, C}, ostride[2] = {0, 1};
+      kc::sum_to(F32, x.data_ptr(), shape, 2, ostride, s.data_ptr(), C);
+      EXPECT_TRUE(all_finite_host(s.to_vector<double>())) << "sum_to M=" << M << " C=" << C;
+      // gemm writes all of C
+      Tensor c = Tensor::full({M, M}, nan, DType::F32, Device::CUDA);
+      kc::gemm(F32, 1, M, M, C, x.data_ptr(), false, false, x.data_ptr(), false, true, c.data_ptr(), false, false);
+      EXPECT_TRUE(all_finite_host(c.to_vector<double>())) << "gemm M=" << M << " K=" << C;
+    }
+  }
+  for (auto [V, D, n] : {std::array<int64_t, 3>{1, 1, 1}, {65, 32, 100003}, {4000, 3, 77}}) {
+    const Tensor g = randn({n, D}, rng).to(Device::CUDA);
+    const Tensor idx = randint({n}, 0, static_cast<int>(V), rng).to(Device::CUDA);
+    Tensor dw = Tensor::full({V, D}, nan, DType::F32, Device::CUDA);
+    Tensor ws = Tensor::full({std::max<int64_t>(1, kc::embedding_backward_workspace_bytes(n, V, D) / 4)},
+                             nan, DType::F32, Device::CUDA);
+    kc::embedding_backward(F32, g.data_ptr(), static_cast<const int32_t*>(idx.data_ptr()), dw.data_ptr(),
+                           n, V, D, ws.data_ptr());
+    EXPECT_TRUE(all_finite_host(dw.to_vector<double>())) << "embedding_backward V=" << V;
+  }
+}
+
+// The embedding backward of the pair tables is bitwise deterministic run to run.
+TEST(OpsCuda, EmbeddingBackwardIsDeterministic) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 5);
+  const Tensor w = randn({65, 32}, rng).to(Device::CUDA).requires_grad_(true);
+  const Tensor idx = randint({4, 97, 97}, 0, 65, rng).to(Device::CUDA);
+  const Tensor r = randn({4, 97, 97, 32}, rng).to(Device::CUDA);
+  std::vector<float> first;
+  for (int rep = 0; rep < 3; ++rep) {
+    Tensor wl = w.detach().requires_grad_(true);
+    ops::embedding(wl, idx).backward(r);
+    const std::vector<float> g = wl.grad().to_vector<float>();
+    if (rep == 0) first = g;
+    else EXPECT_EQ(g, first) << "repeat " << rep;
+  }
+}
+#endif
+
+// ---- optimizer -------------------------------------------------------------------------------
+
+TEST(OpsCuda, AdamWAndClippingMatchCpu) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 6);
+  const std::vector<Shape> shapes = {{17, 9}, {1}, {4099}};
+  nn::NamedTensors cpu_params, gpu_params;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    Tensor p = randn(shapes[i], rng);
+    Tensor pc = p.clone().requires_grad_(true), pg = p.to(Device::CUDA).requires_grad_(true);
+    cpu_params.emplace_back("p" + std::to_string(i) + ".weight", pc);
+    gpu_params.emplace_back("p" + std::to_string(i) + ".weight", pg);
+  }
+  const std::vector<bool> decay = {true, false, true};
+  optim::AdamW oc(cpu_params, decay, {1e-2, 0.9, 0.999, 1e-8, 0.1});
+  optim::AdamW og(gpu_params, decay, {1e-2, 0.9, 0.999, 1e-8, 0.1});
+  for (int step = 0; step < 5; ++step) {
+    std::vector<Tensor> pcs, pgs;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const Tensor g = ops::scale(randn(shapes[i], rng), 3.0);
+      cpu_params[i].second.set_grad(g.clone());
+      gpu_params[i].second.set_grad(g.to(Device::CUDA));
+      pcs.push_back(cpu_params[i].second);
+      pgs.push_back(gpu_params[i].second);
+    }
+    const double nc = optim::clip_grad_norm(pcs, 1.0), ng = optim::clip_grad_norm(pgs, 1.0);
+    EXPECT_NEAR(ng, nc, 1e-6 * nc) << "step " << step;
+    oc.step(1e-2);
+    og.step(1e-2);
+    for (size_t i = 0; i < shapes.size(); ++i)
+      EXPECT_LE(rel_error(gpu_params[i].second.to_vector<double>(), cpu_params[i].second.to_vector<double>()),
+                kF32Tol)
+          << "param " << i << " step " << step;
+  }
+}
+
+// ---- allocator -------------------------------------------------------------------------------
+
+TEST(OpsCuda, CachingAllocatorReusesBlocks) {
+  PF_REQUIRE_GPU();
+  { Tensor warm = Tensor::empty({1 << 20}, DType::F32, Device::CUDA); }
+  const CudaMemoryStats before = cuda_memory_stats();
+  for (int i = 0; i < 100; ++i) {
+    Tensor a = Tensor::empty({1 << 20}, DType::F32, Device::CUDA);
+    Tensor b = Tensor::empty({777}, DType::F32, Device::CUDA);
+  }
+  const CudaMemoryStats after = cuda_memory_stats();
+  EXPECT_EQ(after.device_mallocs, before.device_mallocs + 1)  // b's class only, once
+      << "steady-state allocations must come from the cache";
+  EXPECT_EQ(after.allocated, before.allocated);
+  EXPECT_GE(after.peak_allocated, before.allocated + (size_t{4} << 20));
+  cuda_empty_cache();
+  EXPECT_EQ(cuda_memory_stats().reserved, cuda_memory_stats().allocated);
+}
+
+TEST(OpsCuda, ErrorsNameWhatIsWrong) {
+  PF_REQUIRE_GPU();
+  const Tensor a = Tensor::zeros({3, 4}, DType::F32, Device::CUDA);
+  const Tensor b = Tensor::zeros({3, 4}, DType::F32, Device::CPU);
+  try {
+    ops::add(a, b);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("same device"), std::string::npos) << e.what();
+  }
+  const Tensor d = Tensor::zeros({3, 4}, DType::F64, Device::CPU).to(Device::CUDA);
+  try {
+    ops::gelu(d);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("float32 or bfloat16"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace pf

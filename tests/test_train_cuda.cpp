@@ -1,0 +1,192 @@
+// Whole training steps of the pair-bias model on the GPU against the CPU, from the same weights
+// and the same batch: the loss and every parameter gradient of one step (float32: ≤ 1e-4
+// relative), then ten AdamW steps whose losses agree; bf16 mixed precision against the fp32 CPU
+// with a bound tied to bf16. Skips cleanly without a CUDA device.
+//
+// Tolerances:
+// - fp32, 1e-4: every op agrees with the CPU to ≤ 1e-5 (tests/test_ops_cuda.cpp); a step chains
+//   ~60 ops and the backward adds their errors, the parameter gradients being sums over
+//   B·N (or B·N·N) terms: a few ×1e-6 is typical, 1e-4 leaves a margin and still catches any
+//   wrong op (which shows O(1)).
+// - ten steps: AdamW divides by √v, which amplifies differences of tiny gradients; the losses
+//   stay within 1e-3 relative over ten steps (measured ~1e-5).
+// - bf16 step: activations and matmul inputs are rounded to bf16 (u = 2⁻⁸ ≈ 3.9e-3) at every
+//   layer; the loss, a mean over all residues, moves by ≲ u, bound 2u; gradients are checked
+//   norm-wise over all parameters at 10·u ≈ 4e-2 (each passes through ~10 bf16 roundings).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+
+#include "data/chain.h"
+#include "framework/allocator.h"
+#include "framework/autograd.h"
+#include "framework/optim.h"
+#include "framework/precision.h"
+#include "models/pairbias.h"
+#include "run/modes.h"
+
+namespace pf {
+namespace {
+
+#define PF_REQUIRE_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)"
+
+uint64_t test_seed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("PF_TEST_SEED");
+    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+    std::printf("test_train_cuda: seed %llu (PF_TEST_SEED=%llu replays it)\n",
+                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
+    return s;
+  }();
+  return seed;
+}
+
+double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+ModelConfig small_model() {
+  ModelConfig m;
+  m.n_types = 8;
+  m.d_model = 64;
+  m.n_heads = 4;  // head dim 16
+  m.n_layers = 2;
+  m.d_ff = 256;
+  m.c_z = 16;
+  m.relpos_clip = 8;
+  m.dist_bins = 24;
+  m.dist_max = 16.0;
+  return m;
+}
+
+// A model on `device` with the weights of `src` (same seed → same init, copied to be sure).
+void copy_weights(const models::PairBiasModel& src, models::PairBiasModel& dst) {
+  const auto s = src.named_parameters();
+  const auto d = dst.named_parameters();
+  ASSERT_EQ(s.size(), d.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    Tensor t = d[i].second;
+    t.set_data(s[i].second.detach().to(t.device()));
+  }
+}
+
+struct StepResult {
+  double loss = 0;
+  std::vector<std::vector<double>> grads;
+};
+
+StepResult one_step(models::PairBiasModel& model, const run::BatchTensors& b) {
+  model.zero_grad();
+  const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
+  r.loss.backward();
+  StepResult out;
+  out.loss = r.loss.item();
+  for (const auto& [name, p] : model.named_parameters()) {
+    EXPECT_TRUE(p.grad().defined()) << name << " got no gradient";
+    out.grads.push_back(p.grad().defined() ? p.grad().to_vector<double>() : std::vector<double>());
+  }
+  return out;
+}
+
+TEST(TrainCuda, OneStepLossAndEveryGradientMatchCpuFp32) {
+  PF_REQUIRE_GPU();
+  const ModelConfig cfg = small_model();
+  const int B = 3, N = 37;  // odd sizes on purpose
+  const ChainSet set = generate_chains(B, N, cfg.n_types, test_seed(), "test");
+  const Batch batch = gather_batch(set, {0, 1, 2});
+  models::PairBiasModel cpu(cfg, test_seed()), gpu(cfg, test_seed() + 1);
+  gpu.to(Device::CUDA);
+  copy_weights(cpu, gpu);
+  const StepResult rc = one_step(cpu, run::to_tensors(batch, cfg, Device::CPU));
+  const StepResult rg = one_step(gpu, run::to_tensors(batch, cfg, Device::CUDA));
+  EXPECT_NEAR(rg.loss, rc.loss, 1e-4 * std::abs(rc.loss));
+  const auto names = cpu.named_parameters();
+  double worst = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const double e = rel_error(rg.grads[i], rc.grads[i]);
+    EXPECT_LE(e, 1e-4) << names[i].first;
+    worst = std::max(worst, e);
+  }
+  std::printf("fp32 step: loss cpu %.7f gpu %.7f, worst gradient rel. error %.2e over %zu params\n",
+              rc.loss, rg.loss, worst, names.size());
+}
+
+TEST(TrainCuda, TenStepsOfLossAgreeFp32) {
+  PF_REQUIRE_GPU();
+  const ModelConfig cfg = small_model();
+  const int B = 4, N = 33;
+  const ChainSet set = generate_chains(40, N, cfg.n_types, test_seed() + 7, "test");
+  models::PairBiasModel cpu(cfg, test_seed()), gpu(cfg, test_seed());
+  gpu.to(Device::CUDA);
+  copy_weights(cpu, gpu);
+  const std::vector<std::string> emb = {"embed.weight", "pair.rel.weight", "pair.dist.weight"};
+  const auto pc = cpu.named_parameters(), pg = gpu.named_parameters();
+  optim::AdamW oc(pc, optim::decay_mask(pc, emb), {3e-3, 0.9, 0.999, 1e-8, 0.01});
+  optim::AdamW og(pg, optim::decay_mask(pg, emb), {3e-3, 0.9, 0.999, 1e-8, 0.01});
+  double worst = 0;
+  for (int step = 0; step < 10; ++step) {
+    std::vector<int> idx;
+    for (int i = 0; i < B; ++i) idx.push_back((step * B + i) % set.S);
+    const Batch batch = gather_batch(set, idx);
+    double losses[2];
+    int k = 0;
+    for (auto* m : {&cpu, &gpu}) {
+      const Device dev = m == &cpu ? Device::CPU : Device::CUDA;
+      const auto b = run::to_tensors(batch, cfg, dev);
+      m->zero_grad();
+      const auto r = models::model_loss(*m, b.tokens, b.pair, b.labels);
+      r.loss.backward();
+      optim::clip_grad_norm(m->parameters(), 1.0);
+      (m == &cpu ? oc : og).step(3e-3);
+      losses[k++] = r.loss.item();
+    }
+    const double e = std::abs(losses[1] - losses[0]) / std::abs(losses[0]);
+    EXPECT_LE(e, 1e-3) << "step " << step << ": cpu " << losses[0] << " gpu " << losses[1];
+    worst = std::max(worst, e);
+  }
+  std::printf("ten fp32 steps: worst loss rel. difference %.2e\n", worst);
+}
+
+TEST(TrainCuda, OneStepBf16AgreesWithFp32Cpu) {
+  PF_REQUIRE_GPU();
+  const ModelConfig cfg = small_model();
+  const int B = 3, N = 37;
+  const ChainSet set = generate_chains(B, N, cfg.n_types, test_seed() + 3, "test");
+  const Batch batch = gather_batch(set, {0, 1, 2});
+  models::PairBiasModel cpu(cfg, test_seed()), gpu(cfg, test_seed());
+  gpu.to(Device::CUDA);
+  copy_weights(cpu, gpu);
+  const StepResult rc = one_step(cpu, run::to_tensors(batch, cfg, Device::CPU));
+  StepResult rg;
+  {
+    const AutocastGuard bf16(DType::BF16);
+    rg = one_step(gpu, run::to_tensors(batch, cfg, Device::CUDA));
+  }
+  // master weights and their gradients stay fp32
+  for (const auto& [name, p] : gpu.named_parameters()) {
+    EXPECT_EQ(p.dtype(), DType::F32) << name;
+    if (p.grad().defined()) EXPECT_EQ(p.grad().dtype(), DType::F32) << name;
+  }
+  const double u = 1.0 / 256;
+  EXPECT_NEAR(rg.loss, rc.loss, 2 * u * std::abs(rc.loss));
+  std::vector<double> all_c, all_g;
+  for (size_t i = 0; i < rc.grads.size(); ++i) {
+    all_c.insert(all_c.end(), rc.grads[i].begin(), rc.grads[i].end());
+    all_g.insert(all_g.end(), rg.grads[i].begin(), rg.grads[i].end());
+  }
+  const double e = rel_error(all_g, all_c);
+  EXPECT_LE(e, 10 * u);
+  std::printf("bf16 step: loss cpu %.6f gpu %.6f; all gradients rel. error %.2e\n", rc.loss,
+              rg.loss, e);
+}
+
+}  // namespace
+}  // namespace pf
