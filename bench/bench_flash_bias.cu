@@ -2,6 +2,7 @@
 // PyTorch references, all measured in the same run on the same GPU, printed as one table.
 //
 //   bench_flash_bias [--peers bench/flash_bias_peers.py] [--python python3] [--no-peers] [--reps N]
+//                    [--only I] [--no-dbias] [--deterministic]
 //
 // - Ours: fp16 Q, K, V, bias, all four gradients, default (non-deterministic) backward; median of
 //   --reps timed runs (CUDA events), after warm-up. Inputs are random (never zeros).
@@ -94,7 +95,7 @@ struct Ours {
   double fwd = 0, bwd = 0, fwdbwd = 0;
 };
 
-Ours time_ours(const Shape& s, int reps) {
+Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
   const size_t bnhd = size_t(s.B) * s.N * s.H * s.D;
   const size_t bias_n = size_t(s.shared ? 1 : s.B) * s.H * s.N * s.N;
   Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2), dv(bnhd * 2);
@@ -119,10 +120,11 @@ Ours time_ours(const Shape& s, int reps) {
   p.bias_row_stride = s.N;
   p.dout = dout.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p;
   p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
-  p.dbias = dbias.p;
+  p.dbias = want_dbias ? dbias.p : nullptr;
   p.dbias_batch_stride = p.bias_batch_stride;
   p.dbias_head_stride = p.bias_head_stride;
   p.dbias_row_stride = p.bias_row_stride;
+  p.deterministic = deterministic;
   Buf ws(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p));
 
   Ours r;
@@ -155,31 +157,41 @@ int main(int argc, char** argv) try {
   std::string python = "python3";
   bool run_peers = true;
   int reps = 50;
+  int only = -1;            // --only i: the i-th shape alone
+  bool want_dbias = true;   // --no-dbias: backward without the bias gradient
+  bool deterministic = false;  // --deterministic: the bitwise-reproducible backward
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--peers" && i + 1 < argc) peers_script = argv[++i];
     else if (a == "--python" && i + 1 < argc) python = argv[++i];
     else if (a == "--no-peers") run_peers = false;
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else PF_FAIL("unknown argument '" << a << "'; expected --peers PATH, --python EXE, --no-peers, --reps N");
+    else if (a == "--only" && i + 1 < argc) only = std::atoi(argv[++i]);
+    else if (a == "--no-dbias") want_dbias = false;
+    else if (a == "--deterministic") deterministic = true;
+    else PF_FAIL("unknown argument '" << a << "'; expected --peers PATH, --python EXE, --no-peers, --reps N, --only I, --no-dbias, --deterministic");
   }
 
   cudaDeviceProp prop{};
   PF_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  const std::vector<Shape> shapes = {
+  std::vector<Shape> shapes = {
       {2, 4, 4096, 32, false, 0.11, 0.45},
       {2, 4, 8192, 32, false, 0.42, 1.6},
       {4, 8, 2048, 64, false, 0.12, 0.50},
       {4, 8, 2048, 64, true, 0.10, 0.40},
   };
 
+  if (only >= 0) {
+    PF_CHECK(only < int(shapes.size()), "--only " << only << ": there are " << shapes.size() << " shapes");
+    shapes = {shapes[only]};
+  }
   const double bw = copy_bandwidth();
   std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n", prop.name, prop.multiProcessorCount,
               bw / 1e9);
 
   std::map<std::string, Ours> ours;
   for (const Shape& s : shapes) {
-    ours[key(s)] = time_ours(s, reps);
+    ours[key(s)] = time_ours(s, reps, want_dbias, deterministic);
     const Ours& o = ours[key(s)];
     std::printf("ours %s: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", key(s).c_str(), o.fwd, o.bwd, o.fwdbwd);
     std::fflush(stdout);
