@@ -11,6 +11,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -243,10 +244,13 @@ void apply_override(Config& cfg, const std::string& ov) {
 }
 
 std::string read_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) PF_FAIL("config: '" << path << "' is a directory, expected a YAML file");
   std::ifstream in(path, std::ios::binary);
   if (!in) PF_FAIL("config: cannot read '" << path << "': " << std::strerror(errno));
   std::ostringstream ss;
-  ss << in.rdbuf();
+  ss << in.rdbuf();  // sets failbit on ss for an empty file, which is valid (all defaults)
+  if (in.bad()) PF_FAIL("config: error while reading '" << path << "'");
   return ss.str();
 }
 

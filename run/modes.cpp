@@ -1,5 +1,6 @@
 #include "run/modes.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -345,7 +346,13 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
       PF_FAIL("parameter or moment '" << bad << "' holds a NaN or an infinity after step " << st.step
                                       << ", so no checkpoint is written: " << kept()
                                       << " (try a lower train.lr, or train.grad_clip > 0)");
-    save_checkpoint(ckpt_path, cfg, model, opt, st);
+    try {
+      save_checkpoint(ckpt_path, cfg, model, opt, st);
+    } catch (const Error& e) {  // a full disk, an unwritable directory: say what is kept
+      std::string why = e.what();
+      std::replace(why.begin(), why.end(), '\n', ' ');  // HDF5's own messages may hold newlines
+      PF_FAIL("the checkpoint of step " << st.step << " could not be written (" << why << "); " << kept());
+    }
     saved_step = st.step;
     std::printf("checkpoint step %lld -> %s\n", static_cast<long long>(st.step), ckpt_path.c_str());
     std::fflush(stdout);
