@@ -484,7 +484,8 @@ TEST(OpsCuda, CachingAllocatorReusesBlocks) {
     Tensor b = Tensor::empty({777}, DType::F32, Device::CUDA);
   }
   const CudaMemoryStats after = cuda_memory_stats();
-  EXPECT_EQ(after.device_mallocs, before.device_mallocs + 1)  // b's class only, once
+  // at most b's size class once (none if an earlier test left such a block in the cache)
+  EXPECT_LE(after.device_mallocs, before.device_mallocs + 1)
       << "steady-state allocations must come from the cache";
   EXPECT_EQ(after.allocated, before.allocated);
   EXPECT_GE(after.peak_allocated, before.allocated + (size_t{4} << 20));

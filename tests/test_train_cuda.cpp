@@ -4,7 +4,8 @@
 // with a bound tied to bf16. Skips cleanly without a CUDA device.
 //
 // Tolerances:
-// - fp32, 1e-4: every op agrees with the CPU to ≤ 1e-5 (tests/test_ops_cuda.cpp); a step chains
+// - fp32, 1e-4 (of the gradient's norm, floored at the RMS gradient norm for the two gradients
+//   that are exactly zero in exact arithmetic; see the test): every op agrees with the CPU to ≤ 1e-5 (tests/test_ops_cuda.cpp); a step chains
 //   ~60 ops and the backward adds their errors, the parameter gradients being sums over
 //   B·N (or B·N·N) terms: a few ×1e-6 is typical, 1e-4 leaves a margin and still catches any
 //   wrong op (which shows O(1)).
@@ -109,13 +110,29 @@ TEST(TrainCuda, OneStepLossAndEveryGradientMatchCpuFp32) {
   const StepResult rg = one_step(gpu, run::to_tensors(batch, cfg, Device::CUDA));
   EXPECT_NEAR(rg.loss, rc.loss, 1e-4 * std::abs(rc.loss));
   const auto names = cpu.named_parameters();
+  // Two gradients are zero in exact arithmetic: attn.k.bias and pair_norm.bias only add a
+  // per-(query, head) constant to every score of a row, which the softmax ignores. Both sides
+  // then hold rounding noise of cancelled O(‖g‖) terms, so each parameter is judged against
+  // 1e-4 of its own norm or, if larger, 1e-4 of the RMS parameter-gradient norm (the floor).
+  double rms = 0;
+  for (const auto& g : rc.grads) {
+    double n2 = 0;
+    for (double v : g) n2 += v * v;
+    rms += n2 / rc.grads.size();
+  }
+  rms = std::sqrt(rms);
   double worst = 0;
   for (size_t i = 0; i < names.size(); ++i) {
-    const double e = rel_error(rg.grads[i], rc.grads[i]);
-    EXPECT_LE(e, 1e-4) << names[i].first;
+    double d2 = 0, n2 = 0;
+    for (size_t j = 0; j < rc.grads[i].size(); ++j) {
+      d2 += (rg.grads[i][j] - rc.grads[i][j]) * (rg.grads[i][j] - rc.grads[i][j]);
+      n2 += rc.grads[i][j] * rc.grads[i][j];
+    }
+    const double e = std::sqrt(d2) / std::max(std::sqrt(n2), rms);
+    EXPECT_LE(e, 1e-4) << names[i].first << " (gradient norm " << std::sqrt(n2) << ", floor " << rms << ")";
     worst = std::max(worst, e);
   }
-  std::printf("fp32 step: loss cpu %.7f gpu %.7f, worst gradient rel. error %.2e over %zu params\n",
+  std::printf("fp32 step: loss cpu %.9g gpu %.9g, worst gradient rel. error %.2e over %zu params\n",
               rc.loss, rg.loss, worst, names.size());
 }
 

@@ -69,7 +69,7 @@ __global__ void layernorm_backward_kernel(const T* dy, const T* x, const W* w, c
     float s1 = 0, s2 = 0;
     for (int c = lane; c < C; c += G) {
       const float xh = (to_f(xr[c]) - mu) * r, g = to_f(dyr[c]);
-      const float dxh = g * to_f(w[c]);
+      const float dxh = __fmul_rn(g, to_f(w[c]));  // rounded as in the dx loop (no FMA)
       s1 += dxh;
       s2 += dxh * xh;
       if (want_dwdb && active) {
@@ -83,7 +83,8 @@ __global__ void layernorm_backward_kernel(const T* dy, const T* x, const W* w, c
       T* dxr = dx + row * C;
       for (int c = lane; c < C; c += G) {
         const float xh = (to_f(xr[c]) - mu) * r;
-        dxr[c] = from_f<T>(r * (to_f(dyr[c]) * to_f(w[c]) - m1 - xh * m2));
+        // the same rounded dx̂ as in the sums: C = 1 gives dx̂ − m1 = 0 exactly, as it must
+        dxr[c] = from_f<T>(r * (__fmul_rn(to_f(dyr[c]), to_f(w[c])) - m1 - xh * m2));
       }
     }
   }
