@@ -31,8 +31,8 @@ Config tiny(const std::string& dir, const std::string& out) {
       "dist_bins: 16, dist_max: 16.0}\n"
       "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 256, n_val: 64, "
       "n_res: 16, seed: 3}\n"
-      "train: {steps: 40, batch_size: 16, lr: 3.0e-3, min_lr: 3.0e-4, warmup: 5, eval_every: 20, "
-      "log_every: 5, checkpoint_every: 20, seed: 1}\n"
+      "train: {steps: 160, batch_size: 16, lr: 1.0e-2, min_lr: 1.0e-3, warmup: 5, eval_every: 40, "
+      "log_every: 10, checkpoint_every: 40, seed: 1}\n"
       "device: cpu\nout: " + dir + "/" + out + "\n");
 }
 
@@ -55,7 +55,7 @@ TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
   const std::string dir = temp_dir("resume");
   testing::internal::CaptureStdout();
   ASSERT_EQ(run::train(tiny(dir, "unbroken"), false), 0);
-  ASSERT_EQ(run::train(tiny(dir, "broken"), false, /*stop_at=*/20), 0);
+  ASSERT_EQ(run::train(tiny(dir, "broken"), false, /*stop_at=*/80), 0);
   ASSERT_EQ(run::train(tiny(dir, "broken"), true), 0);
   const std::string printed = testing::internal::GetCapturedStdout();
   EXPECT_NE(printed.find("resumed from"), std::string::npos);
@@ -89,7 +89,7 @@ TEST(Train, CheckpointHasDesignLayoutAndEvalReproducesValLoss) {
   EXPECT_EQ(r.shape("model/layers.0.pair_proj.weight"), (std::vector<int64_t>{2, 8}));
   EXPECT_EQ(r.attr_int("/model", "d_model"), 16);
   EXPECT_EQ(r.attr_double("/model", "dist_max"), 16.0);
-  EXPECT_EQ(r.attr_int("/", "step"), 40);
+  EXPECT_EQ(r.attr_int("/", "step"), 160);
   EXPECT_TRUE(r.has("optim/m.embed.weight"));
 
   MetricsLog log(cfg.out + "/metrics.jsonl", true, 1 << 30);
