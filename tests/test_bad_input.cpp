@@ -120,8 +120,9 @@ struct H5Data {
         case I64: { std::vector<int64_t> v(d.values.begin(), d.values.end()); w.write_dataset(name, v.data(), d.shape); break; }
       }
     }
-    for (const auto& [object, list] : attrs)
-      for (const auto& [name, value] : list) std::visit([&](const auto& v) { w.write_attr(object, name, v); }, value);
+    for (const auto& object_list : attrs)
+      for (const auto& name_value : object_list.second)
+        std::visit([&](const auto& v) { w.write_attr(object_list.first, name_value.first, v); }, name_value.second);
     w.commit();
   }
 };
@@ -565,6 +566,49 @@ TEST(BadInput, OutputDirectoryAndFullDisk) {
 // crash (SIGSEGV) or loop forever (e.g. in H5HG_read, reading a variable-length string
 // attribute) in a few percent of the files. Enable once framework/h5io.cpp writes checksummed
 // metadata (libver bounds 1.10) and fixed-length strings, so that corrupt metadata is refused.
+// Outcome of loading `path` in a child process — read_chains in a fork for a data file,
+// `train CONFIG --eval path` for a checkpoint (a fork of this process must not touch its OpenMP
+// pool): 0 loaded, 1 one clean error line, 2 anything else, 3 a crash, 4 a hang (10 s).
+int load_outcome(const std::string& path, bool is_data, const std::string& cfg_path = "") {
+  std::fflush(stdout);
+  std::string cfg = cfg_path, eval = "--eval", bin = PF_TRAIN_BIN, omp = "OMP_NUM_THREADS=1", file = path;
+  char* argv[] = {bin.data(), cfg.data(), eval.data(), file.data(), nullptr};
+  char* envp[] = {omp.data(), nullptr};
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(::open("/dev/null", O_WRONLY), 1);
+    ::dup2(::open("/dev/null", O_WRONLY), 2);
+    if (!is_data) {
+      ::execve(argv[0], argv, envp);
+      ::_exit(2);
+    }
+    try {
+      read_chains(path);
+    } catch (const Error& e) {
+      ::_exit(std::string(e.what()).find('\n') == std::string::npos ? 1 : 2);
+    } catch (...) {
+      ::_exit(2);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  for (int waited_ms = 0; ::waitpid(pid, &status, WNOHANG) == 0; waited_ms += 5) {
+    if (waited_ms > 10000) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return 4;
+    }
+    ::usleep(5000);
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) <= 2 ? WEXITSTATUS(status) : 3;
+}
+const char* const kOutcome[] = {"loaded", "clean error", "another exception or a multi-line error", "crash", "hang"};
+
+// Byte flips anywhere past the signature: each file must load (a flip in unused space, or in a
+// value that stays valid) or fail with one clean error. Disabled: HDF5 1.10.8 parses corrupt
+// metadata unchecked, and a few flips in a thousand make it crash or loop forever (seen in
+// H5HG_read reading a variable-length string attribute). Enable once framework/h5io.cpp refuses
+// corrupt files before HDF5 parses them (see tests/fuzz/README.md).
 TEST(BadInput, DISABLED_ByteFlippedFilesLoadOrFailCleanly) {
   const std::string dir = temp_dir("bad_flips");
   std::mt19937_64 rng(std::random_device{}());
@@ -572,48 +616,41 @@ TEST(BadInput, DISABLED_ByteFlippedFilesLoadOrFailCleanly) {
   testing::internal::CaptureStdout();
   ASSERT_EQ(run::train(cfg, false, /*stop_at=*/3), 0);
   testing::internal::GetCapturedStdout();
+  {
+    std::ofstream f(dir + "/cfg.yaml");
+    f << config_to_yaml(cfg);
+  }
   const std::string data = read_bytes(cfg.data.train), ckpt = read_bytes(cfg.out + "/checkpoint.h5");
   const std::string path = dir + "/flipped.h5";
-  // Outcome of f in a child: 0 loaded, 1 pf::Error, 2 another exception, 3 a crash, 4 a hang.
-  auto isolated = [](const std::function<void()>& f) {
-    std::fflush(stdout);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::dup2(::open("/dev/null", O_WRONLY), 1);
-      try {
-        f();
-      } catch (const Error& e) {
-        ::_exit(std::string(e.what()).find('\n') == std::string::npos ? 1 : 2);
-      } catch (...) {
-        ::_exit(2);
-      }
-      ::_exit(0);
-    }
-    int status = 0;
-    for (int waited_ms = 0; ::waitpid(pid, &status, WNOHANG) == 0; waited_ms += 5) {
-      if (waited_ms > 10000) {
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, &status, 0);
-        return 4;
-      }
-      ::usleep(5000);
-    }
-    return WIFEXITED(status) && WEXITSTATUS(status) <= 2 ? WEXITSTATUS(status) : 3;
-  };
-  int outcomes[5] = {0, 0, 0, 0, 0};
-  for (int i = 0; i < 200; ++i) {
+  int outcomes[2][5] = {};
+  for (int i = 0; i < 400; ++i) {
     const bool is_data = i % 2 == 0;
     write_bytes(path, flip(is_data ? data : ckpt, rng, 1 + i % 4));
     ++g_tried;
-    const int o = is_data ? isolated([&] { read_chains(path); }) : isolated([&] { run::evaluate(cfg, path); });
-    ++outcomes[o];
-    EXPECT_LE(o, 1) << (is_data ? "data" : "checkpoint") << " file with flipped bytes: "
-                    << (o == 2 ? "another exception or a multi-line error" : o == 3 ? "crash" : "hang")
+    const int o = load_outcome(path, is_data, dir + "/cfg.yaml");
+    ++outcomes[is_data][o];
+    EXPECT_LE(o, 1) << (is_data ? "data" : "checkpoint") << " file with flipped bytes: " << kOutcome[o]
                     << " (kept at " << path << "." << i << ")";
     if (o > 1) fs::copy_file(path, path + "." + std::to_string(i), fs::copy_options::overwrite_existing);
   }
-  std::printf("[ figures  ] byte flips: %d loaded, %d clean errors, %d other, %d crashes, %d hangs\n", outcomes[0],
-              outcomes[1], outcomes[2], outcomes[3], outcomes[4]);
+  for (int d = 1; d >= 0; --d)
+    std::printf("[ figures  ] byte-flipped %s files: %d loaded, %d clean errors, %d other, %d crashes, %d hangs\n",
+                d ? "data" : "checkpoint", outcomes[d][0], outcomes[d][1], outcomes[d][2], outcomes[d][3],
+                outcomes[d][4]);
+}
+
+// The inputs the fuzzers found (tests/fuzz/regressions): each must load or fail cleanly.
+// Disabled until they do: type-size-zero-div-by-zero.h5 is a division by zero in
+// framework/h5io.cpp (H5Tget_size failing returns 0), compact-size-heap-overflow.h5 a compact
+// dataset whose stored size is not checked; the others crash or hang inside HDF5 1.10.8 itself.
+TEST(BadInput, DISABLED_FuzzFindingsLoadOrFailCleanly) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(PF_SOURCE_DIR) + "/tests/fuzz/regressions/chains")) {
+    ++n, ++g_tried;
+    const int o = load_outcome(e.path().string(), true);
+    EXPECT_LE(o, 1) << e.path().filename() << ": " << kOutcome[o];
+  }
+  EXPECT_GT(n, 0);
 }
 
 // Disabled until framework/h5io.cpp stops handing HDF5 a failing write: with HDF5 1.10.8, once a
