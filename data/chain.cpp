@@ -156,8 +156,9 @@ ChainHeader read_header(const H5Reader& r) {
   for (const char* name : {"tokens", "coords", "labels"})
     PF_CHECK(r.has(name), "chain file " << path << ": dataset '" << name << "' not found");
   const std::vector<int64_t> shape = r.shape("tokens");
-  PF_CHECK(shape.size() == 2 && shape[0] >= 1 && shape[1] >= kChainMinResidues &&
-               shape[0] * shape[1] * 3 <= std::numeric_limits<int32_t>::max(),
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  PF_CHECK(shape.size() == 2 && shape[0] >= 1 && shape[1] >= kChainMinResidues && shape[0] <= kMax &&
+               shape[1] <= kMax / 3 && shape[0] * shape[1] * 3 <= kMax,  // no overflow: each <= 2^31
            "chain file " << path << ": expected dataset 'tokens' of shape [S, N] with S >= 1 and N >= "
                          << kChainMinResidues << ", found " << h5_shape_str(shape));
   h.S = static_cast<int>(shape[0]);

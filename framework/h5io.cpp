@@ -41,6 +41,7 @@ std::string hdf5_detail() {
   };
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, visit, &msg);
   H5Eclear2(H5E_DEFAULT);
+  std::replace(msg.begin(), msg.end(), '\n', ' ');  // some HDF5 messages span lines: ours are one
   return msg.empty() ? std::string() : " (HDF5: " + msg + ")";
 }
 
@@ -195,7 +196,11 @@ H5Writer::H5Writer(const std::string& path) : path_(path), tmp_path_(path + ".tm
   PF_CHECK(fapl.ok() && H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG) >= 0,
            "HDF5: cannot create a file access property list" << hdf5_detail());
   file_ = H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
-  PF_CHECK(file_ >= 0, "cannot create HDF5 file " << tmp_path_ << hdf5_detail());
+  if (file_ < 0) {
+    const std::string detail = hdf5_detail();
+    std::remove(tmp_path_.c_str());  // a partly created file (full disk) is no use to anyone
+    PF_FAIL("cannot create HDF5 file " << tmp_path_ << detail);
+  }
 }
 
 H5Writer::~H5Writer() {
@@ -389,6 +394,7 @@ std::vector<T> H5Reader::read_as(const std::string& dataset, const std::vector<i
   PF_CHECK(ftype.ok(), what << ": cannot read its type" << hdf5_detail());
   const H5T_class_t cls = H5Tget_class(ftype.get());
   const size_t fsize = H5Tget_size(ftype.get());
+  PF_CHECK(fsize > 0, what << ": cannot read the size of its type (corrupt file?)" << hdf5_detail());
 
   hid_t mem_type = H5T_NATIVE_INT64;
   const char* want = "int64";
@@ -420,7 +426,10 @@ std::vector<T> H5Reader::read_as(const std::string& dataset, const std::vector<i
   // a huge allocation and a long read of fill values.
   Handle dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
   PF_CHECK(dcpl.ok(), what << ": cannot read its layout" << hdf5_detail());
-  if (H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS && n > 0) {
+  // Compact datasets too: HDF5 1.10 reads past a compact buffer smaller than the shape says.
+  const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+  PF_CHECK(layout >= 0, what << ": cannot read its layout" << hdf5_detail());
+  if ((layout == H5D_CONTIGUOUS || layout == H5D_COMPACT) && n > 0) {
     const hsize_t stored = H5Dget_storage_size(ds.get());
     PF_CHECK(n <= std::numeric_limits<int64_t>::max() / static_cast<int64_t>(fsize) &&
                  stored == static_cast<hsize_t>(n) * fsize,

@@ -20,6 +20,9 @@ inline float exp_nonpositive(float t) {
   // become −104, whose exponential underflows to 0 below.
   constexpr uint32_t kMinus104 = 0xC2D00000u;
   tb = tb > kMinus104 ? kMinus104 : tb;
+  // +inf and +NaN lie outside the contract (t ≤ 0); map them to −104 too (result 0) so that the
+  // float→int conversion below never sees a non-finite value (undefined behaviour).
+  tb = (tb >= 0x7f800000u && tb < 0x80000000u) ? kMinus104 : tb;
   std::memcpy(&t, &tb, 4);
   const float kf = (t * 1.44269504088896341f + 12582912.0f) - 12582912.0f;          // round(t/ln2)
   const float r = (t - kf * 0.693145751953125f) - kf * 1.42860682030941723212e-6f;  // ln2 hi+lo
