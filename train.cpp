@@ -49,7 +49,7 @@ Args parse_args(int argc, char** argv) {
     else if (s == "--gradcheck") a.gradcheck = true;
     else if (s == "--check-env") a.check_env = true;
     else if (s == "--help" || s == "-h") a.help = true;
-    else if (s.rfind("--", 0) == 0) PF_FAIL("unknown option '" << s << "'\n" << kUsage);
+    else if (s.rfind("--", 0) == 0) PF_FAIL("unknown option '" << s << "' (see train --help)");
     else if (s.find('=') != std::string::npos) a.overrides.push_back(s);
     else if (a.config.empty()) a.config = s;
     else PF_FAIL("unexpected argument '" << s << "' (the config is already '" << a.config << "')");
@@ -60,7 +60,7 @@ Args parse_args(int argc, char** argv) {
 int run(const Args& a) {
   if (a.help) return std::printf("%s", kUsage), 0;
   if (a.check_env) return pf::run::check_env();
-  PF_CHECK(!a.config.empty(), "no config file given\n" << kUsage);
+  PF_CHECK(!a.config.empty(), "no config file given (see train --help)");
   const pf::Config cfg = pf::load_config(a.config, a.overrides);
   if (a.gradcheck) return pf::run::gradcheck(cfg);
   if (!a.eval_checkpoint.empty()) return pf::run::evaluate(cfg, a.eval_checkpoint);
