@@ -114,6 +114,15 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
   return p;
 }
 
+// A gradient the backward must write: a tensor like x, laid out with x's strides.
+Tensor wanted_grad(const Tensor& x, void*& ptr, kernels::BNHDStrides& stride,
+                   const kernels::BNHDStrides& x_stride) {
+  Tensor g = Tensor::empty(x.shape(), x.dtype(), x.device());
+  ptr = g.data_ptr();
+  stride = x_stride;
+  return g;
+}
+
 #ifdef PF_WITH_CUDA
 // The forward problem on the GPU: forward_params with the device dtypes (float32 or bfloat16)
 // and the device mask pointer.
@@ -155,21 +164,9 @@ Tensor attention_cuda(const AttentionShape& s, const Tensor& q, const Tensor& k,
                        bp.dout = g.data_ptr();
                        bp.dout_stride = bp.q_stride;
                        Tensor dq, dk, dv, dbias;
-                       if (need_q) {
-                         dq = Tensor::empty(sq.shape(), sq.dtype(), sq.device());
-                         bp.dq = dq.data_ptr();
-                         bp.dq_stride = bp.q_stride;
-                       }
-                       if (need_k) {
-                         dk = Tensor::empty(sk.shape(), sk.dtype(), sk.device());
-                         bp.dk = dk.data_ptr();
-                         bp.dk_stride = bp.k_stride;
-                       }
-                       if (need_v) {
-                         dv = Tensor::empty(sv.shape(), sv.dtype(), sv.device());
-                         bp.dv = dv.data_ptr();
-                         bp.dv_stride = bp.v_stride;
-                       }
+                       if (need_q) dq = wanted_grad(sq, bp.dq, bp.dq_stride, bp.q_stride);
+                       if (need_k) dk = wanted_grad(sk, bp.dk, bp.dk_stride, bp.k_stride);
+                       if (need_v) dv = wanted_grad(sv, bp.dv, bp.dv_stride, bp.v_stride);
                        if (need_bias) {
                          dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
                          bp.dbias = dbias.data_ptr();
@@ -223,21 +220,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
                        bp.dout = g.data_ptr();
                        bp.dout_stride = bp.q_stride;
                        Tensor dq, dk, dv, dbias;
-                       if (need_q) {
-                         dq = Tensor::empty(sq.shape(), sq.dtype(), sq.device());
-                         bp.dq = dq.data_ptr();
-                         bp.dq_stride = bp.q_stride;
-                       }
-                       if (need_k) {
-                         dk = Tensor::empty(sk.shape(), sk.dtype(), sk.device());
-                         bp.dk = dk.data_ptr();
-                         bp.dk_stride = bp.k_stride;
-                       }
-                       if (need_v) {
-                         dv = Tensor::empty(sv.shape(), sv.dtype(), sv.device());
-                         bp.dv = dv.data_ptr();
-                         bp.dv_stride = bp.v_stride;
-                       }
+                       if (need_q) dq = wanted_grad(sq, bp.dq, bp.dq_stride, bp.q_stride);
+                       if (need_k) dk = wanted_grad(sk, bp.dk, bp.dk_stride, bp.k_stride);
+                       if (need_v) dv = wanted_grad(sv, bp.dv, bp.dv_stride, bp.v_stride);
                        if (need_bias) {
                          dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
                          bp.dbias = dbias.data_ptr();
