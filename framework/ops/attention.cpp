@@ -23,10 +23,6 @@ using namespace detail;
 
 namespace {
 
-kernels::ScalarType scalar_type(DType t) {
-  return t == DType::F64 ? kernels::ScalarType::F64 : kernels::ScalarType::F32;
-}
-
 // The tensors of one attention call, validated; sizes as ints for the kernel structs.
 struct AttentionShape {
   int B = 0, H = 0, Nq = 0, Nk = 0, D = 0;
@@ -83,7 +79,7 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
   return s;
 }
 
-// The forward problem over contiguous tensors.
+// The forward problem over contiguous tensors (on either device).
 kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const Tensor& bias, const Tensor& mask,
                                         bool causal, double scale) {
@@ -94,7 +90,7 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
   p.Nk = s.Nk;
   p.D = s.D;
   p.scale = scale;
-  p.dtype = scalar_type(q.dtype());
+  p.dtype = scalar_type_of(q.dtype());
   p.q = q.data_ptr();
   p.q_stride = kernels::contiguous_bnhd(s.Nq, s.H, s.D);
   p.k = k.data_ptr();
@@ -104,12 +100,12 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
   p.out_stride = p.q_stride;
   if (bias.defined()) {
     p.bias = bias.data_ptr();
-    p.bias_dtype = scalar_type(bias.dtype());
+    p.bias_dtype = scalar_type_of(bias.dtype());
     p.bias_batch_stride = s.bias_batch_stride;
     p.bias_head_stride = s.bias_head_stride;
     p.bias_row_stride = s.bias_row_stride;
   }
-  if (mask.defined()) p.key_padding_mask = mask.data<uint8_t>();
+  if (mask.defined()) p.key_padding_mask = static_cast<const uint8_t*>(mask.data_ptr());
   p.causal = causal;
   return p;
 }
@@ -123,67 +119,33 @@ Tensor wanted_grad(const Tensor& x, void*& ptr, kernels::BNHDStrides& stride,
   return g;
 }
 
+// The kernels of the tensors' device: CPU (float32/float64) or CUDA (float32/bfloat16/float16,
+// workspace from the caching allocator, on the one stream).
+void launch_forward(const kernels::FlashBiasParams& p, Device device) {
 #ifdef PF_WITH_CUDA
-// The forward problem on the GPU: forward_params with the device dtypes (float32 or bfloat16)
-// and the device mask pointer.
-kernels::FlashBiasParams cuda_params(const AttentionShape& s, const Tensor& q, const Tensor& k,
-                                     const Tensor& v, const Tensor& bias, const Tensor& mask,
-                                     bool causal, double scale) {
-  kernels::FlashBiasParams p = forward_params(s, q, k, v, bias, Tensor(), causal, scale);
-  p.dtype = scalar_type_of(q.dtype());
-  if (bias.defined()) p.bias_dtype = scalar_type_of(bias.dtype());
-  if (mask.defined()) p.key_padding_mask = static_cast<const uint8_t*>(mask.data_ptr());
-  return p;
-}
-
-// The flash-bias CUDA kernels as the op: lse (B,H,Nq) fp32 saved for the backward; the backward's
-// workspace comes from the caching allocator.
-Tensor attention_cuda(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                      const Tensor& bias, const AttentionOptions& opt, double scale) {
-  Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-  Tensor lse = Tensor::empty({s.B, s.H, s.Nq}, DType::F32, q.device());
-  kernels::FlashBiasParams p =
-      cuda_params(s, q, k, v, bias, opt.key_padding_mask, opt.causal, scale);
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr();
-  kernels::cuda::flash_bias_forward(p, static_cast<cudaStream_t>(kernels::cuda::stream()));
-
-  const Tensor sq = q.detach(), sk = k.detach(), sv = v.detach(), so = out.detach();
-  const Tensor sbias = bias.defined() ? bias.detach() : Tensor();
-  const Tensor smask = opt.key_padding_mask.defined() ? opt.key_padding_mask.detach() : Tensor();
-  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
-  const bool need_bias = bias.defined() && bias.requires_grad();
-  const bool causal = opt.causal, deterministic = opt.deterministic;
-  return make_result(out, "attention", {q, k, v, bias},
-                     [=](const Tensor& g) -> std::vector<Tensor> {
-                       kernels::FlashBiasBwdParams bp;
-                       static_cast<kernels::FlashBiasParams&>(bp) =
-                           cuda_params(s, sq, sk, sv, sbias, smask, causal, scale);
-                       bp.out = const_cast<void*>(so.data_ptr());
-                       bp.lse = const_cast<void*>(lse.data_ptr());
-                       bp.dout = g.data_ptr();
-                       bp.dout_stride = bp.q_stride;
-                       Tensor dq, dk, dv, dbias;
-                       if (need_q) dq = wanted_grad(sq, bp.dq, bp.dq_stride, bp.q_stride);
-                       if (need_k) dk = wanted_grad(sk, bp.dk, bp.dk_stride, bp.k_stride);
-                       if (need_v) dv = wanted_grad(sv, bp.dv, bp.dv_stride, bp.v_stride);
-                       if (need_bias) {
-                         dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
-                         bp.dbias = dbias.data_ptr();
-                         bp.dbias_batch_stride = s.bias_batch_stride;
-                         bp.dbias_head_stride = s.bias_head_stride;
-                         bp.dbias_row_stride = s.bias_row_stride;
-                       }
-                       bp.deterministic = deterministic;
-                       Tensor ws = Tensor::empty(
-                           {static_cast<int64_t>(kernels::cuda::flash_bias_backward_workspace_bytes(bp))},
-                           DType::U8, g.device());
-                       kernels::cuda::flash_bias_backward(
-                           bp, ws.data_ptr(), static_cast<cudaStream_t>(kernels::cuda::stream()));
-                       return {dq, dk, dv, dbias};
-                     });
-}
+  if (device == Device::CUDA) {
+    kernels::cuda::flash_bias_forward(p, static_cast<cudaStream_t>(kernels::cuda::stream()));
+    return;
+  }
 #endif
+  (void)device;
+  kernels::cpu::flash_bias_forward(p);
+}
+
+void launch_backward(const kernels::FlashBiasBwdParams& bp, Device device) {
+#ifdef PF_WITH_CUDA
+  if (device == Device::CUDA) {
+    Tensor ws = Tensor::empty(
+        {static_cast<int64_t>(kernels::cuda::flash_bias_backward_workspace_bytes(bp))}, DType::U8,
+        device);
+    kernels::cuda::flash_bias_backward(bp, ws.data_ptr(),
+                                       static_cast<cudaStream_t>(kernels::cuda::stream()));
+    return;
+  }
+#endif
+  (void)device;
+  kernels::cpu::flash_bias_backward(bp);
+}
 
 }  // namespace
 
@@ -192,17 +154,16 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
                  const AttentionOptions& opt) {
   const AttentionShape s = check_attention(q, k, v, bias, opt);
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(s.D));
-#ifdef PF_WITH_CUDA
-  if (q.device() == Device::CUDA) return attention_cuda(s, q, k, v, bias, opt, scale);
-#endif
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-  // The log-sum-exp per (b, h, query row), in the accumulator type (float for F32 inputs).
-  Tensor lse = Tensor::empty({s.B, s.H, s.Nq}, q.dtype(), q.device());
+  // The log-sum-exp per (b, h, query row), in the accumulator type: double for float64 inputs,
+  // float otherwise (float32 on the CPU; float32, bfloat16 or float16 on the GPU).
+  Tensor lse = Tensor::empty({s.B, s.H, s.Nq}, q.dtype() == DType::F64 ? DType::F64 : DType::F32,
+                             q.device());
   kernels::FlashBiasParams p =
       forward_params(s, q, k, v, bias, opt.key_padding_mask, opt.causal, scale);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
-  kernels::cpu::flash_bias_forward(p);
+  launch_forward(p, q.device());
 
   const Tensor sq = q.detach(), sk = k.detach(), sv = v.detach(), so = out.detach();
   const Tensor sbias = bias.defined() ? bias.detach() : Tensor();
@@ -231,7 +192,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
                          bp.dbias_row_stride = s.bias_row_stride;
                        }
                        bp.deterministic = deterministic;
-                       kernels::cpu::flash_bias_backward(bp);
+                       launch_backward(bp, g.device());
                        return {dq, dk, dv, dbias};
                      });
 }
