@@ -62,6 +62,10 @@ struct AttentionOptions {
   Tensor key_padding_mask;       // (B,Nk) U8, nonzero = padding (ignored key); optional
   bool causal = false;           // bottom-right aligned: query i sees key j iff j ≤ i + Nk − Nq
   bool deterministic = false;    // bitwise-reproducible backward (the CPU path always is)
+  // Packed variable-length batch (host arrays, (B+1) each, [0] = 0; empty = dense layout):
+  // q is (Tq,H,D), k and v (Tk,H,D), the bias a 1-D tensor of the packed [H,nq_b,nk_b] blocks
+  // (kernels/flash_bias_params.h); cu_seqlens_k empty = the same as cu_seqlens_q.
+  std::vector<int32_t> cu_seqlens_q, cu_seqlens_k;
 };
 // out = softmax(scale·q·kᵀ + bias + mask)·v per batch and head.
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D).
@@ -69,6 +73,12 @@ struct AttentionOptions {
 // Never materialises B·H·Nq·Nk scores: the kernels are tiled with an online softmax.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const AttentionOptions& opt = {});
+// The same with a learned relative-position table T (H, 2R+1) (R from its width, q's dtype on the
+// CPU, float32 on the GPU): the scores of query i, key j get + T[h, clip(j−i, −R, R) + R],
+// looked up inside the kernel; T receives its gradient (reduced inside the kernel) like any input.
+// bias may be undefined.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                 const Tensor& relpos_table, const AttentionOptions& opt = {});
 
 // ---- no grad: in-place updates and queries -----------------------------------------------------
 void add_(Tensor& dst, const Tensor& src);               // dst += src (same shape)

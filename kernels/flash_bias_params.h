@@ -19,8 +19,29 @@
 // - A row whose keys are all masked has out = 0, lse = -inf, and contributes zero gradient.
 // - lse (B,H,Nq) contiguous, natural-log log-sum-exp of the scaled, biased, masked scores.
 //   Its element type is the accumulator type: double for F64 inputs, float otherwise.
-// - Gradients: dq, dk, dv are written (=); dbias is written (=) unless dbias_accumulate, in
-//   which case it is added to (+=). A null gradient pointer means "not wanted": it is not computed.
+// - Gradients: dq, dk, dv are written (=); dbias and drelpos_table are written (=) unless
+//   dbias_accumulate, in which case they are added to (+=). A null gradient pointer means
+//   "not wanted": it is not computed.
+//
+// Fused relative-position bias (optional, on top of `bias` or alone):
+//   the scores of query i and key j of head h get  + T[h, clip(j − i, −R, R) + R]
+//   from a table T (H, 2R+1), contiguous, R = relpos_clip >= 0; i and j are positions inside the
+//   sequence (0-based, also in a packed batch). No (Nq,Nk) bias exists in memory; the backward
+//   reduces dT[h, r] = Σ_{b, i, j : clip(j−i)+R = r} dS[b,h,i,j] inside the kernel.
+//
+// Packed variable-length batches (optional; FlashAttention's "varlen" convention):
+//   cu_seqlens_q / cu_seqlens_k (B+1) int32, nondecreasing, [0] = 0: sequence b's queries are the
+//   rows cu_seqlens_q[b] … cu_seqlens_q[b+1]−1 of q/out/dout/dq, its keys the rows
+//   cu_seqlens_k[b] … of k/v/dk/dv (batch strides unused), so q is (Tq,H,D) with
+//   Tq = cu_seqlens_q[B]. Nq and Nk are then the largest sequence lengths (a bound for tiling).
+//   Lengths may be 0 (nothing is read or written for that sequence).
+//   - bias: packed blocks, sequence b's [H, nq_b, nk_b] block contiguous at
+//     bias + bias_seq_offsets[b] (so element [b,h,i,j] is at that + (h·nq_b + i)·nk_b + j;
+//     bias strides unused). dbias uses the same offsets and layout.
+//   - lse: (H, Tq) contiguous: element [h, cu_seqlens_q[b] + i].
+//   - key_padding_mask is not supported with packing (lengths already say which keys exist);
+//     causal is bottom-right aligned per sequence.
+//   - The pointers are host memory for the CPU kernels and device memory for the CUDA kernels.
 #pragma once
 #include <cstdint>
 
@@ -66,6 +87,17 @@ struct FlashBiasParams {
 
   const uint8_t* key_padding_mask = nullptr;  // (B,Nk) contiguous; nonzero = ignore key
   bool causal = false;
+
+  // optional fused relative-position bias: table (H, 2R+1) contiguous; null = none.
+  // CPU: the inputs' dtype (F32 or F64); CUDA: F32.
+  const void* relpos_table = nullptr;
+  ScalarType relpos_dtype = ScalarType::F32;
+  int relpos_clip = 0;  // R
+
+  // optional packed variable-length batch; null = the dense (B,N,H,D) layout
+  const int32_t* cu_seqlens_q = nullptr;      // (B+1)
+  const int32_t* cu_seqlens_k = nullptr;      // (B+1)
+  const int64_t* bias_seq_offsets = nullptr;  // (B+1), elements; needed when bias is packed
 };
 
 struct FlashBiasBwdParams : FlashBiasParams {
@@ -76,7 +108,8 @@ struct FlashBiasBwdParams : FlashBiasParams {
   // (B|1,H|1,Nq,Nk) with the bias's dtype and broadcast pattern; null = not wanted
   void* dbias = nullptr;
   int64_t dbias_batch_stride = 0, dbias_head_stride = 0, dbias_row_stride = 0;
-  bool dbias_accumulate = false;  // += into dbias instead of =
+  void* drelpos_table = nullptr;  // (H, 2R+1) with relpos_dtype; null = not wanted
+  bool dbias_accumulate = false;  // += into dbias and drelpos_table instead of =
   bool deterministic = false;     // bitwise-identical results run to run
 };
 
