@@ -97,8 +97,12 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* 
   std::vector<double> pw(want_params ? static_cast<size_t>(nt) * C : 0, 0.0);
   std::vector<double> pb(want_params ? static_cast<size_t>(nt) * C : 0, 0.0);
   parallel_range(M, 6 * C, [&](int64_t lo, int64_t hi) {
-    RowBuf<T, kC> xh_buf(C), bw_buf(C), bb_buf(C);
+    RowBuf<T, kC> xh_buf(C), g_buf(C), bw_buf(C), bb_buf(C);
     T* xh = xh_buf.data();  // x̂ of the current row
+    // dy·w of the current row, rounded once and stored: dx subtracts its mean from the same
+    // rounded values, so with C = 1 (or a constant row) dx is exactly 0 even where the compiler
+    // fuses a product into the subtraction (FMA contraction under -march=native).
+    T* g = g_buf.data();
     T* bw = bw_buf.data();  // Σ dy·x̂ over the current block of rows
     T* bb = bb_buf.data();  // Σ dy over the current block of rows
     double* aw = want_params ? pw.data() + static_cast<size_t>(thread_num()) * C : nullptr;
@@ -115,9 +119,9 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* 
 #pragma omp simd reduction(+ : sg, sgx)
         for (int64_t c = 0; c < C; ++c) {
           xh[c] = (xr[c] - mu) * rs;
-          const T g = gr[c] * w[c];
-          sg += g;
-          sgx += g * xh[c];
+          g[c] = gr[c] * w[c];
+          sg += g[c];
+          sgx += g[c] * xh[c];
           bw[c] += gr[c] * xh[c];
           bb[c] += gr[c];
         }
@@ -125,7 +129,7 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* 
         const T mg = sg * inv_c, mgx = sgx * inv_c;
         T* dxr = dx + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) dxr[c] = rs * (gr[c] * w[c] - mg - xh[c] * mgx);
+        for (int64_t c = 0; c < C; ++c) dxr[c] = rs * (g[c] - mg - xh[c] * mgx);
       }
       if (want_params)
         for (int64_t c = 0; c < C; ++c) {
