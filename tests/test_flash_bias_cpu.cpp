@@ -1,5 +1,8 @@
 // Tests of the CPU flash-bias kernel (kernels/cpu/flash_bias.h) against a materialised float64
-// reference written here, and of its gradients by central differences.
+// reference written here, and of its gradients by central differences. The fused relative-position
+// table is checked against the same reference with the bias T[h, clip(j−i)+R] materialised and
+// dT reduced from dB over the diagonals; packed (varlen) batches against each sequence run alone
+// through the dense path.
 //
 // Every case draws fresh random inputs, poisons every output buffer with NaN before each run,
 // and compares by ‖x − ref‖ / ‖ref‖ over the logical elements. Tolerances:
@@ -70,33 +73,48 @@ struct Case {
   BiasForm bias;
   bool mask, causal;
   Layout layout;
+  int R = -1;  // relative-position table (H, 2R+1) with clip R; -1 = none
   std::string str() const {
     return "B=" + std::to_string(B) + " H=" + std::to_string(H) + " Nq=" + std::to_string(Nq) +
            " Nk=" + std::to_string(Nk) + " D=" + std::to_string(D) + " bias=" + bias_name(bias) +
            (mask ? " mask" : "") + (causal ? " causal" : "") +
-           (layout == Layout::Padded ? " padded" : layout == Layout::Packed ? " packed" : "");
+           (layout == Layout::Padded ? " padded" : layout == Layout::Packed ? " packed" : "") +
+           (R >= 0 ? " relpos R=" + std::to_string(R) : "");
   }
 };
+
+// The bin of T that query i and key j read: clip(j − i, −R, R) + R (written out, not shared with
+// the kernel).
+int relpos_bin(int i, int j, int R) {
+  int d = j - i;
+  if (d < -R) d = -R;
+  if (d > R) d = R;
+  return d + R;
+}
 
 // ---- the float64 reference ----------------------------------------------------------------
 
 // Inputs as contiguous float64: q (B,Nq,H,D), k v (B,Nk,H,D), bias (Bb,Hb,Nq,Nk) with Bb, Hb the
-// bias's own leading sizes, mask (B,Nk), dout (B,Nq,H,D).
+// bias's own leading sizes, mask (B,Nk), dout (B,Nq,H,D), table (H, 2R+1).
 struct Inputs {
   Case c;
   double scale;
-  std::vector<double> q, k, v, bias, dout;
+  std::vector<double> q, k, v, bias, dout, table;
   std::vector<uint8_t> mask;
   int Bb() const { return bias_has_b(c.bias) ? c.B : 1; }
   int Hb() const { return bias_has_h(c.bias) ? c.H : 1; }
 };
 
 struct Outputs {
-  std::vector<double> out, lse, dq, dk, dv, dbias;
+  std::vector<double> out, lse, dq, dk, dv, dbias, dtable;
+  std::vector<double> dtable_abs;  // Σ |dS| per bin: the scale dT's rounding errors are relative to
 };
 
 // S = scale·Q Kᵀ + bias + mask materialised, softmax, O = P V; dV = Pᵀ dO, dP = dO Vᵀ,
 // dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K, dK = scale·dSᵀ Q, dB = Σ dS over broadcast axes.
+// The relative-position bias is materialised per (b,h) as a full (Nq,Nk) matrix Brel[i,j] =
+// T[h, bin(i,j)] and added like a dense bias; dT[h,r] is then the sum of dBrel (= dS) over every
+// (b,i,j) whose bin is r, i.e. dB reduced over the (clipped) diagonals.
 Outputs reference(const Inputs& in) {
   const Case& c = in.c;
   const int B = c.B, H = c.H, Nq = c.Nq, Nk = c.Nk, D = c.D;
@@ -108,17 +126,26 @@ Outputs reference(const Inputs& in) {
   o.dk.assign(size_t(B) * Nk * H * D, 0);
   o.dv.assign(o.dk.size(), 0);
   o.dbias.assign(in.bias.size(), 0);
-  std::vector<double> S(size_t(Nq) * Nk), P(S.size()), dP(S.size());
+  o.dtable.assign(in.table.size(), 0);
+  o.dtable_abs.assign(in.table.size(), 0);
+  std::vector<double> S(size_t(Nq) * Nk), P(S.size()), dP(S.size()), Brel(S.size(), 0.0),
+      dBrel(S.size());
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
       const size_t boff = (size_t(bias_has_b(c.bias) ? b : 0) * in.Hb() +
                            (bias_has_h(c.bias) ? h : 0)) * Nq * Nk;
+      if (c.R >= 0) {
+        for (int i = 0; i < Nq; ++i)
+          for (int j = 0; j < Nk; ++j)
+            Brel[size_t(i) * Nk + j] = in.table[size_t(h) * (2 * c.R + 1) + relpos_bin(i, j, c.R)];
+      }
       for (int i = 0; i < Nq; ++i)
         for (int j = 0; j < Nk; ++j) {
           double s = 0;
           for (int d = 0; d < D; ++d) s += in.q[ix(b, i, Nq, h, d)] * in.k[ix(b, j, Nk, h, d)];
           s *= in.scale;
           if (c.bias != BiasForm::None) s += in.bias[boff + size_t(i) * Nk + j];
+          s += Brel[size_t(i) * Nk + j];
           if (c.mask && in.mask[size_t(b) * Nk + j]) s = -kInf;
           if (c.causal && j > i + (Nk - Nq)) s = -kInf;
           S[size_t(i) * Nk + j] = s;
@@ -152,12 +179,21 @@ Outputs reference(const Inputs& in) {
           const double p = P[size_t(i) * Nk + j];
           const double ds = p * (dP[size_t(i) * Nk + j] - delta);
           if (c.bias != BiasForm::None) o.dbias[boff + size_t(i) * Nk + j] += ds;
+          dBrel[size_t(i) * Nk + j] = ds;
           for (int d = 0; d < D; ++d) {
             o.dq[ix(b, i, Nq, h, d)] += in.scale * ds * in.k[ix(b, j, Nk, h, d)];
             o.dk[ix(b, j, Nk, h, d)] += in.scale * ds * in.q[ix(b, i, Nq, h, d)];
             o.dv[ix(b, j, Nk, h, d)] += p * in.dout[ix(b, i, Nq, h, d)];
           }
         }
+      }
+      if (c.R >= 0) {  // dT: dBrel summed over the clipped diagonals
+        for (int i = 0; i < Nq; ++i)
+          for (int j = 0; j < Nk; ++j) {
+            const size_t r = size_t(h) * (2 * c.R + 1) + relpos_bin(i, j, c.R);
+            o.dtable[r] += dBrel[size_t(i) * Nk + j];
+            o.dtable_abs[r] += std::abs(dBrel[size_t(i) * Nk + j]);
+          }
       }
     }
   return o;
@@ -234,6 +270,20 @@ constexpr ScalarType dtype_of() {
   return std::is_same_v<T, double> ? ScalarType::F64 : ScalarType::F32;
 }
 
+// ‖x − ref‖ / ‖scale‖: for a sum of many terms that may cancel (dT: a bin whose terms sum to 0 in
+// exact arithmetic, e.g. R = 0 gives Σ_ij dS_ij = 0 per row), rounding errors are relative to the
+// sum of the terms' magnitudes, not to the sum itself. A wrong bin is still off by O(‖scale‖).
+double err_vs_scale(const std::vector<double>& x, const std::vector<double>& ref,
+                    const std::vector<double>& scale) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - ref[i]) * (x[i] - ref[i]);
+    den += scale[i] * scale[i];
+  }
+  if (den == 0) return std::sqrt(num);
+  return std::sqrt(num / den);
+}
+
 double rel_err(const std::vector<double>& x, const std::vector<double>& ref) {
   double num = 0, den = 0;
   for (size_t i = 0; i < x.size(); ++i) {
@@ -269,7 +319,7 @@ template <class T>
 struct Problem {
   Inputs in;
   Storage<T> qkv_packed, q, k, v, out, dout, dq, dk, dv;
-  std::vector<T> bias, dbias, lse;
+  std::vector<T> bias, dbias, lse, table, dtable;
   std::vector<uint8_t> mask;
   View<T> Q, K, V;
 
@@ -311,6 +361,11 @@ struct Problem {
         for (int j = 0; j < c.Nk; ++j) mask[size_t(b) * c.Nk + j] = b == c.B - 1 || pad(rng());
       in.mask = mask;
     }
+    if (c.R >= 0) {
+      for (double x : randn(size_t(c.H) * (2 * c.R + 1), 2.0)) table.push_back(T(x));
+      in.table.assign(table.begin(), table.end());
+      dtable.assign(table.size(), std::numeric_limits<T>::quiet_NaN());
+    }
     lse.assign(size_t(c.B) * c.H * c.Nq, std::numeric_limits<T>::quiet_NaN());
   }
 
@@ -336,6 +391,12 @@ struct Problem {
       p.dbias_head_stride = p.bias_head_stride;
       p.dbias_batch_stride = p.bias_batch_stride;
     }
+    if (c.R >= 0) {
+      p.relpos_table = table.data();
+      p.relpos_dtype = dtype_of<T>();
+      p.relpos_clip = c.R;
+      p.drelpos_table = dtable.data();
+    }
     p.key_padding_mask = c.mask ? mask.data() : nullptr;
     p.causal = c.causal;
     p.dout = dout.views[0].base, p.dout_stride = dout.views[0].st;
@@ -349,8 +410,10 @@ struct Problem {
   void poison_grads() {
     dq.poison(), dk.poison(), dv.poison();
     std::fill(dbias.begin(), dbias.end(), std::numeric_limits<T>::quiet_NaN());
+    std::fill(dtable.begin(), dtable.end(), std::numeric_limits<T>::quiet_NaN());
   }
   std::vector<double> dbias_values() const { return {dbias.begin(), dbias.end()}; }
+  std::vector<double> dtable_values() const { return {dtable.begin(), dtable.end()}; }
 };
 
 template <class T>
@@ -387,6 +450,8 @@ void run_case(const Case& c) {
   expect_close("dv", rel_err(pr.dv.views[0].values(), ref.dv), tol<T>());
   if (c.bias != BiasForm::None)
     expect_close("dbias", rel_err(pr.dbias_values(), ref.dbias), tol<T>());
+  if (c.R >= 0)
+    expect_close("dT", err_vs_scale(pr.dtable_values(), ref.dtable, ref.dtable_abs), tol<T>());
   EXPECT_TRUE(pr.dq.padding_untouched() && pr.dk.padding_untouched() &&
               pr.dv.padding_untouched())
       << "a gradient was written outside its elements";
@@ -409,33 +474,38 @@ void run_case(const Case& c) {
   }
 
   // The backward again, from poison: bitwise identical.
-  const auto dq1 = pr.dq.buf, dk1 = pr.dk.buf, dv1 = pr.dv.buf, db1 = pr.dbias;
+  const auto dq1 = pr.dq.buf, dk1 = pr.dk.buf, dv1 = pr.dv.buf, db1 = pr.dbias, dt1 = pr.dtable;
   pr.poison_grads();
   flash_bias_backward(p);
   EXPECT_TRUE(bitwise_equal(dq1, pr.dq.buf) && bitwise_equal(dk1, pr.dk.buf) &&
-              bitwise_equal(dv1, pr.dv.buf) && bitwise_equal(db1, pr.dbias))
+              bitwise_equal(dv1, pr.dv.buf) && bitwise_equal(db1, pr.dbias) &&
+              bitwise_equal(dt1, pr.dtable))
       << "backward not reproducible";
 
   // One gradient at a time (the others null): each equals its value from the full run.
-  for (int which = 0; which < 4; ++which) {
-    if (which == 3 && c.bias == BiasForm::None) break;
+  for (int which = 0; which < 5; ++which) {
+    if (which == 3 && c.bias == BiasForm::None) continue;
+    if (which == 4 && c.R < 0) continue;
     pr.poison_grads();
     FlashBiasBwdParams one = p;
     if (which != 0) one.dq = nullptr;
     if (which != 1) one.dk = nullptr;
     if (which != 2) one.dv = nullptr;
     if (which != 3) one.dbias = nullptr;
+    if (which != 4) one.drelpos_table = nullptr;
     flash_bias_backward(one);
     const bool same = which == 0   ? bitwise_equal(dq1, pr.dq.buf)
                       : which == 1 ? bitwise_equal(dk1, pr.dk.buf)
                       : which == 2 ? bitwise_equal(dv1, pr.dv.buf)
-                                   : bitwise_equal(db1, pr.dbias);
+                      : which == 3 ? bitwise_equal(db1, pr.dbias)
+                                   : bitwise_equal(dt1, pr.dtable);
     EXPECT_TRUE(same) << "gradient " << which << " alone differs from the full run";
     // the unwanted ones were not touched
     if (which != 0) EXPECT_TRUE(std::isnan(pr.dq.views[0].at(0, 0, 0, 0)));
     if (which != 1) EXPECT_TRUE(std::isnan(pr.dk.views[0].at(0, 0, 0, 0)));
     if (which != 2) EXPECT_TRUE(std::isnan(pr.dv.views[0].at(0, 0, 0, 0)));
     if (which != 3 && !pr.dbias.empty()) EXPECT_TRUE(std::isnan(pr.dbias[0]));
+    if (which != 4 && !pr.dtable.empty()) EXPECT_TRUE(std::isnan(pr.dtable[0]));
   }
 
   // dbias_accumulate: added onto existing values R of the gradient's own magnitude.
@@ -455,6 +525,24 @@ void run_case(const Case& c) {
     flash_bias_backward(acc);
     expect_close("dbias accumulate", rel_err(pr.dbias_values(), want), tol<T>());
   }
+  // The same for dT (alone: dbias_accumulate also applies to it).
+  if (c.R >= 0) {
+    double rms = 0;
+    for (double x : ref.dtable_abs) rms += x * x;
+    rms = rms > 0 ? std::sqrt(rms / ref.dtable.size()) : 1.0;
+    std::vector<double> R = randn(ref.dtable.size(), rms), want(R.size()), scale(R.size());
+    for (size_t i = 0; i < R.size(); ++i) {
+      pr.dtable[i] = T(R[i]);
+      want[i] = double(pr.dtable[i]) + ref.dtable[i];
+      scale[i] = std::abs(want[i]) + ref.dtable_abs[i];
+    }
+    FlashBiasBwdParams acc = p;
+    acc.dbias_accumulate = true;
+    acc.dq = acc.dk = acc.dv = nullptr;
+    acc.dbias = nullptr;
+    flash_bias_backward(acc);
+    expect_close("dT accumulate", err_vs_scale(pr.dtable_values(), want, scale), tol<T>());
+  }
 }
 
 // Sizes 1, 17, 97, 257; D 16, 64, 128; every bias form, layout, mask and causal alignment.
@@ -472,6 +560,19 @@ const std::vector<Case> kCases = {
     {2, 2, 97, 97, 64, BiasForm::None, true, true, Layout::Padded},
     {1, 4, 17, 97, 64, BiasForm::OneOne, false, false, Layout::Contiguous},
     {2, 2, 257, 257, 16, BiasForm::BOne, true, true, Layout::Contiguous},
+    // relative position, alone and on top of every dense bias form: R = 0 (one bin), 1, small,
+    // ≥ N (the clip never applies), Nq ≠ Nk both ways, causal, masks, odd sizes, every layout
+    {2, 3, 17, 17, 16, BiasForm::None, false, false, Layout::Contiguous, 0},
+    {1, 1, 1, 1, 16, BiasForm::None, false, false, Layout::Contiguous, 0},
+    {2, 2, 17, 97, 16, BiasForm::BH, true, true, Layout::Padded, 1},     // causal, Nq < Nk
+    {2, 3, 97, 17, 64, BiasForm::OneOne, false, true, Layout::Padded, 5},  // causal, Nq > Nk
+    {1, 2, 33, 65, 16, BiasForm::None, false, false, Layout::Contiguous, 200},  // R ≥ N
+    {2, 2, 129, 70, 16, BiasForm::OneH, false, true, Layout::Contiguous, 128},  // R = Nq − 1
+    {3, 2, 64, 64, 16, BiasForm::BH, true, false, Layout::Packed, 3},
+    {2, 2, 97, 97, 16, BiasForm::None, true, true, Layout::Packed, 7},
+    {2, 2, 1, 17, 16, BiasForm::BOne, false, false, Layout::Contiguous, 2},
+    {2, 2, 17, 1, 16, BiasForm::None, true, true, Layout::Contiguous, 4},  // rows with no key
+    {2, 1, 130, 131, 32, BiasForm::None, false, false, Layout::Contiguous, 9},  // 3 tiles
 };
 
 TEST(FlashBiasCpu, MatchesReferenceFloat64) {
@@ -539,6 +640,10 @@ void gradcheck(const Case& c) {
     const auto num = numeric([&](size_t i) -> double& { return pr.bias[i]; }, pr.bias.size());
     expect_close("dbias", rel_err(pr.dbias_values(), num), kGradcheckTol);
   }
+  if (c.R >= 0) {
+    const auto num = numeric([&](size_t i) -> double& { return pr.table[i]; }, pr.table.size());
+    expect_close("dT", rel_err(pr.dtable_values(), num), kGradcheckTol);
+  }
 }
 
 TEST(FlashBiasCpu, CentralDifferences) {
@@ -546,6 +651,12 @@ TEST(FlashBiasCpu, CentralDifferences) {
   gradcheck({2, 3, 4, 2, 3, BiasForm::OneOne, false, true, Layout::Contiguous});  // Nq > Nk
   gradcheck({3, 2, 5, 5, 4, BiasForm::OneH, true, false, Layout::Packed});
   gradcheck({2, 3, 3, 6, 2, BiasForm::BOne, false, false, Layout::Padded});
+  gradcheck({2, 2, 5, 7, 3, BiasForm::None, false, true, Layout::Contiguous, 2});
+  gradcheck({2, 2, 6, 4, 3, BiasForm::BH, true, false, Layout::Padded, 1});
+  // (not R = 0: every score of a row then gets the same T[h,0], so dT = 0 exactly and a central
+  // difference measures only rounding; the reference tests check that dT vanishes)
+  gradcheck({1, 3, 4, 4, 2, BiasForm::OneOne, false, false, Layout::Packed, 1});
+  gradcheck({2, 2, 5, 6, 3, BiasForm::OneH, false, true, Layout::Contiguous, 9});  // R ≥ N
   print_worst("central differences, float64");
 }
 
@@ -556,8 +667,11 @@ TEST(FlashBiasCpu, IndependentOfThreadCount) {
   GTEST_SKIP() << "built without OpenMP";
 #else
   const int threads = omp_get_max_threads();
-  for (BiasForm f : {BiasForm::BH, BiasForm::OneH, BiasForm::BOne, BiasForm::OneOne}) {
-    Problem<float> pr({5, 3, 97, 80, 16, f, true, true, Layout::Padded});
+  // Every dense bias form (each has its own backward task grid), each with a relpos table whose
+  // dT goes through per-(b,h) partials.
+  for (BiasForm f :
+       {BiasForm::None, BiasForm::BH, BiasForm::OneH, BiasForm::BOne, BiasForm::OneOne}) {
+    Problem<float> pr({5, 3, 97, 80, 16, f, true, true, Layout::Padded, 6});
     FlashBiasBwdParams p = pr.params();
     std::vector<std::vector<float>> runs;
     for (int n : {1, 2, 3}) {
@@ -567,7 +681,7 @@ TEST(FlashBiasCpu, IndependentOfThreadCount) {
       flash_bias_forward(p);
       flash_bias_backward(p);
       std::vector<float> all = pr.out.buf;
-      for (const auto* v : {&pr.dq.buf, &pr.dk.buf, &pr.dv.buf, &pr.dbias})
+      for (const auto* v : {&pr.dq.buf, &pr.dk.buf, &pr.dv.buf, &pr.dbias, &pr.dtable})
         all.insert(all.end(), v->begin(), v->end());
       runs.push_back(all);
     }
@@ -616,6 +730,22 @@ TEST(FlashBiasCpu, RejectsBadInput) {
   p = good;
   p.dbias_batch_stride = 35;
   expect_error([&] { flash_bias_backward(p); }, "broadcast over the batch exactly when the bias is");
+}
+
+TEST(FlashBiasCpu, RejectsBadRelpos) {
+  Problem<float> pr({2, 2, 5, 7, 16, BiasForm::None, false, false, Layout::Contiguous, 3});
+  const FlashBiasBwdParams good = pr.params();
+  FlashBiasBwdParams p = good;
+  p.relpos_clip = -1;
+  expect_error([&] { flash_bias_forward(p); }, "relpos_clip R must be in [0, 536870912], got -1");
+  p = good;
+  p.relpos_dtype = ScalarType::F64;
+  expect_error([&] { flash_bias_forward(p); },
+               "relpos table must have the inputs' dtype float32, got float64");
+  p = good;
+  p.relpos_table = nullptr;
+  expect_error([&] { flash_bias_backward(p); },
+               "drelpos_table was requested but there is no relpos_table");
 }
 
 }  // namespace

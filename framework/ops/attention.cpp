@@ -1,15 +1,28 @@
-// The flash-bias attention layer: out = softmax(scale·q·kᵀ + bias + mask)·v per batch and head.
+// The flash-bias attention layer: out = softmax(scale·q·kᵀ + bias + T_rel + mask)·v per batch and
+// head.
 //
 // The op turns tensors into the plain problem description of kernels/flash_bias_params.h and
-// runs the CPU kernels of kernels/cpu/flash_bias.h (they derive the backward: dS = P∘(dP − Δ),
-// Δ = rowsum(dO∘O); dq = scale·dS·k, dk = scale·dSᵀ·q, dv = Pᵀ·dO, dbias = dS summed over the
-// bias's broadcast dims). The forward saves the log-sum-exp per query row; the backward
-// recomputes P from it tile by tile, so no (B,H,Nq,Nk) tensor exists at any point.
+// runs the CPU kernels of kernels/cpu/flash_bias.h or the CUDA ones (they derive the backward:
+// dS = P∘(dP − Δ), Δ = rowsum(dO∘O); dq = scale·dS·k, dk = scale·dSᵀ·q, dv = Pᵀ·dO, dbias = dS
+// summed over the bias's broadcast dims, dT = dS summed over the clipped diagonals). The forward
+// saves the log-sum-exp per query row; the backward recomputes P from it tile by tile, so no
+// (B,H,Nq,Nk) tensor exists at any point.
 //
-// A bias of shape (1,H,Nq,Nk), (B,1,Nq,Nk) or (1,1,Nq,Nk) is passed with a zero batch and/or
-// head stride; dbias has the bias's own shape and receives the sum over the shared dims.
+// Layouts:
+// - Dense: q (B,Nq,H,D), k and v (B,Nk,H,D). A bias of shape (1,H,Nq,Nk), (B,1,Nq,Nk) or
+//   (1,1,Nq,Nk) is passed with a zero batch and/or head stride; dbias has the bias's own shape
+//   and receives the sum over the shared dims.
+// - Packed (opt.cu_seqlens_q non-empty): q (Tq,H,D), k and v (Tk,H,D); sequence b is the rows
+//   cu_seqlens[b] … cu_seqlens[b+1]−1; the bias is 1-D, the blocks [H,nq_b,nk_b] one after the
+//   other; lse (H,Tq). The lengths live on the host (the op checks every shape against them)
+//   and are copied, with the bias block offsets, to the tensors' device for the kernels.
+// - Relative-position table T (H, 2R+1), optional: q's dtype on the CPU, float32 on the GPU (the
+//   CUDA kernels read and reduce it in fp32 whatever the inputs' dtype).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
+#include "framework/allocator.h"
 #include "framework/ops/common.h"
 #include "kernels/cpu/flash_bias.h"
 #ifdef PF_WITH_CUDA
@@ -25,23 +38,79 @@ namespace {
 
 // The tensors of one attention call, validated; sizes as ints for the kernel structs.
 struct AttentionShape {
-  int B = 0, H = 0, Nq = 0, Nk = 0, D = 0;
+  int B = 0, H = 0, Nq = 0, Nk = 0, D = 0;  // packed: B sequences, Nq/Nk the longest
   int64_t bias_batch_stride = 0, bias_head_stride = 0, bias_row_stride = 0;
+  int R = -1;  // relpos clip; -1 = no table
+  bool packed = false;
+  int64_t Tq = 0, Tk = 0;               // packed: total query / key rows
+  std::vector<int32_t> cu_q, cu_k;      // packed: (B+1) each
+  std::vector<int64_t> bias_offsets;    // packed: (B+1), offsets of the bias blocks
 };
 
-AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                               const Tensor& bias, const AttentionOptions& opt) {
+// The lengths of a packed batch: (B+1) entries, [0] = 0, nondecreasing.
+void check_cu_seqlens(const std::vector<int32_t>& cu, const char* name) {
+  PF_CHECK(cu.size() >= 2, "attention: " << name << " must have B+1 >= 2 entries, got "
+                                         << cu.size());
+  PF_CHECK(cu[0] == 0, "attention: " << name << "[0] must be 0, got " << cu[0]);
+  for (size_t b = 0; b + 1 < cu.size(); ++b)
+    PF_CHECK(cu[b + 1] >= cu[b], "attention: " << name << " must be nondecreasing, got " << name
+                                               << "[" << b << "]=" << cu[b] << " > " << name
+                                               << "[" << b + 1 << "]=" << cu[b + 1]);
+}
+
+void check_packed(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                  const AttentionOptions& opt, AttentionShape& s) {
+  s.packed = true;
+  s.cu_q = opt.cu_seqlens_q;
+  s.cu_k = opt.cu_seqlens_k.empty() ? opt.cu_seqlens_q : opt.cu_seqlens_k;
+  check_cu_seqlens(s.cu_q, "cu_seqlens_q");
+  check_cu_seqlens(s.cu_k, "cu_seqlens_k");
+  PF_CHECK(s.cu_q.size() == s.cu_k.size(),
+           "attention: cu_seqlens_q and cu_seqlens_k must have the same length B+1, got "
+               << s.cu_q.size() << " and " << s.cu_k.size());
+  s.B = static_cast<int>(s.cu_q.size()) - 1;
+  s.Tq = s.cu_q.back();
+  s.Tk = s.cu_k.back();
+  PF_CHECK(q.ndim() == 3, "attention: a packed q must be (Tq,H,D), got " << q.str());
+  s.H = static_cast<int>(q.size(1));
+  s.D = static_cast<int>(q.size(2));
+  PF_CHECK(q.size(0) == s.Tq, "attention: q must be (Tq=" << s.Tq << ",H,D) for cu_seqlens_q, got "
+                                                          << q.str());
+  PF_CHECK(k.ndim() == 3 && k.size(0) == s.Tk && k.size(1) == s.H && k.size(2) == s.D,
+           "attention: k must be (Tk=" << s.Tk << ",H=" << s.H << ",D=" << s.D
+                                       << ") for cu_seqlens_k and q, got " << k.str());
+  PF_CHECK(v.shape() == k.shape(),
+           "attention: v must have k's shape " << shape_str(k.shape()) << ", got " << v.str());
+  PF_CHECK(s.H >= 1 && s.D >= 1, "attention: H and D must be >= 1, got q " << q.str());
+  for (int b = 0; b < s.B; ++b) {
+    s.Nq = std::max(s.Nq, s.cu_q[b + 1] - s.cu_q[b]);
+    s.Nk = std::max(s.Nk, s.cu_k[b + 1] - s.cu_k[b]);
+  }
+  PF_CHECK(!opt.key_padding_mask.defined(),
+           "attention: key_padding_mask is not supported with cu_seqlens (the lengths say which "
+           "keys exist), got " << opt.key_padding_mask.str());
+  if (bias.defined()) {
+    check_float(bias, "attention", "bias");
+    check_same(q, "q", bias, "bias", "attention");
+    s.bias_offsets.assign(s.B + 1, 0);
+    for (int b = 0; b < s.B; ++b)
+      s.bias_offsets[b + 1] = s.bias_offsets[b] + int64_t{s.H} * (s.cu_q[b + 1] - s.cu_q[b]) *
+                                                      (s.cu_k[b + 1] - s.cu_k[b]);
+    PF_CHECK(bias.ndim() == 1 && bias.size(0) == s.bias_offsets.back(),
+             "attention: a packed bias must be 1-D with Σ H·nq_b·nk_b = "
+                 << s.bias_offsets.back() << " elements, got " << bias.str());
+  }
+}
+
+void check_dense(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                 const AttentionOptions& opt, AttentionShape& s) {
   const char* op = "attention";
-  check_float(q, op, "q");
-  check_float(k, op, "k");
-  check_float(v, op, "v");
-  check_same(q, "q", k, "k", op);
-  check_same(q, "q", v, "v", op);
+  PF_CHECK(opt.cu_seqlens_k.empty(), "attention: cu_seqlens_k given without cu_seqlens_q ("
+                                         << opt.cu_seqlens_k.size() << " entries)");
   PF_CHECK(q.ndim() == 4, "attention: q must be (B,Nq,H,D), got " << q.str());
   PF_CHECK(k.ndim() == 4, "attention: k must be (B,Nk,H,D), got " << k.str());
   PF_CHECK(v.shape() == k.shape(),
            "attention: v must have k's shape " << shape_str(k.shape()) << ", got " << v.str());
-  AttentionShape s;
   s.B = static_cast<int>(q.size(0));
   s.Nq = static_cast<int>(q.size(1));
   s.H = static_cast<int>(q.size(2));
@@ -74,14 +143,72 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
     PF_CHECK(m.device() == q.device(),
              "attention: key_padding_mask on " << m.str() << ", q on " << q.str());
   }
+}
+
+// T (H, 2R+1): on q's device; q's dtype on the CPU, float32 on the GPU.
+void check_relpos_table(const Tensor& q, const Tensor& table, AttentionShape& s) {
+  check_defined(table, "attention", "relpos_table");
+  PF_CHECK(table.device() == q.device(),
+           "attention: relpos_table must be on q's device, got " << table.str() << " and q "
+                                                                 << q.str());
+  if (q.device() == Device::CUDA) {
+    PF_CHECK(table.dtype() == DType::F32,
+             "attention: relpos_table on the GPU must be float32, got " << table.str());
+  } else {
+    PF_CHECK(table.dtype() == q.dtype(), "attention: relpos_table on the CPU must have q's dtype "
+                                             << dtype_name(q.dtype()) << ", got " << table.str());
+  }
+  PF_CHECK(table.ndim() == 2 && table.size(0) == s.H && table.size(1) % 2 == 1,
+           "attention: relpos_table must be (H=" << s.H << ", 2R+1) with an odd width, got "
+                                                 << table.str());
+  s.R = static_cast<int>((table.size(1) - 1) / 2);
+}
+
+AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& bias, const Tensor& table,
+                               const AttentionOptions& opt) {
+  const char* op = "attention";
+  check_float(q, op, "q");
+  check_float(k, op, "k");
+  check_float(v, op, "v");
+  check_same(q, "q", k, "k", op);
+  check_same(q, "q", v, "v", op);
+  AttentionShape s;
+  if (opt.cu_seqlens_q.empty()) check_dense(q, k, v, bias, opt, s);
+  else check_packed(q, k, v, bias, opt, s);
+  if (table.defined()) check_relpos_table(q, table, s);
   PF_CHECK(opt.scale >= 0 && std::isfinite(opt.scale),
            "attention: scale must be finite and >= 0 (0 = 1/sqrt(D)), got " << opt.scale);
   return s;
 }
 
+// A host array copied to `device` as a tensor of raw bytes (the kernels read it as int32/int64).
+template <class I>
+Tensor index_array(const std::vector<I>& host, Device device) {
+  const size_t bytes = host.size() * sizeof(I);
+  Tensor t = Tensor::empty({static_cast<int64_t>(bytes)}, DType::U8, device);
+  copy_bytes(t.data_ptr(), device, host.data(), Device::CPU, bytes);
+  return t;
+}
+
+// The packed batch's index arrays on the tensors' device; undefined in the dense layout.
+struct PackedArrays {
+  Tensor cu_q, cu_k, bias_offsets;
+};
+
+PackedArrays packed_arrays(const AttentionShape& s, Device device) {
+  PackedArrays a;
+  if (!s.packed) return a;
+  a.cu_q = index_array(s.cu_q, device);
+  a.cu_k = index_array(s.cu_k, device);
+  if (!s.bias_offsets.empty()) a.bias_offsets = index_array(s.bias_offsets, device);
+  return a;
+}
+
 // The forward problem over contiguous tensors (on either device).
 kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q, const Tensor& k,
-                                        const Tensor& v, const Tensor& bias, const Tensor& mask,
+                                        const Tensor& v, const Tensor& bias, const Tensor& table,
+                                        const Tensor& mask, const PackedArrays& arrays,
                                         bool causal, double scale) {
   kernels::FlashBiasParams p;
   p.B = s.B;
@@ -92,9 +219,9 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
   p.scale = scale;
   p.dtype = scalar_type_of(q.dtype());
   p.q = q.data_ptr();
-  p.q_stride = kernels::contiguous_bnhd(s.Nq, s.H, s.D);
+  p.q_stride = kernels::contiguous_bnhd(s.packed ? s.Tq : s.Nq, s.H, s.D);
   p.k = k.data_ptr();
-  p.k_stride = kernels::contiguous_bnhd(s.Nk, s.H, s.D);
+  p.k_stride = kernels::contiguous_bnhd(s.packed ? s.Tk : s.Nk, s.H, s.D);
   p.v = v.data_ptr();
   p.v_stride = p.k_stride;
   p.out_stride = p.q_stride;
@@ -104,6 +231,17 @@ kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q
     p.bias_batch_stride = s.bias_batch_stride;
     p.bias_head_stride = s.bias_head_stride;
     p.bias_row_stride = s.bias_row_stride;
+  }
+  if (table.defined()) {
+    p.relpos_table = table.data_ptr();
+    p.relpos_dtype = scalar_type_of(table.dtype());
+    p.relpos_clip = s.R;
+  }
+  if (s.packed) {
+    p.cu_seqlens_q = static_cast<const int32_t*>(arrays.cu_q.data_ptr());
+    p.cu_seqlens_k = static_cast<const int32_t*>(arrays.cu_k.data_ptr());
+    if (arrays.bias_offsets.defined())
+      p.bias_seq_offsets = static_cast<const int64_t*>(arrays.bias_offsets.data_ptr());
   }
   if (mask.defined()) p.key_padding_mask = static_cast<const uint8_t*>(mask.data_ptr());
   p.causal = causal;
@@ -152,49 +290,66 @@ void launch_backward(const kernels::FlashBiasBwdParams& bp, Device device) {
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D)
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const AttentionOptions& opt) {
-  const AttentionShape s = check_attention(q, k, v, bias, opt);
+  return attention(q, k, v, bias, Tensor(), opt);
+}
+
+// q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) relpos_table:(H,2R+1), either undefined
+// → (B,Nq,H,D). Packed: q:(Tq,H,D) k,v:(Tk,H,D) bias:(Σ H·nq_b·nk_b) → (Tq,H,D).
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                 const Tensor& relpos_table, const AttentionOptions& opt) {
+  const AttentionShape s = check_attention(q, k, v, bias, relpos_table, opt);
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(s.D));
+  const PackedArrays arrays = packed_arrays(s, q.device());
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-  // The log-sum-exp per (b, h, query row), in the accumulator type: double for float64 inputs,
-  // float otherwise (float32 on the CPU; float32, bfloat16 or float16 on the GPU).
-  Tensor lse = Tensor::empty({s.B, s.H, s.Nq}, q.dtype() == DType::F64 ? DType::F64 : DType::F32,
+  // The log-sum-exp per (b, h, query row) — (H, Tq) when packed — in the accumulator type:
+  // double for float64 inputs, float otherwise (float32 on the CPU; float32, bfloat16 or float16
+  // on the GPU).
+  const Shape lse_shape = s.packed ? Shape{s.H, s.Tq} : Shape{s.B, s.H, s.Nq};
+  Tensor lse = Tensor::empty(lse_shape, q.dtype() == DType::F64 ? DType::F64 : DType::F32,
                              q.device());
-  kernels::FlashBiasParams p =
-      forward_params(s, q, k, v, bias, opt.key_padding_mask, opt.causal, scale);
+  kernels::FlashBiasParams p = forward_params(s, q, k, v, bias, relpos_table,
+                                              opt.key_padding_mask, arrays, opt.causal, scale);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   launch_forward(p, q.device());
 
   const Tensor sq = q.detach(), sk = k.detach(), sv = v.detach(), so = out.detach();
   const Tensor sbias = bias.defined() ? bias.detach() : Tensor();
+  const Tensor stable = relpos_table.defined() ? relpos_table.detach() : Tensor();
   const Tensor smask = opt.key_padding_mask.defined() ? opt.key_padding_mask.detach() : Tensor();
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   const bool need_bias = bias.defined() && bias.requires_grad();
+  const bool need_table = relpos_table.defined() && relpos_table.requires_grad();
   const bool causal = opt.causal, deterministic = opt.deterministic;
-  return make_result(out, "attention", {q, k, v, bias},
-                     [=](const Tensor& g) -> std::vector<Tensor> {
-                       kernels::FlashBiasBwdParams bp;
-                       static_cast<kernels::FlashBiasParams&>(bp) =
-                           forward_params(s, sq, sk, sv, sbias, smask, causal, scale);
-                       bp.out = const_cast<void*>(so.data_ptr());
-                       bp.lse = const_cast<void*>(lse.data_ptr());
-                       bp.dout = g.data_ptr();
-                       bp.dout_stride = bp.q_stride;
-                       Tensor dq, dk, dv, dbias;
-                       if (need_q) dq = wanted_grad(sq, bp.dq, bp.dq_stride, bp.q_stride);
-                       if (need_k) dk = wanted_grad(sk, bp.dk, bp.dk_stride, bp.k_stride);
-                       if (need_v) dv = wanted_grad(sv, bp.dv, bp.dv_stride, bp.v_stride);
-                       if (need_bias) {
-                         dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
-                         bp.dbias = dbias.data_ptr();
-                         bp.dbias_batch_stride = s.bias_batch_stride;
-                         bp.dbias_head_stride = s.bias_head_stride;
-                         bp.dbias_row_stride = s.bias_row_stride;
-                       }
-                       bp.deterministic = deterministic;
-                       launch_backward(bp, g.device());
-                       return {dq, dk, dv, dbias};
-                     });
+  return make_result(
+      out, "attention", {q, k, v, bias, relpos_table},
+      [=](const Tensor& g) -> std::vector<Tensor> {
+        kernels::FlashBiasBwdParams bp;
+        static_cast<kernels::FlashBiasParams&>(bp) =
+            forward_params(s, sq, sk, sv, sbias, stable, smask, arrays, causal, scale);
+        bp.out = const_cast<void*>(so.data_ptr());
+        bp.lse = const_cast<void*>(lse.data_ptr());
+        bp.dout = g.data_ptr();
+        bp.dout_stride = bp.q_stride;
+        Tensor dq, dk, dv, dbias, dtable;
+        if (need_q) dq = wanted_grad(sq, bp.dq, bp.dq_stride, bp.q_stride);
+        if (need_k) dk = wanted_grad(sk, bp.dk, bp.dk_stride, bp.k_stride);
+        if (need_v) dv = wanted_grad(sv, bp.dv, bp.dv_stride, bp.v_stride);
+        if (need_bias) {  // packed: the same offsets as the bias (strides unused)
+          dbias = Tensor::empty(sbias.shape(), sbias.dtype(), sbias.device());
+          bp.dbias = dbias.data_ptr();
+          bp.dbias_batch_stride = s.bias_batch_stride;
+          bp.dbias_head_stride = s.bias_head_stride;
+          bp.dbias_row_stride = s.bias_row_stride;
+        }
+        if (need_table) {
+          dtable = Tensor::empty(stable.shape(), stable.dtype(), stable.device());
+          bp.drelpos_table = dtable.data_ptr();
+        }
+        bp.deterministic = deterministic;
+        launch_backward(bp, g.device());
+        return {dq, dk, dv, dbias, dtable};
+      });
 }
 
 }  // namespace pf::ops
