@@ -77,14 +77,31 @@ void chain_labels(const float* x, const int32_t* t, int N, int32_t* labels) {
   }
 }
 
-ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::string& split) {
+void check_chain_task(const std::string& task, const std::string& who) {
+  PF_CHECK(task == "chain" || task == "relpos",
+           who << ": expected task 'chain' or 'relpos', found '" << task << "'");
+}
+
+// (t_{i−1} + t_{i+2}) mod K with types past either end counting as 0.   t:(N) -> labels:(N)
+void relpos_labels(const int32_t* t, int N, int n_types, int32_t* labels) {
+  PF_CHECK(n_types >= 1, "relpos_labels: expected n_types >= 1, found " << n_types);
+  for (int i = 0; i < N; ++i) {
+    const int64_t before = i >= 1 ? t[i - 1] : 0, after = i + 2 < N ? t[i + 2] : 0;
+    labels[i] = static_cast<int32_t>((before + after) % n_types);
+  }
+}
+
+ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::string& split,
+                         const std::string& task) {
   check_sizes(S, N, n_types, "generate_chains");
+  check_chain_task(task, "generate_chains");
   ChainSet set;
   set.S = S;
   set.N = N;
   set.n_types = n_types;
   set.seed = seed;
   set.split = split;
+  set.task = task;
   set.tokens.resize(static_cast<size_t>(S) * N);
   set.labels.resize(static_cast<size_t>(S) * N);
   set.coords.resize(static_cast<size_t>(S) * N * 3);
@@ -108,13 +125,17 @@ ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::st
       xf[3 * i + 1] = static_cast<float>(y);
       xf[3 * i + 2] = static_cast<float>(z);
     }
-    chain_labels(xf, t, N, set.labels.data() + static_cast<size_t>(s) * N);
+    // The coordinates are drawn for both tasks, so that a relpos set has the chain set's types.
+    int32_t* labels = set.labels.data() + static_cast<size_t>(s) * N;
+    if (task == "relpos") relpos_labels(t, N, n_types, labels);
+    else chain_labels(xf, t, N, labels);
   }
   return set;
 }
 
 void write_chains(const std::string& path, const ChainSet& set) {
   check_sizes(set.S, set.N, set.n_types, ("write_chains " + path).c_str());
+  check_chain_task(set.task, "write_chains " + path);
   const size_t SN = static_cast<size_t>(set.S) * set.N;
   PF_CHECK(set.tokens.size() == SN && set.labels.size() == SN && set.coords.size() == 3 * SN,
            "write_chains " << path << ": expected tokens and labels of " << SN << " and coords of " << 3 * SN
@@ -128,6 +149,7 @@ void write_chains(const std::string& path, const ChainSet& set) {
   w.write_attr("/", "seed", set.seed);
   w.write_attr("/", "format_version", static_cast<int64_t>(kChainFormatVersion));
   w.write_attr("/", "split", set.split);
+  w.write_attr("/", "task", set.task);
   w.commit();
 }
 
@@ -137,7 +159,7 @@ namespace {
 struct ChainHeader {
   int S = 0, N = 0, n_types = 0;
   uint64_t seed = 0;
-  std::string split;
+  std::string split, task = "chain";
 };
 
 ChainHeader read_header(const H5Reader& r) {
@@ -153,6 +175,8 @@ ChainHeader read_header(const H5Reader& r) {
   h.n_types = static_cast<int>(K);
   h.seed = r.attr_uint64("/", "seed");
   if (r.has_attr("/", "split")) h.split = r.attr_string("/", "split");
+  if (r.has_attr("/", "task")) h.task = r.attr_string("/", "task");
+  check_chain_task(h.task, "chain file " + path);
   for (const char* name : {"tokens", "coords", "labels"})
     PF_CHECK(r.has(name), "chain file " << path << ": dataset '" << name << "' not found");
   const std::vector<int64_t> shape = r.shape("tokens");
@@ -185,6 +209,7 @@ ChainSet read_chains(const std::string& path) {
   set.n_types = h.n_types;
   set.seed = h.seed;
   set.split = h.split;
+  set.task = h.task;
   set.tokens = r.read_int32("tokens", {h.S, h.N});
   set.coords = r.read_float("coords", {h.S, h.N, 3});
   set.labels = r.read_int32("labels", {h.S, h.N});
@@ -194,11 +219,24 @@ ChainSet read_chains(const std::string& path) {
     PF_CHECK(std::isfinite(set.coords[k]), "chain file " << path << ": coords[" << k / (3 * h.N) << ", "
                                                          << (k / 3) % h.N << ", " << k % 3 << "] = "
                                                          << set.coords[k] << " is not finite");
+  if (set.task == "relpos") {
+    std::vector<int32_t> want(static_cast<size_t>(h.N));
+    for (int s = 0; s < h.S; ++s) {
+      const size_t at = static_cast<size_t>(s) * h.N;
+      relpos_labels(set.tokens.data() + at, h.N, h.n_types, want.data());
+      for (int i = 0; i < h.N; ++i)
+        PF_CHECK(set.labels[at + i] == want[i], "chain file " << path << ": labels[" << s << ", " << i << "] = "
+                                                              << set.labels[at + i] << " but the relpos rule gives "
+                                                              << want[i]);
+    }
+  }
   return set;
 }
 
-bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split) {
+bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split,
+                   const std::string& task) {
   check_sizes(S, N, n_types, ("ensure_chains " + path).c_str());
+  check_chain_task(task, "ensure_chains " + path);
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) {
@@ -207,7 +245,7 @@ bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t 
       fs::create_directories(parent, ec);
       PF_CHECK(!ec, "cannot create directory '" << parent.string() << "' for " << path << ": " << ec.message());
     }
-    write_chains(path, generate_chains(S, N, n_types, seed, split));
+    write_chains(path, generate_chains(S, N, n_types, seed, split, task));
     return true;
   }
   H5Reader r(path);
@@ -225,6 +263,7 @@ bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t 
   compare("n_types", h.n_types, n_types);
   compare("seed", h.seed, seed);
   if (!h.split.empty()) compare("split", "'" + h.split + "'", "'" + split + "'");
+  compare("task", "'" + h.task + "'", "'" + task + "'");
   PF_CHECK(diff.empty(), "data file " << path << " holds other chains than this run asks for: " << diff
                                       << ". Delete the file to regenerate it, or set another path");
   return false;

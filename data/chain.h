@@ -7,6 +7,11 @@
 // Every residue has such a j once N >= 6 (in a chain of 5 the middle residue has none), so
 // N >= 6 is required everywhere.
 //
+// Tasks (data.task): "chain" is the rule above. "relpos" keeps the same chains (same types and
+// coordinates for the same seed) but labels each residue by relative position alone:
+//   label_i = (t_{i−1} + t_{i+2}) mod K,   t_j = 0 for j < 0 or j >= N
+// so a model needs to look exactly one residue back and two ahead, and nothing else.
+//
 // Conventions (stated once, here):
 // - Layout: tokens and labels (S,N) int32, coords (S,N,3) float32, row-major.
 // - Determinism: sample s of a split draws from its own std::mt19937_64 seeded from
@@ -16,8 +21,9 @@
 // - Coordinates are accumulated in double and stored as float32; labels are computed from the
 //   stored float32 values widened to double, ‖·‖ = sqrt((dx² + dy²) + dz²), so anyone reading
 //   the file can recompute them exactly.
-// - File: datasets tokens, coords, labels; attributes n_types, seed (uint64), format_version=1
-//   and split (the split name the file was generated for; optional when reading).
+// - File: datasets tokens, coords, labels; attributes n_types, seed (uint64), format_version=1,
+//   split (the split name the file was generated for) and task ("chain" or "relpos"); split and
+//   task are optional when reading (files written before them are chain files).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -29,35 +35,47 @@ inline constexpr double kChainBondLength = 3.8;  // Å
 inline constexpr int kChainFormatVersion = 1;
 inline constexpr int kChainMinResidues = 6;
 
+// "chain" or "relpos" (see above); anything else is an error naming `who`.
+void check_chain_task(const std::string& task, const std::string& who);
+
 struct ChainSet {
   int S = 0, N = 0, n_types = 0;
   uint64_t seed = 0;
   std::string split;                    // "train", "val", ... ("" if the file did not say)
+  std::string task = "chain";           // what the labels are: "chain" | "relpos"
   std::vector<int32_t> tokens, labels;  // (S,N)
   std::vector<float> coords;            // (S,N,3)
 };
 
-// S >= 1 chains of N >= 6 residues with n_types >= 1 types.   -> tokens/labels (S,N), coords (S,N,3)
-ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::string& split);
+// S >= 1 chains of N >= 6 residues with n_types >= 1 types, labelled by `task`.
+//   -> tokens/labels (S,N), coords (S,N,3)
+ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::string& split,
+                         const std::string& task = "chain");
 
 // The label rule for one chain, from float32 coordinates widened to double (used by
 // generate_chains; exposed so that a test can feed it exact ties).   x:(N,3) t:(N) -> labels:(N)
 void chain_labels(const float* x, const int32_t* t, int N, int32_t* labels);
 
+// The relpos rule for one chain: (t_{i−1} + t_{i+2}) mod K, types past either end count as 0.
+//   t:(N) in [0,K) -> labels:(N)
+void relpos_labels(const int32_t* t, int N, int n_types, int32_t* labels);
+
 // Writes the set atomically (H5Writer: temp file, fsync, rename). Fails on an inconsistent set.
 void write_chains(const std::string& path, const ChainSet& set);
 
 // Reads and validates: datasets present with shapes (S,N), (S,N,3), (S,N) and integer / float
-// types, attributes present, format_version supported, tokens and labels in [0, n_types),
-// coords finite. Each failure is one line naming the file.
+// types, attributes present, format_version supported, task known, tokens and labels in
+// [0, n_types), coords finite, and for the relpos task every label equal to its rule (cheap to
+// recompute, unlike the chain rule). Each failure is one line naming the file.
 ChainSet read_chains(const std::string& path);
 
-// Makes sure `path` holds the chains (S, N, n_types, seed, split): generates and writes them if
-// the file is missing (returns true; the caller says "generated ..."), returns false if the
-// file is there and matches. A file with a different S, N, n_types, seed or split is an error
-// that says which differ and that the file should be deleted or the path changed. Parent
-// directories are created as needed.
-bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split);
+// Makes sure `path` holds the chains (S, N, n_types, seed, split, task): generates and writes
+// them if the file is missing (returns true; the caller says "generated ..."), returns false if
+// the file is there and matches. A file with a different S, N, n_types, seed, split or task is
+// an error that says which differ and that the file should be deleted or the path changed.
+// Parent directories are created as needed.
+bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split,
+                   const std::string& task = "chain");
 
 // Batches of sample indices: each epoch is a fresh permutation of 0..S-1 drawn from
 // (seed, epoch); batches are consecutive slices of it and the last partial batch of an epoch

@@ -28,6 +28,8 @@ struct Key {
   const char* name;
   Kind kind;
   void* field;  // int*, uint64_t*, double*, std::string* or bool* according to kind
+  // Added after checkpoints existed: config_hash leaves it out while it has its default value.
+  bool late = false;
 };
 
 struct Section {
@@ -46,11 +48,12 @@ std::vector<Section> key_table(Config& c) {
         {"n_heads", Kind::Int, &m.n_heads}, {"n_layers", Kind::Int, &m.n_layers},
         {"d_ff", Kind::Int, &m.d_ff}, {"c_z", Kind::Int, &m.c_z},
         {"relpos_clip", Kind::Int, &m.relpos_clip}, {"dist_bins", Kind::Int, &m.dist_bins},
-        {"dist_max", Kind::Double, &m.dist_max}}},
+        {"dist_max", Kind::Double, &m.dist_max}, {"attn_bias", Kind::String, &m.attn_bias, true}}},
       {"data",
        {{"train", Kind::String, &d.train}, {"val", Kind::String, &d.val},
         {"n_train", Kind::Int, &d.n_train}, {"n_val", Kind::Int, &d.n_val},
-        {"n_res", Kind::Int, &d.n_res}, {"seed", Kind::UInt64, &d.seed}}},
+        {"n_res", Kind::Int, &d.n_res}, {"seed", Kind::UInt64, &d.seed},
+        {"task", Kind::String, &d.task, true}}},
       {"train",
        {{"steps", Kind::Int, &t.steps}, {"batch_size", Kind::Int, &t.batch_size},
         {"lr", Kind::Double, &t.lr}, {"min_lr", Kind::Double, &t.min_lr},
@@ -60,7 +63,8 @@ std::vector<Section> key_table(Config& c) {
         {"checkpoint_every", Kind::Int, &t.checkpoint_every},
         {"precision", Kind::String, &t.precision},
         {"max_bad_steps", Kind::Int, &t.max_bad_steps},
-        {"detect_anomaly", Kind::Bool, &t.detect_anomaly}}},
+        {"detect_anomaly", Kind::Bool, &t.detect_anomaly},
+        {"deterministic", Kind::Bool, &t.deterministic}}},
       {"", {{"device", Kind::String, &c.device}, {"out", Kind::String, &c.out}}},
   };
 }
@@ -314,6 +318,8 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(m.dist_bins >= 1, "'model.dist_bins' must be at least 1, found " << m.dist_bins);
   PF_CONFIG_REQUIRE(std::isfinite(m.dist_max) && m.dist_max > 0,
                     "'model.dist_max' must be a positive distance (Å), found " << m.dist_max);
+  PF_CONFIG_REQUIRE(m.attn_bias == "pair" || m.attn_bias == "relpos",
+                    "'model.attn_bias' must be one of pair, relpos, found '" << m.attn_bias << "'");
 
   const DataConfig& d = c.data;
   PF_CONFIG_REQUIRE(!d.train.empty(), "'data.train' must be a file path, found an empty string");
@@ -326,6 +332,8 @@ void validate_config(const Config& c) {
   // has none, a chain of 6 is the shortest where all have one.
   PF_CONFIG_REQUIRE(d.n_res >= 6, "'data.n_res' must be at least 6 (every residue needs a neighbour j with "
                                   "|i-j| > 2), found " << d.n_res);
+  PF_CONFIG_REQUIRE(d.task == "chain" || d.task == "relpos",
+                    "'data.task' must be one of chain, relpos, found '" << d.task << "'");
 
   const TrainConfig& t = c.train;
   PF_CONFIG_REQUIRE(t.steps >= 1, "'train.steps' must be at least 1, found " << t.steps);
@@ -387,12 +395,18 @@ std::string config_to_yaml(const Config& cfg) {
 uint64_t config_hash(const Config& cfg) {
   Config c = cfg;
   if (c.model.d_ff == 0) c.model.d_ff = 4 * c.model.d_model;
+  Config defaults;
+  const std::vector<Section> default_table = key_table(defaults);
   std::string text;
-  for (const Section& s : key_table(c)) {
+  const std::vector<Section> table = key_table(c);
+  for (size_t si = 0; si < table.size(); ++si) {
+    const Section& s = table[si];
     const std::string sec = s.name;
     if (sec != "model" && sec != "data") continue;
-    for (const Key& k : s.keys) {
+    for (size_t ki = 0; ki < s.keys.size(); ++ki) {
+      const Key& k = s.keys[ki];
       if (sec == "data" && (std::string(k.name) == "train" || std::string(k.name) == "val")) continue;
+      if (k.late && format_value(k) == format_value(default_table[si].keys[ki])) continue;
       text += sec + "." + k.name + "=" + format_value(k) + "\n";
     }
   }

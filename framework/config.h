@@ -23,12 +23,20 @@ struct ModelConfig {
   int d_ff = 0;  // 0 -> 4·d_model after load
   int c_z = 16, relpos_clip = 32, dist_bins = 64;
   double dist_max = 16.0;  // Å
+  // The attention bias of every layer: "pair" = LN_z(z)·W_b from the pair representation
+  // (DESIGN §4); "relpos" = only a learned relative-position table (H, 2R+1) per layer, looked up
+  // inside the attention kernel (no pair representation, no distances; c_z, dist_bins and
+  // dist_max are then unused).
+  std::string attn_bias = "pair";
 };
 
 struct DataConfig {
   std::string train = "data/chain_train.h5", val = "data/chain_val.h5";
   int n_train = 8192, n_val = 512, n_res = 64;
   uint64_t seed = 1234;
+  // What the labels are (data/chain.h): "chain" = the type of the nearest non-local neighbour
+  // in space (DESIGN §3); "relpos" = (t_{i−1} + t_{i+2}) mod K, a rule of relative position only.
+  std::string task = "chain";
 };
 
 struct TrainConfig {
@@ -45,6 +53,9 @@ struct TrainConfig {
   // Anomaly mode: every op's output and every gradient is checked, and the first non-finite
   // one stops the run with the op, its shape and the layer it belongs to (framework/anomaly.h).
   bool detect_anomaly = false;
+  // Deterministic mode on the GPU: bitwise-identical runs for the same seed and config
+  // (framework/deterministic.h; the CPU always is). Not part of config_hash.
+  bool deterministic = false;
 };
 
 struct Config {
@@ -69,9 +80,11 @@ void validate_config(const Config& cfg);
 std::string config_to_yaml(const Config& cfg);
 
 // Stable (FNV-1a 64 over a canonical text) hash of what the model and the data are: every
-// model key (d_ff resolved) and data.n_train, n_val, n_res, seed. The data file paths are not
-// part of it: moving the files does not change the data. Train keys, device and out are not
-// part of it either: a resumed run may change them.
+// model key (d_ff resolved) and every data key but the file paths (moving the files does not
+// change the data). Train keys, device and out are not part of it: a resumed run may change
+// them. Keys added after checkpoints existed (model.attn_bias, data.task) enter the text only
+// when they differ from their defaults, so the hash of an older config, and with it
+// --resume from its checkpoints, is unchanged.
 uint64_t config_hash(const Config& cfg);
 
 }  // namespace pf

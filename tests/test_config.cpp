@@ -29,12 +29,14 @@ void expect_same(const pf::Config& a, const pf::Config& b) {
   EXPECT_EQ(a.model.relpos_clip, b.model.relpos_clip);
   EXPECT_EQ(a.model.dist_bins, b.model.dist_bins);
   EXPECT_EQ(a.model.dist_max, b.model.dist_max);  // exact: the YAML text round-trips doubles
+  EXPECT_EQ(a.model.attn_bias, b.model.attn_bias);
   EXPECT_EQ(a.data.train, b.data.train);
   EXPECT_EQ(a.data.val, b.data.val);
   EXPECT_EQ(a.data.n_train, b.data.n_train);
   EXPECT_EQ(a.data.n_val, b.data.n_val);
   EXPECT_EQ(a.data.n_res, b.data.n_res);
   EXPECT_EQ(a.data.seed, b.data.seed);
+  EXPECT_EQ(a.data.task, b.data.task);
   EXPECT_EQ(a.train.steps, b.train.steps);
   EXPECT_EQ(a.train.batch_size, b.train.batch_size);
   EXPECT_EQ(a.train.lr, b.train.lr);
@@ -98,6 +100,7 @@ model:
   relpos_clip: 9
   dist_bins: 17
   dist_max: 12.5
+  attn_bias: relpos
 data:
   train: /tmp/some where/train.h5
   val: "relative/val.h5"
@@ -105,6 +108,7 @@ data:
   n_val: 17
   n_res: 33
   seed: 18446744073709551615
+  task: relpos
 train:
   steps: 1000
   batch_size: 96
@@ -151,12 +155,14 @@ TEST_F(ConfigFile, FullFileSetsEveryKey) {
   EXPECT_EQ(c.model.relpos_clip, 9);
   EXPECT_EQ(c.model.dist_bins, 17);
   EXPECT_EQ(c.model.dist_max, 12.5);
+  EXPECT_EQ(c.model.attn_bias, "relpos");
   EXPECT_EQ(c.data.train, "/tmp/some where/train.h5");
   EXPECT_EQ(c.data.val, "relative/val.h5");  // relative paths stay as written
   EXPECT_EQ(c.data.n_train, 97);
   EXPECT_EQ(c.data.n_val, 17);
   EXPECT_EQ(c.data.n_res, 33);
   EXPECT_EQ(c.data.seed, 18446744073709551615ull);
+  EXPECT_EQ(c.data.task, "relpos");
   EXPECT_EQ(c.train.steps, 1000);
   EXPECT_EQ(c.train.batch_size, 96);
   EXPECT_EQ(c.train.lr, 1.0e-3);
@@ -177,6 +183,9 @@ TEST_F(ConfigFile, TheDemoConfigLoads) {
 #ifdef PF_SOURCE_DIR
   const pf::Config c = pf::load_config(std::string(PF_SOURCE_DIR) + "/configs/pairbias.yaml");
   EXPECT_GE(c.model.d_ff, 1);
+  const pf::Config r = pf::load_config(std::string(PF_SOURCE_DIR) + "/configs/relpos.yaml");
+  EXPECT_EQ(r.model.attn_bias, "relpos");
+  EXPECT_EQ(r.data.task, "relpos");
 #else
   GTEST_SKIP() << "PF_SOURCE_DIR not defined";
 #endif
@@ -218,12 +227,14 @@ TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
     c.model.relpos_clip = pick(0, 100);
     c.model.dist_bins = pick(1, 200);
     c.model.dist_max = std::ldexp(static_cast<double>(rng() >> 11), -50) + 1e-300;  // any bits
+    c.model.attn_bias = rng() % 2 ? "pair" : "relpos";
     c.data.train = odd_strings[rng() % odd_strings.size()] + "1";
     c.data.val = odd_strings[rng() % odd_strings.size()] + "2";
     c.data.n_train = pick(1, 100000);
     c.data.n_val = pick(1, 1000);
     c.data.n_res = pick(6, 512);
     c.data.seed = rng();
+    c.data.task = rng() % 2 ? "chain" : "relpos";
     c.train.steps = pick(1, 100000);
     c.train.batch_size = pick(1, c.data.n_train);
     c.train.lr = std::ldexp(static_cast<double>(rng() >> 11), -60) + 1e-12;
@@ -250,7 +261,8 @@ TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
 TEST_F(ConfigFile, YamlNamesEveryKey) {
   const std::string yaml = pf::config_to_yaml(pf::config_from_yaml_string(""));
   for (const char* k : {"model:", "n_types:", "d_model:", "n_heads:", "n_layers:", "d_ff: 256", "c_z:",
-                        "relpos_clip:", "dist_bins:", "dist_max: 16.0", "data:", "train:", "val:", "n_train:",
+                        "relpos_clip:", "dist_bins:", "dist_max: 16.0", "attn_bias: \"pair\"",
+                        "task: \"chain\"", "data:", "train:", "val:", "n_train:",
                         "n_val:", "n_res:", "seed:", "steps:", "batch_size:", "lr: 0.003", "min_lr: 3e-04",
                         "warmup:", "weight_decay:", "grad_clip:", "eval_every:", "log_every:",
                         "checkpoint_every:", "precision:", "device:", "out:"})
@@ -274,6 +286,14 @@ TEST(Config, HashCoversModelAndDataOnly) {
   for (const char* ov : {"data.train=elsewhere.h5", "data.val=v.h5", "train.steps=700", "train.lr=1",
                          "train.seed=3", "train.precision=bf16", "device=cpu", "out=x"})
     EXPECT_EQ(pf::config_hash(pf::config_from_yaml_string("", {ov})), h) << ov;
+  // Keys added later change the hash only away from their defaults (older checkpoints resume).
+  for (const char* ov : {"model.attn_bias=pair", "data.task=chain"})
+    EXPECT_EQ(pf::config_hash(pf::config_from_yaml_string("", {ov})), h) << ov;
+  const uint64_t bias = pf::config_hash(pf::config_from_yaml_string("", {"model.attn_bias=relpos"}));
+  const uint64_t task = pf::config_hash(pf::config_from_yaml_string("", {"data.task=relpos"}));
+  EXPECT_NE(bias, h);
+  EXPECT_NE(task, h);
+  EXPECT_NE(bias, task);
 }
 
 TEST(Config, HashIsPinned) {
@@ -343,6 +363,12 @@ TEST(Config, ImpossibleValues) {
     expect_error(std::string("train: {") + k + ": 0}\n", {}, {std::string("'train.") + k + "' must be at least 1"});
   expect_error("train: {precision: fp16}\n", {}, {"'train.precision' must be one of fp32, bf16, fp64, found 'fp16'"});
   expect_error("device: gpu\n", {}, {"'device' must be one of auto, cpu, cuda, found 'gpu'"});
+  expect_error("model: {attn_bias: distance}\n", {}, {"'model.attn_bias' must be one of pair, relpos, found 'distance'"});
+  expect_error("", {"model.attn_bias=Relpos"}, {"'model.attn_bias' must be one of pair, relpos, found 'Relpos'"});
+  expect_error("model: {attn_bias: [pair]}\n", {}, {"'model.attn_bias' must be a string, found a list"});
+  expect_error("data: {task: nearest}\n", {}, {"'data.task' must be one of chain, relpos, found 'nearest'"});
+  expect_error("data: {task: }\n", {}, {"'data.task' must be a string, found nothing"});
+  expect_error("data: {task: ''}\n", {}, {"'data.task' must be one of chain, relpos, found ''"});
   expect_error("out: ''\n", {}, {"'out' must be a directory path"});
   // a Config edited in code is checked the same way
   pf::Config c;

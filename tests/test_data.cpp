@@ -398,3 +398,110 @@ TEST(Chain, BadSizesAreErrors) {
   expect_error([] { pf::generate_chains(3, 5, 8, 1, "train"); }, {"at least 6 residues", "N = 5"});
   expect_error([] { pf::generate_chains(3, 9, 0, 1, "train"); }, {"n_types = 0"});
 }
+
+// ---- the relpos task ------------------------------------------------------------------------
+
+TEST(Relpos, LabelRuleOnHandMadeSequences) {
+  // K = 10 so that the sums are readable: label_i = (t_{i−1} + t_{i+2}) mod 10, 0 past the ends.
+  const std::vector<int32_t> t = {1, 2, 3, 4, 5, 6, 7};
+  std::vector<int32_t> labels(t.size(), -7);
+  pf::relpos_labels(t.data(), 7, 10, labels.data());
+  // i = 0: t_{-1} = 0, t_2 = 3 → 3;  i = 1: 1 + 4;  ...  i = 4: 4 + 7 = 11 → 1;
+  // i = 5: t_4 + t_7 (past the end) = 5;  i = 6: t_5 + t_8 = 6.
+  EXPECT_EQ(labels, (std::vector<int32_t>{3, 5, 7, 9, 1, 5, 6}));
+  // Modulo with a small K and the largest types: (K−1) + (K−1) = 2K − 2 → K − 2.
+  const std::vector<int32_t> u = {2, 2, 2, 2, 2, 2};
+  std::vector<int32_t> lu(6, -7);
+  pf::relpos_labels(u.data(), 6, 3, lu.data());
+  EXPECT_EQ(lu, (std::vector<int32_t>{2, 1, 1, 1, 2, 2}));  // ends: 0+2, and 2+0 twice
+  // The shortest sequences: every residue has at most one neighbour in range.
+  const std::vector<int32_t> one = {4};
+  std::vector<int32_t> l1(1, -7);
+  pf::relpos_labels(one.data(), 1, 5, l1.data());
+  EXPECT_EQ(l1[0], 0);  // both neighbours past the ends
+  const std::vector<int32_t> two = {4, 3};
+  std::vector<int32_t> l2(2, -7);
+  pf::relpos_labels(two.data(), 2, 5, l2.data());
+  EXPECT_EQ(l2, (std::vector<int32_t>{0, 4}));  // i = 1: t_0 = 4, t_3 past the end
+  // K = 1: everything is type 0 and so is every label.
+  std::vector<int32_t> zeros(8, 0), lz(8, -7);
+  pf::relpos_labels(zeros.data(), 8, 1, lz.data());
+  EXPECT_EQ(lz, zeros);
+}
+
+TEST_F(ChainTest, RelposTaskKeepsTheChainsAndRelabelsThem) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const uint64_t seed = fresh_seed();
+  const pf::ChainSet chain = pf::generate_chains(17, 33, 8, seed, "train");
+  const pf::ChainSet rel = pf::generate_chains(17, 33, 8, seed, "train", "relpos");
+  EXPECT_EQ(rel.task, "relpos");
+  EXPECT_EQ(chain.task, "chain");
+  EXPECT_EQ(rel.tokens, chain.tokens) << "the same seed gives the same types for both tasks";
+  EXPECT_EQ(rel.coords, chain.coords);
+  EXPECT_NE(rel.labels, chain.labels);
+  // The rule written out independently of relpos_labels.
+  for (int s = 0; s < rel.S; ++s)
+    for (int i = 0; i < rel.N; ++i) {
+      auto type = [&](int j) { return j < 0 || j >= rel.N ? 0 : rel.tokens[s * rel.N + j]; };
+      ASSERT_EQ(rel.labels[s * rel.N + i], (type(i - 1) + type(i + 2)) % 8) << "s " << s << " i " << i;
+    }
+  // The label frequencies of a sum mod K of two uniform types: uniform (labels at the ends excepted).
+  const pf::ChainSet big = pf::generate_chains(512, 64, 8, seed, "val", "relpos");
+  std::vector<int> count(8, 0);
+  for (int s = 0; s < big.S; ++s)
+    for (int i = 1; i + 2 < big.N; ++i) ++count[big.labels[s * big.N + i]];
+  const double n = 512.0 * 61;
+  // 31232 labels, each neighbour shared by two labels: sd of a frequency ≲ sqrt(2·0.11/31232) = 0.0027.
+  for (int k = 0; k < 8; ++k) EXPECT_NEAR(count[k] / n, 1.0 / 8, 0.02) << "label " << k;
+
+  // The file records the task, and reads back to the same set.
+  pf::write_chains(file("rel.h5"), rel);
+  EXPECT_EQ(pf::H5Reader(file("rel.h5")).attr_string("/", "task"), "relpos");
+  EXPECT_TRUE(same(pf::read_chains(file("rel.h5")), rel));
+  EXPECT_EQ(pf::read_chains(file("rel.h5")).task, "relpos");
+  pf::write_chains(file("chain.h5"), chain);
+  EXPECT_EQ(pf::H5Reader(file("chain.h5")).attr_string("/", "task"), "chain");
+}
+
+TEST_F(ChainTest, EnsureAndReadCheckTheTask) {
+  const uint64_t seed = fresh_seed();
+  const std::string p = file("rel.h5");
+  EXPECT_TRUE(pf::ensure_chains(p, 17, 9, 8, seed, "train", "relpos"));
+  EXPECT_FALSE(pf::ensure_chains(p, 17, 9, 8, seed, "train", "relpos"));
+  expect_error([&] { pf::ensure_chains(p, 17, 9, 8, seed, "train"); },
+               {p, "task 'relpos' in the file, 'chain' requested", "Delete the file"});
+  expect_error([&] { pf::ensure_chains(file("x.h5"), 17, 9, 8, seed, "train", "sum"); },
+               {"expected task 'chain' or 'relpos', found 'sum'"});
+  EXPECT_FALSE(fs::exists(file("x.h5")));
+  expect_error([&] { pf::generate_chains(3, 9, 8, seed, "train", ""); }, {"found ''"});
+
+  // A file without a task attribute (written before tasks existed) is a chain file.
+  pf::ChainSet c = pf::generate_chains(5, 9, 4, seed, "train");
+  auto write = [&](const std::string& name, const pf::ChainSet& v, const char* task) {
+    pf::H5Writer w(file(name));
+    w.write_dataset("tokens", v.tokens.data(), {v.S, v.N});
+    w.write_dataset("coords", v.coords.data(), {v.S, v.N, 3});
+    w.write_dataset("labels", v.labels.data(), {v.S, v.N});
+    w.write_attr("/", "n_types", static_cast<int64_t>(v.n_types));
+    w.write_attr("/", "seed", v.seed);
+    w.write_attr("/", "format_version", int64_t{1});
+    if (task) w.write_attr("/", "task", std::string(task));
+    w.commit();
+    return file(name);
+  };
+  EXPECT_EQ(pf::read_chains(write("old.h5", c, nullptr)).task, "chain");
+  EXPECT_FALSE(pf::ensure_chains(file("old.h5"), 5, 9, 4, seed, "train"));
+  expect_error([&] { pf::ensure_chains(file("old.h5"), 5, 9, 4, seed, "train", "relpos"); },
+               {"task 'chain' in the file, 'relpos' requested"});
+  // An unknown task, and relpos labels that do not follow the rule.
+  std::string bad = write("unknown.h5", c, "nearest");
+  expect_error([&] { pf::read_chains(bad); }, {bad, "expected task 'chain' or 'relpos', found 'nearest'"});
+  pf::ChainSet r = pf::generate_chains(5, 9, 4, seed, "train", "relpos");
+  EXPECT_EQ(pf::read_chains(write("rel_ok.h5", r, "relpos")).labels, r.labels);
+  r.labels[2 * 9 + 8] = (r.labels[2 * 9 + 8] + 1) % 4;
+  bad = write("rel_bad.h5", r, "relpos");
+  expect_error([&] { pf::read_chains(bad); }, {bad, "labels[2, 8] = ", "but the relpos rule gives"});
+  // chain labels under a relpos attribute are caught the same way
+  bad = write("mislabelled.h5", c, "relpos");
+  expect_error([&] { pf::read_chains(bad); }, {bad, "but the relpos rule gives"});
+}
