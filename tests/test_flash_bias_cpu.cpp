@@ -13,6 +13,7 @@
 //   at worst; measured ≤ 6e-7. (Each test prints its worst errors.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -692,6 +693,303 @@ TEST(FlashBiasCpu, IndependentOfThreadCount) {
 #endif
 }
 
+// ---- packed variable-length batches -------------------------------------------------------------
+
+// Sequence b has nq[b] queries and nk[b] keys; q, k, v, out, … are (T,H,D) with padded rows and
+// heads and a batch stride that must not be used; the bias blocks [H,nq_b,nk_b] sit at offsets
+// with poisoned gaps between them. `slack` is added to the Nq/Nk bounds (they are only bounds).
+struct VarlenCase {
+  std::vector<int> nq, nk;
+  int H, D;
+  bool bias, causal;
+  int R = -1;
+  int slack = 0;
+  std::string str() const {
+    std::string s = "varlen";
+    for (size_t b = 0; b < nq.size(); ++b) s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
+    return s + " H=" + std::to_string(H) + " D=" + std::to_string(D) + (bias ? " bias" : "") +
+           (causal ? " causal" : "") + (R >= 0 ? " relpos R=" + std::to_string(R) : "") +
+           (slack ? " slack=" + std::to_string(slack) : "");
+  }
+};
+
+template <class T>
+struct PackedProblem {
+  VarlenCase c;
+  int B = 0, Nq = 0, Nk = 0;
+  std::vector<int32_t> cu_q, cu_k;
+  std::vector<int64_t> offs;
+  BNHDStrides st;  // the same padded layout for every (T,H,D) tensor
+  std::vector<T> q, k, v, dout, out, dq, dk, dv, bias, dbias, lse, table, dtable;
+
+  static constexpr T nan() { return std::numeric_limits<T>::quiet_NaN(); }
+  // a (rows,H,D) buffer in the padded layout, NaN between the elements
+  std::vector<T> buffer(int rows) const { return std::vector<T>(size_t(rows) * st.row, nan()); }
+  T& at(std::vector<T>& x, int64_t row, int h, int d) const { return x[row * st.row + h * st.head + d]; }
+  T at(const std::vector<T>& x, int64_t row, int h, int d) const {
+    return x[row * st.row + h * st.head + d];
+  }
+  void fill_random(std::vector<T>& x, int rows) const {
+    const auto r = randn(size_t(rows) * c.H * c.D);
+    size_t t = 0;
+    for (int n = 0; n < rows; ++n)
+      for (int h = 0; h < c.H; ++h)
+        for (int d = 0; d < c.D; ++d) at(x, n, h, d) = T(r[t++]);
+  }
+
+  explicit PackedProblem(const VarlenCase& vc) : c(vc) {
+    B = static_cast<int>(c.nq.size());
+    cu_q.assign(B + 1, 0);
+    cu_k.assign(B + 1, 0);
+    offs.assign(B + 1, 3);  // the first block starts 3 elements in
+    for (int b = 0; b < B; ++b) {
+      cu_q[b + 1] = cu_q[b] + c.nq[b];
+      cu_k[b + 1] = cu_k[b] + c.nk[b];
+      offs[b + 1] = offs[b] + int64_t(c.H) * c.nq[b] * c.nk[b] + 5;  // 5 poisoned between blocks
+      Nq = std::max(Nq, c.nq[b]);
+      Nk = std::max(Nk, c.nk[b]);
+    }
+    Nq += c.slack;
+    Nk += c.slack;
+    st.head = c.D + 1;
+    st.row = int64_t(c.H) * st.head + 2;
+    st.batch = int64_t(1) << 40;  // unused when packed: any use would read far out of bounds
+    q = buffer(cu_q[B]), dout = buffer(cu_q[B]), out = buffer(cu_q[B]), dq = buffer(cu_q[B]);
+    k = buffer(cu_k[B]), v = buffer(cu_k[B]), dk = buffer(cu_k[B]), dv = buffer(cu_k[B]);
+    fill_random(q, cu_q[B]);
+    fill_random(dout, cu_q[B]);
+    fill_random(k, cu_k[B]);
+    fill_random(v, cu_k[B]);
+    if (c.bias) {
+      bias.assign(offs[B] + 2, nan());  // the gaps stay NaN: reading one would poison a score
+      for (int b = 0; b < B; ++b) {
+        const auto r = randn(size_t(c.H) * c.nq[b] * c.nk[b], 2.0);
+        for (size_t i = 0; i < r.size(); ++i) bias[offs[b] + i] = T(r[i]);
+      }
+      dbias.assign(bias.size(), nan());
+    }
+    if (c.R >= 0) {
+      for (double x : randn(size_t(c.H) * (2 * c.R + 1), 2.0)) table.push_back(T(x));
+      dtable.assign(table.size(), nan());
+    }
+    lse.assign(size_t(c.H) * cu_q[B], nan());
+  }
+
+  FlashBiasBwdParams params() {
+    FlashBiasBwdParams p;
+    p.B = B, p.H = c.H, p.Nq = Nq, p.Nk = Nk, p.D = c.D;
+    p.scale = T(1.0 / std::sqrt(double(c.D)));
+    p.dtype = dtype_of<T>();
+    p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = out.data(), p.dout = dout.data();
+    p.dq = dq.data(), p.dk = dk.data(), p.dv = dv.data();
+    p.q_stride = p.k_stride = p.v_stride = p.out_stride = p.dout_stride = st;
+    p.dq_stride = p.dk_stride = p.dv_stride = st;
+    p.lse = lse.data();
+    p.cu_seqlens_q = cu_q.data();
+    p.cu_seqlens_k = cu_k.data();
+    if (c.bias) {
+      p.bias = bias.data();
+      p.bias_dtype = dtype_of<T>();
+      p.bias_seq_offsets = offs.data();
+      p.bias_batch_stride = p.bias_head_stride = p.bias_row_stride = -7;  // unused when packed
+      p.dbias = dbias.data();
+    }
+    if (c.R >= 0) {
+      p.relpos_table = table.data();
+      p.relpos_dtype = dtype_of<T>();
+      p.relpos_clip = c.R;
+      p.drelpos_table = dtable.data();
+    }
+    p.causal = c.causal;
+    p.deterministic = true;
+    return p;
+  }
+
+  void poison_outputs() {
+    for (auto* x : {&out, &dq, &dk, &dv, &dbias, &lse, &dtable}) std::fill(x->begin(), x->end(), nan());
+  }
+  // NaN everywhere outside the logical elements of out, dq, dk, dv and dbias
+  bool gaps_untouched() const {
+    auto rows_ok = [&](const std::vector<T>& x) {
+      for (size_t i = 0; i < x.size(); ++i) {
+        const int64_t in_row = int64_t(i) % st.row;
+        const bool logical = in_row < c.H * st.head && in_row % st.head < c.D;
+        if (!logical && !std::isnan(x[i])) return false;
+      }
+      return true;
+    };
+    bool ok = rows_ok(out) && rows_ok(dq) && rows_ok(dk) && rows_ok(dv);
+    for (int b = 0; b < B && c.bias; ++b)
+      for (int64_t i = offs[b] + int64_t(c.H) * c.nq[b] * c.nk[b]; i < offs[b + 1]; ++i)
+        ok = ok && std::isnan(dbias[i]);
+    for (int64_t i = 0; i < offs[0] && c.bias; ++i) ok = ok && std::isnan(dbias[i]);
+    return ok;
+  }
+  // every output of one run, for bitwise comparisons
+  std::vector<T> all_outputs() const {
+    std::vector<T> all;
+    for (const auto* x : {&out, &lse, &dq, &dk, &dv, &dbias, &dtable}) all.insert(all.end(), x->begin(), x->end());
+    return all;
+  }
+};
+
+// The packed run against each sequence run alone through the dense path (Problem<T> with B = 1,
+// the same values): forward, lse, dq, dk, dv, dbias, and dT against the sum of the sequences' dT.
+// Same kernel code on the same values, so the tolerance of the dense tests holds with room.
+template <class T>
+void run_varlen(const VarlenCase& c) {
+  SCOPED_TRACE(c.str() + (std::is_same_v<T, double> ? " float64" : " float32"));
+  PackedProblem<T> pk(c);
+  FlashBiasBwdParams p = pk.params();
+  flash_bias_forward(p);
+  flash_bias_backward(p);
+  EXPECT_TRUE(pk.gaps_untouched()) << "written outside the logical elements";
+
+  const int H = c.H, D = c.D;
+  const int64_t Tq = pk.cu_q[pk.B];
+  std::vector<double> dt_sum(pk.table.size(), 0.0), dt_scale(pk.table.size(), 0.0);
+  for (int b = 0; b < pk.B; ++b) {
+    SCOPED_TRACE("sequence " + std::to_string(b));
+    const int nq = c.nq[b], nk = c.nk[b];
+    const int64_t q0 = pk.cu_q[b], k0 = pk.cu_k[b];
+    if (nq == 0 || nk == 0) {  // nothing to attend: out, dq 0 and lse −inf; unseen keys: dk, dv 0
+      for (int i = 0; i < nq; ++i)
+        for (int h = 0; h < H; ++h) {
+          EXPECT_EQ(pk.lse[h * Tq + q0 + i], -std::numeric_limits<T>::infinity());
+          for (int d = 0; d < D; ++d) {
+            EXPECT_EQ(pk.at(pk.out, q0 + i, h, d), T(0));
+            EXPECT_EQ(pk.at(pk.dq, q0 + i, h, d), T(0));
+          }
+        }
+      for (int j = 0; j < nk; ++j)
+        for (int h = 0; h < H; ++h)
+          for (int d = 0; d < D; ++d) {
+            EXPECT_EQ(pk.at(pk.dk, k0 + j, h, d), T(0));
+            EXPECT_EQ(pk.at(pk.dv, k0 + j, h, d), T(0));
+          }
+      continue;
+    }
+    // the sequence alone, dense: B = 1, a (1,H,nq,nk) bias, the same table
+    Problem<T> one({1, H, nq, nk, D, c.bias ? BiasForm::BH : BiasForm::None, false, c.causal,
+                    Layout::Contiguous, c.R});
+    auto take = [&](const std::vector<T>& src, int64_t r0, int n) {
+      std::vector<double> x;
+      for (int i = 0; i < n; ++i)
+        for (int h = 0; h < H; ++h)
+          for (int d = 0; d < D; ++d) x.push_back(double(pk.at(src, r0 + i, h, d)));
+      return x;
+    };
+    one.Q.fill(take(pk.q, q0, nq));
+    one.K.fill(take(pk.k, k0, nk));
+    one.V.fill(take(pk.v, k0, nk));
+    one.dout.views[0].fill(take(pk.dout, q0, nq));
+    if (c.bias) std::copy_n(pk.bias.begin() + pk.offs[b], one.bias.size(), one.bias.begin());
+    if (c.R >= 0) one.table = pk.table;
+    FlashBiasBwdParams op = one.params();
+    flash_bias_forward(op);
+    flash_bias_backward(op);
+
+    expect_close("varlen out", rel_err(take(pk.out, q0, nq), one.out.views[0].values()), tol<T>());
+    std::vector<double> lse_p, lse_d;
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < nq; ++i) {
+        const double lp = pk.lse[h * Tq + q0 + i], ld = one.lse[size_t(h) * nq + i];
+        ASSERT_EQ(std::isinf(lp), std::isinf(ld)) << "lse row " << i;  // −inf: fully masked row
+        lse_p.push_back(std::isinf(lp) ? 0.0 : lp);
+        lse_d.push_back(std::isinf(ld) ? 0.0 : ld);
+      }
+    expect_close("varlen lse", rel_err(lse_p, lse_d), tol<T>());
+    expect_close("varlen dq", rel_err(take(pk.dq, q0, nq), one.dq.views[0].values()), tol<T>());
+    expect_close("varlen dk", rel_err(take(pk.dk, k0, nk), one.dk.views[0].values()), tol<T>());
+    expect_close("varlen dv", rel_err(take(pk.dv, k0, nk), one.dv.views[0].values()), tol<T>());
+    if (c.bias) {
+      const std::vector<double> db(pk.dbias.begin() + pk.offs[b],
+                                   pk.dbias.begin() + pk.offs[b] + one.dbias.size());
+      expect_close("varlen dbias", rel_err(db, one.dbias_values()), tol<T>());
+    }
+    for (size_t r = 0; r < dt_sum.size(); ++r) {
+      dt_sum[r] += double(one.dtable[r]);
+      dt_scale[r] += std::abs(double(one.dtable[r]));
+    }
+  }
+  // dT of the batch = Σ over sequences; each sequence's dT was rounded to T before this sum, so
+  // the difference is rounding relative to Σ|dT_b|.
+  if (c.R >= 0)
+    expect_close("varlen dT", err_vs_scale({pk.dtable.begin(), pk.dtable.end()}, dt_sum, dt_scale),
+                 tol<T>());
+
+  // Again from poison: bitwise identical. Then dbias and dT with dbias_accumulate.
+  const std::vector<T> first = pk.all_outputs();
+  pk.poison_outputs();
+  flash_bias_forward(p);
+  flash_bias_backward(p);
+  EXPECT_TRUE(bitwise_equal(first, pk.all_outputs())) << "packed run not reproducible";
+  if (c.bias || c.R >= 0) {
+    const std::vector<T> db1 = pk.dbias, dt1 = pk.dtable;
+    std::vector<double> want_db, want_dt;
+    for (size_t i = 0; i < pk.dbias.size(); ++i) {
+      if (std::isnan(db1[i])) continue;  // a gap
+      pk.dbias[i] = T(0.5 + 0.25 * double(i % 7));
+      want_db.push_back(double(pk.dbias[i]) + double(db1[i]));
+    }
+    for (size_t i = 0; i < pk.dtable.size(); ++i) {
+      pk.dtable[i] = T(-1.0 + 0.125 * double(i % 5));
+      want_dt.push_back(double(pk.dtable[i]) + double(dt1[i]));
+    }
+    FlashBiasBwdParams acc = p;
+    acc.dq = acc.dk = acc.dv = nullptr;
+    acc.dbias_accumulate = true;
+    flash_bias_backward(acc);
+    std::vector<double> got_db;
+    for (size_t i = 0; i < pk.dbias.size(); ++i)
+      if (!std::isnan(db1[i])) got_db.push_back(pk.dbias[i]);
+    expect_close("varlen dbias accumulate", rel_err(got_db, want_db), tol<T>());
+    expect_close("varlen dT accumulate", rel_err({pk.dtable.begin(), pk.dtable.end()}, want_dt),
+                 tol<T>());
+    EXPECT_TRUE(pk.gaps_untouched()) << "accumulate wrote into a gap";
+  }
+}
+
+const std::vector<VarlenCase> kVarlenCases = {
+    {{17, 0, 1, 40, 5}, {23, 4, 0, 40, 1}, 2, 16, true, false},          // lengths 0 and 1
+    {{70, 3, 1, 33}, {65, 9, 1, 33}, 3, 16, true, true, 6},              // causal, relpos
+    {{12, 0, 29, 0}, {12, 5, 31, 0}, 2, 8, false, false, 40, 3},         // relpos alone, R ≥ N
+    {{130, 20}, {66, 140}, 2, 32, true, true, 2},                        // several tiles
+    {{1}, {1}, 1, 16, true, false, 0},                                   // one token
+    {{0, 0}, {0, 3}, 2, 16, true, false, 1},                             // no query at all
+};
+
+TEST(FlashBiasCpu, PackedEqualsEachSequenceAloneFloat64) {
+  for (const VarlenCase& c : kVarlenCases) run_varlen<double>(c);
+  print_worst("varlen, float64");
+}
+
+TEST(FlashBiasCpu, PackedEqualsEachSequenceAloneFloat32) {
+  for (const VarlenCase& c : kVarlenCases) run_varlen<float>(c);
+  print_worst("varlen, float32");
+}
+
+TEST(FlashBiasCpu, PackedIndependentOfThreadCount) {
+#ifndef _OPENMP
+  GTEST_SKIP() << "built without OpenMP";
+#else
+  const int threads = omp_get_max_threads();
+  PackedProblem<float> pk({{97, 0, 33, 64, 5, 80}, {80, 7, 1, 64, 90, 81}, 3, 16, true, true, 6});
+  FlashBiasBwdParams p = pk.params();
+  std::vector<std::vector<float>> runs;
+  for (int n : {1, 2, 3}) {
+    omp_set_num_threads(n);
+    pk.poison_outputs();
+    flash_bias_forward(p);
+    flash_bias_backward(p);
+    runs.push_back(pk.all_outputs());
+  }
+  omp_set_num_threads(threads);
+  EXPECT_TRUE(bitwise_equal(runs[0], runs[1]) && bitwise_equal(runs[0], runs[2]))
+      << "packed results (dT included) depend on the thread count";
+#endif
+}
+
 // ---- errors -----------------------------------------------------------------------------------
 
 void expect_error(const std::function<void()>& f, const std::string& fragment) {
@@ -746,6 +1044,44 @@ TEST(FlashBiasCpu, RejectsBadRelpos) {
   p.relpos_table = nullptr;
   expect_error([&] { flash_bias_backward(p); },
                "drelpos_table was requested but there is no relpos_table");
+}
+
+TEST(FlashBiasCpu, RejectsBadPacked) {
+  PackedProblem<float> pk({{2, 0, 3}, {3, 1, 2}, 2, 16, true, false, 1});
+  const FlashBiasBwdParams good = pk.params();
+  FlashBiasBwdParams p = good;
+  std::vector<int32_t> bad_cu;
+  p.cu_seqlens_k = nullptr;
+  expect_error([&] { flash_bias_forward(p); }, "needs both cu_seqlens_q and cu_seqlens_k");
+  p = good;
+  bad_cu = {1, 2, 2, 5};
+  p.cu_seqlens_q = bad_cu.data();
+  expect_error([&] { flash_bias_forward(p); }, "cu_seqlens_q[0] must be 0, got 1");
+  p = good;
+  bad_cu = {0, 3, 2, 6};
+  p.cu_seqlens_k = bad_cu.data();
+  expect_error([&] { flash_bias_forward(p); },
+               "cu_seqlens_k must be nondecreasing, got cu_seqlens_k[1]=3 > cu_seqlens_k[2]=2");
+  p = good;
+  p.Nq = 2;
+  expect_error([&] { flash_bias_forward(p); },
+               "sequence 2 has length 3 in cu_seqlens_q, more than the bound Nq=2");
+  p = good;
+  std::vector<uint8_t> mask(16, 0);
+  p.key_padding_mask = mask.data();
+  expect_error([&] { flash_bias_forward(p); }, "key_padding_mask is not supported with a packed");
+  p = good;
+  p.bias_seq_offsets = nullptr;
+  expect_error([&] { flash_bias_forward(p); }, "needs bias_seq_offsets");
+  p = good;
+  std::vector<int64_t> tight = {0, 12, 12, 23};  // block 2 needs 2·3·2 = 12
+  p.bias_seq_offsets = tight.data();
+  expect_error([&] { flash_bias_forward(p); },
+               "bias block 2 needs H·nq·nk = 12 elements, bias_seq_offsets leaves 11 (12 to 23)");
+  p = good;
+  p.cu_seqlens_q = p.cu_seqlens_k = nullptr;
+  p.Nq = p.Nk = 3;
+  expect_error([&] { flash_bias_forward(p); }, "bias_seq_offsets is set but the batch is not packed");
 }
 
 }  // namespace
