@@ -69,6 +69,29 @@ std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>
 // as clipping never touch another tensor.
 void accumulate_flow(Tensor& slot, const Tensor& g) { slot = slot.defined() ? ops::add(slot, g) : g; }
 
+LeafGradHook& leaf_hook() {
+  thread_local LeafGradHook hook;
+  return hook;
+}
+
+// For each node of `order`, the leaves (requiring grad) that no later node consumes.
+std::vector<std::vector<Tensor>> leaves_by_last_consumer(const std::vector<std::shared_ptr<Node>>& order) {
+  std::unordered_map<const TensorImpl*, size_t> last;
+  for (size_t k = 0; k < order.size(); ++k)
+    for (const Tensor& in : order[k]->inputs)
+      if (in.defined() && !in.grad_fn() && in.requires_grad()) last[in.impl()] = k;
+  std::vector<std::vector<Tensor>> out(order.size());
+  std::unordered_map<const TensorImpl*, bool> seen;
+  for (size_t k = 0; k < order.size(); ++k)
+    for (const Tensor& in : order[k]->inputs)
+      if (in.defined() && !in.grad_fn() && in.requires_grad() && last[in.impl()] == k &&
+          !seen[in.impl()]) {
+        seen[in.impl()] = true;
+        out[k].push_back(in);
+      }
+  return out;
+}
+
 void accumulate_leaf(Tensor& slot, const Tensor& g) {
   if (!slot.defined()) {
     slot = g.clone();
@@ -100,10 +123,21 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
   NoGradGuard no_grad;  // gradients are not themselves differentiated
   std::unordered_map<Node*, Tensor> grads;
   grads[root.grad_fn().get()] = seed;
-  for (const std::shared_ptr<Node>& node_ptr : topological_order(root.grad_fn())) {
-    Node* node = node_ptr.get();
+  const std::vector<std::shared_ptr<Node>> order = topological_order(root.grad_fn());
+  // With a leaf hook: the leaves whose last consumer is node k, reported once k has run.
+  std::vector<std::vector<Tensor>> finished_after;
+  if (leaf_hook()) finished_after = leaves_by_last_consumer(order);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const auto report_leaves = [&] {
+      if (!finished_after.empty())
+        for (const Tensor& leaf : finished_after[k]) leaf_hook()(leaf);
+    };
+    Node* node = order[k].get();
     auto it = grads.find(node);
-    if (it == grads.end()) continue;  // no gradient flows here
+    if (it == grads.end()) {  // no gradient flows here
+      report_leaves();
+      continue;
+    }
     Tensor g = std::move(it->second);
     grads.erase(it);
     PF_CHECK(node->backward != nullptr,
@@ -130,7 +164,14 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
       }
     }
     node->inputs.clear();
+    report_leaves();
   }
 }
+
+LeafGradHookGuard::LeafGradHookGuard(LeafGradHook hook) : previous_(std::move(leaf_hook())) {
+  leaf_hook() = std::move(hook);
+}
+
+LeafGradHookGuard::~LeafGradHookGuard() { leaf_hook() = std::move(previous_); }
 
 }  // namespace pf

@@ -54,4 +54,21 @@ Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs,
 // Backward from `root` (called by Tensor::backward).
 void run_backward(const Tensor& root, const Tensor& grad_output);
 
+// Called by run_backward with each leaf of the graph as soon as its gradient is final for this
+// backward (every node that consumes it has run), in that order; the leaf's grad() may be
+// undefined when no gradient reached it. Lets data-parallel training start reducing gradients
+// while the rest of the backward runs (framework/distributed.h).
+using LeafGradHook = std::function<void(const Tensor& leaf)>;
+// Installs `hook` for the backward passes run in its scope on this thread.
+class LeafGradHookGuard {
+ public:
+  explicit LeafGradHookGuard(LeafGradHook hook);
+  ~LeafGradHookGuard();
+  LeafGradHookGuard(const LeafGradHookGuard&) = delete;
+  LeafGradHookGuard& operator=(const LeafGradHookGuard&) = delete;
+
+ private:
+  LeafGradHook previous_;
+};
+
 }  // namespace pf

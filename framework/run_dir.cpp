@@ -90,6 +90,7 @@ bool find_number(const std::string& line, const std::string& key, double& out) {
 }  // namespace
 
 MetricsLog::MetricsLog(const std::string& path, bool resume, int64_t resume_step) : path_(path) {
+  if (path.empty()) return;
   std::string kept;
   if (resume) {
     std::ifstream in(path);
@@ -105,6 +106,7 @@ MetricsLog::MetricsLog(const std::string& path, bool resume, int64_t resume_step
 }
 
 void MetricsLog::write(const JsonLine& line) {
+  if (path_.empty()) return;
   out_ << line.str() << "\n";
   out_.flush();
   PF_CHECK(out_.good(), "failed writing " << path_ << " (full disk?)");
@@ -112,6 +114,7 @@ void MetricsLog::write(const JsonLine& line) {
 
 std::vector<std::pair<double, double>> MetricsLog::series(const std::string& key) const {
   std::vector<std::pair<double, double>> out;
+  if (path_.empty()) return out;
   std::ifstream in(path_);
   std::string line;
   double step = 0, value = 0;

@@ -35,6 +35,7 @@ class JsonLine {
 // the checkpoint's step, so the log of a resumed run equals an uninterrupted one.
 class MetricsLog {
  public:
+  // An empty path: a log that keeps nothing (the ranks > 0 of data-parallel training).
   MetricsLog(const std::string& path, bool resume, int64_t resume_step);
   void write(const JsonLine& line);
   // All (step, value) pairs of a numeric key logged so far, for the plots.
