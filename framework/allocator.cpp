@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <sstream>
 #include <unordered_map>
 #include <vector>
 
@@ -47,9 +48,18 @@ struct CachingAllocator {
         release_cached_locked();
         p = kernels::cuda::raw_malloc(cls);
       }
-      PF_CHECK(p != nullptr, "CUDA out of memory allocating "
-                                 << bytes << " bytes (" << stats.allocated << " bytes in live tensors, "
-                                 << stats.reserved << " reserved)");
+      if (!p) {
+        const auto mib = [](double b) { return b / (1024.0 * 1024.0); };
+        size_t free_b = 0, total_b = 0;
+        kernels::cuda::memory_info(&free_b, &total_b);
+        std::ostringstream os;
+        os.setf(std::ios::fixed);
+        os.precision(1);
+        os << "GPU out of memory: a tensor of " << mib(bytes) << " MiB was asked for while live tensors hold "
+           << mib(stats.allocated) << " MiB (peak " << mib(stats.peak_allocated) << " MiB); the device has "
+           << mib(free_b) << " MiB free of " << mib(total_b) << " MiB";
+        throw CudaOutOfMemory(os.str());
+      }
       ++stats.device_mallocs;
       stats.reserved += cls;
       stats.peak_reserved = std::max(stats.peak_reserved, stats.reserved);

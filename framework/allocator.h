@@ -11,6 +11,13 @@
 
 namespace pf {
 
+// The GPU could not hold a requested block even after the cache was given back. The message
+// names the size asked for and what the device holds; callers that know which settings drive
+// the sizes (run/modes.cpp) add them.
+struct CudaOutOfMemory : Error {
+  using Error::Error;
+};
+
 void* device_alloc(Device device, size_t bytes);
 void device_free(Device device, void* ptr, size_t bytes);
 // Copies bytes between any two devices (host↔device, device↔device, host↔host), in stream order;

@@ -70,6 +70,11 @@ void* raw_malloc(size_t bytes) {
   return p;
 }
 
+void memory_info(size_t* free_bytes, size_t* total_bytes) {
+  ctx();
+  PF_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
 void raw_free(void* ptr) {
   // Blocks in the cache may still be read by queued kernels: finish them first.
   PF_CUDA_CHECK(cudaStreamSynchronize(ctx().stream));

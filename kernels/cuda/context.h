@@ -26,5 +26,6 @@ void memset_zero(void* dst, size_t bytes);
 // Raw device memory (the framework's caching allocator sits on top of these).
 void* raw_malloc(size_t bytes);     // nullptr when the device is out of memory
 void raw_free(void* ptr);
+void memory_info(size_t* free_bytes, size_t* total_bytes);  // of the device (cudaMemGetInfo)
 
 }  // namespace pf::kernels::cuda

@@ -29,23 +29,30 @@ __global__ void strided_copy_kernel(const E* x, E* out, CopyGeom g, int64_t n) {
 }
 
 // Swaps the last two dims of x viewed as (batch, R, C) through 32×32 shared-memory tiles, so
-// both the reads and the writes are coalesced. out is (batch, C, R).
+// both the reads and the writes are coalesced. out is (batch, C, R). Tiles of R on grid.x (up
+// to 2³¹−1 blocks: the pair bias has R = N² rows), of C on grid.y and batches on grid.z (up to
+// 65535 each); each block strides over the tiles a smaller grid leaves.
 template <class E>
-__global__ void transpose_kernel(const E* x, E* out, int64_t R, int64_t C) {
+__global__ void transpose_kernel(const E* x, E* out, int64_t batch, int64_t R, int64_t C) {
   __shared__ E tile[32][33];
-  const int64_t b = blockIdx.z;
-  const int64_t r0 = blockIdx.y * 32, c0 = blockIdx.x * 32;
-  const E* xb = x + b * R * C;
-  E* ob = out + b * R * C;
-  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
-    const int64_t r = r0 + k, c = c0 + threadIdx.x;
-    if (r < R && c < C) tile[k][threadIdx.x] = xb[r * C + c];
-  }
-  __syncthreads();
-  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
-    const int64_t c = c0 + k, r = r0 + threadIdx.x;
-    if (r < R && c < C) ob[c * R + r] = tile[threadIdx.x][k];
-  }
+  const int64_t tiles_r = (R + 31) / 32, tiles_c = (C + 31) / 32;
+  for (int64_t b = blockIdx.z; b < batch; b += gridDim.z)
+    for (int64_t tc = blockIdx.y; tc < tiles_c; tc += gridDim.y)
+      for (int64_t tr = blockIdx.x; tr < tiles_r; tr += gridDim.x) {
+        const int64_t r0 = tr * 32, c0 = tc * 32;
+        const E* xb = x + b * R * C;
+        E* ob = out + b * R * C;
+        for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+          const int64_t r = r0 + k, c = c0 + threadIdx.x;
+          if (r < R && c < C) tile[k][threadIdx.x] = xb[r * C + c];
+        }
+        __syncthreads();
+        for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+          const int64_t c = c0 + k, r = r0 + threadIdx.x;
+          if (r < R && c < C) ob[c * R + r] = tile[threadIdx.x][k];
+        }
+        __syncthreads();  // the tile is refilled by the next iteration
+      }
 }
 
 template <class F>
@@ -127,11 +134,11 @@ void permute(const void* x, const int64_t* shape, int ndim, const int* perm, voi
     if (swap_two_groups) {
       int64_t batch = 1;
       for (int d = 0; d < keep; ++d) batch *= shape[d];
-      PF_CHECK(batch <= 65535, "permute: " << batch << " leading batches, at most 65535");
-      const dim3 grid(static_cast<unsigned>((C + 31) / 32), static_cast<unsigned>((R + 31) / 32),
-                      static_cast<unsigned>(batch));
+      const dim3 grid(static_cast<unsigned>(std::min<int64_t>((R + 31) / 32, 2147483647)),
+                      static_cast<unsigned>(std::min<int64_t>((C + 31) / 32, 65535)),
+                      static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
       transpose_kernel<E><<<grid, dim3(32, 8), 0, cur_stream()>>>(
-          static_cast<const E*>(x), static_cast<E*>(out), R, C);
+          static_cast<const E*>(x), static_cast<E*>(out), batch, R, C);
     } else {
       CopyGeom g{};
       g.ndim = ndim;
