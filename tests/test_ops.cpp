@@ -923,13 +923,17 @@ void check_kernels_overwrite_poison(int64_t M, int64_t C, Rng& rng) {
     k::cross_entropy_backward(x.data(), labels.data(), lse.data(), 1.0, dl.data(), M, C);
     EXPECT_TRUE(finite(lse) && finite(dl)) << "cross_entropy " << where;
   }
-  {  // a table of C rows of width 5, M lookups
+  {  // a table of C rows of width 5, M lookups (table and gradient sized here: x and g hold
+     // M·C values, fewer than C·5 or M·5 when M or C is below 5)
     const int64_t V = C, D = 5;
     std::vector<int32_t> idx(M);
     for (int32_t& i : idx) i = static_cast<int32_t>(rng.randint(0, V));
+    std::vector<T> table(V * D), dout(M * D);
+    for (T& v : table) v = static_cast<T>(rng.normal());
+    for (T& v : dout) v = static_cast<T>(rng.normal());
     auto out = nan_buffer<T>(M * D), dw = nan_buffer<T>(V * D);
-    k::embedding_forward(x.data(), idx.data(), out.data(), M, V, D);
-    k::embedding_backward(g.data(), idx.data(), dw.data(), M, V, D);
+    k::embedding_forward(table.data(), idx.data(), out.data(), M, V, D);
+    k::embedding_backward(dout.data(), idx.data(), dw.data(), M, V, D);
     EXPECT_TRUE(finite(out) && finite(dw)) << "embedding " << where;
   }
 }
