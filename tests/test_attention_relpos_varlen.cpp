@@ -215,8 +215,10 @@ TEST(AttentionRelpos, EqualsMaterialisedBias) {
     for (DType t : {DType::F64, DType::F32}) {
       SCOPED_TRACE(std::to_string(c.Nq) + "x" + std::to_string(c.Nk) + " R=" +
                    std::to_string(c.R) + " " + dtype_name(t));
-      const Tensor q = randn({c.B, c.Nq, c.H, c.D}, rng, t), k = randn({c.B, c.Nk, c.H, c.D}, rng, t),
-                   v = randn({c.B, c.Nk, c.H, c.D}, rng, t), g = randn({c.B, c.Nq, c.H, c.D}, rng, t);
+      const Tensor q = randn({c.B, c.Nq, c.H, c.D}, rng, t),
+                   k = randn({c.B, c.Nk, c.H, c.D}, rng, t),
+                   v = randn({c.B, c.Nk, c.H, c.D}, rng, t),
+                   g = randn({c.B, c.Nq, c.H, c.D}, rng, t);
       const Tensor table = randn({c.H, 2 * c.R + 1}, rng, t);
       const Tensor dense = randn({c.B, c.H, c.Nq, c.Nk}, rng, t);
       // the relative-position bias written out, added to the dense bias: (B,H,Nq,Nk)
@@ -325,7 +327,8 @@ void packed_equals_alone(const PackedSpec& c, DType t, Rng& rng) {
   opt.cu_seqlens_q = cu_q;
   opt.cu_seqlens_k = cu_k;
   Tensor qp = leaf(q.clone()), kp = leaf(k.clone()), vp = leaf(v.clone());
-  Tensor bp = c.bias ? leaf(bias.clone()) : Tensor(), tp = c.R >= 0 ? leaf(table.clone()) : Tensor();
+  Tensor bp = c.bias ? leaf(bias.clone()) : Tensor(),
+         tp = c.R >= 0 ? leaf(table.clone()) : Tensor();
   const Tensor out = ops::attention(qp, kp, vp, bp, tp, opt);
   out.backward(g);
   const std::vector<double> o = out.to_vector<double>(), dq = qp.grad().to_vector<double>(),
@@ -357,9 +360,12 @@ void packed_equals_alone(const PackedSpec& c, DType t, Rng& rng) {
     const Tensor ob = ops::attention(qb, kb, vb, bb, tb, one);
     ob.backward(rows_as_batch(g, q0, nq));
     EXPECT_LE(rel_diff(part(o, q0 * H * D, nq * H * D), ob.to_vector<double>()), tol) << "out";
-    EXPECT_LE(rel_diff(part(dq, q0 * H * D, nq * H * D), qb.grad().to_vector<double>()), tol) << "dq";
-    EXPECT_LE(rel_diff(part(dk, k0 * H * D, nk * H * D), kb.grad().to_vector<double>()), tol) << "dk";
-    EXPECT_LE(rel_diff(part(dv, k0 * H * D, nk * H * D), vb.grad().to_vector<double>()), tol) << "dv";
+    EXPECT_LE(rel_diff(part(dq, q0 * H * D, nq * H * D), qb.grad().to_vector<double>()), tol)
+        << "dq";
+    EXPECT_LE(rel_diff(part(dk, k0 * H * D, nk * H * D), kb.grad().to_vector<double>()), tol)
+        << "dk";
+    EXPECT_LE(rel_diff(part(dv, k0 * H * D, nk * H * D), vb.grad().to_vector<double>()), tol)
+        << "dv";
     if (c.bias)
       EXPECT_LE(rel_diff(part(db, bias_at, H * nq * nk), bb.grad().to_vector<double>()), tol)
           << "dbias";
@@ -395,7 +401,7 @@ TEST(AttentionVarlen, PackedEqualsEachSequenceAlone) {
     for (DType t : {DType::F64, DType::F32}) packed_equals_alone(c, t, rng);
 }
 
-// ---- 4. errors ------------------------------------------------------------------------------------
+// ---- 4. errors ----------------------------------------------------------------------------------
 
 #define EXPECT_PF_ERROR(stmt, substring)                                  \
   do {                                                                    \
@@ -435,8 +441,9 @@ TEST(AttentionVarlen, Errors) {
                   "q must be (Tq=5,H,D) for cu_seqlens_q, got float32[6, 2, 4]");
   EXPECT_PF_ERROR(ops::attention(Tensor::zeros({1, 5, 2, 4}), k, k, Tensor(), opt),
                   "a packed q must be (Tq,H,D), got float32[1, 5, 2, 4]");
-  EXPECT_PF_ERROR(ops::attention(q, Tensor::zeros({5, 2, 4}), Tensor::zeros({5, 2, 4}), Tensor(), opt),
-                  "k must be (Tk=6,H=2,D=4) for cu_seqlens_k and q, got float32[5, 2, 4]");
+  EXPECT_PF_ERROR(
+      ops::attention(q, Tensor::zeros({5, 2, 4}), Tensor::zeros({5, 2, 4}), Tensor(), opt),
+      "k must be (Tk=6,H=2,D=4) for cu_seqlens_k and q, got float32[5, 2, 4]");
   EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({6, 2, 3}), Tensor(), opt),
                   "v must have k's shape");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({23}), opt),

@@ -208,7 +208,9 @@ struct View {
   T* base = nullptr;
   BNHDStrides st;
   int B = 0, N = 0, H = 0, D = 0;
-  T& at(int b, int n, int h, int d) const { return base[b * st.batch + n * st.row + h * st.head + d]; }
+  T& at(int b, int n, int h, int d) const {
+    return base[b * st.batch + n * st.row + h * st.head + d];
+  }
   // the logical elements as contiguous float64 (B,N,H,D)
   std::vector<double> values() const {
     std::vector<double> x;
@@ -707,7 +709,8 @@ struct VarlenCase {
   int slack = 0;
   std::string str() const {
     std::string s = "varlen";
-    for (size_t b = 0; b < nq.size(); ++b) s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
+    for (size_t b = 0; b < nq.size(); ++b)
+      s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
     return s + " H=" + std::to_string(H) + " D=" + std::to_string(D) + (bias ? " bias" : "") +
            (causal ? " causal" : "") + (R >= 0 ? " relpos R=" + std::to_string(R) : "") +
            (slack ? " slack=" + std::to_string(slack) : "");
@@ -726,7 +729,9 @@ struct PackedProblem {
   static constexpr T nan() { return std::numeric_limits<T>::quiet_NaN(); }
   // a (rows,H,D) buffer in the padded layout, NaN between the elements
   std::vector<T> buffer(int rows) const { return std::vector<T>(size_t(rows) * st.row, nan()); }
-  T& at(std::vector<T>& x, int64_t row, int h, int d) const { return x[row * st.row + h * st.head + d]; }
+  T& at(std::vector<T>& x, int64_t row, int h, int d) const {
+    return x[row * st.row + h * st.head + d];
+  }
   T at(const std::vector<T>& x, int64_t row, int h, int d) const {
     return x[row * st.row + h * st.head + d];
   }
@@ -807,7 +812,8 @@ struct PackedProblem {
   }
 
   void poison_outputs() {
-    for (auto* x : {&out, &dq, &dk, &dv, &dbias, &lse, &dtable}) std::fill(x->begin(), x->end(), nan());
+    for (auto* x : {&out, &dq, &dk, &dv, &dbias, &lse, &dtable})
+      std::fill(x->begin(), x->end(), nan());
   }
   // NaN everywhere outside the logical elements of out, dq, dk, dv and dbias
   bool gaps_untouched() const {
@@ -829,7 +835,8 @@ struct PackedProblem {
   // every output of one run, for bitwise comparisons
   std::vector<T> all_outputs() const {
     std::vector<T> all;
-    for (const auto* x : {&out, &lse, &dq, &dk, &dv, &dbias, &dtable}) all.insert(all.end(), x->begin(), x->end());
+    for (const auto* x : {&out, &lse, &dq, &dk, &dv, &dbias, &dtable})
+      all.insert(all.end(), x->begin(), x->end());
     return all;
   }
 };
@@ -1010,7 +1017,8 @@ TEST(FlashBiasCpu, RejectsBadInput) {
   expect_error([&] { flash_bias_forward(p); }, "got float16");
   p = good;
   p.bias_dtype = ScalarType::F64;
-  expect_error([&] { flash_bias_forward(p); }, "bias must have the inputs' dtype float32, got float64");
+  expect_error([&] { flash_bias_forward(p); },
+               "bias must have the inputs' dtype float32, got float64");
   p = good;
   p.Nk = 0;
   expect_error([&] { flash_bias_forward(p); }, "Nk=0");
@@ -1028,7 +1036,8 @@ TEST(FlashBiasCpu, RejectsBadInput) {
   expect_error([&] { flash_bias_backward(p); }, "broadcast over heads exactly when the bias is");
   p = good;
   p.dbias_batch_stride = 35;
-  expect_error([&] { flash_bias_backward(p); }, "broadcast over the batch exactly when the bias is");
+  expect_error([&] { flash_bias_backward(p); },
+               "broadcast over the batch exactly when the bias is");
 }
 
 TEST(FlashBiasCpu, RejectsBadRelpos) {
@@ -1082,7 +1091,8 @@ TEST(FlashBiasCpu, RejectsBadPacked) {
   p = good;
   p.cu_seqlens_q = p.cu_seqlens_k = nullptr;
   p.Nq = p.Nk = 3;
-  expect_error([&] { flash_bias_forward(p); }, "bias_seq_offsets is set but the batch is not packed");
+  expect_error([&] { flash_bias_forward(p); },
+               "bias_seq_offsets is set but the batch is not packed");
 }
 
 }  // namespace

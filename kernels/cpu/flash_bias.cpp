@@ -179,7 +179,8 @@ struct BiasSource {
       if (rel != nullptr) {
         const RelposRuns u = relpos_runs(int64_t(j0) - (i0 + r), cols, R);
         if (u.lo > 0) row.head(u.lo).array() += rel[0];
-        if (u.hi > u.lo) row.segment(u.lo, u.hi - u.lo) += Eigen::Map<const RowVec<T>>(rel + u.bin, u.hi - u.lo);
+        if (u.hi > u.lo)
+          row.segment(u.lo, u.hi - u.lo) += Eigen::Map<const RowVec<T>>(rel + u.bin, u.hi - u.lo);
         if (u.hi < cols) row.tail(cols - u.hi).array() += rel[2 * R];
       }
     }
@@ -411,7 +412,8 @@ void backward_head(const HeadProblem<T>& hp, const HeadGrads<T>& g, BwdScratch<T
     const int rows = std::min(kBlockQ, hp.Nq - i0);
     const int j_end = std::max(hp.key_end(i0, rows), 0);
     const auto dO = g.dout.rows(i0, rows, D);
-    if (want_ds) w.delta.head(rows) = dO.cwiseProduct(g.out.rows(i0, rows, D)).rowwise().sum().array();
+    if (want_ds)
+      w.delta.head(rows) = dO.cwiseProduct(g.out.rows(i0, rows, D)).rowwise().sum().array();
     for (int r = 0; r < rows; ++r) {
       const T l = g.lse[i0 + r];
       w.lse[r] = l == kNegInf<T> ? T(0) : l;  // fully masked row: every score is −inf, P = 0
