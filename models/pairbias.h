@@ -6,6 +6,11 @@
 //   per layer: b = LN_z(z)·W_b  → (B,H,N,N)
 //              x += Attn(LN₁(x); b);  x += fc2(GELU(fc1(LN₂(x))))
 //   logits = head(LN_f(x))                               (B,N,K)
+//
+// model.attn_bias: relpos is the same transformer with a different bias: no pair representation
+// and no distances; each layer's only attention bias is its learned relative-position table
+//   b_hij = T_ℓ[h, clip(j−i, −R, R) + R]     T_ℓ = layers.ℓ.attn.relpos  (H, 2R+1)
+// handed to the attention kernel, which looks it up itself (no (B,H,N,N) bias in memory).
 #pragma once
 #include <memory>
 #include <vector>
@@ -33,27 +38,41 @@ class PairRepresentation : public nn::Module {
   std::shared_ptr<nn::Embedding> rel, dist;
 };
 
-// One pre-norm layer.  x:(B,N,d) z:(B,N,N,c_z) → (B,N,d)
+// The self-attention of one layer: nn::BiasedSelfAttention's projections (attn.{q,k,v,o}) and,
+// for attn_bias: relpos, the table `relpos` (H, 2R+1), initialised to a locality prior
+// −m_h·|j−i| with per-head slopes 1, 2^(−8/H), 2^(−16/H), ... (pairbias.cpp says why).
+// The table is a parameter like any other (fp32 master weight in bf16 mode; it is never cast
+// to bf16: the GPU kernel reads it as fp32).
+class Attention : public nn::BiasedSelfAttention {
+ public:
+  Attention(const ModelConfig& cfg, Rng& rng);
+  // x:(B,N,d) bias:(B,H,N,N) or undefined → (B,N,d)
+  Tensor forward(const Tensor& x, const Tensor& bias) const;
+  Tensor relpos;  // (H, 2R+1); undefined for attn_bias: pair
+};
+
+// One pre-norm layer.  x:(B,N,d) z:(B,N,N,c_z) (undefined for attn_bias: relpos) → (B,N,d)
 class PairBiasLayer : public nn::Module {
  public:
   PairBiasLayer(const ModelConfig& cfg, Rng& rng);
   Tensor forward(const Tensor& x, const Tensor& z) const;
-  Tensor bias(const Tensor& z) const;  // LN_z(z)·W_b permuted to (B,H,N,N)
-  std::shared_ptr<nn::LayerNorm> pair_norm, norm1, norm2;
-  std::shared_ptr<nn::Linear> pair_proj;
-  std::shared_ptr<nn::BiasedSelfAttention> attn;
+  Tensor bias(const Tensor& z) const;  // LN_z(z)·W_b permuted to (B,H,N,N); pair models only
+  std::shared_ptr<nn::LayerNorm> pair_norm, norm1, norm2;  // pair_norm: pair models only
+  std::shared_ptr<nn::Linear> pair_proj;                   // pair models only
+  std::shared_ptr<Attention> attn;
   std::shared_ptr<nn::MLP> mlp;
 };
 
 class PairBiasModel : public nn::Module {
  public:
   PairBiasModel(const ModelConfig& cfg, uint64_t seed);
-  // tokens:(B,N) I32 → logits (B,N,K)
+  // tokens:(B,N) I32 → logits (B,N,K). f is not read for attn_bias: relpos (may be empty).
   Tensor forward(const Tensor& tokens, const PairFeatures& f) const;
   const ModelConfig& config() const { return cfg_; }
+  bool relpos_bias() const { return cfg_.attn_bias == "relpos"; }
 
   std::shared_ptr<nn::Embedding> embed;
-  std::shared_ptr<PairRepresentation> pair;
+  std::shared_ptr<PairRepresentation> pair;  // null for attn_bias: relpos
   std::vector<std::shared_ptr<PairBiasLayer>> layers;
   std::shared_ptr<nn::LayerNorm> final_norm;
   std::shared_ptr<nn::Linear> head;
@@ -76,10 +95,13 @@ LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const Pa
 namespace pf::models {
 
 // The learned bias of one layer as a function of one pair feature, the other held fixed
-// (what the plots of the run directory show). Both return (points, H), no grad.
+// (what the plots of the run directory show). Both return (points, H), no grad; pair models.
 // Against distance bin k (x = bin centre in Å) at relative offset +R (far along the chain):
 Tensor bias_vs_distance(const PairBiasModel& model, int layer);
 // Against relative offset o ∈ [−R, R] at the typical chain distance 3.8·√|o| Å:
 Tensor bias_vs_relpos(const PairBiasModel& model, int layer);
+// The relative-position table of one layer of an attn_bias: relpos model, (H, 2R+1) float64 on
+// the CPU (column o + R is offset o = j − i).
+Tensor relpos_table(const PairBiasModel& model, int layer);
 
 }  // namespace pf::models

@@ -92,7 +92,8 @@ BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device devic
   BatchTensors t;
   t.tokens = Tensor::from_vector(batch.tokens, {batch.B, batch.N}, DType::I32, device);
   t.labels = Tensor::from_vector(batch.labels, {batch.B, batch.N}, DType::I32, device);
-  t.pair = models::pair_features(batch.coords.data(), batch.B, batch.N, cfg, device);
+  // A relpos model reads no pair features: its bias is the table inside each layer.
+  if (cfg.attn_bias == "pair") t.pair = models::pair_features(batch.coords.data(), batch.B, batch.N, cfg, device);
   return t;
 }
 
@@ -124,10 +125,12 @@ DType precision_dtype(const std::string& precision, Device device) {
 void load_data(const Config& cfg, ChainSet& train_set, ChainSet& val_set) {
   const auto& d = cfg.data;
   const int K = cfg.model.n_types;
-  if (ensure_chains(d.train, d.n_train, d.n_res, K, d.seed, "train"))
-    std::printf("generated %d training chains of %d residues -> %s\n", d.n_train, d.n_res, d.train.c_str());
-  if (ensure_chains(d.val, d.n_val, d.n_res, K, d.seed, "val"))
-    std::printf("generated %d validation chains of %d residues -> %s\n", d.n_val, d.n_res, d.val.c_str());
+  if (ensure_chains(d.train, d.n_train, d.n_res, K, d.seed, "train", d.task))
+    std::printf("generated %d training chains of %d residues (task %s) -> %s\n", d.n_train, d.n_res,
+                d.task.c_str(), d.train.c_str());
+  if (ensure_chains(d.val, d.n_val, d.n_res, K, d.seed, "val", d.task))
+    std::printf("generated %d validation chains of %d residues (task %s) -> %s\n", d.n_val, d.n_res,
+                d.task.c_str(), d.val.c_str());
   train_set = read_chains(d.train);
   val_set = read_chains(d.val);
 }
@@ -144,6 +147,7 @@ void write_model_attrs(H5Writer& w, const ModelConfig& m) {
   w.write_attr("/model", "relpos_clip", m.relpos_clip);
   w.write_attr("/model", "dist_bins", m.dist_bins);
   w.write_attr("/model", "dist_max", m.dist_max);
+  w.write_attr("/model", "attn_bias", m.attn_bias);
 }
 
 // Refuses a checkpoint whose architecture differs from the config, naming the first key.
@@ -160,6 +164,10 @@ void check_model_attrs(const H5Reader& r, const ModelConfig& m) {
   const double dmax = r.attr_double("/model", "dist_max");
   PF_CHECK(dmax == m.dist_max, "checkpoint " << r.path() << ": model.dist_max is " << dmax
                                               << " but the config says " << m.dist_max);
+  // Checkpoints written before attn_bias existed are pair models.
+  const std::string bias = r.has_attr("/model", "attn_bias") ? r.attr_string("/model", "attn_bias") : "pair";
+  PF_CHECK(bias == m.attn_bias, "checkpoint " << r.path() << ": model.attn_bias is " << bias
+                                               << " but the config says " << m.attn_bias);
 }
 
 // Everything besides the weights and the optimizer that a resumed run needs to continue the exact
@@ -256,6 +264,25 @@ void write_plots(const std::string& dir, const MetricsLog& log, const models::Pa
                   {{"loss", "step", "cross-entropy", {series("loss", "train"), series("val_loss", "validation")}},
                    {"accuracy", "step", "accuracy", {series("acc", "train"), series("val_acc", "validation")}}});
   const ModelConfig& c = model.config();
+  if (model.relpos_bias()) {  // the tables themselves: bias against offset, per head and layer
+    std::vector<plot::Panel> panels;
+    for (int l = 0; l < c.n_layers; ++l) {
+      const auto table = models::relpos_table(model, l).to_vector<double>();  // (H, 2R+1)
+      plot::Panel p{"layer " + std::to_string(l), "relative position j − i", "bias", {}};
+      for (int h = 0; h < c.n_heads; ++h) {
+        plot::Series sr{"head " + std::to_string(h), {}, {}};
+        for (int o = -c.relpos_clip; o <= c.relpos_clip; ++o) {
+          sr.x.push_back(o);
+          sr.y.push_back(table[static_cast<size_t>(h) * (2 * c.relpos_clip + 1) + o + c.relpos_clip]);
+        }
+        p.series.push_back(sr);
+      }
+      panels.push_back(p);
+    }
+    plot::write_svg(dir + "/relpos_table.svg",
+                    "learned relative-position tables (offsets beyond ±R share the end values)", panels);
+    return;
+  }
   std::vector<plot::Panel> by_dist, by_rel;
   for (int l = 0; l < c.n_layers; ++l) {
     const auto bd = models::bias_vs_distance(model, l).to_vector<double>();
@@ -324,9 +351,10 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
   }
   write_text_file(cfg.out + "/config.yaml", config_to_yaml(cfg));
   MetricsLog log(cfg.out + "/metrics.jsonl", resume, st.step);
-  std::printf("model: %lld parameters, %s on %s; data: %d train / %d val chains of %d residues\n",
-              static_cast<long long>(n_params), dtype_name(dtype), device_name(device),
-              train_set.S, val_set.S, train_set.N);
+  std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %d residues, "
+              "task %s\n",
+              static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
+              device_name(device), train_set.S, val_set.S, train_set.N, train_set.task.c_str());
 
   const int64_t tokens_per_step = static_cast<int64_t>(t.batch_size) * train_set.N;
   double train_seconds = 0;
@@ -452,7 +480,7 @@ int evaluate(const Config& cfg, const std::string& checkpoint_path) {
 int gradcheck(const Config& cfg) {
   // A tiny batch: 2 chains, at most 10 residues (long enough for non-local neighbours).
   const int N = std::min(cfg.data.n_res, 10);
-  const ChainSet set = generate_chains(2, N, cfg.model.n_types, cfg.data.seed, "gradcheck");
+  const ChainSet set = generate_chains(2, N, cfg.model.n_types, cfg.data.seed, "gradcheck", cfg.data.task);
   const Batch batch = gather_batch(set, {0, 1});
   models::PairBiasModel model(cfg.model, cfg.train.seed);
   model.to(DType::F64);

@@ -1,6 +1,7 @@
 // Modules, the pair-bias model and the optimiser: names, shapes, float64 gradient checks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -100,6 +101,116 @@ TEST(Model, GradcheckWholeModelFloat64) {
     if (name.find("norm") != std::string::npos)
       p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
   const ChainSet set = generate_chains(2, 9, c.n_types, 7, "test");
+  const auto b = run::to_tensors(gather_batch(set, {0, 1}), c, Device::CPU);
+  expect_gradcheck([&] { return models::model_loss(m, b.tokens, b.pair, b.labels).loss; },
+                   m.named_parameters());
+}
+
+// ---- attn_bias: relpos ----------------------------------------------------------------------
+
+ModelConfig tiny_relpos_config() {
+  ModelConfig c = tiny_config();
+  c.attn_bias = "relpos";
+  return c;
+}
+
+TEST(RelposModel, ParametersAreTheTablesAndNoPairRepresentation) {
+  const ModelConfig c = tiny_relpos_config();
+  models::PairBiasModel m(c, 0);
+  EXPECT_TRUE(m.relpos_bias());
+  EXPECT_FALSE(m.pair);
+  std::set<std::string> names;
+  for (const auto& [name, p] : m.named_parameters()) names.insert(name);
+  std::set<std::string> want = {"embed.weight", "final_norm.weight", "final_norm.bias", "head.weight", "head.bias"};
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    for (const char* n : {"attn.relpos", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+                          "attn.q.weight", "attn.q.bias", "attn.k.weight", "attn.k.bias", "attn.v.weight",
+                          "attn.v.bias", "attn.o.weight", "attn.o.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                          "mlp.fc2.weight", "mlp.fc2.bias"})
+      want.insert(p + n);
+  }
+  EXPECT_EQ(names, want);
+  // (H, 2R+1), the locality prior −m_h·|o| with m_h = 2^(−8h/H): H = 2 → slopes 1 and 1/16.
+  const Tensor& t = m.layers[1]->attn->relpos;
+  ASSERT_EQ(t.shape(), (Shape{2, 7}));
+  EXPECT_EQ(t.dtype(), DType::F32);
+  const auto v = t.to_vector<double>();
+  for (int o = -3; o <= 3; ++o) {
+    EXPECT_EQ(v[o + 3], -std::abs(o)) << o;
+    EXPECT_EQ(v[7 + o + 3], -std::abs(o) / 16.0) << o;
+  }
+  EXPECT_EQ(models::relpos_table(m, 1).to_vector<double>(), v);
+  EXPECT_THROW(models::bias_vs_relpos(m, 0), Error);  // a pair model's plot
+  EXPECT_THROW(models::relpos_table(models::PairBiasModel(tiny_config(), 0), 0), Error);
+  // the table is a bias, not a weight: no weight decay
+  const auto params = m.named_parameters();
+  const auto mask = optim::decay_mask(params, {"embed.weight"});
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].first.find("relpos") != std::string::npos) EXPECT_FALSE(mask[i]) << params[i].first;
+}
+
+// The relpos model equals the same transformer run with the table materialised by hand as a
+// dense (1,H,N,N) bias through the plain attention op: the fused lookup is exactly the rule
+// b_hij = T[h, clip(j−i, −R, R) + R], and the loss and every gradient agree.
+TEST(RelposModel, EqualsTheTableMaterialisedAsADenseBias) {
+  const ModelConfig c = tiny_relpos_config();
+  models::PairBiasModel m(c, 4);
+  m.to(DType::F64);
+  Rng rng(11);
+  for (auto& [name, p] : m.named_parameters())  // a table with structure in every entry
+    if (name.find("relpos") != std::string::npos) p.copy_(randn(p.shape(), rng, DType::F64));
+  const int B = 3, N = 11;  // N > 2R+1: clipped offsets on both sides
+  const ChainSet set = generate_chains(B, N, c.n_types, 9, "test", "relpos");
+  const auto b = run::to_tensors(gather_batch(set, {0, 1, 2}), c, Device::CPU);
+  EXPECT_FALSE(b.pair.rel_idx.defined()) << "a relpos model needs no pair features";
+
+  m.zero_grad();
+  const auto fused = models::model_loss(m, b.tokens, b.pair, b.labels);
+  fused.loss.backward();
+  std::vector<std::vector<double>> g_fused;
+  for (const auto& [name, p] : m.named_parameters()) g_fused.push_back(p.grad().to_vector<double>());
+
+  // By hand: embed → layers with the dense bias → head, sharing m's parameters.
+  const int R = c.relpos_clip;
+  std::vector<int32_t> idx(N * N);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) idx[i * N + j] = std::clamp(j - i, -R, R) + R;
+  const Tensor rel = Tensor::from_vector(idx, {N, N});
+  m.zero_grad();
+  Tensor x = m.embed->forward(b.tokens);
+  for (const auto& layer : m.layers) {
+    const Tensor table = layer->attn->relpos;  // (H, 2R+1) → (1,H,N,N)
+    const Tensor bias = ops::reshape(
+        ops::permute(ops::embedding(ops::transpose(table, 0, 1), rel), {2, 0, 1}), {1, c.n_heads, N, N});
+    x = ops::add(x, layer->attn->nn::BiasedSelfAttention::forward(layer->norm1->forward(x), bias));
+    x = ops::add(x, layer->mlp->forward(layer->norm2->forward(x)));
+  }
+  const Tensor logits = m.head->forward(m.final_norm->forward(x));
+  const Tensor loss = ops::cross_entropy(ops::reshape(logits, {B * N, c.n_types}), ops::reshape(b.labels, {B * N}));
+  loss.backward();
+  // float64 throughout; the two paths differ only in summation order (~1e-16 relative).
+  EXPECT_NEAR(fused.loss.item(), loss.item(), 1e-12);
+  size_t k = 0;
+  for (const auto& [name, p] : m.named_parameters()) {
+    const auto g = p.grad().to_vector<double>();
+    ASSERT_EQ(g.size(), g_fused[k].size()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < g.size(); ++i) diff += (g[i] - g_fused[k][i]) * (g[i] - g_fused[k][i]), norm += g[i] * g[i];
+    EXPECT_LE(std::sqrt(diff), 1e-10 * std::sqrt(norm) + 1e-14) << name;
+    ++k;
+  }
+}
+
+TEST(RelposModel, GradcheckWholeModelFloat64) {
+  const ModelConfig c = tiny_relpos_config();
+  models::PairBiasModel m(c, 2);
+  m.to(DType::F64);
+  Rng rng(6);
+  for (auto& [name, p] : m.named_parameters())  // break the symmetry of identity norms and the prior
+    if (name.find("norm") != std::string::npos || name.find("relpos") != std::string::npos)
+      p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
+  const ChainSet set = generate_chains(2, 9, c.n_types, 7, "test", "relpos");  // 9 > 2R+1 = 7
   const auto b = run::to_tensors(gather_batch(set, {0, 1}), c, Device::CPU);
   expect_gradcheck([&] { return models::model_loss(m, b.tokens, b.pair, b.labels).loss; },
                    m.named_parameters());
