@@ -1,6 +1,6 @@
 // train — the command-line program of pairflash: a config in, a run directory out.
 //
-//   build/train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume] [key=value ...]
+//   build/train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume] [--gpus N] [key=value ...]
 //   build/train CONFIG --eval CHECKPOINT
 //   build/train CONFIG --gradcheck
 //   build/train --check-env
@@ -10,8 +10,10 @@
 //   framework/  Tensor, autograd, ops, nn modules, AdamW, gradcheck, config, HDF5 I/O
 //   models/     the pair-bias transformer (models/pairbias.h)
 //   data/       the chain data set (data/chain.h)
-//   run/        the modes below: training loop, evaluation, gradient check (run/modes.h)
+//   run/        the modes below: training loop, evaluation, gradient check (run/modes.h),
+//               and one process per GPU for data-parallel training (run/launch.h)
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -22,7 +24,7 @@
 namespace {
 
 const char* kUsage =
-    "usage: train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume] [key=value ...]\n"
+    "usage: train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume] [--gpus N] [key=value ...]\n"
     "       train CONFIG --eval CHECKPOINT\n"
     "       train CONFIG --gradcheck\n"
     "       train --check-env\n";
@@ -32,6 +34,7 @@ struct Args {
   std::vector<std::string> overrides;  // dotted keys: train.steps=200
   std::string eval_checkpoint;
   bool resume = false, gradcheck = false, check_env = false, help = false;
+  int gpus = 0;  // > 0: data-parallel over that many GPUs, one process each (run/launch.h)
 };
 
 Args parse_args(int argc, char** argv) {
@@ -46,6 +49,14 @@ Args parse_args(int argc, char** argv) {
     else if (s == "--out") a.overrides.push_back("out=" + value("--out"));
     else if (s == "--eval") a.eval_checkpoint = value("--eval");
     else if (s == "--resume") a.resume = true;
+    else if (s == "--gpus") {
+      const std::string n = value("--gpus");
+      char* end = nullptr;
+      const long g = std::strtol(n.c_str(), &end, 10);
+      PF_CHECK(!n.empty() && *end == '\0' && g >= 1 && g <= 1024,
+               "--gpus expects a number of GPUs >= 1, got '" << n << "'");
+      a.gpus = static_cast<int>(g);
+    }
     else if (s == "--gradcheck") a.gradcheck = true;
     else if (s == "--check-env") a.check_env = true;
     else if (s == "--help" || s == "-h") a.help = true;
@@ -64,6 +75,7 @@ int run(const Args& a) {
   const pf::Config cfg = pf::load_config(a.config, a.overrides);
   if (a.gradcheck) return pf::run::gradcheck(cfg);
   if (!a.eval_checkpoint.empty()) return pf::run::evaluate(cfg, a.eval_checkpoint);
+  if (a.gpus > 0) return pf::run::train_data_parallel(cfg, a.resume, a.gpus);
   return pf::run::train(cfg, a.resume);
 }
 

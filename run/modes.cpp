@@ -13,11 +13,13 @@
 #include "framework/anomaly.h"
 #include "framework/autograd.h"
 #include "framework/checkpoint.h"
+#include "framework/distributed.h"
 #include "framework/gradcheck.h"
 #include "framework/optim.h"
 #include "framework/plot.h"
 #include "framework/precision.h"
 #include "framework/run_dir.h"
+#include "run/launch.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/device_info.h"
 #endif
@@ -98,16 +100,25 @@ BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device devic
 }
 
 EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set, int batch_size,
-                        Device device) {
+                        Device device, dist::Communicator* comm) {
   NoGradGuard no_grad;
+  const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
+  const int begin = static_cast<int>(int64_t{set.S} * rank / world);
+  const int end = static_cast<int>(int64_t{set.S} * (rank + 1) / world);
   double loss_sum = 0, correct = 0;
-  for (int start = 0; start < set.S; start += batch_size) {
+  for (int start = begin; start < end; start += batch_size) {
     std::vector<int> idx;
-    for (int s = start; s < std::min(set.S, start + batch_size); ++s) idx.push_back(s);
+    for (int s = start; s < std::min(end, start + batch_size); ++s) idx.push_back(s);
     const BatchTensors b = to_tensors(gather_batch(set, idx), model.config(), device);
     const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
     loss_sum += r.loss.item() * idx.size();
     correct += r.accuracy * idx.size();
+  }
+  if (comm) {
+    std::vector<double> sums{loss_sum, correct};
+    comm->all_reduce_sum(sums);
+    loss_sum = sums[0];
+    correct = sums[1];
   }
   return {loss_sum / set.S, correct / set.S};
 }
@@ -122,7 +133,9 @@ DType precision_dtype(const std::string& precision, Device device) {
   return DType::F32;  // bf16 keeps fp32 master weights
 }
 
-void load_data(const Config& cfg, ChainSet& train_set, ChainSet& val_set) {
+}  // namespace
+
+void prepare_data(const Config& cfg) {
   const auto& d = cfg.data;
   const int K = cfg.model.n_types;
   if (ensure_chains(d.train, d.n_train, d.n_res, K, d.seed, "train", d.task))
@@ -131,8 +144,14 @@ void load_data(const Config& cfg, ChainSet& train_set, ChainSet& val_set) {
   if (ensure_chains(d.val, d.n_val, d.n_res, K, d.seed, "val", d.task))
     std::printf("generated %d validation chains of %d residues (task %s) -> %s\n", d.n_val, d.n_res,
                 d.task.c_str(), d.val.c_str());
-  train_set = read_chains(d.train);
-  val_set = read_chains(d.val);
+}
+
+namespace {
+
+void load_data(const Config& cfg, ChainSet& train_set, ChainSet& val_set) {
+  prepare_data(cfg);
+  train_set = read_chains(cfg.data.train);
+  val_set = read_chains(cfg.data.val);
 }
 
 const std::vector<std::string> kEmbeddings = {"embed.weight", "pair.rel.weight", "pair.dist.weight"};
@@ -315,14 +334,41 @@ void write_plots(const std::string& dir, const MetricsLog& log, const models::Pa
 
 // ---- train -----------------------------------------------------------------------------------
 
-int train(const Config& cfg, bool resume, int64_t stop_at) {
+namespace {
+int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* comm);
+}
+
+int train(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* comm) {
+  try {
+    return train_run(cfg, resume, stop_at, comm);
+  } catch (const CudaOutOfMemory& e) {  // say which settings drive the sizes
+    const auto& m = cfg.model;
+    PF_FAIL(e.what() << ". Per layer, the pair representation and bias hold train.batch_size × data.n_res² × "
+                        "(model.c_z + model.n_heads) values = "
+                     << cfg.train.batch_size << " × " << cfg.data.n_res << "² × (" << m.c_z << " + " << m.n_heads
+                     << "), the other activations train.batch_size × data.n_res × model.d_ff = "
+                     << cfg.train.batch_size << " × " << cfg.data.n_res << " × " << m.d_ff
+                     << "; lower train.batch_size or data.n_res, or use train.precision: bf16");
+  }
+}
+
+namespace {
+
+int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* comm) {
   const Device device = resolve_device(cfg.device);
+  // Data parallel: rank 0 (the lead) alone writes the run directory and prints.
+  const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
+  const bool lead = rank == 0;
+  PF_CHECK(!comm || device == Device::CUDA,
+           "data-parallel training (--gpus) needs device cuda, got " << device_name(device));
+  PF_CHECK(cfg.train.batch_size % world == 0, "train.batch_size " << cfg.train.batch_size
+                                                << " must be a multiple of the number of GPUs " << world);
   const DType dtype = precision_dtype(cfg.train.precision, device);
   // bf16: bf16 activations over the fp32 master weights (framework/precision.h)
   const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : dtype);
   const auto& t = cfg.train;
   const anomaly::EnableGuard anomaly_mode(t.detect_anomaly);
-  prepare_run_dir(cfg.out);
+  if (lead) prepare_run_dir(cfg.out);
   const std::string ckpt_path = cfg.out + "/checkpoint.h5";
   PF_CHECK(!resume || fs::exists(ckpt_path), "--resume: no checkpoint at " << ckpt_path);
 
@@ -349,8 +395,11 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
     saved_step = st.step;
     std::printf("resumed from %s at step %lld\n", ckpt_path.c_str(), static_cast<long long>(st.step));
   }
-  write_text_file(cfg.out + "/config.yaml", config_to_yaml(cfg));
-  MetricsLog log(cfg.out + "/metrics.jsonl", resume, st.step);
+  if (lead) write_text_file(cfg.out + "/config.yaml", config_to_yaml(cfg));
+  MetricsLog log(lead ? cfg.out + "/metrics.jsonl" : "", resume, st.step);
+  // Gradients averaged over the ranks in buckets that start while the backward still runs.
+  std::unique_ptr<dist::GradientSync> grad_sync;
+  if (comm) grad_sync = std::make_unique<dist::GradientSync>(*comm, model.parameters());
   std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %d residues, "
               "task %s\n",
               static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
@@ -375,7 +424,7 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
                                       << ", so no checkpoint is written: " << kept()
                                       << " (try a lower train.lr, or train.grad_clip > 0)");
     try {
-      save_checkpoint(ckpt_path, cfg, model, opt, st);
+      if (lead) save_checkpoint(ckpt_path, cfg, model, opt, st);
     } catch (const Error& e) {  // a full disk, an unwritable directory: say what is kept
       std::string why = e.what();
       std::replace(why.begin(), why.end(), '\n', ' ');  // HDF5's own messages may hold newlines
@@ -384,18 +433,33 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
     saved_step = st.step;
     std::printf("checkpoint step %lld -> %s\n", static_cast<long long>(st.step), ckpt_path.c_str());
     std::fflush(stdout);
-    write_plots(cfg.out, log, model);
+    if (lead) write_plots(cfg.out, log, model);
   };
   const int64_t last_step = stop_at > 0 ? std::min<int64_t>(stop_at, t.steps) : t.steps;
   while (st.step < last_step) {
     const auto t0 = Clock::now();
-    const BatchTensors b = to_tensors(gather_batch(train_set, sampler.next()), cfg.model, device);
+    std::vector<int> batch_idx = sampler.next();
+    if (comm) {  // this rank's contiguous slice of the global batch
+      const size_t per = batch_idx.size() / world;
+      batch_idx = std::vector<int>(batch_idx.begin() + rank * per, batch_idx.begin() + (rank + 1) * per);
+    }
+    const BatchTensors b = to_tensors(gather_batch(train_set, batch_idx), cfg.model, device);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
     model.zero_grad();
     const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
-    r.loss.backward();
+    if (grad_sync) {
+      grad_sync->backward(r.loss);  // the mean of the ranks' gradients = the global batch's
+    } else {
+      r.loss.backward();
+    }
     const double grad_norm = optim::clip_grad_norm(model.parameters(), t.grad_clip);
-    const double loss = r.loss.item();
+    double loss = r.loss.item(), acc = r.accuracy;
+    if (comm) {  // every rank has the same number of residues: the global means are the means
+      std::vector<double> m{loss, acc};
+      comm->all_reduce_sum(m);
+      loss = m[0] / world;
+      acc = m[1] / world;
+    }
     // A non-finite loss or gradient norm: no update (weights and moments stay as they were),
     // counted; the batch and the learning-rate schedule move on as after an update.
     const bool good = std::isfinite(loss) && std::isfinite(grad_norm);
@@ -429,14 +493,14 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
       const double tps = tokens_per_step * timed_steps / train_seconds;
       const double eta = (t.steps - st.step) * train_seconds / timed_steps;
       std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
-                  static_cast<long long>(st.step), loss, r.accuracy, lr, grad_norm, tps, eta);
+                  static_cast<long long>(st.step), loss, acc, lr, grad_norm, tps, eta);
       std::fflush(stdout);
-      log.write(JsonLine().add("step", st.step).add("loss", loss).add("acc", r.accuracy)
+      log.write(JsonLine().add("step", st.step).add("loss", loss).add("acc", acc)
                     .add("lr", lr).add("grad_norm", grad_norm).add("tokens_per_s", tps)
                     .add("skipped_steps", st.skipped));
     }
     if (st.step % t.eval_every == 0 || st.step == t.steps) {
-      last_eval = evaluate_set(model, val_set, t.batch_size, device);
+      last_eval = evaluate_set(model, val_set, t.batch_size, device, comm);
       std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(st.step),
                   last_eval.loss, last_eval.accuracy);
       std::fflush(stdout);
@@ -446,7 +510,7 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
     if (st.step % t.checkpoint_every == 0 || st.step == last_step) checkpoint();
   }
   if (timed_steps == 0) {  // resumed a finished run: report its state
-    last_eval = evaluate_set(model, val_set, t.batch_size, device);
+    last_eval = evaluate_set(model, val_set, t.batch_size, device, comm);
     checkpoint();
   }
   const double tps = timed_steps ? tokens_per_step * timed_steps / train_seconds : 0.0;
@@ -455,6 +519,14 @@ int train(const Config& cfg, bool resume, int64_t stop_at) {
                           .add("steps", st.step).add("skipped_steps", st.skipped).add("out", cfg.out)
                           .str().c_str());
   return 0;
+}
+
+}  // namespace
+
+int train_data_parallel(const Config& cfg, bool resume, int gpus) {
+  PF_CHECK(cfg.device != "cpu", "--gpus " << gpus << " trains on GPUs, but device is cpu");
+  prepare_data(cfg);  // once, before the workers start (they only read the files)
+  return run_data_parallel(gpus, [&](dist::Communicator& comm) { return train(cfg, resume, -1, &comm); });
 }
 
 // ---- eval ------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@
 #include "framework/tensor.h"
 #include "models/pairbias.h"
 
+namespace pf::dist {
+class Communicator;
+}
+
 namespace pf::run {
 
 // "auto" → cuda when a GPU and the CUDA backend are present, else cpu; "cuda" without them is an
@@ -20,7 +24,17 @@ int check_env();
 // Trains per cfg into cfg.out; with resume, continues from cfg.out/checkpoint.h5.
 // stop_at > 0 ends the run early after that many updates, as an interrupted job would (with
 // the checkpoint of that moment) — how tests check that a resumed run equals an unbroken one.
-int train(const Config& cfg, bool resume, int64_t stop_at = -1);
+// With comm: this process is one rank of data-parallel training (framework/distributed.h): it
+// takes its slice of each global batch of train.batch_size, gradients and metrics are averaged
+// over the ranks, evaluation is sharded, and only rank 0 writes the run directory.
+int train(const Config& cfg, bool resume, int64_t stop_at = -1, dist::Communicator* comm = nullptr);
+
+// `train --gpus N`: makes sure the data files exist (here, once), then trains with one process
+// per GPU (run/launch.h). N = 1 runs the same data-parallel code path on one GPU.
+int train_data_parallel(const Config& cfg, bool resume, int gpus);
+
+// Makes sure the data files of cfg exist (generating them if missing, and saying so).
+void prepare_data(const Config& cfg);
 
 // Loads a checkpoint and evaluates it on the validation split.
 int evaluate(const Config& cfg, const std::string& checkpoint);
@@ -41,7 +55,8 @@ struct EvalResult {
   double loss = 0, accuracy = 0;
 };
 // Mean loss and accuracy over every residue of `set`, in batches of batch_size (no grad).
+// With comm, each rank evaluates its contiguous share of the samples and the sums are reduced.
 EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set, int batch_size,
-                        Device device);
+                        Device device, dist::Communicator* comm = nullptr);
 
 }  // namespace pf::run

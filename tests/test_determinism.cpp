@@ -2,70 +2,17 @@
 // checkpoints (weights, AdamW moments, sampler state), with OpenMP threads on; a different
 // train.seed or data.seed gives different ones (so the comparison can fail).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <map>
 #include <random>
-#include <regex>
-#include <sstream>
 
-#include "framework/config.h"
-#include "framework/h5io.h"
-#include "run/modes.h"
+#include "tests/run_record.h"
 
 namespace pf {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("pairflash_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
-
-// metrics.jsonl without the timing field, and the final JSON line without timing and out.
-struct RunRecord {
-  std::vector<std::string> metrics;
-  std::string final_line;
-  std::map<std::string, std::vector<float>> tensors;  // every checkpoint dataset
-  std::vector<int64_t> attrs;                          // step, sampler_epoch, sampler_cursor
-};
-
-RunRecord run_once(const Config& cfg) {
-  testing::internal::CaptureStdout();
-  const int rc = run::train(cfg, false);
-  const std::string printed = testing::internal::GetCapturedStdout();
-  EXPECT_EQ(rc, 0);
-  RunRecord r;
-  static const std::regex timing(R"re(, "tokens_per_s": [^,}]*)re"), out(R"re(, "out": "[^"]*")re");
-  std::ifstream in(cfg.out + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) r.metrics.push_back(std::regex_replace(line, timing, ""));
-  const size_t pos = printed.rfind("{\"mode\": \"train\"");
-  EXPECT_NE(pos, std::string::npos) << printed;
-  if (pos != std::string::npos)
-    r.final_line = std::regex_replace(std::regex_replace(printed.substr(pos), timing, ""), out, "");
-  H5Reader h(cfg.out + "/checkpoint.h5");
-  for (const std::string& name : h.list_datasets("/")) r.tensors[name] = h.read_float(name);
-  for (const char* a : {"step", "sampler_epoch", "sampler_cursor"}) r.attrs.push_back(h.attr_int("/", a));
-  return r;
-}
-
-bool bitwise_equal(const RunRecord& a, const RunRecord& b) {
-  if (a.tensors.size() != b.tensors.size()) return false;
-  for (const auto& [name, va] : a.tensors) {
-    const auto it = b.tensors.find(name);
-    if (it == b.tensors.end() || it->second.size() != va.size() ||
-        std::memcmp(va.data(), it->second.data(), va.size() * sizeof(float)) != 0)
-      return false;
-  }
-  return true;
-}
+using namespace testing_util;
 
 TEST(Determinism, SameSeedAndConfigGiveBitwiseIdenticalRuns) {
   const std::string dir = temp_dir("determinism");

@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 
 #include "data/chain.h"
@@ -27,6 +28,7 @@
 #include "framework/precision.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
+#include "tests/run_record.h"
 
 namespace pf {
 namespace {
@@ -203,6 +205,36 @@ TEST(TrainCuda, OneStepBf16AgreesWithFp32Cpu) {
   EXPECT_LE(e, 10 * u);
   std::printf("bf16 step: loss cpu %.6f gpu %.6f; all gradients rel. error %.2e\n", rc.loss,
               rg.loss, e);
+}
+
+// A run too large for the GPU stops with one line that names the size asked for, what the device
+// holds, and the config keys that drive the sizes (not a CUDA error code, not a crash).
+TEST(TrainCuda, OutOfMemoryNamesTheSizesAndTheKeys) {
+  PF_REQUIRE_GPU();
+  const std::string dir = testing_util::temp_dir("oom");
+  // N = 4096, B = 16: the pair representation alone is 16·4096²·16 floats = 17 GB per tensor,
+  // and a layer keeps several: far past 80 GB within the first forward.
+  const Config cfg = config_from_yaml_string(
+      "model: {n_types: 4, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 16, relpos_clip: 8, dist_bins: 8}\n"
+      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 16, n_val: 16, n_res: 4096, seed: 1}\n"
+      "train: {steps: 2, batch_size: 16, warmup: 0}\n"
+      "device: cuda\nout: " + dir + "/run\n");
+  std::string msg;
+  testing::internal::CaptureStdout();
+  try {
+    run::train(cfg, false);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  testing::internal::GetCapturedStdout();
+  ASSERT_FALSE(msg.empty()) << "the run should not fit in GPU memory";
+  EXPECT_NE(msg.find("GPU out of memory"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("MiB was asked for"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.batch_size"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.n_res"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+  cuda_empty_cache();  // give the device back to the next tests
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
