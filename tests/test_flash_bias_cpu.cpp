@@ -422,7 +422,8 @@ struct Problem {
 template <class T>
 bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
   // empty vectors may hold null data(), which memcmp must not be given (UB even for 0 bytes)
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 // The full check of one case in one dtype.
