@@ -78,6 +78,14 @@ __global__ void gelu_backward_kernel(const T* x, const T* dy, T* dx, int64_t n) 
   }
 }
 
+// Σx² without floating-point atomics (bitwise deterministic): each block writes its double sum
+// to a partial slot, and the block that finishes last (an integer counter, exact) adds the slots
+// in block order and adds the result to *acc. The slots and the counter are one static set per
+// process: calls are ordered on the one stream, never concurrent. The counter is left at 0.
+constexpr unsigned kSumSqMaxBlocks = 264;  // 2 per SM on an H100
+__device__ double g_sumsq_partial[kSumSqMaxBlocks];
+__device__ unsigned g_sumsq_arrived = 0;
+
 template <class T>
 __global__ void sum_of_squares_kernel(const T* x, int64_t n, double* acc) {
   float s = 0;
@@ -87,7 +95,21 @@ __global__ void sum_of_squares_kernel(const T* x, int64_t n, double* acc) {
     s += v * v;
   }
   const double total = block_sum(static_cast<double>(s));
-  if (threadIdx.x == 0) atomicAdd(acc, total);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    g_sumsq_partial[blockIdx.x] = total;
+    __threadfence();  // the slot is visible device-wide before the arrival is counted
+    last = atomicAdd(&g_sumsq_arrived, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  double p = 0;  // thread i: slots i, i + blockDim.x, ... (L2 reads: other SMs wrote them)
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) p += __ldcg(g_sumsq_partial + b);
+  const double sum = block_sum(p);
+  if (threadIdx.x == 0) {
+    *acc += sum;
+    g_sumsq_arrived = 0;
+  }
 }
 
 template <class T>
@@ -222,7 +244,7 @@ void sum_of_squares(ScalarType t, const void* x, int64_t n, double* acc) {
   if (n == 0) return;
   dispatch_dtype(t, "sum_of_squares", [&](auto tag) {
     using T = decltype(tag);
-    sum_of_squares_kernel<T><<<std::min(grid_for(n, kThreads), 264u), kThreads, 0, cur_stream()>>>(
+    sum_of_squares_kernel<T><<<std::min(grid_for(n, kThreads), kSumSqMaxBlocks), kThreads, 0, cur_stream()>>>(
         static_cast<const T*>(x), n, acc);
     PF_CUDA_CHECK_LAUNCH("sum_of_squares");
   });

@@ -18,7 +18,8 @@ void scale(ScalarType t, const void* x, double s, void* out, int64_t n);  // out
 void axpy(ScalarType t, void* y, double alpha, const void* x, int64_t n);  // y += alpha·x
 void gelu_forward(ScalarType t, const void* x, void* y, int64_t n);        // exact (erf) GELU
 void gelu_backward(ScalarType t, const void* x, const void* dy, void* dx, int64_t n);
-// *acc (device double) += Σ x² (fp32 per thread, double across threads).
+// *acc (device double) += Σ x² (fp32 per thread, double across threads), summed in a fixed
+// order: bitwise deterministic. Calls must not run concurrently (they share a static scratch).
 void sum_of_squares(ScalarType t, const void* x, int64_t n, double* acc);
 // *flag (device int) is set to 0 if x holds a NaN or an infinity (left alone otherwise).
 void all_finite(ScalarType t, const void* x, int64_t n, int* flag);

@@ -1,5 +1,10 @@
 #include "kernels/cuda/embedding.h"
 
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <climits>
+
 #include "kernels/cuda/common.cuh"
 
 namespace pf::kernels::cuda {
@@ -70,6 +75,182 @@ __global__ void embedding_backward_atomic_kernel(const T* dout, const int32_t* i
   }
 }
 
+// ---- the deterministic path for large tables ------------------------------------------------
+// (index, row) pairs sorted by index with a stable radix sort, so each index v owns the segment
+// [seg[v], seg[v+1]) of sorted positions, its rows in ascending order. A segment is cut into
+// chunks of kChunk rows; one thread per (chunk, column) sums its chunk in row order. A segment
+// of one chunk writes its row of dweight directly; longer ones write partial rows that one
+// thread per (v, column) then adds in chunk order. Every sum's order is a function of idx alone.
+
+constexpr int kChunk = 32;
+
+// Indices outside [0,V) get the key V: they sort last and belong to no segment.
+__global__ void sort_input_kernel(const int32_t* idx, int64_t n, int64_t V, uint32_t* keys,
+                                  int32_t* rows) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int32_t v = idx[i];
+    keys[i] = (v >= 0 && v < V) ? static_cast<uint32_t>(v) : static_cast<uint32_t>(V);
+    rows[i] = static_cast<int32_t>(i);
+  }
+}
+
+__device__ __forceinline__ int64_t lower_bound(const uint32_t* a, int64_t n, uint32_t key) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (a[mid] < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// seg:(V+1) segment starts; nchunks:(V+1) chunks per segment; multi:(V+1) the same where a
+// segment has ≥ 2 chunks (they need partial rows), else 0. Entry V: seg = number of valid rows,
+// counts 0 (so that the exclusive scans end with the totals).
+__global__ void segments_kernel(const uint32_t* keys, int64_t n, int64_t V, int32_t* seg,
+                                int32_t* nchunks, int32_t* multi) {
+  for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v <= V;
+       v += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t lo = lower_bound(keys, n, static_cast<uint32_t>(v));
+    seg[v] = static_cast<int32_t>(lo);
+    int32_t c = 0;
+    if (v < V) c = static_cast<int32_t>((lower_bound(keys, n, static_cast<uint32_t>(v + 1)) - lo + kChunk - 1) / kChunk);
+    nchunks[v] = c;
+    multi[v] = c >= 2 ? c : 0;
+  }
+}
+
+// One thread per (chunk k, column d); chunk_start:(V+1) the exclusive scan of nchunks,
+// slot_start:(V+1) that of multi.
+template <class T>
+__global__ void chunk_sum_kernel(const T* dout, const int32_t* rows, const int32_t* seg,
+                                 const int32_t* chunk_start, const int32_t* slot_start, int64_t V,
+                                 int64_t D, int64_t max_chunks, float* partial, T* dweight) {
+  const int64_t chunks = chunk_start[V];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < max_chunks * D;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = i / D, d = i % D;
+    if (k >= chunks) return;  // i only grows
+    int64_t lo = 0, hi = V;  // v: the last index with chunk_start[v] ≤ k (a non-empty segment)
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (chunk_start[mid] <= k) lo = mid;
+      else hi = mid - 1;
+    }
+    const int64_t v = lo, j = k - chunk_start[v];
+    const int64_t p0 = seg[v] + j * kChunk, p1 = min(p0 + kChunk, int64_t(seg[v + 1]));
+    float s = 0;
+    for (int64_t p = p0; p < p1; ++p) s += to_f(dout[int64_t(rows[p]) * D + d]);
+    if (chunk_start[v + 1] - chunk_start[v] == 1) dweight[v * D + d] = from_f<T>(s);
+    else partial[(slot_start[v] + j) * D + d] = s;
+  }
+}
+
+// One thread per (v, column): the chunk sums of segments with ≥ 2 chunks in chunk order; empty
+// segments give 0; one-chunk segments are already written.
+template <class T>
+__global__ void chunk_finalize_kernel(const float* partial, const int32_t* chunk_start,
+                                      const int32_t* slot_start, int64_t V, int64_t D, T* dweight) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < V * D;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t v = i / D, d = i % D;
+    const int64_t nc = chunk_start[v + 1] - chunk_start[v];
+    if (nc == 1) continue;
+    float s = 0;
+    for (int64_t j = 0; j < nc; ++j) s += partial[(slot_start[v] + j) * D + d];
+    dweight[i] = from_f<T>(s);
+  }
+}
+
+int key_bits(int64_t V) {  // keys 0..V (V = invalid)
+  int b = 1;
+  while ((int64_t{1} << b) <= V) ++b;
+  return b;
+}
+
+// Byte offsets of the sorted path's arrays in its workspace (each 256-byte aligned).
+struct SortedLayout {
+  size_t keys_in, keys_out, rows_in, rows_out, seg, nchunks, multi, chunk_start, slot_start,
+      partial, temp, temp_bytes, total;
+  int64_t max_chunks;  // Σ_v ⌈c_v / kChunk⌉ ≤ ⌈n / kChunk⌉ + min(V, n)
+};
+
+SortedLayout sorted_layout(int64_t n, int64_t V, int64_t D) {
+  PF_CHECK(n <= INT32_MAX && V <= (int64_t{1} << 30),
+           "embedding_backward (deterministic): at most 2^31-1 indices and 2^30 rows, got n = "
+               << n << ", V = " << V);
+  size_t sort_bytes = 0, scan_bytes = 0;
+  PF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
+                                                static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                                static_cast<int32_t*>(nullptr), static_cast<int>(n), 0, key_bits(V)));
+  PF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<const int32_t*>(nullptr),
+                                              static_cast<int32_t*>(nullptr), static_cast<int>(V + 1)));
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  // Chunks of segments longer than kChunk: Σ ⌈c/kChunk⌉ over c > kChunk < 2n/kChunk.
+  const int64_t max_partial_rows = 2 * n_chunks;
+  SortedLayout l{};
+  size_t at = 0;
+  auto take = [&at](size_t bytes) {
+    const size_t off = at;
+    at += (bytes + 255) / 256 * 256;
+    return off;
+  };
+  l.keys_in = take(n * sizeof(uint32_t));
+  l.keys_out = take(n * sizeof(uint32_t));
+  l.rows_in = take(n * sizeof(int32_t));
+  l.rows_out = take(n * sizeof(int32_t));
+  l.seg = take((V + 1) * sizeof(int32_t));
+  l.nchunks = take((V + 1) * sizeof(int32_t));
+  l.multi = take((V + 1) * sizeof(int32_t));
+  l.chunk_start = take((V + 1) * sizeof(int32_t));
+  l.slot_start = take((V + 1) * sizeof(int32_t));
+  l.partial = take(static_cast<size_t>(max_partial_rows) * D * sizeof(float));
+  l.temp_bytes = std::max<size_t>(std::max(sort_bytes, scan_bytes), 1);
+  l.temp = take(l.temp_bytes);
+  l.total = at;
+  l.max_chunks = n_chunks + std::min(V, n);
+  return l;
+}
+
+template <class T>
+void embedding_backward_sorted(const T* dout, const int32_t* idx, T* dweight, int64_t n, int64_t V,
+                               int64_t D, char* ws) {
+  const SortedLayout l = sorted_layout(n, V, D);
+  auto at = [ws](size_t off) { return static_cast<void*>(ws + off); };
+  auto* keys_in = static_cast<uint32_t*>(at(l.keys_in));
+  auto* keys_out = static_cast<uint32_t*>(at(l.keys_out));
+  auto* rows_in = static_cast<int32_t*>(at(l.rows_in));
+  auto* rows_out = static_cast<int32_t*>(at(l.rows_out));
+  auto* seg = static_cast<int32_t*>(at(l.seg));
+  auto* nchunks = static_cast<int32_t*>(at(l.nchunks));
+  auto* multi = static_cast<int32_t*>(at(l.multi));
+  auto* chunk_start = static_cast<int32_t*>(at(l.chunk_start));
+  auto* slot_start = static_cast<int32_t*>(at(l.slot_start));
+  auto* partial = static_cast<float*>(at(l.partial));
+  const cudaStream_t s = cur_stream();
+
+  sort_input_kernel<<<grid_for(n, 256), 256, 0, s>>>(idx, n, V, keys_in, rows_in);
+  PF_CUDA_CHECK_LAUNCH("embedding_backward (sort keys)");
+  size_t temp_bytes = l.temp_bytes;
+  PF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(at(l.temp), temp_bytes, keys_in, keys_out, rows_in,
+                                                rows_out, static_cast<int>(n), 0, key_bits(V), s));
+  segments_kernel<<<grid_for(V + 1, 256), 256, 0, s>>>(keys_out, n, V, seg, nchunks, multi);
+  PF_CUDA_CHECK_LAUNCH("embedding_backward (segments)");
+  temp_bytes = l.temp_bytes;
+  PF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(at(l.temp), temp_bytes, nchunks, chunk_start,
+                                              static_cast<int>(V + 1), s));
+  temp_bytes = l.temp_bytes;
+  PF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(at(l.temp), temp_bytes, multi, slot_start,
+                                              static_cast<int>(V + 1), s));
+  chunk_sum_kernel<T><<<grid_for(l.max_chunks * D, 256), 256, 0, s>>>(
+      dout, rows_out, seg, chunk_start, slot_start, V, D, l.max_chunks, partial, dweight);
+  PF_CUDA_CHECK_LAUNCH("embedding_backward (chunk sums)");
+  chunk_finalize_kernel<T><<<grid_for(V * D, 256), 256, 0, s>>>(partial, chunk_start, slot_start,
+                                                                V, D, dweight);
+  PF_CUDA_CHECK_LAUNCH("embedding_backward (ordered sum)");
+}
+
 __global__ void f32_to_bf16_kernel(const float* src, bf16* dst, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -94,18 +275,26 @@ void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, voi
   });
 }
 
-size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D) {
+size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool deterministic) {
   if (V * D <= kMaxPrivate) return static_cast<size_t>(private_blocks(n)) * V * D * sizeof(float);
+  if (deterministic) return n > 0 ? sorted_layout(n, V, D).total : 0;
   return static_cast<size_t>(V) * D * sizeof(float);  // the fp32 accumulator of the atomic path
 }
 
 void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void* dweight,
-                        int64_t n, int64_t V, int64_t D, void* workspace) {
+                        int64_t n, int64_t V, int64_t D, void* workspace, bool deterministic) {
   const int64_t VD = V * D;
   if (VD == 0) return;
   float* ws = static_cast<float*>(workspace);
   dispatch_dtype(t, "embedding_backward", [&](auto tag) {
     using T = decltype(tag);
+    if (VD > kMaxPrivate && deterministic) {
+      if (n == 0) memset_zero(dweight, VD * sizeof(T));  // empty sums (bf16 zero is all-zero bits)
+      else
+        embedding_backward_sorted<T>(static_cast<const T*>(dout), idx, static_cast<T*>(dweight), n,
+                                     V, D, static_cast<char*>(workspace));
+      return;
+    }
     if (VD <= kMaxPrivate) {
       const int blocks = private_blocks(n);
       const size_t smem = kWarps * VD * sizeof(float);

@@ -12,15 +12,19 @@ namespace pf::kernels::cuda {
 void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, void* out, int64_t n,
                        int64_t V, int64_t D);
 
-// Scratch bytes embedding_backward needs (per-block partial tables; 0 for tables too large to
-// privatise, which are summed with atomics instead).
-size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D);
+// Scratch bytes embedding_backward needs with the same arguments.
+size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool deterministic = false);
 
-// dout:(n,D) idx:(n) → dweight:(V,D) written (=): row v = Σ_{i: idx[i]=v} dout[i].
-// Tables with V·D ≤ 3072 (every table of the pair-bias model) are summed in a fixed order:
-// bitwise deterministic. Larger ones use fp32 atomics (order-dependent rounding). Indices
-// outside [0,V) are skipped.
+// dout:(n,D) idx:(n) → dweight:(V,D) written (=): row v = Σ_{i: idx[i]=v} dout[i]. Indices
+// outside [0,V) are skipped. Three ways, by table size and mode:
+// - V·D ≤ 3072 (every table of the pair-bias model at its default sizes): per-warp tables in
+//   shared memory, rows in order, then per-block partials added in block order. Deterministic
+//   in both modes (the order depends only on n).
+// - larger tables, deterministic = false: fp32 atomics (fast; order-dependent rounding).
+// - larger tables, deterministic = true: a stable radix sort of (index, row), each index's rows
+//   summed in chunks of 32 in row order, the chunk sums added in chunk order. The summation
+//   order depends only on idx: bitwise identical run to run, on any GPU.
 void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void* dweight,
-                        int64_t n, int64_t V, int64_t D, void* workspace);
+                        int64_t n, int64_t V, int64_t D, void* workspace, bool deterministic = false);
 
 }  // namespace pf::kernels::cuda
