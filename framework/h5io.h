@@ -1,9 +1,9 @@
 // Small HDF5 helpers over the C API: the data files (data/chain.h) and the checkpoints use them.
 //
-//   H5Writer w("run/checkpoint.h5");                      // writes run/checkpoint.h5.tmp
+//   H5Writer w("run/checkpoint.h5");                      // opens run/checkpoint.h5.tmp
 //   w.write_dataset("model/embed.weight", ptr, {8, 64});  // creates group /model on the way
 //   w.write_attr("/model", "d_model", int64_t{64});
-//   w.commit();                                            // flush, fsync, rename onto the path
+//   w.commit();                                            // write, fsync, rename onto the path
 //
 //   H5Reader r("run/checkpoint.h5");
 //   std::vector<float> e = r.read_float("model/embed.weight", {8, 64});
@@ -19,6 +19,13 @@
 //   error, never a silent conversion.
 // - Every failure is a pf::Error with one line naming the file and the object. HDF5's own
 //   automatic error printing is turned off; its innermost message is appended instead.
+// - Integrity: HDF5 builds a written file in memory; commit() writes it with plain POSIX calls,
+//   so a full disk is our own error and HDF5 never sees a failing write. Every file written here
+//   starts with a 512-byte HDF5 user block (HDF5 and h5py skip it) holding a magic line, the
+//   file's length and a 64-bit hash of every byte after the user block. H5Reader checks them
+//   before HDF5 parses anything: a truncated or corrupt file is one line, "<path>: corrupt or
+//   truncated HDF5 file: expected N bytes with hash X, found M bytes / hash Y", never a crash
+//   inside HDF5. Files without the magic (h5py, other tools) are read as before.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -31,7 +38,8 @@ std::string h5_shape_str(const std::vector<int64_t>& shape);
 
 class H5Writer {
  public:
-  // Opens (truncating) `path + ".tmp"`. Nothing appears at `path` until commit().
+  // Opens (truncating) `path + ".tmp"`, which stays empty until commit(); the HDF5 file is
+  // built in memory. Nothing appears at `path` until commit().
   explicit H5Writer(const std::string& path);
   // Without commit(): closes and removes the .tmp; a file already at `path` is untouched.
   ~H5Writer();
@@ -60,8 +68,11 @@ class H5Writer {
     write_attr(object, name, std::string(value));
   }
 
-  // Flushes and closes the file, fsyncs it, renames the .tmp onto `path` (atomic on POSIX)
-  // and fsyncs the directory. No writes are possible afterwards.
+  // Takes the file's image from memory, fills in the integrity header, writes it to the .tmp,
+  // fsyncs it, renames the .tmp onto `path` (atomic on POSIX) and fsyncs the directory. A write
+  // that fails (ENOSPC, EFBIG, EIO) is a pf::Error naming the .tmp and the reason; the .tmp is
+  // removed by the destructor and a file already at `path` is untouched. No writes are possible
+  // afterwards.
   void commit();
 
   const std::string& path() const { return path_; }
@@ -74,14 +85,16 @@ class H5Writer {
   void check_open(const char* what) const;
 
   std::string path_, tmp_path_;
-  int64_t file_ = -1;  // hid_t
+  int64_t file_ = -1;  // hid_t of the in-memory file
+  int fd_ = -1;        // the .tmp, open from the constructor until commit()
   bool committed_ = false;
 };
 
 class H5Reader {
  public:
   // Opens an existing HDF5 file read-only; a missing file or one that is not HDF5 (or is
-  // truncated) is a pf::Error naming the path.
+  // truncated) is a pf::Error naming the path. A file with pairflash's integrity header is
+  // first checked against it (length and hash), a whole read of the file.
   explicit H5Reader(const std::string& path);
   ~H5Reader();
   H5Reader(const H5Reader&) = delete;

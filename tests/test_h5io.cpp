@@ -4,10 +4,14 @@
 
 #include <gtest/gtest.h>
 #include <hdf5.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -89,6 +93,22 @@ size_t numel(const std::vector<int64_t>& s) {
   for (int64_t d : s) n *= static_cast<size_t>(d);
   return n;
 }
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+// Replaces the file (a new inode: truncating one in place makes ext4 flush it, ~7 ms a write).
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::remove(path.c_str());
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+// The integrity header every H5Writer file starts with (h5io.h): a 512-byte HDF5 user block.
+constexpr size_t kUserBlock = 512;
+const std::string kMagic = "pairflash-h5 integrity v1\n";
+const std::string kHdf5Signature("\x89HDF\r\n\x1a\n", 8);
 
 const std::vector<std::vector<int64_t>> kShapes = {{}, {1}, {17}, {97, 3}, {2, 17, 5}, {0, 4}, {1, 1, 1, 1}};
 
@@ -428,7 +448,215 @@ TEST_F(H5IoTest, CorruptedMetadataNeverCrashes) {
       ++rejected;
     }
   }
-  // ~3 in 4 such corruptions break the opening, the listing or the attribute (measured over
-  // 1500 trials); none noticed in 60 would mean the checks are not running.
-  EXPECT_GT(rejected, 0);
+  // The integrity header refuses every trial whose changes miss its magic line (bytes 0-25):
+  // all but ~7% (1 - (1 - 18/2000)^8). The rest reach HDF5 as foreign files, where ~3 in 4
+  // corruptions of this kind break the opening, the listing or the attribute. Fewer than 40 of
+  // 60 refused would mean the header check is not running.
+  EXPECT_GT(rejected, 40);
+}
+
+// ---- the integrity header ----------------------------------------------------------------
+
+TEST_F(H5IoTest, WrittenFilesStartWithAnIntegrityHeaderThatHdf5Skips) {
+  const std::string p = small_file("header.h5");
+  const std::string bytes = read_bytes(p);
+  ASSERT_GT(bytes.size(), kUserBlock + 8);
+  EXPECT_EQ(bytes.substr(0, kMagic.size()), kMagic);
+  const std::string lines = kMagic + "bytes " + std::to_string(bytes.size()) + "\nhash ";
+  ASSERT_EQ(bytes.substr(0, lines.size()), lines);
+  const size_t hash_end = bytes.find('\n', lines.size());
+  EXPECT_EQ(hash_end - lines.size(), 16u) << "16 hex digits";
+  EXPECT_EQ(bytes.find_first_not_of('\0', hash_end + 1), kUserBlock) << "NUL bytes up to the user block's end";
+  EXPECT_EQ(bytes.substr(kUserBlock, 8), kHdf5Signature);
+  // HDF5 itself (any reader that knows nothing of our header) sees a 512-byte user block and
+  // the data: opened with the plain C API, default driver.
+  hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  hid_t fcpl = H5Fget_create_plist(f);
+  hsize_t ub = 0;
+  H5Pget_userblock(fcpl, &ub);
+  EXPECT_EQ(ub, kUserBlock);
+  hid_t ds = H5Dopen2(f, "tokens", H5P_DEFAULT);
+  std::vector<int32_t> raw(97);
+  EXPECT_GE(H5Dread(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()), 0);
+  H5Dclose(ds);
+  H5Pclose(fcpl);
+  H5Fclose(f);
+  EXPECT_EQ(raw, pf::H5Reader(p).read_int32("tokens", {97}));
+}
+
+// Every single byte of a written file, changed: past the magic line the reader refuses the file
+// before HDF5 sees it (the hash covers everything after the user block; the header lines and
+// the NUL padding are checked as text). A changed magic line makes the file a foreign one, which
+// HDF5 then reads as it is: intact.
+TEST_F(H5IoTest, EveryChangedByteIsRefusedBeforeHdf5ParsesIt) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const std::string p = small_file("flip_src.h5");
+  const std::string good = read_bytes(p);
+  const std::vector<float> embed = pf::H5Reader(p).read_float("model/embed.weight", {8, 32});
+  const std::string header = good.substr(0, good.find('\0'));  // "...bytes N\nhash X\n"
+  const std::string hash = header.substr(header.size() - 17, 16);
+  const std::string c = file("flipped.h5");
+  int refused = 0, foreign = 0;
+  for (size_t pos = 0; pos < good.size(); ++pos) {
+    std::string b = good;
+    b[pos] = static_cast<char>(b[pos] ^ (1 + rng_() % 255));
+    write_bytes(c, b);
+    SCOPED_TRACE("byte " + std::to_string(pos) + " of " + std::to_string(good.size()));
+    if (pos < kMagic.size()) {
+      ++foreign;
+      EXPECT_EQ(pf::H5Reader(c).read_float("model/embed.weight", {8, 32}), embed);
+      continue;
+    }
+    ++refused;
+    if (pos >= kUserBlock)
+      expect_error([&] { pf::H5Reader r(c); },
+                   {c + ": corrupt or truncated HDF5 file: expected " + std::to_string(good.size()) +
+                        " bytes with hash " + hash + ", found " + std::to_string(good.size()) + " bytes / hash "});
+    else  // the header itself: a damaged line, or other (wrong) values
+      expect_error([&] { pf::H5Reader r(c); }, {c + ": corrupt or truncated HDF5 file"});
+  }
+  EXPECT_EQ(foreign, static_cast<int>(kMagic.size()));
+  EXPECT_EQ(refused, static_cast<int>(good.size() - kMagic.size()));
+
+  // Reordered content: two different aligned 8-byte words after the user block swapped.
+  for (int k = 0; k < 50; ++k) {
+    const size_t words = (good.size() - kUserBlock) / 8;
+    const size_t i = kUserBlock + 8 * (rng_() % words), j = kUserBlock + 8 * (rng_() % words);
+    if (good.compare(i, 8, good, j, 8) == 0) continue;
+    std::string b = good;
+    std::swap_ranges(b.begin() + i, b.begin() + i + 8, b.begin() + j);
+    write_bytes(c, b);
+    expect_error([&] { pf::H5Reader r(c); }, {"corrupt or truncated", "hash " + hash + ", found"});
+  }
+}
+
+TEST_F(H5IoTest, TruncatedOrExtendedFilesNameBothLengths) {
+  const std::string p = small_file("len_src.h5");
+  const std::string good = read_bytes(p);
+  const std::string n = std::to_string(good.size());
+  const std::string c = file("len.h5");
+  const size_t header = good.find('\0');  // the end of the header's text
+  std::vector<size_t> lengths = {kMagic.size(), kMagic.size() + 3, header - 1, header, kUserBlock - 1,
+                                 kUserBlock, kUserBlock + 8, good.size() - 1};
+  for (int k = 0; k < 8; ++k) lengths.push_back(kMagic.size() + rng_() % (good.size() - kMagic.size()));
+  for (size_t len : lengths) {
+    SCOPED_TRACE("truncated to " + std::to_string(len));
+    write_bytes(c, good.substr(0, len));
+    std::vector<std::string> parts = {c + ": corrupt or truncated HDF5 file", "found " + std::to_string(len) + " bytes"};
+    if (len >= header) parts.push_back("expected " + n + " bytes");  // the header's lines are whole
+    expect_error([&] { pf::H5Reader r(c); }, parts);
+  }
+  write_bytes(c, good + std::string(1, '\0'));  // a trailing byte, even a zero, is not the file written
+  expect_error([&] { pf::H5Reader r(c); }, {"expected " + n + " bytes", "found " + std::to_string(good.size() + 1) + " bytes"});
+  write_bytes(c, good.substr(0, kMagic.size() - 1));  // not even the magic: not a file of ours, nor HDF5
+  expect_error([&] { pf::H5Reader r(c); }, {c, "not an HDF5 file"});
+}
+
+// A user block that is not ours (h5py's userblock_size=512, other tools) is left alone.
+TEST_F(H5IoTest, ForeignFilesWithAUserBlockReadAsBefore) {
+  const std::string p = file("foreign_ub.h5");
+  std::vector<double> v = random_values<double>(17);
+  {
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_userblock(fcpl, 1024);
+    hid_t f = H5Fcreate(p.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    hsize_t n = 17;
+    hid_t space = H5Screate_simple(1, &n, nullptr);
+    hid_t d = H5Dcreate2(f, "x", H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
+    H5Dclose(d);
+    H5Sclose(space);
+    H5Pclose(fcpl);
+    H5Fclose(f);
+  }
+  std::string b = read_bytes(p);
+  const std::string note = "some other tool's notes\npairflash-h5 integrity v1\n";  // the magic, not at byte 0
+  b.replace(0, note.size(), note);
+  write_bytes(p, b);
+  EXPECT_EQ(pf::H5Reader(p).read_double("x", {17}), v);
+}
+
+// A write that fails (here EFBIG under a file-size limit, like ENOSPC on a full disk) is one
+// pf::Error naming the .tmp; the old file stays, no .tmp is left, and the process exits cleanly
+// afterwards (HDF5 1.10 crashed at exit after a failed write to a file it had open). In a child
+// process: the limit and the exit are the child's.
+TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
+  const std::string p = file("limited.h5");
+  std::vector<double> old = random_values<double>(17), big = random_values<double>(20000);  // ~160 KB
+  {
+    pf::H5Writer w(p);
+    w.write_dataset("x", old.data(), {17});
+    w.commit();
+  }
+  const std::string before = read_bytes(p);
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead of killing
+    struct rlimit lim{64 * 1024, 64 * 1024};
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    int code = 10;
+    try {
+      pf::H5Writer w(p);
+      w.write_dataset("x", big.data(), {20000});
+      w.commit();
+      code = 11;  // must not succeed
+    } catch (const pf::Error& e) {
+      const std::string msg = e.what();
+      const bool ok = msg.find("cannot write HDF5 file " + p + ".tmp") != std::string::npos &&
+                      msg.find(std::strerror(EFBIG)) != std::string::npos && msg.find('\n') == std::string::npos;
+      if (!ok) std::fprintf(stderr, "unexpected message: %s\n", msg.c_str());
+      code = ok ? 0 : 12;
+    } catch (...) {
+      code = 13;
+    }
+    std::exit(code);  // runs HDF5's atexit clean-up: the crash was there
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: nothing thrown yet, 11: commit succeeded, 12: wrong message, 13: other exception";
+  EXPECT_EQ(read_bytes(p), before);
+  EXPECT_FALSE(fs::exists(p + ".tmp"));
+  EXPECT_EQ(pf::H5Reader(p).read_double("x", {17}), old);
+
+  // A directory where nothing can be created: refused when the writer is made, before any work.
+  expect_error([&] { pf::H5Writer w("/proc/pairflash_h5io.h5"); },
+               {"cannot create HDF5 file /proc/pairflash_h5io.h5.tmp"});
+}
+
+// h5py (what people open these files with) reads them, user block and all. Skipped where
+// python3 with h5py and numpy is not installed.
+TEST_F(H5IoTest, H5pyReadsWrittenFiles) {
+  std::string python;
+  for (const char* candidate : {"/usr/bin/python3", "python3"})
+    if (python.empty() && std::system((std::string(candidate) + " -c 'import h5py, numpy' > /dev/null 2>&1").c_str()) == 0)
+      python = candidate;
+  if (python.empty()) GTEST_SKIP() << "python3 with h5py and numpy not found";
+  const std::string p = file("for_h5py.h5");
+  std::vector<float> v = random_values<float>(8 * 32);
+  {
+    pf::H5Writer w(p);
+    w.write_dataset("model/embed.weight", v.data(), {8, 32});
+    w.write_attr("/model", "d_model", int64_t{32});
+    w.write_attr("/", "precision", "bf16");
+    w.commit();
+  }
+  {
+    std::ofstream raw(file("expected.f32"), std::ios::binary);
+    raw.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+  }
+  const std::string script =
+      "import h5py, numpy, sys\n"
+      "f = h5py.File(sys.argv[1], 'r')\n"
+      "want = numpy.fromfile(sys.argv[2], dtype='<f4').reshape(8, 32)\n"
+      "assert f.userblock_size == 512, f.userblock_size\n"
+      "assert numpy.array_equal(f['model/embed.weight'][()], want)\n"
+      "assert f['model'].attrs['d_model'] == 32\n"
+      "assert f.attrs['precision'] == 'bf16', f.attrs['precision']\n";
+  write_bytes(file("check.py"), script);
+  EXPECT_EQ(std::system((python + " " + file("check.py") + " " + p + " " + file("expected.f32")).c_str()), 0);
 }
