@@ -7,6 +7,12 @@
 // Every residue has such a j once N >= 6 (in a chain of 5 the middle residue has none), so
 // N >= 6 is required everywhere.
 //
+// Lengths (data.n_res_min … n_res_max): a set may hold chains of different lengths n_s, each
+// uniform in [n_min, n_max] and drawn first from the sample's own generator (a fixed-length set
+// draws none, so its chains are what they always were). Rows are stored padded to N = n_max
+// with token 0, label 0 and coordinates 0 past their length; a chain's labels look only at its
+// own n_s residues. Batches of such a set are packed (PackedBatch: no padding at all).
+//
 // Tasks (data.task): "chain" is the rule above. "relpos" keeps the same chains (same types and
 // coordinates for the same seed) but labels each residue by relative position alone:
 //   label_i = (t_{i−1} + t_{i+2}) mod K,   t_j = 0 for j < 0 or j >= N
@@ -23,7 +29,8 @@
 //   the file can recompute them exactly.
 // - File: datasets tokens, coords, labels; attributes n_types, seed (uint64), format_version=1,
 //   split (the split name the file was generated for) and task ("chain" or "relpos"); split and
-//   task are optional when reading (files written before them are chain files).
+//   task are optional when reading (files written before them are chain files). A set of
+//   variable lengths also has the dataset lengths int32 [S]; without it every chain has N.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -39,18 +46,33 @@ inline constexpr int kChainMinResidues = 6;
 void check_chain_task(const std::string& task, const std::string& who);
 
 struct ChainSet {
-  int S = 0, N = 0, n_types = 0;
+  int S = 0, N = 0, n_types = 0;        // N: the longest possible chain (the padded row length)
   uint64_t seed = 0;
   std::string split;                    // "train", "val", ... ("" if the file did not say)
   std::string task = "chain";           // what the labels are: "chain" | "relpos"
-  std::vector<int32_t> tokens, labels;  // (S,N)
-  std::vector<float> coords;            // (S,N,3)
+  std::vector<int32_t> tokens, labels;  // (S,N), padded with 0 past each chain's length
+  std::vector<float> coords;            // (S,N,3), padded with 0
+  std::vector<int32_t> lengths;         // (S) in [6, N]; empty = every chain has N residues
+
+  int length(int s) const { return lengths.empty() ? N : lengths[static_cast<size_t>(s)]; }
+  bool fixed_length() const;  // every chain has N residues
 };
 
-// S >= 1 chains of N >= 6 residues with n_types >= 1 types, labelled by `task`.
-//   -> tokens/labels (S,N), coords (S,N,3)
+// What to generate: S >= 1 chains with lengths uniform in [n_min, n_max] (6 <= n_min <= n_max),
+// n_types >= 1 types, labelled by `task`.
+struct ChainSpec {
+  int S = 0, n_min = 0, n_max = 0, n_types = 0;
+  uint64_t seed = 0;
+  std::string split, task = "chain";
+};
+
+//   -> tokens/labels (S,n_max), coords (S,n_max,3), lengths (S)
+ChainSet generate_chains(const ChainSpec& spec);
+// S chains of exactly N residues.
 ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::string& split,
                          const std::string& task = "chain");
+// The lengths generate_chains(spec) gives its chains, without generating them.   -> (S)
+std::vector<int32_t> chain_lengths(const ChainSpec& spec);
 
 // The label rule for one chain, from float32 coordinates widened to double (used by
 // generate_chains; exposed so that a test can feed it exact ties).   x:(N,3) t:(N) -> labels:(N)
@@ -65,39 +87,48 @@ void write_chains(const std::string& path, const ChainSet& set);
 
 // Reads and validates: datasets present with shapes (S,N), (S,N,3), (S,N) and integer / float
 // types, attributes present, format_version supported, task known, tokens and labels in
-// [0, n_types), coords finite, and for the relpos task every label equal to its rule (cheap to
-// recompute, unlike the chain rule). Each failure is one line naming the file.
+// [0, n_types), coords finite, lengths (if present) (S) in [6, N] with zero padding past them,
+// and for the relpos task every label equal to its rule (cheap to recompute, unlike the chain
+// rule). Each failure is one line naming the file.
 ChainSet read_chains(const std::string& path);
 
-// Makes sure `path` holds the chains (S, N, n_types, seed, split, task): generates and writes
-// them if the file is missing (returns true; the caller says "generated ..."), returns false if
-// the file is there and matches. A file with a different S, N, n_types, seed, split or task is
-// an error that says which differ and that the file should be deleted or the path changed.
+// Makes sure `path` holds the chains of `spec`: generates and writes them if the file is missing
+// (returns true; the caller says "generated ..."), returns false if the file is there and
+// matches. A file with a different S, N (= n_max), n_types, seed, split, task or chain lengths
+// is an error that says which differ and that the file should be deleted or the path changed.
 // Parent directories are created as needed.
+bool ensure_chains(const std::string& path, const ChainSpec& spec);
 bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split,
                    const std::string& task = "chain");
 
 // Batches of sample indices: each epoch is a fresh permutation of 0..S-1 drawn from
-// (seed, epoch); batches are consecutive slices of it and the last partial batch of an epoch
-// is dropped. (epoch, cursor) is the whole state, so a resumed run continues the exact same
-// sequence after set_state.
+// (seed, epoch); batches are consecutive slices of it. (epoch, cursor) is the whole state, so a
+// resumed run continues the exact same sequence after set_state.
+// - By count: batch_size samples each; the last partial batch of an epoch is dropped.
+// - By tokens: as many consecutive samples as fit in batch_tokens residues (at least one); the
+//   last batch of an epoch keeps what is left, so each epoch visits every sample exactly once.
 class BatchSampler {
  public:
   BatchSampler(int S, int batch_size, uint64_t seed);  // 1 <= batch_size <= S
+  // lengths (S) each in [1, batch_tokens]
+  BatchSampler(std::vector<int32_t> lengths, int64_t batch_tokens, uint64_t seed);
 
-  std::vector<int> next();  // batch_size indices in [0, S)
+  std::vector<int> next();  // indices in [0, S): batch_size of them, or by tokens
 
   int64_t epoch() const { return epoch_; }    // the epoch of the last batch returned (0 at first)
   int64_t cursor() const { return cursor_; }  // position in that epoch's permutation
   void set_state(int64_t epoch, int64_t cursor);
 
   int size() const { return S_; }
-  int batch_size() const { return B_; }
+  int batch_size() const { return B_; }         // 0 when batching by tokens
+  int64_t batch_tokens() const { return tokens_; }  // 0 when batching by count
 
  private:
   void shuffle();
 
   int S_, B_;
+  int64_t tokens_ = 0;
+  std::vector<int32_t> lengths_;
   uint64_t seed_;
   int64_t epoch_ = 0, cursor_ = 0;
   std::vector<int> perm_;
@@ -109,7 +140,21 @@ struct Batch {
   std::vector<float> coords;            // (B,N,3)
 };
 
-// The samples `idx` (each in [0, S), at least one) of `set`, in that order.
+// The samples `idx` (each in [0, S), at least one) of `set`, in that order; each must have N
+// residues (a chain shorter than its row would train on padding: use gather_packed).
 Batch gather_batch(const ChainSet& set, const std::vector<int>& idx);
+
+// A packed batch: the chains one after the other, no padding (the layout of the packed
+// attention op, framework/ops.h). Sample k is rows cu_seqlens[k] … cu_seqlens[k+1]−1.
+struct PackedBatch {
+  int B = 0;
+  std::vector<int32_t> cu_seqlens;      // (B+1), [0] = 0
+  std::vector<int32_t> tokens, labels;  // (T), T = cu_seqlens[B]
+  std::vector<float> coords;            // (T,3)
+  int64_t T() const { return cu_seqlens.empty() ? 0 : cu_seqlens.back(); }
+};
+
+// The samples `idx` (each in [0, S), at least one) of `set`, in that order, each with its own length.
+PackedBatch gather_packed(const ChainSet& set, const std::vector<int>& idx);
 
 }  // namespace pf

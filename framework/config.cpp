@@ -52,10 +52,12 @@ std::vector<Section> key_table(Config& c) {
       {"data",
        {{"train", Kind::String, &d.train}, {"val", Kind::String, &d.val},
         {"n_train", Kind::Int, &d.n_train}, {"n_val", Kind::Int, &d.n_val},
-        {"n_res", Kind::Int, &d.n_res}, {"seed", Kind::UInt64, &d.seed},
+        {"n_res", Kind::Int, &d.n_res}, {"n_res_min", Kind::Int, &d.n_res_min, true},
+        {"n_res_max", Kind::Int, &d.n_res_max, true}, {"seed", Kind::UInt64, &d.seed},
         {"task", Kind::String, &d.task, true}}},
       {"train",
        {{"steps", Kind::Int, &t.steps}, {"batch_size", Kind::Int, &t.batch_size},
+        {"batch_tokens", Kind::Int, &t.batch_tokens},
         {"lr", Kind::Double, &t.lr}, {"min_lr", Kind::Double, &t.min_lr},
         {"warmup", Kind::Int, &t.warmup}, {"weight_decay", Kind::Double, &t.weight_decay},
         {"grad_clip", Kind::Double, &t.grad_clip}, {"seed", Kind::UInt64, &t.seed},
@@ -272,6 +274,8 @@ Config build(const std::string& text, const std::string& source, const std::vect
   for (const std::string& ov : overrides) apply_override(cfg, ov);
   if (cfg.model.d_ff == 0 && cfg.model.d_model > 0 && cfg.model.d_model <= INT_MAX / 4)
     cfg.model.d_ff = 4 * cfg.model.d_model;
+  if (cfg.data.n_res_min == 0) cfg.data.n_res_min = cfg.data.n_res;
+  if (cfg.data.n_res_max == 0) cfg.data.n_res_max = cfg.data.n_res;
   validate_config(cfg);
   return cfg;
 }
@@ -332,6 +336,11 @@ void validate_config(const Config& c) {
   // has none, a chain of 6 is the shortest where all have one.
   PF_CONFIG_REQUIRE(d.n_res >= 6, "'data.n_res' must be at least 6 (every residue needs a neighbour j with "
                                   "|i-j| > 2), found " << d.n_res);
+  const int n_min = d.n_res_min ? d.n_res_min : d.n_res, n_max = d.n_res_max ? d.n_res_max : d.n_res;
+  PF_CONFIG_REQUIRE(n_min >= 6, "'data.n_res_min' must be at least 6 (every residue needs a neighbour j with "
+                                "|i-j| > 2), found " << n_min);
+  PF_CONFIG_REQUIRE(n_max >= n_min, "'data.n_res_max' (" << n_max << ") must be at least 'data.n_res_min' ("
+                                                         << n_min << ")");
   PF_CONFIG_REQUIRE(d.task == "chain" || d.task == "relpos",
                     "'data.task' must be one of chain, relpos, found '" << d.task << "'");
 
@@ -340,6 +349,11 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(t.batch_size >= 1, "'train.batch_size' must be at least 1, found " << t.batch_size);
   PF_CONFIG_REQUIRE(t.batch_size <= d.n_train, "'train.batch_size' (" << t.batch_size << ") must not exceed "
                                                "'data.n_train' (" << d.n_train << ")");
+  PF_CONFIG_REQUIRE(t.batch_tokens >= 0, "'train.batch_tokens' must be at least 0 (0 = batches of batch_size "
+                                         "chains), found " << t.batch_tokens);
+  PF_CONFIG_REQUIRE(t.batch_tokens == 0 || t.batch_tokens >= n_max,
+                    "'train.batch_tokens' (" << t.batch_tokens << ") must hold the longest chain, 'data.n_res_max' ("
+                                             << n_max << ")");
   PF_CONFIG_REQUIRE(std::isfinite(t.lr) && t.lr > 0, "'train.lr' must be positive, found " << t.lr);
   PF_CONFIG_REQUIRE(std::isfinite(t.min_lr) && t.min_lr >= 0,
                     "'train.min_lr' must be at least 0, found " << t.min_lr);
@@ -395,6 +409,8 @@ std::string config_to_yaml(const Config& cfg) {
 uint64_t config_hash(const Config& cfg) {
   Config c = cfg;
   if (c.model.d_ff == 0) c.model.d_ff = 4 * c.model.d_model;
+  if (c.data.n_res_min == c.data.n_res) c.data.n_res_min = 0;  // the default, unresolved
+  if (c.data.n_res_max == c.data.n_res) c.data.n_res_max = 0;
   Config defaults;
   const std::vector<Section> default_table = key_table(defaults);
   std::string text;

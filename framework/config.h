@@ -7,7 +7,8 @@
 // - Every key is optional (the defaults below); an unknown key, a value of the wrong type or an
 //   impossible value is a pf::Error of one line that names the key ("config: 'model.d_model'
 //   must be an integer, found 'abc'"). Nothing is silently defaulted or clamped.
-// - After loading, model.d_ff = 0 is resolved to 4·d_model, so a loaded Config is complete.
+// - After loading, model.d_ff = 0 is resolved to 4·d_model and data.n_res_min / n_res_max = 0 to
+//   data.n_res, so a loaded Config is complete.
 // - Relative data paths stay as written (train resolves them against the working directory).
 // - Override values are parsed as YAML scalars ("out='my run'" quotes are honoured) and then
 //   checked exactly like values from the file.
@@ -33,6 +34,10 @@ struct ModelConfig {
 struct DataConfig {
   std::string train = "data/chain_train.h5", val = "data/chain_val.h5";
   int n_train = 8192, n_val = 512, n_res = 64;
+  // Chains of lengths uniform in [n_res_min, n_res_max] instead of all n_res. 0 (the default)
+  // means n_res; resolved after load, so a loaded Config has both set (n_res_min = n_res_max =
+  // n_res: every chain has n_res residues, as before these keys existed).
+  int n_res_min = 0, n_res_max = 0;
   uint64_t seed = 1234;
   // What the labels are (data/chain.h): "chain" = the type of the nearest non-local neighbour
   // in space (DESIGN §3); "relpos" = (t_{i−1} + t_{i+2}) mod K, a rule of relative position only.
@@ -41,6 +46,10 @@ struct DataConfig {
 
 struct TrainConfig {
   int steps = 600, batch_size = 32;
+  // 0: batches of batch_size chains. > 0: packed batches of as many chains as fit in batch_tokens
+  // residues (no padding; batch_size is then unused), at least n_res_max. Chains of different
+  // lengths are always trained packed (by batch_size chains when batch_tokens is 0).
+  int batch_tokens = 0;
   double lr = 3e-3, min_lr = 3e-4;
   int warmup = 50;
   double weight_decay = 0.01, grad_clip = 1.0;  // grad_clip 0 = no clipping
@@ -67,12 +76,12 @@ struct Config {
 };
 
 // Reads `path`, applies `overrides` ("train.steps=200", "device=cpu") after the file, resolves
-// d_ff and validates everything.
+// d_ff, n_res_min and n_res_max and validates everything.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 Config config_from_yaml_string(const std::string& yaml, const std::vector<std::string>& overrides = {});
 
 // Checks a Config built or edited in code (what load_config runs last); d_ff must be resolved
-// or 0. Fails with the same one-line messages.
+// or 0, and so may n_res_min / n_res_max. Fails with the same one-line messages.
 void validate_config(const Config& cfg);
 
 // The resolved config with every key, in a fixed order; load_config reads it back to an equal
@@ -82,9 +91,10 @@ std::string config_to_yaml(const Config& cfg);
 // Stable (FNV-1a 64 over a canonical text) hash of what the model and the data are: every
 // model key (d_ff resolved) and every data key but the file paths (moving the files does not
 // change the data). Train keys, device and out are not part of it: a resumed run may change
-// them. Keys added after checkpoints existed (model.attn_bias, data.task) enter the text only
-// when they differ from their defaults, so the hash of an older config, and with it
-// --resume from its checkpoints, is unchanged.
+// them. Keys added after checkpoints existed (model.attn_bias, data.task, data.n_res_min,
+// data.n_res_max) enter the text only when they differ from their defaults (n_res for the
+// lengths), so the hash of an older config, and with it --resume from its checkpoints, is
+// unchanged.
 uint64_t config_hash(const Config& cfg);
 
 }  // namespace pf

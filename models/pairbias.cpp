@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace pf::models {
 
@@ -35,11 +36,53 @@ PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig&
           Tensor::from_vector(bins, {B, N, N}, DType::I32, device)};
 }
 
+PackedPairFeatures packed_pair_features(const float* coords, const std::vector<int32_t>& cu_seqlens,
+                                        const ModelConfig& cfg, Device device) {
+  PF_CHECK(cu_seqlens.size() >= 2 && cu_seqlens[0] == 0,
+           "packed_pair_features: cu_seqlens must have B+1 >= 2 entries starting at 0, got " << cu_seqlens.size()
+                                                                                           << " entries");
+  const int R = cfg.relpos_clip;
+  const int64_t H = cfg.n_heads;
+  int64_t P = 0;
+  for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b) {
+    const int64_t n = cu_seqlens[b + 1] - cu_seqlens[b];
+    PF_CHECK(n >= 0, "packed_pair_features: cu_seqlens must be nondecreasing, got " << cu_seqlens[b] << " then "
+                                                                                    << cu_seqlens[b + 1]);
+    P += n * n;
+  }
+  PF_CHECK(P * H <= std::numeric_limits<int32_t>::max(),
+           "packed_pair_features: " << P << " pairs × " << H << " heads do not fit int32 indices");
+  std::vector<int32_t> rel(static_cast<size_t>(P)), bins(static_cast<size_t>(P)), order(static_cast<size_t>(P * H));
+  int64_t start = 0;  // of this chain's pairs
+  for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b) {
+    const int n = cu_seqlens[b + 1] - cu_seqlens[b];
+    const float* x = coords + static_cast<size_t>(cu_seqlens[b]) * 3;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) {
+        const int64_t pair = start + int64_t{i} * n + j;
+        rel[pair] = std::clamp(j - i, -R, R) + R;
+        const double dx = double(x[3 * i]) - x[3 * j], dy = double(x[3 * i + 1]) - x[3 * j + 1],
+                     dz = double(x[3 * i + 2]) - x[3 * j + 2];
+        bins[pair] = distance_bin(std::sqrt(dx * dx + dy * dy + dz * dz), cfg);
+        for (int64_t h = 0; h < H; ++h)  // [h,i,j] of the block at H·start ← row pair, column h
+          order[H * start + h * n * n + int64_t{i} * n + j] = static_cast<int32_t>(pair * H + h);
+      }
+    start += int64_t{n} * n;
+  }
+  return {Tensor::from_vector(rel, {P}, DType::I32, device), Tensor::from_vector(bins, {P}, DType::I32, device),
+          Tensor::from_vector(order, {P * H}, DType::I32, device)};
+}
+
 // ---- PairRepresentation ----------------------------------------------------------------------
 
 PairRepresentation::PairRepresentation(const ModelConfig& cfg, Rng& rng) {
   rel = register_module("rel", std::make_shared<nn::Embedding>(2 * cfg.relpos_clip + 1, cfg.c_z, rng));
   dist = register_module("dist", std::make_shared<nn::Embedding>(cfg.dist_bins, cfg.c_z, rng));
+}
+
+Tensor PairRepresentation::forward(const PackedPairFeatures& f) const {
+  return ops::add(anomaly::in_scope("dist", [&] { return dist->forward(f.dist_bin); }),
+                  anomaly::in_scope("rel", [&] { return rel->forward(f.rel_idx); }));
 }
 
 Tensor PairRepresentation::forward(const PairFeatures& f) const {
@@ -67,21 +110,27 @@ Attention::Attention(const ModelConfig& cfg, Rng& rng)
   }
 }
 
-Tensor Attention::forward(const Tensor& x, const Tensor& bias) const {
-  if (!relpos.defined()) return nn::BiasedSelfAttention::forward(x, bias);
-  PF_CHECK(x.ndim() == 3, "attention input must be (B,N,d), got " << shape_str(x.shape()));
-  const int64_t B = x.size(0), N = x.size(1), d = x.size(2);
-  const Shape heads{B, N, H, d / H};
+Tensor Attention::forward(const Tensor& x, const Tensor& bias, const std::vector<int32_t>& cu_seqlens) const {
+  const bool packed = !cu_seqlens.empty();
+  PF_CHECK(x.ndim() == (packed ? 2 : 3),
+           "attention input must be " << (packed ? "(T,d) when packed" : "(B,N,d)") << ", got " << shape_str(x.shape()));
+  const int64_t d = x.size(-1);
+  Shape heads = x.shape();  // (B,N,H,d/H) or packed (T,H,d/H)
+  heads.back() = H;
+  heads.push_back(d / H);
+  ops::AttentionOptions opt;
+  opt.cu_seqlens_q = cu_seqlens;
   Tensor qh = ops::reshape(anomaly::in_scope("q", [&] { return q->forward(x); }), heads);
   Tensor kh = ops::reshape(anomaly::in_scope("k", [&] { return k->forward(x); }), heads);
   Tensor vh = ops::reshape(anomaly::in_scope("v", [&] { return v->forward(x); }), heads);
   // The CPU kernel takes the table in q's dtype (the parameters' dtype: fp32 or fp64), the GPU
   // kernel in fp32 whatever the activations are (bf16 keeps fp32 parameters anyway).
-  const Tensor table = x.device() == Device::CUDA && relpos.dtype() != DType::F32
-                           ? ops::cast(relpos, DType::F32)
-                           : relpos;
-  Tensor a = ops::attention(qh, kh, vh, bias, table);  // (B,N,H,d/H), scale 1/√(d/H)
-  const Tensor merged = ops::reshape(a, {B, N, d});
+  Tensor table = relpos;
+  if (table.defined() && x.device() == Device::CUDA && table.dtype() != DType::F32)
+    table = ops::cast(table, DType::F32);
+  // (B,N,H,d/H) or (T,H,d/H), scale 1/√(d/H); T undefined for pair models
+  const Tensor a = ops::attention(qh, kh, vh, bias, table, opt);
+  const Tensor merged = ops::reshape(a, x.shape());
   return anomaly::in_scope("o", [&] { return o->forward(merged); });
 }
 
@@ -98,18 +147,25 @@ PairBiasLayer::PairBiasLayer(const ModelConfig& cfg, Rng& rng) {
   mlp = register_module("mlp", std::make_shared<nn::MLP>(cfg.d_model, cfg.d_ff, rng));
 }
 
-Tensor PairBiasLayer::bias(const Tensor& z) const {
+Tensor PairBiasLayer::bias(const Tensor& z, const Packing* packing) const {
   PF_CHECK(pair_proj, "PairBiasLayer::bias: this layer has no pair bias (model.attn_bias is relpos)");
   const Tensor zn = anomaly::in_scope("pair_norm", [&] { return pair_norm->forward(z); });
   const Tensor b = anomaly::in_scope("pair_proj", [&] { return pair_proj->forward(zn); });
-  return ops::permute(b, {0, 3, 1, 2});  // (B,H,N,N)
+  if (!packing) return ops::permute(b, {0, 3, 1, 2});  // (B,H,N,N)
+  // (P,H) → the packed [H,n_b,n_b] blocks: out[k] = flat[bias_order[k]], a gather whose backward
+  // scatters each gradient element back to its one source (a permutation: nothing adds up).
+  const Tensor& order = packing->pair.bias_order;
+  const Tensor gathered = ops::embedding(ops::reshape(b, {b.numel(), 1}), order);  // (P·H, 1)
+  return ops::reshape(gathered, {order.numel()});
 }
 
-Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& z) const {
+Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& z, const Packing* packing) const {
   using anomaly::in_scope;  // each child in its named scope (anomaly mode names the layer)
   const Tensor x1 = in_scope("norm1", [&] { return norm1->forward(x); });
-  const Tensor b = pair_proj ? bias(z) : Tensor();
-  Tensor h = ops::add(x, in_scope("attn", [&] { return attn->forward(x1, b); }));
+  const Tensor b = pair_proj ? bias(z, packing) : Tensor();
+  const std::vector<int32_t> none;
+  const std::vector<int32_t>& cu = packing ? packing->cu_seqlens : none;
+  Tensor h = ops::add(x, in_scope("attn", [&] { return attn->forward(x1, b, cu); }));
   const Tensor h2 = in_scope("norm2", [&] { return norm2->forward(h); });
   return ops::add(h, in_scope("mlp", [&] { return mlp->forward(h2); }));
 }
@@ -134,8 +190,24 @@ Tensor PairBiasModel::forward(const Tensor& tokens, const PairFeatures& f) const
   Tensor x = in_scope("embed", [&] { return embed->forward(tokens); });  // (B,N,d)
   Tensor z;  // (B,N,N,c_z); none for attn_bias: relpos
   if (pair) z = in_scope("pair", [&] { return pair->forward(f); });
+  return layers_and_head(x, z, nullptr);
+}
+
+Tensor PairBiasModel::forward(const Tensor& tokens, const Packing& packing) const {
+  using anomaly::in_scope;
+  PF_CHECK(tokens.ndim() == 1 && !packing.cu_seqlens.empty() && tokens.size(0) == packing.cu_seqlens.back(),
+           "PairBiasModel: packed tokens must be (T) with T = cu_seqlens[B] = "
+               << (packing.cu_seqlens.empty() ? -1 : packing.cu_seqlens.back()) << ", got " << tokens.str());
+  Tensor x = in_scope("embed", [&] { return embed->forward(tokens); });  // (T,d)
+  Tensor z;  // (P,c_z); none for attn_bias: relpos
+  if (pair) z = in_scope("pair", [&] { return pair->forward(packing.pair); });
+  return layers_and_head(x, z, &packing);
+}
+
+Tensor PairBiasModel::layers_and_head(Tensor x, const Tensor& z, const Packing* packing) const {
+  using anomaly::in_scope;
   for (size_t l = 0; l < layers.size(); ++l)
-    x = in_scope("layers", static_cast<int>(l), [&] { return layers[l]->forward(x, z); });
+    x = in_scope("layers", static_cast<int>(l), [&] { return layers[l]->forward(x, z, packing); });
   const Tensor xn = in_scope("final_norm", [&] { return final_norm->forward(x); });
   return in_scope("head", [&] { return head->forward(xn); });
 }
@@ -149,6 +221,15 @@ LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const Pa
   LossResult r;
   r.loss = ops::cross_entropy(flat, flat_labels);
   r.accuracy = ops::accuracy(flat.detach(), flat_labels);
+  return r;
+}
+
+LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const Packing& packing,
+                      const Tensor& labels) {
+  const Tensor logits = model.forward(tokens, packing);  // (T,K): real residues only
+  LossResult r;
+  r.loss = ops::cross_entropy(logits, labels);
+  r.accuracy = ops::accuracy(logits.detach(), labels);
   return r;
 }
 

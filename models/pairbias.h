@@ -11,6 +11,13 @@
 // and no distances; each layer's only attention bias is its learned relative-position table
 //   b_hij = T_ℓ[h, clip(j−i, −R, R) + R]     T_ℓ = layers.ℓ.attn.relpos  (H, 2R+1)
 // handed to the attention kernel, which looks it up itself (no (B,H,N,N) bias in memory).
+//
+// Packed batches (chains of different lengths, no padding): tokens (T) with cu_seqlens (B+1);
+// the pair representation is built per chain, z (P, c_z) with P = Σ n_b², each chain's n_b²
+// pairs row-major one after another; each layer's bias LN_z(z)·W_b (P, H) is reordered into the
+// packed [H, n_b, n_b] blocks the attention op expects (a gather by a fixed permutation: the
+// embedding op with the (P·H, 1) projection as its table, so its backward is the gather by the
+// inverse permutation); the loss is the mean over the T real residues.
 #pragma once
 #include <memory>
 #include <vector>
@@ -30,11 +37,30 @@ PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig&
                            Device device = Device::CPU);
 int distance_bin(double d, const ModelConfig& cfg);
 
+// The pair features of a packed batch, per chain (no gradient flows into them).
+struct PackedPairFeatures {
+  Tensor rel_idx;     // (P) I32, P = Σ n_b²: pair (i,j) of chain b at pair_start_b + i·n_b + j
+  Tensor dist_bin;    // (P) I32
+  // (P·H) I32: element [h,i,j] of chain b's bias block (the op's packed layout, at H·pair_start_b)
+  // is row (pair_start_b + i·n_b + j)·H + h of the flattened (P,H) projection.
+  Tensor bias_order;
+};
+// coords (T,3) of the chains cu_seqlens (B+1) delimits.
+PackedPairFeatures packed_pair_features(const float* coords, const std::vector<int32_t>& cu_seqlens,
+                                        const ModelConfig& cfg, Device device = Device::CPU);
+
+// What a packed batch hands the model besides its tokens.
+struct Packing {
+  std::vector<int32_t> cu_seqlens;  // (B+1), host
+  PackedPairFeatures pair;          // empty for attn_bias: relpos
+};
+
 // z = Rel[rel_idx] + Dist[dist_bin].  → (B,N,N,c_z)
 class PairRepresentation : public nn::Module {
  public:
   PairRepresentation(const ModelConfig& cfg, Rng& rng);
   Tensor forward(const PairFeatures& f) const;
+  Tensor forward(const PackedPairFeatures& f) const;  // → (P,c_z)
   std::shared_ptr<nn::Embedding> rel, dist;
 };
 
@@ -46,17 +72,20 @@ class PairRepresentation : public nn::Module {
 class Attention : public nn::BiasedSelfAttention {
  public:
   Attention(const ModelConfig& cfg, Rng& rng);
-  // x:(B,N,d) bias:(B,H,N,N) or undefined → (B,N,d)
-  Tensor forward(const Tensor& x, const Tensor& bias) const;
+  // x:(B,N,d) bias:(B,H,N,N) or undefined → (B,N,d); packed (cu_seqlens given):
+  // x:(T,d) bias: the packed [H,n_b,n_b] blocks (1-D) or undefined → (T,d)
+  Tensor forward(const Tensor& x, const Tensor& bias, const std::vector<int32_t>& cu_seqlens = {}) const;
   Tensor relpos;  // (H, 2R+1); undefined for attn_bias: pair
 };
 
-// One pre-norm layer.  x:(B,N,d) z:(B,N,N,c_z) (undefined for attn_bias: relpos) → (B,N,d)
+// One pre-norm layer.  x:(B,N,d) z:(B,N,N,c_z) (undefined for attn_bias: relpos) → (B,N,d);
+// packed: x:(T,d) z:(P,c_z) → (T,d)
 class PairBiasLayer : public nn::Module {
  public:
   PairBiasLayer(const ModelConfig& cfg, Rng& rng);
-  Tensor forward(const Tensor& x, const Tensor& z) const;
-  Tensor bias(const Tensor& z) const;  // LN_z(z)·W_b permuted to (B,H,N,N); pair models only
+  Tensor forward(const Tensor& x, const Tensor& z, const Packing* packing = nullptr) const;
+  // LN_z(z)·W_b permuted to (B,H,N,N), or packed into the 1-D [H,n_b,n_b] blocks; pair models only
+  Tensor bias(const Tensor& z, const Packing* packing = nullptr) const;
   std::shared_ptr<nn::LayerNorm> pair_norm, norm1, norm2;  // pair_norm: pair models only
   std::shared_ptr<nn::Linear> pair_proj;                   // pair models only
   std::shared_ptr<Attention> attn;
@@ -68,6 +97,8 @@ class PairBiasModel : public nn::Module {
   PairBiasModel(const ModelConfig& cfg, uint64_t seed);
   // tokens:(B,N) I32 → logits (B,N,K). f is not read for attn_bias: relpos (may be empty).
   Tensor forward(const Tensor& tokens, const PairFeatures& f) const;
+  // A packed batch: tokens:(T) I32 → logits (T,K)
+  Tensor forward(const Tensor& tokens, const Packing& packing) const;
   const ModelConfig& config() const { return cfg_; }
   bool relpos_bias() const { return cfg_.attn_bias == "relpos"; }
 
@@ -78,6 +109,8 @@ class PairBiasModel : public nn::Module {
   std::shared_ptr<nn::Linear> head;
 
  private:
+  // x: the embedded tokens; z: the pair representation (undefined for relpos models)
+  Tensor layers_and_head(Tensor x, const Tensor& z, const Packing* packing) const;
   ModelConfig cfg_;
 };
 
@@ -88,6 +121,9 @@ struct LossResult {
 };
 // tokens/labels:(B,N) I32
 LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const PairFeatures& f,
+                      const Tensor& labels);
+// A packed batch: mean over its T residues. tokens/labels:(T) I32
+LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const Packing& packing,
                       const Tensor& labels);
 
 }  // namespace pf::models

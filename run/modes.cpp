@@ -99,12 +99,69 @@ BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device devic
   return t;
 }
 
+PackedTensors to_tensors(const PackedBatch& batch, const ModelConfig& cfg, Device device) {
+  PackedTensors t;
+  t.tokens = Tensor::from_vector(batch.tokens, {batch.T()}, DType::I32, device);
+  t.labels = Tensor::from_vector(batch.labels, {batch.T()}, DType::I32, device);
+  t.packing.cu_seqlens = batch.cu_seqlens;
+  if (cfg.attn_bias == "pair")
+    t.packing.pair = models::packed_pair_features(batch.coords.data(), batch.cu_seqlens, cfg, device);
+  return t;
+}
+
+bool packed_batches(const Config& cfg) {
+  return cfg.train.batch_tokens > 0 || cfg.data.n_res_min != cfg.data.n_res_max;
+}
+
+namespace {
+
+// The loss of the samples idx of set, dense or packed; *tokens = the residues it covers.
+models::LossResult batch_loss(const models::PairBiasModel& model, const ChainSet& set, const std::vector<int>& idx,
+                              bool packed, Device device, int64_t* tokens) {
+  if (packed) {
+    const PackedTensors b = to_tensors(gather_packed(set, idx), model.config(), device);
+    *tokens = b.tokens.numel();
+    return models::model_loss(model, b.tokens, b.packing, b.labels);
+  }
+  const BatchTensors b = to_tensors(gather_batch(set, idx), model.config(), device);
+  *tokens = b.tokens.numel();
+  return models::model_loss(model, b.tokens, b.pair, b.labels);
+}
+
+}  // namespace
+
 EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set, int batch_size,
-                        Device device, dist::Communicator* comm) {
+                        Device device, dist::Communicator* comm, int64_t batch_tokens) {
   NoGradGuard no_grad;
   const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
   const int begin = static_cast<int>(int64_t{set.S} * rank / world);
   const int end = static_cast<int>(int64_t{set.S} * (rank + 1) / world);
+  if (!set.fixed_length()) {  // packed batches; every residue weighs the same
+    double sums[3] = {0, 0, 0};  // loss·T, correct, T
+    for (int start = begin; start < end;) {
+      std::vector<int> idx;
+      int64_t used = 0;
+      for (int s = start; s < end; ++s) {  // batch_size chains, or what fits in batch_tokens
+        if (batch_tokens > 0 ? !idx.empty() && used + set.length(s) > batch_tokens
+                             : static_cast<int>(idx.size()) == batch_size)
+          break;
+        idx.push_back(s);
+        used += set.length(s);
+      }
+      int64_t T = 0;
+      const auto r = batch_loss(model, set, idx, true, device, &T);
+      sums[0] += r.loss.item() * T;
+      sums[1] += r.accuracy * T;
+      sums[2] += T;
+      start += static_cast<int>(idx.size());
+    }
+    if (comm) {
+      std::vector<double> v(sums, sums + 3);
+      comm->all_reduce_sum(v);
+      std::copy(v.begin(), v.end(), sums);
+    }
+    return {sums[0] / sums[2], sums[1] / sums[2]};
+  }
   double loss_sum = 0, correct = 0;
   for (int start = begin; start < end; start += batch_size) {
     std::vector<int> idx;
@@ -138,11 +195,14 @@ DType precision_dtype(const std::string& precision, Device device) {
 void prepare_data(const Config& cfg) {
   const auto& d = cfg.data;
   const int K = cfg.model.n_types;
-  if (ensure_chains(d.train, d.n_train, d.n_res, K, d.seed, "train", d.task))
-    std::printf("generated %d training chains of %d residues (task %s) -> %s\n", d.n_train, d.n_res,
+  const std::string residues = d.n_res_min == d.n_res_max
+                                   ? std::to_string(d.n_res_max)
+                                   : std::to_string(d.n_res_min) + ".." + std::to_string(d.n_res_max);
+  if (ensure_chains(d.train, ChainSpec{d.n_train, d.n_res_min, d.n_res_max, K, d.seed, "train", d.task}))
+    std::printf("generated %d training chains of %s residues (task %s) -> %s\n", d.n_train, residues.c_str(),
                 d.task.c_str(), d.train.c_str());
-  if (ensure_chains(d.val, d.n_val, d.n_res, K, d.seed, "val", d.task))
-    std::printf("generated %d validation chains of %d residues (task %s) -> %s\n", d.n_val, d.n_res,
+  if (ensure_chains(d.val, ChainSpec{d.n_val, d.n_res_min, d.n_res_max, K, d.seed, "val", d.task}))
+    std::printf("generated %d validation chains of %s residues (task %s) -> %s\n", d.n_val, residues.c_str(),
                 d.task.c_str(), d.val.c_str());
 }
 
@@ -363,6 +423,9 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
            "data-parallel training (--gpus) needs device cuda, got " << device_name(device));
   PF_CHECK(cfg.train.batch_size % world == 0, "train.batch_size " << cfg.train.batch_size
                                                 << " must be a multiple of the number of GPUs " << world);
+  const bool packed = packed_batches(cfg);
+  PF_CHECK(!comm || !packed, "data-parallel training (--gpus) of packed batches (data.n_res_min < n_res_max or "
+                             "train.batch_tokens > 0) is not supported yet");
   const DType dtype = precision_dtype(cfg.train.precision, device);
   // bf16: bf16 activations over the fp32 master weights (framework/precision.h)
   const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : dtype);
@@ -383,7 +446,8 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   for (const auto& [name, p] : params) n_params += p.numel();
   optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings),
                    {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
-  BatchSampler sampler(train_set.S, t.batch_size, t.seed);
+  BatchSampler sampler = t.batch_tokens > 0 ? BatchSampler(train_set.lengths, t.batch_tokens, t.seed)
+                                             : BatchSampler(train_set.S, t.batch_size, t.seed);
 
   TrainState st;
   int64_t saved_step = -1;  // the step of the checkpoint on disk (-1: none yet)
@@ -400,12 +464,19 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   // Gradients averaged over the ranks in buckets that start while the backward still runs.
   std::unique_ptr<dist::GradientSync> grad_sync;
   if (comm) grad_sync = std::make_unique<dist::GradientSync>(*comm, model.parameters());
-  std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %d residues, "
-              "task %s\n",
+  std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %s residues, "
+              "task %s; batches %s\n",
               static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
-              device_name(device), train_set.S, val_set.S, train_set.N, train_set.task.c_str());
+              device_name(device), train_set.S, val_set.S,
+              (cfg.data.n_res_min == cfg.data.n_res_max
+                   ? std::to_string(train_set.N)
+                   : std::to_string(cfg.data.n_res_min) + ".." + std::to_string(cfg.data.n_res_max))
+                  .c_str(),
+              train_set.task.c_str(),
+              t.batch_tokens > 0 ? ("packed, up to " + std::to_string(t.batch_tokens) + " residues").c_str()
+                                 : ("of " + std::to_string(t.batch_size) + (packed ? " chains, packed" : " chains")).c_str());
 
-  const int64_t tokens_per_step = static_cast<int64_t>(t.batch_size) * train_set.N;
+  int64_t timed_tokens = 0;  // residues of the timed steps (all ranks)
   double train_seconds = 0;
   int64_t timed_steps = 0;
   EvalResult last_eval{NAN, NAN};
@@ -439,14 +510,15 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   while (st.step < last_step) {
     const auto t0 = Clock::now();
     std::vector<int> batch_idx = sampler.next();
+    for (int s : batch_idx) timed_tokens += train_set.length(s);
     if (comm) {  // this rank's contiguous slice of the global batch
       const size_t per = batch_idx.size() / world;
       batch_idx = std::vector<int>(batch_idx.begin() + rank * per, batch_idx.begin() + (rank + 1) * per);
     }
-    const BatchTensors b = to_tensors(gather_batch(train_set, batch_idx), cfg.model, device);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
     model.zero_grad();
-    const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
+    int64_t batch_tokens = 0;
+    const auto r = batch_loss(model, train_set, batch_idx, packed, device, &batch_tokens);
     if (grad_sync) {
       grad_sync->backward(r.loss);  // the mean of the ranks' gradients = the global batch's
     } else {
@@ -490,7 +562,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
                           << ") had a non-finite loss or gradient norm (train.max_bad_steps = " << t.max_bad_steps
                           << "); stopped: " << kept() << " (try a lower train.lr, or train.grad_clip > 0)");
     } else if (st.step % t.log_every == 0 || st.step == t.steps) {
-      const double tps = tokens_per_step * timed_steps / train_seconds;
+      const double tps = timed_tokens / train_seconds;
       const double eta = (t.steps - st.step) * train_seconds / timed_steps;
       std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
                   static_cast<long long>(st.step), loss, acc, lr, grad_norm, tps, eta);
@@ -500,7 +572,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
                     .add("skipped_steps", st.skipped));
     }
     if (st.step % t.eval_every == 0 || st.step == t.steps) {
-      last_eval = evaluate_set(model, val_set, t.batch_size, device, comm);
+      last_eval = evaluate_set(model, val_set, t.batch_size, device, comm, t.batch_tokens);
       std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(st.step),
                   last_eval.loss, last_eval.accuracy);
       std::fflush(stdout);
@@ -510,10 +582,10 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
     if (st.step % t.checkpoint_every == 0 || st.step == last_step) checkpoint();
   }
   if (timed_steps == 0) {  // resumed a finished run: report its state
-    last_eval = evaluate_set(model, val_set, t.batch_size, device, comm);
+    last_eval = evaluate_set(model, val_set, t.batch_size, device, comm, t.batch_tokens);
     checkpoint();
   }
-  const double tps = timed_steps ? tokens_per_step * timed_steps / train_seconds : 0.0;
+  const double tps = timed_steps ? timed_tokens / train_seconds : 0.0;
   std::printf("%s\n", JsonLine().add("mode", "train").add("val_loss", last_eval.loss)
                           .add("val_acc", last_eval.accuracy).add("tokens_per_s", tps)
                           .add("steps", st.step).add("skipped_steps", st.skipped).add("out", cfg.out)
@@ -541,7 +613,7 @@ int evaluate(const Config& cfg, const std::string& checkpoint_path) {
   model.to(device);
   const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : DType::F32);
   const TrainState st = load_checkpoint(checkpoint_path, cfg, model, nullptr);
-  const EvalResult e = evaluate_set(model, val_set, cfg.train.batch_size, device);
+  const EvalResult e = evaluate_set(model, val_set, cfg.train.batch_size, device, nullptr, cfg.train.batch_tokens);
   std::printf("%s\n", JsonLine().add("mode", "eval").add("val_loss", e.loss).add("val_acc", e.accuracy)
                           .add("step", st.step).add("checkpoint", checkpoint_path).str().c_str());
   return 0;
@@ -550,13 +622,14 @@ int evaluate(const Config& cfg, const std::string& checkpoint_path) {
 // ---- gradcheck -------------------------------------------------------------------------------
 
 int gradcheck(const Config& cfg) {
-  // A tiny batch: 2 chains, at most 10 residues (long enough for non-local neighbours).
+  // A tiny batch: 2 chains, at most 10 residues (long enough for non-local neighbours); a packed
+  // run checks the packed model on 2 chains of lengths drawn from 6..10.
+  const bool packed = packed_batches(cfg);
   const int N = std::min(cfg.data.n_res, 10);
-  const ChainSet set = generate_chains(2, N, cfg.model.n_types, cfg.data.seed, "gradcheck", cfg.data.task);
-  const Batch batch = gather_batch(set, {0, 1});
+  const ChainSet set = generate_chains(
+      ChainSpec{2, packed ? 6 : N, packed ? 10 : N, cfg.model.n_types, cfg.data.seed, "gradcheck", cfg.data.task});
   models::PairBiasModel model(cfg.model, cfg.train.seed);
   model.to(DType::F64);
-  const BatchTensors b = to_tensors(batch, cfg.model, Device::CPU);
   const auto params = model.named_parameters();
   int64_t n_params = 0;
   for (const auto& [name, p] : params) n_params += p.numel();
@@ -565,7 +638,8 @@ int gradcheck(const Config& cfg) {
   GradcheckOptions opt;
   opt.max_elements = n_params <= 20000 ? 0 : 256;
   opt.eps = 1e-5;
-  const auto loss = [&] { return models::model_loss(model, b.tokens, b.pair, b.labels).loss; };
+  int64_t tokens = 0;
+  const auto loss = [&] { return batch_loss(model, set, {0, 1}, packed, Device::CPU, &tokens).loss; };
   const auto entries = pf::gradcheck(loss, params, opt);
   const double tol = 1e-6;  // float64 central differences, eps 1e-5: truncation ~1e-10,
                             // rounding ~1e-11 per element; small gradients show ~1e-7

@@ -21,7 +21,8 @@ Device resolve_device(const std::string& requested);
 // Prints what the build and the machine have: CPU threads, CUDA toolkit, driver, GPU.
 int check_env();
 
-// Trains per cfg into cfg.out; with resume, continues from cfg.out/checkpoint.h5.
+// Trains per cfg into cfg.out; with resume, continues from cfg.out/checkpoint.h5. Batches are
+// dense (B,N) for chains of one length and batches by count, else packed (packed_batches).
 // stop_at > 0 ends the run early after that many updates, as an interrupted job would (with
 // the checkpoint of that moment) — how tests check that a resumed run equals an unbroken one.
 // With comm: this process is one rank of data-parallel training (framework/distributed.h): it
@@ -51,12 +52,26 @@ struct BatchTensors {
 };
 BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device device);
 
+// A packed batch as tensors on `device`: tokens/labels (T) I32, the lengths and the per-chain
+// pair features (none for attn_bias: relpos).
+struct PackedTensors {
+  Tensor tokens, labels;
+  models::Packing packing;
+};
+PackedTensors to_tensors(const PackedBatch& batch, const ModelConfig& cfg, Device device);
+
+// Whether a run trains on packed batches: chains of different lengths (data.n_res_min <
+// n_res_max) or batches by tokens (train.batch_tokens > 0).
+bool packed_batches(const Config& cfg);
+
 struct EvalResult {
   double loss = 0, accuracy = 0;
 };
 // Mean loss and accuracy over every residue of `set`, in batches of batch_size (no grad).
 // With comm, each rank evaluates its contiguous share of the samples and the sums are reduced.
+// A set of chains of different lengths is evaluated in packed batches, of batch_size chains or,
+// with batch_tokens > 0, of consecutive chains up to that many residues.
 EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set, int batch_size,
-                        Device device, dist::Communicator* comm = nullptr);
+                        Device device, dist::Communicator* comm = nullptr, int64_t batch_tokens = 0);
 
 }  // namespace pf::run

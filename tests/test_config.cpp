@@ -35,10 +35,13 @@ void expect_same(const pf::Config& a, const pf::Config& b) {
   EXPECT_EQ(a.data.n_train, b.data.n_train);
   EXPECT_EQ(a.data.n_val, b.data.n_val);
   EXPECT_EQ(a.data.n_res, b.data.n_res);
+  EXPECT_EQ(a.data.n_res_min, b.data.n_res_min);
+  EXPECT_EQ(a.data.n_res_max, b.data.n_res_max);
   EXPECT_EQ(a.data.seed, b.data.seed);
   EXPECT_EQ(a.data.task, b.data.task);
   EXPECT_EQ(a.train.steps, b.train.steps);
   EXPECT_EQ(a.train.batch_size, b.train.batch_size);
+  EXPECT_EQ(a.train.batch_tokens, b.train.batch_tokens);
   EXPECT_EQ(a.train.lr, b.train.lr);
   EXPECT_EQ(a.train.min_lr, b.train.min_lr);
   EXPECT_EQ(a.train.warmup, b.train.warmup);
@@ -107,11 +110,14 @@ data:
   n_train: 97
   n_val: 17
   n_res: 33
+  n_res_min: 20
+  n_res_max: 40
   seed: 18446744073709551615
   task: relpos
 train:
   steps: 1000
   batch_size: 96
+  batch_tokens: 4000
   lr: 1.0e-3
   min_lr: 0
   warmup: 0
@@ -132,6 +138,7 @@ TEST(Config, DefaultsAndDffResolution) {
   const pf::Config c = pf::config_from_yaml_string("");
   pf::Config want;
   want.model.d_ff = 4 * want.model.d_model;
+  want.data.n_res_min = want.data.n_res_max = want.data.n_res;
   expect_same(c, want);
   EXPECT_EQ(c.model.d_ff, 256);
   EXPECT_EQ(c.data.train, "data/chain_train.h5");
@@ -142,6 +149,15 @@ TEST(Config, DefaultsAndDffResolution) {
   // d_ff follows d_model when left at 0
   EXPECT_EQ(pf::config_from_yaml_string("model: {d_model: 32, d_ff: 0}").model.d_ff, 128);
   EXPECT_EQ(pf::config_from_yaml_string("model: {d_model: 32, d_ff: 5}").model.d_ff, 5);
+  // the length range follows n_res where it is not set, each end on its own
+  const pf::Config fixed = pf::config_from_yaml_string("data: {n_res: 20}");
+  EXPECT_EQ(fixed.data.n_res_min, 20);
+  EXPECT_EQ(fixed.data.n_res_max, 20);
+  const pf::Config up = pf::config_from_yaml_string("data: {n_res: 20, n_res_max: 50}");
+  EXPECT_EQ(up.data.n_res_min, 20);
+  EXPECT_EQ(up.data.n_res_max, 50);
+  EXPECT_EQ(pf::config_from_yaml_string("data: {n_res_min: 10, n_res_max: 0}").data.n_res_max, 64);
+  EXPECT_EQ(c.train.batch_tokens, 0);
 }
 
 TEST_F(ConfigFile, FullFileSetsEveryKey) {
@@ -161,10 +177,13 @@ TEST_F(ConfigFile, FullFileSetsEveryKey) {
   EXPECT_EQ(c.data.n_train, 97);
   EXPECT_EQ(c.data.n_val, 17);
   EXPECT_EQ(c.data.n_res, 33);
+  EXPECT_EQ(c.data.n_res_min, 20);
+  EXPECT_EQ(c.data.n_res_max, 40);
   EXPECT_EQ(c.data.seed, 18446744073709551615ull);
   EXPECT_EQ(c.data.task, "relpos");
   EXPECT_EQ(c.train.steps, 1000);
   EXPECT_EQ(c.train.batch_size, 96);
+  EXPECT_EQ(c.train.batch_tokens, 4000);
   EXPECT_EQ(c.train.lr, 1.0e-3);
   EXPECT_EQ(c.train.min_lr, 0.0);
   EXPECT_EQ(c.train.warmup, 0);
@@ -233,10 +252,13 @@ TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
     c.data.n_train = pick(1, 100000);
     c.data.n_val = pick(1, 1000);
     c.data.n_res = pick(6, 512);
+    c.data.n_res_min = pick(6, 512);
+    c.data.n_res_max = c.data.n_res_min + pick(0, 100);
     c.data.seed = rng();
     c.data.task = rng() % 2 ? "chain" : "relpos";
     c.train.steps = pick(1, 100000);
     c.train.batch_size = pick(1, c.data.n_train);
+    c.train.batch_tokens = rng() % 2 ? 0 : c.data.n_res_max + pick(0, 10000);
     c.train.lr = std::ldexp(static_cast<double>(rng() >> 11), -60) + 1e-12;
     c.train.min_lr = c.train.lr * (rng() % 1000) / 1000.0;
     c.train.warmup = pick(0, c.train.steps);
@@ -262,7 +284,7 @@ TEST_F(ConfigFile, YamlNamesEveryKey) {
   const std::string yaml = pf::config_to_yaml(pf::config_from_yaml_string(""));
   for (const char* k : {"model:", "n_types:", "d_model:", "n_heads:", "n_layers:", "d_ff: 256", "c_z:",
                         "relpos_clip:", "dist_bins:", "dist_max: 16.0", "attn_bias: \"pair\"",
-                        "task: \"chain\"", "data:", "train:", "val:", "n_train:",
+                        "task: \"chain\"", "n_res_min: 64", "n_res_max: 64", "batch_tokens: 0", "data:", "train:", "val:", "n_train:",
                         "n_val:", "n_res:", "seed:", "steps:", "batch_size:", "lr: 0.003", "min_lr: 3e-04",
                         "warmup:", "weight_decay:", "grad_clip:", "eval_every:", "log_every:",
                         "checkpoint_every:", "precision:", "device:", "out:"})
@@ -287,8 +309,16 @@ TEST(Config, HashCoversModelAndDataOnly) {
                          "train.seed=3", "train.precision=bf16", "device=cpu", "out=x"})
     EXPECT_EQ(pf::config_hash(pf::config_from_yaml_string("", {ov})), h) << ov;
   // Keys added later change the hash only away from their defaults (older checkpoints resume).
-  for (const char* ov : {"model.attn_bias=pair", "data.task=chain"})
+  for (const char* ov : {"model.attn_bias=pair", "data.task=chain", "data.n_res_min=64", "data.n_res_max=64",
+                         "train.batch_tokens=64"})
     EXPECT_EQ(pf::config_hash(pf::config_from_yaml_string("", {ov})), h) << ov;
+  EXPECT_EQ(pf::config_hash(pf::config_from_yaml_string("data: {n_res: 20}")),
+            pf::config_hash(pf::config_from_yaml_string("data: {n_res: 20, n_res_min: 20, n_res_max: 20}")));
+  const uint64_t lo = pf::config_hash(pf::config_from_yaml_string("", {"data.n_res_min=32"}));
+  const uint64_t hi = pf::config_hash(pf::config_from_yaml_string("", {"data.n_res_max=128"}));
+  EXPECT_NE(lo, h);
+  EXPECT_NE(hi, h);
+  EXPECT_NE(lo, hi);
   const uint64_t bias = pf::config_hash(pf::config_from_yaml_string("", {"model.attn_bias=relpos"}));
   const uint64_t task = pf::config_hash(pf::config_from_yaml_string("", {"data.task=relpos"}));
   EXPECT_NE(bias, h);
@@ -303,7 +333,7 @@ TEST(Config, HashIsPinned) {
 }
 
 TEST(Config, UnknownKeysAnywhere) {
-  expect_error("train: {stpes: 5}\n", {}, {"unknown key 'train.stpes'", "known: steps, batch_size, lr"});
+  expect_error("train: {stpes: 5}\n", {}, {"unknown key 'train.stpes'", "known: steps, batch_size, batch_tokens, lr"});
   expect_error("model: {dmodel: 5}\n", {}, {"unknown key 'model.dmodel'", "d_model"});
   expect_error("data: {path: x}\n", {}, {"unknown key 'data.path'", "n_res"});
   expect_error("optim: {lr: 1}\n", {}, {"unknown key 'optim'", "known: model, data, train, device, out"});
@@ -367,6 +397,13 @@ TEST(Config, ImpossibleValues) {
   expect_error("", {"model.attn_bias=Relpos"}, {"'model.attn_bias' must be one of pair, relpos, found 'Relpos'"});
   expect_error("model: {attn_bias: [pair]}\n", {}, {"'model.attn_bias' must be a string, found a list"});
   expect_error("data: {task: nearest}\n", {}, {"'data.task' must be one of chain, relpos, found 'nearest'"});
+  expect_error("data: {n_res_min: 5}\n", {}, {"'data.n_res_min' must be at least 6", "found 5"});
+  expect_error("data: {n_res_min: -1}\n", {}, {"'data.n_res_min' must be at least 6", "found -1"});
+  expect_error("data: {n_res_min: 40, n_res_max: 39}\n", {}, {"'data.n_res_max' (39) must be at least 'data.n_res_min' (40)"});
+  expect_error("data: {n_res_min: 65}\n", {}, {"'data.n_res_max' (64) must be at least 'data.n_res_min' (65)"});
+  expect_error("train: {batch_tokens: -1}\n", {}, {"'train.batch_tokens' must be at least 0"});
+  expect_error("data: {n_res_max: 100}\ntrain: {batch_tokens: 99}\n", {},
+               {"'train.batch_tokens' (99) must hold the longest chain, 'data.n_res_max' (100)"});
   expect_error("data: {task: }\n", {}, {"'data.task' must be a string, found nothing"});
   expect_error("data: {task: ''}\n", {}, {"'data.task' must be one of chain, relpos, found ''"});
   expect_error("out: ''\n", {}, {"'out' must be a directory path"});

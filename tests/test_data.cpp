@@ -505,3 +505,210 @@ TEST_F(ChainTest, EnsureAndReadCheckTheTask) {
   bad = write("mislabelled.h5", c, "relpos");
   expect_error([&] { pf::read_chains(bad); }, {bad, "but the relpos rule gives"});
 }
+
+// ---- chains of variable length ----------------------------------------------------------------
+
+namespace {
+
+// The chain task's brute force on chain s of a set with lengths (its own n_s residues only).
+std::vector<int32_t> brute_force_labels_varlen(const pf::ChainSet& c, int s) {
+  const int n = c.length(s);
+  pf::ChainSet one;
+  one.S = 1, one.N = n, one.n_types = c.n_types;
+  one.tokens.assign(c.tokens.begin() + static_cast<size_t>(s) * c.N, c.tokens.begin() + static_cast<size_t>(s) * c.N + n);
+  one.coords.assign(c.coords.begin() + static_cast<size_t>(s) * c.N * 3,
+                    c.coords.begin() + static_cast<size_t>(s) * c.N * 3 + 3 * n);
+  return brute_force_labels(one);
+}
+
+}  // namespace
+
+TEST_F(ChainTest, VariableLengthsAreUniformSeededAndPadded) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const uint64_t seed = fresh_seed();
+  const pf::ChainSpec spec{300, 6, 9, 5, seed, "train", "chain"};
+  const pf::ChainSet c = pf::generate_chains(spec);
+  ASSERT_EQ(c.N, 9);
+  ASSERT_EQ(c.lengths.size(), 300u);
+  EXPECT_FALSE(c.fixed_length());
+  EXPECT_EQ(pf::chain_lengths(spec), c.lengths);
+  std::vector<int> count(10, 0);
+  for (int32_t n : c.lengths) {
+    ASSERT_TRUE(n >= 6 && n <= 9) << n;
+    ++count[n];
+  }
+  // 300 draws of 4 values: each ~75 ± 7.5 (sd); bounds at ~5 sd.
+  for (int n = 6; n <= 9; ++n) EXPECT_NEAR(count[n], 75, 38) << "length " << n;
+  for (int s = 0; s < c.S; ++s) {
+    const int n = c.length(s);
+    for (int i = n; i < c.N; ++i) {  // padding
+      const size_t k = static_cast<size_t>(s) * c.N + i;
+      ASSERT_EQ(c.tokens[k], 0);
+      ASSERT_EQ(c.labels[k], 0);
+      ASSERT_EQ(c.coords[3 * k], 0.0f);
+      ASSERT_EQ(c.coords[3 * k + 2], 0.0f);
+    }
+    const std::vector<int32_t> labels(c.labels.begin() + s * c.N, c.labels.begin() + s * c.N + n);
+    ASSERT_EQ(labels, brute_force_labels_varlen(c, s)) << "chain " << s << " of " << n;
+  }
+  // Deterministic, and the first samples do not depend on how many are generated.
+  pf::ChainSpec more = spec;
+  more.S = 517;
+  const pf::ChainSet m = pf::generate_chains(more);
+  EXPECT_TRUE(std::equal(c.tokens.begin(), c.tokens.end(), m.tokens.begin()));
+  EXPECT_TRUE(std::equal(c.lengths.begin(), c.lengths.end(), m.lengths.begin()));
+  EXPECT_TRUE(same(c, pf::generate_chains(spec)));
+  // The relpos task labels each chain by its own length: t past n_s counts as 0.
+  pf::ChainSpec rel = spec;
+  rel.task = "relpos";
+  const pf::ChainSet r = pf::generate_chains(rel);
+  EXPECT_EQ(r.lengths, c.lengths);
+  EXPECT_EQ(r.tokens, c.tokens);
+  for (int s = 0; s < r.S; ++s) {
+    const int n = r.length(s);
+    auto type = [&](int j) { return j < 0 || j >= n ? 0 : r.tokens[s * r.N + j]; };
+    for (int i = 0; i < n; ++i) ASSERT_EQ(r.labels[s * r.N + i], (type(i - 1) + type(i + 2)) % 5);
+  }
+  // A range of one length is the fixed-length set, draw for draw.
+  const pf::ChainSet fixed = pf::generate_chains(pf::ChainSpec{17, 33, 33, 8, seed, "val", "chain"});
+  EXPECT_TRUE(same(fixed, pf::generate_chains(17, 33, 8, seed, "val")));
+  EXPECT_TRUE(fixed.fixed_length());
+  EXPECT_EQ(fixed.lengths, std::vector<int32_t>(17, 33));
+
+  expect_error([&] { pf::generate_chains(pf::ChainSpec{3, 5, 9, 4, seed, "x", "chain"}); },
+               {"6 <= n_min <= n_max = 9", "n_min = 5"});
+  expect_error([&] { pf::generate_chains(pf::ChainSpec{3, 10, 9, 4, seed, "x", "chain"}); }, {"n_min = 10"});
+}
+
+TEST_F(ChainTest, VariableLengthFilesRoundTripAndAreChecked) {
+  const uint64_t seed = fresh_seed();
+  const pf::ChainSpec spec{23, 7, 31, 6, seed, "train", "relpos"};
+  const std::string p = file("v.h5");
+  EXPECT_TRUE(pf::ensure_chains(p, spec));
+  EXPECT_FALSE(pf::ensure_chains(p, spec));
+  const pf::ChainSet c = pf::read_chains(p);
+  EXPECT_TRUE(same(c, pf::generate_chains(spec)));
+  EXPECT_EQ(c.lengths, pf::chain_lengths(spec));
+  pf::H5Reader r(p);
+  EXPECT_EQ(r.shape("lengths"), (std::vector<int64_t>{23}));
+  EXPECT_EQ(r.shape("tokens"), (std::vector<int64_t>{23, 31}));
+  // A fixed-length file has no lengths dataset (files are what they were before lengths).
+  pf::write_chains(file("f.h5"), pf::generate_chains(5, 9, 4, seed, "train"));
+  EXPECT_FALSE(pf::H5Reader(file("f.h5")).has("lengths"));
+  EXPECT_EQ(pf::read_chains(file("f.h5")).lengths, std::vector<int32_t>(5, 9));
+
+  pf::ChainSpec other = spec;
+  other.n_min = 8;
+  expect_error([&] { pf::ensure_chains(p, other); },
+               {p, "chain lengths ", " in the file, lengths drawn from 8..31 requested", "Delete the file"});
+  other = spec;
+  other.n_max = 32;
+  expect_error([&] { pf::ensure_chains(p, other); }, {"longest chain (N = n_res_max) 31 in the file, 32 requested"});
+  expect_error([&] { pf::ensure_chains(p, 23, 31, 6, seed, "train", "relpos"); },
+               {"chain lengths", "lengths drawn from 31..31 requested"});
+
+  // Corrupt lengths and padding.
+  auto variant = [&](const std::string& name, const std::function<void(pf::ChainSet&)>& edit) {
+    pf::ChainSet v = c;
+    edit(v);
+    pf::H5Writer w(file(name));
+    w.write_dataset("tokens", v.tokens.data(), {v.S, v.N});
+    w.write_dataset("coords", v.coords.data(), {v.S, v.N, 3});
+    w.write_dataset("labels", v.labels.data(), {v.S, v.N});
+    w.write_dataset("lengths", v.lengths.data(), {static_cast<int64_t>(v.lengths.size())});
+    w.write_attr("/", "n_types", static_cast<int64_t>(v.n_types));
+    w.write_attr("/", "seed", v.seed);
+    w.write_attr("/", "format_version", int64_t{1});
+    w.commit();
+    return file(name);
+  };
+  std::string bad = variant("short.h5", [](pf::ChainSet& v) { v.lengths[4] = 5; });
+  expect_error([&] { pf::read_chains(bad); }, {bad, "lengths[4] = 5 is outside [6, 31]"});
+  bad = variant("long.h5", [](pf::ChainSet& v) { v.lengths[0] = 32; });
+  expect_error([&] { pf::read_chains(bad); }, {bad, "lengths[0] = 32 is outside [6, 31]"});
+  bad = variant("count.h5", [](pf::ChainSet& v) { v.lengths.pop_back(); });
+  expect_error([&] { pf::read_chains(bad); }, {bad, "'lengths'", "expected shape [23], found [22]"});
+  int s_short = 0;
+  while (c.lengths[s_short] == c.N) ++s_short;
+  bad = variant("pad.h5", [&](pf::ChainSet& v) { v.tokens[s_short * v.N + v.N - 1] = 1; });
+  expect_error([&] { pf::read_chains(bad); }, {bad, "chain " + std::to_string(s_short), "not zero padding"});
+}
+
+TEST_F(ChainTest, TokenBatchesCoverEverySequenceOncePerEpochAndResumeExactly) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (auto [S, lo, hi, budget] : {std::tuple{97, 6, 40, 100}, std::tuple{50, 6, 6, 6}, std::tuple{1, 9, 9, 9},
+                                   std::tuple{64, 10, 64, 64}, std::tuple{33, 6, 30, 1000}}) {
+    SCOPED_TRACE("S " + std::to_string(S) + " budget " + std::to_string(budget));
+    const uint64_t seed = fresh_seed();
+    const std::vector<int32_t> lengths = pf::chain_lengths(pf::ChainSpec{S, lo, hi, 4, seed, "train", "chain"});
+    pf::BatchSampler sampler(lengths, budget, seed);
+    EXPECT_EQ(sampler.batch_tokens(), budget);
+    std::vector<std::vector<int>> epochs;
+    std::vector<std::pair<int64_t, int64_t>> states;  // after each batch
+    for (int e = 0; e < 3; ++e) {
+      std::vector<int> seen;
+      while (static_cast<int>(seen.size()) < S) {
+        const std::vector<int> batch = sampler.next();
+        ASSERT_FALSE(batch.empty());
+        EXPECT_EQ(sampler.epoch(), e);
+        int64_t used = 0;
+        for (int i : batch) used += lengths[i];
+        EXPECT_LE(used, budget);
+        // Full: the next sample of the epoch would not have fit (unless the epoch is done).
+        seen.insert(seen.end(), batch.begin(), batch.end());
+        states.emplace_back(sampler.epoch(), sampler.cursor());
+        if (static_cast<int>(seen.size()) < S) {
+          const std::vector<int> peek = [&] {
+            pf::BatchSampler copy(lengths, budget, seed);
+            copy.set_state(sampler.epoch(), sampler.cursor());
+            return copy.next();
+          }();
+          EXPECT_GT(used + lengths[peek[0]], budget) << "a batch must take every sample that fits";
+        }
+      }
+      ASSERT_EQ(static_cast<int>(seen.size()), S) << "an epoch covers every sample once";
+      std::vector<int> sorted = seen;
+      std::sort(sorted.begin(), sorted.end());
+      for (int i = 0; i < S; ++i) ASSERT_EQ(sorted[i], i);
+      epochs.push_back(seen);
+    }
+    if (S >= 17) EXPECT_NE(epochs[0], epochs[1]) << "each epoch is a fresh shuffle";
+    // Resume after any batch: the same batches follow.
+    for (size_t at : {size_t{0}, states.size() / 2, states.size() - 1}) {
+      pf::BatchSampler a(lengths, budget, seed);
+      for (size_t k = 0; k <= at; ++k) a.next();
+      pf::BatchSampler b(lengths, budget, seed);
+      b.set_state(a.epoch(), a.cursor());
+      for (int k = 0; k < 20; ++k) ASSERT_EQ(a.next(), b.next()) << "at " << at << " k " << k;
+    }
+  }
+  expect_error([] { pf::BatchSampler(std::vector<int32_t>{6, 12, 7}, 11, 0); }, {"fit in batch_tokens = 11", "found length 12 (sample 1)"});
+  expect_error([] { pf::BatchSampler(std::vector<int32_t>{}, 11, 0); }, {"at least 1 sample"});
+  expect_error([] { pf::BatchSampler(std::vector<int32_t>{6}, 0, 0); }, {"batch_tokens >= 1"});
+}
+
+TEST_F(ChainTest, GatherPackedConcatenatesWithoutPadding) {
+  const pf::ChainSet c = pf::generate_chains(pf::ChainSpec{17, 6, 20, 8, fresh_seed(), "train", "chain"});
+  const std::vector<int> idx = {16, 0, 5, 5};
+  const pf::PackedBatch b = pf::gather_packed(c, idx);
+  ASSERT_EQ(b.B, 4);
+  ASSERT_EQ(b.cu_seqlens.size(), 5u);
+  EXPECT_EQ(b.cu_seqlens[0], 0);
+  for (int k = 0; k < 4; ++k) {
+    const int s = idx[k], n = c.length(s), at = b.cu_seqlens[k];
+    ASSERT_EQ(b.cu_seqlens[k + 1] - at, n);
+    for (int i = 0; i < n; ++i) {
+      EXPECT_EQ(b.tokens[at + i], c.tokens[s * c.N + i]);
+      EXPECT_EQ(b.labels[at + i], c.labels[s * c.N + i]);
+      for (int a = 0; a < 3; ++a) EXPECT_EQ(b.coords[3 * (at + i) + a], c.coords[3 * (s * c.N + i) + a]);
+    }
+  }
+  EXPECT_EQ(b.T(), static_cast<int64_t>(b.tokens.size()));
+  EXPECT_EQ(b.coords.size(), 3 * b.tokens.size());
+  expect_error([&] { pf::gather_packed(c, {0, 17}); }, {"sample index 17 (position 1) is outside [0, 17)"});
+  expect_error([&] { pf::gather_packed(c, {}); }, {"at least one sample index"});
+  // The dense batch refuses a chain shorter than its row (it would train on the padding).
+  int s_short = 0;
+  while (c.lengths[s_short] == c.N) ++s_short;
+  expect_error([&] { pf::gather_batch(c, {s_short}); }, {"residues; batches of chains of different lengths are packed"});
+}

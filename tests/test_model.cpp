@@ -216,6 +216,133 @@ TEST(RelposModel, GradcheckWholeModelFloat64) {
                    m.named_parameters());
 }
 
+// ---- packed batches of chains of different lengths --------------------------------------------
+
+// One chain of a packed batch as a dense batch of its own (B = 1, N = its length).
+Batch single(const PackedBatch& p, int k) {
+  Batch b;
+  b.B = 1;
+  b.N = p.cu_seqlens[k + 1] - p.cu_seqlens[k];
+  const size_t at = static_cast<size_t>(p.cu_seqlens[k]), n = static_cast<size_t>(b.N);
+  b.tokens.assign(p.tokens.begin() + at, p.tokens.begin() + at + n);
+  b.labels.assign(p.labels.begin() + at, p.labels.begin() + at + n);
+  b.coords.assign(p.coords.begin() + 3 * at, p.coords.begin() + 3 * (at + n));
+  return b;
+}
+
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double d = 0, n = 0;
+  for (size_t i = 0; i < a.size(); ++i) d += (a[i] - b[i]) * (a[i] - b[i]), n += b[i] * b[i];
+  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
+}
+
+// Packed forward, loss and every gradient equal running each chain alone, padding-free:
+// logits row for row, loss = Σ n_b·loss_b / T, gradient = Σ (n_b / T)·gradient_b.
+void expect_packed_equals_each_chain_alone(const ModelConfig& c) {
+  SCOPED_TRACE("attn_bias " + c.attn_bias);
+  models::PairBiasModel m(c, 3);
+  m.to(DType::F64);
+  Rng rng(12);
+  for (auto& [name, p] : m.named_parameters())  // structure in the norms and the tables
+    if (name.find("norm") != std::string::npos || name.find("relpos") != std::string::npos)
+      p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
+  // Lengths 6..13 around 2R+1 = 7 (clipped offsets in the long chains, none in the short ones).
+  const ChainSet set = generate_chains(ChainSpec{5, 6, 13, c.n_types, 21, "test", "relpos"});
+  const std::vector<int> idx = {3, 0, 4, 1};
+  const PackedBatch p = gather_packed(set, idx);
+  ASSERT_GT(p.cu_seqlens[2] - p.cu_seqlens[1], 0);
+  const auto pt = run::to_tensors(p, c, Device::CPU);
+  EXPECT_EQ(pt.tokens.shape(), (Shape{p.T()}));
+
+  m.zero_grad();
+  const Tensor logits = m.forward(pt.tokens, pt.packing);
+  ASSERT_EQ(logits.shape(), (Shape{p.T(), c.n_types}));
+  const auto r = models::model_loss(m, pt.tokens, pt.packing, pt.labels);
+  r.loss.backward();
+  std::vector<std::vector<double>> g_packed;
+  for (const auto& [name, t] : m.named_parameters()) g_packed.push_back(t.grad().to_vector<double>());
+
+  const auto all_logits = logits.to_vector<double>();
+  double loss = 0;
+  std::vector<std::vector<double>> g_sum(g_packed.size());
+  for (size_t k = 0; k < idx.size(); ++k) {
+    const Batch one = single(p, static_cast<int>(k));
+    const double w = static_cast<double>(one.N) / static_cast<double>(p.T());
+    const auto b = run::to_tensors(one, c, Device::CPU);
+    m.zero_grad();
+    const Tensor lk = m.forward(b.tokens, b.pair);  // (1,n,K)
+    const auto lv = lk.to_vector<double>();
+    const std::vector<double> rows(all_logits.begin() + p.cu_seqlens[k] * c.n_types,
+                                   all_logits.begin() + p.cu_seqlens[k + 1] * c.n_types);
+    EXPECT_LT(rel_diff(rows, lv), 1e-12) << "logits of chain " << k;
+    const auto rk = models::model_loss(m, b.tokens, b.pair, b.labels);
+    rk.loss.backward();
+    loss += w * rk.loss.item();
+    size_t i = 0;
+    for (const auto& [name, t] : m.named_parameters()) {
+      const auto g = t.grad().to_vector<double>();
+      g_sum[i].resize(g.size(), 0.0);
+      for (size_t e = 0; e < g.size(); ++e) g_sum[i][e] += w * g[e];
+      ++i;
+    }
+  }
+  // float64 both ways; only the order of sums differs (~1e-16 relative per operation). The
+  // attention's k biases get a gradient that is 0 in exact arithmetic (softmax ignores a shift
+  // shared by all keys): those are held to the whole gradient's norm instead of their own.
+  EXPECT_NEAR(r.loss.item(), loss, 1e-12 * loss);
+  double total = 0;
+  for (const auto& g : g_sum)
+    for (double x : g) total += x * x;
+  size_t i = 0;
+  for (const auto& [name, t] : m.named_parameters()) {
+    double diff = 0, norm = 0;
+    for (size_t e = 0; e < g_sum[i].size(); ++e)
+      diff += (g_packed[i][e] - g_sum[i][e]) * (g_packed[i][e] - g_sum[i][e]), norm += g_sum[i][e] * g_sum[i][e];
+    EXPECT_LE(std::sqrt(diff), 1e-11 * std::max(std::sqrt(norm), 1e-3 * std::sqrt(total))) << name;
+    ++i;
+  }
+}
+
+TEST(PackedModel, EqualsEachChainAlonePairBias) { expect_packed_equals_each_chain_alone(tiny_config()); }
+TEST(PackedModel, EqualsEachChainAloneRelposBias) { expect_packed_equals_each_chain_alone(tiny_relpos_config()); }
+
+TEST(PackedModel, PairFeaturesAndBiasOrder) {
+  ModelConfig c = tiny_config();  // H = 2, R = 3
+  // Two chains: 2 residues on the x axis (0 and 2.5 Å), then 3 (0, 13, 0 Å).
+  const std::vector<float> x = {0, 0, 0, 2.5f, 0, 0, 0, 0, 0, 13, 0, 0, 0, 0, 0};
+  const auto f = models::packed_pair_features(x.data(), {0, 2, 5}, c);
+  ASSERT_EQ(f.rel_idx.shape(), (Shape{4 + 9}));
+  const auto rel = f.rel_idx.to_vector<int32_t>();
+  const auto bin = f.dist_bin.to_vector<int32_t>();
+  const auto order = f.bias_order.to_vector<int32_t>();
+  EXPECT_EQ(rel[1], 1 + 3);          // chain 0, (0,1)
+  EXPECT_EQ(rel[4 + 2], 2 + 3);      // chain 1, (0,2)
+  EXPECT_EQ(rel[4 + 6], -2 + 3);     // chain 1, (2,0)
+  EXPECT_EQ(bin[1], 1);              // ⌊2.5 / 12 · 6⌋
+  EXPECT_EQ(bin[4 + 1], 5);          // 13 Å: the last bin
+  EXPECT_EQ(bin[4 + 2], 0);          // residues 0 and 2 of chain 1 coincide
+  // Chain 1's bias block starts at H·4 = 8; its element [h=1,i=2,j=0] is row 4 + 6 = 10, column 1.
+  ASSERT_EQ(order.size(), 26u);
+  EXPECT_EQ(order[8 + 1 * 9 + 2 * 3 + 0], 10 * 2 + 1);
+  EXPECT_EQ(order[0 * 4 + 1], 1 * 2 + 0);  // chain 0, [h=0,i=0,j=1]
+  std::vector<int32_t> sorted = order;     // a permutation of the (P,H) elements
+  std::sort(sorted.begin(), sorted.end());
+  for (int k = 0; k < 26; ++k) EXPECT_EQ(sorted[k], k);
+}
+
+TEST(PackedModel, GradcheckFloat64) {
+  const ModelConfig c = tiny_config();
+  models::PairBiasModel m(c, 5);
+  m.to(DType::F64);
+  Rng rng(8);
+  for (auto& [name, p] : m.named_parameters())
+    if (name.find("norm") != std::string::npos) p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
+  const ChainSet set = generate_chains(ChainSpec{2, 6, 9, c.n_types, 7, "test", "chain"});
+  ASSERT_NE(set.lengths[0], set.lengths[1]);
+  const auto b = run::to_tensors(gather_packed(set, {0, 1}), c, Device::CPU);
+  expect_gradcheck([&] { return models::model_loss(m, b.tokens, b.packing, b.labels).loss; }, m.named_parameters());
+}
+
 TEST(Optim, ScheduleWarmsUpThenDecaysToMin) {
   EXPECT_DOUBLE_EQ(optim::lr_at(0, 1.0, 0.1, 4, 20), 0.25);
   EXPECT_DOUBLE_EQ(optim::lr_at(3, 1.0, 0.1, 4, 20), 1.0);
