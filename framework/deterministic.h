@@ -10,10 +10,13 @@
 // - the attention backward (framework/ops/attention.cpp): dQ, a shared bias's dB and the
 //   relative-position table's dT without atomics (FlashBiasParams::deterministic);
 // - the embedding backward (framework/ops/embedding.cpp) of tables too large to be summed in
-//   shared memory: a stable sort of the indices and ordered segment sums instead of atomics.
+//   shared memory (more than 96 rows and 3072 entries; none of the pair-bias model's): a stable
+//   sort of the indices and ordered segment sums instead of atomics.
 // Everything else is deterministic in both modes: the gradient norm's Σx² (per-block partials
-// summed in block order), layernorm's dw/db, sum_to, the loss, and the cuBLAS GEMMs (one handle
-// on one stream, atomics not allowed: bitwise reproducible per the cuBLAS documentation).
+// summed in block order), the embedding backward of small tables, layernorm's dw/db, sum_to,
+// the fused pair-bias kernels, the loss, and the cuBLAS GEMMs (one handle on one stream,
+// atomics not allowed: bitwise reproducible per the cuBLAS documentation). The measured cost is
+// in kernels/cuda/NOTES.md ("Deterministic mode").
 // The CPU backend is always deterministic. The mode is read when an op runs its forward (the
 // attention op) or its backward (the embedding op); flip it between steps, not inside one.
 #pragma once

@@ -12,7 +12,7 @@ namespace pf::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int64_t kMaxPrivate = 3072;  // V·D floats per warp: 4 warps × 12 KiB = 48 KiB shared
+constexpr int64_t kMaxPrivate = 3072;  // floats per warp table: 4 warps × 12 KiB = 48 KiB shared
 constexpr int kMaxBlocks = 512;
 
 template <class T>
@@ -27,40 +27,68 @@ __global__ void embedding_forward_kernel(const T* weight, const int32_t* idx, T*
   }
 }
 
-// Each warp sums a contiguous run of rows into its private table in shared memory, lane l owning
-// columns l, l+32, ... (no two lanes touch one address, rows in order: deterministic); the block
-// adds its warps' tables in order into its partial table.
+// Each block owns a tile of at most 32 columns [c0, c0 + w) of the table and a run of rows for
+// each of its warps. A warp sums its rows, in order, into its private table in shared memory,
+// lane l owning column c0 + l (no two lanes touch one address); the dout of kUnroll rows is
+// loaded before any is added (the loads do not depend on the indices: 8 in flight instead of 1).
+// The block adds its warps' tables in order into its partial table. Deterministic: every sum's
+// order depends only on n and D. Narrow tiles keep every warp's serial work short (a 4096-row
+// batch of the (8, 256) token table: 256 warps of 32 rows, not 16 warps of 256 rows × 8 columns).
+constexpr int kUnroll = 8;
+
 template <class T>
 __global__ void embedding_backward_private_kernel(const T* dout, const int32_t* idx, int64_t n,
-                                                  int64_t V, int64_t D, float* partial) {
-  extern __shared__ float table[];  // [kWarps][V*D]
+                                                  int64_t V, int64_t D, int64_t Dt, float* partial) {
+  extern __shared__ float table[];  // [kWarps][V*Dt], Dt ≤ 32
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t VD = V * D;
-  for (int64_t k = threadIdx.x; k < kWarps * VD; k += blockDim.x) table[k] = 0;
+  const int64_t c0 = blockIdx.y * Dt, w = min(Dt, D - c0), VT = V * Dt;
+  for (int64_t k = threadIdx.x; k < kWarps * VT; k += blockDim.x) table[k] = 0;
   __syncthreads();
   const int64_t chunks = int64_t(gridDim.x) * kWarps, chunk = blockIdx.x * int64_t(kWarps) + warp;
   const int64_t lo = n * chunk / chunks, hi = n * (chunk + 1) / chunks;
-  float* mine = table + warp * VD;
-  for (int64_t r = lo; r < hi; ++r) {
-    const int32_t v = idx[r];
-    if (v < 0 || v >= V) continue;
-    for (int64_t d = lane; d < D; d += 32) mine[v * D + d] += to_f(dout[r * D + d]);
+  float* mine = table + warp * VT;
+  const bool active = lane < w;
+  for (int64_t r0 = lo; r0 < hi; r0 += 32) {  // 32 rows: one index per lane, then shuffled
+    const int cnt = static_cast<int>(min(int64_t{32}, hi - r0));
+    const int32_t my_v = lane < cnt ? idx[r0 + lane] : -1;
+    const T* col = dout + r0 * D + c0 + lane;
+    for (int j0 = 0; j0 < cnt; j0 += kUnroll) {  // every lane runs every trip (the shuffles)
+      float x[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        x[u] = (active && j0 + u < cnt) ? to_f(col[int64_t(j0 + u) * D]) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t v = __shfl_sync(0xffffffffu, my_v, j0 + u);  // -1 past cnt
+        if (active && v >= 0 && v < V) mine[v * Dt + lane] += x[u];
+      }
+    }
   }
   __syncthreads();
-  for (int64_t k = threadIdx.x; k < VD; k += blockDim.x) {
+  const int64_t VD = V * D;
+  for (int64_t k = threadIdx.x; k < V * w; k += blockDim.x) {
+    const int64_t v = k / w, dd = k % w;
     float s = 0;
-    for (int w = 0; w < kWarps; ++w) s += table[w * VD + k];
-    partial[blockIdx.x * VD + k] = s;
+    for (int wi = 0; wi < kWarps; ++wi) s += table[wi * VT + v * Dt + dd];
+    partial[blockIdx.x * VD + v * D + c0 + dd] = s;
   }
 }
 
+// dweight[k] = Σ_b partial[b][k] over the blocks, in block order: a (32 × 8) thread block per 32
+// entries, row group y adding blocks y, y+8, ... (coalesced), then the 8 groups in order.
 template <class T>
 __global__ void embedding_finalize_kernel(const float* partial, int blocks, int64_t VD, T* dweight) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < VD;
-       k += int64_t(gridDim.x) * blockDim.x) {
-    float s = 0;
-    for (int b = 0; b < blocks; ++b) s += partial[b * VD + k];
-    dweight[k] = from_f<T>(s);
+  __shared__ float part[8][33];
+  const int64_t k = blockIdx.x * int64_t(32) + threadIdx.x;
+  float s = 0;
+  if (k < VD)
+    for (int b = threadIdx.y; b < blocks; b += 8) s += partial[b * VD + k];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && k < VD) {
+    float t = 0;
+    for (int y = 0; y < 8; ++y) t += part[y][threadIdx.x];
+    dweight[k] = from_f<T>(t);
   }
 }
 
@@ -257,9 +285,15 @@ __global__ void f32_to_bf16_kernel(const float* src, bf16* dst, int64_t n) {
     dst[i] = __float2bfloat16_rn(src[i]);
 }
 
+// The shared-memory path takes tables of at most kMaxPrivate / 32 = 96 rows in tiles of 32
+// columns (every table of the pair-bias model), and narrower ones of ≤ kMaxPrivate entries.
+bool private_fits(int64_t V, int64_t D) { return V <= kMaxPrivate / 32 || V * D <= kMaxPrivate; }
+
+int64_t private_tile(int64_t D) { return std::min<int64_t>(D, 32); }  // V·Dt ≤ kMaxPrivate
+
 int private_blocks(int64_t n) {
-  // at least ~256 rows per warp so that the partial tables stay few
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxBlocks, n / (256 * kWarps))));
+  // at least 32 rows per warp (one index load) and at most kMaxBlocks partial tables
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxBlocks, n / (32 * kWarps))));
 }
 
 }  // namespace
@@ -276,7 +310,7 @@ void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, voi
 }
 
 size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool deterministic) {
-  if (V * D <= kMaxPrivate) return static_cast<size_t>(private_blocks(n)) * V * D * sizeof(float);
+  if (private_fits(V, D)) return static_cast<size_t>(private_blocks(n)) * V * D * sizeof(float);
   if (deterministic) return n > 0 ? sorted_layout(n, V, D).total : 0;
   return static_cast<size_t>(V) * D * sizeof(float);  // the fp32 accumulator of the atomic path
 }
@@ -288,24 +322,22 @@ void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void
   float* ws = static_cast<float*>(workspace);
   dispatch_dtype(t, "embedding_backward", [&](auto tag) {
     using T = decltype(tag);
-    if (VD > kMaxPrivate && deterministic) {
+    if (!private_fits(V, D) && deterministic) {
       if (n == 0) memset_zero(dweight, VD * sizeof(T));  // empty sums (bf16 zero is all-zero bits)
       else
         embedding_backward_sorted<T>(static_cast<const T*>(dout), idx, static_cast<T*>(dweight), n,
                                      V, D, static_cast<char*>(workspace));
       return;
     }
-    if (VD <= kMaxPrivate) {
+    if (private_fits(V, D)) {
       const int blocks = private_blocks(n);
-      const size_t smem = kWarps * VD * sizeof(float);
-      if (smem > 48 * 1024)
-        PF_CUDA_CHECK(cudaFuncSetAttribute(embedding_backward_private_kernel<T>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
-      embedding_backward_private_kernel<T><<<blocks, kWarps * 32, smem, cur_stream()>>>(
-          static_cast<const T*>(dout), idx, n, V, D, ws);
+      const int64_t Dt = private_tile(D);
+      const size_t smem = kWarps * V * Dt * sizeof(float);  // ≤ 48 KiB
+      const dim3 grid(blocks, static_cast<unsigned>((D + Dt - 1) / Dt));
+      embedding_backward_private_kernel<T><<<grid, kWarps * 32, smem, cur_stream()>>>(
+          static_cast<const T*>(dout), idx, n, V, D, Dt, ws);
       PF_CUDA_CHECK_LAUNCH("embedding_backward");
-      embedding_finalize_kernel<T><<<grid_for(VD, 256), 256, 0, cur_stream()>>>(
+      embedding_finalize_kernel<T><<<static_cast<unsigned>((VD + 31) / 32), dim3(32, 8), 0, cur_stream()>>>(
           ws, blocks, VD, static_cast<T*>(dweight));
       PF_CUDA_CHECK_LAUNCH("embedding_finalize");
       return;

@@ -17,9 +17,10 @@ size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool 
 
 // dout:(n,D) idx:(n) → dweight:(V,D) written (=): row v = Σ_{i: idx[i]=v} dout[i]. Indices
 // outside [0,V) are skipped. Three ways, by table size and mode:
-// - V·D ≤ 3072 (every table of the pair-bias model at its default sizes): per-warp tables in
-//   shared memory, rows in order, then per-block partials added in block order. Deterministic
-//   in both modes (the order depends only on n).
+// - V ≤ 96 rows of any width (every table of the pair-bias model: types, relative positions,
+//   distance bins), or V·D ≤ 3072: per-warp tables in shared memory, in tiles of 32 columns,
+//   rows in order, then per-block partials added in block order. Deterministic in both modes
+//   (the order depends only on n and D).
 // - larger tables, deterministic = false: fp32 atomics (fast; order-dependent rounding).
 // - larger tables, deterministic = true: a stable radix sort of (index, row), each index's rows
 //   summed in chunks of 32 in row order, the chunk sums added in chunk order. The summation
