@@ -13,6 +13,7 @@
 #include "framework/anomaly.h"
 #include "framework/autograd.h"
 #include "framework/checkpoint.h"
+#include "framework/deterministic.h"
 #include "framework/distributed.h"
 #include "framework/gradcheck.h"
 #include "framework/optim.h"
@@ -431,6 +432,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : dtype);
   const auto& t = cfg.train;
   const anomaly::EnableGuard anomaly_mode(t.detect_anomaly);
+  const DeterministicGuard deterministic_mode(t.deterministic);
   if (lead) prepare_run_dir(cfg.out);
   const std::string ckpt_path = cfg.out + "/checkpoint.h5";
   PF_CHECK(!resume || fs::exists(ckpt_path), "--resume: no checkpoint at " << ckpt_path);
