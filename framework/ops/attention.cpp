@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "framework/allocator.h"
+#include "framework/deterministic.h"
 #include "framework/ops/common.h"
 #include "kernels/cpu/flash_bias.h"
 #ifdef PF_WITH_CUDA
@@ -320,7 +321,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   const bool need_bias = bias.defined() && bias.requires_grad();
   const bool need_table = relpos_table.defined() && relpos_table.requires_grad();
-  const bool causal = opt.causal, deterministic = opt.deterministic;
+  const bool causal = opt.causal, deterministic = opt.deterministic || pf::deterministic();
   return make_result(
       out, "attention", {q, k, v, bias, relpos_table},
       [=](const Tensor& g) -> std::vector<Tensor> {

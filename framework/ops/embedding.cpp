@@ -1,5 +1,6 @@
 // Embedding: rows of a table gathered by int32 indices; the backward scatter-adds the
 // gradient rows into the table's gradient (repeated indices add up).
+#include "framework/deterministic.h"
 #include "framework/ops/common.h"
 #include "kernels/cpu/embedding.h"
 #ifdef PF_WITH_CUDA
@@ -12,8 +13,10 @@ using namespace detail;
 
 #ifdef PF_WITH_CUDA
 namespace {
-// The GPU path: float32 or bfloat16 tables, fp32 sums; the backward of the model's tables
-// (V·D ≤ 3072) is summed in a fixed order. An index outside [0,V) reads NaN and adds nothing.
+// The GPU path: float32 or bfloat16 tables, fp32 sums; the backward of tables of ≤ 96 rows or
+// ≤ 3072 entries (every table of the model) is summed in a fixed order, larger tables too in
+// deterministic mode (framework/deterministic.h; read when the backward runs). An index outside
+// [0,V) reads NaN and adds nothing.
 Tensor embedding_cuda(const Tensor& weight, const Tensor& idx) {
   const int64_t V = weight.size(0), D = weight.size(1), n = idx.numel();
   const auto st = scalar_type_of(weight.dtype());
@@ -26,14 +29,15 @@ Tensor embedding_cuda(const Tensor& weight, const Tensor& idx) {
   const Tensor sidx = idx.detach();
   return make_result(out, "embedding", {weight, idx},
                      [sidx, V, D, n, st](const Tensor& g) -> std::vector<Tensor> {
+                       const bool det = deterministic();
                        Tensor dw = Tensor::empty({V, D}, g.dtype(), g.device());
                        Tensor ws = Tensor::empty(
                            {static_cast<int64_t>(
-                               kernels::cuda::embedding_backward_workspace_bytes(n, V, D))},
+                               kernels::cuda::embedding_backward_workspace_bytes(n, V, D, det))},
                            DType::U8, g.device());
                        kernels::cuda::embedding_backward(
                            st, g.data_ptr(), static_cast<const int32_t*>(sidx.data_ptr()),
-                           dw.data_ptr(), n, V, D, ws.data_ptr());
+                           dw.data_ptr(), n, V, D, ws.data_ptr(), det);
                        return {dw, Tensor()};
                      });
 }
