@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "framework/profile.h"
 #include "kernels/cpu/adamw.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/adamw.h"
@@ -23,6 +24,7 @@ AdamW::AdamW(nn::NamedTensors params, std::vector<bool> decay, AdamWOptions opt)
 }
 
 void AdamW::step(double lr) {
+  const profile::Scope ps("optimizer");
   ++t_;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i].second;
@@ -105,6 +107,7 @@ double total_sum_of_squares(const std::vector<Tensor>& params) {
 }  // namespace
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  const profile::Scope ps("optimizer");
   const double sq = total_sum_of_squares(params);
   const double norm = std::sqrt(sq);
   const double coef = max_norm / (norm + 1e-6);

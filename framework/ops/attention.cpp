@@ -25,6 +25,7 @@
 #include "framework/allocator.h"
 #include "framework/deterministic.h"
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/flash_bias.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/context.h"
@@ -298,6 +299,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 // → (B,Nq,H,D). Packed: q:(Tq,H,D) k,v:(Tk,H,D) bias:(Σ H·nq_b·nk_b) → (Tq,H,D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const Tensor& relpos_table, const AttentionOptions& opt) {
+  const profile::Scope ps("attention");
   const AttentionShape s = check_attention(q, k, v, bias, relpos_table, opt);
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(s.D));
   const PackedArrays arrays = packed_arrays(s, q.device());
@@ -325,6 +327,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   return make_result(
       out, "attention", {q, k, v, bias, relpos_table},
       [=](const Tensor& g) -> std::vector<Tensor> {
+        const profile::Scope ps("attention");  // backward: grad mode is off here
         kernels::FlashBiasBwdParams bp;
         static_cast<kernels::FlashBiasParams&>(bp) =
             forward_params(s, sq, sk, sv, sbias, stable, smask, arrays, causal, scale);

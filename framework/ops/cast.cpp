@@ -2,6 +2,7 @@
 //
 //   y = round(x) to the target dtype (nearest even);   dx = g converted back to x's dtype
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/elementwise.h"
 #endif
@@ -28,6 +29,7 @@ Tensor convert_raw(const Tensor& x, DType dtype) {
 
 // x:(...) → (...) of dtype
 Tensor cast(const Tensor& x, DType dtype) {
+  const profile::Scope ps("cast");
   check_defined(x, "cast", "x");
   PF_CHECK(is_floating(x.dtype()) && is_floating(dtype),
            "cast: converts between floating dtypes, got " << x.str() << " to "
@@ -35,9 +37,10 @@ Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = convert_raw(x, dtype);
   const DType from = x.dtype();
-  return make_result(out, "cast", {x}, [from](const Tensor& g) -> std::vector<Tensor> {
-    return {convert_raw(g, from)};
-  });
+  return make_result(out, "cast", {x},
+                     profile::timed([from](const Tensor& g) -> std::vector<Tensor> {
+                       return {convert_raw(g, from)};
+                     }));
 }
 
 }  // namespace pf::ops

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/elementwise.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/context.h"
@@ -64,56 +65,62 @@ Tensor scale_raw(const Tensor& x, double s, const char* name) {
 
 // a:(...) b:(...) → broadcast shape
 Tensor add(const Tensor& a, const Tensor& b) {
+  const profile::Scope ps("elementwise");
   Tensor out = binary_raw(kernels::cpu::BinaryOp::Add, a, b, "add");
   const Shape sa = a.shape(), sb = b.shape();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   return make_result(
-      out, "add", {a, b}, [sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
+      out, "add", {a, b},
+      profile::timed([sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
         return {need_a ? reduce_to(g, sa) : Tensor(), need_b ? reduce_to(g, sb) : Tensor()};
-      });
+      }));
 }
 
 // a:(...) b:(...) → broadcast shape
 Tensor sub(const Tensor& a, const Tensor& b) {
+  const profile::Scope ps("elementwise");
   Tensor out = binary_raw(kernels::cpu::BinaryOp::Sub, a, b, "sub");
   const Shape sa = a.shape(), sb = b.shape();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   return make_result(out, "sub", {a, b},
-                     [sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
+                     profile::timed([sa, sb, need_a,
+                                     need_b](const Tensor& g) -> std::vector<Tensor> {
                        return {need_a ? reduce_to(g, sa) : Tensor(),
                                need_b ? scale_raw(reduce_to(g, sb), -1.0, "sub") : Tensor()};
-                     });
+                     }));
 }
 
 // a:(...) b:(...) → broadcast shape
 Tensor mul(const Tensor& a, const Tensor& b) {
+  const profile::Scope ps("elementwise");
   Tensor out = binary_raw(kernels::cpu::BinaryOp::Mul, a, b, "mul");
   // Each gradient needs the other input; save it only if that gradient is wanted.
   const Tensor save_b = a.requires_grad() ? b.detach() : Tensor();
   const Tensor save_a = b.requires_grad() ? a.detach() : Tensor();
   const Shape sa = a.shape(), sb = b.shape();
-  return make_result(out, "mul", {a, b},
-                     [save_a, save_b, sa, sb](const Tensor& g) -> std::vector<Tensor> {
-                       using kernels::cpu::BinaryOp;
-                       Tensor da, db;
-                       if (save_b.defined())
-                         da = reduce_to(binary_raw(BinaryOp::Mul, g, save_b, "mul"), sa);
-                       if (save_a.defined())
-                         db = reduce_to(binary_raw(BinaryOp::Mul, g, save_a, "mul"), sb);
-                       return {da, db};
-                     });
+  return make_result(
+      out, "mul", {a, b},
+      profile::timed([save_a, save_b, sa, sb](const Tensor& g) -> std::vector<Tensor> {
+        using kernels::cpu::BinaryOp;
+        Tensor da, db;
+        if (save_b.defined()) da = reduce_to(binary_raw(BinaryOp::Mul, g, save_b, "mul"), sa);
+        if (save_a.defined()) db = reduce_to(binary_raw(BinaryOp::Mul, g, save_a, "mul"), sb);
+        return {da, db};
+      }));
 }
 
 // x:(...) → (...)
 Tensor scale(const Tensor& x, double s) {
+  const profile::Scope ps("elementwise");
   Tensor out = scale_raw(x, s, "scale");
-  return make_result(out, "scale", {x}, [s](const Tensor& g) -> std::vector<Tensor> {
+  return make_result(out, "scale", {x}, profile::timed([s](const Tensor& g) -> std::vector<Tensor> {
     return {scale_raw(g, s, "scale")};
-  });
+  }));
 }
 
 // x:(...) → (...)
 Tensor gelu(const Tensor& x) {
+  const profile::Scope ps("elementwise");
   check_float(x, "gelu", "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
 #ifdef PF_WITH_CUDA
@@ -126,21 +133,23 @@ Tensor gelu(const Tensor& x) {
     kernels::cpu::gelu_forward(x.data<T>(), out.data<T>(), x.numel());
   });
   const Tensor saved_x = x.detach();
-  return make_result(out, "gelu", {x}, [saved_x](const Tensor& g) -> std::vector<Tensor> {
-    Tensor dx = Tensor::empty(saved_x.shape(), saved_x.dtype(), saved_x.device());
+  return make_result(
+      out, "gelu", {x}, profile::timed([saved_x](const Tensor& g) -> std::vector<Tensor> {
+        Tensor dx = Tensor::empty(saved_x.shape(), saved_x.dtype(), saved_x.device());
 #ifdef PF_WITH_CUDA
-    if (g.device() == Device::CUDA) {
-      kernels::cuda::gelu_backward(scalar_type_of(g.dtype()), saved_x.data_ptr(), g.data_ptr(),
-                                   dx.data_ptr(), saved_x.numel());
-      return {dx};
-    }
+        if (g.device() == Device::CUDA) {
+          kernels::cuda::gelu_backward(scalar_type_of(g.dtype()), saved_x.data_ptr(), g.data_ptr(),
+                                       dx.data_ptr(), saved_x.numel());
+          return {dx};
+        }
 #endif
-    dispatch_float(saved_x.dtype(), "gelu", [&](auto t) {
-      using T = decltype(t);
-      kernels::cpu::gelu_backward(saved_x.data<T>(), g.data<T>(), dx.data<T>(), saved_x.numel());
-    });
-    return {dx};
-  });
+        dispatch_float(saved_x.dtype(), "gelu", [&](auto t) {
+          using T = decltype(t);
+          kernels::cpu::gelu_backward(saved_x.data<T>(), g.data<T>(), dx.data<T>(),
+                                      saved_x.numel());
+        });
+        return {dx};
+      }));
 }
 
 // ---- no grad ----------------------------------------------------------------------------------
@@ -160,6 +169,7 @@ void add_(Tensor& dst, const Tensor& src) { axpy_(dst, 1.0, src); }
 
 // x:(...) *= s
 void scale_(Tensor& x, double s) {
+  const profile::Scope ps("elementwise");
   check_float(x, "scale_", "x");
 #ifdef PF_WITH_CUDA
   if (x.device() == Device::CUDA) {
@@ -175,6 +185,7 @@ void scale_(Tensor& x, double s) {
 
 // y:(...) += alpha·x:(...)
 void axpy_(Tensor& y, double alpha, const Tensor& x) {
+  const profile::Scope ps("elementwise");
   check_inplace(y, x, "axpy_");
 #ifdef PF_WITH_CUDA
   if (y.device() == Device::CUDA) {

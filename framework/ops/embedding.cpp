@@ -2,6 +2,7 @@
 // gradient rows into the table's gradient (repeated indices add up).
 #include "framework/deterministic.h"
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/embedding.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/embedding.h"
@@ -28,7 +29,7 @@ Tensor embedding_cuda(const Tensor& weight, const Tensor& idx) {
                                    V, D);
   const Tensor sidx = idx.detach();
   return make_result(out, "embedding", {weight, idx},
-                     [sidx, V, D, n, st](const Tensor& g) -> std::vector<Tensor> {
+                     profile::timed([sidx, V, D, n, st](const Tensor& g) -> std::vector<Tensor> {
                        const bool det = deterministic();
                        Tensor dw = Tensor::empty({V, D}, g.dtype(), g.device());
                        Tensor ws = Tensor::empty(
@@ -39,13 +40,14 @@ Tensor embedding_cuda(const Tensor& weight, const Tensor& idx) {
                            st, g.data_ptr(), static_cast<const int32_t*>(sidx.data_ptr()),
                            dw.data_ptr(), n, V, D, ws.data_ptr(), det);
                        return {dw, Tensor()};
-                     });
+                     }));
 }
 }  // namespace
 #endif
 
 // weight:(V,D) idx:(...) I32 → (...,D)
 Tensor embedding(const Tensor& weight, const Tensor& idx) {
+  const profile::Scope ps("embedding");
   check_float(weight, "embedding", "weight");
   check_defined(idx, "embedding", "idx");
   PF_CHECK(weight.ndim() == 2, "embedding: weight must be (V,D), got " << weight.str());
@@ -65,7 +67,7 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
   });
   const Tensor sidx = idx.detach();
   return make_result(out, "embedding", {weight, idx},
-                     [sidx, V, D, n](const Tensor& g) -> std::vector<Tensor> {
+                     profile::timed([sidx, V, D, n](const Tensor& g) -> std::vector<Tensor> {
                        Tensor dw = Tensor::empty({V, D}, g.dtype(), g.device());
                        dispatch_float(g.dtype(), "embedding", [&](auto t) {
                          using T = decltype(t);
@@ -73,7 +75,7 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
                                                           dw.data<T>(), n, V, D);
                        });
                        return {dw, Tensor()};
-                     });
+                     }));
 }
 
 }  // namespace pf::ops

@@ -1,6 +1,7 @@
 // LayerNorm over the last dim: forward saves the row mean and 1/std; the backward
 // (kernels/cpu/layernorm.h derives it) gives dx, dw and db in one pass over the rows.
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/layernorm.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/layernorm.h"
@@ -27,7 +28,7 @@ Tensor layernorm_cuda(const Tensor& x, const Tensor& w, const Tensor& b, double 
   const Tensor sx = x.detach(), sw = w.detach();
   return make_result(
       y, "layernorm", {x, w, b},
-      [=](const Tensor& g) -> std::vector<Tensor> {
+      profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
         Tensor dx = need_x ? Tensor::empty(sx.shape(), sx.dtype(), g.device()) : Tensor();
         Tensor dw = need_w ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
         Tensor db = need_b ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
@@ -40,20 +41,21 @@ Tensor layernorm_cuda(const Tensor& x, const Tensor& w, const Tensor& b, double 
             need_x ? dx.data_ptr() : nullptr, need_w ? dw.data_ptr() : nullptr,
             need_b ? db.data_ptr() : nullptr, M, C, ws.data_ptr());
         return {dx, dw, db};
-      });
+      }));
 }
 }  // namespace
 #endif
 
 // x:(...,C) w:(C) b:(C) → (...,C)
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const profile::Scope ps("layernorm");
   check_float(x, "layernorm", "x");
   check_float(w, "layernorm", "w");
   check_float(b, "layernorm", "b");
   check_same(w, "w", b, "b", "layernorm");
   if (x.device() == Device::CUDA && w.dtype() == DType::F32)  // fp32 weights, any activations
-    PF_CHECK(w.device() == x.device(),
-             "layernorm: x and w must be on the same device, got " << x.str() << " and " << w.str());
+    PF_CHECK(w.device() == x.device(), "layernorm: x and w must be on the same device, got "
+                                           << x.str() << " and " << w.str());
   else
     check_same(x, "x", w, "w", "layernorm");
   PF_CHECK(x.ndim() >= 1, "layernorm: x must be (...,C), got a scalar " << x.str());
@@ -82,7 +84,8 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
   const Tensor sx = x.detach(), sw = w.detach();
   return make_result(
       y, "layernorm", {x, w, b},
-      [sx, sw, mean, rstd, M, C, need_x, need_w, need_b](const Tensor& g) -> std::vector<Tensor> {
+      profile::timed([sx, sw, mean, rstd, M, C, need_x, need_w,
+                      need_b](const Tensor& g) -> std::vector<Tensor> {
         Tensor dx = need_x ? Tensor::empty(sx.shape(), g.dtype(), g.device()) : Tensor();
         Tensor dw = need_w ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
         Tensor db = need_b ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
@@ -94,7 +97,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
                                            need_b ? db.data<T>() : nullptr, M, C);
         });
         return {dx, dw, db};
-      });
+      }));
 }
 
 }  // namespace pf::ops

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/matmul.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/matmul.h"
@@ -57,6 +58,7 @@ MatmulDims matmul_dims(const Tensor& a, const Tensor& b, bool ta, bool tb) {
 
 // a:(...,M,K)|(...,K,M) b:(...,K,N)|(...,N,K)|(K,N)|(N,K) → (...,M,N)
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  const profile::Scope ps("gemm");
   check_float(a, "matmul", "a");
   check_float(b, "matmul", "b");
   check_same(a, "a", b, "b", "matmul");
@@ -78,7 +80,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const Shape a_shape = a.shape(), b_shape = b.shape();
   return make_result(
       out, "matmul", {a, b},
-      [sa, sb, a_shape, b_shape, d, trans_a, trans_b](const Tensor& g) -> std::vector<Tensor> {
+      profile::timed([sa, sb, a_shape, b_shape, d, trans_a,
+                      trans_b](const Tensor& g) -> std::vector<Tensor> {
         Tensor da, db;
 #ifdef PF_WITH_CUDA
         if (g.device() == Device::CUDA) {  // the same products as the CPU path below
@@ -127,11 +130,12 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
           }
         });
         return {da, db};
-      });
+      }));
 }
 
 // x:(...,in) w:(out,in) b:(out) or undefined → (...,out)
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const profile::Scope ps("gemm");
   check_float(x, "linear", "x");
   check_float(w, "linear", "w");
   check_same(x, "x", w, "w", "linear");
@@ -171,7 +175,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const Shape x_shape = x.shape(), w_shape = w.shape();
   return make_result(
       y, "linear", {x, w, b},
-      [sx, sw, need_b, x_shape, w_shape, M, in, out_f](const Tensor& g) -> std::vector<Tensor> {
+      profile::timed([sx, sw, need_b, x_shape, w_shape, M, in,
+                      out_f](const Tensor& g) -> std::vector<Tensor> {
         Tensor dx, dw, db;
 #ifdef PF_WITH_CUDA
         if (g.device() == Device::CUDA) {  // the same products as the CPU path below
@@ -213,7 +218,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
           }
         });
         return {dx, dw, db};
-      });
+      }));
 }
 
 }  // namespace pf::ops

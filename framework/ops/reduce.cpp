@@ -4,6 +4,7 @@
 //   mean:   y = Σ x / n        dx = g / n
 //   sum_to: y = x summed over the dims broadcast from `shape`;  dx = g broadcast back to x's shape
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/reduce.h"
 #ifdef PF_WITH_CUDA
@@ -92,27 +93,32 @@ Tensor broadcast_grad(const Tensor& g, const Shape& shape, double factor) {
 
 // x:(...) → ()
 Tensor sum(const Tensor& x) {
+  const profile::Scope ps("elementwise");
   Tensor out = scaled_total(x, 1.0, "sum");
   const Shape shape = x.shape();
-  return make_result(out, "sum", {x}, [shape](const Tensor& g) -> std::vector<Tensor> {
-    return {broadcast_grad(g, shape, 1.0)};
-  });
+  return make_result(out, "sum", {x},
+                     profile::timed([shape](const Tensor& g) -> std::vector<Tensor> {
+                       return {broadcast_grad(g, shape, 1.0)};
+                     }));
 }
 
 // x:(...) → ()
 Tensor mean(const Tensor& x) {
+  const profile::Scope ps("elementwise");
   check_float(x, "mean", "x");
   PF_CHECK(x.numel() > 0, "mean: x has no elements (" << x.str() << ")");
   const double inv_n = 1.0 / static_cast<double>(x.numel());
   Tensor out = scaled_total(x, inv_n, "mean");
   const Shape shape = x.shape();
-  return make_result(out, "mean", {x}, [shape, inv_n](const Tensor& g) -> std::vector<Tensor> {
-    return {broadcast_grad(g, shape, inv_n)};
-  });
+  return make_result(out, "mean", {x},
+                     profile::timed([shape, inv_n](const Tensor& g) -> std::vector<Tensor> {
+                       return {broadcast_grad(g, shape, inv_n)};
+                     }));
 }
 
 // x:(...) → shape, where shape broadcasts to x's shape
 Tensor sum_to(const Tensor& x, const Shape& shape) {
+  const profile::Scope ps("elementwise");
   check_float(x, "sum_to", "x");
   PF_CHECK(shape.size() <= x.shape().size(),
            "sum_to: target " << shape_str(shape) << " has more dims than x " << x.str());
@@ -125,9 +131,10 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
   Tensor out = reduce_to(x, shape);
   if (out.impl() == x.impl()) out = x.clone();  // a new tensor even when nothing is summed
   const Shape x_shape = x.shape();
-  return make_result(out, "sum_to", {x}, [x_shape](const Tensor& g) -> std::vector<Tensor> {
-    return {expand_to(g, x_shape)};
-  });
+  return make_result(out, "sum_to", {x},
+                     profile::timed([x_shape](const Tensor& g) -> std::vector<Tensor> {
+                       return {expand_to(g, x_shape)};
+                     }));
 }
 
 }  // namespace pf::ops

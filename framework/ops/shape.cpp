@@ -2,6 +2,7 @@
 //
 //   reshape: dx = g viewed as x's shape;   permute by p: dx = permute(g, p⁻¹)
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/permute.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/permute.h"
@@ -58,6 +59,7 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 
 // x:(d0..dn−1) → (d_dims[0], ..., d_dims[n−1]); dims may count from the end (−1 = last)
 Tensor permute(const Tensor& x, const std::vector<int>& dims) {
+  const profile::Scope ps("permute");
   check_defined(x, "permute", "x");
   const int n = x.ndim();
   PF_CHECK(static_cast<int>(dims.size()) == n,
@@ -75,14 +77,15 @@ Tensor permute(const Tensor& x, const std::vector<int>& dims) {
   for (int i = 0; i < n; ++i) out_shape[i] = x.shape()[perm[i]];
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   permute_raw(x, perm, out);
-  return make_result(out, "permute", {x}, [inverse](const Tensor& g) -> std::vector<Tensor> {
-    Shape shape(g.ndim());
-    std::vector<int> p = inverse;
-    for (int i = 0; i < g.ndim(); ++i) shape[i] = g.shape()[p[i]];
-    Tensor dx = Tensor::empty(shape, g.dtype(), g.device());
-    permute_raw(g, p, dx);
-    return {dx};
-  });
+  return make_result(out, "permute", {x},
+                     profile::timed([inverse](const Tensor& g) -> std::vector<Tensor> {
+                       Shape shape(g.ndim());
+                       std::vector<int> p = inverse;
+                       for (int i = 0; i < g.ndim(); ++i) shape[i] = g.shape()[p[i]];
+                       Tensor dx = Tensor::empty(shape, g.dtype(), g.device());
+                       permute_raw(g, p, dx);
+                       return {dx};
+                     }));
 }
 
 // x:(...) → x with dims d0 and d1 swapped (may count from the end)

@@ -3,6 +3,7 @@
 //   softmax:       dx = y·(g − Σ_c g·y)                       (y saved from the forward)
 //   cross_entropy: L = mean_r (lse_r − x[r, label_r]);   dx = g/N·(softmax(x) − onehot(label))
 #include "framework/ops/common.h"
+#include "framework/profile.h"
 #include "kernels/cpu/softmax.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/context.h"
@@ -15,6 +16,7 @@ using namespace detail;
 
 // x:(...,C) → (...,C)
 Tensor softmax(const Tensor& x) {
+  const profile::Scope ps("softmax_loss");
   check_float(x, "softmax", "x");
   PF_CHECK(x.ndim() >= 1, "softmax: x must be (...,C), got a scalar " << x.str());
   const int64_t C = x.size(-1), M = C > 0 ? x.numel() / C : 0;
@@ -29,21 +31,22 @@ Tensor softmax(const Tensor& x) {
     kernels::cpu::softmax_forward(x.data<T>(), y.data<T>(), M, C);
   });
   const Tensor sy = y.detach();
-  return make_result(y, "softmax", {x}, [sy, M, C](const Tensor& g) -> std::vector<Tensor> {
-    Tensor dx = Tensor::empty(sy.shape(), g.dtype(), g.device());
+  return make_result(
+      y, "softmax", {x}, profile::timed([sy, M, C](const Tensor& g) -> std::vector<Tensor> {
+        Tensor dx = Tensor::empty(sy.shape(), g.dtype(), g.device());
 #ifdef PF_WITH_CUDA
-    if (g.device() == Device::CUDA) {
-      kernels::cuda::softmax_backward(scalar_type_of(g.dtype()), sy.data_ptr(), g.data_ptr(),
-                                      dx.data_ptr(), M, C);
-      return {dx};
-    }
+        if (g.device() == Device::CUDA) {
+          kernels::cuda::softmax_backward(scalar_type_of(g.dtype()), sy.data_ptr(), g.data_ptr(),
+                                          dx.data_ptr(), M, C);
+          return {dx};
+        }
 #endif
-    dispatch_float(g.dtype(), "softmax", [&](auto t) {
-      using T = decltype(t);
-      kernels::cpu::softmax_backward(sy.data<T>(), g.data<T>(), dx.data<T>(), M, C);
-    });
-    return {dx};
-  });
+        dispatch_float(g.dtype(), "softmax", [&](auto t) {
+          using T = decltype(t);
+          kernels::cpu::softmax_backward(sy.data<T>(), g.data<T>(), dx.data<T>(), M, C);
+        });
+        return {dx};
+      }));
 }
 
 namespace {
@@ -81,20 +84,22 @@ Tensor cross_entropy_cuda(const Tensor& logits, const Tensor& labels) {
                                        kernels::ScalarType::F32, out.data_ptr(), N, K);
   const Tensor sx = logits.detach(), sl = labels.detach();
   return make_result(out, "cross_entropy", {logits, labels},
-                     [sx, sl, lse, N, K, st](const Tensor& g) -> std::vector<Tensor> {
+                     profile::timed([sx, sl, lse, N, K,
+                                     st](const Tensor& g) -> std::vector<Tensor> {
                        Tensor dx = Tensor::empty(sx.shape(), sx.dtype(), sx.device());
                        kernels::cuda::cross_entropy_backward(
                            st, sx.data_ptr(), labels_ptr(sl),
                            static_cast<const float*>(lse.data_ptr()), scalar_type_of(g.dtype()),
                            g.data_ptr(), dx.data_ptr(), N, K);
                        return {dx, Tensor()};
-                     });
+                     }));
 }
 #endif
 }  // namespace
 
 // logits:(N,K) labels:(N) I32 → ()
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
+  const profile::Scope ps("softmax_loss");
   check_logits_labels(logits, labels, "cross_entropy");
 #ifdef PF_WITH_CUDA
   if (logits.device() == Device::CUDA) return cross_entropy_cuda(logits, labels);
@@ -109,7 +114,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
   Tensor out = Tensor::full({}, loss, logits.dtype(), logits.device());
   const Tensor sx = logits.detach(), sl = labels.detach();
   return make_result(out, "cross_entropy", {logits, labels},
-                     [sx, sl, lse, N, K](const Tensor& g) -> std::vector<Tensor> {
+                     profile::timed([sx, sl, lse, N, K](const Tensor& g) -> std::vector<Tensor> {
                        Tensor dx = Tensor::empty(sx.shape(), sx.dtype(), sx.device());
                        const double gv = g.item();
                        dispatch_float(sx.dtype(), "cross_entropy", [&](auto t) {
@@ -119,11 +124,12 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
                                                               K);
                        });
                        return {dx, Tensor()};
-                     });
+                     }));
 }
 
 // logits:(N,K) labels:(N) I32 → fraction of rows whose argmax is the label
 double accuracy(const Tensor& logits, const Tensor& labels) {
+  const profile::Scope ps("softmax_loss");
   check_logits_labels(logits, labels, "accuracy");
   const int64_t N = logits.size(0), K = logits.size(1);
 #ifdef PF_WITH_CUDA
