@@ -1,13 +1,31 @@
 // Training throughput of the pair-bias model on the GPU: tokens per second and peak GPU memory
 // of whole training steps (forward, backward, gradient clipping, AdamW), after warm-up steps,
-// with the time split per op family from a synchronised profile. bench/bench_train_gpu.py runs
-// it next to the same model in PyTorch and prints the table of ratios.
+// and on request the time split per op category (framework/profile.h).
+// bench/bench_train_gpu.py runs it next to the same model in PyTorch and prints the table of
+// ratios.
 //
-//   bench_train_gpu CONFIG [warmup=5] [steps=30] [key=value overrides ...]
+//   bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] [--unfused[=OPS]] [--data=MODE]
+//                   [key=value overrides ...]
 //
-// Prints one JSON line: {"tokens_per_s": ..., "ms_per_step": ..., "peak_mib": ..., ...}
+//   --profile     after the timed steps, as many again with the profile on; prints the split
+//                 (ms per step per category, % of the profiled step) before the JSON line.
+//                 Events cost host time: the profiled step is slower than the timed one, and
+//                 both are printed.
+//   --unfused     every fused op of framework/ops.h runs the chain of ops it replaces
+//                 (ops::set_fused): the pair bias as layernorm → linear → permute, the pair
+//                 representation as two lookups, casts and an add. --unfused=pair_bias (or
+//                 =embedding_sum) unfuses that one only.
+//   --data=fixed     4 batches made and uploaded before timing, reused (the default; no data
+//                    cost in the step, as in bench/bench_train_gpu.py's PyTorch runs)
+//   --data=sync      each step makes its batch on the host (gather, pair features) and uploads
+//                    it before the forward, as run/modes.cpp's training loop does
+//   --data=prefetch  a worker thread makes the next batch on the host while the current step
+//                    runs; the step only uploads it
+//
+// Prints one JSON line last: {"tokens_per_s": ..., "ms_per_step": ..., "peak_mib": ..., ...}
 #include <chrono>
 #include <cstdio>
+#include <future>
 #include <string>
 #include <vector>
 
@@ -15,65 +33,140 @@
 #include "framework/allocator.h"
 #include "framework/autograd.h"
 #include "framework/config.h"
+#include "framework/ops.h"
 #include "framework/optim.h"
 #include "framework/precision.h"
+#include "framework/profile.h"
 #include "kernels/cuda/context.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
 
+namespace {
+
+using namespace pf;
+
+// A batch's tensors moved to `device` (the upload of a batch made on the host).
+run::BatchTensors to_device(const run::BatchTensors& b, Device device) {
+  run::BatchTensors out;
+  out.tokens = b.tokens.to(device);
+  out.labels = b.labels.to(device);
+  if (b.pair.rel_idx.defined()) out.pair.rel_idx = b.pair.rel_idx.to(device);
+  if (b.pair.dist_bin.defined()) out.pair.dist_bin = b.pair.dist_bin.to(device);
+  return out;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace pf;
   try {
-    PF_CHECK(argc >= 2, "usage: bench_train_gpu CONFIG [warmup=5] [steps=30] [key=value ...]");
+    PF_CHECK(argc >= 2, "usage: bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] "
+                        "[--unfused] [--data=fixed|sync|prefetch] [key=value ...]");
     int warmup = 5, steps = 30;
-    std::vector<std::string> overrides;
+    bool profile_on = false;
+    std::string data_mode = "fixed";
+    std::vector<std::string> overrides, unfused;
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
       if (a.rfind("warmup=", 0) == 0) warmup = std::stoi(a.substr(7));
       else if (a.rfind("steps=", 0) == 0) steps = std::stoi(a.substr(6));
+      else if (a == "--profile") profile_on = true;
+      else if (a == "--unfused") unfused = {"pair_bias", "embedding_sum"};
+      else if (a.rfind("--unfused=", 0) == 0) unfused = {a.substr(10)};
+      else if (a.rfind("--data=", 0) == 0) data_mode = a.substr(7);
       else overrides.push_back(a);
     }
+    std::string fusion = unfused.empty() ? "fused" : "unfused:";
+    for (const std::string& op : unfused) {
+      ops::set_fused(op.c_str(), false);
+      fusion += " " + op;
+    }
+    PF_CHECK(data_mode == "fixed" || data_mode == "sync" || data_mode == "prefetch",
+             "--data must be fixed, sync or prefetch, got '" << data_mode << "'");
+    PF_CHECK(steps >= 1 && warmup >= 0, "steps must be >= 1 and warmup >= 0, got steps="
+                                            << steps << " warmup=" << warmup);
     const Config cfg = load_config(argv[1], overrides);
     PF_CHECK(cuda_available(), "bench_train_gpu needs a CUDA device");
     const auto& t = cfg.train;
     const int B = t.batch_size, N = cfg.data.n_res;
     // Random chains in memory (DESIGN §3): enough for distinct batches, no files.
-    const ChainSet set = generate_chains(4 * B, N, cfg.model.n_types, cfg.data.seed, "bench");
+    const int n_batches = data_mode == "fixed" ? 4 : 16;
+    const ChainSet set =
+        generate_chains(n_batches * B, N, cfg.model.n_types, cfg.data.seed, "bench");
     models::PairBiasModel model(cfg.model, t.seed);
     model.to(Device::CUDA);
     const auto params = model.named_parameters();
-    optim::AdamW opt(params, optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
-                     {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+    optim::AdamW opt(
+        params, optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
+        {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
     const AutocastGuard autocast(t.precision == "bf16" ? DType::BF16 : DType::F32);
-    std::vector<run::BatchTensors> batches;
-    for (int k = 0; k < 4; ++k) {
+    // Batch k on the host: gather + pair features (what run/modes.cpp's to_tensors does).
+    auto host_batch = [&](int k) {
       std::vector<int> idx;
-      for (int i = 0; i < B; ++i) idx.push_back(k * B + i);
-      batches.push_back(run::to_tensors(gather_batch(set, idx), cfg.model, Device::CUDA));
-    }
+      for (int i = 0; i < B; ++i) idx.push_back((k % n_batches) * B + i);
+      return run::to_tensors(gather_batch(set, idx), cfg.model, Device::CPU);
+    };
+    std::vector<run::BatchTensors> fixed;
+    if (data_mode == "fixed")
+      for (int k = 0; k < 4; ++k) fixed.push_back(to_device(host_batch(k), Device::CUDA));
+    std::future<run::BatchTensors> next;  // prefetch: the host batch of the next step
+    int step_no = 0;
+    auto batch_for_step = [&]() -> run::BatchTensors {
+      const int s = step_no++;
+      if (data_mode == "fixed") return fixed[s % fixed.size()];
+      const profile::Scope ps("data");
+      if (data_mode == "sync") return to_device(host_batch(s), Device::CUDA);
+      if (!next.valid()) next = std::async(std::launch::async, host_batch, s);
+      run::BatchTensors host = next.get();
+      next = std::async(std::launch::async, host_batch, s + 1);  // runs while this step trains
+      return to_device(host, Device::CUDA);
+    };
     double loss = 0;
-    auto step = [&](int s) {
-      const auto& b = batches[s % batches.size()];
+    auto step = [&] {
+      const run::BatchTensors b = batch_for_step();
       model.zero_grad();
       const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
       r.loss.backward();
       optim::clip_grad_norm(model.parameters(), t.grad_clip);
       opt.step(t.lr);
-      return r;
+      loss = r.loss.item();
     };
-    for (int s = 0; s < warmup; ++s) loss = step(s).loss.item();
-    kernels::cuda::synchronize();
+    // `n` steps; seconds of wall time (the loss read each step synchronises, as in training).
+    auto timed_steps = [&](int n) {
+      kernels::cuda::synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int s = 0; s < n; ++s) {
+        step();
+        if (profile::enabled()) profile::collect();
+      }
+      kernels::cuda::synchronize();
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    timed_steps(warmup);
     cuda_reset_peak_memory();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int s = 0; s < steps; ++s) loss = step(s).loss.item();
-    kernels::cuda::synchronize();
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double sec = timed_steps(steps);
     const CudaMemoryStats m = cuda_memory_stats();
+    double profiled_ms = 0;
+    if (profile_on) {
+      profile::set_enabled(true, Device::CUDA);
+      profile::reset();
+      profiled_ms = 1e3 * timed_steps(steps) / steps;
+      const std::vector<profile::Row> rows = profile::report();
+      profile::set_enabled(false);
+      std::printf("# time split, %s, %s, B %d N %d, %s, data %s: %d profiled steps, %.3f ms each "
+                  "(unprofiled %.3f)\n",
+                  argv[1], t.precision.c_str(), B, N, fusion.c_str(), data_mode.c_str(), steps,
+                  profiled_ms, 1e3 * sec / steps);
+      std::printf("%s", profile::table(rows, steps, profiled_ms).c_str());
+    }
+    if (next.valid()) next.wait();
     std::printf("{\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"peak_mib\": %.1f, "
                 "\"peak_reserved_mib\": %.1f, \"loss\": %.5f, \"B\": %d, \"N\": %d, "
-                "\"precision\": \"%s\", \"steps\": %d}\n",
+                "\"precision\": \"%s\", \"steps\": %d, \"fusion\": \"%s\", \"data\": \"%s\", "
+                "\"profiled_ms_per_step\": %.3f}\n",
                 double(B) * N * steps / sec, 1e3 * sec / steps, m.peak_allocated / 1048576.0,
-                m.peak_reserved / 1048576.0, loss, B, N, t.precision.c_str(), steps);
+                m.peak_reserved / 1048576.0, loss, B, N, t.precision.c_str(), steps,
+                fusion.c_str(), data_mode.c_str(), profiled_ms);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train_gpu: %s\n", e.what());

@@ -8,6 +8,11 @@ backward, clip_grad_norm, AdamW) after warm-up, for
 printed as a table with ratios against torch.compile (or eager bf16 where compile is missing).
 
   python3 bench/bench_train_gpu.py --bin build/bench/bench_train_gpu [--steps 30 --warmup 5]
+      [--unfused-too] [--profile] [--data fixed|sync|prefetch] [--no-torch]
+
+--unfused-too adds our runs with every fused op unfused (ops::set_fused: the chains of ops they
+replace) and with ops::pair_bias alone fused, same run; --profile prints each of our runs' time split per op
+category (framework/profile.h); --data picks how our steps get their batches (bench_train_gpu.cpp).
 """
 import argparse
 import json
@@ -29,13 +34,17 @@ CONFIGS = {
 }
 
 
-def run_ours(binary, config, precision, warmup, steps):
+def run_ours(binary, config, precision, warmup, steps, extra=()):
     out = subprocess.run([binary, config, f"warmup={warmup}", f"steps={steps}",
-                          f"train.precision={precision}"], capture_output=True, text=True,
+                          f"train.precision={precision}", *extra], capture_output=True, text=True,
                          timeout=600)
     if out.returncode != 0:
         return {"error": out.stderr.strip()[-300:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    res = json.loads(lines[-1])
+    if len(lines) > 1:  # the time split (--profile)
+        res["split"] = "\n".join(lines[:-1])
+    return res
 
 
 def run_torch(model_cfg, B, N, mode, warmup, steps):
@@ -82,6 +91,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="our runs only")
+    ap.add_argument("--unfused-too", action="store_true",
+                    help="also our runs with the pair bias unfused (layernorm, linear, permute)")
+    ap.add_argument("--profile", action="store_true", help="print our runs' time split")
+    ap.add_argument("--data", default="fixed", choices=["fixed", "sync", "prefetch"])
     args = ap.parse_args()
     try:
         import torch
@@ -94,18 +108,30 @@ def main():
     for name in args.configs.split(","):
         config, mcfg, B, N = CONFIGS[name]
         res = {}
+        extra = [f"--data={args.data}"] + (["--profile"] if args.profile else [])
         for prec in ("fp32", "bf16"):
-            res["ours " + prec] = run_ours(args.bin, config, prec, args.warmup, args.steps)
-        if torch is not None:
+            if args.unfused_too:  # no fusion, then the pair bias fused alone
+                res["ours " + prec + " unfused"] = run_ours(args.bin, config, prec, args.warmup,
+                                                            args.steps, extra + ["--unfused"])
+                res["ours " + prec + " +pair_bias"] = run_ours(
+                    args.bin, config, prec, args.warmup, args.steps,
+                    extra + ["--unfused=embedding_sum"])
+            res["ours " + prec] = run_ours(args.bin, config, prec, args.warmup, args.steps, extra)
+        if torch is not None and not args.no_torch:
             modes = ["eager_fp32", "eager_bf16_sdpa"] + ([] if args.no_compile else ["compile"])
             for mode in modes:
                 try:
                     res["torch " + mode] = run_torch(mcfg, B, N, mode, args.warmup, args.steps)
                 except Exception as e:  # noqa: BLE001
                     res["torch " + mode] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-        ref = res.get("torch compile") or res.get("torch eager_bf16_sdpa") or {}
+        ref = (res.get("torch compile") or res.get("torch eager_bf16_sdpa")
+               or res.get("ours bf16 unfused") or {})
         for k, v in res.items():
             rows.append((name, k, v, ref))
+    for name, k, v, _ in rows:
+        if "split" in v:
+            print(f"\n## {name} / {k}\n{v.pop('split')}")
+    print()
     print(f"{'config':7} {'run':22} {'tok/s':>10} {'ms/step':>9} {'peak MiB':>9} {'vs ref':>7}")
     for name, k, v, ref in rows:
         if "error" in v:

@@ -80,6 +80,24 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const Tensor& relpos_table, const AttentionOptions& opt = {});
 
+// ---- fused (framework/ops/fused.cpp): one pass where a chain of ops would make several ---------
+// One layer's attention bias from the pair representation: permute(linear(layernorm(z, gamma,
+// beta, eps), w), {0,3,1,2}) without the normalised copy of z; the backward recomputes the row
+// statistics from z. z:(B,N,M,C) gamma,beta:(C) w:(H,C) → (B,H,N,M). On the GPU z is float32
+// or bfloat16 and the parameters float32 or z's dtype, C ≤ 64, H ≤ 16.
+Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
+                 double eps = 1e-5);
+// The pair representation's two lookups in one op: cast(a[ia]) + cast(b[ib]) with ib's dims the
+// trailing dims of ia's (broadcast over the rest), written once in out_dtype (on the CPU the
+// tables' dtype; on the GPU float32 or bfloat16, (Va+Vb)·D ≤ 12288). Gradients reach a and b.
+// a:(Va,D) ia:(...,S...) I32 b:(Vb,D) ib:(S...) I32 → (...,S...,D)
+Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib,
+                     DType out_dtype);
+// Off: the fused op `op` ("pair_bias", "embedding_sum") runs the chain of ops it replaces instead
+// (the unfused reference, for benchmarks and tests). Process-wide, on by default.
+void set_fused(const char* op, bool on);
+bool fused(const char* op);
+
 // ---- no grad: in-place updates and queries -----------------------------------------------------
 void add_(Tensor& dst, const Tensor& src);               // dst += src (same shape)
 void scale_(Tensor& x, double s);                        // x *= s

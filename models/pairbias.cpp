@@ -2,6 +2,7 @@
 
 #include "framework/anomaly.h"
 #include "framework/autograd.h"
+#include "framework/precision.h"
 
 #include <algorithm>
 #include <cmath>
@@ -86,9 +87,10 @@ Tensor PairRepresentation::forward(const PackedPairFeatures& f) const {
 }
 
 Tensor PairRepresentation::forward(const PairFeatures& f) const {
-  // (N,N,c_z) broadcast over the batch onto (B,N,N,c_z)
-  return ops::add(anomaly::in_scope("dist", [&] { return dist->forward(f.dist_bin); }),
-                  anomaly::in_scope("rel", [&] { return rel->forward(f.rel_idx); }));
+  // Dist[bin] + Rel[rel] in one op, (N,N,c_z) broadcast over the batch onto (B,N,N,c_z), written
+  // once in the activations' dtype (framework/precision.h)
+  const DType dt = autocast_enabled() ? autocast_dtype() : dist->weight.dtype();
+  return ops::embedding_sum(dist->weight, f.dist_bin, rel->weight, f.rel_idx, dt);
 }
 
 // ---- Attention ---------------------------------------------------------------------------------
@@ -149,9 +151,12 @@ PairBiasLayer::PairBiasLayer(const ModelConfig& cfg, Rng& rng) {
 
 Tensor PairBiasLayer::bias(const Tensor& z, const Packing* packing) const {
   PF_CHECK(pair_proj, "PairBiasLayer::bias: this layer has no pair bias (model.attn_bias is relpos)");
+  if (!packing)  // LN_z(z)·W_b permuted to (B,H,N,N) in one op: no normalised copy of z
+    return anomaly::in_scope("pair_proj", [&] {
+      return ops::pair_bias(z, pair_norm->weight, pair_norm->bias, pair_proj->weight, pair_norm->eps);
+    });
   const Tensor zn = anomaly::in_scope("pair_norm", [&] { return pair_norm->forward(z); });
   const Tensor b = anomaly::in_scope("pair_proj", [&] { return pair_proj->forward(zn); });
-  if (!packing) return ops::permute(b, {0, 3, 1, 2});  // (B,H,N,N)
   // (P,H) → the packed [H,n_b,n_b] blocks: out[k] = flat[bias_order[k]], a gather whose backward
   // scatters each gradient element back to its one source (a permutation: nothing adds up).
   const Tensor& order = packing->pair.bias_order;

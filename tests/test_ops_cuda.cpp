@@ -351,6 +351,118 @@ TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
   check_case(c, DType::BF16, rng);
 }
 
+// ---- fused ops (framework/ops/fused.cpp) ------------------------------------------------------
+
+// pair_bias on the GPU against the CPU kernel. bf16: z, the output and the upstream gradient in
+// bf16, the parameters fp32 (as in training; their gradients fp32) and in one case bf16 too. The
+// kernel computes each value in fp32 from bf16-exact inputs and rounds it once, so the
+// harness's 3u bound holds with room; dW, dγ, dβ are fp32 sums over up to 180k pairs, within
+// the fp32 bound of the header. Sizes: awkward C and H (1, odd, at and past 16/32, the largest
+// compiled 64 and 16), N ≠ M, and 180k pairs so that every block of the backward takes several
+// tiles. Outputs and gradients start from NaN-poisoned blocks.
+TEST(OpsCuda, FusedPairBiasMatchesCpu) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 7);
+  struct S { int64_t B, N, M, C, H; };
+  for (const S& s :
+       {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9},
+        S{2, 33, 31, 32, 8}, S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8}}) {
+    const std::string name = "pair_bias B" + std::to_string(s.B) + " N" + std::to_string(s.N) +
+                             " M" + std::to_string(s.M) + " C" + std::to_string(s.C) + " H" +
+                             std::to_string(s.H);
+    auto inputs = [s](Rng& r) {
+      return std::vector<Tensor>{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7)),
+                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r),
+                                 randn({s.H, s.C}, r)};
+    };
+    auto fn = [](const std::vector<Tensor>& x) { return ops::pair_bias(x[0], x[1], x[2], x[3]); };
+    const Shape zs{s.B, s.N, s.M, s.C}, os{s.B, s.H, s.N, s.M};
+    poison_cache({zs, zs, os});
+    check_case({name, inputs, fn, {true, true, true, true}}, DType::F32, rng);
+    poison_cache({zs, zs, os});
+    check_case(
+        {name + " fp32 params", inputs, fn, {true, true, true, true}, {false, true, true, true}},
+        DType::BF16, rng);
+    if (s.C == 16 || s.C == 33)
+      check_case({name + " bf16 params", inputs, fn, {true, true, true, true}}, DType::BF16, rng);
+  }
+}
+
+// The parameter gradients of pair_bias are summed in a fixed order: bitwise equal run to run.
+TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 8);
+  const Tensor z = randn({2, 97, 97, 32}, rng).to(Device::CUDA);
+  const Tensor g = randn({2, 8, 97, 97}, rng).to(Device::CUDA);
+  const Tensor gamma = uniform({32}, 0.5, 1.5, rng).to(Device::CUDA);
+  const Tensor beta = randn({32}, rng).to(Device::CUDA), w = randn({8, 32}, rng).to(Device::CUDA);
+  std::vector<std::vector<float>> first;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<Tensor> p{z.detach().requires_grad_(true), gamma.detach().requires_grad_(true),
+                          beta.detach().requires_grad_(true), w.detach().requires_grad_(true)};
+    ops::pair_bias(p[0], p[1], p[2], p[3]).backward(g);
+    for (size_t i = 0; i < p.size(); ++i) {
+      const std::vector<float> v = p[i].grad().to_vector<float>();
+      if (rep == 0) first.push_back(v);
+      else EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
+    }
+  }
+}
+
+// embedding_sum on the GPU against the CPU: fp32 tables with fp32 output, and (the bf16 training
+// mode) fp32 tables with a bf16 output, its upstream gradient bf16 and the table gradients fp32
+// sums of it. Sizes: one row, a one-row table (every row adds into it), the pair representation
+// of the large config's shape at a smaller N (bins (2,97,97), relative positions (97,97), D 32),
+// D past a warp (33 columns: lanes take two), and 300k rows (each backward block takes many).
+TEST(OpsCuda, FusedEmbeddingSumMatchesCpu) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 9);
+  struct S { Shape ia, ib; int Va, Vb, D; };
+  for (const S& s :
+       {S{{1}, {1}, 1, 1, 1}, S{{7, 5}, {5}, 1, 3, 4}, S{{2, 97, 97}, {97, 97}, 64, 65, 32},
+        S{{3, 17, 19}, {17, 19}, 9, 33, 33}, S{{30000, 10}, {10}, 64, 1, 16}}) {
+    const std::string name = "embedding_sum ia" + shape_str(s.ia) + " ib" + shape_str(s.ib) +
+                             " Va" + std::to_string(s.Va) + " Vb" + std::to_string(s.Vb) + " D" +
+                             std::to_string(s.D);
+    auto inputs = [s](Rng& r) {
+      return std::vector<Tensor>{randn({s.Va, s.D}, r), randint(s.ia, 0, s.Va, r),
+                                 randn({s.Vb, s.D}, r), randint(s.ib, 0, s.Vb, r)};
+    };
+    const Shape os = [&] { Shape o = s.ia; o.push_back(s.D); return o; }();
+    poison_cache({os, os});
+    check_case({name,
+                inputs,
+                [](const std::vector<Tensor>& x) {
+                  return ops::embedding_sum(x[0], x[1], x[2], x[3], DType::F32);
+                },
+                {true, false, true, false}},
+               DType::F32, rng);
+    poison_cache({os, os});
+    check_case({name + " bf16 out",
+                inputs,
+                [](const std::vector<Tensor>& x) {
+                  const DType out = x[0].device() == Device::CUDA ? DType::BF16 : DType::F32;
+                  return ops::embedding_sum(x[0], x[1], x[2], x[3], out);
+                },
+                {true, false, true, false},
+                {true, false, true, false}},
+               DType::BF16, rng);
+  }
+}
+
+TEST(OpsCuda, FusedPairBiasRefusesWhatItCannotDo) {
+  PF_REQUIRE_GPU();
+  const Tensor z = Tensor::zeros({1, 2, 2, 65}, DType::F32, Device::CUDA);
+  const Tensor gamma = Tensor::zeros({65}, DType::F32, Device::CUDA);
+  const Tensor w = Tensor::zeros({2, 65}, DType::F32, Device::CUDA);
+  try {
+    ops::pair_bias(z, gamma, gamma, w);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("C <= 64"), std::string::npos) << e.what();
+  }
+}
+
 // ---- no-grad ops -----------------------------------------------------------------------------
 
 TEST(OpsCuda, InPlaceAndQueries) {

@@ -1,0 +1,298 @@
+// The fused ops of framework/ops.h on the CPU (framework/ops/fused.cpp, kernels/cpu/fused.h):
+//   1. central-difference gradient checks in float64, every input, awkward sizes;
+//   2. against the chain of ops each one replaces, forward and every gradient (float64), and
+//      float32 against float64;
+//   3. one-line errors for bad shapes and dtypes.
+// The GPU kernels are checked against these CPU ones in tests/test_ops_cuda.cpp.
+// pair_bias: LayerNorm + projection + permute; embedding_sum: two lookups added, one broadcast.
+//
+// Inputs are drawn fresh each run; the seed is printed and PF_TEST_SEED=<n> replays a run.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/autograd.h"
+#include "framework/gradcheck.h"
+#include "framework/ops.h"
+#include "framework/random.h"
+#include "framework/tensor.h"
+
+namespace pf {
+namespace {
+
+// Float64 central differences with eps 1e-6 (framework/gradcheck.h): an honest gradient shows a
+// relative error around 1e-9 here (|L| = O(10)), a wrong one O(1e-2) or more.
+constexpr double kGradTol = 1e-7;
+// Fused against the chain, both float64: the same sums in another order, ~C·2⁻⁵³ ≈ 1e-14
+// relative per value; 1e-11 leaves room for cancellation in small outputs.
+constexpr double kChainTol = 1e-11;
+// Float32 against float64 on float32-representable inputs: each output is a sum of C·H ≤ ~600
+// products and row statistics over C values, so the norm-wise error is a few times
+// √600·2⁻²⁴ ≈ 1.5e-6; 1e-5 holds with margin and a wrong kernel is off by O(1).
+constexpr double kF32Tol = 1e-5;
+
+uint64_t test_seed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("PF_TEST_SEED");
+    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+    std::printf("test_fused: seed %llu (PF_TEST_SEED=%llu replays it)\n",
+                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
+    return s;
+  }();
+  return seed;
+}
+
+Rng make_rng(const std::string& name) { return Rng(test_seed() ^ std::hash<std::string>{}(name)); }
+
+double rel_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  EXPECT_EQ(x.size(), y.size());
+  double d = 0, n = 0;
+  for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
+    d += (x[i] - y[i]) * (x[i] - y[i]);
+    n += y[i] * y[i];
+  }
+  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
+}
+
+// Sets ops::fused(op) for its scope.
+class FuseGuard {
+ public:
+  FuseGuard(const char* op, bool on) : op_(op), previous_(ops::fused(op)) {
+    ops::set_fused(op, on);
+  }
+  ~FuseGuard() { ops::set_fused(op_, previous_); }
+
+ private:
+  const char* op_;
+  bool previous_;
+};
+
+struct PairShape {
+  int64_t B, N, M, C, H;
+  std::string str() const {
+    return "B" + std::to_string(B) + " N" + std::to_string(N) + " M" + std::to_string(M) + " C" +
+           std::to_string(C) + " H" + std::to_string(H);
+  }
+};
+
+// Awkward on purpose: one pair, one channel (x̂ ≡ 0), N ≠ M, odd C, more heads than channels,
+// C and H past the GPU kernel's compiled widths (the CPU takes any).
+const std::vector<PairShape> kShapes = {{1, 1, 1, 1, 1},  {2, 5, 7, 3, 2},   {2, 9, 9, 16, 4},
+                                        {1, 4, 3, 5, 9},  {3, 6, 6, 32, 8},  {1, 3, 4, 67, 17}};
+
+// z with an offset mean (as real pair features have), γ around 1, β and W of either sign.
+std::vector<Tensor> pair_inputs(const PairShape& s, Rng& rng, DType dtype) {
+  Tensor z = ops::add(randn({s.B, s.N, s.M, s.C}, rng, DType::F64),
+                      Tensor::full({1}, 0.7, DType::F64));
+  return {z.to(dtype), uniform({s.C}, 0.5, 1.5, rng, DType::F64).to(dtype),
+          randn({s.C}, rng, DType::F64).to(dtype), randn({s.H, s.C}, rng, DType::F64).to(dtype)};
+}
+
+TEST(FusedPairBias, GradcheckFloat64) {
+  for (const PairShape& s : kShapes) {
+    SCOPED_TRACE(s.str());
+    Rng rng = make_rng("grad" + s.str());
+    std::vector<Tensor> in = pair_inputs(s, rng, DType::F64);
+    for (Tensor& t : in) t.requires_grad_(true);
+    GradcheckOptions opt;
+    opt.max_elements = 200;
+    opt.seed = test_seed();
+    const auto entries = gradcheck([&] { return ops::pair_bias(in[0], in[1], in[2], in[3]); },
+                                   {{"z", in[0]}, {"gamma", in[1]}, {"beta", in[2]}, {"w", in[3]}},
+                                   opt);
+    for (const GradcheckEntry& e : entries) {
+      EXPECT_LE(e.rel_error, kGradTol) << e.name << " (" << e.checked << " elements)";
+      EXPECT_GT(e.checked, 0) << e.name;
+    }
+  }
+}
+
+// The fused op and the chain it replaces agree: forward and the gradient of every input.
+TEST(FusedPairBias, MatchesTheChainOfOps) {
+  for (const PairShape& s : kShapes) {
+    SCOPED_TRACE(s.str());
+    Rng rng = make_rng("chain" + s.str());
+    const std::vector<Tensor> in = pair_inputs(s, rng, DType::F64);
+    Tensor r;  // the upstream gradient
+    std::vector<std::vector<Tensor>> results;  // [fused, chain] → out, dz, dγ, dβ, dW
+    for (bool fused : {true, false}) {
+      const FuseGuard guard("pair_bias", fused);
+      std::vector<Tensor> x;
+      for (const Tensor& t : in) x.push_back(t.clone().requires_grad_(true));
+      Tensor out = ops::pair_bias(x[0], x[1], x[2], x[3]);
+      ASSERT_EQ(out.shape(), (Shape{s.B, s.H, s.N, s.M}));
+      if (!r.defined()) r = randn(out.shape(), rng, DType::F64);
+      out.backward(r);
+      results.push_back({out, x[0].grad(), x[1].grad(), x[2].grad(), x[3].grad()});
+    }
+    const char* names[] = {"out", "dz", "dgamma", "dbeta", "dw"};
+    for (int k = 0; k < 5; ++k) {
+      ASSERT_TRUE(results[0][k].defined() && results[1][k].defined()) << names[k];
+      // dz and dγ of a one-channel row are zero in exact arithmetic: judge them absolutely.
+      const double e = s.C == 1 && (k == 1 || k == 2)
+                           ? std::sqrt(ops::sum_of_squares(ops::sub(results[0][k], results[1][k])))
+                           : rel_diff(results[0][k], results[1][k]);
+      EXPECT_LE(e, kChainTol) << names[k];
+    }
+  }
+}
+
+TEST(FusedPairBias, Float32MatchesFloat64) {
+  for (const PairShape& s : kShapes) {
+    SCOPED_TRACE(s.str());
+    Rng rng = make_rng("f32" + s.str());
+    const std::vector<Tensor> in32 = pair_inputs(s, rng, DType::F32);
+    std::vector<std::vector<Tensor>> results;
+    Tensor r32 = randn({s.B, s.H, s.N, s.M}, rng, DType::F32);
+    for (DType dt : {DType::F32, DType::F64}) {
+      std::vector<Tensor> x;
+      for (const Tensor& t : in32) x.push_back(t.to(dt).clone().requires_grad_(true));
+      Tensor out = ops::pair_bias(x[0], x[1], x[2], x[3]);
+      out.backward(r32.to(dt));
+      for (const Tensor& t : x) EXPECT_EQ(t.grad().dtype(), dt);
+      results.push_back({out, x[0].grad(), x[1].grad(), x[2].grad(), x[3].grad()});
+    }
+    const char* names[] = {"out", "dz", "dgamma", "dbeta", "dw"};
+    for (int k = 0; k < 5; ++k) {
+      // one-channel rows: dz and dγ are rounding noise around 0 (see MatchesTheChainOfOps)
+      if (s.C == 1 && (k == 1 || k == 2)) continue;
+      EXPECT_LE(rel_diff(results[0][k], results[1][k]), kF32Tol) << names[k];
+    }
+  }
+}
+
+// Only the inputs that require grad get one; the others are left alone.
+TEST(FusedPairBias, GradientsOnlyWhereWanted) {
+  Rng rng = make_rng("wanted");
+  std::vector<Tensor> in = pair_inputs({2, 3, 3, 4, 2}, rng, DType::F64);
+  in[3].requires_grad_(true);  // W only
+  ops::pair_bias(in[0], in[1], in[2], in[3]).backward(randn({2, 2, 3, 3}, rng, DType::F64));
+  EXPECT_FALSE(in[0].grad().defined());
+  EXPECT_FALSE(in[1].grad().defined());
+  EXPECT_TRUE(in[3].grad().defined());
+  NoGradGuard ng;  // no graph without grad mode
+  EXPECT_EQ(ops::pair_bias(in[0], in[1], in[2], in[3]).grad_fn(), nullptr);
+}
+
+TEST(FusedPairBias, ErrorsNameWhatIsWrong) {
+  Rng rng = make_rng("errors");
+  const std::vector<Tensor> in = pair_inputs({1, 2, 2, 4, 3}, rng, DType::F32);
+  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { ops::pair_bias(ops::reshape(in[0], {2, 2, 4}), in[1], in[2], in[3]); },
+               "z must be (B,N,M,C)");
+  expect_error([&] { ops::pair_bias(in[0], randn({5}, rng), in[2], in[3]); },
+               "gamma and beta must be (4)");
+  expect_error([&] { ops::pair_bias(in[0], in[1], in[2], randn({3, 5}, rng)); },
+               "w must be (H,4)");
+  expect_error([&] { ops::pair_bias(in[0].to(DType::F64), in[1], in[2], in[3]); }, "same dtype");
+}
+
+
+// ---- embedding_sum ----------------------------------------------------------------------------
+
+struct SumShape {
+  Shape ia, ib;  // ib: trailing dims of ia
+  int64_t Va, Vb, D;
+  std::string str() const {
+    return "ia" + shape_str(ia) + " ib" + shape_str(ib) + " Va" + std::to_string(Va) + " Vb" +
+           std::to_string(Vb) + " D" + std::to_string(D);
+  }
+};
+
+// One row, ib of the same shape as ia, ib shared over a batch (the pair representation), a
+// table of one row (every index the same: all rows add into it), ib a scalar-sized suffix.
+const std::vector<SumShape> kSumShapes = {{{1}, {1}, 1, 1, 1},
+                                          {{7}, {7}, 5, 3, 4},
+                                          {{3, 6, 6}, {6, 6}, 9, 11, 16},
+                                          {{2, 5, 4}, {5, 4}, 1, 7, 3},
+                                          {{4, 3}, {3}, 6, 2, 33}};
+
+std::vector<Tensor> sum_inputs(const SumShape& s, Rng& rng, DType dtype) {
+  return {
+      randn({s.Va, s.D}, rng, DType::F64).to(dtype), randint(s.ia, 0, static_cast<int>(s.Va), rng),
+      randn({s.Vb, s.D}, rng, DType::F64).to(dtype), randint(s.ib, 0, static_cast<int>(s.Vb), rng)};
+}
+
+TEST(FusedEmbeddingSum, GradcheckFloat64) {
+  for (const SumShape& s : kSumShapes) {
+    SCOPED_TRACE(s.str());
+    Rng rng = make_rng("esgrad" + s.str());
+    std::vector<Tensor> in = sum_inputs(s, rng, DType::F64);
+    in[0].requires_grad_(true);
+    in[2].requires_grad_(true);
+    const auto entries = gradcheck(
+        [&] { return ops::embedding_sum(in[0], in[1], in[2], in[3], DType::F64); },
+        {{"a", in[0]}, {"b", in[2]}});
+    for (const GradcheckEntry& e : entries) EXPECT_LE(e.rel_error, kGradTol) << e.name;
+  }
+}
+
+// Against embedding + embedding + add (float64: the same sums, another order) and float32
+// against float64.
+TEST(FusedEmbeddingSum, MatchesTheChainOfOps) {
+  for (const SumShape& s : kSumShapes) {
+    SCOPED_TRACE(s.str());
+    Rng rng = make_rng("eschain" + s.str());
+    const std::vector<Tensor> in = sum_inputs(s, rng, DType::F64);
+    Shape out_shape = s.ia;
+    out_shape.push_back(s.D);
+    const Tensor r = randn(out_shape, rng, DType::F64);
+    std::vector<std::vector<Tensor>> results;  // fused f64, chain f64, fused f32
+    for (int run = 0; run < 3; ++run) {
+      const FuseGuard guard("embedding_sum", run != 1);
+      const DType dt = run == 2 ? DType::F32 : DType::F64;
+      // fresh leaves each run (to() returns the tensor itself when the dtype already matches)
+      Tensor a = in[0].to(dt).clone().requires_grad_(true);
+      Tensor b = in[2].to(dt).clone().requires_grad_(true);
+      Tensor out = ops::embedding_sum(a, in[1], b, in[3], dt);
+      ASSERT_EQ(out.shape(), out_shape);
+      out.backward(r.to(dt));
+      results.push_back({out, a.grad(), b.grad()});
+    }
+    const char* names[] = {"out", "da", "db"};
+    for (int k = 0; k < 3; ++k) {
+      EXPECT_LE(rel_diff(results[0][k], results[1][k]), kChainTol) << names[k] << " vs the chain";
+      EXPECT_LE(rel_diff(results[2][k], results[0][k]), kF32Tol) << names[k] << " float32";
+    }
+  }
+}
+
+TEST(FusedEmbeddingSum, ErrorsNameWhatIsWrong) {
+  Rng rng = make_rng("eserrors");
+  const std::vector<Tensor> in = sum_inputs({{2, 3}, {3}, 4, 5, 2}, rng, DType::F32);
+  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(
+      [&] { ops::embedding_sum(in[0], in[1], in[2], randint({2}, 0, 5, rng), DType::F32); },
+      "trailing dims");
+  expect_error([&] { ops::embedding_sum(in[0], in[1], randn({5, 3}, rng), in[3], DType::F32); },
+               "one D");
+  expect_error([&] { ops::embedding_sum(in[0], in[1], in[2], in[3], DType::F64); },
+               "tables' (float32)");
+  const Tensor bad = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3, 4, 1}, {2, 3});
+  expect_error([&] { ops::embedding_sum(in[0], bad, in[2], in[3], DType::F32); },
+               "index 4 of table a at position 4");
+  expect_error([] { ops::set_fused("no_such_op", false); }, "no fused op named 'no_such_op'");
+}
+
+}  // namespace
+}  // namespace pf
