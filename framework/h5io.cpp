@@ -280,13 +280,13 @@ void check_integrity(const std::string& path) {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  std::vector<unsigned char> buf(size_t{1} << 20);  // a multiple of 8: only the last read is partial
-  ssize_t got = read_full(fd, buf.data(), kUserBlock);
+  unsigned char head[kUserBlock];
+  ssize_t got = read_full(fd, head, kUserBlock);
   PF_CHECK(got >= 0, "cannot read HDF5 file " << path << ": " << std::strerror(errno));
-  if (static_cast<size_t>(got) < kMagicLen || std::memcmp(buf.data(), kMagic, kMagicLen) != 0) return;
+  if (static_cast<size_t>(got) < kMagicLen || std::memcmp(head, kMagic, kMagicLen) != 0) return;
 
   // The header: "bytes N\nhash X\n" after the magic, then NULs up to the end of the user block.
-  const std::string block(reinterpret_cast<const char*>(buf.data()), static_cast<size_t>(got));
+  const std::string block(reinterpret_cast<const char*>(head), static_cast<size_t>(got));
   unsigned long long want_len = 0, want_hash = 0;
   int used = 0;
   const bool parsed = std::sscanf(block.c_str() + kMagicLen, "bytes %20llu\nhash %16llx\n%n", &want_len,
@@ -297,13 +297,17 @@ void check_integrity(const std::string& path) {
       block.compare(kMagicLen, static_cast<size_t>(used),
                     "bytes " + std::to_string(want_len) + "\nhash " + hex64(want_hash) + "\n") == 0 &&
       block.find_first_not_of('\0', end) == std::string::npos;  // NULs up to the end (of the file, if shorter)
+  struct stat st {};
+  const long long size = ::fstat(fd, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
   if (!header_ok) {
-    struct stat st {};
-    const long long size = ::fstat(fd, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
     PF_FAIL(path << ": corrupt or truncated HDF5 file: its pairflash integrity header (the first " << kUserBlock
                  << " bytes) is damaged or cut short; found " << size << " bytes");
   }
 
+  // Chunks of 1 MiB (a multiple of 8, so only the last read is partial); a small file gets a
+  // buffer its own size (+8: the read that finds the end).
+  const size_t rest = size > static_cast<long long>(kUserBlock) ? static_cast<size_t>(size) - kUserBlock : 0;
+  std::vector<unsigned char> buf(std::min<size_t>(size_t{1} << 20, (rest / 8 + 1) * 8));
   Pf64 h;
   uint64_t length = static_cast<uint64_t>(got);
   while (true) {
