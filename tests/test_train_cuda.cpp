@@ -212,10 +212,10 @@ TEST(TrainCuda, OneStepBf16AgreesWithFp32Cpu) {
 TEST(TrainCuda, OutOfMemoryNamesTheSizesAndTheKeys) {
   PF_REQUIRE_GPU();
   const std::string dir = testing_util::temp_dir("oom");
-  // N = 4096, B = 16: the pair representation alone is 16·4096²·16 floats = 17 GB per tensor,
-  // and a layer keeps several: far past 80 GB within the first forward.
+  // N = 4096, B = 16, c_z = 128: the pair representation alone is 16·4096²·128 floats = 137 GB,
+  // far past the 80 GB of the device (the fused pair ops fit c_z = 16 at this size).
   const Config cfg = config_from_yaml_string(
-      "model: {n_types: 4, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 16, relpos_clip: 8, dist_bins: 8}\n"
+      "model: {n_types: 4, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 128, relpos_clip: 8, dist_bins: 8}\n"
       "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 16, n_val: 16, n_res: 4096, seed: 1}\n"
       "train: {steps: 2, batch_size: 16, warmup: 0}\n"
       "device: cuda\nout: " + dir + "/run\n");
