@@ -3,6 +3,10 @@
 #include "framework/anomaly.h"
 #include "framework/autograd.h"
 #include "framework/precision.h"
+#include "kernels/cpu/pair_features.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/pair_features.h"
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -15,26 +19,29 @@ int distance_bin(double d, const ModelConfig& cfg) {
   return static_cast<int>(std::clamp(b, 0.0, static_cast<double>(cfg.dist_bins - 1)));
 }
 
+// On the GPU the features are computed there from the uploaded coordinates (B·N·3 floats instead
+// of B·N² bins: measured 42.7 ms of host work per step for the large config before), by the
+// twin kernels that give the CPU's bins exactly (kernels/cpu/pair_features.h).
 PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg,
                            Device device) {
-  const int R = cfg.relpos_clip;
-  std::vector<int32_t> rel(static_cast<size_t>(N) * N);
-  for (int i = 0; i < N; ++i)
-    for (int j = 0; j < N; ++j) rel[i * N + j] = std::clamp(j - i, -R, R) + R;
-
-  std::vector<int32_t> bins(static_cast<size_t>(B) * N * N);
-  for (int b = 0; b < B; ++b) {
-    const float* x = coords + static_cast<size_t>(b) * N * 3;
-    int32_t* out = bins.data() + static_cast<size_t>(b) * N * N;
-    for (int i = 0; i < N; ++i)
-      for (int j = 0; j < N; ++j) {
-        const double dx = double(x[3 * i]) - x[3 * j], dy = double(x[3 * i + 1]) - x[3 * j + 1],
-                     dz = double(x[3 * i + 2]) - x[3 * j + 2];
-        out[i * N + j] = distance_bin(std::sqrt(dx * dx + dy * dy + dz * dz), cfg);
-      }
+  PairFeatures f;
+  f.rel_idx = Tensor::empty({N, N}, DType::I32, device);
+  f.dist_bin = Tensor::empty({B, N, N}, DType::I32, device);
+  if (device == Device::CPU) {
+    kernels::cpu::relative_positions(N, cfg.relpos_clip, f.rel_idx.data<int32_t>());
+    kernels::cpu::distance_bins(coords, B, N, cfg.dist_max, cfg.dist_bins, f.dist_bin.data<int32_t>());
+    return f;
   }
-  return {Tensor::from_vector(rel, {N, N}, DType::I32, device),
-          Tensor::from_vector(bins, {B, N, N}, DType::I32, device)};
+#ifdef PF_WITH_CUDA
+  const Tensor x = Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3},
+                                       DType::F32, device);
+  kernels::cuda::relative_positions(N, cfg.relpos_clip, static_cast<int32_t*>(f.rel_idx.data_ptr()));
+  kernels::cuda::distance_bins(static_cast<const float*>(x.data_ptr()), B, N, cfg.dist_max, cfg.dist_bins,
+                               static_cast<int32_t*>(f.dist_bin.data_ptr()));
+  return f;
+#else
+  PF_FAIL("pair_features on " << device_name(device) << " in a build without CUDA");
+#endif
 }
 
 PackedPairFeatures packed_pair_features(const float* coords, const std::vector<int32_t>& cu_seqlens,
@@ -62,9 +69,7 @@ PackedPairFeatures packed_pair_features(const float* coords, const std::vector<i
       for (int j = 0; j < n; ++j) {
         const int64_t pair = start + int64_t{i} * n + j;
         rel[pair] = std::clamp(j - i, -R, R) + R;
-        const double dx = double(x[3 * i]) - x[3 * j], dy = double(x[3 * i + 1]) - x[3 * j + 1],
-                     dz = double(x[3 * i + 2]) - x[3 * j + 2];
-        bins[pair] = distance_bin(std::sqrt(dx * dx + dy * dy + dz * dz), cfg);
+        bins[pair] = kernels::cpu::distance_bin(x + 3 * i, x + 3 * j, cfg.dist_max, cfg.dist_bins);
         for (int64_t h = 0; h < H; ++h)  // [h,i,j] of the block at H·start ← row pair, column h
           order[H * start + h * n * n + int64_t{i} * n + j] = static_cast<int32_t>(pair * H + h);
       }
