@@ -207,6 +207,38 @@ TEST(TrainCuda, OneStepBf16AgreesWithFp32Cpu) {
               rg.loss, e);
 }
 
+// The pair features computed on the GPU (from uploaded coordinates) equal the CPU's bin for bin,
+// also for pairs placed exactly on bin edges, where a fused multiply-add on one side would move
+// the pair to the neighbouring bin.
+TEST(TrainCuda, PairFeaturesOnTheGpuEqualTheCpu) {
+  PF_REQUIRE_GPU();
+  ModelConfig c = small_model();
+  c.dist_bins = 64;
+  c.dist_max = 16.0;  // bin width 0.25 Å: edges exactly representable
+  std::mt19937_64 rng(test_seed());
+  std::normal_distribution<float> g(0.f, 6.f);
+  const int B = 3, N = 97;
+  std::vector<float> x(static_cast<size_t>(B) * N * 3);
+  for (float& v : x) v = g(rng);
+  // chain 0: residue i at (0.25·i, 0, 0) and (0, 0.25·i·3/5, 0.25·i·4/5)-like points on edges
+  for (int i = 0; i < N; ++i) {
+    x[3 * i] = 0.25f * static_cast<float>(i % 70);
+    x[3 * i + 1] = 0.f;
+    x[3 * i + 2] = i % 2 ? 0.f : 0.75f;  // 3-4-5 triangles: d = 1.25 between some pairs
+  }
+  const models::PairFeatures cpu = models::pair_features(x.data(), B, N, c, Device::CPU);
+  const models::PairFeatures gpu = models::pair_features(x.data(), B, N, c, Device::CUDA);
+  EXPECT_EQ(gpu.rel_idx.to(Device::CPU).to_vector<int32_t>(), cpu.rel_idx.to_vector<int32_t>());
+  const auto bc = cpu.dist_bin.to_vector<int32_t>(), bg = gpu.dist_bin.to(Device::CPU).to_vector<int32_t>();
+  ASSERT_EQ(bc.size(), bg.size());
+  int64_t differ = 0, on_edge = 0;
+  for (size_t k = 0; k < bc.size(); ++k) differ += bc[k] != bg[k];
+  for (int i = 0; i < N; ++i)  // the bins of chain 0 that sit exactly on an edge
+    for (int j = 0; j < N; ++j) on_edge += bc[static_cast<size_t>(i) * N + j] > 0 && (x[3 * i] - x[3 * j]) != 0.f;
+  EXPECT_EQ(differ, 0) << "of " << bc.size() << " bins";
+  EXPECT_GT(on_edge, 0);
+}
+
 // A run too large for the GPU stops with one line that names the size asked for, what the device
 // holds, and the config keys that drive the sizes (not a CUDA error code, not a crash).
 TEST(TrainCuda, OutOfMemoryNamesTheSizesAndTheKeys) {
