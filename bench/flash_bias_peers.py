@@ -9,9 +9,18 @@ forward and forward+backward (median, triton.testing.do_bench) of:
   naive  softmax(scale * q k^T + bias) v in plain PyTorch ops
 and prints one line per (impl, shape):
   PEER impl B H N D shared fwd_ms fwdbwd_ms        (nan where the impl cannot run the shape)
+
+With --relpos B,H,N,D,R: the fused relative-position bias, B[b,h,i,j] = T[h, clip(j-i,-R,R)+R] from
+a learnable fp32 table T (H, 2R+1) (q, k, v fp16), forward and forward+backward (dq, dk, dv, dT):
+  flex   flex_attention with the table lookup in score_mod (T requires grad: the backward computes dT)
+  sdpa   the bias materialised from T by indexing (inside the timed region), cast to fp16, as SDPA's
+         float attn_mask; its backward scatters dB into dT
+printed as
+  PEERREL impl B H N D R fwd_ms fwdbwd_ms
 Diagnostics go to stderr.
 
     python3 bench/flash_bias_peers.py --shapes '2,4,4096,32,0;4,8,2048,64,1'
+    python3 bench/flash_bias_peers.py --relpos '4,8,2048,64,2047'
 """
 import argparse
 import math
@@ -25,7 +34,8 @@ def log(*a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", required=True, help="B,H,N,D,shared;...")
+    ap.add_argument("--shapes", default="", help="B,H,N,D,shared;...")
+    ap.add_argument("--relpos", default="", help="B,H,N,D,R: the relative-position table mode")
     ap.add_argument("--impls", default="sdpa,flex,naive")
     args = ap.parse_args()
 
@@ -44,7 +54,9 @@ def main():
     def bench(fn, grads):
         return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
 
-    for spec in args.shapes.split(";"):
+    if args.relpos:
+        relpos(args.relpos, flex, bench)
+    for spec in filter(None, args.shapes.split(";")):
         B, H, N, D, shared = (int(x) for x in spec.split(","))
         scale = 1.0 / math.sqrt(D)
         dev, dt = "cuda", torch.float16
@@ -84,6 +96,65 @@ def main():
                 torch.cuda.empty_cache()
             print(f"PEER {name} {B} {H} {N} {D} {shared} {t_f:.4f} {t_fb:.4f}", flush=True)
             log(f"  {name:6s} {spec}: fwd {t_f:.3f} ms, fwd+bwd {t_fb:.3f} ms")
+
+
+def relpos(spec, flex, bench):
+    import torch
+    import torch.nn.functional as F
+
+    B, H, N, D, R = (int(x) for x in spec.split(","))
+    scale = 1.0 / math.sqrt(D)
+    dev, dt = "cuda", torch.float16
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+    k = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+    v = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+    table = torch.randn(H, 2 * R + 1, device=dev, dtype=torch.float32, generator=gen).requires_grad_()
+    dout = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
+    pos = torch.arange(N, device=dev)
+    idx = (pos[None, :] - pos[:, None]).clamp(-R, R) + R  # (N, N): clip(j - i) + R
+    grads = [q, k, v, table]
+
+    def score_mod(score, b, h, qi, ki):
+        return score + table[h, torch.clamp(ki - qi, -R, R) + R]
+
+    # Inductor's default FlexAttention tiles for this score_mod asked for more shared memory than an
+    # H100 has (245760 > 232448 bytes, torch 2.11): the first options that compile are used.
+    flex_options = [None, {"num_stages": 2}, {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2}]
+
+    def flex_fn(opts):
+        return lambda: flex(q, k, v, score_mod=score_mod, scale=scale, kernel_options=opts)
+
+    def sdpa():
+        bias = table[:, idx].to(dt).unsqueeze(0)  # (1, H, N, N), shared over the batch
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+    runs = [("flex", flex_fn(o), o) for o in flex_options] if flex is not None else [("flex", None, None)]
+    runs.append(("sdpa", sdpa, None))
+    done = set()
+    for name, fn, opts in runs:
+        if name in done:
+            continue
+        t_f = t_fb = float("nan")
+        if fn is not None:
+            try:
+                with torch.no_grad():
+                    t_f = bench(fn, None)
+                t_fb = bench(lambda: fn().backward(dout), grads)
+                if table.grad is None:
+                    log(f"{name}: the table received no gradient")
+                if opts:
+                    log(f"{name}: kernel_options {opts}")
+            except Exception as e:
+                log(f"{name} relpos failed at {spec} (kernel_options {opts}): {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}")
+                torch.cuda.empty_cache()
+                if name == "flex" and opts is not flex_options[-1]:
+                    continue  # the next options
+            torch.cuda.empty_cache()
+        done.add(name)
+        print(f"PEERREL {name} {B} {H} {N} {D} {R} {t_f:.4f} {t_fb:.4f}", flush=True)
+        log(f"  {name:6s} relpos {spec}: fwd {t_f:.3f} ms, fwd+bwd {t_fb:.3f} ms")
 
 
 if __name__ == "__main__":

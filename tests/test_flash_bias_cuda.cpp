@@ -19,7 +19,19 @@
 // - lse (always fp32): ≤ 1e-5, as it involves no low-precision rounding.
 // - float32 inputs with a float16 / bfloat16 bias: dB is computed in fp32 and rounded once to
 //   the bias dtype, so its bound is that dtype's unit roundoff.
+// - dT, the gradient of a fused relative-position table (fp32): like dB, against the same naive
+//   yardstick (its dS rounded to the dtype, summed exactly, rounded once to fp32) for fp16 / bf16
+//   inputs, 1e-5 for fp32 inputs. The floor is the inputs' unit roundoff, not fp32's: dT sums dS
+//   = P ∘ (dP − Δ) with Δ = rowsum(dO ∘ O) taken from the output O as stored (rounded to the
+//   dtype), so where dT is exactly zero (one key per row, R = 0) its computed value is that
+//   rounding's residue, measured against ‖dV‖ like dQ, dK and dB.
 // The deterministic backward is run twice and must be bitwise identical.
+//
+// References for the fused modes are built from the dense float64 reference alone (not from the
+// CPU kernel's own relative-position or packed paths): a relative-position table is materialised
+// into a full (B,H,Nq,Nk) bias on the host, the reference's dB of that bias gives the dense bias's
+// gradient (summed over its broadcast axes) and dT (summed over the diagonals, clipped to ±R); a
+// packed batch is checked sequence by sequence, each run alone through the dense reference.
 //
 // The suite skips when no CUDA device is present; the argument checks run anywhere.
 #include <gtest/gtest.h>
@@ -181,7 +193,7 @@ bool have_gpu() { return pf::kernels::cuda::device_info().available; }
 // ---- cases ---------------------------------------------------------------------------------------
 
 enum class BiasForm { kNone, kFull, kSharedB, kSharedH, kSharedBH };
-enum Grad : unsigned { kDq = 1, kDk = 2, kDv = 4, kDb = 8, kAll = 15 };
+enum Grad : unsigned { kDq = 1, kDk = 2, kDv = 4, kDb = 8, kDt = 16, kAll = 31 };
 
 struct Case {
   ScalarType dtype = ScalarType::F16;
@@ -195,6 +207,7 @@ struct Case {
   int bias_pad = 0;             // extra elements per bias row (odd: unaligned rows)
   bool all_masked_batch = false;  // every key of batch 0 is padding
   double scale = 0;             // 0: 1/sqrt(D)
+  int relpos = -1;              // R >= 0: fused relative-position table (H, 2R+1) on top of the bias
   std::string tag;              // for the test name
 };
 
@@ -224,10 +237,12 @@ std::string case_name(const Case& c) {
     if (c.grads & kDk) os << "dk";
     if (c.grads & kDv) os << "dv";
     if (c.grads & kDb) os << "db";
+    if (c.grads & kDt) os << "dt";
   }
   if (c.padded) os << "_padded";
   if (c.bias_pad) os << "_biaspad" << c.bias_pad;
   if (c.all_masked_batch) os << "_allmasked";
+  if (c.relpos >= 0) os << "_relposR" << c.relpos;
   if (!c.tag.empty()) os << "_" << c.tag;
   return os.str();
 }
@@ -398,6 +413,60 @@ std::vector<Case> all_cases() {
     f.tag = "large";
     cs.push_back(f);
   }
+  // Fused relative-position table: alone and on top of every dense bias form, every dtype and
+  // head dim; R = 0 (one bin), small, = N − 1 and > N; Nq ≠ Nk; masks and causal; N = 1.
+  struct Rel { int D, Nq, Nk, R; BiasForm bias; bool mask, causal; };
+  const Rel rels[] = {
+      {16, 17, 17, 3, BiasForm::kNone, false, false},   {32, 97, 33, 0, BiasForm::kFull, false, true},
+      {64, 1, 97, 200, BiasForm::kNone, true, false},   {128, 100, 64, 8, BiasForm::kSharedB, false, false},
+      {64, 97, 97, 96, BiasForm::kNone, false, true},   {32, 130, 97, 16, BiasForm::kSharedH, true, true},
+      {64, 65, 150, 40, BiasForm::kSharedBH, false, false}, {16, 1, 1, 2, BiasForm::kNone, false, false},
+  };
+  for (ScalarType dt : dts) {
+    for (const Rel& r : rels) {
+      Case c;
+      c.dtype = c.bias_dtype = dt;
+      c.D = r.D; c.Nq = r.Nq; c.Nk = r.Nk;
+      c.relpos = r.R;
+      c.bias = r.bias;
+      c.mask = r.mask;
+      c.causal = r.causal;
+      cs.push_back(c);
+    }
+    Case d;  // deterministic: bitwise repeat of dT (partial rows + ordered reduction)
+    d.dtype = d.bias_dtype = dt;
+    d.relpos = 10; d.bias = BiasForm::kFull; d.mask = true; d.deterministic = true;
+    d.Nq = 70; d.Nk = 129;
+    cs.push_back(d);
+    d.relpos = 200; d.bias = BiasForm::kNone; d.mask = false; d.causal = true; d.Nq = d.Nk = 97; d.D = 32;
+    cs.push_back(d);
+    d.relpos = 0; d.causal = false; d.bias = BiasForm::kSharedB;
+    cs.push_back(d);
+    Case a;  // dT (and dB) accumulated into existing gradients, both modes
+    a.dtype = a.bias_dtype = dt;
+    a.relpos = 5; a.accumulate = true; a.Nq = 65; a.Nk = 77; a.bias = BiasForm::kNone;
+    cs.push_back(a);
+    a.deterministic = true; a.bias = BiasForm::kFull;
+    cs.push_back(a);
+    for (unsigned g : {unsigned(kDt), unsigned(kDq | kDt), unsigned(kDq | kDk | kDv)}) {  // subsets
+      Case s;
+      s.dtype = s.bias_dtype = dt;
+      s.relpos = 12; s.grads = g; s.bias = BiasForm::kNone; s.causal = true;
+      cs.push_back(s);
+    }
+  }
+  {
+    Case c;  // long sequences: many query blocks per key block carry diagonals through the walk
+    c.dtype = c.bias_dtype = ScalarType::F16;
+    c.B = 2; c.H = 2; c.Nq = c.Nk = 1025; c.D = 64;
+    c.relpos = 1024; c.bias = BiasForm::kNone; c.causal = true;
+    c.tag = "large";
+    cs.push_back(c);
+    c.dtype = ScalarType::BF16; c.bias_dtype = ScalarType::F32;
+    c.B = 1; c.Nq = 1000; c.D = 32; c.relpos = 32; c.bias = BiasForm::kSharedB; c.causal = false;
+    c.deterministic = true;
+    cs.push_back(c);
+  }
   return cs;
 }
 
@@ -550,6 +619,12 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
             bias.set(a, h, i, j, normal(rng));
             dbias.set(a, h, i, j, c.accumulate ? normal(rng) : 0.0);  // accumulate: existing gradient
           }
+  // relative-position table (H, 2R+1) fp32 and its gradient (existing values when accumulating)
+  const int R = c.relpos, nbins = 2 * std::max(R, 0) + 1;
+  const bool has_rel = R >= 0, want_dt = has_rel && (c.grads & kDt);
+  std::vector<float> table(has_rel ? size_t(H) * nbins : 0), dtable0(table.size());
+  for (auto& x : table) x = float(normal(rng));
+  for (auto& x : dtable0) x = c.accumulate ? float(normal(rng)) : 0.f;
   std::vector<uint8_t> mask(size_t(B) * Nk, 0);
   if (c.mask) {
     std::bernoulli_distribution pad(0.25);
@@ -562,6 +637,8 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   DeviceBuffer d_out(out.bytes.size()), d_dq(dq.bytes.size()), d_dk(dk.bytes.size()), d_dv(dv.bytes.size());
   DeviceBuffer d_lse(size_t(B) * H * Nq * sizeof(float));
   DeviceBuffer d_bias(bias.bytes.size()), d_dbias(dbias.bytes.size()), d_mask(mask.size());
+  DeviceBuffer d_table(table.size() * 4), d_dtable(table.size() * 4);
+  if (has_rel) CUDA_OK(cudaMemcpy(d_table.ptr, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
   d_q.upload(q);
   d_k.upload(k);
   d_v.upload(v);
@@ -589,6 +666,11 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   }
   p.key_padding_mask = c.mask ? static_cast<const uint8_t*>(d_mask.ptr) : nullptr;
   p.causal = c.causal;
+  if (has_rel) {
+    p.relpos_table = d_table.ptr;
+    p.relpos_dtype = ScalarType::F32;
+    p.relpos_clip = R;
+  }
   pf::kernels::cuda::flash_bias_forward(p, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
 
@@ -601,6 +683,10 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     p.dbias_batch_stride = dbias.s[0];
     p.dbias_head_stride = dbias.s[1];
     p.dbias_row_stride = dbias.s[2];
+    p.dbias_accumulate = c.accumulate;
+  }
+  if (want_dt) {
+    p.drelpos_table = d_dtable.ptr;
     p.dbias_accumulate = c.accumulate;
   }
   p.deterministic = c.deterministic;
@@ -616,10 +702,17 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
       if (c.accumulate) d_dbias.upload(dbias);
       else d_dbias.poison();
     }
+    if (want_dt) {
+      if (c.accumulate) CUDA_OK(cudaMemcpy(d_dtable.ptr, dtable0.data(), dtable0.size() * 4, cudaMemcpyHostToDevice));
+      else d_dtable.poison();
+    }
     pf::kernels::cuda::flash_bias_backward(p, d_ws.ptr, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
   };
   run_backward();
+  if (has_rel && !c.deterministic) run_backward();  // again on poisoned outputs: races show as errors below
+  std::vector<float> dt_h(table.size());
+  if (want_dt) CUDA_OK(cudaMemcpy(dt_h.data(), d_dtable.ptr, dt_h.size() * 4, cudaMemcpyDeviceToHost));
 
   HostTensor out_h = out, dq_h = dq, dk_h = dk, dv_h = dv, dbias_h = dbias;
   std::vector<float> lse_h(size_t(B) * H * Nq);
@@ -641,14 +734,49 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     if (c.grads & kDk) EXPECT_EQ(dk2.bytes, dk_h.bytes) << "dk differs between two deterministic runs";
     if (c.grads & kDv) EXPECT_EQ(dv2.bytes, dv_h.bytes) << "dv differs between two deterministic runs";
     if (has_bias && (c.grads & kDb)) EXPECT_EQ(db2.bytes, dbias_h.bytes) << "dbias differs between two deterministic runs";
+    if (want_dt) {
+      std::vector<float> dt2(table.size());
+      CUDA_OK(cudaMemcpy(dt2.data(), d_dtable.ptr, dt2.size() * 4, cudaMemcpyDeviceToHost));
+      EXPECT_EQ(0, std::memcmp(dt2.data(), dt_h.data(), dt2.size() * 4)) << "drelpos_table differs between two deterministic runs";
+    }
   }
 
   // float64 reference on the same (rounded) inputs
   Dense in;
   in.q = q.dense(); in.k = k.dense(); in.v = v.dense(); in.dout = dout.dense();
   if (has_bias) in.bias = bias.dense();
+  // A relative-position table is materialised on top of the bias: the reference (and the naive
+  // yardstick) then see a full (B,H,Nq,Nk) bias `comb`, whose gradient dS gives dB and dT.
+  Dense in_ref = in;
+  Case c_ref = c;
+  if (has_rel) {
+    in_ref.bias.assign(size_t(B) * H * Nq * Nk, 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        for (int i = 0; i < Nq; ++i)
+          for (int j = 0; j < Nk; ++j) {
+            double x = table[size_t(h) * nbins + std::clamp(j - i, -R, R) + R];
+            if (has_bias) x += in.bias[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq + i) * Nk + j];
+            in_ref.bias[((size_t(b) * H + h) * Nq + i) * Nk + j] = x;
+          }
+    c_ref.bias = BiasForm::kFull;
+  }
+  // Sums dS (B,H,Nq,Nk) over the dense bias's broadcast axes into db and over the clipped
+  // diagonals into dtab (both hold their initial values).
+  auto reduce_ds = [&](const std::vector<double>& ds, std::vector<double>& db, std::vector<double>& dtab) {
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        for (int i = 0; i < Nq; ++i)
+          for (int j = 0; j < Nk; ++j) {
+            const double x = ds[((size_t(b) * H + h) * Nq + i) * Nk + j];
+            if (!db.empty()) db[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq + i) * Nk + j] += x;
+            if (!dtab.empty()) dtab[size_t(h) * nbins + std::clamp(j - i, -R, R) + R] += x;
+          }
+  };
   std::vector<double> r_out(in.q.size()), r_lse(lse_h.size()), r_dq(in.q.size()), r_dk(in.k.size()), r_dv(in.v.size());
   std::vector<double> r_db = has_bias ? dbias.dense() : std::vector<double>();  // initial values when accumulating
+  std::vector<double> r_dt(dtable0.begin(), dtable0.end());
+  std::vector<double> r_ds(has_rel ? size_t(B) * H * Nq * Nk : 0);
   {
     FlashBiasBwdParams r;
     r.B = B; r.H = H; r.Nq = Nq; r.Nk = Nk; r.D = D;
@@ -659,7 +787,13 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     r.v = in.v.data(); r.v_stride = r.k_stride;
     r.out = r_out.data(); r.out_stride = r.q_stride;
     r.lse = r_lse.data();
-    if (has_bias) {
+    if (has_rel) {
+      r.bias = in_ref.bias.data();
+      r.bias_dtype = ScalarType::F64;
+      r.bias_batch_stride = int64_t(H) * Nq * Nk;
+      r.bias_head_stride = int64_t(Nq) * Nk;
+      r.bias_row_stride = Nk;
+    } else if (has_bias) {
       r.bias = in.bias.data();
       r.bias_dtype = ScalarType::F64;
       r.bias_batch_stride = shared_b ? 0 : int64_t(Hb) * Nq * Nk;
@@ -673,7 +807,12 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     r.dq = r_dq.data(); r.dq_stride = r.q_stride;
     r.dk = r_dk.data(); r.dk_stride = r.k_stride;
     r.dv = r_dv.data(); r.dv_stride = r.k_stride;
-    if (has_bias) {
+    if (has_rel) {
+      r.dbias = r_ds.data();  // dS of the materialised bias, reduced below
+      r.dbias_batch_stride = r.bias_batch_stride;
+      r.dbias_head_stride = r.bias_head_stride;
+      r.dbias_row_stride = Nk;
+    } else if (has_bias) {
       r.dbias = r_db.data();
       r.dbias_batch_stride = r.bias_batch_stride;
       r.dbias_head_stride = r.bias_head_stride;
@@ -682,10 +821,14 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     }
     pf::kernels::cpu::flash_bias_backward(r);
   }
+  if (has_rel) {
+    if (has_bias && !c.accumulate) std::fill(r_db.begin(), r_db.end(), 0.0);
+    reduce_ds(r_ds, r_db, r_dt);
+  }
 
   // the naive low-precision yardstick (fp16 / bf16 only)
   const bool low = dt != ScalarType::F32;
-  std::vector<double> n_out, n_dq, n_dk, n_dv, n_db;
+  std::vector<double> n_out, n_dq, n_dk, n_dv, n_db, n_dt;
   if (low) {
     n_out.assign(in.q.size(), 0); n_dq.assign(in.q.size(), 0); n_dk.assign(in.k.size(), 0); n_dv.assign(in.v.size(), 0);
     std::vector<double> ds_all(size_t(B) * H * Nq * Nk);
@@ -693,7 +836,7 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     for (int b = 0; b < B; ++b)
       for (int h = 0; h < H; ++h) {
         std::vector<double> ds(size_t(Nq) * Nk);
-        naive_one_head(c, scale, dt, in, mask, b, h, n_out, n_dq, n_dk, n_dv, ds);
+        naive_one_head(c_ref, scale, dt, in_ref, mask, b, h, n_out, n_dq, n_dk, n_dv, ds);
         std::copy(ds.begin(), ds.end(), ds_all.begin() + (size_t(b) * H + h) * Nq * Nk);
       }
     if (has_bias) {
@@ -706,6 +849,12 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
           for (size_t e = 0; e < size_t(Nq) * Nk; ++e)
             sum[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq * Nk) + e] += ds_all[(size_t(b) * H + h) * Nq * Nk + e];
       for (size_t e = 0; e < n_db.size(); ++e) n_db[e] = rd(bdt, n_db[e] + rd(dt, sum[e]));
+    }
+    if (has_rel) {  // dT: the rounded dS summed exactly, rounded once to fp32
+      std::vector<double> none, sum(table.size(), 0.0);
+      reduce_ds(ds_all, none, sum);
+      n_dt.resize(table.size());
+      for (size_t e = 0; e < n_dt.size(); ++e) n_dt[e] = rd(ScalarType::F32, dtable0[e] + sum[e]);
     }
   }
 
@@ -745,6 +894,10 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   if (has_bias && (c.grads & kDb)) {
     check("dbias", dbias_h.dense(), r_db, low ? &n_db : nullptr, bdt, c.accumulate ? 0.0 : dv_scale);
   }
+  if (want_dt) {
+    const std::vector<double> got(dt_h.begin(), dt_h.end());
+    check("dtable", got, r_dt, low ? &n_dt : nullptr, dt, c.accumulate ? 0.0 : dv_scale);
+  }
 
   if (c.all_masked_batch) {  // batch 0 attends nothing: exact zeros, lse = -inf
     for (int i = 0; i < Nq; ++i)
@@ -766,6 +919,391 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, FlashBiasCuda, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return case_name(info.param); });
+
+// ---- packed variable-length batches ----------------------------------------------------------------
+//
+// q, out, dout, dq: (Tq,H,D); k, v, dk, dv: (Tk,H,D); sequence b owns rows cu_seqlens[b] …; its bias
+// block [H, nq_b, nk_b] lies at bias_seq_offsets[b]; lse (H,Tq). Each sequence is run alone through
+// the dense float64 reference (and the naive yardstick) and the results are compared over the
+// whole packed tensors, with the same tolerances as above. A sequence without keys must give
+// out = 0, lse = −inf, dq = 0; one without queries dk = dv = 0.
+
+struct VarlenCase {
+  ScalarType dtype = ScalarType::F16;
+  ScalarType bias_dtype = ScalarType::F16;
+  std::vector<int> lq, lk;  // lengths per sequence (lk empty: = lq)
+  int H = 2, D = 64;
+  bool bias = false;        // packed dense bias blocks
+  int relpos = -1;          // R >= 0: relative-position table (per sequence positions)
+  bool causal = false, deterministic = false, accumulate = false;
+  unsigned grads = kAll;
+  std::string tag;
+};
+
+std::string varlen_name(const VarlenCase& c) {
+  std::ostringstream os;
+  os << dtype_tag(c.dtype) << "_D" << c.D << "_H" << c.H << "_len";
+  for (size_t i = 0; i < c.lq.size(); ++i) {
+    os << "_" << c.lq[i];
+    if (!c.lk.empty() && c.lk[i] != c.lq[i]) os << "x" << c.lk[i];
+  }
+  if (c.bias) os << "_bias" << dtype_tag(c.bias_dtype);
+  if (c.relpos >= 0) os << "_relposR" << c.relpos;
+  if (c.causal) os << "_causal";
+  if (c.deterministic) os << "_det";
+  if (c.accumulate) os << "_acc";
+  if (c.grads != kAll) os << "_grads" << c.grads;
+  if (!c.tag.empty()) os << "_" << c.tag;
+  return os.str();
+}
+
+std::vector<VarlenCase> varlen_cases() {
+  std::vector<VarlenCase> cs;
+  const ScalarType dts[] = {ScalarType::F16, ScalarType::BF16, ScalarType::F32};
+  int di = 0;
+  for (ScalarType dt : dts) {
+    const int Ds[] = {16, 32, 64, 128};
+    VarlenCase c;  // lengths 0, 1, 17, 300 in mixed order; no bias, then a packed bias, causal
+    c.dtype = c.bias_dtype = dt;
+    c.lq = {17, 0, 300, 1};
+    c.D = Ds[di++ % 4];
+    cs.push_back(c);
+    c.bias = true;
+    c.causal = true;
+    c.D = Ds[di++ % 4];
+    cs.push_back(c);
+    VarlenCase r;  // relative positions per sequence, with and without a bias; Nq ≠ Nk per sequence
+    r.dtype = r.bias_dtype = dt;
+    r.lq = {17, 0, 300, 1, 64};
+    r.lk = {33, 5, 250, 0, 64};
+    r.relpos = 16;
+    r.D = Ds[di++ % 4];
+    cs.push_back(r);
+    r.bias = true;
+    r.bias_dtype = ScalarType::F32;
+    r.causal = true;
+    r.relpos = 400;  // R > every length
+    r.D = Ds[di++ % 4];
+    cs.push_back(r);
+    VarlenCase d;  // deterministic (bitwise repeat), aligned lengths (16-byte bias rows)
+    d.dtype = d.bias_dtype = dt;
+    d.lq = {64, 128, 8, 200};
+    d.bias = true;
+    d.relpos = 0;
+    d.deterministic = true;
+    d.D = 64;
+    cs.push_back(d);
+    d.lq = {17, 0, 300, 1};
+    d.relpos = 20;
+    d.causal = true;
+    d.accumulate = true;
+    d.D = 32;
+    cs.push_back(d);
+    VarlenCase a;  // accumulate, non-deterministic; subsets of gradients
+    a.dtype = a.bias_dtype = dt;
+    a.lq = {65, 3, 129};
+    a.bias = true;
+    a.relpos = 7;
+    a.accumulate = true;
+    cs.push_back(a);
+    a.accumulate = false;
+    a.grads = kDt | kDq;
+    cs.push_back(a);
+    a.grads = kDk | kDv | kDb;
+    a.deterministic = true;
+    cs.push_back(a);
+  }
+  VarlenCase e;  // nothing at all: every sequence empty
+  e.lq = {0, 0};
+  e.relpos = 3;
+  e.bias = true;
+  cs.push_back(e);
+  VarlenCase k;  // queries without keys only, and keys without queries only
+  k.lq = {5, 0};
+  k.lk = {0, 9};
+  k.relpos = 2;
+  k.bias = true;
+  cs.push_back(k);
+  return cs;
+}
+
+class FlashBiasCudaVarlen : public ::testing::TestWithParam<VarlenCase> {};
+
+TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
+  const VarlenCase c = GetParam();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("case " + varlen_name(c) + " seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+
+  const int B = int(c.lq.size()), H = c.H, D = c.D;
+  const std::vector<int> lq = c.lq, lk = c.lk.empty() ? c.lq : c.lk;
+  std::vector<int32_t> cuq(B + 1, 0), cuk(B + 1, 0);
+  std::vector<int64_t> boff(B + 1, 0);
+  for (int b = 0; b < B; ++b) {
+    cuq[b + 1] = cuq[b] + lq[b];
+    cuk[b + 1] = cuk[b] + lk[b];
+    boff[b + 1] = boff[b] + int64_t(H) * lq[b] * lk[b];
+  }
+  const int Tq = cuq[B], Tk = cuk[B];
+  const int Nq = *std::max_element(lq.begin(), lq.end()), Nk = *std::max_element(lk.begin(), lk.end());
+  const double scale = 1.0 / std::sqrt(double(D));
+  const ScalarType dt = c.dtype, bdt = c.bias_dtype;
+  const int R = c.relpos, nbins = 2 * std::max(R, 0) + 1;
+  const bool has_rel = R >= 0, want_dt = has_rel && (c.grads & kDt), want_db = c.bias && (c.grads & kDb);
+
+  // packed tensors as (1, T, H, D); the bias blocks as one flat row
+  auto thd = [&](int T) { return HostTensor(dt, {1, std::max(T, 1), H, D}, {int64_t(std::max(T, 1)) * H * D, H * D, D, 1}); };
+  HostTensor q = thd(Tq), k = thd(Tk), v = thd(Tk), dout = thd(Tq), out = thd(Tq), dq = thd(Tq), dk = thd(Tk), dv = thd(Tk);
+  const int64_t nbias = std::max<int64_t>(boff[B], 1);
+  HostTensor bias(bdt, {1, 1, 1, nbias}, {0, 0, 0, 1}), dbias0 = bias;
+  for (HostTensor* t : {&q, &k, &v, &dout})
+    for (int64_t n = 0; n < t->n[1]; ++n)
+      for (int h = 0; h < H; ++h)
+        for (int d = 0; d < D; ++d) t->set(0, n, h, d, normal(rng));
+  for (int64_t e = 0; e < nbias; ++e) {
+    bias.set(0, 0, 0, e, normal(rng));
+    dbias0.set(0, 0, 0, e, c.accumulate ? normal(rng) : 0.0);
+  }
+  std::vector<float> table(has_rel ? size_t(H) * nbins : 1), dtable0(table.size());
+  for (auto& x : table) x = float(normal(rng));
+  for (auto& x : dtable0) x = c.accumulate ? float(normal(rng)) : 0.f;
+
+  DeviceBuffer d_q(q.bytes.size()), d_k(k.bytes.size()), d_v(v.bytes.size()), d_dout(dout.bytes.size());
+  DeviceBuffer d_out(out.bytes.size()), d_dq(dq.bytes.size()), d_dk(dk.bytes.size()), d_dv(dv.bytes.size());
+  DeviceBuffer d_lse(size_t(H) * std::max(Tq, 1) * 4), d_bias(bias.bytes.size()), d_dbias(bias.bytes.size());
+  DeviceBuffer d_table(table.size() * 4), d_dtable(table.size() * 4);
+  DeviceBuffer d_cuq(cuq.size() * 4), d_cuk(cuk.size() * 4), d_boff(boff.size() * 8);
+  d_q.upload(q);
+  d_k.upload(k);
+  d_v.upload(v);
+  d_dout.upload(dout);
+  d_bias.upload(bias);
+  CUDA_OK(cudaMemcpy(d_table.ptr, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_cuq.ptr, cuq.data(), cuq.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_cuk.ptr, cuk.data(), cuk.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_boff.ptr, boff.data(), boff.size() * 8, cudaMemcpyHostToDevice));
+  d_out.poison();
+  d_lse.poison();
+
+  FlashBiasBwdParams p;
+  p.B = B; p.H = H; p.Nq = Nq; p.Nk = Nk; p.D = D;
+  p.scale = scale;
+  p.dtype = dt;
+  p.q = d_q.ptr; p.q_stride = q.bnhd();
+  p.k = d_k.ptr; p.k_stride = k.bnhd();
+  p.v = d_v.ptr; p.v_stride = v.bnhd();
+  p.out = d_out.ptr; p.out_stride = out.bnhd();
+  p.lse = d_lse.ptr;
+  p.cu_seqlens_q = static_cast<const int32_t*>(d_cuq.ptr);
+  p.cu_seqlens_k = static_cast<const int32_t*>(d_cuk.ptr);
+  if (c.bias) {
+    p.bias = d_bias.ptr;
+    p.bias_dtype = bdt;
+    p.bias_seq_offsets = static_cast<const int64_t*>(d_boff.ptr);
+  }
+  if (has_rel) {
+    p.relpos_table = d_table.ptr;
+    p.relpos_clip = R;
+  }
+  p.causal = c.causal;
+  pf::kernels::cuda::flash_bias_forward(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+
+  p.dout = d_dout.ptr; p.dout_stride = dout.bnhd();
+  if (c.grads & kDq) { p.dq = d_dq.ptr; p.dq_stride = dq.bnhd(); }
+  if (c.grads & kDk) { p.dk = d_dk.ptr; p.dk_stride = dk.bnhd(); }
+  if (c.grads & kDv) { p.dv = d_dv.ptr; p.dv_stride = dv.bnhd(); }
+  if (want_db) p.dbias = d_dbias.ptr;
+  if (want_dt) p.drelpos_table = d_dtable.ptr;
+  p.dbias_accumulate = c.accumulate;
+  p.deterministic = c.deterministic;
+  DeviceBuffer d_ws(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p));
+  auto run_backward = [&]() {
+    d_dq.poison();
+    d_dk.poison();
+    d_dv.poison();
+    d_ws.poison();
+    if (c.accumulate) {
+      d_dbias.upload(dbias0);
+      CUDA_OK(cudaMemcpy(d_dtable.ptr, dtable0.data(), dtable0.size() * 4, cudaMemcpyHostToDevice));
+    } else {
+      d_dbias.poison();
+      d_dtable.poison();
+    }
+    pf::kernels::cuda::flash_bias_backward(p, d_ws.ptr, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+  };
+  struct Got {
+    HostTensor dq, dk, dv, db;
+    std::vector<float> dt;
+  };
+  auto fetch = [&]() {
+    Got g{dq, dk, dv, dbias0, std::vector<float>(table.size())};
+    d_dq.download(g.dq);
+    d_dk.download(g.dk);
+    d_dv.download(g.dv);
+    d_dbias.download(g.db);
+    EXPECT_EQ(cudaMemcpy(g.dt.data(), d_dtable.ptr, g.dt.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    return g;
+  };
+  run_backward();
+  const Got g1 = fetch();
+  run_backward();  // the same inputs again: bitwise equal when deterministic, and within tolerance always
+  const Got g2 = fetch();
+  if (c.deterministic) {
+    if (c.grads & kDq) EXPECT_EQ(g1.dq.bytes, g2.dq.bytes) << "dq differs between two deterministic runs";
+    if (c.grads & kDk) EXPECT_EQ(g1.dk.bytes, g2.dk.bytes) << "dk differs between two deterministic runs";
+    if (c.grads & kDv) EXPECT_EQ(g1.dv.bytes, g2.dv.bytes) << "dv differs between two deterministic runs";
+    if (want_db) EXPECT_EQ(g1.db.bytes, g2.db.bytes) << "dbias differs between two deterministic runs";
+    if (want_dt) EXPECT_EQ(0, std::memcmp(g1.dt.data(), g2.dt.data(), g1.dt.size() * 4)) << "dtable differs";
+  }
+  HostTensor out_h = out;
+  d_out.download(out_h);
+  std::vector<float> lse_h(size_t(H) * Tq);
+  if (Tq > 0) CUDA_OK(cudaMemcpy(lse_h.data(), d_lse.ptr, lse_h.size() * 4, cudaMemcpyDeviceToHost));
+
+  // references: every sequence alone (float64 dense reference; naive yardstick for fp16 / bf16)
+  const bool low = dt != ScalarType::F32;
+  const std::vector<double> qd = q.dense(), kd = k.dense(), vd = v.dense(), dod = dout.dense(), bd = bias.dense();
+  std::vector<double> r_out(qd.size(), 0), r_dq(qd.size(), 0), r_dk(kd.size(), 0), r_dv(vd.size(), 0);
+  std::vector<double> r_lse(lse_h.size(), -INFINITY), r_db = dbias0.dense(), r_dt(dtable0.begin(), dtable0.end());
+  std::vector<double> n_out(qd.size(), 0), n_dq(qd.size(), 0), n_dk(kd.size(), 0), n_dv(vd.size(), 0);
+  std::vector<double> n_db = r_db, n_dt = r_dt;
+  if (!c.accumulate) {
+    std::fill(r_db.begin(), r_db.end(), 0.0);
+    std::fill(n_db.begin(), n_db.end(), 0.0);
+  }
+  std::vector<double> n_dt_sum(table.size(), 0.0);
+  for (int b = 0; b < B; ++b) {
+    const int nq = lq[b], nk = lk[b];
+    if (nq == 0 || nk == 0) continue;  // zeros (and lse = −inf) as initialised
+    const int64_t q0 = cuq[b], k0 = cuk[b];
+    Dense in;  // this sequence alone, (1,n,H,D), with its bias block (+ table) as a full (1,H,nq,nk) bias
+    in.q.assign(qd.begin() + q0 * H * D, qd.begin() + (q0 + nq) * H * D);
+    in.dout.assign(dod.begin() + q0 * H * D, dod.begin() + (q0 + nq) * H * D);
+    in.k.assign(kd.begin() + k0 * H * D, kd.begin() + (k0 + nk) * H * D);
+    in.v.assign(vd.begin() + k0 * H * D, vd.begin() + (k0 + nk) * H * D);
+    const bool any_bias = c.bias || has_rel;
+    in.bias.assign(any_bias ? size_t(H) * nq * nk : 0, 0.0);
+    for (int h = 0; h < H && any_bias; ++h)
+      for (int i = 0; i < nq; ++i)
+        for (int j = 0; j < nk; ++j) {
+          double x = c.bias ? bd[boff[b] + (int64_t(h) * nq + i) * nk + j] : 0.0;
+          if (has_rel) x += table[size_t(h) * nbins + std::clamp(j - i, -R, R) + R];
+          in.bias[(size_t(h) * nq + i) * nk + j] = x;
+        }
+    std::vector<double> o(in.q.size()), l(size_t(H) * nq), gq(in.q.size()), gk(in.k.size()), gv(in.v.size());
+    std::vector<double> ds(in.bias.size());
+    FlashBiasBwdParams r;
+    r.B = 1; r.H = H; r.Nq = nq; r.Nk = nk; r.D = D;
+    r.scale = scale;
+    r.dtype = ScalarType::F64;
+    r.q = in.q.data(); r.q_stride = pf::kernels::contiguous_bnhd(nq, H, D);
+    r.k = in.k.data(); r.k_stride = pf::kernels::contiguous_bnhd(nk, H, D);
+    r.v = in.v.data(); r.v_stride = r.k_stride;
+    r.out = o.data(); r.out_stride = r.q_stride;
+    r.lse = l.data();
+    if (any_bias) {
+      r.bias = in.bias.data();
+      r.bias_dtype = ScalarType::F64;
+      r.bias_batch_stride = 0;
+      r.bias_head_stride = int64_t(nq) * nk;
+      r.bias_row_stride = nk;
+    }
+    r.causal = c.causal;
+    pf::kernels::cpu::flash_bias_forward(r);
+    r.dout = in.dout.data(); r.dout_stride = r.q_stride;
+    r.dq = gq.data(); r.dq_stride = r.q_stride;
+    r.dk = gk.data(); r.dk_stride = r.k_stride;
+    r.dv = gv.data(); r.dv_stride = r.k_stride;
+    if (any_bias) {
+      r.dbias = ds.data();
+      r.dbias_head_stride = int64_t(nq) * nk;
+      r.dbias_row_stride = nk;
+    }
+    pf::kernels::cpu::flash_bias_backward(r);
+    std::copy(o.begin(), o.end(), r_out.begin() + q0 * H * D);
+    std::copy(gq.begin(), gq.end(), r_dq.begin() + q0 * H * D);
+    std::copy(gk.begin(), gk.end(), r_dk.begin() + k0 * H * D);
+    std::copy(gv.begin(), gv.end(), r_dv.begin() + k0 * H * D);
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < nq; ++i) r_lse[size_t(h) * Tq + q0 + i] = l[size_t(h) * nq + i];
+    // dS -> the packed dB block and dT
+    auto reduce = [&](const std::vector<double>& s, std::vector<double>& db, std::vector<double>& dtab) {
+      for (int h = 0; h < H; ++h)
+        for (int i = 0; i < nq; ++i)
+          for (int j = 0; j < nk; ++j) {
+            const double x = s[(size_t(h) * nq + i) * nk + j];
+            if (c.bias) db[boff[b] + (int64_t(h) * nq + i) * nk + j] += x;
+            if (has_rel) dtab[size_t(h) * nbins + std::clamp(j - i, -R, R) + R] += x;
+          }
+    };
+    reduce(ds, r_db, r_dt);
+    if (low) {
+      Case cn;
+      cn.B = 1; cn.H = H; cn.Nq = nq; cn.Nk = nk; cn.D = D;
+      cn.bias = any_bias ? BiasForm::kFull : BiasForm::kNone;
+      cn.causal = c.causal;
+      std::vector<double> no(in.q.size()), nq_(in.q.size()), nk_(in.k.size()), nv(in.v.size()), nds(size_t(nq) * nk);
+      std::vector<double> nds_all(size_t(H) * nq * nk);
+      for (int h = 0; h < H; ++h) {
+        naive_one_head(cn, scale, dt, in, {}, 0, h, no, nq_, nk_, nv, nds);
+        std::copy(nds.begin(), nds.end(), nds_all.begin() + size_t(h) * nq * nk);
+      }
+      std::copy(no.begin(), no.end(), n_out.begin() + q0 * H * D);
+      std::copy(nq_.begin(), nq_.end(), n_dq.begin() + q0 * H * D);
+      std::copy(nk_.begin(), nk_.end(), n_dk.begin() + k0 * H * D);
+      std::copy(nv.begin(), nv.end(), n_dv.begin() + k0 * H * D);
+      std::vector<double> nb(n_db.size(), 0.0);
+      reduce(nds_all, nb, n_dt_sum);
+      for (int64_t e = boff[b]; e < boff[b + 1]; ++e) n_db[e] = rd(bdt, n_db[e] + nb[e]);
+    }
+  }
+  for (size_t e = 0; e < n_dt.size(); ++e) n_dt[e] = rd(ScalarType::F32, n_dt[e] + n_dt_sum[e]);
+
+  const double dv_scale = std::max(norm(r_dv), 1e-30);
+  auto check = [&](const std::string& name, const std::vector<double>& got, const std::vector<double>& ref,
+                   const std::vector<double>* naive, ScalarType out_dt, double zero_scale = 0) {
+    const size_t nans = count_nan(got);
+    EXPECT_EQ(nans, 0u) << name << ": " << nans << " NaN (unwritten or poisoned) elements";
+    const double err = rel_err(got, ref, zero_scale);
+    double nerr = 0, tol = std::max(1e-5, unit_roundoff(out_dt));
+    if (naive) {
+      nerr = rel_err(*naive, ref, zero_scale);
+      tol = std::max(2.0 * nerr, unit_roundoff(out_dt));
+    }
+    EXPECT_LE(err, tol) << name << ": relative error " << err << " (naive " << dtype_tag(dt) << " error " << nerr << ")";
+    std::printf("    %-9s err %.3e  tol %.3e\n", name.c_str(), err, tol);
+  };
+  std::printf("  %s\n", varlen_name(c).c_str());
+  if (Tq > 0) {
+    check("out", out_h.dense(), r_out, low ? &n_out : nullptr, dt);
+    std::vector<double> got, ref;
+    size_t inf_mismatch = 0;
+    for (size_t i = 0; i < lse_h.size(); ++i) {
+      if (std::isinf(r_lse[i])) inf_mismatch += !(std::isinf(lse_h[i]) && lse_h[i] < 0);
+      else { got.push_back(lse_h[i]); ref.push_back(r_lse[i]); }
+    }
+    EXPECT_EQ(inf_mismatch, 0u) << "lse: rows with no key must have lse = -inf";
+    if (!got.empty()) check("lse", got, ref, nullptr, ScalarType::F32);
+  }
+  for (const Got* g : {&g1, &g2}) {
+    const std::string run = g == &g1 ? "" : "(2)";
+    if ((c.grads & kDq) && Tq > 0) check("dq" + run, g->dq.dense(), r_dq, low ? &n_dq : nullptr, dt, dv_scale);
+    if ((c.grads & kDk) && Tk > 0) check("dk" + run, g->dk.dense(), r_dk, low ? &n_dk : nullptr, dt, dv_scale);
+    if ((c.grads & kDv) && Tk > 0) check("dv" + run, g->dv.dense(), r_dv, low ? &n_dv : nullptr, dt, dv_scale);
+    if (want_db && boff[B] > 0)
+      check("dbias" + run, g->db.dense(), r_db, low ? &n_db : nullptr, bdt, c.accumulate ? 0.0 : dv_scale);
+    if (want_dt)
+      check("dtable" + run, std::vector<double>(g->dt.begin(), g->dt.end()), r_dt, low ? &n_dt : nullptr, dt,
+            c.accumulate ? 0.0 : dv_scale);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FlashBiasCudaVarlen, ::testing::ValuesIn(varlen_cases()),
+                         [](const ::testing::TestParamInfo<VarlenCase>& info) { return varlen_name(info.param); });
 
 // ---- argument checks (no device needed: they fail before any CUDA call) -----------------------
 
@@ -846,6 +1384,67 @@ TEST(FlashBiasCudaArgs, RejectsFloat64Bias) {
   p.bias_dtype = ScalarType::F64;
   const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
   EXPECT_NE(msg.find("bias dtype float64"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsKeyPaddingMaskWhenPacked) {
+  FlashBiasBwdParams p = valid_params();
+  const int32_t* fake_seqlens = reinterpret_cast<const int32_t*>(uintptr_t(1) << 20);
+  p.cu_seqlens_q = p.cu_seqlens_k = fake_seqlens;
+  p.key_padding_mask = reinterpret_cast<const uint8_t*>(uintptr_t(1) << 20);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("key_padding_mask is not supported with a packed batch"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsHalfPackedBatch) {
+  FlashBiasBwdParams p = valid_params();
+  p.cu_seqlens_q = reinterpret_cast<const int32_t*>(uintptr_t(1) << 20);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("needs both cu_seqlens_q and cu_seqlens_k"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsPackedBiasWithoutOffsets) {
+  FlashBiasBwdParams p = valid_params();
+  p.cu_seqlens_q = p.cu_seqlens_k = reinterpret_cast<const int32_t*>(uintptr_t(1) << 20);
+  p.bias = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("bias_seq_offsets"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsFloat64RelposTable) {
+  FlashBiasBwdParams p = valid_params();
+  p.relpos_table = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  p.relpos_dtype = ScalarType::F64;
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("relpos_table dtype float64"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsNegativeRelposClip) {
+  FlashBiasBwdParams p = valid_params();
+  p.relpos_table = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  p.relpos_clip = -1;
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); });
+  EXPECT_NE(msg.find("relpos_clip R must be in [0, 2^29], got -1"), std::string::npos) << msg;
+}
+
+TEST(FlashBiasCudaArgs, RejectsDrelposWithoutTable) {
+  FlashBiasBwdParams p = valid_params();
+  p.drelpos_table = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  const std::string msg = error_of([&] { pf::kernels::cuda::flash_bias_backward(p, nullptr, nullptr); });
+  EXPECT_NE(msg.find("no relpos_table"), std::string::npos) << msg;
+}
+
+// The deterministic dT needs one workspace row per (b, h, key block); the atomic one none.
+TEST(FlashBiasCudaArgs, RelposWorkspace) {
+  FlashBiasBwdParams p = valid_params();
+  p.relpos_table = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  p.relpos_clip = 3;
+  const size_t base = pf::kernels::cuda::flash_bias_backward_workspace_bytes(p);
+  p.drelpos_table = reinterpret_cast<void*>(uintptr_t(1) << 20);
+  EXPECT_EQ(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p), base);
+  p.deterministic = true;
+  const size_t det_base = [&] { FlashBiasBwdParams r = p; r.drelpos_table = nullptr; return pf::kernels::cuda::flash_bias_backward_workspace_bytes(r); }();
+  // B·H·ceil(Nk/64) rows of min(2R+1, 64·ceil(Nq/64) + 63) = 7 floats, rounded up to 256 bytes
+  EXPECT_EQ(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p), det_base + 256);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@ namespace {
 
 using fb::BwdArgs;
 using fb::DbiasMode;
+using fb::DrelMode;
 using fb::FwdArgs;
 
 int elt_size(ScalarType t) {
@@ -42,9 +43,35 @@ void check_bnhd(const char* who, const char* name, const void* ptr, const BNHDSt
                << ") must be multiples of " << per16 << " elements (16 bytes of " << scalar_type_name(dtype) << ")");
 }
 
+bool is_varlen(const FlashBiasParams& p) { return p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr; }
+
 void check_common(const FlashBiasParams& p, const char* who) {
-  PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 1 && p.Nk >= 1,
-           who << ": sizes must be >= 1, got B=" << p.B << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);
+  const bool varlen = is_varlen(p);
+  if (varlen) {
+    PF_CHECK(p.cu_seqlens_q != nullptr && p.cu_seqlens_k != nullptr,
+             who << ": a packed batch needs both cu_seqlens_q and cu_seqlens_k, got "
+                 << (p.cu_seqlens_q ? "cu_seqlens_q only" : "cu_seqlens_k only"));
+    PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 0 && p.Nk >= 0,
+             who << ": packed batch: B, H must be >= 1 and Nq, Nk (the longest lengths) >= 0, got B=" << p.B
+                 << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);
+    PF_CHECK(p.key_padding_mask == nullptr,
+             who << ": key_padding_mask is not supported with a packed batch (cu_seqlens already say which keys exist); "
+                    "got a mask");
+    PF_CHECK(p.bias == nullptr || p.bias_seq_offsets != nullptr,
+             who << ": a packed batch with a bias needs bias_seq_offsets (the start of each sequence's [H, nq, nk] block)");
+    PF_CHECK(aligned(p.cu_seqlens_q, 4) && aligned(p.cu_seqlens_k, 4) && aligned(p.bias_seq_offsets, 8),
+             who << ": cu_seqlens (int32) and bias_seq_offsets (int64) must be aligned to their element size");
+  } else {
+    PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 1 && p.Nk >= 1,
+             who << ": sizes must be >= 1, got B=" << p.B << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);
+  }
+  if (p.relpos_table != nullptr) {
+    PF_CHECK(p.relpos_dtype == ScalarType::F32,
+             who << ": relpos_table dtype " << scalar_type_name(p.relpos_dtype) << " is not supported on CUDA; expected float32");
+    PF_CHECK(p.relpos_clip >= 0 && p.relpos_clip <= (1 << 29),
+             who << ": relpos_clip R must be in [0, 2^29], got " << p.relpos_clip);
+    PF_CHECK(aligned(p.relpos_table, 4), who << ": relpos_table (float) must be 4-byte aligned");
+  }
   PF_CHECK(p.D == 16 || p.D == 32 || p.D == 64 || p.D == 128,
            who << ": head dim D=" << p.D << " is not supported; supported: 16, 32, 64, 128");
   PF_CHECK(p.dtype == ScalarType::F16 || p.dtype == ScalarType::BF16 || p.dtype == ScalarType::F32,
@@ -73,12 +100,21 @@ bool bias_vec_ok(const void* ptr, ScalarType dtype, int64_t sb, int64_t sh, int6
   return aligned(ptr, 16) && sb % per16 == 0 && sh % per16 == 0 && sr % per16 == 0;
 }
 
+// Packed blocks: the kernels check each sequence's block and row alignment; here the base pointer.
+bool bias_vec_for(const FlashBiasParams& p) {
+  if (p.bias == nullptr) return false;
+  if (is_varlen(p)) return aligned(p.bias, 16);
+  return bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
+}
+
 FwdArgs make_fwd_args(const FlashBiasParams& p) {
   FwdArgs a;
   a.p = p;
   a.scale = float(p.scale);
   a.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
-  a.bias_vec = p.bias && bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
+  a.bias_vec = bias_vec_for(p);
+  a.varlen = is_varlen(p);
+  a.relpos = p.relpos_table != nullptr;
   return a;
 }
 
@@ -94,21 +130,24 @@ bool device_has_clusters() {
   return major >= 9;
 }
 
-// Where the backward's scratch lives and how dB is reduced.
+// Where the backward's scratch lives and how dB and dT are reduced.
 struct BwdPlan {
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;
   int nsb = 0, nsh = 0;       // dB accumulator slices
   int64_t dbias_ld = 0;       // dB accumulator row pitch (multiple of 4 floats)
   int cluster_size = 1;       // (b, h) pairs sharing one dB slice
-  size_t off_delta = 0, off_dq = 0, off_dbias = 0, total = 0;
+  DrelMode drel_mode = DrelMode::kNone;
+  int64_t drel_ld = 0;        // kPartial: floats per CTA row
+  size_t off_delta = 0, off_dq = 0, off_dbias = 0, off_drel = 0, total = 0;
   bool dq_atomic = false;
 };
 
 BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   BwdPlan plan;
-  plan.shared_b = p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
-  plan.shared_h = p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
+  const bool varlen = is_varlen(p);  // packed bias blocks belong to one sequence each: never shared
+  plan.shared_b = !varlen && p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
+  plan.shared_h = !varlen && p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
   plan.cluster_size = (plan.shared_b ? p.B : 1) * (plan.shared_h ? p.H : 1);
   if (p.dbias != nullptr)
     plan.dbias_mode = !(plan.shared_b || plan.shared_h)          ? DbiasMode::kDirect
@@ -116,6 +155,7 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
                       : p.deterministic                          ? DbiasMode::kGrouped
                                                                  : DbiasMode::kAtomic;
   plan.dq_atomic = p.dq != nullptr && !p.deterministic;
+  // row statistics and the dQ accumulator: (B,H,Nq), or (H,Tq) packed with Tq <= B·Nq
   const size_t rows = size_t(p.B) * p.H * p.Nq;
   plan.off_delta = 0;
   size_t off = round256(rows * sizeof(float));
@@ -130,6 +170,16 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
     plan.off_dbias = off;
     off += round256(size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float));
   }
+  if (p.drelpos_table != nullptr) {
+    plan.drel_mode = p.deterministic ? DrelMode::kPartial : DrelMode::kAtomic;
+    if (plan.drel_mode == DrelMode::kPartial) {
+      // one row per (b, h, key block): the bins of diagonals n0 − 64·ceil(Nq/64) + 1 … n0 + 63
+      const int64_t span = (int64_t(p.Nq) + 63) / 64 * 64 + 63;
+      plan.drel_ld = std::min<int64_t>(2 * int64_t(p.relpos_clip) + 1, span);
+      plan.off_drel = off;
+      off += round256(size_t(p.B) * p.H * ((size_t(p.Nk) + 63) / 64) * plan.drel_ld * sizeof(float));
+    }
+  }
   plan.total = off;
   return plan;
 }
@@ -142,6 +192,7 @@ int grid_for(int64_t n, int threads) {
 
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream) {
   check_common(p, "flash_bias_forward");
+  if (p.Nq == 0) return;  // packed batch of sequences without queries
   const FwdArgs args = make_fwd_args(p);
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -164,23 +215,39 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
     PF_CHECK(aligned(p.dbias, elt_size(p.bias_dtype)),
              who << ": dbias must be aligned to its element size " << elt_size(p.bias_dtype));
   }
+  if (p.drelpos_table) {
+    PF_CHECK(p.relpos_table != nullptr, who << ": drelpos_table was given but there is no relpos_table");
+    PF_CHECK(aligned(p.drelpos_table, 4), who << ": drelpos_table (float) must be 4-byte aligned");
+  }
   const BwdPlan plan = plan_backward(p);
   PF_CHECK(plan.total == 0 || workspace != nullptr,
            who << ": workspace is null but " << plan.total << " bytes are needed (flash_bias_backward_workspace_bytes)");
   PF_CHECK(aligned(workspace, 256), who << ": workspace must be 256-byte aligned");
   const bool want_dq = p.dq != nullptr, want_dk = p.dk != nullptr, want_dv = p.dv != nullptr;
-  if (!want_dq && !want_dk && !want_dv && p.dbias == nullptr) return;
+  const bool want_drel = p.drelpos_table != nullptr;
+  if (!want_dq && !want_dk && !want_dv && p.dbias == nullptr && !want_drel) return;
+  const bool varlen = is_varlen(p);
 
   char* ws = static_cast<char*>(workspace);
   BwdArgs args;
   args.p = p;
   args.scale = float(p.scale);
   args.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
-  args.bias_vec = p.bias && bias_vec_ok(p.bias, p.bias_dtype, p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride);
-  args.dbias_vec = p.dbias && aligned(p.dbias, 2 * elt_size(p.bias_dtype)) && p.dbias_batch_stride % 2 == 0 &&
-                   p.dbias_head_stride % 2 == 0 && p.dbias_row_stride % 2 == 0;
-  args.dbias_from_smem = plan.dbias_mode == DbiasMode::kDirect && !p.dbias_accumulate && p.bias_dtype == p.dtype &&
-                         bias_vec_ok(p.dbias, p.bias_dtype, p.dbias_batch_stride, p.dbias_head_stride, p.dbias_row_stride);
+  args.bias_vec = bias_vec_for(p);
+  // packed: the strides are unused; the kernel checks each sequence's block offset and row length
+  args.dbias_vec = p.dbias && aligned(p.dbias, 2 * elt_size(p.bias_dtype)) &&
+                   (varlen || (p.dbias_batch_stride % 2 == 0 && p.dbias_head_stride % 2 == 0 && p.dbias_row_stride % 2 == 0));
+  args.dbias_from_smem =
+      plan.dbias_mode == DbiasMode::kDirect && !p.dbias_accumulate && p.bias_dtype == p.dtype &&
+      (varlen ? aligned(p.dbias, 16)
+              : bias_vec_ok(p.dbias, p.bias_dtype, p.dbias_batch_stride, p.dbias_head_stride, p.dbias_row_stride));
+  args.varlen = varlen;
+  args.relpos = p.relpos_table != nullptr;
+  args.drel_mode = plan.drel_mode;
+  if (plan.drel_mode == DrelMode::kPartial) {
+    args.drel_part = reinterpret_cast<float*>(ws + plan.off_drel);
+    args.drel_part_ld = plan.drel_ld;
+  }
   args.delta = reinterpret_cast<float*>(ws + plan.off_delta);
   args.dq_accum = plan.dq_atomic ? reinterpret_cast<float*>(ws + plan.off_dq) : nullptr;
   args.dbias_mode = plan.dbias_mode;
@@ -200,24 +267,35 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   const size_t accum_db_bytes = size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float);
   if (args.dq_accum) PF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, accum_dq_bytes, stream));
   if (args.dbias_accum) PF_CUDA_CHECK(cudaMemsetAsync(args.dbias_accum, 0, accum_db_bytes, stream));
+  const int64_t n_bins = int64_t(p.H) * (2 * int64_t(p.relpos_clip) + 1);
+  if (plan.drel_mode == DrelMode::kAtomic && !p.dbias_accumulate)
+    PF_CUDA_CHECK(cudaMemsetAsync(p.drelpos_table, 0, size_t(n_bins) * sizeof(float), stream));
 
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     // Δ = rowsum(dO ∘ O): 8 warps per block, one warp per row
-    fb::flash_bias_bwd_delta_kernel<T><<<grid_for(rows, 8), 256, 0, stream>>>(p, const_cast<float*>(args.delta));
-    PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_delta_kernel");
+    if (rows > 0) {
+      fb::flash_bias_bwd_delta_kernel<T><<<grid_for(rows, 8), 256, 0, stream>>>(p, varlen, const_cast<float*>(args.delta));
+      PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_delta_kernel");
+    }
 
     fb::dispatch_head_dim(p.D, [&](auto d) {
       constexpr int D = decltype(d)::value;
-      if (want_dk || want_dv || p.dbias != nullptr || plan.dq_atomic) fb::launch_flash_bias_bwd<T, D>(args, stream);
+      if (want_dk || want_dv || p.dbias != nullptr || want_drel || plan.dq_atomic)
+        fb::launch_flash_bias_bwd<T, D>(args, stream);
       if (want_dq && !plan.dq_atomic) fb::launch_flash_bias_bwd_dq<T, D>(args, stream);
     });
 
-    if (plan.dq_atomic) {
-      fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, args.dq_accum, args.scale);
+    if (plan.dq_atomic && rows > 0) {
+      fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, varlen, args.dq_accum,
+                                                                                           args.scale);
       PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
     }
   });
+  if (plan.drel_mode == DrelMode::kPartial) {
+    fb::flash_bias_drel_reduce_kernel<<<grid_for(n_bins, 256), 256, 0, stream>>>(p, varlen, args.drel_part, plan.drel_ld);
+    PF_CUDA_CHECK_LAUNCH("flash_bias_drel_reduce_kernel");
+  }
   if (args.dbias_accum) {
     const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
     fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p, args.bias_kind, args.dbias_accum,

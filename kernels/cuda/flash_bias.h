@@ -15,6 +15,11 @@
 // - head dim D in {16, 32, 64, 128}; any B, H, Nq, Nk >= 1.
 // - q, k, v, out, dout, dq, dk, dv: 16-byte aligned pointers and batch/row/head strides that are
 //   multiples of 16 bytes (8 halves, 4 floats). The bias and its gradient may have any strides.
+// - A fused relative-position table (relpos_table, fp32 (H, 2R+1)) alone or on top of a bias, with
+//   its gradient drelpos_table (fp32) reduced inside the backward.
+// - Packed variable-length batches (cu_seqlens_q/k, device memory): Nq and Nk are the longest
+//   lengths (lengths 0 allowed; they are not checked against Nq, Nk: that would need a host wait);
+//   a bias is packed per sequence (bias_seq_offsets, device memory); no key_padding_mask.
 // Anything else fails with a pf::Error naming what was given and what is supported.
 //
 // All work is queued on `stream`; nothing synchronises. Errors raised while a kernel runs surface
@@ -32,9 +37,11 @@ namespace pf::kernels::cuda {
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream);
 
 // Bytes of scratch that flash_bias_backward needs for `p` (a multiple of 256): rowsum(dO∘O)
-// (B,H,Nq) fp32, the fp32 dQ accumulator (B,H,Nq,D) unless p.deterministic, and the fp32 dB
+// (B,H,Nq) fp32, the fp32 dQ accumulator (B,H,Nq,D) unless p.deterministic, the fp32 dB
 // accumulator (B|1,H|1,Nq,Nk) when more than 8 (b, h) pairs share one bias slice (up to 8, the
-// sharing CTAs form a thread-block cluster and sum dB on chip, in a fixed order).
+// sharing CTAs form a thread-block cluster and sum dB on chip, in a fixed order), and with
+// p.deterministic and drelpos_table the per-CTA dT rows (B, H, ceil(Nk/64), min(2R+1, 64·ceil(Nq/64)+63)).
+// Packed batches use the same bounds (Tq <= B·Nq).
 size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p);
 
 // Needs p.out and p.lse from the forward. dout:(B,Nq,H,D) -> dq:(B,Nq,H,D) dk,dv:(B,Nk,H,D)
@@ -42,7 +49,7 @@ size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p);
 // `workspace` holds at least flash_bias_backward_workspace_bytes(p) bytes of device memory
 // (256-byte aligned; contents need not be initialised).
 // With p.deterministic the results are bitwise identical run to run (no floating-point atomics);
-// otherwise dQ, and dB of a bias shared by more than 8 (b, h) pairs, are summed with fp32
+// otherwise dQ, dB of a bias shared by more than 8 (b, h) pairs, and dT are summed with fp32
 // atomics (run-to-run differences at the level of fp32 rounding only).
 void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStream_t stream);
 

@@ -1,8 +1,12 @@
 // Small kernels around the flash-bias backward:
 // - preprocess: Δ = rowsum(dO ∘ O), the softmax-Jacobian term of dS = P ∘ (dP − Δ);
 // - finalize: fp32 accumulators -> the gradients' own dtype and strides (dQ of the atomic mode,
-//   dB of a bias shared over the batch or heads).
+//   dB of a bias shared over the batch or heads);
+// - the deterministic dT reduction: per-CTA partial rows -> dT, summed in a fixed order.
 // All are memory-bound element loops; one launch each.
+//
+// Row statistics (lse, Δ) and the dQ accumulator are indexed by "stat rows": (B,H,Nq) in a dense
+// batch, (H,Tq) in a packed one (Tq = cu_seqlens_q[B], read on the device: the host never waits).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -14,20 +18,41 @@
 
 namespace pf::kernels::cuda::fb {
 
-// out,dout:(B,Nq,H,D) -> delta:(B,H,Nq) fp32. One warp per row (b, h, i).
+// Stat row r -> the element offset of its (b, i, h) row in a (B,N,H,D) tensor with strides s
+// (packed: row t = cu_seqlens_q[b] + i of a (T,H,D) tensor).
+struct StatRows {
+  int64_t rows = 0;  // B·H·Nq, or H·Tq
+  int Nq = 1, H = 1;
+  bool varlen = false;
+  __device__ __forceinline__ int64_t origin(int64_t r, const BNHDStrides& s) const {
+    if (varlen) {
+      const int64_t tq = rows / H;
+      return (r % tq) * s.row + (r / tq) * s.head;
+    }
+    const int i = int(r % Nq);
+    const int h = int((r / Nq) % H);
+    const int b = int(r / (int64_t(Nq) * H));
+    return b * s.batch + int64_t(i) * s.row + h * s.head;
+  }
+};
+__device__ __forceinline__ StatRows stat_rows(const FlashBiasParams& p, bool varlen) {
+  StatRows s;
+  s.Nq = p.Nq;
+  s.H = p.H;
+  s.varlen = varlen;
+  s.rows = varlen ? int64_t(p.H) * p.cu_seqlens_q[p.B] : int64_t(p.B) * p.H * p.Nq;
+  return s;
+}
+
+// out,dout:(B,Nq,H,D) -> delta:(B,H,Nq) fp32 (packed: (Tq,H,D) -> (H,Tq)). One warp per row.
 template <typename T>
-__global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwdParams p, float* delta) {
+__global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen, float* delta) {
   const int lane = threadIdx.x % 32;
-  const int64_t rows = int64_t(p.B) * p.H * p.Nq;
+  const StatRows sr = stat_rows(p, varlen);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
-    const int i = int(r % p.Nq);
-    const int h = int((r / p.Nq) % p.H);
-    const int b = int(r / (int64_t(p.Nq) * p.H));
-    const T* o = static_cast<const T*>(p.out) + b * p.out_stride.batch + int64_t(i) * p.out_stride.row +
-                 h * p.out_stride.head;
-    const T* d = static_cast<const T*>(p.dout) + b * p.dout_stride.batch + int64_t(i) * p.dout_stride.row +
-                 h * p.dout_stride.head;
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < sr.rows; r += warps) {
+    const T* o = static_cast<const T*>(p.out) + sr.origin(r, p.out_stride);
+    const T* d = static_cast<const T*>(p.dout) + sr.origin(r, p.dout_stride);
     float s = 0.f;
     for (int c = lane; c < p.D; c += 32) s = fmaf(to_float(o[c]), to_float(d[c]), s);
 #pragma unroll
@@ -37,18 +62,45 @@ __global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwd
 }
 
 // dq_accum:(B,H,Nq,D) fp32 (unscaled Σ dS K) -> dq:(B,Nq,H,D) = scale · dq_accum
+// (packed: (H,Tq,D) -> (Tq,H,D))
 template <typename T>
-__global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasBwdParams p, const float* acc,
-                                              float scale) {
-  const int64_t n = int64_t(p.B) * p.H * p.Nq * p.D;
+__global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen,
+                                              const float* acc, float scale) {
+  const StatRows sr = stat_rows(p, varlen);
+  const int64_t n = sr.rows * p.D;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int d = int(idx % p.D);
-    const int64_t row = idx / p.D;  // (b, h, i)
-    const int i = int(row % p.Nq);
-    const int h = int((row / p.Nq) % p.H);
-    const int b = int(row / (int64_t(p.Nq) * p.H));
-    T* dq = static_cast<T*>(p.dq) + b * p.dq_stride.batch + int64_t(i) * p.dq_stride.row + h * p.dq_stride.head;
+    T* dq = static_cast<T*>(p.dq) + sr.origin(idx / p.D, p.dq_stride);
     dq[d] = from_float<T>(acc[idx] * scale);
+  }
+}
+
+// Deterministic dT: part:(B,H,n_kb,ld) fp32 rows written by flash_bias_bwd_kernel (one per CTA,
+// bins clip(d_lo) + R … clip(d_hi) + R, d_lo = 64·kb − 64·ceil(nq_b/64) + 1, d_hi = 64·kb + 63; no
+// row where nq_b = 0 or 64·kb >= nk_b) -> drelpos_table (H, 2R+1) fp32, = or +=. One thread per
+// (h, bin) sums over b, then kb, in order.
+__global__ void flash_bias_drel_reduce_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen,
+                                              const float* part, int64_t ld) {
+  const int R = p.relpos_clip, nbins = 2 * R + 1;
+  const int n_kb = (p.Nk + 63) / 64;
+  const int64_t n = int64_t(p.H) * nbins;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int h = int(idx / nbins), bin = int(idx % nbins);
+    float sum = 0.f;
+    for (int b = 0; b < p.B; ++b) {
+      const int nq = varlen ? p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b] : p.Nq;
+      const int nk = varlen ? p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b] : p.Nk;
+      if (nq == 0) continue;
+      const int m_span = (nq + 63) / 64 * 64;
+      const float* rows = part + (int64_t(b) * p.H + h) * n_kb * ld;
+      for (int kb = 0; kb * 64 < nk; ++kb) {
+        const int d_lo = 64 * kb - m_span + 1, d_hi = 64 * kb + 63;
+        const int lo = min(max(d_lo, -R), R) + R, hi = min(max(d_hi, -R), R) + R;
+        if (bin >= lo && bin <= hi) sum += rows[int64_t(kb) * ld + (bin - lo)];
+      }
+    }
+    float* out = static_cast<float*>(p.drelpos_table) + idx;
+    *out = p.dbias_accumulate ? *out + sum : sum;
   }
 }
 

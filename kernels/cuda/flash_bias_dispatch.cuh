@@ -1,6 +1,7 @@
 // The one place where run-time choices become template constants: dtype -> element type,
-// head dim -> D. Causal, key padding, bias presence / dtype / broadcast and the dB mode stay
-// run-time flags (uniform branches inside the kernels), which keeps the build to
+// head dim -> D. Causal, key padding, bias presence / dtype / broadcast, the dB mode, the fused
+// relative-position table (and the dT mode) and packed variable-length batches stay run-time
+// flags (uniform branches inside the kernels), which keeps the build to
 // 3 element types × 4 head dims × 3 kernels.
 //
 // The launchers are defined with their kernels (flash_bias_fwd_kernel.cuh,

@@ -8,6 +8,11 @@
 //
 // Element = __half or __nv_bfloat16: tensor cores (mma.sync m16n8k16, fp32 accumulation).
 // Element = float: the same kernels with a fp32 SIMT product on the same fragment layout.
+//
+// Fused relative-position bias: a tile of BM rows × BN keys needs the table entries of the
+// BM + BN − 1 diagonals j − i it crosses; that slice (clipped to ±R) is staged in shared memory
+// with the tile's other inputs, after the bias tiles (kRelSliceElems floats per stage). The
+// backward adds two rows of 128 floats for the per-tile diagonal sums of dS (the dT reduction).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -38,14 +43,20 @@ struct TileShape {
   static constexpr int kKTileBytes = kBlockN * kPitch * int(sizeof(T));
   static constexpr int kSTileBytes = BM * kSPitch * int(sizeof(T));
   static constexpr int kBiasTileElems = BM * kBiasPitch;  // × the bias's element size, at run time
+  static constexpr int kRelSliceElems = BM + kBlockN;     // table entries of the tile's BM + BN − 1 diagonals (fp32)
   static_assert(D % 16 == 0 && D >= 16 && D <= 128, "head dim must be 16, 32, 64 or 128");
 };
 
 // The bias tiles come last in shared memory and take 2 or 4 bytes per element as the bias dtype
-// asks (a fp16 bias leaves room for one more CTA per SM than a fp32 one would).
+// asks (a fp16 bias leaves room for one more CTA per SM than a fp32 one would); the relative-
+// position slices (and the backward's diagonal sums) follow them only when the table is given.
 template <typename Tr>
-constexpr int smem_bytes(int bias_elt_size) {
+constexpr int rel_offset(int bias_elt_size) {
   return Tr::kOffBias + Tr::kStages * Tr::kBiasTileElems * bias_elt_size;
+}
+template <typename Tr>
+constexpr int smem_bytes(int bias_elt_size, bool relpos) {
+  return rel_offset<Tr>(bias_elt_size) + (relpos ? Tr::kRelBytes : 0);
 }
 
 // Forward: 16 query rows per warp; 8 warps (128 rows) on tensor cores so that each K/V tile
@@ -65,6 +76,7 @@ struct FwdTraits : TileShape<T, D, std::is_same_v<T, float> ? 64 : 128> {
   static constexpr int kOffP = kOffV + kStages * S::kKTileBytes;
   static constexpr int kOffKeyOk = kOffP + (S::kTensorCores ? 0 : S::kSTileBytes);
   static constexpr int kOffBias = kOffKeyOk + (kStages * S::kBlockN + 127) / 128 * 128;
+  static constexpr int kRelBytes = kStages * S::kRelSliceElems * 4;
 };
 
 // Backward (dK, dV, dB and, unless deterministic, dQ by atomics): 8 warps; a CTA owns one key
@@ -87,8 +99,22 @@ struct BwdTraits : TileShape<T, D, 64> {
   static constexpr int kOffDelta = kOffLse + kStages * S::kBlockM * 4;
   static constexpr int kOffKeyOk = kOffDelta + kStages * S::kBlockM * 4;
   static constexpr int kS32Pitch = S::kBlockN + 4;  // fp32 dS tile read by the cluster's dB reduction
+  // The dT reduction's fp32 dS tile, "wrapped": element (r, c) at r·kWrapPitch + ((c − r) mod 64),
+  // so that column w holds diagonal w (rows r < 64 − w) and diagonal w − 64 (the rest). Pitch 73:
+  // a fragment store (lane (g, t) at row g, column 2t − g + const) puts at most 2 lanes on a bank,
+  // the least this layout allows (bank 8g + 2t + const); the column reads are conflict-free.
+  // It shares the fp32 tile's region, except in the cluster mode (then it follows the relative-
+  // position state).
+  static constexpr int kWrapPitch = 73;
+  static constexpr int kWrapBytes = S::kBlockM * kWrapPitch * 4;
   static constexpr int kOffdS32 = kOffKeyOk + 128;
-  static constexpr int kOffBias = kOffdS32 + S::kBlockM * kS32Pitch * 4;
+  static constexpr int kOffBias = kOffdS32 + (kWrapBytes > S::kBlockM * kS32Pitch * 4 ? kWrapBytes : S::kBlockM * kS32Pitch * 4);
+  // relative-position slices, then the four quarter-row partial sums of the tile's 127 diagonals
+  // of dS (4 × 128 floats), then the dT walk state (64 carried sums, each warp's two end-bin sums;
+  // 128 floats); in the cluster mode the wrapped dS tile after that (kWrapBytes, added at launch)
+  static constexpr int kDiagElems = 128;
+  static constexpr int kRelBytes = kStages * S::kRelSliceElems * 4 + 4 * kDiagElems * 4 + 128 * 4;
+  static_assert(S::kBlockM == 64 && S::kBlockN == 64, "the dT diagonal reduction assumes 64 × 64 tiles");
 };
 
 // Deterministic dQ: 4 warps × 16 query rows, walks the key blocks like the forward; on tensor
@@ -107,17 +133,78 @@ struct DqTraits : TileShape<T, D, 64> {
   static constexpr int kOffDelta = kOffLse + S::kBlockM * 4;
   static constexpr int kOffKeyOk = kOffDelta + S::kBlockM * 4;
   static constexpr int kOffBias = kOffKeyOk + 128;
+  static constexpr int kRelBytes = kStages * S::kRelSliceElems * 4;
 };
 
 // ---- kernel arguments (built and validated by flash_bias.cu) ----------------------------------
 
 constexpr int kNoBias = -1;  // bias_kind when there is no bias; else int(ScalarType) of the bias
+constexpr int kRelOnly = -2; // tile mode (not a bias_kind): no dense bias, the relative-position slice alone
 
 struct FwdArgs {
   FlashBiasParams p;
   float scale = 0.f;       // p.scale narrowed to float
   int bias_kind = kNoBias;
-  bool bias_vec = false;   // bias rows may be fetched in aligned 16-byte pieces
+  bool bias_vec = false;   // bias rows may be fetched in aligned 16-byte pieces (packed: the base
+                           // pointer is 16-byte aligned; each sequence's block is checked in the kernel)
+  bool varlen = false;     // packed variable-length batch (p.cu_seqlens_q/k)
+  bool relpos = false;     // fused relative-position table (p.relpos_table, R = p.relpos_clip)
+};
+
+// The sequence (b) a CTA works on: its lengths and where its rows start. Dense batches: every
+// sequence has Nq, Nk and starts at row 0 of its batch slice; packed: cu_seqlens say.
+struct SeqInfo {
+  int Nq = 0, Nk = 0;   // this sequence's query and key counts
+  int q0 = 0, k0 = 0;   // packed: first row of the sequence in q/out/dout/dq and k/v/dk/dv
+  int b = 0;
+  bool varlen = false;
+  int64_t stat0 = 0;    // lse / delta index of (b, h = 0, i = 0); heads are stat_stride apart
+  int64_t stat_stride = 0;
+
+  // element offset of the sequence's row 0 (head 0) in a (B,N,H,D) / packed (T,H,D) tensor
+  __host__ __device__ int64_t q_origin(const BNHDStrides& s) const { return varlen ? int64_t(q0) * s.row : int64_t(b) * s.batch; }
+  __host__ __device__ int64_t k_origin(const BNHDStrides& s) const { return varlen ? int64_t(k0) * s.row : int64_t(b) * s.batch; }
+  // lse / delta (B,H,Nq) dense or (H,Tq) packed: index of (h, i = 0)
+  __host__ __device__ int64_t stat_row(int h) const { return stat0 + int64_t(h) * stat_stride; }
+};
+
+__device__ __forceinline__ SeqInfo seq_info(const FlashBiasParams& p, int b, bool varlen) {
+  SeqInfo s;
+  s.b = b;
+  s.varlen = varlen;
+  if (varlen) {
+    s.q0 = p.cu_seqlens_q[b];
+    s.Nq = p.cu_seqlens_q[b + 1] - s.q0;
+    s.k0 = p.cu_seqlens_k[b];
+    s.Nk = p.cu_seqlens_k[b + 1] - s.k0;
+    s.stat0 = s.q0;
+    s.stat_stride = p.cu_seqlens_q[p.B];  // Tq
+  } else {
+    s.Nq = p.Nq;
+    s.Nk = p.Nk;
+    s.stat0 = int64_t(b) * p.H * p.Nq;
+    s.stat_stride = p.Nq;
+  }
+  return s;
+}
+
+// Element offset and row stride of the (b, h) slice of a bias-shaped tensor: dense strides, or
+// the packed block [H, Nq_b, Nk_b] of sequence b at seq_offsets[b].
+__device__ __forceinline__ int64_t bias_slice(const SeqInfo& s, int h, const int64_t* seq_offsets, int64_t batch_stride,
+                                              int64_t head_stride, int64_t row_stride, int64_t& row_stride_out) {
+  if (s.varlen) {
+    row_stride_out = s.Nk;
+    return seq_offsets[s.b] + int64_t(h) * s.Nq * s.Nk;
+  }
+  row_stride_out = row_stride;
+  return int64_t(s.b) * batch_stride + int64_t(h) * head_stride;
+}
+
+// How dT (the relative-position table's gradient) reaches memory.
+enum class DrelMode : int {
+  kNone = 0,
+  kAtomic = 1,   // fp32 atomics straight into p.drelpos_table (zeroed first unless accumulating)
+  kPartial = 2,  // deterministic: each CTA writes its bins to a workspace row; one ordered reduction
 };
 
 // How dB reaches memory.
@@ -149,6 +236,11 @@ struct BwdArgs {
   bool group_b = false, group_h = false;    // kGrouped: a CTA loops over b / h
   bool sharing_fastest = false;             // kAtomic, kCluster: 1-d grid, the sharing b / h vary fastest
   int cluster_size = 1;                     // kCluster: number of (b, h) sharing one dB slice
+  bool varlen = false;                      // packed variable-length batch
+  bool relpos = false;                      // fused relative-position table
+  DrelMode drel_mode = DrelMode::kNone;
+  float* drel_part = nullptr;               // kPartial: (B,H,ceil(Nk/64), drel_part_ld) fp32
+  int64_t drel_part_ld = 0;                 // min(2R+1, 64·ceil(Nq/64) + 63)
 };
 
 }  // namespace pf::kernels::cuda::fb
