@@ -14,10 +14,10 @@
 //
 // Packed batches (chains of different lengths, no padding): tokens (T) with cu_seqlens (B+1);
 // the pair representation is built per chain, z (P, c_z) with P = Σ n_b², each chain's n_b²
-// pairs row-major one after another; each layer's bias LN_z(z)·W_b (P, H) is reordered into the
-// packed [H, n_b, n_b] blocks the attention op expects (a gather by a fixed permutation: the
-// embedding op with the (P·H, 1) projection as its table, so its backward is the gather by the
-// inverse permutation); the loss is the mean over the T real residues.
+// pairs row-major one after another; each layer's bias LN_z(z)·W_b comes out of the fused
+// pair-bias op as (H, P) and is cut into the packed [H, n_b, n_b] blocks the attention op
+// expects (pack_blocks: B·H contiguous runs copied, no index array; its backward copies the runs
+// back); the loss is the mean over the T real residues.
 #pragma once
 #include <memory>
 #include <vector>
@@ -39,15 +39,18 @@ int distance_bin(double d, const ModelConfig& cfg);
 
 // The pair features of a packed batch, per chain (no gradient flows into them).
 struct PackedPairFeatures {
-  Tensor rel_idx;     // (P) I32, P = Σ n_b²: pair (i,j) of chain b at pair_start_b + i·n_b + j
-  Tensor dist_bin;    // (P) I32
-  // (P·H) I32: element [h,i,j] of chain b's bias block (the op's packed layout, at H·pair_start_b)
-  // is row (pair_start_b + i·n_b + j)·H + h of the flattened (P,H) projection.
-  Tensor bias_order;
+  Tensor rel_idx;   // (P) I32, P = Σ n_b²: pair (i,j) of chain b at pair_start[b] + i·n_b + j
+  Tensor dist_bin;  // (P) I32
+  std::vector<int64_t> pair_start;  // (B+1) host: chain b's pairs are [pair_start[b], pair_start[b+1])
 };
 // coords (T,3) of the chains cu_seqlens (B+1) delimits.
 PackedPairFeatures packed_pair_features(const float* coords, const std::vector<int32_t>& cu_seqlens,
                                         const ModelConfig& cfg, Device device = Device::CPU);
+
+// x:(H,P) → 1-D, segment b's (H, m_b) block after another: out[H·s_b + h·m_b + k] = x[h, s_b + k]
+// with s = start (B+1), m_b = s_{b+1} − s_b. One contiguous copy per (b,h) on x's device; the
+// backward copies the gradient's runs back. The packed bias layout of the attention op.
+Tensor pack_blocks(const Tensor& x, const std::vector<int64_t>& start);
 
 // What a packed batch hands the model besides its tokens.
 struct Packing {
