@@ -61,6 +61,9 @@ void check_common(const FlashBiasParams& p, const char* who) {
              who << ": a packed batch with a bias needs bias_seq_offsets (the start of each sequence's [H, nq, nk] block)");
     PF_CHECK(aligned(p.cu_seqlens_q, 4) && aligned(p.cu_seqlens_k, 4) && aligned(p.bias_seq_offsets, 8),
              who << ": cu_seqlens (int32) and bias_seq_offsets (int64) must be aligned to their element size");
+    PF_CHECK((int64_t(p.Nq) + 63) / 64 <= 65535 && (int64_t(p.Nk) + 63) / 64 <= 65535,
+             who << ": packed batch: the longest sequence must be <= 65535·64 (grid limit), got Nq=" << p.Nq
+                 << " Nk=" << p.Nk);
   } else {
     PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 1 && p.Nk >= 1,
              who << ": sizes must be >= 1, got B=" << p.B << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);

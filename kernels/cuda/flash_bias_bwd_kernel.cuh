@@ -327,7 +327,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const int wk = (warp % 4) * 16, wd = (warp / 4) * (D / 2);  // dK / dV / dQ piece
   // CTA -> (key block, h, b). With dB summed by atomics, the CTAs that add into the same dB tile
   // (the sharing b and/or h) are adjacent in launch order, so their additions meet in L2.
-  int n_block = blockIdx.x, h_cta = blockIdx.y, b_cta = blockIdx.z;
+  const GridPos pos = grid_pos(kGeneral && args.varlen);
+  int n_block = pos.block, h_cta = pos.h, b_cta = pos.b;
   if (args.sharing_fastest) {
     int r = blockIdx.x;
     const int ib = args.shared_b ? r % p.B : 0;
@@ -512,7 +513,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
         load_rows<T, D, BM, kPitch, kNThreads>(sdO + stage * BM * kPitch, pick(src.dout, dout), p.dout_stride.row, m0,
                                                nq, tid);
         if (has_bias)
-          load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * bias_tile_bytes, pick(src.bias, bias),
+          load_bias_tile<BM, BN, kBiasPitch, kNThreads, kGeneral>(sBias + stage * bias_tile_bytes, pick(src.bias, bias),
                                                         pick(src.bias_row, p.bias_row_stride), args.bias_kind, m0, n0, nq,
                                                         pick(src.Nk, Nk), pick(src.bias_vec, args.bias_vec), tid);
         if (relpos) load_rel_slice<BM, BN, kNThreads>(sRel + stage * kRelElems, src.table_h, R, m0, n0, tid);
@@ -723,8 +724,9 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   const FlashBiasBwdParams& p = args.p;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int m0 = blockIdx.x * BM;
+  const GridPos pos = grid_pos(args.varlen);
+  const int h = pos.h, b = pos.b;
+  const int m0 = pos.block * BM;
   const SeqInfo seq = seq_info(p, b, args.varlen);
   const int Nq = seq.Nq, Nk = seq.Nk;
   if (m0 >= Nq) return;  // packed: past this sequence's queries
@@ -774,7 +776,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, k, p.k_stride.row, n0, Nk, tid);
     load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, v, p.v_stride.row, n0, Nk, tid);
     if (has_bias)
-      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * bias_tile_bytes, bias, bias_row, args.bias_kind, m0,
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads, true>(sBias + stage * bias_tile_bytes, bias, bias_row, args.bias_kind, m0,
                                                     n0, Nq, Nk, bias_vec, tid);
     if (relpos) load_rel_slice<BM, BN, kNThreads>(sRel + stage * kRelElems, table_h, R, m0, n0, tid);
   };
@@ -877,6 +879,7 @@ void launch_flash_bias_bwd(const BwdArgs& args, cudaStream_t stream) {
   else set_smem_limit<Tr, flash_bias_bwd_kernel<Tr, false>>();
   const int n_kblocks = (p.Nk + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid = args.sharing_fastest ? dim3(unsigned(n_kblocks) * p.H * p.B, 1, 1)
+                    : args.varlen        ? launch_grid(true, n_kblocks, p.H, p.B)
                                          : dim3(n_kblocks, args.group_h ? 1 : p.H, args.group_b ? 1 : p.B);
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;  // packed batch with no keys
   // the cluster mode keeps its own fp32 dS tile: the wrapped one for dT follows the relative-position state
@@ -908,8 +911,8 @@ void launch_flash_bias_bwd_dq(const BwdArgs& args, cudaStream_t stream) {
   const FlashBiasBwdParams& p = args.p;
   auto kernel = flash_bias_bwd_dq_kernel<Tr>;
   set_smem_limit<Tr, flash_bias_bwd_dq_kernel<Tr>>();
-  const dim3 grid((p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
-  if (grid.x == 0) return;  // packed batch with no queries
+  const dim3 grid = launch_grid(args.varlen, (p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
+  if (grid.x == 0 || grid.z == 0) return;  // packed batch with no queries
   kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind), args.relpos), stream>>>(args);
   PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_dq_kernel");
 }

@@ -20,8 +20,9 @@ namespace pf::kernels::cuda::fb {
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) table:(H,2R+1) -> out:(B,Nq,H,D) lse:(B,H,Nq)
 // packed: q,out:(Tq,H,D) k,v:(Tk,H,D) bias: blocks [H,nq_b,nk_b] lse:(H,Tq)
-// grid (ceil(Nq/BM), H, B) (packed: Nq = the longest sequence; CTAs past their sequence's end
-// return at once), block 32·kNWarps, dynamic shared memory smem_bytes<Tr>(bias elt size, relpos).
+// grid (ceil(Nq/BM), H, B) (packed: (B, H, ceil(Nq/BM)) with Nq the longest sequence, see grid_pos;
+// CTAs past their sequence's end return at once), block 32·kNWarps, dynamic shared memory
+// smem_bytes<Tr>(bias elt size, relpos).
 // kGeneral: the packed-batch and relative-position paths are compiled in (see the backward kernel:
 // without them, dense batches run the kernel these modes were added to).
 template <typename Tr, bool kGeneral>
@@ -35,9 +36,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const FlashBiasParams& p = args.p;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int m0 = blockIdx.x * BM;
   const bool varlen = kGeneral && args.varlen;
+  const GridPos pos = grid_pos(varlen);
+  const int h = pos.h, b = pos.b;
+  const int m0 = pos.block * BM;
   const SeqInfo seq = seq_info(p, b, varlen);
   const int Nq = seq.Nq, Nk = seq.Nk;
   if (m0 >= Nq) return;  // packed: past this sequence's queries
@@ -118,7 +120,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, pick(src.k, k), p.k_stride.row, n0, nk, tid);
     load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, pick(src.v, v), p.v_stride.row, n0, nk, tid);
     if (has_bias)
-      load_bias_tile<BM, BN, kBiasPitch, kNThreads>(sBias + stage * bias_tile_bytes, pick(src.bias, bias),
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads, kGeneral>(sBias + stage * bias_tile_bytes, pick(src.bias, bias),
                                                     pick(src.bias_row, bias_row), args.bias_kind, m0, n0,
                                                     pick(src.Nq, Nq), nk, pick(src.bias_vec, bias_vec), tid);
     if (relpos) load_rel_slice<BM, BN, kNThreads>(sRel + stage * kRelElems, src.table_h, R, m0, n0, tid);
@@ -283,8 +285,8 @@ void launch_flash_bias_fwd(const FwdArgs& args, cudaStream_t stream) {
   auto kernel = general ? flash_bias_fwd_kernel<Tr, true> : flash_bias_fwd_kernel<Tr, false>;
   if (general) set_smem_limit<Tr, flash_bias_fwd_kernel<Tr, true>>();
   else set_smem_limit<Tr, flash_bias_fwd_kernel<Tr, false>>();
-  const dim3 grid((p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
-  if (grid.x == 0) return;  // packed batch of empty sequences
+  const dim3 grid = launch_grid(args.varlen, (p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
+  if (grid.x == 0 || grid.z == 0) return;  // packed batch of empty sequences
   kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind), args.relpos), stream>>>(args);
   PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_kernel");
 }

@@ -188,6 +188,23 @@ __device__ __forceinline__ SeqInfo seq_info(const FlashBiasParams& p, int b, boo
   return s;
 }
 
+// A CTA's (block, h, b): block = the query block (forward, dQ kernel) or key block (dK/dV
+// kernel). Dense: grid (blocks, H, B). Packed: grid (B, H, blocks) with the blocks in reverse, so
+// that the CTAs launched first are the last blocks, which only the longest sequences have, and
+// the short sequences' CTAs fill in at the end. In index order (the first blocks of every
+// sequence first) the longest CTAs started last: measured 0.99× the padded batch's tokens/s in
+// the forward at lengths 64…1024 (H100), where the work alone allows 1.7×.
+struct GridPos {
+  int block, h, b;
+};
+__device__ __forceinline__ GridPos grid_pos(bool varlen) {
+  if (varlen) return GridPos{int(gridDim.z - 1 - blockIdx.z), int(blockIdx.y), int(blockIdx.x)};
+  return GridPos{int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+}
+inline dim3 launch_grid(bool varlen, int blocks, int H, int B) {
+  return varlen ? dim3(unsigned(B), unsigned(H), unsigned(blocks)) : dim3(unsigned(blocks), unsigned(H), unsigned(B));
+}
+
 // Element offset and row stride of the (b, h) slice of a bias-shaped tensor: dense strides, or
 // the packed block [H, Nq_b, Nk_b] of sequence b at seq_offsets[b].
 __device__ __forceinline__ int64_t bias_slice(const SeqInfo& s, int h, const int64_t* seq_offsets, int64_t batch_stride,
