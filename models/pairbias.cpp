@@ -214,16 +214,19 @@ PairBiasLayer::PairBiasLayer(const ModelConfig& cfg, Rng& rng) {
   mlp = register_module("mlp", std::make_shared<nn::MLP>(cfg.d_model, cfg.d_ff, rng));
 }
 
+// The fused pair bias does the work of two modules: an anomaly inside it names both.
+constexpr const char* kPairBiasScope = "pair_norm+pair_proj";
+
 Tensor PairBiasLayer::bias(const Tensor& z, const Packing* packing) const {
   PF_CHECK(pair_proj, "PairBiasLayer::bias: this layer has no pair bias (model.attn_bias is relpos)");
   if (!packing)  // LN_z(z)·W_b permuted to (B,H,N,N) in one op: no normalised copy of z
-    return anomaly::in_scope("pair_proj", [&] {
+    return anomaly::in_scope(kPairBiasScope, [&] {
       return ops::pair_bias(z, pair_norm->weight, pair_norm->bias, pair_proj->weight, pair_norm->eps);
     });
   // z (P,c_z) as (1,1,P,c_z): the fused op gives (1,H,1,P), each head's row over all pairs; the
   // attention op wants chain by chain [H,n_b,n_b].
   const int64_t P = z.size(0);
-  const Tensor b = anomaly::in_scope("pair_proj", [&] {
+  const Tensor b = anomaly::in_scope(kPairBiasScope, [&] {
     return ops::pair_bias(ops::reshape(z, {1, 1, P, z.size(1)}), pair_norm->weight, pair_norm->bias,
                           pair_proj->weight, pair_norm->eps);
   });

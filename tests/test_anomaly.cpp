@@ -84,9 +84,10 @@ TEST(Anomaly, ForwardNamesTheFirstNonFiniteOpWithShapeAndLayer) {
   };
   const Case cases[] = {
       {"embed.weight", kInf, "'embedding'", "in embed ", "[3, 7, 12]"},
-      {"pair.dist.weight", kNaN, "'embedding'", "in pair.dist ", "[3, 7, 7, 6]"},
-      {"layers.1.pair_norm.weight", kNaN, "'layernorm'", "in layers.1.pair_norm ", "[3, 7, 7, 6]"},
-      {"layers.0.pair_proj.weight", kInf, "'linear'", "in layers.0.pair_proj ", "[3, 7, 7, 3]"},
+      // the pair representation and the pair bias are fused ops (framework/ops.h)
+      {"pair.dist.weight", kNaN, "'embedding_sum'", "in pair ", "[3, 7, 7, 6]"},
+      {"layers.1.pair_norm.weight", kNaN, "'pair_bias'", "in layers.1.pair_norm+pair_proj ", "[3, 3, 7, 7]"},
+      {"layers.0.pair_proj.weight", kInf, "'pair_bias'", "in layers.0.pair_norm+pair_proj ", "[3, 3, 7, 7]"},
       {"layers.0.attn.k.bias", kNaN, "'linear'", "in layers.0.attn.k ", "[3, 7, 12]"},
       {"layers.1.mlp.fc1.weight", -kInf, "'linear'", "in layers.1.mlp.fc1 ", "[3, 7, 17]"},
       {"final_norm.bias", kNaN, "'layernorm'", "in final_norm ", "[3, 7, 12]"},
