@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -116,17 +117,46 @@ bool packed_batches(const Config& cfg) {
 
 namespace {
 
+// A batch prepared on the host: its global sample indices, this rank's rows of them gathered
+// (dense or packed), and the sampler's state right after the indices were drawn (what a
+// checkpoint taken after this batch's step records).
+struct HostBatch {
+  std::vector<int> global_idx;
+  Batch dense;
+  PackedBatch packed;
+  int64_t epoch = 0, cursor = 0;
+};
+
+HostBatch gather_host(const ChainSet& set, std::vector<int> idx, bool packed, int world, int rank) {
+  HostBatch h;
+  h.global_idx = std::move(idx);
+  std::vector<int> mine = h.global_idx;
+  if (world > 1) {  // this rank's contiguous slice of the global batch
+    const size_t per = mine.size() / world;
+    mine = std::vector<int>(mine.begin() + rank * per, mine.begin() + (rank + 1) * per);
+  }
+  if (packed) h.packed = gather_packed(set, mine);
+  else h.dense = gather_batch(set, mine);
+  return h;
+}
+
+// The loss of a host batch, uploaded to `device`.
+models::LossResult host_batch_loss(const models::PairBiasModel& model, const HostBatch& h, bool packed,
+                                   Device device) {
+  if (packed) {
+    const PackedTensors b = to_tensors(h.packed, model.config(), device);
+    return models::model_loss(model, b.tokens, b.packing, b.labels);
+  }
+  const BatchTensors b = to_tensors(h.dense, model.config(), device);
+  return models::model_loss(model, b.tokens, b.pair, b.labels);
+}
+
 // The loss of the samples idx of set, dense or packed; *tokens = the residues it covers.
 models::LossResult batch_loss(const models::PairBiasModel& model, const ChainSet& set, const std::vector<int>& idx,
                               bool packed, Device device, int64_t* tokens) {
-  if (packed) {
-    const PackedTensors b = to_tensors(gather_packed(set, idx), model.config(), device);
-    *tokens = b.tokens.numel();
-    return models::model_loss(model, b.tokens, b.packing, b.labels);
-  }
-  const BatchTensors b = to_tensors(gather_batch(set, idx), model.config(), device);
-  *tokens = b.tokens.numel();
-  return models::model_loss(model, b.tokens, b.pair, b.labels);
+  const HostBatch h = gather_host(set, idx, packed, 1, 0);
+  *tokens = packed ? h.packed.T() : int64_t{h.dense.B} * h.dense.N;
+  return host_batch_loss(model, h, packed, device);
 }
 
 }  // namespace
@@ -509,18 +539,29 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
     if (lead) write_plots(cfg.out, log, model);
   };
   const int64_t last_step = stop_at > 0 ? std::min<int64_t>(stop_at, t.steps) : t.steps;
+  // The next batch is drawn and gathered on a worker thread while the current step runs (the
+  // device work of a step is queued asynchronously; the host work overlaps it). Each batch
+  // carries the sampler state of its own draw, so a checkpoint resumes at the next batch.
+  const auto prepare = [&] {
+    std::vector<int> idx = sampler.next();
+    const int64_t epoch = sampler.epoch(), cursor = sampler.cursor();
+    return std::async(std::launch::async, [&train_set, idx = std::move(idx), packed, world, rank, epoch, cursor] {
+      HostBatch h = gather_host(train_set, idx, packed, world, rank);
+      h.epoch = epoch;
+      h.cursor = cursor;
+      return h;
+    });
+  };
+  std::future<HostBatch> next_batch;
   while (st.step < last_step) {
     const auto t0 = Clock::now();
-    std::vector<int> batch_idx = sampler.next();
-    for (int s : batch_idx) timed_tokens += train_set.length(s);
-    if (comm) {  // this rank's contiguous slice of the global batch
-      const size_t per = batch_idx.size() / world;
-      batch_idx = std::vector<int>(batch_idx.begin() + rank * per, batch_idx.begin() + (rank + 1) * per);
-    }
+    if (!next_batch.valid()) next_batch = prepare();
+    const HostBatch batch = next_batch.get();
+    if (st.step + 1 < last_step) next_batch = prepare();
+    for (int s : batch.global_idx) timed_tokens += train_set.length(s);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
     model.zero_grad();
-    int64_t batch_tokens = 0;
-    const auto r = batch_loss(model, train_set, batch_idx, packed, device, &batch_tokens);
+    const auto r = host_batch_loss(model, batch, packed, device);
     if (grad_sync) {
       grad_sync->backward(r.loss);  // the mean of the ranks' gradients = the global batch's
     } else {
@@ -547,8 +588,8 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
     train_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
     ++timed_steps;
     ++st.step;
-    st.epoch = sampler.epoch();
-    st.cursor = sampler.cursor();
+    st.epoch = batch.epoch;
+    st.cursor = batch.cursor;
 
     if (!good) {  // always logged
       std::printf("step %6lld  SKIPPED: loss %.4g, grad_norm %.4g not finite, no update (%lld in a row, "
