@@ -658,8 +658,8 @@ TEST_F(ChainTest, TokenBatchesCoverEverySequenceOncePerEpochAndResumeExactly) {
         seen.insert(seen.end(), batch.begin(), batch.end());
         states.emplace_back(sampler.epoch(), sampler.cursor());
         if (static_cast<int>(seen.size()) < S) {
-          const std::vector<int> peek = [&] {
-            pf::BatchSampler copy(lengths, budget, seed);
+          const std::vector<int> peek = [&, budget = budget] {  // (clang: a structured binding
+            pf::BatchSampler copy(lengths, budget, seed);          // is captured by name)
             copy.set_state(sampler.epoch(), sampler.cursor());
             return copy.next();
           }();
