@@ -10,11 +10,13 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "framework/config.h"
 #include "framework/h5io.h"
+#include "framework/run_dir.h"
 #include "run/modes.h"
 
 namespace pf::testing_util {
@@ -59,6 +61,21 @@ inline RunRecord run_once(const Config& cfg, dist::Communicator* comm = nullptr)
   const std::string printed = testing::internal::GetCapturedStdout();
   EXPECT_EQ(rc, 0);
   return read_run(cfg, printed);
+}
+
+// Every numeric field of metrics.jsonl except the timing ones, in order ("loss@20=0.71…").
+inline std::vector<std::string> metric_values(const std::string& path) {
+  std::vector<std::string> out;
+  for (const char* key : {"loss", "acc", "grad_norm", "lr", "val_loss", "val_acc"}) {
+    MetricsLog log(path, true, 1 << 30);
+    for (auto [step, v] : log.series(key)) {
+      std::ostringstream os;
+      os.precision(17);
+      os << key << "@" << step << "=" << v;
+      out.push_back(os.str());
+    }
+  }
+  return out;
 }
 
 inline bool bitwise_equal(const RunRecord& a, const RunRecord& b) {

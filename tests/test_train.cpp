@@ -12,18 +12,13 @@
 #include "framework/h5io.h"
 #include "framework/run_dir.h"
 #include "run/modes.h"
+#include "tests/run_record.h"
 
 namespace pf {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("pairflash_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+using namespace testing_util;
 
 Config tiny(const std::string& dir, const std::string& out) {
   return config_from_yaml_string(
@@ -34,21 +29,6 @@ Config tiny(const std::string& dir, const std::string& out) {
       "train: {steps: 160, batch_size: 16, lr: 1.0e-2, min_lr: 1.0e-3, warmup: 5, eval_every: 40, "
       "log_every: 10, checkpoint_every: 40, seed: 1}\n"
       "device: cpu\nout: " + dir + "/" + out + "\n");
-}
-
-// Every numeric field of metrics.jsonl except the timing ones, in order.
-std::vector<std::string> metric_values(const std::string& path) {
-  std::vector<std::string> out;
-  for (const char* key : {"loss", "acc", "grad_norm", "lr", "val_loss", "val_acc"}) {
-    MetricsLog log(path, true, 1 << 30);
-    for (auto [step, v] : log.series(key)) {
-      std::ostringstream os;
-      os.precision(17);
-      os << key << "@" << step << "=" << v;
-      out.push_back(os.str());
-    }
-  }
-  return out;
 }
 
 TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
