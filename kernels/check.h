@@ -12,8 +12,27 @@
 
 namespace pf {
 
+namespace detail {
+// An error is one line: control characters from echoed input (a newline in a config value, raw
+// bytes of a file read as text) are written as escapes, "\n" or "\x1b".
+inline std::string one_line(const std::string& s) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (u < 0x20 || u == 0x7f) out += {'\\', 'x', hex[u >> 4], hex[u & 15]};
+    else out += c;
+  }
+  return out;
+}
+}  // namespace detail
+
 struct Error : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what) : std::runtime_error(detail::one_line(what)) {}
 };
 
 namespace detail {
