@@ -16,8 +16,7 @@
 namespace pf::models {
 
 int distance_bin(double d, const ModelConfig& cfg) {
-  const double b = std::floor(d / cfg.dist_max * cfg.dist_bins);
-  return static_cast<int>(std::clamp(b, 0.0, static_cast<double>(cfg.dist_bins - 1)));
+  return kernels::cpu::bin_of_distance(d, cfg.dist_max, cfg.dist_bins);
 }
 
 // On the GPU the features are computed there from the uploaded coordinates (B·N·3 floats instead

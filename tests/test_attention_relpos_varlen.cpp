@@ -29,44 +29,19 @@
 #include "framework/ops.h"
 #include "framework/random.h"
 #include "framework/tensor.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
+
+using namespace testing_util;
 
 // Float64 gradient check, eps 1e-6: truncation ~eps²·|f'''| ≈ 1e-12, rounding ~2⁻⁵³·|L|/eps ≈
 // 1e-10·|L|; with |L| = O(10) a correct gradient shows ~1e-9 and a wrong one O(1e-2) or more
 // (the same reasoning and bound as tests/test_ops.cpp).
 constexpr double kGradTol = 1e-7;
 
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("PF_TEST_SEED");
-    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-    std::printf("test_attention_relpos_varlen: seed %llu (PF_TEST_SEED=%llu replays it)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
-
-Rng make_rng(const std::string& name) { return Rng(test_seed() ^ std::hash<std::string>{}(name)); }
-
-Tensor leaf(Tensor t) {
-  t.requires_grad_();
-  return t;
-}
-
 // ‖a − b‖₂ / ‖b‖₂ (‖a − b‖₂ when b = 0); NaN anywhere fails every comparison.
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double d = 0, n = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    d += (a[i] - b[i]) * (a[i] - b[i]);
-    n += b[i] * b[i];
-  }
-  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
-}
-
 // The gradient checks call many tiny ops: one OpenMP thread (see tests/test_ops.cpp).
 class SingleThreaded {
  public:
@@ -255,11 +230,11 @@ TEST(AttentionRelpos, EqualsMaterialisedBias) {
       // out and the gradients by a few 1e-7; dT sums up to B·Nq·Nk terms that cancel (each row of
       // dS sums to 0; R = 0 makes dT exactly 0), so it is judged against Σ|dbias| per bin.
       const double tol = t == DType::F64 ? 1e-12 : 2e-5;
-      EXPECT_LE(rel_diff(out1.to_vector<double>(), out2.to_vector<double>()), tol);
-      EXPECT_LE(rel_diff(q1.grad().to_vector<double>(), q2.grad().to_vector<double>()), tol);
-      EXPECT_LE(rel_diff(k1.grad().to_vector<double>(), k2.grad().to_vector<double>()), tol);
-      EXPECT_LE(rel_diff(v1.grad().to_vector<double>(), v2.grad().to_vector<double>()), tol);
-      EXPECT_LE(rel_diff(b1.grad().to_vector<double>(), db2), tol);
+      EXPECT_LE(rel_error(out1.to_vector<double>(), out2.to_vector<double>()), tol);
+      EXPECT_LE(rel_error(q1.grad().to_vector<double>(), q2.grad().to_vector<double>()), tol);
+      EXPECT_LE(rel_error(k1.grad().to_vector<double>(), k2.grad().to_vector<double>()), tol);
+      EXPECT_LE(rel_error(v1.grad().to_vector<double>(), v2.grad().to_vector<double>()), tol);
+      EXPECT_LE(rel_error(b1.grad().to_vector<double>(), db2), tol);
       std::vector<double> scale(tv.size(), 0.0);
       for (int b = 0; b < c.B; ++b)
         for (int h = 0; h < c.H; ++h)
@@ -359,15 +334,15 @@ void packed_equals_alone(const PackedSpec& c, DType t, Rng& rng) {
     Tensor tb = c.R >= 0 ? leaf(table.clone()) : Tensor();
     const Tensor ob = ops::attention(qb, kb, vb, bb, tb, one);
     ob.backward(rows_as_batch(g, q0, nq));
-    EXPECT_LE(rel_diff(part(o, q0 * H * D, nq * H * D), ob.to_vector<double>()), tol) << "out";
-    EXPECT_LE(rel_diff(part(dq, q0 * H * D, nq * H * D), qb.grad().to_vector<double>()), tol)
+    EXPECT_LE(rel_error(part(o, q0 * H * D, nq * H * D), ob.to_vector<double>()), tol) << "out";
+    EXPECT_LE(rel_error(part(dq, q0 * H * D, nq * H * D), qb.grad().to_vector<double>()), tol)
         << "dq";
-    EXPECT_LE(rel_diff(part(dk, k0 * H * D, nk * H * D), kb.grad().to_vector<double>()), tol)
+    EXPECT_LE(rel_error(part(dk, k0 * H * D, nk * H * D), kb.grad().to_vector<double>()), tol)
         << "dk";
-    EXPECT_LE(rel_diff(part(dv, k0 * H * D, nk * H * D), vb.grad().to_vector<double>()), tol)
+    EXPECT_LE(rel_error(part(dv, k0 * H * D, nk * H * D), vb.grad().to_vector<double>()), tol)
         << "dv";
     if (c.bias)
-      EXPECT_LE(rel_diff(part(db, bias_at, H * nq * nk), bb.grad().to_vector<double>()), tol)
+      EXPECT_LE(rel_error(part(db, bias_at, H * nq * nk), bb.grad().to_vector<double>()), tol)
           << "dbias";
     if (c.R >= 0) {
       const std::vector<double> dtb = tb.grad().to_vector<double>();

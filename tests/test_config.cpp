@@ -362,6 +362,10 @@ TEST(Config, WrongTypes) {
   expect_error("", {"train.lr="}, {"'train.lr' must be a finite number, found nothing"});
   expect_error("train: {steps: 5}\ntrain: {lr: 1}\n", {}, {"'train' appears twice"});
   expect_error("train: {steps: 5, steps: 6}\n", {}, {"'train.steps' appears twice"});
+  // Echoed text with line breaks and control bytes stays on the error's one line, as escapes
+  // (a file of random bytes echoed a newline here once).
+  expect_error("\"a\\nb\\x1b\"\n", {}, {"expected a mapping", "found 'a\\nb\\x1b'"});
+  expect_error("model: {d_model: \"6\\r\\n4\"}\n", {}, {"must be an integer, found '6\\r\\n4'"});
 }
 
 TEST(Config, ImpossibleValues) {

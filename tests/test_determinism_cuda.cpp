@@ -41,6 +41,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
 #endif
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
@@ -50,17 +51,6 @@ using namespace testing_util;
 
 #define PF_REQUIRE_GPU() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)"
-
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("PF_TEST_SEED");
-    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-    std::printf("test_determinism_cuda: seed %llu (PF_TEST_SEED=%llu replays it)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
 
 // ---- training runs ---------------------------------------------------------------------------
 

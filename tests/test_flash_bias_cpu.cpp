@@ -28,6 +28,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include "tests/test_util.h"
 
 namespace {
 
@@ -37,6 +38,7 @@ using pf::kernels::FlashBiasParams;
 using pf::kernels::ScalarType;
 using pf::kernels::cpu::flash_bias_backward;
 using pf::kernels::cpu::flash_bias_forward;
+using pf::testing_util::rel_error;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -287,16 +289,6 @@ double err_vs_scale(const std::vector<double>& x, const std::vector<double>& ref
   return std::sqrt(num / den);
 }
 
-double rel_err(const std::vector<double>& x, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num += (x[i] - ref[i]) * (x[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  if (den == 0) return std::sqrt(num);  // reference exactly zero: x must be exactly zero too
-  return std::sqrt(num / den);          // NaN anywhere in x makes this NaN: fails any EXPECT_LE
-}
-
 template <class T>
 double tol() {
   return std::is_same_v<T, double> ? 1e-12 : 1e-5;  // see the top of the file
@@ -436,7 +428,7 @@ void run_case(const Case& c) {
 
   // forward
   flash_bias_forward(p);
-  expect_close("out", rel_err(pr.out.views[0].values(), ref.out), tol<T>());
+  expect_close("out", rel_error(pr.out.views[0].values(), ref.out), tol<T>());
   std::vector<double> lse(pr.lse.begin(), pr.lse.end()), lse_ref = ref.lse;
   for (size_t i = 0; i < lse.size(); ++i) {  // a fully masked row has lse = −inf exactly
     ASSERT_EQ(std::isinf(lse_ref[i]), std::isinf(lse[i])) << "lse[" << i << "] = " << lse[i];
@@ -445,16 +437,16 @@ void run_case(const Case& c) {
       lse[i] = lse_ref[i] = 0;
     }
   }
-  expect_close("lse", rel_err(lse, lse_ref), tol<T>());
+  expect_close("lse", rel_error(lse, lse_ref), tol<T>());
   EXPECT_TRUE(pr.out.padding_untouched()) << "out written outside its elements";
 
   // backward
   flash_bias_backward(p);
-  expect_close("dq", rel_err(pr.dq.views[0].values(), ref.dq), tol<T>());
-  expect_close("dk", rel_err(pr.dk.views[0].values(), ref.dk), tol<T>());
-  expect_close("dv", rel_err(pr.dv.views[0].values(), ref.dv), tol<T>());
+  expect_close("dq", rel_error(pr.dq.views[0].values(), ref.dq), tol<T>());
+  expect_close("dk", rel_error(pr.dk.views[0].values(), ref.dk), tol<T>());
+  expect_close("dv", rel_error(pr.dv.views[0].values(), ref.dv), tol<T>());
   if (c.bias != BiasForm::None)
-    expect_close("dbias", rel_err(pr.dbias_values(), ref.dbias), tol<T>());
+    expect_close("dbias", rel_error(pr.dbias_values(), ref.dbias), tol<T>());
   if (c.R >= 0)
     expect_close("dT", err_vs_scale(pr.dtable_values(), ref.dtable, ref.dtable_abs), tol<T>());
   EXPECT_TRUE(pr.dq.padding_untouched() && pr.dk.padding_untouched() &&
@@ -528,7 +520,7 @@ void run_case(const Case& c) {
     acc.dbias_accumulate = true;
     acc.dq = acc.dk = acc.dv = nullptr;
     flash_bias_backward(acc);
-    expect_close("dbias accumulate", rel_err(pr.dbias_values(), want), tol<T>());
+    expect_close("dbias accumulate", rel_error(pr.dbias_values(), want), tol<T>());
   }
   // The same for dT (alone: dbias_accumulate also applies to it).
   if (c.R >= 0) {
@@ -638,16 +630,16 @@ void gradcheck(const Case& c) {
     };
   };
   const size_t nq = pr.in.q.size(), nk = pr.in.k.size();
-  expect_close("dq", rel_err(pr.dq.views[0].values(), numeric(logical(pr.Q), nq)), kGradcheckTol);
-  expect_close("dk", rel_err(pr.dk.views[0].values(), numeric(logical(pr.K), nk)), kGradcheckTol);
-  expect_close("dv", rel_err(pr.dv.views[0].values(), numeric(logical(pr.V), nk)), kGradcheckTol);
+  expect_close("dq", rel_error(pr.dq.views[0].values(), numeric(logical(pr.Q), nq)), kGradcheckTol);
+  expect_close("dk", rel_error(pr.dk.views[0].values(), numeric(logical(pr.K), nk)), kGradcheckTol);
+  expect_close("dv", rel_error(pr.dv.views[0].values(), numeric(logical(pr.V), nk)), kGradcheckTol);
   if (c.bias != BiasForm::None) {
     const auto num = numeric([&](size_t i) -> double& { return pr.bias[i]; }, pr.bias.size());
-    expect_close("dbias", rel_err(pr.dbias_values(), num), kGradcheckTol);
+    expect_close("dbias", rel_error(pr.dbias_values(), num), kGradcheckTol);
   }
   if (c.R >= 0) {
     const auto num = numeric([&](size_t i) -> double& { return pr.table[i]; }, pr.table.size());
-    expect_close("dT", rel_err(pr.dtable_values(), num), kGradcheckTol);
+    expect_close("dT", rel_error(pr.dtable_values(), num), kGradcheckTol);
   }
 }
 
@@ -898,7 +890,7 @@ void run_varlen(const VarlenCase& c) {
     flash_bias_forward(op);
     flash_bias_backward(op);
 
-    expect_close("varlen out", rel_err(take(pk.out, q0, nq), one.out.views[0].values()), tol<T>());
+    expect_close("varlen out", rel_error(take(pk.out, q0, nq), one.out.views[0].values()), tol<T>());
     std::vector<double> lse_p, lse_d;
     for (int h = 0; h < H; ++h)
       for (int i = 0; i < nq; ++i) {
@@ -907,14 +899,14 @@ void run_varlen(const VarlenCase& c) {
         lse_p.push_back(std::isinf(lp) ? 0.0 : lp);
         lse_d.push_back(std::isinf(ld) ? 0.0 : ld);
       }
-    expect_close("varlen lse", rel_err(lse_p, lse_d), tol<T>());
-    expect_close("varlen dq", rel_err(take(pk.dq, q0, nq), one.dq.views[0].values()), tol<T>());
-    expect_close("varlen dk", rel_err(take(pk.dk, k0, nk), one.dk.views[0].values()), tol<T>());
-    expect_close("varlen dv", rel_err(take(pk.dv, k0, nk), one.dv.views[0].values()), tol<T>());
+    expect_close("varlen lse", rel_error(lse_p, lse_d), tol<T>());
+    expect_close("varlen dq", rel_error(take(pk.dq, q0, nq), one.dq.views[0].values()), tol<T>());
+    expect_close("varlen dk", rel_error(take(pk.dk, k0, nk), one.dk.views[0].values()), tol<T>());
+    expect_close("varlen dv", rel_error(take(pk.dv, k0, nk), one.dv.views[0].values()), tol<T>());
     if (c.bias) {
       const std::vector<double> db(pk.dbias.begin() + pk.offs[b],
                                    pk.dbias.begin() + pk.offs[b] + one.dbias.size());
-      expect_close("varlen dbias", rel_err(db, one.dbias_values()), tol<T>());
+      expect_close("varlen dbias", rel_error(db, one.dbias_values()), tol<T>());
     }
     for (size_t r = 0; r < dt_sum.size(); ++r) {
       dt_sum[r] += double(one.dtable[r]);
@@ -952,8 +944,8 @@ void run_varlen(const VarlenCase& c) {
     std::vector<double> got_db;
     for (size_t i = 0; i < pk.dbias.size(); ++i)
       if (!std::isnan(db1[i])) got_db.push_back(pk.dbias[i]);
-    expect_close("varlen dbias accumulate", rel_err(got_db, want_db), tol<T>());
-    expect_close("varlen dT accumulate", rel_err({pk.dtable.begin(), pk.dtable.end()}, want_dt),
+    expect_close("varlen dbias accumulate", rel_error(got_db, want_db), tol<T>());
+    expect_close("varlen dT accumulate", rel_error({pk.dtable.begin(), pk.dtable.end()}, want_dt),
                  tol<T>());
     EXPECT_TRUE(pk.gaps_untouched()) << "accumulate wrote into a gap";
   }

@@ -21,9 +21,12 @@
 #include "framework/ops.h"
 #include "framework/random.h"
 #include "framework/tensor.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
+
+using namespace testing_util;
 
 // Float64 central differences with eps 1e-6 (framework/gradcheck.h): an honest gradient shows a
 // relative error around 1e-9 here (|L| = O(10)), a wrong one O(1e-2) or more.
@@ -35,30 +38,6 @@ constexpr double kChainTol = 1e-11;
 // products and row statistics over C values, so the norm-wise error is a few times
 // √600·2⁻²⁴ ≈ 1.5e-6; 1e-5 holds with margin and a wrong kernel is off by O(1).
 constexpr double kF32Tol = 1e-5;
-
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("PF_TEST_SEED");
-    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-    std::printf("test_fused: seed %llu (PF_TEST_SEED=%llu replays it)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
-
-Rng make_rng(const std::string& name) { return Rng(test_seed() ^ std::hash<std::string>{}(name)); }
-
-double rel_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  EXPECT_EQ(x.size(), y.size());
-  double d = 0, n = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
-    d += (x[i] - y[i]) * (x[i] - y[i]);
-    n += y[i] * y[i];
-  }
-  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
-}
 
 // Sets ops::fused(op) for its scope.
 class FuseGuard {
@@ -137,7 +116,7 @@ TEST(FusedPairBias, MatchesTheChainOfOps) {
       // dz and dγ of a one-channel row are zero in exact arithmetic: judge them absolutely.
       const double e = s.C == 1 && (k == 1 || k == 2)
                            ? std::sqrt(ops::sum_of_squares(ops::sub(results[0][k], results[1][k])))
-                           : rel_diff(results[0][k], results[1][k]);
+                           : rel_error(results[0][k], results[1][k]);
       EXPECT_LE(e, kChainTol) << names[k];
     }
   }
@@ -162,7 +141,7 @@ TEST(FusedPairBias, Float32MatchesFloat64) {
     for (int k = 0; k < 5; ++k) {
       // one-channel rows: dz and dγ are rounding noise around 0 (see MatchesTheChainOfOps)
       if (s.C == 1 && (k == 1 || k == 2)) continue;
-      EXPECT_LE(rel_diff(results[0][k], results[1][k]), kF32Tol) << names[k];
+      EXPECT_LE(rel_error(results[0][k], results[1][k]), kF32Tol) << names[k];
     }
   }
 }
@@ -264,8 +243,8 @@ TEST(FusedEmbeddingSum, MatchesTheChainOfOps) {
     }
     const char* names[] = {"out", "da", "db"};
     for (int k = 0; k < 3; ++k) {
-      EXPECT_LE(rel_diff(results[0][k], results[1][k]), kChainTol) << names[k] << " vs the chain";
-      EXPECT_LE(rel_diff(results[2][k], results[0][k]), kF32Tol) << names[k] << " float32";
+      EXPECT_LE(rel_error(results[0][k], results[1][k]), kChainTol) << names[k] << " vs the chain";
+      EXPECT_LE(rel_error(results[2][k], results[0][k]), kF32Tol) << names[k] << " float32";
     }
   }
 }

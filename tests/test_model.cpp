@@ -10,9 +10,12 @@
 #include "framework/optim.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
+
+using namespace testing_util;
 
 ModelConfig tiny_config() {
   ModelConfig c;
@@ -231,12 +234,6 @@ Batch single(const PackedBatch& p, int k) {
   return b;
 }
 
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double d = 0, n = 0;
-  for (size_t i = 0; i < a.size(); ++i) d += (a[i] - b[i]) * (a[i] - b[i]), n += b[i] * b[i];
-  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
-}
-
 // Packed forward, loss and every gradient equal running each chain alone, padding-free:
 // logits row for row, loss = Σ n_b·loss_b / T, gradient = Σ (n_b / T)·gradient_b.
 void expect_packed_equals_each_chain_alone(const ModelConfig& c) {
@@ -275,7 +272,7 @@ void expect_packed_equals_each_chain_alone(const ModelConfig& c) {
     const auto lv = lk.to_vector<double>();
     const std::vector<double> rows(all_logits.begin() + p.cu_seqlens[k] * c.n_types,
                                    all_logits.begin() + p.cu_seqlens[k + 1] * c.n_types);
-    EXPECT_LT(rel_diff(rows, lv), 1e-12) << "logits of chain " << k;
+    EXPECT_LT(rel_error(rows, lv), 1e-12) << "logits of chain " << k;
     const auto rk = models::model_loss(m, b.tokens, b.pair, b.labels);
     rk.loss.backward();
     loss += w * rk.loss.item();

@@ -34,9 +34,12 @@
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/reduce.h"
 #include "kernels/cpu/softmax.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
+
+using namespace testing_util;
 
 // Float64 gradient check with eps 1e-6 (framework/gradcheck.h): the central difference has a
 // truncation error ~eps²·|f'''| ≈ 1e-12 and a rounding error ~2⁻⁵³·|L|/eps ≈ 1e-10·|L|; with
@@ -46,38 +49,6 @@ constexpr double kGradTol = 1e-7;
 // ~100 terms per output, so the norm-wise relative error is a few times √100·2⁻²⁴ ≈ 6e-7 and
 // stays under 1e-5 (a wrong float32 path is off by far more).
 constexpr double kF32Tol = 1e-5;
-
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("PF_TEST_SEED");
-    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-    std::printf("test_ops: seed %llu (PF_TEST_SEED=%llu replays it)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
-
-// A fresh generator for one test, derived from the run's seed and the test's name.
-Rng make_rng(const std::string& name) { return Rng(test_seed() ^ std::hash<std::string>{}(name)); }
-
-Tensor leaf(Tensor t) {
-  t.requires_grad_();
-  return t;
-}
-
-// ‖a − b‖₂ / ‖b‖₂ over all elements (0 when both are 0).
-double rel_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  EXPECT_EQ(x.size(), y.size());
-  double d = 0, n = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
-    d += (x[i] - y[i]) * (x[i] - y[i]);
-    n += y[i] * y[i];
-  }
-  if (n == 0) return std::sqrt(d);
-  return std::sqrt(d / n);
-}
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   EXPECT_EQ(a.size(), b.size());
@@ -396,7 +367,7 @@ TEST_P(OpGrad, Float32MatchesFloat64) {
   ASSERT_EQ(out32.dtype(), DType::F32);
   ASSERT_EQ(out64.dtype(), DType::F64);
   ASSERT_EQ(out32.shape(), out64.shape());
-  const double fwd = rel_diff(out32, out64);
+  const double fwd = rel_error(out32, out64);
   EXPECT_LE(fwd, kF32Tol) << c.name << " forward";
   const Tensor w = randn(out64.shape(), rng, DType::F64);
   out64.backward(w);
@@ -405,7 +376,7 @@ TEST_P(OpGrad, Float32MatchesFloat64) {
   for (size_t i = 0; i < in32.size(); ++i) {
     ASSERT_TRUE(in32[i].grad().defined()) << p.inputs[i].first;
     EXPECT_EQ(in32[i].grad().dtype(), DType::F32);
-    const double e = rel_diff(in32[i].grad(), in64[i].grad());
+    const double e = rel_error(in32[i].grad(), in64[i].grad());
     bwd = std::max(bwd, e);
     EXPECT_LE(e, kF32Tol) << c.name << " d" << p.inputs[i].first;
   }
@@ -1026,7 +997,7 @@ TEST(OpParallel, ThreadedResultsMatchOneThread) {
       const Tensor a = Tensor::from_vector(results[0][i], {int64_t(results[0][i].size())});
       const Tensor b = Tensor::from_vector(results[1][i], {int64_t(results[1][i].size())});
       // Row-wise work is identical; sums over rows regroup per thread (float32: ~1e-7).
-      EXPECT_LE(rel_diff(a, b), 1e-6) << c.name << (i == 0 ? " forward" : " gradient ") << i;
+      EXPECT_LE(rel_error(a, b), 1e-6) << c.name << (i == 0 ? " forward" : " gradient ") << i;
     }
   }
 }

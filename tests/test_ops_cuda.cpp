@@ -37,46 +37,26 @@
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/reduce.h"
 #endif
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
 
+using namespace testing_util;
+
 constexpr double kF32Tol = 1e-5;
 constexpr double kBF16Tol = 3.0 / 256.0;  // 3u, u = 2⁻⁸ (see the header)
-
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("PF_TEST_SEED");
-    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-    std::printf("test_ops_cuda: seed %llu (PF_TEST_SEED=%llu replays it)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
 
 #define PF_REQUIRE_GPU() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)"
 
-// ‖a − b‖ / max(‖b‖, floor). A gradient that is zero in exact arithmetic (layernorm over one
+// rel_error's floor here: a gradient that is zero in exact arithmetic (layernorm over one
 // channel: x − mean(x) ≡ 0) holds only rounding noise on both devices — exactly 0 or ~1e-8
-// depending on FMA contraction — so it is judged against `floor` instead of its own noise.
+// depending on FMA contraction — so it is judged against a floor instead of its own noise.
 double sum_sq(const Tensor& t) {
   double s = 0;
   for (double x : t.to_vector<double>()) s += x * x;
   return s;
-}
-
-double rel_error(const std::vector<double>& a, const std::vector<double>& b, double floor = 0) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = a[i] - b[i];
-    num += d * d;
-    den += b[i] * b[i];
-  }
-  const double scale = std::max(std::sqrt(den), floor);
-  if (scale == 0) return std::sqrt(num);
-  return std::sqrt(num) / scale;
 }
 
 bool all_finite_host(const std::vector<double>& v) {

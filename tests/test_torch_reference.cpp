@@ -11,9 +11,12 @@
 #include "framework/optim.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
+
+using namespace testing_util;
 
 const std::string kFixture = std::string(PF_SOURCE_DIR) + "/tests/fixtures/pairbias_ref.h5";
 
@@ -23,17 +26,10 @@ double norm(const std::vector<double>& a) {
   return std::sqrt(s);
 }
 
-// ‖a − ref‖ / max(‖ref‖, floor). Some gradients are exactly zero in exact arithmetic (attn.k.bias
-// and pair_norm.bias: softmax ignores a constant added to every score of a query), so both
-// sides hold only rounding noise there; those are judged against `floor`, a thousandth of the
-// whole model's gradient norm, rather than against their own noise.
-double rel_error(const std::vector<double>& a, const std::vector<double>& ref, double floor = 0) {
-  double num = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - ref[i]) * (a[i] - ref[i]);
-  return std::sqrt(num) / std::max(norm(ref), floor);
-}
-
-// 1e-3 · ‖every expected gradient‖₂
+// rel_error's floor: some gradients are exactly zero in exact arithmetic (attn.k.bias and
+// pair_norm.bias: softmax ignores a constant added to every score of a query), so both sides
+// hold only rounding noise there; they are judged against a thousandth of the whole model's
+// gradient norm, 1e-3 · ‖every expected gradient‖₂, rather than against their own noise.
 double gradient_floor(const H5Reader& r) {
   double s = 0;
   for (const std::string& name : r.list_datasets("expected/grad")) {

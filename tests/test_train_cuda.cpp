@@ -29,32 +29,15 @@
 #include "models/pairbias.h"
 #include "run/modes.h"
 #include "tests/run_record.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
 
+using namespace testing_util;
+
 #define PF_REQUIRE_GPU() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)"
-
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("PF_TEST_SEED");
-    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-    std::printf("test_train_cuda: seed %llu (PF_TEST_SEED=%llu replays it)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
-
-double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
 
 ModelConfig small_model() {
   ModelConfig m;

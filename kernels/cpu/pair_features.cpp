@@ -12,7 +12,10 @@ void relative_positions(int N, int R, int32_t* rel) {
 
 int distance_bin(const float* xi, const float* xj, double dist_max, int n_bins) {
   const double dx = double(xi[0]) - xj[0], dy = double(xi[1]) - xj[1], dz = double(xi[2]) - xj[2];
-  const double d = std::sqrt((dx * dx + dy * dy) + dz * dz);  // no FMA: see the header
+  return bin_of_distance(std::sqrt((dx * dx + dy * dy) + dz * dz), dist_max, n_bins);  // no FMA: see the header
+}
+
+int bin_of_distance(double d, double dist_max, int n_bins) {
   const double b = std::floor(d / dist_max * n_bins);
   return static_cast<int>(std::clamp(b, 0.0, static_cast<double>(n_bins - 1)));
 }

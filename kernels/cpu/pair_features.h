@@ -21,5 +21,7 @@ void distance_bins(const float* coords, int B, int N, double dist_max, int n_bin
 
 // One pair's bin (the rule above), for code that needs a single value.
 int distance_bin(const float* xi, const float* xj, double dist_max, int n_bins);
+// The bin of a distance d (Å): clamp(⌊d / dist_max · n_bins⌋, 0, n_bins − 1).
+int bin_of_distance(double d, double dist_max, int n_bins);
 
 }  // namespace pf::kernels::cpu
