@@ -689,6 +689,58 @@ TEST(FlashBiasCpu, IndependentOfThreadCount) {
 #endif
 }
 
+// A NaN among the inputs reaches exactly the outputs that depend on it, as in exact arithmetic:
+// the rows whose scores it enters (out, lse, dq), and through them every key's dk, dv and the
+// bias gradient of those rows. A row whose every score is NaN is not taken for a fully masked one.
+template <class T>
+void nan_propagates() {
+  const Case c{1, 1, 6, 9, 8, BiasForm::BH, false, false, Layout::Contiguous};
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  auto row_nan = [&](const Problem<T>& pr, int i) {
+    int n = 0;
+    for (int d = 0; d < c.D; ++d) n += std::isnan(double(pr.out.views[0].at(0, i, 0, d)));
+    return n;
+  };
+  // (what is poisoned, the query rows that must turn NaN)
+  struct Poison {
+    const char* what;
+    std::function<void(Problem<T>&)> apply;
+    std::vector<int> rows;
+  };
+  const std::vector<Poison> poisons = {
+      {"one element of q row 2", [&](Problem<T>& pr) { pr.Q.at(0, 2, 0, 3) = nan; }, {2}},
+      {"one bias element (4, 7)", [&](Problem<T>& pr) { pr.bias[4 * c.Nk + 7] = nan; }, {4}},
+      {"every bias element of row 1", [&](Problem<T>& pr) {
+         for (int j = 0; j < c.Nk; ++j) pr.bias[1 * c.Nk + j] = nan;
+       }, {1}},
+      {"one element of k row 5", [&](Problem<T>& pr) { pr.K.at(0, 5, 0, 0) = nan; }, {0, 1, 2, 3, 4, 5}},
+  };
+  for (const Poison& poison : poisons) {
+    SCOPED_TRACE(poison.what);
+    Problem<T> pr(c);
+    poison.apply(pr);
+    FlashBiasBwdParams p = pr.params();
+    pr.out.poison();
+    flash_bias_forward(p);
+    for (int i = 0; i < c.Nq; ++i) {
+      const bool hit = std::find(poison.rows.begin(), poison.rows.end(), i) != poison.rows.end();
+      EXPECT_EQ(row_nan(pr, i), hit ? c.D : 0) << "out row " << i;
+      EXPECT_EQ(std::isnan(double(pr.lse[i])), hit) << "lse row " << i;
+    }
+    pr.poison_grads();
+    flash_bias_backward(p);
+    for (int i = 0; i < c.Nq; ++i) {
+      const bool hit = std::find(poison.rows.begin(), poison.rows.end(), i) != poison.rows.end();
+      for (int j = 0; j < c.Nk; ++j)
+        EXPECT_EQ(std::isnan(double(pr.dbias[i * c.Nk + j])), hit) << "dbias (" << i << ", " << j << ")";
+    }
+    EXPECT_TRUE(std::isnan(double(pr.dv.views[0].at(0, 0, 0, 0)))) << "dv sums over the NaN rows";
+  }
+}
+
+TEST(FlashBiasCpu, NaNInputsPropagateFloat64) { nan_propagates<double>(); }
+TEST(FlashBiasCpu, NaNInputsPropagateFloat32) { nan_propagates<float>(); }
+
 // ---- packed variable-length batches -------------------------------------------------------------
 
 // Sequence b has nq[b] queries and nk[b] keys; q, k, v, out, … are (T,H,D) with padded rows and

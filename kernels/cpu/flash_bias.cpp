@@ -315,7 +315,11 @@ void forward_head(const HeadProblem<T>& hp, Slice<T> out, T* lse, FwdScratch<T>&
       score_tile(hp, i0, rows, j0, cols, w.s);
       for (int r = 0; r < rows; ++r) {
         auto srow = w.s.row(r).head(cols);
-        const T m_new = std::max(w.m[r], srow.maxCoeff());
+        // A NaN score makes the row NaN, as in exact arithmetic (std::max would drop it, and a
+        // row of NaN scores would pass for a fully masked one: output 0, the NaN hidden).
+        const T row_max = srow.template maxCoeff<Eigen::PropagateNaN>();
+        const T m_new = std::isnan(row_max) || std::isnan(w.m[r]) ? std::numeric_limits<T>::quiet_NaN()
+                                                                 : std::max(w.m[r], row_max);
         if (m_new == kNegInf<T>) {  // every key so far masked: nothing to add
           srow.setZero();
           continue;
