@@ -528,6 +528,28 @@ TEST(OpForward, SoftmaxTreatsMinusInfinityAsZeroWeight) {
   }
 }
 
+// A NaN input is never dropped: the float32 path's exponential (kernels/cpu/fast_math.h) keeps it,
+// so a softmax row, a cross-entropy loss and gelu with a NaN in them come out NaN, as in float64.
+TEST(OpForward, NaNInputsStayNaN) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (DType t : {DType::F64, DType::F32}) {
+    SCOPED_TRACE(dtype_name(t));
+    Tensor x = Tensor::from_vector(std::vector<double>{0.0, nan, 1.0, 2.0, 0.5, -1.0}, {2, 3}, t);
+    const std::vector<double> y = ops::softmax(x).to_vector<double>();
+    for (int c = 0; c < 3; ++c) EXPECT_TRUE(std::isnan(y[c])) << "row 0 holds the NaN, column " << c;
+    for (int c = 3; c < 6; ++c) EXPECT_TRUE(std::isfinite(y[c])) << "row 1 is finite, column " << c;
+    for (int label : {0, 1}) {  // the NaN is the label's logit, or another one
+      Tensor labels = Tensor::from_vector(std::vector<int32_t>{label, 2}, {2});
+      EXPECT_TRUE(std::isnan(ops::cross_entropy(x, labels).item())) << "label " << label;
+    }
+    Tensor g = leaf(Tensor::from_vector(std::vector<double>{nan, 1.0}, {2}, t));
+    ops::sum(ops::gelu(g)).backward();
+    EXPECT_TRUE(std::isnan(ops::gelu(g).to_vector<double>()[0]));
+    EXPECT_TRUE(std::isnan(g.grad().to_vector<double>()[0]));
+    EXPECT_TRUE(std::isfinite(g.grad().to_vector<double>()[1]));
+  }
+}
+
 TEST(OpForward, BroadcastBinaryOpsMatchDirectLoops) {
   Rng rng = make_rng("binary_direct");
   // (3,1,5) ∘ (4,1): out (3,4,5), a[i,0,k], b[j,0]
