@@ -1,8 +1,9 @@
 // libFuzzer harness: the config parser (framework/config.h) on arbitrary text.
 //
 // Input: YAML text, then optionally NUL-separated `key=value` overrides. Every input must either
-// give a Config or a pf::Error; anything else (another exception, a crash, a sanitizer report)
-// is a finding. A Config that loads must also survive the round trip through config_to_yaml.
+// give a Config or a pf::Error of one line; anything else (another exception, a crash, a
+// sanitizer report) is a finding. A Config that loads must also survive the round trip through
+// config_to_yaml.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "framework/config.h"
 #include "kernels/check.h"
+#include "tests/fuzz/harness.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
@@ -23,7 +25,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   pf::Config cfg;
   try {
     cfg = pf::config_from_yaml_string(yaml, overrides);
-  } catch (const pf::Error&) {
+  } catch (const pf::Error& e) {
+    pf::fuzz::expect_one_line(e);
     return 0;  // a clean refusal
   }
   // The resolved YAML of a valid config reads back to the same resolved YAML.
