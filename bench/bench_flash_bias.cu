@@ -120,6 +120,23 @@ struct Ours {
   double fwd = 0, bwd = 0, fwdbwd = 0;
 };
 
+// Median times of our forward, backward and forward+backward for the problem `p` (its
+// backward workspace allocated here).
+Ours time_launches(const FlashBiasBwdParams& p, int reps) {
+  Buf ws(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p));
+  Ours r;
+  r.fwd = median_ms([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); }, reps);
+  r.bwd = median_ms([&] { pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr); }, reps);
+  r.fwdbwd = median_ms(
+      [&] {
+        pf::kernels::cuda::flash_bias_forward(p, nullptr);
+        pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr);
+      },
+      reps);
+  PF_CUDA_CHECK(cudaDeviceSynchronize());
+  return r;
+}
+
 Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
   const size_t bnhd = size_t(s.B) * s.N * s.H * s.D;
   const size_t bias_n = size_t(s.shared ? 1 : s.B) * s.H * s.N * s.N;
@@ -150,19 +167,7 @@ Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
   p.dbias_head_stride = p.bias_head_stride;
   p.dbias_row_stride = p.bias_row_stride;
   p.deterministic = deterministic;
-  Buf ws(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p));
-
-  Ours r;
-  r.fwd = median_ms([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); }, reps);
-  r.bwd = median_ms([&] { pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr); }, reps);
-  r.fwdbwd = median_ms(
-      [&] {
-        pf::kernels::cuda::flash_bias_forward(p, nullptr);
-        pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr);
-      },
-      reps);
-  PF_CUDA_CHECK(cudaDeviceSynchronize());
-  return r;
+  return time_launches(p, reps);
 }
 
 // Relative-position mode: q, k, v, dO fp16 (B,N,H,D); table fp32 (H, 2R+1) when R >= 0, else no
@@ -194,18 +199,7 @@ Ours time_relpos(int B, int H, int N, int D, int R, int reps, bool deterministic
   p.dout = dout.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p;
   p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
   p.deterministic = deterministic;
-  Buf ws(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p));
-  Ours r;
-  r.fwd = median_ms([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); }, reps);
-  r.bwd = median_ms([&] { pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr); }, reps);
-  r.fwdbwd = median_ms(
-      [&] {
-        pf::kernels::cuda::flash_bias_forward(p, nullptr);
-        pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr);
-      },
-      reps);
-  PF_CUDA_CHECK(cudaDeviceSynchronize());
-  return r;
+  return time_launches(p, reps);
 }
 
 // Packed batch of sequences of lengths `len` (fp16, H heads, head dim D, a per-sequence fp16
@@ -261,18 +255,7 @@ std::pair<Ours, Ours> time_varlen(const std::vector<int>& len, int H, int D, int
     }
     p.dout = dout.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p;
     p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
-    Buf ws(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p));
-    Ours r;
-    r.fwd = median_ms([&] { pf::kernels::cuda::flash_bias_forward(p, nullptr); }, reps);
-    r.bwd = median_ms([&] { pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr); }, reps);
-    r.fwdbwd = median_ms(
-        [&] {
-          pf::kernels::cuda::flash_bias_forward(p, nullptr);
-          pf::kernels::cuda::flash_bias_backward(p, ws.p, nullptr);
-        },
-        reps);
-    PF_CUDA_CHECK(cudaDeviceSynchronize());
-    return r;
+    return time_launches(p, reps);
   };
   const Ours packed = run(true);
   const Ours padded = run(false);

@@ -32,6 +32,26 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+def qkv_dout(B, H, N, D, gen):
+    """fp16 q, k, v (B,H,N,D) that require grad, and the output gradient dout."""
+    import torch
+
+    def draw(grad):
+        t = torch.randn(B, H, N, D, device="cuda", dtype=torch.float16, generator=gen)
+        return t.requires_grad_() if grad else t
+
+    return draw(True), draw(True), draw(True), draw(False)
+
+
+def time_fwd_fwdbwd(bench, fn, dout, grads):
+    """Median ms of fn() under no_grad, and of fn().backward(dout) (grads reset each run)."""
+    import torch
+
+    with torch.no_grad():
+        t_f = bench(fn, None)
+    return t_f, bench(lambda: fn().backward(dout), grads)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="", help="B,H,N,D,shared;...")
@@ -61,11 +81,8 @@ def main():
         scale = 1.0 / math.sqrt(D)
         dev, dt = "cuda", torch.float16
         gen = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
-        k = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
-        v = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+        q, k, v, dout = qkv_dout(B, H, N, D, gen)
         bias = torch.randn(1 if shared else B, H, N, N, device=dev, dtype=dt, generator=gen).requires_grad_()
-        dout = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
         grads = [q, k, v, bias]
 
         def sdpa():
@@ -87,9 +104,7 @@ def main():
             t_f = t_fb = float("nan")
             if fn is not None:
                 try:
-                    with torch.no_grad():
-                        t_f = bench(fn, None)
-                    t_fb = bench(lambda: fn().backward(dout), grads)
+                    t_f, t_fb = time_fwd_fwdbwd(bench, fn, dout, grads)
                 except Exception as e:
                     log(f"{name} failed at {spec}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                     traceback.print_exc(limit=1, file=sys.stderr)
@@ -106,11 +121,8 @@ def relpos(spec, flex, bench):
     scale = 1.0 / math.sqrt(D)
     dev, dt = "cuda", torch.float16
     gen = torch.Generator(device=dev).manual_seed(0)
-    q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
-    k = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
-    v = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen).requires_grad_()
+    q, k, v, dout = qkv_dout(B, H, N, D, gen)
     table = torch.randn(H, 2 * R + 1, device=dev, dtype=torch.float32, generator=gen).requires_grad_()
-    dout = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
     pos = torch.arange(N, device=dev)
     idx = (pos[None, :] - pos[:, None]).clamp(-R, R) + R  # (N, N): clip(j - i) + R
     grads = [q, k, v, table]
@@ -138,9 +150,7 @@ def relpos(spec, flex, bench):
         t_f = t_fb = float("nan")
         if fn is not None:
             try:
-                with torch.no_grad():
-                    t_f = bench(fn, None)
-                t_fb = bench(lambda: fn().backward(dout), grads)
+                t_f, t_fb = time_fwd_fwdbwd(bench, fn, dout, grads)
                 if table.grad is None:
                     log(f"{name}: the table received no gradient")
                 if opts:

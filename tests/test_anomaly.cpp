@@ -19,28 +19,16 @@
 #include "framework/h5io.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
+#include "tests/test_util.h"
 
 namespace pf {
 namespace {
 
+using namespace testing_util;
+
 namespace fs = std::filesystem;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// The message of the pf::Error `f` throws ("" and a test failure if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected pf::Error, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected pf::Error, nothing was thrown";
-  return "";
-}
 
 void expect_contains(const std::string& msg, const std::vector<std::string>& parts) {
   for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;

@@ -38,6 +38,7 @@ using pf::kernels::FlashBiasParams;
 using pf::kernels::ScalarType;
 using pf::kernels::cpu::flash_bias_backward;
 using pf::kernels::cpu::flash_bias_forward;
+using pf::testing_util::expect_error;
 using pf::testing_util::rel_error;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -1044,15 +1045,6 @@ TEST(FlashBiasCpu, PackedIndependentOfThreadCount) {
 }
 
 // ---- errors -----------------------------------------------------------------------------------
-
-void expect_error(const std::function<void()>& f, const std::string& fragment) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error mentioning \"" << fragment << "\"";
-  } catch (const pf::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
 
 TEST(FlashBiasCpu, RejectsBadInput) {
   Problem<float> pr({2, 2, 5, 7, 16, BiasForm::OneH, false, false, Layout::Contiguous});

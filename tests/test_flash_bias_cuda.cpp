@@ -53,6 +53,7 @@
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/flash_bias.h"
 #include "kernels/flash_bias_params.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -60,6 +61,7 @@ using pf::kernels::BNHDStrides;
 using pf::kernels::FlashBiasBwdParams;
 using pf::kernels::FlashBiasParams;
 using pf::kernels::ScalarType;
+using pf::testing_util::error_of;
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
@@ -1319,16 +1321,6 @@ FlashBiasBwdParams valid_params() {
   p.dout = fake;
   p.dout_stride = p.q_stride;
   return p;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const pf::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(FlashBiasCudaArgs, RejectsUnsupportedHeadDim) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <random>
 #include <string>
@@ -14,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "framework/random.h"
+#include "kernels/check.h"
 #include "framework/tensor.h"
 
 namespace pf::testing_util {
@@ -55,6 +57,27 @@ inline double rel_error(const Tensor& a, const Tensor& ref, double floor = 0) {
   EXPECT_EQ(x.size(), y.size());
   if (x.size() != y.size()) return INFINITY;
   return rel_error(x, y, floor);
+}
+
+// The message of the pf::Error that f throws ("" and a test failure if it throws nothing, or
+// another exception).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected pf::Error, got: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected pf::Error, nothing was thrown";
+  return "";
+}
+
+// f throws a pf::Error whose message contains `needle`.
+inline void expect_error(const std::function<void()>& f, const std::string& needle) {
+  const std::string msg = error_of(f);
+  EXPECT_NE(msg.find(needle), std::string::npos) << "expected an error containing '" << needle << "', got: " << msg;
 }
 
 // t, marked as a leaf that wants its gradient.
