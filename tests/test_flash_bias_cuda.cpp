@@ -415,6 +415,43 @@ std::vector<Case> all_cases() {
     f.tag = "large";
     cs.push_back(f);
   }
+  // The Hopper forward (flash_bias_sm90.h) takes bias rows of 16-byte multiples: every head dim,
+  // bias form, mask and causal there, odd Nq and Nk (rows padded to 264 elements), several query
+  // and key blocks (BM = 128, BN = 128 or 64).
+  for (ScalarType dt : {ScalarType::F16, ScalarType::BF16})
+    for (int D : {32, 64, 128})
+      for (BiasForm f : {BiasForm::kNone, BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH})
+        for (int mc = 0; mc < 4; ++mc) {
+          Case c;
+          c.dtype = c.bias_dtype = dt;
+          c.D = D;
+          c.bias = f;
+          c.mask = mc & 1;
+          c.causal = mc & 2;
+          c.Nq = mc == 2 ? 261 : 133;  // causal with Nq = Nk: the square's lower triangle
+          c.Nk = 261;
+          c.bias_pad = 3;
+          c.grads = mc == 0 ? kAll : unsigned(kDq | kDb);
+          cs.push_back(c);
+        }
+  {
+    const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32}, {ScalarType::BF16, ScalarType::F32},
+                                   {ScalarType::F16, ScalarType::BF16}, {ScalarType::BF16, ScalarType::F16}};
+    for (auto& m : mixes)
+      for (int D : {32, 64, 128}) {
+        Case c;
+        c.dtype = m[0];
+        c.bias_dtype = m[1];
+        c.D = D;
+        c.bias = D == 64 ? BiasForm::kSharedB : BiasForm::kFull;
+        c.mask = D == 32;
+        c.causal = D == 128;
+        c.Nq = 200;
+        c.Nk = 136;
+        c.padded = D == 64;
+        cs.push_back(c);
+      }
+  }
   // Fused relative-position table: alone and on top of every dense bias form, every dtype and
   // head dim; R = 0 (one bin), small, = N − 1 and > N; Nq ≠ Nk; masks and causal; N = 1.
   struct Rel { int D, Nq, Nk, R; BiasForm bias; bool mask, causal; };
@@ -577,11 +614,36 @@ size_t count_nan(const std::vector<double>& x) {
 
 // ---- the test ------------------------------------------------------------------------------------
 
+using pf::kernels::cuda::FlashBiasPath;
+
+// Sets the forward path for one scope (process-wide setting, restored on exit).
+struct PathScope {
+  FlashBiasPath saved = pf::kernels::cuda::flash_bias_path();
+  explicit PathScope(FlashBiasPath p) { pf::kernels::cuda::set_flash_bias_path(p); }
+  ~PathScope() { pf::kernels::cuda::set_flash_bias_path(saved); }
+};
+
+// Runs case c on the forward path `path`. With only_if_hopper_default, skips unless the default
+// path (kAuto) would run the Hopper kernel for it (elsewhere the default run already was the
+// portable kernel).
+void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default);
+
 class FlashBiasCuda : public ::testing::TestWithParam<Case> {};
 
+// The default path: on an H100/H200 the Hopper forward wherever it covers the case.
 TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
-  const Case c = GetParam();
+  check_case(GetParam(), FlashBiasPath::kAuto, false);
+}
+
+// The portable forward on the cases the default path runs on the Hopper kernel: both paths
+// are checked against the same reference.
+TEST_P(FlashBiasCuda, PortablePathMatchesFloat64Reference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
+  check_case(GetParam(), FlashBiasPath::kPortable, true);
+}
+
+void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE("case " + case_name(c) + " seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -673,6 +735,10 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     p.relpos_dtype = ScalarType::F32;
     p.relpos_clip = R;
   }
+  if (only_if_hopper_default && std::string(pf::kernels::cuda::flash_bias_forward_kernel(p)) != "hopper")
+    GTEST_SKIP() << "the default path runs the portable forward for this case";
+  const PathScope scope(path);
+  const std::string kernel = pf::kernels::cuda::flash_bias_forward_kernel(p);
   pf::kernels::cuda::flash_bias_forward(p, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
 
@@ -878,7 +944,7 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
     std::printf("    %-6s err %.3e  tol %.3e%s\n", name, err, tol, naive ? "  (2x naive or u)" : "");
   };
 
-  std::printf("  %s\n", case_name(c).c_str());
+  std::printf("  %s (forward: %s kernel)\n", case_name(c).c_str(), kernel.c_str());
   check("out", out_h.dense(), r_out, low ? &n_out : nullptr, dt);
   {  // lse: finite entries by relative error, -inf exactly where the reference has it
     std::vector<double> got, ref;

@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_bias_bwd_preprocess.cuh"
 #include "kernels/cuda/flash_bias_dispatch.cuh"
+#include "kernels/cuda/flash_bias_sm90.h"
 #include "kernels/cuda/flash_bias_traits.cuh"
 
 namespace pf::kernels::cuda {
@@ -191,11 +192,76 @@ int grid_for(int64_t n, int threads) {
   return int(std::min<int64_t>((n + threads - 1) / threads, 132 * 16));
 }
 
+FlashBiasPath g_path = FlashBiasPath::kAuto;
+
+// The Hopper kernels are built (PF_FLASH_BIAS_SM90) and the current device is compute capability 9.0.
+bool device_is_sm90() {
+#ifdef PF_FLASH_BIAS_SM90
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
+// nullptr: the Hopper forward runs `p`; else why not.
+const char* hopper_forward_refusal(const FlashBiasParams& p) {
+#ifdef PF_FLASH_BIAS_SM90
+  if (!device_is_sm90()) return "the current device is not compute capability 9.0 (Hopper)";
+  return flash_bias_fwd_sm90_unsupported(p);
+#else
+  (void)p;
+  return "this build has no Hopper kernels (PF_FLASH_BIAS_SM90 off or nvcc older than 12.0)";
+#endif
+}
+
+bool use_hopper_forward(const FlashBiasParams& p) {
+  if (g_path == FlashBiasPath::kPortable) return false;
+  const char* why = hopper_forward_refusal(p);
+  PF_CHECK(why == nullptr || g_path != FlashBiasPath::kHopper,
+           "flash_bias_forward: the Hopper path was asked for (set_flash_bias_path) but cannot run: " << why);
+  return why == nullptr;
+}
+
 }  // namespace
+
+void set_flash_bias_path(FlashBiasPath path) { g_path = path; }
+FlashBiasPath flash_bias_path() { return g_path; }
+
+const char* flash_bias_forward_kernel(const FlashBiasParams& p) {
+  return use_hopper_forward(p) ? "hopper" : "portable";
+}
+
+#ifdef PF_FLASH_BIAS_SM90
+const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
+  if (p.dtype != ScalarType::F16 && p.dtype != ScalarType::BF16) return "inputs other than float16 / bfloat16";
+  if (p.D != 32 && p.D != 64 && p.D != 128) return "head dim other than 32, 64, 128";
+  if (is_varlen(p)) return "a packed variable-length batch";
+  if (p.relpos_table != nullptr) return "a fused relative-position table";
+  if (p.bias != nullptr) {
+    const int e = elt_size(p.bias_dtype);
+    if (!aligned(p.bias, 16) || (p.bias_row_stride * e) % 16 != 0 || (p.bias_head_stride * e) % 16 != 0 ||
+        (p.bias_batch_stride * e) % 16 != 0 || p.bias_row_stride <= 0)
+      return "a bias whose base or row / head / batch strides are not 16-byte multiples";
+  }
+  return nullptr;
+}
+#endif
 
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream) {
   check_common(p, "flash_bias_forward");
   if (p.Nq == 0) return;  // packed batch of sequences without queries
+  if (use_hopper_forward(p)) {  // true only where the Hopper kernels are built
+#ifdef PF_FLASH_BIAS_SM90
+    flash_bias_fwd_sm90(p, stream);
+#endif
+    return;
+  }
   const FwdArgs args = make_fwd_args(p);
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

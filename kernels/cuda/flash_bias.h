@@ -33,6 +33,19 @@
 
 namespace pf::kernels::cuda {
 
+// Which forward kernel runs. kAuto (the default): the Hopper kernel (flash_bias_sm90.h) on a
+// compute capability 9.0 device for the problems it covers, the portable kernel otherwise.
+// kPortable: always the portable kernel. kHopper: the Hopper kernel, or a pf::Error saying why it
+// cannot run. Process-wide; for tests and benchmarks that compare the two.
+enum class FlashBiasPath { kAuto, kPortable, kHopper };
+void set_flash_bias_path(FlashBiasPath path);
+FlashBiasPath flash_bias_path();
+
+// The forward kernel flash_bias_forward would run for `p` on the current device under the
+// current path setting: "hopper" or "portable". With kHopper and a problem the Hopper kernel does
+// not cover, fails with the reason.
+const char* flash_bias_forward_kernel(const FlashBiasParams& p);
+
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream);
 

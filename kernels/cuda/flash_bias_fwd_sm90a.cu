@@ -1,0 +1,373 @@
+// The Hopper flash-bias forward (flash_bias_sm90.h): compiled for sm_90a only.
+//
+// One CTA per (128 query rows, h, b), three warpgroups:
+//   warpgroup 0, the producer: one thread issues every TMA copy — the Q tile once, then per key
+//     block j the K_j and V_j tiles and the 128 × BN bias tile into stage j % n_stages of a shared-
+//     memory ring. A stage is refilled only after the consumers have released it (mbarrier
+//     `empty`); the copies complete as transaction bytes on the stage's `full` mbarrier. The
+//     producer keeps 24 registers (setmaxnreg) and hands the rest to the consumers.
+//   warpgroups 1 and 2, the consumers: 64 query rows each. Per key block:
+//     S = Q K_jᵀ          wgmma, A and B from shared memory (K-major), fp32 accumulators
+//     x = S·scale·log2 e + bias·log2 e, masked keys −inf   (bias read from the swizzled tile)
+//     m' = max(m, rowmax x)   P = 2^(x − m')   l' = 2^(m − m')·l + rowsum P   O' = 2^(m − m')·O
+//     O' += P V_j          wgmma, P from registers (the accumulator layout is the A fragment),
+//                          V from shared memory (MN-major)
+//     and release the stage. At the end out = O / l and lse = (m + log2 l)·ln 2.
+// The two consumer warpgroups run independently, so one's softmax overlaps the other's GEMMs.
+//
+// Shared memory: Q (128 × D), then n_stages × {K (BN × D), V (BN × D), bias (128 × BN)}, then
+// the mbarriers; every tile 1024-byte aligned and stored as TMA writes it (swizzled rows of
+// min(2D, 128) bytes for Q/K/V, 128 bytes for the bias; D = 128 tiles as two 64-column panels).
+// n_stages (2 to 4) is as many as fit in the opt-in shared memory for the bias's element size.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "kernels/check.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_bias_sm90.h"
+#include "kernels/cuda/flash_bias_traits.cuh"
+#include "kernels/cuda/flash_bias_warp.cuh"
+#include "kernels/cuda/sm90.cuh"
+#include "kernels/cuda/sm90_wgmma.cuh"
+#include "kernels/cuda/tma.h"
+
+namespace pf::kernels::cuda {
+
+namespace fb90 {
+
+using fb::fast_exp2;
+using fb::kLn2;
+using fb::kLog2e;
+
+constexpr int kMaxStages = 4;
+constexpr int kThreads = 384;                 // producer warpgroup + two consumer warpgroups
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128·24 + 256·240 <= 65536
+
+enum BiasKind : int { kNone = 0, kF16 = 1, kBF16 = 2, kF32 = 3 };
+
+// Tile shape of head dim D: 128 query rows; 128 keys per block (64 at D = 128, where two 64 × 128
+// fp32 accumulators, S and O, fill the consumer's registers).
+template <int D>
+struct Shape {
+  static constexpr int BM = 128, BN = D == 128 ? 64 : 128;
+  static constexpr int kRowBytes = 2 * D < 128 ? 2 * D : 128;  // Q/K/V swizzle width (one panel)
+  static constexpr int kPanels = 2 * D / kRowBytes;
+  static constexpr int kQBytes = BM * D * 2, kKBytes = BN * D * 2;
+  static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
+};
+
+struct Args {
+  CUtensorMap q, k, v, bias;  // bias unused when bias_kind == kNone
+  void* out;
+  BNHDStrides out_stride;
+  float* lse;
+  const uint8_t* kpm;  // (B, Nk) or null
+  int H, Nq, Nk;
+  int bias_kind, bias_elt;  // BiasKind and its element size (0 without a bias)
+  int bias_shared_b, bias_shared_h;
+  int causal;
+  int n_stages, stage_bytes;
+  float scale_log2;  // scale · log2 e
+};
+
+template <int kBias>
+__device__ __forceinline__ float2 load_bias2(const char* p) {
+  if constexpr (kBias == kF16) return __half22float2(*reinterpret_cast<const __half2*>(p));
+  else if constexpr (kBias == kBF16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+  else return *reinterpret_cast<const float2*>(p);
+}
+
+// q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
+// grid (ceil(Nq/128), H, B), 384 threads, dynamic shared memory smem_bytes().
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const __grid_constant__ Args a) {
+  using Sh = Shape<D>;
+  constexpr int BM = Sh::BM, BN = Sh::BN, RB = Sh::kRowBytes;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  extern __shared__ char smem_raw[];
+  char* smem = smem_raw + ((1024 - (sm90::smem_addr(smem_raw) & 1023)) & 1023);
+  char* sQ = smem;
+  char* sStages = smem + Sh::kQBytes;
+  uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
+  uint64_t* empty = full + kMaxStages;
+  uint64_t* q_full = empty + kMaxStages;
+
+  const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z;
+  const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;
+  int n_blocks = (Nk + BN - 1) / BN;
+  if (a.causal) {  // key blocks up to the diagonal of the tile's last row
+    const int last_key = min(m0 + BM, Nq) - 1 + causal_off;
+    n_blocks = last_key < 0 ? 0 : min(n_blocks, last_key / BN + 1);
+  }
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < a.n_stages; ++s) {
+      sm90::mbar_init(&full[s], 1);   // the producer's arrive (+ the stage's transaction bytes)
+      sm90::mbar_init(&empty[s], 8);  // one arrive per consumer warp
+    }
+    sm90::mbar_init(q_full, 1);
+    sm90::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x < 128) {  // ---- producer ----
+    sm90::setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x == 0) {
+      sm90::tma_prefetch_descriptor(&a.q);
+      sm90::tma_prefetch_descriptor(&a.k);
+      sm90::tma_prefetch_descriptor(&a.v);
+      if (a.bias_kind != kNone) sm90::tma_prefetch_descriptor(&a.bias);
+      sm90::mbar_arrive_expect_tx(q_full, Sh::kQBytes);
+#pragma unroll
+      for (int p = 0; p < Sh::kPanels; ++p) sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, m0, h, b);
+      const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
+      const int bias_panels = BN * a.bias_elt / 128, bias_cols = a.bias_elt ? 128 / a.bias_elt : 0;
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int nb = 0; nb < n_blocks; ++nb) {
+        sm90::mbar_wait(&empty[stage], phase ^ 1);
+        char* st = sStages + stage * a.stage_bytes;
+        uint64_t* bar = &full[stage];
+        sm90::mbar_arrive_expect_tx(bar, a.stage_bytes);
+        const int n0 = nb * BN;
+#pragma unroll
+        for (int p = 0; p < Sh::kPanels; ++p) {
+          sm90::tma_load_4d(st + p * BN * RB, &a.k, bar, p * RB / 2, n0, h, b);
+          sm90::tma_load_4d(st + Sh::kKBytes + p * BN * RB, &a.v, bar, p * RB / 2, n0, h, b);
+        }
+        for (int p = 0; p < bias_panels; ++p)
+          sm90::tma_load_4d(st + 2 * Sh::kKBytes + p * BM * 128, &a.bias, bar, n0 + p * bias_cols, m0, hb, bb);
+        if (++stage == a.n_stages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  sm90::setmaxnreg_inc<kConsumerRegs>();
+  const int ctid = threadIdx.x - 128, cw = ctid / 128;  // consumer warpgroup 0 or 1
+  const int warp = (ctid / 32) % 4, lane = ctid % 32, g = lane / 4, t = lane % 4;
+  const int r0 = 64 * cw + 16 * warp + g;  // tile row of d[4j], d[4j + 1]; r0 + 8 for d[4j + 2], d[4j + 3]
+  const uint8_t* kpm = a.kpm ? a.kpm + int64_t(b) * Nk : nullptr;
+  const float scale_log2 = a.scale_log2;
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m_row[2] = {-INFINITY, -INFINITY};  // running row max (log2 units) of rows r0, r0 + 8
+  float l_row[2] = {0.f, 0.f};              // this thread's part of the running row sums
+
+  sm90::mbar_wait(q_full, 0);
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int nb = 0; nb < n_blocks; ++nb) {
+    sm90::mbar_wait(&full[stage], phase);
+    const char* st = sStages + stage * a.stage_bytes;
+    const int n0 = nb * BN;
+
+    // S = Q K_jᵀ
+    float s[BN / 2];
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const int byte = ks * 32, panel = byte / RB, off = byte % RB;
+      const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sQ + panel * BM * RB + 64 * cw * RB), off);
+      const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(st + panel * BN * RB), off);
+      sm90::Wgmma<BN, kBf16>::ss(s, da, db, ks > 0);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(s);
+
+    // logits in log2 units: x = S·scale·log2 e + bias·log2 e; keys outside the row's view −inf
+    const bool masked = kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
+    const char* sb = st + 2 * Sh::kKBytes;
+    auto logits = [&](auto kind, auto mask) {
+      constexpr int kBias = decltype(kind)::value;
+      constexpr int kElt = kBias == kF32 ? 4 : 2;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const int col = 8 * j + 2 * t;
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int r = r0 + 8 * hf;
+          float x0 = s[4 * j + 2 * hf] * scale_log2, x1 = s[4 * j + 2 * hf + 1] * scale_log2;
+          if constexpr (kBias != kNone) {
+            const int byte = col * kElt;
+            const float2 bv = load_bias2<kBias>(sb + (byte / 128) * BM * 128 + sm90::swizzled_offset<128>(r, byte % 128));
+            x0 = fmaf(bv.x, kLog2e, x0);
+            x1 = fmaf(bv.y, kLog2e, x1);
+          }
+          if constexpr (decltype(mask)::value) {
+            const int i = m0 + r, jg = n0 + col;
+            const int last = a.causal ? min(Nk - 1, i + causal_off) : Nk - 1;
+            if (jg > last || (kpm && kpm[jg])) x0 = -INFINITY;
+            if (jg + 1 > last || (kpm && kpm[jg + 1])) x1 = -INFINITY;
+          }
+          s[4 * j + 2 * hf] = x0;
+          s[4 * j + 2 * hf + 1] = x1;
+        }
+      }
+    };
+    auto with_mask = [&](auto kind) {
+      if (masked) logits(kind, std::true_type{});
+      else logits(kind, std::false_type{});
+    };
+    switch (a.bias_kind) {
+      case kF16: with_mask(std::integral_constant<int, kF16>{}); break;
+      case kBF16: with_mask(std::integral_constant<int, kBF16>{}); break;
+      case kF32: with_mask(std::integral_constant<int, kF32>{}); break;
+      default: with_mask(std::integral_constant<int, kNone>{}); break;
+    }
+
+    // online softmax over this key block
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = m_row[hf];
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_use = mx == -INFINITY ? 0.f : mx;  // all −inf so far: P = 0, not NaN
+      const float alpha = fast_exp2(m_row[hf] - m_use);
+      m_row[hf] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        s[4 * j + 2 * hf] = fast_exp2(s[4 * j + 2 * hf] - m_use);
+        s[4 * j + 2 * hf + 1] = fast_exp2(s[4 * j + 2 * hf + 1] - m_use);
+        sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
+      }
+      l_row[hf] = l_row[hf] * alpha + sum;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j + 2 * hf] *= alpha;
+        o[4 * j + 2 * hf + 1] *= alpha;
+      }
+    }
+
+    // O += P V_j: P rounded to T, in the A-fragment layout (k-chunk kc = key columns 16kc … 16kc + 15)
+    uint32_t pa[BN / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; ++kc)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[kc][e] = fb::pack2<T>(s[8 * kc + 2 * e], s[8 * kc + 2 * e + 1]);
+    sm90::fence_regs(o);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; ++kc) {
+      const uint64_t dv = sm90::make_desc<RB>(st + Sh::kKBytes + kc * 16 * RB, BN * RB);
+      sm90::Wgmma<D, kBf16>::rs(o, pa[kc], dv);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(o);
+
+    __syncwarp();
+    if (lane == 0) sm90::mbar_arrive(&empty[stage]);
+    if (++stage == a.n_stages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+
+  // epilogue: out = O / l, lse = (m + log2 l)·ln 2 (−inf for a row with no attended key; NaN stays NaN)
+  T* out = static_cast<T*>(a.out) + int64_t(b) * a.out_stride.batch + int64_t(h) * a.out_stride.head;
+  float* lse = a.lse + (int64_t(b) * a.H + h) * Nq;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float l = l_row[hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int i = m0 + r0 + 8 * hf;
+    if (i < Nq) {
+      T* orow = out + int64_t(i) * a.out_stride.row;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) fb::store_pair(orow + 8 * j + 2 * t, o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      if (t == 0) lse[i] = l == 0.f ? -INFINITY : (m_row[hf] + log2f(l)) * kLn2;
+    }
+  }
+}
+
+int elt_size(ScalarType t) { return t == ScalarType::F32 ? 4 : 2; }
+
+template <typename T, int D>
+void launch(const FlashBiasParams& p, cudaStream_t stream) {
+  using Sh = Shape<D>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  Args a{};
+  auto bnhd_map = [&](const void* ptr, const BNHDStrides& s, int N, int box_rows) {
+    const uint64_t dims[4] = {uint64_t(D), uint64_t(N), uint64_t(p.H), uint64_t(p.B)};
+    const uint64_t strides[3] = {uint64_t(s.row) * 2, uint64_t(s.head) * 2, uint64_t(s.batch) * 2};
+    const uint32_t box[4] = {uint32_t(Sh::kRowBytes / 2), uint32_t(box_rows), 1, 1};
+    return make_tensor_map_4d(ptr, 2, kBf16, dims, strides, box, Sh::kRowBytes);
+  };
+  a.q = bnhd_map(p.q, p.q_stride, p.Nq, Sh::BM);
+  a.k = bnhd_map(p.k, p.k_stride, p.Nk, Sh::BN);
+  a.v = bnhd_map(p.v, p.v_stride, p.Nk, Sh::BN);
+  a.bias_kind = kNone;
+  if (p.bias != nullptr) {
+    const int e = elt_size(p.bias_dtype);
+    a.bias_kind = p.bias_dtype == ScalarType::F16 ? kF16 : p.bias_dtype == ScalarType::BF16 ? kBF16 : kF32;
+    a.bias_elt = e;
+    a.bias_shared_b = p.bias_batch_stride == 0;
+    a.bias_shared_h = p.bias_head_stride == 0;
+    // a broadcast dim has extent 1 (its stride is then never used: any valid value)
+    const uint64_t plane = uint64_t(p.bias_row_stride) * e * uint64_t(p.Nq);
+    const uint64_t dims[4] = {uint64_t(p.Nk), uint64_t(p.Nq), a.bias_shared_h ? 1u : uint64_t(p.H),
+                              a.bias_shared_b ? 1u : uint64_t(p.B)};
+    const uint64_t strides[3] = {uint64_t(p.bias_row_stride) * e,
+                                 a.bias_shared_h ? plane : uint64_t(p.bias_head_stride) * e,
+                                 a.bias_shared_b ? plane : uint64_t(p.bias_batch_stride) * e};
+    const uint32_t box[4] = {uint32_t(128 / e), uint32_t(Sh::BM), 1, 1};
+    a.bias = make_tensor_map_4d(p.bias, e, p.bias_dtype == ScalarType::BF16, dims, strides, box, 128);
+  }
+  a.out = p.out;
+  a.out_stride = p.out_stride;
+  a.lse = static_cast<float*>(p.lse);
+  a.kpm = p.key_padding_mask;
+  a.H = p.H;
+  a.Nq = p.Nq;
+  a.Nk = p.Nk;
+  a.causal = p.causal;
+  a.scale_log2 = float(p.scale * double(kLog2e));
+
+  int dev = 0, smem_optin = 0;
+  PF_CUDA_CHECK(cudaGetDevice(&dev));
+  PF_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  a.stage_bytes = 2 * Sh::kKBytes + Sh::BM * Sh::BN * a.bias_elt;
+  const int fixed = 1024 /* alignment */ + Sh::kQBytes + (2 * kMaxStages + 1) * 8;
+  a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
+  PF_CHECK(a.n_stages >= 2, "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
+                                                    << a.stage_bytes << "-byte stages");
+  const int smem = fixed + a.n_stages * a.stage_bytes;
+  auto kernel = flash_bias_fwd_sm90_kernel<T, D>;
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+  PF_CUDA_CHECK(attr);
+  const dim3 grid((p.Nq + Sh::BM - 1) / Sh::BM, p.H, p.B);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
+  PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_sm90_kernel");
+}
+
+}  // namespace fb90
+
+void flash_bias_fwd_sm90(const FlashBiasParams& p, cudaStream_t stream) {
+  const bool bf16 = p.dtype == ScalarType::BF16;
+  switch (p.D) {
+    case 32: bf16 ? fb90::launch<__nv_bfloat16, 32>(p, stream) : fb90::launch<__half, 32>(p, stream); return;
+    case 64: bf16 ? fb90::launch<__nv_bfloat16, 64>(p, stream) : fb90::launch<__half, 64>(p, stream); return;
+    case 128: bf16 ? fb90::launch<__nv_bfloat16, 128>(p, stream) : fb90::launch<__half, 128>(p, stream); return;
+    default: break;
+  }
+  PF_FAIL("flash_bias_fwd_sm90: head dim " << p.D << " is not supported; supported: 32, 64, 128");
+}
+
+}  // namespace pf::kernels::cuda
