@@ -39,8 +39,8 @@
 #include "kernels/cpu/flash_bias.h"
 #include "kernels/flash_bias_params.h"
 #ifdef PF_TORCH_CUDA
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "kernels/cuda/flash_bias.h"
 #endif
@@ -75,6 +75,7 @@ ScalarType scalar_type(const Tensor& t, const char* name) {
   }
   TORCH_CHECK(false, "pairflash.flash_attn: ", name, " must be float16, bfloat16, float32 or "
               "float64, got ", t.scalar_type());
+  return ScalarType::F32;  // not reached
 }
 
 // Errors unless t lives on q's device with a dtype the device's kernels take: the inputs' own
@@ -319,7 +320,7 @@ std::tuple<Tensor, Tensor> flash_attn_fwd(const Tensor& q, const Tensor& k, cons
 #ifdef PF_TORCH_CUDA
   if (q.is_cuda()) {
     const c10::cuda::CUDAGuard guard(q.device());
-    pf::kernels::cuda::flash_bias_forward(f, at::cuda::getCurrentCUDAStream());
+    pf::kernels::cuda::flash_bias_forward(f, c10::cuda::getCurrentCUDAStream());
     return {out, lse};
   }
 #endif
@@ -377,7 +378,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> flash_attn_bwd(
     const Tensor ws = at::empty(
         {static_cast<int64_t>(pf::kernels::cuda::flash_bias_backward_workspace_bytes(b))},
         q.options().dtype(at::kByte));
-    pf::kernels::cuda::flash_bias_backward(b, ws.data_ptr(), at::cuda::getCurrentCUDAStream());
+    pf::kernels::cuda::flash_bias_backward(b, ws.data_ptr(), c10::cuda::getCurrentCUDAStream());
     return {dq, dk, dv, dbias, dtable};
   }
 #endif

@@ -23,14 +23,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference  # noqa: E402
+from common import check_deterministic_backward, rel_err  # noqa: E402
 from pairflash_torch import flash_attn_w_bias  # noqa: E402
 
 F64 = torch.float64
 UNIT_ROUNDOFF = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8, torch.float32: 2.0 ** -24}
-
-
-def rel_err(x, ref):
-    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 @unittest.skipUnless(torch.cuda.is_available(), "no CUDA device")
@@ -140,13 +137,7 @@ class Behaviour(unittest.TestCase):
     def test_deterministic_backward_is_bitwise_repeatable(self):
         q, k, v, bias = self.inputs()
         table = torch.randn(4, 63, device="cuda").requires_grad_()
-        dout = torch.randn_like(q)
-
-        def grads():
-            out = flash_attn_w_bias(q, k, v, bias, True, relpos_table=table, deterministic=True)
-            return torch.autograd.grad(out, (q, k, v, bias, table), dout)
-        for a, b in zip(grads(), grads()):
-            self.assertTrue(torch.equal(a, b))
+        check_deterministic_backward(self, q, k, v, bias, table)
 
     def test_runs_on_the_current_stream(self):
         q, k, v, bias = self.inputs()
