@@ -9,9 +9,10 @@
 //
 // One kernel per dispatch key: CPU (kernels/cpu/flash_bias.h: float32, float64), CUDA
 // (kernels/cuda/flash_bias.h: float16, bfloat16, float32; on the caller's current stream, the
-// backward's workspace from PyTorch's caching allocator), Meta (shapes and dtypes only: FakeTensor
-// and torch.compile trace through it) and Autograd (flash_attn's backward is flash_attn_backward,
-// itself an operator, so a compiled graph holds both). The problem and its conventions are those
+// backward's workspace from PyTorch's caching allocator) and Autograd (flash_attn's backward is
+// flash_attn_backward, itself an operator, so a compiled graph holds both). The shapes-only
+// (Meta / fake) kernels that FakeTensor and torch.compile trace through are registered from
+// Python (python/pairflash_torch/__init__.py), where they take symbolic sizes too. The problem and its conventions are those
 // of kernels/flash_bias_params.h; framework/ops/attention.cpp is the other caller.
 //
 // Layouts (q, k, v any strides with unit stride on D; copied to contiguous otherwise):
@@ -79,8 +80,7 @@ ScalarType scalar_type(const Tensor& t, const char* name) {
 }
 
 // Errors unless t lives on q's device with a dtype the device's kernels take: the inputs' own
-// (q's) on the CPU; float32, or with `gpu_half` float16 and bfloat16 too, on the GPU. Meta
-// tensors stand for either device (a traced CUDA call reaches the Meta kernel), so they pass.
+// (q's) on the CPU; float32, or with `gpu_half` float16 and bfloat16 too, on the GPU.
 void check_dtype_device(const Tensor& q, const Tensor& t, const char* name, bool gpu_half) {
   TORCH_CHECK(t.device() == q.device(), "pairflash.flash_attn: ", name, " must be on q's device ",
               q.device(), ", got ", t.device());
@@ -89,7 +89,7 @@ void check_dtype_device(const Tensor& q, const Tensor& t, const char* name, bool
     const bool ok = d == at::kFloat || (gpu_half && (d == at::kHalf || d == at::kBFloat16));
     TORCH_CHECK(ok, "pairflash.flash_attn: ", name, " on the GPU must be float32",
                 gpu_half ? ", float16 or bfloat16" : "", ", got ", d);
-  } else if (q.is_cpu()) {
+  } else {
     TORCH_CHECK(d == q.scalar_type(), "pairflash.flash_attn: ", name,
                 " on the CPU must have q's dtype ", q.scalar_type(), ", got ", d);
   }
@@ -238,7 +238,7 @@ Problem check(const Tensor& q, const Tensor& k, const Tensor& v, const Extras& x
               ", got ", v.sizes());
   if (q.is_cuda()) {
     scalar_type(q, "q");
-  } else if (q.is_cpu()) {
+  } else {
     TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
                 "pairflash.flash_attn: q, k, v on the CPU must be float32 or float64, got ",
                 q.scalar_type());
@@ -411,24 +411,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> flash_attn_backward(
   return flash_attn_bwd(dout, q, k, v, out, lse, PF_EXTRAS, output_mask);
 }
 
-// Meta: the outputs' shapes and dtypes from the same checks (no data is read on Meta).
-std::tuple<Tensor, Tensor> flash_attn_meta(const Tensor& q, const Tensor& k, const Tensor& v,
-                                           PF_EXTRAS_ARGS) {
-  const Problem p = check(q, k, v, PF_EXTRAS);
-  return {at::empty(q.sizes(), q.options()), empty_lse(p, q)};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> flash_attn_backward_meta(
-    const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-    const Tensor& lse, PF_EXTRAS_ARGS, std::array<bool, 5> output_mask) {
-  (void)dout, (void)out, (void)lse;
-  const Problem p = check(q, k, v, PF_EXTRAS);
-  return {grad_buffer(output_mask[0], q), grad_buffer(output_mask[1], k),
-          grad_buffer(output_mask[2], v),
-          grad_buffer(output_mask[3] && p.bias.defined(), p.bias.defined() ? p.bias : q),
-          grad_buffer(output_mask[4] && p.table.defined(), p.table.defined() ? p.table : q)};
-}
-
 // Autograd: forward below autograd, backward through flash_attn_backward.
 class FlashAttnFunction : public torch::autograd::Function<FlashAttnFunction> {
  public:
@@ -511,11 +493,6 @@ TORCH_LIBRARY_IMPL(pairflash, CUDA, m) {
   m.impl("flash_attn_backward", &flash_attn_backward);
 }
 #endif
-
-TORCH_LIBRARY_IMPL(pairflash, Meta, m) {
-  m.impl("flash_attn", &flash_attn_meta);
-  m.impl("flash_attn_backward", &flash_attn_backward_meta);
-}
 
 TORCH_LIBRARY_IMPL(pairflash, Autograd, m) {
   m.impl("flash_attn", &flash_attn_autograd);

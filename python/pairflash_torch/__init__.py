@@ -22,9 +22,9 @@ the dims it shares. Keywords add what pairflash has on top:
   inputs with a float32, float16 or bfloat16 bias (an fp32 bias with bf16 inputs is fine) and a
   float32 relpos table. Causal masking is bottom-right aligned (FlashAttention 2) when Nq != Nk.
 
-The work is done by the operators torch.ops.pairflash.flash_attn and flash_attn_backward (CPU,
-CUDA on the current stream, Meta for tracing, Autograd), so torch.compile keeps the call in its
-graph.
+The work is done by the operators torch.ops.pairflash.flash_attn and flash_attn_backward (CPU and
+CUDA kernels on the current stream, an Autograd kernel, and the shapes-only kernels below for
+FakeTensor tracing), so torch.compile keeps the call in its graph.
 """
 import math
 import os
@@ -34,6 +34,36 @@ import torch
 torch.ops.load_library(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ops.so"))
 
 __all__ = ["flash_attn_w_bias"]
+
+
+# ---- shapes-only kernels: what FakeTensor / torch.compile / meta tensors see -----------------
+# (in Python, so symbolic sizes pass through; the operators' real kernels are in C++)
+
+def flash_attn_fake(q, k, v, bias, relpos_table, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
+                    max_seqlen_q, max_seqlen_k, causal, scale, deterministic):
+    """-> out like q; lse (B,H,Nq), packed (H,Tq); float64 for float64 inputs, else float32."""
+    lse_shape = (q.shape[1], q.shape[0]) if cu_seqlens_q is not None else \
+        (q.shape[0], q.shape[2], q.shape[1])
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=lse_dtype)
+
+
+def flash_attn_backward_fake(dout, q, k, v, out, lse, bias, relpos_table, key_padding_mask,
+                             cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+                             deterministic, output_mask):
+    """-> dq, dk, dv, dbias, drelpos_table like their inputs; an empty tensor where not wanted."""
+    def grad(wanted, x):
+        return x.new_empty(x.shape) if wanted and x is not None else q.new_empty((0,))
+    return tuple(grad(w, x) for w, x in zip(output_mask, (q, k, v, bias, relpos_table)))
+
+
+if hasattr(torch.library, "register_fake"):  # PyTorch >= 2.4
+    torch.library.register_fake("pairflash::flash_attn")(flash_attn_fake)
+    torch.library.register_fake("pairflash::flash_attn_backward")(flash_attn_backward_fake)
+else:  # older: as Meta kernels
+    _meta = torch.library.Library("pairflash", "IMPL", "Meta")
+    _meta.impl("flash_attn", flash_attn_fake)
+    _meta.impl("flash_attn_backward", flash_attn_backward_fake)
 
 
 def _max_len(cu_seqlens):

@@ -228,6 +228,27 @@ class Behaviour(unittest.TestCase):
                                                   True, 0.25, False)
         self.assertEqual((out.shape, lse.shape, lse.dtype), ((10, 3, 16), (3, 10), F64))
 
+    def test_fake_kernels_agree_with_the_real_ones(self):
+        # The shapes-only kernels that tracing sees: the real outputs' shapes and dtypes.
+        from pairflash_torch import flash_attn_backward_fake, flash_attn_fake
+        cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+        dense = (randn(2, 5, 3, 4), randn(2, 7, 3, 4), randn(2, 7, 3, 4), randn(1, 3, 5, 7),
+                 randn(3, 5), None, None, None, 0, 0, True, 0.5, False)
+        packed = (randn(7, 3, 4), randn(7, 3, 4), randn(7, 3, 4), randn(3 * (9 + 16)),
+                  randn(3, 5), None, cu, cu, 4, 4, False, 0.5, False)
+        for name, args in (("dense", dense), ("packed", packed)):
+            for dtype in (F64, torch.float32):
+                a = [x.detach().to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x
+                     for x in args]
+                real, fake = torch.ops.pairflash.flash_attn(*a), flash_attn_fake(*a)
+                describe = lambda ts: [(tuple(t.shape), t.dtype) for t in ts]
+                self.assertEqual(describe(real), describe(fake), f"{name} {dtype}")
+                for mask in ([True] * 5, [True, False, True, False, True], [False] * 5):
+                    bwd = [real[0].clone(), *a[:3], *real, *a[3:], mask]
+                    self.assertEqual(describe(torch.ops.pairflash.flash_attn_backward(*bwd)),
+                                     describe(flash_attn_backward_fake(*bwd)),
+                                     f"{name} {dtype} {mask}")
+
     def test_traced_graph_holds_the_operators(self):
         q, k, v = randn(1, 5, 2, 4), randn(1, 6, 2, 4), randn(1, 6, 2, 4)
         bias = randn(1, 2, 5, 6)
