@@ -13,7 +13,6 @@ current stream: same bits as on the default stream), and a small model using the
 torch.compile: no graph break (torch._dynamo.explain), compiled forward and gradients equal to
 eager ones within u.
 """
-import math
 import os
 import sys
 import unittest
