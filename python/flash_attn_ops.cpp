@@ -12,8 +12,9 @@
 // backward's workspace from PyTorch's caching allocator) and Autograd (flash_attn's backward is
 // flash_attn_backward, itself an operator, so a compiled graph holds both). The shapes-only
 // (Meta / fake) kernels that FakeTensor and torch.compile trace through are registered from
-// Python (python/pairflash_torch/__init__.py), where they take symbolic sizes too. The problem and its conventions are those
-// of kernels/flash_bias_params.h; framework/ops/attention.cpp is the other caller.
+// Python (python/pairflash_torch/__init__.py), where they take symbolic sizes too. The problem
+// and its conventions are those of kernels/flash_bias_params.h; framework/ops/attention.cpp is
+// the other caller.
 //
 // Layouts (q, k, v any strides with unit stride on D; copied to contiguous otherwise):
 // - dense: q (B,Nq,H,D), k and v (B,Nk,H,D); bias (B|1,H|1,Nq,Nk) with its own strides (a size-1
