@@ -98,6 +98,14 @@ class GradcheckDense(unittest.TestCase):
         out = f(q, k, v, bias)
         self.assertEqual(out[1].abs().max().item(), 0.0)
 
+    def test_expanded_bias(self):
+        # A bias expand()ed over batch and rows (stride 0 on dims of size > 1): read as a copy,
+        # and autograd's expand sums dbias back to the (1,H,1,Nk) parameter.
+        q, k, v = self.qkv()
+        key_bias = randn(1, self.H, 1, self.NK)
+        f = lambda q, k, v, kb: flash_attn_w_bias(q, k, v, kb.expand(self.B, -1, self.NQ, -1))
+        self.assertTrue(torch.autograd.gradcheck(f, (q, k, v, key_bias)))
+
     def test_non_contiguous_inputs(self):
         b, h, nq, nk, d = self.B, self.H, self.NQ, self.NK, self.D
         # (B,H,N,D) tensors viewed as (B,N,H,D), and a transposed bias
