@@ -988,6 +988,66 @@ void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) 
 INSTANTIATE_TEST_SUITE_P(Cases, FlashBiasCuda, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return case_name(info.param); });
 
+// A NaN in q or in the bias reaches exactly the rows whose scores it enters (out and lse NaN
+// there, every other row finite), on both forward paths (the Hopper one where it runs).
+TEST(FlashBiasCudaNaN, NaNInputsReachTheirRowsOnly) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
+  const int B = 1, H = 2, N = 64, D = 64;
+  std::mt19937_64 rng(std::random_device{}());
+  std::normal_distribution<double> normal(0.0, 1.0);
+  HostTensor q(ScalarType::F16, {B, N, H, D}, {N * H * D, H * D, D, 1}), k = q, v = q, out = q;
+  HostTensor bias(ScalarType::F16, {B, H, N, N}, {H * N * N, N * N, N, 1});
+  for (HostTensor* t : {&q, &k, &v})
+    for (int n = 0; n < N; ++n)
+      for (int h = 0; h < H; ++h)
+        for (int d = 0; d < D; ++d) t->set(0, n, h, d, normal(rng));
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j) bias.set(0, h, i, j, normal(rng));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  q.set(0, 5, 0, 3, nan);      // row 5 of head 0
+  bias.set(0, 1, 9, 20, nan);  // row 9 of head 1
+  DeviceBuffer d_q(q.bytes.size()), d_k(k.bytes.size()), d_v(v.bytes.size()), d_out(out.bytes.size());
+  DeviceBuffer d_bias(bias.bytes.size()), d_lse(size_t(B) * H * N * sizeof(float));
+  d_q.upload(q);
+  d_k.upload(k);
+  d_v.upload(v);
+  d_bias.upload(bias);
+  FlashBiasParams p;
+  p.B = B; p.H = H; p.Nq = N; p.Nk = N; p.D = D;
+  p.scale = 0.125;
+  p.dtype = ScalarType::F16;
+  p.q = d_q.ptr; p.q_stride = q.bnhd();
+  p.k = d_k.ptr; p.k_stride = k.bnhd();
+  p.v = d_v.ptr; p.v_stride = v.bnhd();
+  p.out = d_out.ptr; p.out_stride = out.bnhd();
+  p.lse = d_lse.ptr;
+  p.bias = d_bias.ptr;
+  p.bias_dtype = ScalarType::F16;
+  p.bias_batch_stride = bias.s[0];
+  p.bias_head_stride = bias.s[1];
+  p.bias_row_stride = bias.s[2];
+  for (FlashBiasPath path : {FlashBiasPath::kAuto, FlashBiasPath::kPortable}) {
+    const PathScope scope(path);
+    SCOPED_TRACE(std::string("forward kernel: ") + pf::kernels::cuda::flash_bias_forward_kernel(p));
+    CUDA_OK(cudaMemset(d_out.ptr, 0x3c, d_out.bytes));  // finite poison (1.06 in fp16, 0.0115 in fp32):
+    CUDA_OK(cudaMemset(d_lse.ptr, 0x3c, d_lse.bytes));  // a NaN row must have been written as NaN
+    pf::kernels::cuda::flash_bias_forward(p, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    HostTensor out_h = out;
+    d_out.download(out_h);
+    std::vector<float> lse(size_t(H) * N);
+    CUDA_OK(cudaMemcpy(lse.data(), d_lse.ptr, lse.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < N; ++i) {
+        const bool poisoned = (h == 0 && i == 5) || (h == 1 && i == 9);
+        EXPECT_EQ(std::isnan(lse[size_t(h) * N + i]), poisoned) << "lse of head " << h << " row " << i;
+        for (int d = 0; d < D; ++d)
+          ASSERT_EQ(std::isnan(out_h.get(0, i, h, d)), poisoned) << "out of head " << h << " row " << i << " dim " << d;
+      }
+  }
+}
+
 // ---- packed variable-length batches ----------------------------------------------------------------
 //
 // q, out, dout, dq: (Tq,H,D); k, v, dk, dv: (Tk,H,D); sequence b owns rows cu_seqlens[b] …; its bias

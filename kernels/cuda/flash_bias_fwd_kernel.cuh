@@ -5,7 +5,8 @@
 //   m' = max(m, rowmax x)    α = e^(m − m')    P = e^(x − m')     (as 2^(log2 e · ...), one FFMA + EX2)
 //   l' = α·l + rowsum P      O' = α·O + P·V_j
 // and at the end out = O / l, lse = m + ln l. A row with no attended key keeps m = −inf and
-// l = 0: out = 0, lse = −inf (never NaN: −inf logits use m' = 0 as their origin).
+// l = 0: out = 0, lse = −inf (never NaN: −inf logits use m' = 0 as their origin). A NaN score
+// makes its row's P, l, out and lse NaN.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 #pragma unroll
       for (int nt = 0; nt < D / 8; ++nt)
         store_pair(orow + 8 * nt + 2 * t, acc_o[0][nt][2 * hf] * inv, acc_o[0][nt][2 * hf + 1] * inv);
-      if (t == 0) lse[i] = l > 0.f ? m_row[hf] + log2f(l) * kLn2 : -INFINITY;
+      if (t == 0) lse[i] = l == 0.f ? -INFINITY : m_row[hf] + log2f(l) * kLn2;  // NaN l (a NaN score) stays NaN
     }
   }
 }
