@@ -160,38 +160,52 @@ std::vector<__half> random_half(size_t n, std::mt19937& rng) {
   return v;
 }
 
-template <int D, int N>
-void check_ss() {
+// Two random fp16 matrices a (m × k) and b, uploaded; launch(d_a, d_b, d_c) fills c (m × n, fp32,
+// poisoned first); returns ‖c − a·B‖ / ‖a·B‖ with B(kk, j) = b_at(b, kk, j) in float64.
+template <typename Launch, typename BAt>
+double product_error(int m, int k, int n, size_t b_elems, Launch&& launch, BAt&& b_at) {
   std::mt19937 rng(std::random_device{}());
-  const std::vector<__half> q = random_half(64 * D, rng), k = random_half(size_t(N) * D, rng);
-  __half *d_q, *d_k;
-  float* d_s;
-  ASSERT_EQ(cudaMalloc(&d_q, q.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_k, k.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_s, 64 * N * 4), cudaSuccess);
-  cudaMemcpy(d_q, q.data(), q.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemcpy(d_k, k.data(), k.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemset(d_s, 0xff, 64 * N * 4);
-  const int smem = (64 + N) * D * 2 + 1024;
-  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
-  wgmma_ss_kernel<D, N><<<1, 128, smem>>>(rows_map(d_q, 64, D, 64), rows_map(d_k, N, D, N), d_s);
-  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> s(64 * N);
-  cudaMemcpy(s.data(), d_s, s.size() * 4, cudaMemcpyDeviceToHost);
+  const std::vector<__half> a = random_half(size_t(m) * k, rng), b = random_half(b_elems, rng);
+  __half *d_a = nullptr, *d_b = nullptr;
+  float* d_c = nullptr;
+  if (cudaMalloc(&d_a, a.size() * 2) != cudaSuccess || cudaMalloc(&d_b, b.size() * 2) != cudaSuccess ||
+      cudaMalloc(&d_c, size_t(m) * n * 4) != cudaSuccess)
+    return INFINITY;
+  cudaMemcpy(d_a, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(d_b, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemset(d_c, 0xff, size_t(m) * n * 4);  // NaN poison
+  launch(d_a, d_b, d_c);
+  std::vector<float> c(size_t(m) * n);
+  const bool ok = cudaGetLastError() == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess &&
+                  cudaMemcpy(c.data(), d_c, c.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(d_a);
+  cudaFree(d_b);
+  cudaFree(d_c);
+  if (!ok) return INFINITY;
   double num = 0, den = 0;
-  for (int i = 0; i < 64; ++i)
-    for (int j = 0; j < N; ++j) {
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
       double ref = 0;
-      for (int d = 0; d < D; ++d) ref += double(__half2float(q[i * D + d])) * __half2float(k[size_t(j) * D + d]);
-      num += (s[i * N + j] - ref) * (s[i * N + j] - ref);
+      for (int kk = 0; kk < k; ++kk) ref += double(__half2float(a[size_t(i) * k + kk])) * __half2float(b_at(b, kk, j));
+      const double x = c[size_t(i) * n + j];
+      num += (x - ref) * (x - ref);  // NaN (unwritten) makes the error NaN: fails the bound
       den += ref * ref;
     }
+  return std::sqrt(num / den);
+}
+
+template <int D, int N>
+void check_ss() {
+  const int smem = (64 + N) * D * 2 + 1024;
+  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
+  const double err = product_error(
+      64, D, N, size_t(N) * D,
+      [&](__half* q, __half* k, float* s) {
+        wgmma_ss_kernel<D, N><<<1, 128, smem>>>(rows_map(q, 64, D, 64), rows_map(k, N, D, N), s);
+      },
+      [](const std::vector<__half>& k, int d, int j) { return k[size_t(j) * D + d]; });  // Kᵀ
   // fp16 products are exact in fp32; the fp32 sums of D terms: ~1e-7 relative
-  EXPECT_LE(std::sqrt(num / den), 1e-5) << "D = " << D << ", N = " << N;
-  cudaFree(d_q);
-  cudaFree(d_k);
-  cudaFree(d_s);
+  EXPECT_LE(err, 1e-5) << "D = " << D << ", N = " << N;
 }
 
 TEST(Sm90Parts, WgmmaQKMatchesCpu) {
@@ -246,35 +260,13 @@ __global__ void __launch_bounds__(128) wgmma_rs_kernel(const __half* p, const __
 
 template <int D, int BN>
 void check_rs() {
-  std::mt19937 rng(std::random_device{}());
-  const std::vector<__half> p = random_half(64 * BN, rng), v = random_half(size_t(BN) * D, rng);
-  __half *d_p, *d_v;
-  float* d_o;
-  ASSERT_EQ(cudaMalloc(&d_p, p.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_v, v.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_o, 64 * D * 4), cudaSuccess);
-  cudaMemcpy(d_p, p.data(), p.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemcpy(d_v, v.data(), v.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemset(d_o, 0xff, 64 * D * 4);
   const int smem = BN * D * 2 + 1024;
   ASSERT_EQ(cudaFuncSetAttribute(wgmma_rs_kernel<D, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
-  wgmma_rs_kernel<D, BN><<<1, 128, smem>>>(d_p, rows_map(d_v, BN, D, BN), d_o);
-  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> o(64 * D);
-  cudaMemcpy(o.data(), d_o, o.size() * 4, cudaMemcpyDeviceToHost);
-  double num = 0, den = 0;
-  for (int i = 0; i < 64; ++i)
-    for (int d = 0; d < D; ++d) {
-      double ref = 0;
-      for (int j = 0; j < BN; ++j) ref += double(__half2float(p[i * BN + j])) * __half2float(v[size_t(j) * D + d]);
-      num += (o[i * D + d] - ref) * (o[i * D + d] - ref);
-      den += ref * ref;
-    }
-  EXPECT_LE(std::sqrt(num / den), 1e-5) << "D = " << D << ", BN = " << BN;
-  cudaFree(d_p);
-  cudaFree(d_v);
-  cudaFree(d_o);
+  const double err = product_error(
+      64, BN, D, size_t(BN) * D,
+      [&](__half* p, __half* v, float* o) { wgmma_rs_kernel<D, BN><<<1, 128, smem>>>(p, rows_map(v, BN, D, BN), o); },
+      [](const std::vector<__half>& v, int j, int d) { return v[size_t(j) * D + d]; });
+  EXPECT_LE(err, 1e-5) << "D = " << D << ", BN = " << BN;
 }
 
 TEST(Sm90Parts, WgmmaPVMatchesCpu) {

@@ -200,8 +200,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     float m_scaled[2], alpha[2], rowsum[2] = {0.f, 0.f};
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
-      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+      mx[hf] = quad_max(mx[hf]);
       const float m_use = mx[hf] == -INFINITY ? 0.f : mx[hf];  // all −inf so far: P = 0, not NaN
       m_scaled[hf] = m_use * kLog2e;
       alpha[hf] = fast_exp2((m_row[hf] - m_use) * kLog2e);
@@ -249,9 +248,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   float* lse = pick(src.lse, static_cast<float*>(p.lse) + seq.stat_row(h));
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float l = l_row[hf];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = quad_sum(l_row[hf]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int i = m0 + warp * 16 + g + 8 * hf;
     if (i < Nq) {

@@ -257,8 +257,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       float mx = m_row[hf];
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = fb::quad_max(mx);
       const float m_use = mx == -INFINITY ? 0.f : mx;  // all −inf so far: P = 0, not NaN
       alpha[hf] = fast_exp2(m_row[hf] - m_use);
       m_row[hf] = mx;
@@ -324,9 +323,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   float* lse = a.lse + (int64_t(b) * a.H + h) * Nq;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float l = l_row[hf];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = fb::quad_sum(l_row[hf]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int i = m0 + r0 + 8 * hf;
     if (i < Nq) {

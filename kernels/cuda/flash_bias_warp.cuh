@@ -50,6 +50,16 @@ __device__ __forceinline__ float2 load_pair(const T* p) {
   else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
 }
 
+// Sum / max over the four threads of a quad (lanes 4g … 4g + 3), which hold one fragment row.
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
 // 2^x on the special-function unit (relative error < 2^-22; 2^-inf = 0; subnormal results flush to 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
