@@ -18,6 +18,12 @@ struct CudaOutOfMemory : Error {
   using Error::Error;
 };
 
+// The same for host memory: a CPU tensor the process could not get ("out of host memory: a
+// tensor of N MiB was asked for").
+struct HostOutOfMemory : Error {
+  using Error::Error;
+};
+
 void* device_alloc(Device device, size_t bytes);
 void device_free(Device device, void* ptr, size_t bytes);
 // Copies bytes between any two devices (host↔device, device↔device, host↔host), in stream order;

@@ -15,6 +15,7 @@
 #include <new>
 #include <type_traits>
 
+#include "framework/files.h"
 #include "kernels/check.h"
 
 static_assert(sizeof(hid_t) == sizeof(int64_t), "h5io.h stores hid_t in an int64_t");
@@ -161,11 +162,24 @@ Handle make_space(const std::vector<int64_t>& shape) {
   return Handle(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
 }
 
-Handle intermediate_groups_lcpl() {
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  PF_CHECK(lcpl.ok() && H5Pset_create_intermediate_group(lcpl.get(), 1) >= 0,
-           "HDF5: cannot create a link property list" << hdf5_detail());
-  return lcpl;
+// Objects (groups, datasets) carry no creation or modification times: two files written with
+// the same content are the same bytes (identical runs give identical checkpoints).
+Handle untimed_ocpl(hid_t cls) {
+  Handle p(H5Pcreate(cls), H5Pclose);
+  PF_CHECK(p.ok() && H5Pset_obj_track_times(p.get(), false) >= 0,
+           "HDF5: cannot create an object property list" << hdf5_detail());
+  return p;
+}
+
+// Creates the groups above the object at absolute path `p` that do not exist yet, untimed.
+void make_parent_groups(hid_t file, const std::string& p, const std::string& what) {
+  for (size_t slash = p.find('/', 1); slash != std::string::npos; slash = p.find('/', slash + 1)) {
+    const std::string g = p.substr(0, slash);
+    if (object_kind(file, g) != H5I_BADID) continue;
+    Handle gcpl = untimed_ocpl(H5P_GROUP_CREATE);
+    Handle h(H5Gcreate2(file, g.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), H5Gclose);
+    PF_CHECK(h.ok(), what << ": cannot create group '" << g << "'" << hdf5_detail());
+  }
 }
 
 // Variable-length UTF-8 string type (what h5py writes for a str, and reads back as a str).
@@ -345,7 +359,7 @@ bool write_full(int fd, const unsigned char* p, size_t n) {
 
 // ---- H5Writer -----------------------------------------------------------------------------
 
-H5Writer::H5Writer(const std::string& path) : path_(path), tmp_path_(path + ".tmp") {
+H5Writer::H5Writer(const std::string& path) : path_(path), tmp_path_(temp_path_for(path)) {
   quiet_hdf5();
   PF_CHECK(!path.empty(), "H5Writer: expected a file path, found an empty string");
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
@@ -362,7 +376,8 @@ H5Writer::H5Writer(const std::string& path) : path_(path), tmp_path_(path + ".tm
   Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   const bool props = fapl.ok() && fcpl.ok() && H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG) >= 0 &&
                      H5Pset_fapl_core(fapl.get(), size_t{1} << 20, /*backing_store=*/false) >= 0 &&
-                     H5Pset_userblock(fcpl.get(), kUserBlock) >= 0;
+                     H5Pset_userblock(fcpl.get(), kUserBlock) >= 0 &&
+                     H5Pset_obj_track_times(fcpl.get(), false) >= 0;  // the root group
   if (props) file_ = H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get());
   if (file_ < 0) {
     const std::string detail = hdf5_detail();
@@ -407,8 +422,9 @@ void H5Writer::write_raw(const std::string& name, int64_t mem_type, const void* 
 
   Handle space = make_space(shape);
   PF_CHECK(space.ok(), what << ": cannot create dataspace " << h5_shape_str(shape) << hdf5_detail());
-  Handle lcpl = intermediate_groups_lcpl();
-  Handle ds(H5Dcreate2(file_, p.c_str(), file_type, space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+  make_parent_groups(file_, p, what);
+  Handle dcpl = untimed_ocpl(H5P_DATASET_CREATE);
+  Handle ds(H5Dcreate2(file_, p.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
             H5Dclose);
   PF_CHECK(ds.ok(), what << ": cannot create" << hdf5_detail());
   if (n > 0)
@@ -436,11 +452,7 @@ void H5Writer::write_attr_raw(const std::string& object, const std::string& name
   const std::string p = norm_path(object, tmp_path_);
   const std::string what = "attribute '" + name + "' of '" + p + "' in file " + tmp_path_;
   PF_CHECK(!name.empty(), what << ": expected a non-empty attribute name");
-  if (object_kind(file_, p) == H5I_BADID) {
-    Handle lcpl = intermediate_groups_lcpl();
-    Handle g(H5Gcreate2(file_, p.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
-    PF_CHECK(g.ok(), what << ": cannot create group '" << p << "'" << hdf5_detail());
-  }
+  if (object_kind(file_, p) == H5I_BADID) make_parent_groups(file_, p + "/", what);
   Handle obj(H5Oopen(file_, p.c_str(), H5P_DEFAULT), H5Oclose);
   PF_CHECK(obj.ok(), what << ": cannot open '" << p << "'" << hdf5_detail());
   htri_t exists = H5Aexists(obj.get(), name.c_str());
@@ -472,7 +484,11 @@ void H5Writer::write_attr(const std::string& object, const std::string& name, co
   write_attr_raw(object, name, t.get(), t.get(), &text);
 }
 
-void H5Writer::commit() {
+void H5Writer::commit() { finish(true); }
+
+bool H5Writer::commit_new() { return finish(false); }
+
+bool H5Writer::finish(bool replace) {
   check_open("commit");
   quiet_hdf5();
   // The image of the file in memory, without its user block (HDF5 leaves that to us): it goes
@@ -501,11 +517,19 @@ void H5Writer::commit() {
   if (!written || !closed_fd)
     PF_FAIL("cannot write HDF5 file " << tmp_path_ << " (" << bytes.size()
                                       << " bytes): " << std::strerror(written ? errno : err));
-  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-    PF_FAIL("cannot rename " << tmp_path_ << " onto " << path_ << ": " << std::strerror(errno));
-  committed_ = true;
+  committed_ = true;  // from here the .tmp is gone or published, whatever happens
+  if (replace) {
+    if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
+      const int err = errno;
+      std::remove(tmp_path_.c_str());
+      PF_FAIL("cannot rename " << tmp_path_ << " onto " << path_ << ": " << std::strerror(err));
+    }
+  } else if (!publish_new(tmp_path_, path_)) {
+    return false;
+  }
   std::filesystem::path parent = std::filesystem::path(path_).parent_path();
   fsync_dir(parent.empty() ? "." : parent.string());
+  return true;
 }
 
 // ---- H5Reader -----------------------------------------------------------------------------

@@ -31,6 +31,15 @@ inline std::string one_line(const std::string& s) {
 }
 }  // namespace detail
 
+// A value echoed in an error line, cut to a readable length: the first `max` bytes and "…(N
+// bytes)" after them, so a megabyte-long path or override does not fill the terminal.
+inline std::string echo(const std::string& s, size_t max = 96) {
+  if (s.size() <= max) return s;
+  size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;  // not inside a UTF-8 char
+  return s.substr(0, cut) + "…(" + std::to_string(s.size()) + " bytes)";
+}
+
 struct Error : std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(detail::one_line(what)) {}
 };
