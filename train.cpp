@@ -10,7 +10,8 @@
 //   framework/  Tensor, autograd, ops, nn modules, AdamW, gradcheck, config, HDF5 I/O
 //   models/     the pair-bias transformer (models/pairbias.h)
 //   data/       the chain data set (data/chain.h)
-//   run/        the modes below: training loop, evaluation, gradient check (run/modes.h),
+//   run/        the modes below, one job per file (run/modes.h lists them): training loop,
+//               evaluation, gradient check, checkpoint format, plots, device selection,
 //               and one process per GPU for data-parallel training (run/launch.h)
 //
 // Values are taken as typed: `--out "runs/exp #3"` is that directory, `--gpus` a plain number.
