@@ -1,11 +1,14 @@
 #include "run/train_loop.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <future>
+#include <new>
 #include <sstream>
 
 #include "framework/allocator.h"
@@ -13,6 +16,7 @@
 #include "framework/autograd.h"
 #include "framework/deterministic.h"
 #include "framework/distributed.h"
+#include "framework/interrupt.h"
 #include "framework/optim.h"
 #include "framework/precision.h"
 #include "framework/run_dir.h"
@@ -37,6 +41,9 @@ const std::vector<std::string> kEmbeddings = {"embed.weight", "pair.rel.weight",
 struct StepResult {
   double loss = 0, accuracy = 0, grad_norm = 0;
   bool updated = false;
+  // SIGINT / SIGTERM received (framework/interrupt.h): the run stops after this step. The ranks
+  // of data-parallel training decide together, with the step's metrics.
+  int stop_signal = 0;
 };
 
 // One optimisation step on one batch, every stage one call: forward and loss, backward (with
@@ -55,15 +62,17 @@ StepResult train_step(models::PairBiasModel& model, optim::AdamW& opt, const Hos
   }
   const double grad_norm = optim::clip_grad_norm(model.parameters(), grad_clip);
   double loss = r.loss.item(), acc = r.accuracy;
+  int stop_signal = interrupt_signal();
   if (comm) {  // every rank has the same number of residues: the global means are the means
-    std::vector<double> m{loss, acc};
+    std::vector<double> m{loss, acc, static_cast<double>(stop_signal)};
     comm->all_reduce_sum(m);
     loss = m[0] / comm->world();
     acc = m[1] / comm->world();
+    if (m[2] > 0 && stop_signal == 0) stop_signal = SIGTERM;  // another rank's
   }
   const bool good = std::isfinite(loss) && std::isfinite(grad_norm);
   if (good) opt.step(lr);
-  return {loss, acc, grad_norm, good};
+  return {loss, acc, grad_norm, good, stop_signal};
 }
 
 int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* comm) {
@@ -230,6 +239,14 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
                     .add("val_acc", last_eval.accuracy));
     }
     if (st.step % t.checkpoint_every == 0 || st.step == last_step) checkpoint();
+    if (r.stop_signal) {
+      if (saved_step != st.step) checkpoint();
+      std::fflush(stdout);
+      if (lead)
+        std::fprintf(stderr, "train: stopped by %s after step %lld: checkpoint written to %s; continue with --resume\n",
+                     interrupt_name(r.stop_signal), static_cast<long long>(st.step), ckpt_path.c_str());
+      return 128 + r.stop_signal;
+    }
   }
   if (timed_steps == 0) {  // resumed a finished run: report its state
     last_eval = evaluate_set(model, val_set, t.batch_size, device, comm, t.batch_tokens);
@@ -246,16 +263,28 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
 }  // namespace
 
 int train(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* comm) {
+  // Out of memory: the message, then which settings drive the sizes.
+  const auto drivers = [&cfg](const std::string& what, const char* lower) {
+    const auto& m = cfg.model;
+    std::ostringstream os;
+    os << what << ". Per layer, the pair representation and bias hold train.batch_size × data.n_res² × "
+                  "(model.c_z + model.n_heads) values = "
+       << cfg.train.batch_size << " × " << cfg.data.n_res << "² × (" << m.c_z << " + " << m.n_heads
+       << "), the other activations train.batch_size × data.n_res × model.d_ff = " << cfg.train.batch_size << " × "
+       << cfg.data.n_res << " × " << m.d_ff << "; lower train.batch_size or data.n_res" << lower;
+    return os.str();
+  };
   try {
     return train_run(cfg, resume, stop_at, comm);
-  } catch (const CudaOutOfMemory& e) {  // say which settings drive the sizes
-    const auto& m = cfg.model;
-    PF_FAIL(e.what() << ". Per layer, the pair representation and bias hold train.batch_size × data.n_res² × "
-                        "(model.c_z + model.n_heads) values = "
-                     << cfg.train.batch_size << " × " << cfg.data.n_res << "² × (" << m.c_z << " + " << m.n_heads
-                     << "), the other activations train.batch_size × data.n_res × model.d_ff = "
-                     << cfg.train.batch_size << " × " << cfg.data.n_res << " × " << m.d_ff
-                     << "; lower train.batch_size or data.n_res, or use train.precision: bf16");
+  } catch (const CudaOutOfMemory& e) {
+    PF_FAIL(drivers(e.what(), ", or use train.precision: bf16"));
+  } catch (const HostOutOfMemory& e) {
+    PF_FAIL(drivers(e.what(), ", or model.d_ff"));
+  } catch (const std::bad_alloc&) {  // a host container (data, batches): its size is not known here
+    PF_FAIL(drivers("out of host memory (std::bad_alloc); the data sets hold (data.n_train + data.n_val) × "
+                    "data.n_res_max residues = (" + std::to_string(cfg.data.n_train) + " + " +
+                        std::to_string(cfg.data.n_val) + ") × " + std::to_string(cfg.data.n_res_max),
+                    ", data.n_train or data.n_val"));
   }
 }
 

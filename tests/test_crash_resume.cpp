@@ -28,10 +28,8 @@
 #include "framework/config.h"
 #include "framework/h5io.h"
 #include "run/modes.h"
+#include "tests/train_process.h"
 
-#ifndef PF_TRAIN_BIN
-#error "PF_TRAIN_BIN (the path of the train program) must be defined by the build"
-#endif
 
 namespace pf {
 namespace {
@@ -46,35 +44,10 @@ std::string temp_dir(const std::string& name) {
   return p.string();
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::read_text;
 
-// Starts `train args...` with stdout and stderr to files; returns its pid.
 pid_t spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path) {
-  std::vector<std::string> argv_s{PF_TRAIN_BIN};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_s{"OMP_NUM_THREADS=1", "PATH=/usr/bin:/bin"};
-  std::vector<char*> envp;
-  for (auto& e : env_s) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {  // child: only async-signal-safe calls until exec
-    const int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (o < 0 || e < 0) ::_exit(126);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  return pid;
+  return test::spawn_train(args, out_path, err_path);
 }
 
 // The last integer following `prefix` at the start of a line of `text`, or -1.
