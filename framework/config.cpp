@@ -124,8 +124,18 @@ struct Value {
   std::string text;
 };
 
+// How config_to_yaml writes a string that is not UTF-8 (a path may be any bytes; YAML text
+// cannot hold them): `!!binary "<base64>"`, read back to the exact bytes.
+constexpr char kBinaryTag[] = "tag:yaml.org,2002:binary";
+
 Value value_of(const YAML::Node& n) {
   if (n.IsNull()) return {Value::Shape::Null, ""};
+  if (n.IsScalar() && n.Tag() == kBinaryTag) {
+    YAML::Binary b;
+    if (!YAML::convert<YAML::Binary>::decode(n, b))
+      PF_FAIL("config: a !!binary value must be base64, found '" << echo(n.Scalar()) << "'");
+    return {Value::Shape::Scalar, std::string(reinterpret_cast<const char*>(b.data()), b.size())};
+  }
   if (n.IsScalar()) return {Value::Shape::Scalar, n.Scalar()};
   return {Value::Shape::Collection, n.IsMap() ? "a mapping" : "a list"};
 }
@@ -457,8 +467,10 @@ std::string config_to_yaml(const Config& cfg) {
     if (*s.name) e << YAML::Key << s.name << YAML::Value << YAML::BeginMap;
     for (const Key& k : s.keys) {
       e << YAML::Key << k.name << YAML::Value;
-      if (k.kind == Kind::String) e << YAML::DoubleQuoted << format_value(k);
-      else e << format_value(k);
+      const std::string v = format_value(k);
+      if (k.kind != Kind::String) e << v;
+      else if (is_utf8(v)) e << YAML::DoubleQuoted << v;
+      else e << YAML::Binary(reinterpret_cast<const unsigned char*>(v.data()), v.size());
     }
     if (*s.name) e << YAML::EndMap;
   }

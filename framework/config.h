@@ -10,8 +10,14 @@
 // - After loading, model.d_ff = 0 is resolved to 4·d_model and data.n_res_min / n_res_max = 0 to
 //   data.n_res, so a loaded Config is complete.
 // - Relative data paths stay as written (train resolves them against the working directory).
-// - Override values are parsed as YAML scalars ("out='my run'" quotes are honoured) and then
-//   checked exactly like values from the file.
+// - Override values are taken as typed, not parsed as YAML: a string key gets every byte after
+//   the '=' ("out=runs/exp #3" is that directory, quotes and all), a typed key parses the whole
+//   text strictly (no quotes, spaces or comments); then they are checked like values from the file.
+// - config_to_yaml writes a string that is not UTF-8 (a path may be any bytes) as
+//   `!!binary "<base64>"`; the loader reads !!binary back to the exact bytes.
+// - Values echoed in error lines are cut to a readable length (pf::echo); every size derived
+//   from the keys is computed in 64 bits and checked against what the kernels index and what
+//   this machine's memory holds (lower bounds only, so no config that fits is refused).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -104,24 +104,6 @@ void write_text_file(const std::string& path, const std::string& text) {
 
 namespace {
 
-// The length of the well-formed UTF-8 sequence at s[i] (RFC 3629: no overlong forms, no
-// surrogates, nothing above U+10FFFF), 0 if there is none.
-size_t utf8_length(const std::string& s, size_t i) {
-  const auto b = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
-  const unsigned c = b(0);
-  const auto cont = [&](size_t k) { return (b(k) & 0xc0) == 0x80; };
-  if (c >= 0xc2 && c <= 0xdf) return cont(1) ? 2 : 0;
-  if (c >= 0xe0 && c <= 0xef) {
-    const unsigned lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-    return b(1) >= lo && b(1) <= hi && cont(2) ? 3 : 0;
-  }
-  if (c >= 0xf0 && c <= 0xf4) {
-    const unsigned lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-    return b(1) >= lo && b(1) <= hi && cont(2) && cont(3) ? 4 : 0;
-  }
-  return 0;
-}
-
 // A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped, UTF-8 as it
 // is. A byte that is not part of well-formed UTF-8 (a path may hold any byte) becomes \udcXX,
 // the lone low surrogate of Python's "surrogateescape" (os.fsencode turns it back into the byte),
@@ -142,8 +124,6 @@ std::string json_string(const std::string& v) {
       out += "\\r";
     } else if (u < 0x20) {
       out += {'\\', 'u', '0', '0', hex[u >> 4], hex[u & 15]};
-    } else if (u < 0x80) {
-      out += c;
     } else if (const size_t n = utf8_length(v, i)) {
       out.append(v, i, n);
       i += n - 1;

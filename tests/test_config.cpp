@@ -230,11 +230,27 @@ TEST_F(ConfigFile, OverridesApplyAfterTheFileInOrder) {
   EXPECT_EQ(pf::load_config(bad, {"train.warmup=5"}).train.warmup, 5);
 }
 
+// Paths that differ only in bytes that are not UTF-8 stay different through config.yaml (a
+// fuzzer found them merged into U+FFFD, and the reloaded config refused as train == val).
+TEST(Config, BytesThatAreNotUtf8RoundTripExactly) {
+  const pf::Config c = pf::config_from_yaml_string("", {std::string("data.train=d/\xff.h5"), "data.val=d/\xfe.h5",
+                                                        "out=r\x80\t#"});
+  const std::string yaml = pf::config_to_yaml(c);
+  EXPECT_NE(yaml.find("!!binary"), std::string::npos) << yaml;
+  const pf::Config back = pf::config_from_yaml_string(yaml);
+  EXPECT_EQ(back.data.train, "d/\xff.h5");
+  EXPECT_EQ(back.data.val, "d/\xfe.h5");
+  EXPECT_EQ(back.out, "r\x80\t#");
+  expect_error("out: !!binary \"@@\"\n", {}, {"a !!binary value must be base64"});
+}
+
 TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
   std::mt19937_64 rng(std::random_device{}());
   auto pick = [&](int lo, int hi) { return static_cast<int>(lo + rng() % (hi - lo + 1)); };
   const std::vector<std::string> odd_strings = {"a b/c.h5", "x: y", "#hash", "null", "yes", "123", " lead",
-                                                "quote\"s", "tab\tin", "ünïcödé/Å.h5", "- dash", "{brace}"};
+                                                "quote\"s", "tab\tin", "ünïcödé/Å.h5", "- dash", "{brace}",
+                                                // not UTF-8 (written as !!binary), control bytes
+                                                "raw\xff", "cut\xc3", "\xed\xa0\x80sur", "\x01ctl\r\n"};
   for (int trial = 0; trial < 25; ++trial) {
     pf::Config c;
     c.model.n_types = pick(1, 40);
