@@ -10,7 +10,7 @@
 //   closure returns. Both do nothing unless the mode is on; the first failure is a pf::Error.
 // - Layer names come from a thread-local stack of module scopes: a module's forward runs each
 //   child inside in_scope("<child name>", ...), so the names joined by '.' are the parameter
-//   prefixes of DESIGN §4 ("layers.1.pair_norm"). An op outside any module is "the top level".
+//   prefixes of docs/DESIGN.md §4 ("layers.1.pair_norm"). An op outside any module is "the top level".
 // - A backward is named by the scope its op was recorded in during the forward.
 // - Only floating-point tensors are checked; a CUDA tensor is copied to the host to be checked
 //   (the mode is for finding a bug, not for speed).

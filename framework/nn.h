@@ -1,4 +1,4 @@
-// Modules: parameters with dotted names (the checkpoint names of DESIGN §4), built from ops.
+// Modules: parameters with dotted names (the checkpoint names of docs/DESIGN.md §4), built from ops.
 //
 // A Module owns its parameters and its child modules; named_parameters() walks them in
 // registration order with names like "layers.0.attn.q.weight". Weights are stored [out, in]

@@ -45,7 +45,6 @@ using pf::kernels::cpu::FlashBiasReferenceOutputs;
 using pf::testing_util::expect_error;
 using pf::testing_util::rel_error;
 
-
 std::mt19937_64& rng() {
   static std::mt19937_64 g(std::random_device{}());
   return g;
