@@ -347,7 +347,8 @@ void H5Writer::commit() {
   const herr_t closed = H5Fclose(file_);
   file_ = -1;
   PF_CHECK(!bytes.empty() && closed >= 0, "cannot finish HDF5 file " << tmp_path_ << detail << hdf5_detail());
-  PF_CHECK(h5_integrity::is_hdf5_image(bytes.data() + h5_integrity::kUserBlock, bytes.size() - h5_integrity::kUserBlock),
+  const unsigned char* image = bytes.data() + h5_integrity::kUserBlock;  // HDF5's part
+  PF_CHECK(h5_integrity::is_hdf5_image(image, bytes.size() - h5_integrity::kUserBlock),
            "HDF5 file " << tmp_path_ << ": expected the in-memory image to start with the HDF5 signature "
                         << "(the user block left out), found other bytes (an HDF5 version this code does not know)");
   h5_integrity::fill_header(bytes.data(), bytes.size());
