@@ -1,9 +1,12 @@
 // train — the command-line program of pairflash: a config in, a run directory out.
 //
-//   build/train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume | --overwrite] [--gpus N] [key=value ...]
-//   build/train CONFIG --eval CHECKPOINT
-//   build/train CONFIG --gradcheck
-//   build/train --check-env
+//   ./train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume | --overwrite] [--gpus N] [key=value ...]
+//   ./train CONFIG --eval CHECKPOINT
+//   ./train CONFIG --gradcheck
+//   ./train --check-env
+//
+// (./train: the link to build/train that the build leaves at the repository root.) A walk through
+// one training step, file by file: docs/TOUR.md; the design as built: docs/DESIGN.md.
 //
 // The stack, bottom up (each folder depends only on those above it in this list):
 //   kernels/    raw compute: CPU (Eigen) and CUDA flash-bias kernels

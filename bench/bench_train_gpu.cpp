@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
     PF_CHECK(cuda_available(), "bench_train_gpu needs a CUDA device");
     const auto& t = cfg.train;
     const int B = t.batch_size, N = cfg.data.n_res;
-    // Random chains in memory (DESIGN §3): enough for distinct batches, no files.
+    // Random chains in memory (docs/DESIGN.md §3): enough for distinct batches, no files.
     const int n_batches = data_mode == "fixed" ? 4 : 16;
     const ChainSet set =
         generate_chains(n_batches * B, N, cfg.model.n_types, cfg.data.seed, "bench");

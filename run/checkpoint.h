@@ -1,4 +1,4 @@
-// The checkpoint format (DESIGN §5): one HDF5 file, written atomically through H5Writer (temp
+// The checkpoint format (docs/DESIGN.md §5): one HDF5 file, written atomically through H5Writer (temp
 // file + rename), holding
 //   /model/<name>   each parameter, with its shape ([out, in] for weights) and dtype; attributes
 //                   of /model: the architecture (n_types, d_model, ..., attn_bias)

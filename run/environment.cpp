@@ -14,22 +14,16 @@
 
 namespace pf::run {
 
-// The CUDA backend of the ops is a separate piece of work; until it is compiled in, "auto"
-// stays on the CPU and "cuda" says why it cannot be had.
-#ifdef PF_CUDA_OPS
-constexpr bool kCudaOps = true;
-#else
-constexpr bool kCudaOps = false;
-#endif
-
 Device resolve_device(const std::string& requested) {
   if (requested == "cpu") return Device::CPU;
-  const bool gpu = cuda_available();
-  if (requested == "auto") return gpu && kCudaOps ? Device::CUDA : Device::CPU;
+  const bool gpu = cuda_available();  // a GPU is present and the build has CUDA
+  if (requested == "auto") return gpu ? Device::CUDA : Device::CPU;
   PF_CHECK(requested == "cuda", "device must be auto, cpu or cuda, found '" << requested << "'");
+#ifndef PF_WITH_CUDA
+  PF_FAIL("device 'cuda' requested but this build has no CUDA backend (no CUDA toolkit was found, or "
+          "-DPF_CUDA=OFF); use --device cpu");
+#endif
   PF_CHECK(gpu, "device 'cuda' requested but no CUDA device is available (see train --check-env)");
-  PF_CHECK(kCudaOps, "device 'cuda' requested but this build's ops have no CUDA backend yet; "
-                     "use --device cpu");
   return Device::CUDA;
 }
 
@@ -66,7 +60,6 @@ int check_env() {
   } else {
     std::printf("GPU: none (%s)\n", info.reason.c_str());
   }
-  std::printf("CUDA ops backend: %s\n", kCudaOps ? "built" : "not built (CPU training only)");
   j.add("cuda_toolkit", true).add("cuda_runtime", info.runtime_version)
       .add("cuda_driver", info.driver_version).add("gpu", info.available ? info.name : "none");
   if (info.available) j.add("compute_capability", std::to_string(info.cc_major) + "." + std::to_string(info.cc_minor));

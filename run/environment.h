@@ -6,7 +6,7 @@
 
 namespace pf::run {
 
-// "auto" → cuda when a GPU and the CUDA backend are present, else cpu; "cuda" without them is an
+// "auto" → cuda when the build has CUDA and a GPU is present, else cpu; "cuda" without them is an
 // error naming what is missing.
 Device resolve_device(const std::string& requested);
 

@@ -1,4 +1,4 @@
-// The modes of the train program (DESIGN §5), one job per file. Each mode ends by printing one
+// The modes of the train program (docs/DESIGN.md §5), one job per file. Each mode ends by printing one
 // JSON line on stdout and returns the process exit code. They sit above models/ and data/ and tie
 // them together:
 //   run/train_loop.h   training: the loop around train_step(), and data-parallel training
