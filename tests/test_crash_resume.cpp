@@ -37,14 +37,8 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("pairflash_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
-
 using test::read_text;
+using test::temp_dir;
 
 pid_t spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path) {
   return test::spawn_train(args, out_path, err_path);

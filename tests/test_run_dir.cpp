@@ -38,14 +38,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::read_text;
-using Clock = std::chrono::steady_clock;
 
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("pairflash_rundir_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return test::temp_dir("rundir_" + name); }
+using Clock = std::chrono::steady_clock;
 
 // A tiny model; `steps` and the data size set how long a run takes (~5 ms a step here).
 std::string config_text(const std::string& data_dir, int steps, int n_train = 48, int checkpoint_every = 3) {
