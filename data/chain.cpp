@@ -179,7 +179,10 @@ ChainSet generate_chains(int S, int N, int n_types, uint64_t seed, const std::st
   return generate_chains(ChainSpec{S, N, N, n_types, seed, split, task});
 }
 
-void write_chains(const std::string& path, const ChainSet& set) {
+namespace {
+
+// write_chains; with replace = false a file already at `path` stays and the result is false.
+bool write_chains_file(const std::string& path, const ChainSet& set, bool replace) {
   check_sizes(set.S, set.N, set.n_types, ("write_chains " + path).c_str());
   check_chain_task(set.task, "write_chains " + path);
   const size_t SN = static_cast<size_t>(set.S) * set.N;
@@ -204,8 +207,14 @@ void write_chains(const std::string& path, const ChainSet& set) {
   w.write_attr("/", "format_version", static_cast<int64_t>(kChainFormatVersion));
   w.write_attr("/", "split", set.split);
   w.write_attr("/", "task", set.task);
+  if (!replace) return w.commit_new();
   w.commit();
+  return true;
 }
+
+}  // namespace
+
+void write_chains(const std::string& path, const ChainSet& set) { write_chains_file(path, set, true); }
 
 namespace {
 
@@ -322,8 +331,9 @@ bool ensure_chains(const std::string& path, const ChainSpec& spec) {
       fs::create_directories(parent, ec);
       PF_CHECK(!ec, "cannot create directory '" << parent.string() << "' for " << path << ": " << ec.message());
     }
-    write_chains(path, generate_chains(spec));
-    return true;
+    // Published without replacing: of two runs generating the same file at once, the second
+    // to finish checks and uses the first one's file below.
+    if (write_chains_file(path, generate_chains(spec), false)) return true;
   }
   H5Reader r(path);
   const ChainHeader h = read_header(r);

@@ -1,4 +1,4 @@
-// The chain data set (DESIGN §3): generator, HDF5 file per split, batch sampler.
+// The chain data set (docs/DESIGN.md §3): generator, HDF5 file per split, batch sampler.
 //
 // A sample is a freely jointed chain of N residues, x_0 = 0, x_{i+1} = x_i + 3.8·u_i with u_i
 // uniform on the unit sphere, and types t_i uniform in {0..K-1}. The label of residue i is the
@@ -96,7 +96,9 @@ ChainSet read_chains(const std::string& path);
 // (returns true; the caller says "generated ..."), returns false if the file is there and
 // matches. A file with a different S, N (= n_max), n_types, seed, split, task or chain lengths
 // is an error that says which differ and that the file should be deleted or the path changed.
-// Parent directories are created as needed.
+// Parent directories are created as needed. Runs started side by side may generate the same
+// file at once: each writes its own temp file and publishes it without replacing (framework/
+// files.h); the one that finds the file already there checks it like any existing file.
 bool ensure_chains(const std::string& path, const ChainSpec& spec);
 bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split,
                    const std::string& task = "chain");

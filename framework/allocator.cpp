@@ -103,7 +103,14 @@ void* device_alloc(Device device, size_t bytes) {
   if (device == Device::CPU) {
     const size_t rounded = (bytes + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, rounded);
-    PF_CHECK(p != nullptr, "out of host memory allocating " << bytes << " bytes");
+    if (!p) {
+      std::ostringstream os;
+      os.setf(std::ios::fixed);
+      os.precision(1);
+      os << "out of host memory: a tensor of " << bytes / (1024.0 * 1024.0) << " MiB (" << bytes
+         << " bytes) was asked for";
+      throw HostOutOfMemory(os.str());
+    }
     return p;
   }
 #ifdef PF_WITH_CUDA

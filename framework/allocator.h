@@ -13,8 +13,14 @@ namespace pf {
 
 // The GPU could not hold a requested block even after the cache was given back. The message
 // names the size asked for and what the device holds; callers that know which settings drive
-// the sizes (run/modes.cpp) add them.
+// the sizes (run/train_loop.cpp) add them.
 struct CudaOutOfMemory : Error {
+  using Error::Error;
+};
+
+// The same for host memory: a CPU tensor the process could not get ("out of host memory: a
+// tensor of N MiB was asked for").
+struct HostOutOfMemory : Error {
   using Error::Error;
 };
 

@@ -17,6 +17,8 @@
 #include <set>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "kernels/check.h"
 
 namespace pf {
@@ -111,9 +113,9 @@ std::string section_hint(const std::vector<Section>& table, const std::string& k
 
 [[noreturn]] void unknown_key(const std::vector<Section>& table, const Section* section, const std::string& key) {
   if (!section || !*section->name)
-    PF_FAIL("config: unknown key '" << key << "'" << section_hint(table, key)
+    PF_FAIL("config: unknown key '" << echo(key) << "'" << section_hint(table, key)
                                     << " (known: " << top_known_list(table) << ")");
-  PF_FAIL("config: unknown key '" << dotted(*section, key) << "' (known: " << known_list(*section) << ")");
+  PF_FAIL("config: unknown key '" << echo(dotted(*section, key)) << "' (known: " << known_list(*section) << ")");
 }
 
 // One value to assign: the scalar text, or null/a collection (which no key accepts).
@@ -122,8 +124,18 @@ struct Value {
   std::string text;
 };
 
+// How config_to_yaml writes a string that is not UTF-8 (a path may be any bytes; YAML text
+// cannot hold them): `!!binary "<base64>"`, read back to the exact bytes.
+constexpr char kBinaryTag[] = "tag:yaml.org,2002:binary";
+
 Value value_of(const YAML::Node& n) {
   if (n.IsNull()) return {Value::Shape::Null, ""};
+  if (n.IsScalar() && n.Tag() == kBinaryTag) {
+    YAML::Binary b;
+    if (!YAML::convert<YAML::Binary>::decode(n, b))
+      PF_FAIL("config: a !!binary value must be base64, found '" << echo(n.Scalar()) << "'");
+    return {Value::Shape::Scalar, std::string(reinterpret_cast<const char*>(b.data()), b.size())};
+  }
   if (n.IsScalar()) return {Value::Shape::Scalar, n.Scalar()};
   return {Value::Shape::Collection, n.IsMap() ? "a mapping" : "a list"};
 }
@@ -132,7 +144,7 @@ std::string found(const Value& v) {
   switch (v.shape) {
     case Value::Shape::Null: return "nothing (an empty value)";
     case Value::Shape::Collection: return v.text;
-    default: return "'" + v.text + "'";
+    default: return "'" + echo(v.text) + "'";
   }
 }
 
@@ -193,7 +205,7 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& sour
                        "device, out at the top level, found " << found(value_of(root)));
   std::set<std::string> seen;
   auto once = [&](const std::string& name) {
-    if (!seen.insert(name).second) PF_FAIL("config: " << source << ": key '" << name << "' appears twice");
+    if (!seen.insert(name).second) PF_FAIL("config: " << source << ": key '" << echo(name) << "' appears twice");
   };
   const Section* top = find_section(table, "");
   for (const auto& kv : root) {
@@ -204,7 +216,7 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& sour
       const YAML::Node& body = kv.second;
       if (body.IsNull()) continue;  // "model:" with nothing under it
       if (!body.IsMap())
-        PF_FAIL("config: '" << k << "' must be a section of keys (" << known_list(*section) << "), found "
+        PF_FAIL("config: '" << echo(k) << "' must be a section of keys (" << known_list(*section) << "), found "
                             << found(value_of(body)));
       for (const auto& kv2 : body) {
         const std::string k2 = node_key(kv2.first, source);
@@ -226,27 +238,24 @@ void apply_override(Config& cfg, const std::string& ov) {
   const std::vector<Section> table = key_table(cfg);
   const size_t eq = ov.find('=');
   if (eq == std::string::npos || eq == 0)
-    PF_FAIL("config: override: expected key=value (e.g. train.steps=200), found '" << ov << "'");
+    PF_FAIL("config: override: expected key=value (e.g. train.steps=200), found '" << echo(ov) << "'");
   const std::string name = ov.substr(0, eq), text = ov.substr(eq + 1);
   const size_t dot = name.find('.');
   const Section* section = find_section(table, dot == std::string::npos ? "" : name.substr(0, dot));
   const std::string k = dot == std::string::npos ? name : name.substr(dot + 1);
   if (dot == std::string::npos && find_section(table, name))
-    PF_FAIL("config: override '" << ov << "': '" << name << "' is a section; set one of its keys ("
+    PF_FAIL("config: override '" << echo(ov) << "': '" << name << "' is a section; set one of its keys ("
                                  << name << "." << find_section(table, name)->keys[0].name << "=...)");
   if (!section) {
-    PF_FAIL("config: unknown key '" << name << "' in override '" << ov << "' (known sections: model, data, "
+    PF_FAIL("config: unknown key '" << echo(name) << "' in override '" << echo(ov) << "' (known sections: model, data, "
                                     "train; top-level keys: device, out)");
   }
   const Key* key = find_key(*section, k);
   if (!key) unknown_key(table, section, k);
-  YAML::Node node;
-  try {
-    node = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    PF_FAIL("config: override '" << ov << "': the value is not valid YAML: " << e.what());
-  }
-  assign(*key, name, value_of(node));
+  // The value exactly as typed: a string key takes every byte ("out=runs/exp #3" is that path),
+  // a typed key parses the whole text strictly. Nothing after '=' is an empty value.
+  assign(*key, name, text.empty() && key->kind != Kind::String ? Value{Value::Shape::Null, ""}
+                                                              : Value{Value::Shape::Scalar, text});
 }
 
 std::string read_file(const std::string& path) {
@@ -307,6 +316,68 @@ std::string format_value(const Key& k) {
     if (!(cond)) PF_FAIL("config: " << msg); \
   } while (0)
 
+namespace {
+
+// Host memory of this machine in bytes (0 when unknown: no check).
+double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
+std::string gib(double bytes) {
+  std::ostringstream os;
+  os.precision(3);
+  os << bytes / 1073741824.0 << " GiB";
+  return os.str();
+}
+
+// The sizes derived from the keys, in 64 bits (doubles for byte counts, which cannot overflow),
+// against what the kernels index and what the machine holds. Only sizes the run must allocate
+// in full are compared with the machine (lower bounds), so no config that fits is refused.
+void validate_sizes(const Config& c) {
+  const ModelConfig& m = c.model;
+  const DataConfig& d = c.data;
+  const TrainConfig& t = c.train;
+  // kernels/cpu/flash_bias.cpp (kMaxRelposClip): the 2R+1 table bins are indexed with an int.
+  constexpr int64_t kMaxRelposClip = int64_t{1} << 29;
+  PF_CONFIG_REQUIRE(m.relpos_clip <= kMaxRelposClip,
+                    "'model.relpos_clip' (" << m.relpos_clip << ") is too large: the relative-position table has "
+                    "2·relpos_clip + 1 = " << 2 * int64_t{m.relpos_clip} + 1 << " bins, the kernels take at most "
+                    << 2 * kMaxRelposClip + 1);
+  const double mem = physical_memory_bytes();
+  if (mem <= 0) return;
+  const double D = m.d_model, F = m.d_ff > 0 ? m.d_ff : 4.0 * m.d_model, bins = 2.0 * m.relpos_clip + 1;
+  // Weights, gradients and AdamW's two moments, 4 bytes each at least (fp32): the embeddings,
+  // the pair features' tables and per layer the attention and feed-forward weights.
+  const double params = m.n_types * D + bins * m.c_z + double(m.dist_bins) * m.c_z +
+                        double(m.n_layers) * (4 * D * D + 2 * D * F);
+  const double param_bytes = 16 * params;
+  PF_CONFIG_REQUIRE(param_bytes <= mem,
+                    "the model's weights, gradients and optimizer moments need at least " << gib(param_bytes)
+                    << " (from 'model.d_model' " << m.d_model << ", 'model.d_ff' " << F << ", 'model.n_layers' "
+                    << m.n_layers << ", 'model.relpos_clip' " << m.relpos_clip << ", 'model.dist_bins' "
+                    << m.dist_bins << ", 'model.c_z' " << m.c_z << "), this machine has " << gib(mem));
+  const int n_max = d.n_res_max ? d.n_res_max : d.n_res;
+  // The two data sets in memory: tokens, labels (int32) and coordinates (3 float32) per residue.
+  const double data_bytes = (double(d.n_train) + d.n_val) * n_max * 20;
+  PF_CONFIG_REQUIRE(data_bytes <= mem,
+                    "the data sets need at least " << gib(data_bytes) << " ('data.n_train' " << d.n_train
+                    << " + 'data.n_val' " << d.n_val << " chains × 'data.n_res_max' " << n_max
+                    << " residues × 20 bytes), this machine has " << gib(mem));
+  // On the CPU, one layer's pair representation of a dense batch (chains of one length, by
+  // count): B × N² × c_z values of 4 bytes.
+  const int n_min = d.n_res_min ? d.n_res_min : d.n_res;
+  if (c.device == "cpu" && m.attn_bias == "pair" && t.batch_tokens == 0 && n_min == n_max) {
+    const double pair_bytes = double(t.batch_size) * n_max * n_max * m.c_z * 4;
+    PF_CONFIG_REQUIRE(pair_bytes <= mem,
+                      "one layer's pair representation needs at least " << gib(pair_bytes) << " ('train.batch_size' "
+                      << t.batch_size << " × 'data.n_res' " << n_max << "² × 'model.c_z' " << m.c_z
+                      << " × 4 bytes), this machine has " << gib(mem));
+  }
+}
+
+}  // namespace
+
 void validate_config(const Config& c) {
   const ModelConfig& m = c.model;
   PF_CONFIG_REQUIRE(m.n_types >= 1, "'model.n_types' must be at least 1, found " << m.n_types);
@@ -323,13 +394,13 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(std::isfinite(m.dist_max) && m.dist_max > 0,
                     "'model.dist_max' must be a positive distance (Å), found " << m.dist_max);
   PF_CONFIG_REQUIRE(m.attn_bias == "pair" || m.attn_bias == "relpos",
-                    "'model.attn_bias' must be one of pair, relpos, found '" << m.attn_bias << "'");
+                    "'model.attn_bias' must be one of pair, relpos, found '" << echo(m.attn_bias) << "'");
 
   const DataConfig& d = c.data;
   PF_CONFIG_REQUIRE(!d.train.empty(), "'data.train' must be a file path, found an empty string");
   PF_CONFIG_REQUIRE(!d.val.empty(), "'data.val' must be a file path, found an empty string");
   PF_CONFIG_REQUIRE(d.train != d.val, "'data.train' and 'data.val' must be different files, both are '"
-                                          << d.train << "'");
+                                          << echo(d.train) << "'");
   PF_CONFIG_REQUIRE(d.n_train >= 1, "'data.n_train' must be at least 1, found " << d.n_train);
   PF_CONFIG_REQUIRE(d.n_val >= 1, "'data.n_val' must be at least 1, found " << d.n_val);
   // Every residue i needs a neighbour j with |i - j| > 2: the middle residue of a chain of 5
@@ -342,7 +413,7 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(n_max >= n_min, "'data.n_res_max' (" << n_max << ") must be at least 'data.n_res_min' ("
                                                          << n_min << ")");
   PF_CONFIG_REQUIRE(d.task == "chain" || d.task == "relpos",
-                    "'data.task' must be one of chain, relpos, found '" << d.task << "'");
+                    "'data.task' must be one of chain, relpos, found '" << echo(d.task) << "'");
 
   const TrainConfig& t = c.train;
   PF_CONFIG_REQUIRE(t.steps >= 1, "'train.steps' must be at least 1, found " << t.steps);
@@ -371,12 +442,13 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(t.checkpoint_every >= 1,
                     "'train.checkpoint_every' must be at least 1, found " << t.checkpoint_every);
   PF_CONFIG_REQUIRE(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp64",
-                    "'train.precision' must be one of fp32, bf16, fp64, found '" << t.precision << "'");
+                    "'train.precision' must be one of fp32, bf16, fp64, found '" << echo(t.precision) << "'");
   PF_CONFIG_REQUIRE(t.max_bad_steps >= 1, "'train.max_bad_steps' must be at least 1, found " << t.max_bad_steps);
 
   PF_CONFIG_REQUIRE(c.device == "auto" || c.device == "cpu" || c.device == "cuda",
-                    "'device' must be one of auto, cpu, cuda, found '" << c.device << "'");
+                    "'device' must be one of auto, cpu, cuda, found '" << echo(c.device) << "'");
   PF_CONFIG_REQUIRE(!c.out.empty(), "'out' must be a directory path, found an empty string");
+  validate_sizes(c);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -395,8 +467,10 @@ std::string config_to_yaml(const Config& cfg) {
     if (*s.name) e << YAML::Key << s.name << YAML::Value << YAML::BeginMap;
     for (const Key& k : s.keys) {
       e << YAML::Key << k.name << YAML::Value;
-      if (k.kind == Kind::String) e << YAML::DoubleQuoted << format_value(k);
-      else e << format_value(k);
+      const std::string v = format_value(k);
+      if (k.kind != Kind::String) e << v;
+      else if (is_utf8(v)) e << YAML::DoubleQuoted << v;
+      else e << YAML::Binary(reinterpret_cast<const unsigned char*>(v.data()), v.size());
     }
     if (*s.name) e << YAML::EndMap;
   }

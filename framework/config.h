@@ -1,4 +1,4 @@
-// The run configuration (DESIGN §4, §5): a YAML file with sections model:, data:, train: and the
+// The run configuration (docs/DESIGN.md §4, §5): a YAML file with sections model:, data:, train: and the
 // top-level keys device: and out:, then `key=value` overrides with dotted keys.
 //
 //   Config cfg = load_config("configs/pairbias.yaml", {"train.steps=200", "device=cpu"});
@@ -10,8 +10,14 @@
 // - After loading, model.d_ff = 0 is resolved to 4·d_model and data.n_res_min / n_res_max = 0 to
 //   data.n_res, so a loaded Config is complete.
 // - Relative data paths stay as written (train resolves them against the working directory).
-// - Override values are parsed as YAML scalars ("out='my run'" quotes are honoured) and then
-//   checked exactly like values from the file.
+// - Override values are taken as typed, not parsed as YAML: a string key gets every byte after
+//   the '=' ("out=runs/exp #3" is that directory, quotes and all), a typed key parses the whole
+//   text strictly (no quotes, spaces or comments); then they are checked like values from the file.
+// - config_to_yaml writes a string that is not UTF-8 (a path may be any bytes) as
+//   `!!binary "<base64>"`; the loader reads !!binary back to the exact bytes.
+// - Values echoed in error lines are cut to a readable length (pf::echo); every size derived
+//   from the keys is computed in 64 bits and checked against what the kernels index and what
+//   this machine's memory holds (lower bounds only, so no config that fits is refused).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -25,7 +31,7 @@ struct ModelConfig {
   int c_z = 16, relpos_clip = 32, dist_bins = 64;
   double dist_max = 16.0;  // Å
   // The attention bias of every layer: "pair" = LN_z(z)·W_b from the pair representation
-  // (DESIGN §4); "relpos" = only a learned relative-position table (H, 2R+1) per layer, looked up
+  // (docs/DESIGN.md §4); "relpos" = only a learned relative-position table (H, 2R+1) per layer, looked up
   // inside the attention kernel (no pair representation, no distances; c_z, dist_bins and
   // dist_max are then unused).
   std::string attn_bias = "pair";
@@ -40,7 +46,7 @@ struct DataConfig {
   int n_res_min = 0, n_res_max = 0;
   uint64_t seed = 1234;
   // What the labels are (data/chain.h): "chain" = the type of the nearest non-local neighbour
-  // in space (DESIGN §3); "relpos" = (t_{i−1} + t_{i+2}) mod K, a rule of relative position only.
+  // in space (docs/DESIGN.md §3); "relpos" = (t_{i−1} + t_{i+2}) mod K, a rule of relative position only.
   std::string task = "chain";
 };
 

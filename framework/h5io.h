@@ -1,6 +1,6 @@
 // Small HDF5 helpers over the C API: the data files (data/chain.h) and the checkpoints use them.
 //
-//   H5Writer w("run/checkpoint.h5");                      // opens run/checkpoint.h5.tmp
+//   H5Writer w("run/checkpoint.h5");                      // opens run/checkpoint.h5.tmp.<pid>.<random>
 //   w.write_dataset("model/embed.weight", ptr, {8, 64});  // creates group /model on the way
 //   w.write_attr("/model", "d_model", int64_t{64});
 //   w.commit();                                            // write, fsync, rename onto the path
@@ -19,6 +19,8 @@
 //   error, never a silent conversion.
 // - Every failure is a pf::Error with one line naming the file and the object. HDF5's own
 //   automatic error printing is turned off; its innermost message is appended instead.
+// - Files are bytes of their content only: objects are written without HDF5's creation and
+//   modification times, so writing the same content twice gives identical files (cmp).
 // - Integrity: HDF5 builds a written file in memory; commit() writes it with plain POSIX calls,
 //   so a full disk is our own error and HDF5 never sees a failing write. Every file written here
 //   starts with a 512-byte HDF5 user block (HDF5 and h5py skip it) holding a magic line, the
@@ -38,7 +40,7 @@ std::string h5_shape_str(const std::vector<int64_t>& shape);
 
 class H5Writer {
  public:
-  // Opens (truncating) `path + ".tmp"`, which stays empty until commit(); the HDF5 file is
+  // Opens a temp file of its own (tmp_path()), which stays empty until commit(); the HDF5 file is
   // built in memory. Nothing appears at `path` until commit().
   explicit H5Writer(const std::string& path);
   // Without commit(): closes and removes the .tmp; a file already at `path` is untouched.
@@ -76,8 +78,13 @@ class H5Writer {
   // written); a 256 MB file took 2.0 s to write (fsync included) and 0.5 s to read back (hash
   // check + HDF5) on this 2-core machine's disk.
   void commit();
+  // commit() that never replaces: a file already at `path` (another process published it
+  // first) stays, this one's temp file is removed, and the result is false.
+  bool commit_new();
 
   const std::string& path() const { return path_; }
+  // The temp file (framework/files.h: `<path>.tmp.<pid>.<random>`, unique to this writer).
+  const std::string& tmp_path() const { return tmp_path_; }
 
  private:
   void write_raw(const std::string& name, int64_t mem_type, const void* data,
@@ -85,6 +92,7 @@ class H5Writer {
   void write_attr_raw(const std::string& object, const std::string& name, int64_t mem_type,
                       int64_t file_type, const void* value);
   void check_open(const char* what) const;
+  bool finish(bool replace);
 
   std::string path_, tmp_path_;
   int64_t file_ = -1;  // hid_t of the in-memory file

@@ -213,13 +213,13 @@ TEST_F(ConfigFile, TheDemoConfigLoads) {
 TEST_F(ConfigFile, OverridesApplyAfterTheFileInOrder) {
   const std::string p = write("full.yaml", kFull);
   const pf::Config c = pf::load_config(
-      p, {"train.steps=200", "device=cpu", "model.dist_max=3.25", "data.seed=7", "out='my run: 2'",
+      p, {"train.steps=200", "device=cpu", "model.dist_max=3.25", "data.seed=7", "out='my run: 2' #3",
           "train.steps=300", "data.train=other.h5", "train.precision=fp64", "model.d_ff=0"});
   EXPECT_EQ(c.train.steps, 300);  // the last one wins
   EXPECT_EQ(c.device, "cpu");
   EXPECT_EQ(c.model.dist_max, 3.25);
   EXPECT_EQ(c.data.seed, 7u);
-  EXPECT_EQ(c.out, "my run: 2");  // YAML quotes are honoured
+  EXPECT_EQ(c.out, "'my run: 2' #3");  // taken as typed: quotes and '#' are part of the path
   EXPECT_EQ(c.data.train, "other.h5");
   EXPECT_EQ(c.train.precision, "fp64");
   EXPECT_EQ(c.model.d_ff, 4 * 48);  // resolved after the overrides
@@ -230,11 +230,27 @@ TEST_F(ConfigFile, OverridesApplyAfterTheFileInOrder) {
   EXPECT_EQ(pf::load_config(bad, {"train.warmup=5"}).train.warmup, 5);
 }
 
+// Paths that differ only in bytes that are not UTF-8 stay different through config.yaml (a
+// fuzzer found them merged into U+FFFD, and the reloaded config refused as train == val).
+TEST(Config, BytesThatAreNotUtf8RoundTripExactly) {
+  const pf::Config c = pf::config_from_yaml_string("", {std::string("data.train=d/\xff.h5"), "data.val=d/\xfe.h5",
+                                                        "out=r\x80\t#"});
+  const std::string yaml = pf::config_to_yaml(c);
+  EXPECT_NE(yaml.find("!!binary"), std::string::npos) << yaml;
+  const pf::Config back = pf::config_from_yaml_string(yaml);
+  EXPECT_EQ(back.data.train, "d/\xff.h5");
+  EXPECT_EQ(back.data.val, "d/\xfe.h5");
+  EXPECT_EQ(back.out, "r\x80\t#");
+  expect_error("out: !!binary \"@@\"\n", {}, {"a !!binary value must be base64"});
+}
+
 TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
   std::mt19937_64 rng(std::random_device{}());
   auto pick = [&](int lo, int hi) { return static_cast<int>(lo + rng() % (hi - lo + 1)); };
   const std::vector<std::string> odd_strings = {"a b/c.h5", "x: y", "#hash", "null", "yes", "123", " lead",
-                                                "quote\"s", "tab\tin", "ünïcödé/Å.h5", "- dash", "{brace}"};
+                                                "quote\"s", "tab\tin", "ünïcödé/Å.h5", "- dash", "{brace}",
+                                                // not UTF-8 (written as !!binary), control bytes
+                                                "raw\xff", "cut\xc3", "\xed\xa0\x80sur", "\x01ctl\r\n"};
   for (int trial = 0; trial < 25; ++trial) {
     pf::Config c;
     c.model.n_types = pick(1, 40);
@@ -420,7 +436,16 @@ TEST(Config, ImpossibleValues) {
 TEST_F(ConfigFile, MalformedOverridesMissingFilesInvalidYaml) {
   expect_error("", {"foo"}, {"expected key=value", "found 'foo'"});
   expect_error("", {"=5"}, {"expected key=value", "found '=5'"});
-  expect_error("", {"out=[a"}, {"override 'out=[a'", "not valid YAML"});
+  // Override values are not YAML: a string key takes any text, a typed key parses it strictly.
+  EXPECT_EQ(pf::config_from_yaml_string("", {"out=[a"}).out, "[a");
+  EXPECT_EQ(pf::config_from_yaml_string("", {"data.train=x: {y}\n\t#z"}).data.train, "x: {y}\n\t#z");
+  expect_error("", {"train.steps=["}, {"'train.steps' must be an integer, found '['"});
+  expect_error("", {"train.steps=5 # five"}, {"'train.steps' must be an integer, found '5 # five'"});
+  expect_error("", {"train.steps='5'"}, {"'train.steps' must be an integer"});
+  expect_error("", {"train.lr=1e-3 "}, {"'train.lr' must be a finite number"});
+  expect_error("", {"train.detect_anomaly=yes"}, {"'train.detect_anomaly' must be true or false"});
+  // An echoed value is cut to a readable length, with its size.
+  expect_error("", {"train.steps=" + std::string(5000, '7')}, {"must be an integer, found '777", "…(5000 bytes)'"});
   try {
     pf::load_config((dir_ / "absent.yaml").string());
     ADD_FAILURE() << "no error for a missing file";

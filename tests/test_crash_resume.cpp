@@ -28,10 +28,8 @@
 #include "framework/config.h"
 #include "framework/h5io.h"
 #include "run/modes.h"
+#include "tests/train_process.h"
 
-#ifndef PF_TRAIN_BIN
-#error "PF_TRAIN_BIN (the path of the train program) must be defined by the build"
-#endif
 
 namespace pf {
 namespace {
@@ -39,42 +37,11 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("pairflash_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+using test::read_text;
+using test::temp_dir;
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Starts `train args...` with stdout and stderr to files; returns its pid.
 pid_t spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path) {
-  std::vector<std::string> argv_s{PF_TRAIN_BIN};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_s{"OMP_NUM_THREADS=1", "PATH=/usr/bin:/bin"};
-  std::vector<char*> envp;
-  for (auto& e : env_s) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {  // child: only async-signal-safe calls until exec
-    const int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (o < 0 || e < 0) ::_exit(126);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  return pid;
+  return test::spawn_train(args, out_path, err_path);
 }
 
 // The last integer following `prefix` at the start of a line of `text`, or -1.
@@ -177,15 +144,24 @@ TEST(CrashResume, SigkillAtRandomMomentsLosesNothingAndEndsBitwiseEqual) {
     const bool resume = fs::exists(ckpt);
     // A temp file left by an earlier kill stays (the program must cope with it); a write under
     // way is one whose temp file is newer than that.
-    const std::string tmp = ckpt + ".tmp";
-    const auto stale = fs::exists(tmp) ? fs::last_write_time(tmp) : fs::file_time_type::min();
-    auto writing = [&] {
+    // Temp files are checkpoint.h5.tmp.<pid>.<random> (framework/files.h): the newest one counts.
+    auto newest_tmp = [&] {
+      auto newest = fs::file_time_type::min();
       std::error_code ec;
-      const auto t = fs::last_write_time(tmp, ec);
-      return !ec && t != stale;
+      for (const auto& e : fs::directory_iterator(out, ec)) {
+        std::error_code ec2;
+        const auto t = fs::last_write_time(e.path(), ec2);
+        if (!ec2 && e.path().filename().string().rfind("checkpoint.h5.tmp.", 0) == 0) newest = std::max(newest, t);
+      }
+      return newest;
     };
+    const auto stale = newest_tmp();
+    auto writing = [&] { return newest_tmp() != stale; };
     std::vector<std::string> args{cfg_path, "--out", out};
+    // Without a checkpoint the directory may hold the metrics of a run killed before its first
+    // one: started over explicitly.
     if (resume) args.push_back("--resume"), ++resumes;
+    else args.push_back("--overwrite");
     const std::string so = dir + "/cycle.out", se = dir + "/cycle.err";
     // Emptied here, not only by the child: a kill that lands between fork and the child's own
     // open(O_TRUNC) would otherwise leave the previous cycle's output to be read as this one's
@@ -264,7 +240,8 @@ TEST(CrashResume, SigkillAtRandomMomentsLosesNothingAndEndsBitwiseEqual) {
   // The last cycle ran to the end: its final line must equal the reference's.
   EXPECT_EQ(final_line(read_text(dir + "/cycle.out")), final_line(ref_stdout));
   expect_bitwise_equal(read_bits(ckpt), read_bits(ref_out + "/checkpoint.h5"));
-  EXPECT_FALSE(fs::exists(ckpt + ".tmp"));
+  for (const auto& e : fs::directory_iterator(out))  // the last run removed what kills left
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
   fs::remove_all(dir);
 }
 

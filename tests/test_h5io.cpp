@@ -12,14 +12,17 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "framework/files.h"
 #include "kernels/check.h"
 
 namespace fs = std::filesystem;
@@ -247,21 +250,26 @@ TEST_F(H5IoTest, CommitIsAtomicAndAnAbortedWriterLeavesTheOldFile) {
   {
     pf::H5Writer w(p);
     w.write_dataset("w", v1.data(), {97});
-    EXPECT_TRUE(fs::exists(p + ".tmp"));
+    EXPECT_TRUE(pf::is_temp_path(w.tmp_path()) && w.tmp_path().rfind(p + ".tmp.", 0) == 0) << w.tmp_path();
+    EXPECT_TRUE(fs::exists(w.tmp_path()));
     EXPECT_FALSE(fs::exists(p));  // nothing at the path before commit
     w.commit();
     EXPECT_TRUE(fs::exists(p));
-    EXPECT_FALSE(fs::exists(p + ".tmp"));
+    EXPECT_FALSE(fs::exists(w.tmp_path()));
     expect_error([&] { w.write_dataset("late", v1.data(), {97}); }, {"already committed"});
     expect_error([&] { w.commit(); }, {"already committed"});
   }
   EXPECT_TRUE(fs::exists(p));  // the destructor after commit leaves the file alone
+  std::string aborted_tmp;
   {
     pf::H5Writer w(p);  // a second run that dies before commit
     w.write_dataset("w", v2.data(), {97});
-    EXPECT_TRUE(fs::exists(p + ".tmp"));
+    aborted_tmp = w.tmp_path();
+    EXPECT_TRUE(fs::exists(aborted_tmp));
+    pf::H5Writer other(p);  // two writers of one path never share a temp file
+    EXPECT_NE(other.tmp_path(), aborted_tmp);
   }
-  EXPECT_FALSE(fs::exists(p + ".tmp"));
+  EXPECT_FALSE(fs::exists(aborted_tmp));
   EXPECT_EQ(pf::H5Reader(p).read_double("w"), v1);
   {
     pf::H5Writer w(p);  // and one that succeeds replaces it
@@ -273,6 +281,37 @@ TEST_F(H5IoTest, CommitIsAtomicAndAnAbortedWriterLeavesTheOldFile) {
   int files = 0;
   for (const auto& e : fs::directory_iterator(dir_)) files += e.is_regular_file();
   EXPECT_EQ(files, 1);  // no stray .tmp
+}
+
+// The same content written twice, seconds apart, is the same bytes: HDF5's object times are off
+// (a user compares checkpoints of identical runs with cmp). commit_new never replaces a file.
+TEST_F(H5IoTest, SameContentSameBytesAndCommitNewNeverReplaces) {
+  const std::vector<double> v = random_values<double>(33);
+  auto write = [&](const std::string& p, bool replace) {
+    pf::H5Writer w(p);
+    w.write_dataset("model/layers.0/w", v.data(), {3, 11});
+    w.write_attr("/model", "d_model", int64_t{11});
+    w.write_attr("/", "note", "same");
+    if (replace) {
+      w.commit();
+      return true;
+    }
+    return w.commit_new();
+  };
+  write(file("one.h5"), true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // HDF5 keeps times in seconds
+  write(file("two.h5"), true);
+  EXPECT_EQ(read_bytes(file("one.h5")), read_bytes(file("two.h5")));
+  const std::vector<double> other = random_values<double>(33);
+  {
+    pf::H5Writer w(file("one.h5"));
+    w.write_dataset("model/layers.0/w", other.data(), {3, 11});
+    EXPECT_FALSE(w.commit_new());  // one.h5 is there: it stays, this temp file goes
+    EXPECT_FALSE(fs::exists(w.tmp_path()));
+  }
+  EXPECT_EQ(pf::H5Reader(file("one.h5")).read_double("model/layers.0/w", {3, 11}), v);
+  EXPECT_TRUE(write(file("three.h5"), false));
+  EXPECT_EQ(read_bytes(file("three.h5")), read_bytes(file("one.h5")));
 }
 
 TEST_F(H5IoTest, BadRequestsAreClearErrors) {
@@ -606,7 +645,7 @@ TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
       code = 11;  // must not succeed
     } catch (const pf::Error& e) {
       const std::string msg = e.what();
-      const bool ok = msg.find("cannot write HDF5 file " + p + ".tmp") != std::string::npos &&
+      const bool ok = msg.find("cannot write HDF5 file " + p + ".tmp.") != std::string::npos &&
                       msg.find(std::strerror(EFBIG)) != std::string::npos && msg.find('\n') == std::string::npos;
       if (!ok) std::fprintf(stderr, "unexpected message: %s\n", msg.c_str());
       code = ok ? 0 : 12;
@@ -620,12 +659,13 @@ TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
   ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
   EXPECT_EQ(WEXITSTATUS(status), 0) << "10: nothing thrown yet, 11: commit succeeded, 12: wrong message, 13: other exception";
   EXPECT_EQ(read_bytes(p), before);
-  EXPECT_FALSE(fs::exists(p + ".tmp"));
+  for (const auto& e : fs::directory_iterator(fs::path(p).parent_path()))  // the temp file went
+    EXPECT_FALSE(pf::is_temp_path(e.path().string())) << e.path();
   EXPECT_EQ(pf::H5Reader(p).read_double("x", {17}), old);
 
   // A directory where nothing can be created: refused when the writer is made, before any work.
   expect_error([&] { pf::H5Writer w("/proc/pairflash_h5io.h5"); },
-               {"cannot create HDF5 file /proc/pairflash_h5io.h5.tmp"});
+               {"cannot create HDF5 file /proc/pairflash_h5io.h5.tmp."});
 }
 
 // h5py (what people open these files with) reads them, user block and all. Skipped where
