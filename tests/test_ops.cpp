@@ -676,6 +676,23 @@ std::vector<double> naive_matmul(const std::vector<double>& a, const std::vector
   return c;
 }
 
+// An empty inner dimension (K = 0) is an empty sum: c = 0, or c unchanged when accumulating,
+// whatever c held (NaN here), for one product, a batch of them and a batch summed into one c.
+TEST(OpForward, MatmulWithEmptyInnerDimIsAnEmptySum) {
+  const int64_t M = 3, N = 5;
+  const double none[1] = {0};  // a and b hold no elements
+  for (int64_t batch : {1, 4})
+    for (bool c_batched : {true, false})
+      for (bool accumulate : {false, true}) {
+        const double before = accumulate ? 7.0 : std::numeric_limits<double>::quiet_NaN();
+        std::vector<double> c((c_batched ? batch : 1) * M * N, before);
+        kernels::cpu::gemm<double>(batch, M, N, 0, none, true, false, none, true, false, c.data(), c_batched,
+                                   accumulate);
+        for (double v : c)
+          ASSERT_EQ(v, accumulate ? 7.0 : 0.0) << "batch " << batch << " c_batched " << c_batched;
+      }
+}
+
 TEST(OpForward, MatmulMatchesTripleLoop) {
   Rng rng = make_rng("matmul_direct");
   const int64_t batch = 3, M = 17, N = 5, K = 97;

@@ -10,6 +10,7 @@
 
 #include "framework/config.h"
 #include "framework/h5io.h"
+#include "framework/optim.h"
 #include "framework/run_dir.h"
 #include "run/modes.h"
 #include "tests/run_record.h"
@@ -49,6 +50,14 @@ TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
   const auto loss = log.series("loss");
   ASSERT_GE(loss.size(), 4u);
   EXPECT_LT(loss.back().second, loss.front().second * 0.9) << "the training loss must fall";
+  // Step k, logged after its update, used the schedule's value at k − 1 (steps count from 0);
+  // the log prints 6 significant digits.
+  const Config c = tiny(dir, "unbroken");
+  for (const auto& [step, lr] : log.series("lr")) {
+    const double want = optim::lr_at(static_cast<int64_t>(step) - 1, c.train.lr, c.train.min_lr, c.train.warmup,
+                                     c.train.steps);
+    EXPECT_NEAR(lr, want, 5e-6 * want) << "step " << step;
+  }
   for (const char* f : {"config.yaml", "checkpoint.h5", "curves.svg", "bias_vs_distance.svg",
                         "bias_vs_relpos.svg"})
     EXPECT_TRUE(fs::exists(dir + "/unbroken/" + f)) << f;

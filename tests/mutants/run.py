@@ -24,6 +24,7 @@ suite run, so a survivor is always judged by the full suite. The file format is 
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def sh(cmd, cwd, timeout=None, log=None):
         if log:
             out.close()
     return rc, time.time() - t0
+
+
+def failed_tests(log, offset):
+    """The names of the tests ctest listed as failed in the log after byte offset."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return re.findall(r"^\s+\d+ - (\S+) \((?:Failed|Timeout|SEGFAULT|Subprocess aborted|Exception|Child aborted)", text, re.M)
 
 
 def sync_tree(src, dst):
@@ -200,6 +209,7 @@ def main():
         t0 = time.time()
         with open(log, "a") as lf:
             lf.write(f"\n==== mutant {m['name']} ({m['file']})\n")
+        offset = log.stat().st_size
         f.write_text(mutate(originals[m["file"]], m))
         try:
             verdict, by = None, ""
@@ -223,6 +233,9 @@ def main():
         finally:
             f.write_text(originals[m["file"]])
         dt = time.time() - t0
+        if verdict == "killed":
+            names = failed_tests(log, offset)
+            by += ": " + (" ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "") if names else "?")
         results.append((m, verdict, by, dt))
         note = f" (documented equivalent: {m['equivalent']})" if verdict == "survived" and m.get("equivalent") else ""
         print(f"{verdict:9s} {m['name']:32s} {dt:6.0f} s  {by}{note}", flush=True)
