@@ -1,16 +1,20 @@
 // train — the command-line program of pairflash: a config in, a run directory out.
 //
-//   build/train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume] [--gpus N] [key=value ...]
-//   build/train CONFIG --eval CHECKPOINT
-//   build/train CONFIG --gradcheck
-//   build/train --check-env
+//   ./train CONFIG [--device auto|cpu|cuda] [--out DIR] [--resume] [--gpus N] [key=value ...]
+//   ./train CONFIG --eval CHECKPOINT
+//   ./train CONFIG --gradcheck
+//   ./train --check-env
+//
+// (./train: the link to build/train that the build leaves at the repository root.) A walk through
+// one training step, file by file: docs/TOUR.md; the design as built: docs/DESIGN.md.
 //
 // The stack, bottom up (each folder depends only on those above it in this list):
 //   kernels/    raw compute: CPU (Eigen) and CUDA flash-bias kernels
 //   framework/  Tensor, autograd, ops, nn modules, AdamW, gradcheck, config, HDF5 I/O
 //   models/     the pair-bias transformer (models/pairbias.h)
 //   data/       the chain data set (data/chain.h)
-//   run/        the modes below: training loop, evaluation, gradient check (run/modes.h),
+//   run/        the modes below, one job per file (run/modes.h lists them): training loop,
+//               evaluation, gradient check, checkpoint format, plots, device selection,
 //               and one process per GPU for data-parallel training (run/launch.h)
 #include <cstdio>
 #include <cstdlib>

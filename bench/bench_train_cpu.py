@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import torch_pairbias as tp  # noqa: E402
 
-# Used when the config cannot be read (no file, or no yaml module): DESIGN section 4 / 5 defaults.
+# Used when the config cannot be read (no file, or no yaml module): docs/DESIGN.md section 4 / 5 defaults.
 FALLBACK_TRAIN = dict(batch_size=32, lr=3e-3, min_lr=3e-4, warmup=20, weight_decay=0.1,
                       grad_clip=1.0, seed=0)
 FALLBACK_N_RES = 64

@@ -18,7 +18,7 @@
 //   --data=fixed     4 batches made and uploaded before timing, reused (the default; no data
 //                    cost in the step, as in bench/bench_train_gpu.py's PyTorch runs)
 //   --data=sync      each step makes its batch on the host (gather, pair features) and uploads
-//                    it before the forward, as run/modes.cpp's training loop does
+//                    it before the forward, as run/train_loop.cpp's training loop does
 //   --data=prefetch  a worker thread makes the next batch on the host while the current step
 //                    runs; the step only uploads it
 //
@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
     PF_CHECK(cuda_available(), "bench_train_gpu needs a CUDA device");
     const auto& t = cfg.train;
     const int B = t.batch_size, N = cfg.data.n_res;
-    // Random chains in memory (DESIGN §3): enough for distinct batches, no files.
+    // Random chains in memory (docs/DESIGN.md §3): enough for distinct batches, no files.
     const int n_batches = data_mode == "fixed" ? 4 : 16;
     const ChainSet set =
         generate_chains(n_batches * B, N, cfg.model.n_types, cfg.data.seed, "bench");
@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
         params, optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
         {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
     const AutocastGuard autocast(t.precision == "bf16" ? DType::BF16 : DType::F32);
-    // Batch k on the host: gather + pair features (what run/modes.cpp's to_tensors does).
+    // Batch k on the host: gather + pair features (what run/batches.cpp's to_tensors does).
     auto host_batch = [&](int k) {
       std::vector<int> idx;
       for (int i = 0; i < B; ++i) idx.push_back((k % n_batches) * B + i);

@@ -1,4 +1,4 @@
-"""The pair-bias transformer of DESIGN.md section 4, written in plain PyTorch.
+"""The pair-bias transformer of docs/DESIGN.md section 4, written in plain PyTorch.
 
 This is the outside reference for the C++ model: the end-to-end fixture
 (tests/fixtures/make_pairbias_fixture.py) and the CPU training benchmark
@@ -11,7 +11,7 @@ Shapes, stated once:
   heads: (B,N,d_model) is reshaped to (B,N,H,d_model/H) (heads are the leading part of the
   last dim), then attended per (b,h), then reshaped back.
 
-Parameter names are those of the C++ checkpoint (DESIGN section 4), weights stored [out, in].
+Parameter names are those of the C++ checkpoint (docs/DESIGN.md section 4), weights stored [out, in].
 Checkpoint layout (HDF5): datasets /model/<name>, the model config keys as attributes of /model.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# DESIGN section 4 keys and their defaults. d_ff=None means 4*d_model.
+# docs/DESIGN.md section 4 keys and their defaults. d_ff=None means 4*d_model.
 DEFAULT_CONFIG = {
     "n_types": 8,
     "d_model": 64,
@@ -175,7 +175,7 @@ class Layer(nn.Module):
 
 
 class PairBiasModel(nn.Module):
-    """PairBiasModel(cfg): cfg a dict of DESIGN section 4 keys (missing keys take defaults)."""
+    """PairBiasModel(cfg): cfg a dict of docs/DESIGN.md section 4 keys (missing keys take defaults)."""
 
     def __init__(self, cfg=None, dtype=None, use_sdpa=True):
         super().__init__()
@@ -319,7 +319,7 @@ def load_hdf5(path, dtype=torch.float32, use_sdpa=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Chain data (DESIGN section 3), numpy; for benchmarks and fixtures
+# Chain data (docs/DESIGN.md section 3), numpy; for benchmarks and fixtures
 # ---------------------------------------------------------------------------------------------
 
 def nearest_nonlocal_labels(tokens, coords):

@@ -1,4 +1,4 @@
-// The chain data set (DESIGN §3): generator, HDF5 file per split, batch sampler.
+// The chain data set (docs/DESIGN.md §3): generator, HDF5 file per split, batch sampler.
 //
 // A sample is a freely jointed chain of N residues, x_0 = 0, x_{i+1} = x_i + 3.8·u_i with u_i
 // uniform on the unit sphere, and types t_i uniform in {0..K-1}. The label of residue i is the

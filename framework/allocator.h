@@ -13,7 +13,7 @@ namespace pf {
 
 // The GPU could not hold a requested block even after the cache was given back. The message
 // names the size asked for and what the device holds; callers that know which settings drive
-// the sizes (run/modes.cpp) add them.
+// the sizes (run/train_loop.cpp) add them.
 struct CudaOutOfMemory : Error {
   using Error::Error;
 };

@@ -47,6 +47,7 @@ Scope::~Scope() { t_scopes.pop_back(); }
 std::string current_scope() {
   std::string out;
   for (const Frame& f : t_scopes) {
+    if (f.name[0] == '\0' && f.index < 0) continue;  // an unnamed module's scope adds nothing
     if (!out.empty()) out += '.';
     out += f.name;
     if (f.index >= 0) out += "." + std::to_string(f.index);

@@ -8,9 +8,10 @@
 // - make_result (framework/autograd.cpp) calls check_forward on every op's output, and wraps
 //   the op's backward closure with checked_backward, which checks every input gradient the
 //   closure returns. Both do nothing unless the mode is on; the first failure is a pf::Error.
-// - Layer names come from a thread-local stack of module scopes: a module's forward runs each
-//   child inside in_scope("<child name>", ...), so the names joined by '.' are the parameter
-//   prefixes of DESIGN §4 ("layers.1.pair_norm"). An op outside any module is "the top level".
+// - Layer names come from a thread-local stack of module scopes: every module's forward opens its
+//   own scope first (nn::Module::scope(), the name its parent registered it under), so the names
+//   joined by '.' are the parameter prefixes of docs/DESIGN.md §4 ("layers.1.pair_norm"). An op
+//   outside any module is "the top level".
 // - A backward is named by the scope its op was recorded in during the forward.
 // - Only floating-point tensors are checked; a CUDA tensor is copied to the host to be checked
 //   (the mode is for finding a bug, not for speed).
@@ -38,7 +39,8 @@ class EnableGuard {
 };
 
 // One module scope on this thread's stack: `name`, or "name.index" when index >= 0
-// ("layers", 1 → "layers.1"). `name` must outlive the scope (string literals do).
+// ("layers", 1 → "layers.1"); an empty name adds nothing. `name` must outlive the scope (string
+// literals and a module's own name do).
 class Scope {
  public:
   explicit Scope(const char* name, int index = -1);

@@ -1,4 +1,4 @@
-// The run configuration (DESIGN §4, §5): a YAML file with sections model:, data:, train: and the
+// The run configuration (docs/DESIGN.md §4, §5): a YAML file with sections model:, data:, train: and the
 // top-level keys device: and out:, then `key=value` overrides with dotted keys.
 //
 //   Config cfg = load_config("configs/pairbias.yaml", {"train.steps=200", "device=cpu"});
@@ -25,7 +25,7 @@ struct ModelConfig {
   int c_z = 16, relpos_clip = 32, dist_bins = 64;
   double dist_max = 16.0;  // Å
   // The attention bias of every layer: "pair" = LN_z(z)·W_b from the pair representation
-  // (DESIGN §4); "relpos" = only a learned relative-position table (H, 2R+1) per layer, looked up
+  // (docs/DESIGN.md §4); "relpos" = only a learned relative-position table (H, 2R+1) per layer, looked up
   // inside the attention kernel (no pair representation, no distances; c_z, dist_bins and
   // dist_max are then unused).
   std::string attn_bias = "pair";
@@ -40,7 +40,7 @@ struct DataConfig {
   int n_res_min = 0, n_res_max = 0;
   uint64_t seed = 1234;
   // What the labels are (data/chain.h): "chain" = the type of the nearest non-local neighbour
-  // in space (DESIGN §3); "relpos" = (t_{i−1} + t_{i+2}) mod K, a rule of relative position only.
+  // in space (docs/DESIGN.md §3); "relpos" = (t_{i−1} + t_{i+2}) mod K, a rule of relative position only.
   std::string task = "chain";
 };
 

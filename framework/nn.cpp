@@ -60,6 +60,7 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias, Rng& rng) {
 }
 
 Tensor Linear::forward(const Tensor& x) const {
+  const anomaly::Scope in_module = scope();
   // bf16 activations (framework/precision.h): the product uses bf16 copies of the fp32 weights.
   if (x.defined() && x.dtype() == DType::BF16 && weight.dtype() != DType::BF16)
     return ops::linear(x, ops::cast(weight, x.dtype()),
@@ -74,7 +75,10 @@ LayerNorm::LayerNorm(int64_t C, double eps_) : eps(eps_) {
   bias = register_parameter("bias", Tensor::zeros({C}));
 }
 
-Tensor LayerNorm::forward(const Tensor& x) const { return ops::layernorm(x, weight, bias, eps); }
+Tensor LayerNorm::forward(const Tensor& x) const {
+  const anomaly::Scope in_module = scope();
+  return ops::layernorm(x, weight, bias, eps);
+}
 
 // ---- Embedding -------------------------------------------------------------------------------
 
@@ -83,6 +87,7 @@ Embedding::Embedding(int64_t V, int64_t D, Rng& rng) {
 }
 
 Tensor Embedding::forward(const Tensor& idx) const {
+  const anomaly::Scope in_module = scope();
   const Tensor out = ops::embedding(weight, idx);
   return autocast_enabled() ? ops::cast(out, autocast_dtype()) : out;  // framework/precision.h
 }
@@ -95,8 +100,8 @@ MLP::MLP(int64_t d, int64_t d_ff, Rng& rng) {
 }
 
 Tensor MLP::forward(const Tensor& x) const {
-  const Tensor h = ops::gelu(anomaly::in_scope("fc1", [&] { return fc1->forward(x); }));
-  return anomaly::in_scope("fc2", [&] { return fc2->forward(h); });
+  const anomaly::Scope in_module = scope();
+  return fc2->forward(ops::gelu(fc1->forward(x)));
 }
 
 // ---- BiasedSelfAttention -----------------------------------------------------------------------
@@ -114,13 +119,11 @@ Tensor BiasedSelfAttention::forward(const Tensor& x, const Tensor& bias,
   PF_CHECK(x.ndim() == 3, "attention input must be (B,N,d), got " << shape_str(x.shape()));
   const int64_t B = x.size(0), N = x.size(1), d = x.size(2);
   const Shape heads{B, N, H, d / H};
-  // Children run in their named scopes (anomaly mode names the layer of a non-finite value).
-  Tensor qh = ops::reshape(anomaly::in_scope("q", [&] { return q->forward(x); }), heads);
-  Tensor kh = ops::reshape(anomaly::in_scope("k", [&] { return k->forward(x); }), heads);
-  Tensor vh = ops::reshape(anomaly::in_scope("v", [&] { return v->forward(x); }), heads);
-  Tensor a = ops::attention(qh, kh, vh, bias, opt);  // (B,N,H,d/H), scale 1/√(d/H) by default
-  const Tensor merged = ops::reshape(a, {B, N, d});
-  return anomaly::in_scope("o", [&] { return o->forward(merged); });
+  const anomaly::Scope in_module = scope();
+  const Tensor qh = ops::reshape(q->forward(x), heads), kh = ops::reshape(k->forward(x), heads),
+               vh = ops::reshape(v->forward(x), heads);
+  const Tensor a = ops::attention(qh, kh, vh, bias, opt);  // (B,N,H,d/H), scale 1/√(d/H) by default
+  return o->forward(ops::reshape(a, {B, N, d}));
 }
 
 }  // namespace pf::nn

@@ -1,4 +1,4 @@
-// Modules: parameters with dotted names (the checkpoint names of DESIGN §4), built from ops.
+// Modules: parameters with dotted names (the checkpoint names of docs/DESIGN.md §4), built from ops.
 //
 // A Module owns its parameters and its child modules; named_parameters() walks them in
 // registration order with names like "layers.0.attn.q.weight". Weights are stored [out, in]
@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "framework/anomaly.h"
 #include "framework/ops.h"
 #include "framework/random.h"
 #include "framework/tensor.h"
@@ -32,12 +33,18 @@ class Module {
   Tensor register_parameter(const std::string& name, Tensor t);
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    static_cast<Module&>(*m).name_ = name;
     children_.emplace_back(name, m);
     return m;
   }
+  // This module's anomaly scope (framework/anomaly.h), opened first thing by its forward: the name
+  // its parent registered it under, so that the open scopes joined by '.' are the prefix of its
+  // parameters ("layers.1.pair_norm"). A module no parent registered (the model) adds nothing.
+  anomaly::Scope scope() const { return anomaly::Scope(name_.c_str()); }
 
  private:
   void collect(const std::string& prefix, NamedTensors& out) const;
+  std::string name_;  // in the parent module; "" for a module no parent registered
   NamedTensors params_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };

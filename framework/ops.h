@@ -98,6 +98,21 @@ Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const T
 void set_fused(const char* op, bool on);
 bool fused(const char* op);
 
+// ---- pair features (framework/ops/pair_features.cpp; no grad): the integer inputs of the pair
+//      representation, computed on the device of the coordinates, the same on either device ----
+// rel[i,j] = clip(j − i, −R, R) + R.  → (N,N) I32 on `device`
+Tensor relative_positions(int N, int R, Device device);
+// bins[b,i,j] = clamp(⌊‖x_i − x_j‖ / dist_max · n_bins⌋, 0, n_bins − 1).  coords:(B,N,3) F32 → (B,N,N) I32
+Tensor distance_bins(const Tensor& coords, double dist_max, int n_bins);
+// Both for the chains of a packed batch: coords:(T,3) F32, cu_seqlens (B+1) and start (B+1, the
+// chains' first pair) on the host → rel, bins:(P) I32, chain b's n_b² pairs row-major from start[b].
+struct PackedPairFeatureTensors {
+  Tensor rel, bins;
+};
+PackedPairFeatureTensors packed_pair_features(const Tensor& coords, const std::vector<int32_t>& cu_seqlens,
+                                              const std::vector<int64_t>& start, int R, double dist_max,
+                                              int n_bins);
+
 // ---- no grad: in-place updates and queries -----------------------------------------------------
 void add_(Tensor& dst, const Tensor& src);               // dst += src (same shape)
 void scale_(Tensor& x, double s);                        // x *= s

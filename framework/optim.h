@@ -1,5 +1,5 @@
 // AdamW with decoupled weight decay, the warm-up + cosine learning-rate schedule and global
-// gradient-norm clipping — the optimisation recipe of DESIGN §5, matching PyTorch's
+// gradient-norm clipping — the optimisation recipe of docs/DESIGN.md §5, matching PyTorch's
 // torch.optim.AdamW and clip_grad_norm_.
 #pragma once
 #include <string>

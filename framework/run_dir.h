@@ -1,4 +1,4 @@
-// The run directory (DESIGN §5): created and checked for writability before any work, and the
+// The run directory (docs/DESIGN.md §5): created and checked for writability before any work, and the
 // metrics log — one JSON object per line — that survives a resume without duplicated steps.
 #pragma once
 #include <cstdint>

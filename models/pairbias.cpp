@@ -5,9 +5,6 @@
 #include "framework/autograd.h"
 #include "framework/precision.h"
 #include "kernels/cpu/pair_features.h"
-#ifdef PF_WITH_CUDA
-#include "kernels/cuda/pair_features.h"
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -19,29 +16,15 @@ int distance_bin(double d, const ModelConfig& cfg) {
   return kernels::cpu::bin_of_distance(d, cfg.dist_max, cfg.dist_bins);
 }
 
-// On the GPU the features are computed there from the uploaded coordinates (B·N·3 floats instead
-// of B·N² bins: measured 42.7 ms of host work per step for the large config before), by the
-// twin kernels that give the CPU's bins exactly (kernels/cpu/pair_features.h).
-PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg,
-                           Device device) {
+// The features are computed on `device` (ops::relative_positions, ops::distance_bins): on the GPU
+// from the uploaded coordinates, with the CPU's bins exactly (models/NOTES.md says why).
+PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg, Device device) {
   PairFeatures f;
-  f.rel_idx = Tensor::empty({N, N}, DType::I32, device);
-  f.dist_bin = Tensor::empty({B, N, N}, DType::I32, device);
-  if (device == Device::CPU) {
-    kernels::cpu::relative_positions(N, cfg.relpos_clip, f.rel_idx.data<int32_t>());
-    kernels::cpu::distance_bins(coords, B, N, cfg.dist_max, cfg.dist_bins, f.dist_bin.data<int32_t>());
-    return f;
-  }
-#ifdef PF_WITH_CUDA
-  const Tensor x = Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3},
-                                       DType::F32, device);
-  kernels::cuda::relative_positions(N, cfg.relpos_clip, static_cast<int32_t*>(f.rel_idx.data_ptr()));
-  kernels::cuda::distance_bins(static_cast<const float*>(x.data_ptr()), B, N, cfg.dist_max, cfg.dist_bins,
-                               static_cast<int32_t*>(f.dist_bin.data_ptr()));
+  f.rel_idx = ops::relative_positions(N, cfg.relpos_clip, device);
+  const Tensor x =
+      Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3}, DType::F32, device);
+  f.dist_bin = ops::distance_bins(x, cfg.dist_max, cfg.dist_bins);
   return f;
-#else
-  PF_FAIL("pair_features on " << device_name(device) << " in a build without CUDA");
-#endif
 }
 
 PackedPairFeatures packed_pair_features(const float* coords, const std::vector<int32_t>& cu_seqlens,
@@ -49,7 +32,6 @@ PackedPairFeatures packed_pair_features(const float* coords, const std::vector<i
   PF_CHECK(cu_seqlens.size() >= 2 && cu_seqlens[0] == 0,
            "packed_pair_features: cu_seqlens must have B+1 >= 2 entries starting at 0, got " << cu_seqlens.size()
                                                                                            << " entries");
-  const int R = cfg.relpos_clip;
   const int B = static_cast<int>(cu_seqlens.size()) - 1;
   std::vector<int64_t> start(static_cast<size_t>(B) + 1, 0);  // of each chain's pairs
   for (int b = 0; b < B; ++b) {
@@ -58,50 +40,19 @@ PackedPairFeatures packed_pair_features(const float* coords, const std::vector<i
                                                                                     << cu_seqlens[b + 1]);
     start[b + 1] = start[b] + n * n;
   }
-  const int64_t P = start[B];
   PackedPairFeatures f;
   f.pair_start = start;
-  // rel and bins chain by chain with the dense path's kernels (the same bins on either device);
-  // on the GPU from the uploaded coordinates (T·3 floats instead of 2·P bins).
-  f.rel_idx = Tensor::empty({P}, DType::I32, device);
-  f.dist_bin = Tensor::empty({P}, DType::I32, device);
-  if (device == Device::CPU) {
-    int32_t* rel = f.rel_idx.data<int32_t>();
-    int32_t* bins = f.dist_bin.data<int32_t>();
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int b = 0; b < B; ++b) {
-      const int n = cu_seqlens[b + 1] - cu_seqlens[b];
-      if (n == 0) continue;
-      kernels::cpu::relative_positions(n, R, rel + start[b]);
-      kernels::cpu::distance_bins(coords + static_cast<size_t>(cu_seqlens[b]) * 3, 1, n, cfg.dist_max, cfg.dist_bins,
-                                  bins + start[b]);
-    }
-    return f;
-  }
-#ifdef PF_WITH_CUDA
   const int64_t T = cu_seqlens[B];
   const Tensor x = Tensor::from_vector(std::vector<float>(coords, coords + 3 * T), {T, 3}, DType::F32, device);
-  int32_t* rel = static_cast<int32_t*>(f.rel_idx.data_ptr());
-  int32_t* bins = static_cast<int32_t*>(f.dist_bin.data_ptr());
-  for (int b = 0; b < B; ++b) {
-    const int n = cu_seqlens[b + 1] - cu_seqlens[b];
-    if (n == 0) continue;
-    kernels::cuda::relative_positions(n, R, rel + start[b]);
-    kernels::cuda::distance_bins(static_cast<const float*>(x.data_ptr()) + int64_t{cu_seqlens[b]} * 3, 1, n,
-                                 cfg.dist_max, cfg.dist_bins, bins + start[b]);
-  }
+  auto t = ops::packed_pair_features(x, cu_seqlens, start, cfg.relpos_clip, cfg.dist_max, cfg.dist_bins);
+  f.rel_idx = t.rel;
+  f.dist_bin = t.bins;
   return f;
-#else
-  PF_FAIL("packed_pair_features on " << device_name(device) << " in a build without CUDA");
-#endif
 }
 
 namespace {
-// The runs of pack_blocks: segment b, row h is x[h·P + s_b …] ↔ out[H·s_b + h·m_b …].
-// Measured on an H100, pair-bias model, lengths 64…1024 in batches of 16k residues: a gather
-// through the embedding op with a (P·H) index built on the host and uploaded each step, after
-// an unfused LayerNorm + Linear, ran at 188k residues/s; the fused pair-bias op and these B·H
-// device copies (no index) at 930k.
+// The runs of pack_blocks: segment b, row h is x[h·P + s_b …] ↔ out[H·s_b + h·m_b …]. B·H device
+// copies and no index array: 5× the residues/s of a gather by an uploaded index (models/NOTES.md).
 
 void copy_runs(const Tensor& from, Tensor& to, const std::vector<int64_t>& start, int64_t H, bool to_blocks) {
   const int64_t P = start.back();
@@ -145,12 +96,14 @@ PairRepresentation::PairRepresentation(const ModelConfig& cfg, Rng& rng) {
 }
 
 Tensor PairRepresentation::forward(const PackedPairFeatures& f) const {
+  const anomaly::Scope in_module = scope();
   // Dist[bin] + Rel[rel] per pair, (P,c_z), in one op as in the dense path
   const DType dt = autocast_enabled() ? autocast_dtype() : dist->weight.dtype();
   return ops::embedding_sum(dist->weight, f.dist_bin, rel->weight, f.rel_idx, dt);
 }
 
 Tensor PairRepresentation::forward(const PairFeatures& f) const {
+  const anomaly::Scope in_module = scope();
   // Dist[bin] + Rel[rel] in one op, (N,N,c_z) broadcast over the batch onto (B,N,N,c_z), written
   // once in the activations' dtype (framework/precision.h)
   const DType dt = autocast_enabled() ? autocast_dtype() : dist->weight.dtype();
@@ -164,9 +117,8 @@ Attention::Attention(const ModelConfig& cfg, Rng& rng)
   if (cfg.attn_bias == "relpos") {
     // A locality prior: T[h, o] = −m_h·|o| with slopes m_h = 2^(−8h/H) (1, 1/4, 1/16, 1/64 for
     // H = 4), ALiBi's geometric slopes started at 1, so head 0 starts on the nearest residues
-    // and the others at ever longer ranges. Measured on configs/relpos.yaml (300 steps, val_acc):
-    // zeros 0.13 and N(0,1) 0.15 (position-blind heads give the (a+b) mod K rule no gradient to
-    // start from), ALiBi's own slopes 2^(−8(h+1)/H) 0.25, these 0.99.
+    // and the others at ever longer ranges: val_acc 0.99 on configs/relpos.yaml after 300 steps,
+    // against 0.13 from zeros and 0.25 from ALiBi's own slopes (models/NOTES.md).
     const int R = cfg.relpos_clip, W = 2 * R + 1;
     std::vector<double> t(static_cast<size_t>(H) * W);
     for (int64_t h = 0; h < H; ++h)
@@ -177,6 +129,7 @@ Attention::Attention(const ModelConfig& cfg, Rng& rng)
 }
 
 Tensor Attention::forward(const Tensor& x, const Tensor& bias, const std::vector<int32_t>& cu_seqlens) const {
+  const anomaly::Scope in_module = scope();
   const bool packed = !cu_seqlens.empty();
   PF_CHECK(x.ndim() == (packed ? 2 : 3),
            "attention input must be " << (packed ? "(T,d) when packed" : "(B,N,d)") << ", got " << shape_str(x.shape()));
@@ -186,9 +139,8 @@ Tensor Attention::forward(const Tensor& x, const Tensor& bias, const std::vector
   heads.push_back(d / H);
   ops::AttentionOptions opt;
   opt.cu_seqlens_q = cu_seqlens;
-  Tensor qh = ops::reshape(anomaly::in_scope("q", [&] { return q->forward(x); }), heads);
-  Tensor kh = ops::reshape(anomaly::in_scope("k", [&] { return k->forward(x); }), heads);
-  Tensor vh = ops::reshape(anomaly::in_scope("v", [&] { return v->forward(x); }), heads);
+  const Tensor qh = ops::reshape(q->forward(x), heads), kh = ops::reshape(k->forward(x), heads),
+               vh = ops::reshape(v->forward(x), heads);
   // The CPU kernel takes the table in q's dtype (the parameters' dtype: fp32 or fp64), the GPU
   // kernel in fp32 whatever the activations are (bf16 keeps fp32 parameters anyway).
   Tensor table = relpos;
@@ -196,8 +148,7 @@ Tensor Attention::forward(const Tensor& x, const Tensor& bias, const std::vector
     table = ops::cast(table, DType::F32);
   // (B,N,H,d/H) or (T,H,d/H), scale 1/√(d/H); T undefined for pair models
   const Tensor a = ops::attention(qh, kh, vh, bias, table, opt);
-  const Tensor merged = ops::reshape(a, x.shape());
-  return anomaly::in_scope("o", [&] { return o->forward(merged); });
+  return o->forward(ops::reshape(a, x.shape()));
 }
 
 // ---- PairBiasLayer -----------------------------------------------------------------------------
@@ -233,14 +184,11 @@ Tensor PairBiasLayer::bias(const Tensor& z, const Packing* packing) const {
 }
 
 Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& z, const Packing* packing) const {
-  using anomaly::in_scope;  // each child in its named scope (anomaly mode names the layer)
-  const Tensor x1 = in_scope("norm1", [&] { return norm1->forward(x); });
+  const anomaly::Scope in_module = scope();
+  const Tensor x1 = norm1->forward(x);
   const Tensor b = pair_proj ? bias(z, packing) : Tensor();
-  const std::vector<int32_t> none;
-  const std::vector<int32_t>& cu = packing ? packing->cu_seqlens : none;
-  Tensor h = ops::add(x, in_scope("attn", [&] { return attn->forward(x1, b, cu); }));
-  const Tensor h2 = in_scope("norm2", [&] { return norm2->forward(h); });
-  return ops::add(h, in_scope("mlp", [&] { return mlp->forward(h2); }));
+  const Tensor h = ops::add(x, attn->forward(x1, b, packing ? packing->cu_seqlens : std::vector<int32_t>{}));
+  return ops::add(h, mlp->forward(norm2->forward(h)));
 }
 
 // ---- PairBiasModel -----------------------------------------------------------------------------
@@ -252,37 +200,32 @@ PairBiasModel::PairBiasModel(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) 
   embed = register_module("embed", std::make_shared<nn::Embedding>(cfg.n_types, cfg.d_model, rng));
   if (cfg.attn_bias == "pair") pair = register_module("pair", std::make_shared<PairRepresentation>(cfg, rng));
   for (int l = 0; l < cfg.n_layers; ++l)
-    layers.push_back(register_module("layers." + std::to_string(l),
-                                     std::make_shared<PairBiasLayer>(cfg, rng)));
+    layers.push_back(
+        register_module("layers." + std::to_string(l), std::make_shared<PairBiasLayer>(cfg, rng)));
   final_norm = register_module("final_norm", std::make_shared<nn::LayerNorm>(cfg.d_model));
   head = register_module("head", std::make_shared<nn::Linear>(cfg.d_model, cfg.n_types, true, rng));
 }
 
+// Each module's forward opens its own anomaly scope (nn::Module::scope): anomaly mode names the
+// layer of a non-finite value ("layers.1.pair_norm").
 Tensor PairBiasModel::forward(const Tensor& tokens, const PairFeatures& f) const {
-  using anomaly::in_scope;  // each child in its named scope (anomaly mode names the layer)
-  Tensor x = in_scope("embed", [&] { return embed->forward(tokens); });  // (B,N,d)
-  Tensor z;  // (B,N,N,c_z); none for attn_bias: relpos
-  if (pair) z = in_scope("pair", [&] { return pair->forward(f); });
+  const Tensor x = embed->forward(tokens);              // (B,N,d)
+  const Tensor z = pair ? pair->forward(f) : Tensor();  // (B,N,N,c_z); none for attn_bias: relpos
   return layers_and_head(x, z, nullptr);
 }
 
 Tensor PairBiasModel::forward(const Tensor& tokens, const Packing& packing) const {
-  using anomaly::in_scope;
   PF_CHECK(tokens.ndim() == 1 && !packing.cu_seqlens.empty() && tokens.size(0) == packing.cu_seqlens.back(),
            "PairBiasModel: packed tokens must be (T) with T = cu_seqlens[B] = "
                << (packing.cu_seqlens.empty() ? -1 : packing.cu_seqlens.back()) << ", got " << tokens.str());
-  Tensor x = in_scope("embed", [&] { return embed->forward(tokens); });  // (T,d)
-  Tensor z;  // (P,c_z); none for attn_bias: relpos
-  if (pair) z = in_scope("pair", [&] { return pair->forward(packing.pair); });
+  const Tensor x = embed->forward(tokens);                         // (T,d)
+  const Tensor z = pair ? pair->forward(packing.pair) : Tensor();  // (P,c_z); none for attn_bias: relpos
   return layers_and_head(x, z, &packing);
 }
 
 Tensor PairBiasModel::layers_and_head(Tensor x, const Tensor& z, const Packing* packing) const {
-  using anomaly::in_scope;
-  for (size_t l = 0; l < layers.size(); ++l)
-    x = in_scope("layers", static_cast<int>(l), [&] { return layers[l]->forward(x, z, packing); });
-  const Tensor xn = in_scope("final_norm", [&] { return final_norm->forward(x); });
-  return in_scope("head", [&] { return head->forward(xn); });
+  for (const auto& layer : layers) x = layer->forward(x, z, packing);
+  return head->forward(final_norm->forward(x));
 }
 
 LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const PairFeatures& f,
@@ -319,8 +262,15 @@ Tensor bias_at(const PairBiasModel& model, int layer, const std::vector<int32_t>
   NoGradGuard no_grad;
   const Device dev = model.pair->rel->weight.device();
   const int64_t P = static_cast<int64_t>(rel.size());
-  Tensor z = ops::add(model.pair->rel->forward(Tensor::from_vector(rel, {P}, DType::I32, dev)),
-                      model.pair->dist->forward(Tensor::from_vector(dist, {P}, DType::I32, dev)));
+  // The modules are called outside the model's forward: their parents' scopes are opened here,
+  // so that anomaly mode still names them in full ("layers.0.pair_proj").
+  Tensor z;
+  {
+    const anomaly::Scope in_pair("pair");
+    z = ops::add(model.pair->rel->forward(Tensor::from_vector(rel, {P}, DType::I32, dev)),
+                 model.pair->dist->forward(Tensor::from_vector(dist, {P}, DType::I32, dev)));
+  }
+  const anomaly::Scope in_layer("layers", layer);
   const auto& l = *model.layers.at(layer);
   return l.pair_proj->forward(l.pair_norm->forward(z)).to(Device::CPU).to(DType::F64);
 }

@@ -1,4 +1,4 @@
-// The pair-bias transformer of DESIGN §4: residue types in, per-residue type logits out, with
+// The pair-bias transformer of docs/DESIGN.md §4: residue types in, per-residue type logits out, with
 // attention steered by a learned pair representation (relative position + pairwise distance).
 //
 //   x = E[t]                                             (B,N,d)

@@ -1,7 +1,7 @@
-// Tests of the CPU flash-bias kernel (kernels/cpu/flash_bias.h) against a materialised float64
-// reference written here, and of its gradients by central differences. The fused relative-position
-// table is checked against the same reference with the bias T[h, clip(j−i)+R] materialised and
-// dT reduced from dB over the diagonals; packed (varlen) batches against each sequence run alone
+// Tests of the CPU flash-bias kernel (kernels/cpu/flash_bias.h) against the plain, materialised
+// float64 reference (kernels/cpu/flash_bias_reference.h), and of its gradients by central
+// differences. The fused relative-position table is checked against the same reference with the
+// bias T[h, clip(j−i)+R] materialised and dT reduced from dB over the diagonals; packed (varlen) batches against each sequence run alone
 // through the dense path.
 //
 // Every case draws fresh random inputs, poisons every output buffer with NaN before each run,
@@ -25,6 +25,7 @@
 
 #include "kernels/check.h"
 #include "kernels/cpu/flash_bias.h"
+#include "kernels/cpu/flash_bias_reference.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -38,10 +39,11 @@ using pf::kernels::FlashBiasParams;
 using pf::kernels::ScalarType;
 using pf::kernels::cpu::flash_bias_backward;
 using pf::kernels::cpu::flash_bias_forward;
+using pf::kernels::cpu::flash_bias_reference;
+using pf::kernels::cpu::FlashBiasReferenceInputs;
+using pf::kernels::cpu::FlashBiasReferenceOutputs;
 using pf::testing_util::expect_error;
 using pf::testing_util::rel_error;
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
 std::mt19937_64& rng() {
   static std::mt19937_64 g(std::random_device{}());
@@ -87,121 +89,14 @@ struct Case {
   }
 };
 
-// The bin of T that query i and key j read: clip(j − i, −R, R) + R (written out, not shared with
-// the kernel).
-int relpos_bin(int i, int j, int R) {
-  int d = j - i;
-  if (d < -R) d = -R;
-  if (d > R) d = R;
-  return d + R;
-}
+// ---- the float64 reference (kernels/cpu/flash_bias_reference.h) ----------------------------
 
-// ---- the float64 reference ----------------------------------------------------------------
-
-// Inputs as contiguous float64: q (B,Nq,H,D), k v (B,Nk,H,D), bias (Bb,Hb,Nq,Nk) with Bb, Hb the
-// bias's own leading sizes, mask (B,Nk), dout (B,Nq,H,D), table (H, 2R+1).
-struct Inputs {
+// The reference's inputs, contiguous float64, with the case they were drawn for.
+struct Inputs : FlashBiasReferenceInputs {
   Case c;
-  double scale;
-  std::vector<double> q, k, v, bias, dout, table;
-  std::vector<uint8_t> mask;
   int Bb() const { return bias_has_b(c.bias) ? c.B : 1; }
   int Hb() const { return bias_has_h(c.bias) ? c.H : 1; }
 };
-
-struct Outputs {
-  std::vector<double> out, lse, dq, dk, dv, dbias, dtable;
-  std::vector<double> dtable_abs;  // Σ |dS| per bin: the scale dT's rounding errors are relative to
-};
-
-// S = scale·Q Kᵀ + bias + mask materialised, softmax, O = P V; dV = Pᵀ dO, dP = dO Vᵀ,
-// dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K, dK = scale·dSᵀ Q, dB = Σ dS over broadcast axes.
-// The relative-position bias is materialised per (b,h) as a full (Nq,Nk) matrix Brel[i,j] =
-// T[h, bin(i,j)] and added like a dense bias; dT[h,r] is then the sum of dBrel (= dS) over every
-// (b,i,j) whose bin is r, i.e. dB reduced over the (clipped) diagonals.
-Outputs reference(const Inputs& in) {
-  const Case& c = in.c;
-  const int B = c.B, H = c.H, Nq = c.Nq, Nk = c.Nk, D = c.D;
-  auto ix = [&](int b, int n, int N, int h, int d) { return ((size_t(b) * N + n) * H + h) * D + d; };
-  Outputs o;
-  o.out.assign(size_t(B) * Nq * H * D, 0);
-  o.lse.assign(size_t(B) * H * Nq, 0);
-  o.dq.assign(o.out.size(), 0);
-  o.dk.assign(size_t(B) * Nk * H * D, 0);
-  o.dv.assign(o.dk.size(), 0);
-  o.dbias.assign(in.bias.size(), 0);
-  o.dtable.assign(in.table.size(), 0);
-  o.dtable_abs.assign(in.table.size(), 0);
-  std::vector<double> S(size_t(Nq) * Nk), P(S.size()), dP(S.size()), Brel(S.size(), 0.0),
-      dBrel(S.size());
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h) {
-      const size_t boff = (size_t(bias_has_b(c.bias) ? b : 0) * in.Hb() +
-                           (bias_has_h(c.bias) ? h : 0)) * Nq * Nk;
-      if (c.R >= 0) {
-        for (int i = 0; i < Nq; ++i)
-          for (int j = 0; j < Nk; ++j)
-            Brel[size_t(i) * Nk + j] = in.table[size_t(h) * (2 * c.R + 1) + relpos_bin(i, j, c.R)];
-      }
-      for (int i = 0; i < Nq; ++i)
-        for (int j = 0; j < Nk; ++j) {
-          double s = 0;
-          for (int d = 0; d < D; ++d) s += in.q[ix(b, i, Nq, h, d)] * in.k[ix(b, j, Nk, h, d)];
-          s *= in.scale;
-          if (c.bias != BiasForm::None) s += in.bias[boff + size_t(i) * Nk + j];
-          s += Brel[size_t(i) * Nk + j];
-          if (c.mask && in.mask[size_t(b) * Nk + j]) s = -kInf;
-          if (c.causal && j > i + (Nk - Nq)) s = -kInf;
-          S[size_t(i) * Nk + j] = s;
-        }
-      for (int i = 0; i < Nq; ++i) {
-        double m = -kInf;
-        for (int j = 0; j < Nk; ++j) m = std::max(m, S[size_t(i) * Nk + j]);
-        double l = 0;
-        for (int j = 0; j < Nk; ++j) {
-          const double e = m == -kInf ? 0.0 : std::exp(S[size_t(i) * Nk + j] - m);
-          P[size_t(i) * Nk + j] = e;
-          l += e;
-        }
-        for (int j = 0; j < Nk; ++j) P[size_t(i) * Nk + j] = l > 0 ? P[size_t(i) * Nk + j] / l : 0;
-        o.lse[(size_t(b) * H + h) * Nq + i] = l > 0 ? m + std::log(l) : -kInf;
-        for (int d = 0; d < D; ++d) {
-          double acc = 0;
-          for (int j = 0; j < Nk; ++j) acc += P[size_t(i) * Nk + j] * in.v[ix(b, j, Nk, h, d)];
-          o.out[ix(b, i, Nq, h, d)] = acc;
-        }
-      }
-      for (int i = 0; i < Nq; ++i) {
-        double delta = 0;
-        for (int j = 0; j < Nk; ++j) {
-          double dp = 0;
-          for (int d = 0; d < D; ++d) dp += in.dout[ix(b, i, Nq, h, d)] * in.v[ix(b, j, Nk, h, d)];
-          dP[size_t(i) * Nk + j] = dp;
-          delta += P[size_t(i) * Nk + j] * dp;
-        }
-        for (int j = 0; j < Nk; ++j) {
-          const double p = P[size_t(i) * Nk + j];
-          const double ds = p * (dP[size_t(i) * Nk + j] - delta);
-          if (c.bias != BiasForm::None) o.dbias[boff + size_t(i) * Nk + j] += ds;
-          dBrel[size_t(i) * Nk + j] = ds;
-          for (int d = 0; d < D; ++d) {
-            o.dq[ix(b, i, Nq, h, d)] += in.scale * ds * in.k[ix(b, j, Nk, h, d)];
-            o.dk[ix(b, j, Nk, h, d)] += in.scale * ds * in.q[ix(b, i, Nq, h, d)];
-            o.dv[ix(b, j, Nk, h, d)] += p * in.dout[ix(b, i, Nq, h, d)];
-          }
-        }
-      }
-      if (c.R >= 0) {  // dT: dBrel summed over the clipped diagonals
-        for (int i = 0; i < Nq; ++i)
-          for (int j = 0; j < Nk; ++j) {
-            const size_t r = size_t(h) * (2 * c.R + 1) + relpos_bin(i, j, c.R);
-            o.dtable[r] += dBrel[size_t(i) * Nk + j];
-            o.dtable_abs[r] += std::abs(dBrel[size_t(i) * Nk + j]);
-          }
-      }
-    }
-  return o;
-}
 
 // ---- the kernel's buffers ---------------------------------------------------------------
 
@@ -330,7 +225,11 @@ struct Problem {
         dk(c.layout, 1, c.B, c.Nk, c.H, c.D),
         dv(c.layout, 1, c.B, c.Nk, c.H, c.D) {
     in.c = c;
+    in.B = c.B, in.H = c.H, in.Nq = c.Nq, in.Nk = c.Nk, in.D = c.D;
     in.scale = T(1.0 / std::sqrt(double(c.D)));  // the kernel narrows the scale to T
+    in.causal = c.causal;
+    in.bias_per_batch = bias_has_b(c.bias), in.bias_per_head = bias_has_h(c.bias);
+    in.relpos_clip = c.R;
     const bool packed = c.layout == Layout::Packed;
     if (packed) EXPECT_EQ(c.Nq, c.Nk) << "a packed qkv buffer needs Nq == Nk";
     Q = packed ? qkv_packed.views[0] : q.views[0];
@@ -424,7 +323,7 @@ template <class T>
 void run_case(const Case& c) {
   SCOPED_TRACE(c.str() + (std::is_same_v<T, double> ? " float64" : " float32"));
   Problem<T> pr(c);
-  const Outputs ref = reference(pr.in);
+  const FlashBiasReferenceOutputs ref = flash_bias_reference(pr.in);
   FlashBiasBwdParams p = pr.params();
 
   // forward

@@ -13,6 +13,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <string>
 #include <utility>
@@ -86,6 +87,8 @@ struct OpCase {
   std::string name;
   std::function<Problem(Rng&)> make;
 };
+// How ctest and gtest show a case: its name (not the bytes of the struct).
+void PrintTo(const OpCase& c, std::ostream* os) { *os << c.name; }
 
 Tensor randn64(const Shape& s, Rng& rng) { return randn(s, rng, DType::F64); }
 

@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "framework/checkpoint.h"
+#include "run/checkpoint.h"
 #include "framework/h5io.h"
 #include "framework/optim.h"
 #include "models/pairbias.h"
@@ -63,7 +63,7 @@ struct Fixture {
     batch.coords = r.read_float("batch/coords");
     model = std::make_unique<models::PairBiasModel>(cfg, 99);
     model->to(dtype);
-    read_tensors(r, "model", model->named_parameters());
+    run::read_tensors(r, "model", model->named_parameters());
   }
 
   Tensor loss() {

@@ -1,6 +1,6 @@
 // End to end on the CPU: a tiny model trains (the loss falls), a resumed run equals an unbroken
 // one step for step, --eval reproduces the logged validation loss, the checkpoint has the
-// DESIGN names and layout, and bad input gives one clear error.
+// docs/DESIGN.md names and layout, and bad input gives one clear error.
 #include <gtest/gtest.h>
 
 #include <filesystem>

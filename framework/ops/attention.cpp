@@ -318,7 +318,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 
   const Tensor sq = q.detach(), sk = k.detach(), sv = v.detach(), so = out.detach();
   const Tensor sbias = bias.defined() ? bias.detach() : Tensor();
-  const Tensor stable = relpos_table.defined() ? relpos_table.detach() : Tensor();
+  const Tensor saved_table = relpos_table.defined() ? relpos_table.detach() : Tensor();
   const Tensor smask = opt.key_padding_mask.defined() ? opt.key_padding_mask.detach() : Tensor();
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   const bool need_bias = bias.defined() && bias.requires_grad();
@@ -330,7 +330,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
         const profile::Scope ps("attention");  // backward: grad mode is off here
         kernels::FlashBiasBwdParams bp;
         static_cast<kernels::FlashBiasParams&>(bp) =
-            forward_params(s, sq, sk, sv, sbias, stable, smask, arrays, causal, scale);
+            forward_params(s, sq, sk, sv, sbias, saved_table, smask, arrays, causal, scale);
         bp.out = const_cast<void*>(so.data_ptr());
         bp.lse = const_cast<void*>(lse.data_ptr());
         bp.dout = g.data_ptr();
@@ -347,7 +347,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
           bp.dbias_row_stride = s.bias_row_stride;
         }
         if (need_table) {
-          dtable = Tensor::empty(stable.shape(), stable.dtype(), stable.device());
+          dtable = Tensor::empty(saved_table.shape(), saved_table.dtype(), saved_table.device());
           bp.drelpos_table = dtable.data_ptr();
         }
         bp.deterministic = deterministic;

@@ -22,42 +22,85 @@ using namespace detail;
 
 namespace {
 
-// out = a ∘ b with broadcasting, no autograd.  a:(...) b:(...) → broadcast_shapes(a, b)
-Tensor binary_raw(kernels::cpu::BinaryOp op, const Tensor& a, const Tensor& b, const char* name) {
-  check_float(a, name, "a");
-  check_float(b, name, "b");
-  check_same(a, "a", b, "b", name);
-  const Shape shape = broadcast_shapes(a.shape(), b.shape());
-  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
-  const Shape sa = broadcast_strides(a.shape(), shape), sb = broadcast_strides(b.shape(), shape);
+// ---- the kernels of the tensors' device: CPU float32/float64, CUDA float32/bfloat16 ----------
+
+// out = a ∘ b, a and b read through the broadcast strides sa, sb of out's shape.
+void launch_binary(kernels::cpu::BinaryOp op, const Tensor& a, const Shape& sa, const Tensor& b,
+                   const Shape& sb, Tensor& out, const char* name) {
+  const Shape& shape = out.shape();
 #ifdef PF_WITH_CUDA
   if (a.device() == Device::CUDA) {
-    kernels::cuda::binary(op, scalar_type_of(a.dtype()), a.data_ptr(), sa.data(), b.data_ptr(),
-                          sb.data(), out.data_ptr(), shape.data(), static_cast<int>(shape.size()));
-    return out;
+    kernels::cuda::binary(op, scalar_type_of(a.dtype()), a.data_ptr(), sa.data(), b.data_ptr(), sb.data(),
+                          out.data_ptr(), shape.data(), static_cast<int>(shape.size()));
+    return;
   }
 #endif
   dispatch_float(a.dtype(), name, [&](auto t) {
     using T = decltype(t);
-    kernels::cpu::binary(op, a.data<T>(), sa.data(), b.data<T>(), sb.data(), out.data<T>(),
-                         shape.data(), static_cast<int>(shape.size()));
+    kernels::cpu::binary(op, a.data<T>(), sa.data(), b.data<T>(), sb.data(), out.data<T>(), shape.data(),
+                         static_cast<int>(shape.size()));
   });
-  return out;
 }
 
-Tensor scale_raw(const Tensor& x, double s, const char* name) {
-  check_float(x, name, "x");
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+// out = x·s (out may be x itself).
+void launch_scale(const Tensor& x, double s, Tensor& out, const char* name) {
 #ifdef PF_WITH_CUDA
   if (x.device() == Device::CUDA) {
     kernels::cuda::scale(scalar_type_of(x.dtype()), x.data_ptr(), s, out.data_ptr(), x.numel());
-    return out;
+    return;
   }
 #endif
   dispatch_float(x.dtype(), name, [&](auto t) {
     using T = decltype(t);
     kernels::cpu::scale(x.data<T>(), static_cast<T>(s), out.data<T>(), x.numel());
   });
+}
+
+void launch_gelu_forward(const Tensor& x, Tensor& out) {
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    kernels::cuda::gelu_forward(scalar_type_of(x.dtype()), x.data_ptr(), out.data_ptr(), x.numel());
+    return;
+  }
+#endif
+  dispatch_float(x.dtype(), "gelu", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::gelu_forward(x.data<T>(), out.data<T>(), x.numel());
+  });
+}
+
+void launch_gelu_backward(const Tensor& x, const Tensor& g, Tensor& dx) {
+#ifdef PF_WITH_CUDA
+  if (g.device() == Device::CUDA) {
+    kernels::cuda::gelu_backward(scalar_type_of(g.dtype()), x.data_ptr(), g.data_ptr(), dx.data_ptr(),
+                                 x.numel());
+    return;
+  }
+#endif
+  dispatch_float(x.dtype(), "gelu", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::gelu_backward(x.data<T>(), g.data<T>(), dx.data<T>(), x.numel());
+  });
+}
+
+// ---- no autograd: what the forwards and the backwards share ------------------------------------
+
+// out = a ∘ b with broadcasting.  a:(...) b:(...) → broadcast_shapes(a, b)
+Tensor binary_raw(kernels::cpu::BinaryOp op, const Tensor& a, const Tensor& b, const char* name) {
+  check_float(a, name, "a");
+  check_float(b, name, "b");
+  check_same(a, "a", b, "b", name);
+  const Shape shape = broadcast_shapes(a.shape(), b.shape());
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  launch_binary(op, a, broadcast_strides(a.shape(), shape), b, broadcast_strides(b.shape(), shape), out,
+                name);
+  return out;
+}
+
+Tensor scale_raw(const Tensor& x, double s, const char* name) {
+  check_float(x, name, "x");
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  launch_scale(x, s, out, name);
   return out;
 }
 
@@ -123,33 +166,13 @@ Tensor gelu(const Tensor& x) {
   const profile::Scope ps("elementwise");
   check_float(x, "gelu", "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-#ifdef PF_WITH_CUDA
-  if (x.device() == Device::CUDA)
-    kernels::cuda::gelu_forward(scalar_type_of(x.dtype()), x.data_ptr(), out.data_ptr(), x.numel());
-  else
-#endif
-  dispatch_float(x.dtype(), "gelu", [&](auto t) {
-    using T = decltype(t);
-    kernels::cpu::gelu_forward(x.data<T>(), out.data<T>(), x.numel());
-  });
+  launch_gelu_forward(x, out);
   const Tensor saved_x = x.detach();
-  return make_result(
-      out, "gelu", {x}, profile::timed([saved_x](const Tensor& g) -> std::vector<Tensor> {
-        Tensor dx = Tensor::empty(saved_x.shape(), saved_x.dtype(), saved_x.device());
-#ifdef PF_WITH_CUDA
-        if (g.device() == Device::CUDA) {
-          kernels::cuda::gelu_backward(scalar_type_of(g.dtype()), saved_x.data_ptr(), g.data_ptr(),
-                                       dx.data_ptr(), saved_x.numel());
-          return {dx};
-        }
-#endif
-        dispatch_float(saved_x.dtype(), "gelu", [&](auto t) {
-          using T = decltype(t);
-          kernels::cpu::gelu_backward(saved_x.data<T>(), g.data<T>(), dx.data<T>(),
-                                      saved_x.numel());
-        });
-        return {dx};
-      }));
+  return make_result(out, "gelu", {x}, profile::timed([saved_x](const Tensor& g) -> std::vector<Tensor> {
+                       Tensor dx = Tensor::empty(saved_x.shape(), saved_x.dtype(), saved_x.device());
+                       launch_gelu_backward(saved_x, g, dx);
+                       return {dx};
+                     }));
 }
 
 // ---- no grad ----------------------------------------------------------------------------------
@@ -171,16 +194,7 @@ void add_(Tensor& dst, const Tensor& src) { axpy_(dst, 1.0, src); }
 void scale_(Tensor& x, double s) {
   const profile::Scope ps("elementwise");
   check_float(x, "scale_", "x");
-#ifdef PF_WITH_CUDA
-  if (x.device() == Device::CUDA) {
-    kernels::cuda::scale(scalar_type_of(x.dtype()), x.data_ptr(), s, x.data_ptr(), x.numel());
-    return;
-  }
-#endif
-  dispatch_float(x.dtype(), "scale_", [&](auto t) {
-    using T = decltype(t);
-    kernels::cpu::scale(x.data<T>(), static_cast<T>(s), x.data<T>(), x.numel());
-  });
+  launch_scale(x, s, x, "scale_");
 }
 
 // y:(...) += alpha·x:(...)

@@ -42,14 +42,116 @@ Tensor pair_bias_chain(const Tensor& z, const Tensor& gamma, const Tensor& beta,
   const Tensor wz = w.dtype() == z.dtype() ? w : cast(w, z.dtype());
   return permute(linear(n, wz, Tensor()), {0, 3, 1, 2});
 }
+
+// ---- the kernels of the tensors' device -------------------------------------------------------
+
+// The sizes of one pair_bias call.  z:(B,N,M,C) w:(H,C)
+struct PairBiasDims {
+  int64_t B, N, M, C, H;
+};
+
+// CPU: z and the parameters of one dtype, float32 or float64. CUDA: z float32 or bfloat16, the
+// parameters float32 or z's dtype.
+void launch_pair_bias_forward(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
+                              Tensor& out, const PairBiasDims& d, double eps) {
+#ifdef PF_WITH_CUDA
+  if (z.device() == Device::CUDA) {
+    kernels::cuda::pair_bias_forward(scalar_type_of(z.dtype()), scalar_type_of(w.dtype()), z.data_ptr(),
+                                     gamma.data_ptr(), beta.data_ptr(), w.data_ptr(), out.data_ptr(), d.B,
+                                     d.N, d.M, static_cast<int>(d.C), static_cast<int>(d.H), eps);
+    return;
+  }
+#endif
+  dispatch_float(z.dtype(), "pair_bias", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::pair_bias_forward(z.data<T>(), gamma.data<T>(), beta.data<T>(), w.data<T>(), out.data<T>(),
+                                    d.B, d.N, d.M, d.C, d.H, eps);
+  });
+}
+
+// dz, dgamma, dbeta, dw: each undefined when not wanted.
+void launch_pair_bias_backward(const Tensor& g, const Tensor& z, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& w, Tensor& dz, Tensor& dgamma, Tensor& dbeta, Tensor& dw,
+                               const PairBiasDims& d, double eps) {
+#ifdef PF_WITH_CUDA
+  if (g.device() == Device::CUDA) {
+    auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+    Tensor ws = Tensor::empty({static_cast<int64_t>(kernels::cuda::pair_bias_backward_workspace_bytes(
+                                  d.B, d.N, d.M, static_cast<int>(d.C), static_cast<int>(d.H)))},
+                              DType::U8, g.device());
+    kernels::cuda::pair_bias_backward(scalar_type_of(z.dtype()), scalar_type_of(w.dtype()), g.data_ptr(),
+                                      z.data_ptr(), gamma.data_ptr(), beta.data_ptr(), w.data_ptr(), ptr(dz),
+                                      ptr(dgamma), ptr(dbeta), ptr(dw), d.B, d.N, d.M, static_cast<int>(d.C),
+                                      static_cast<int>(d.H), eps, ws.data_ptr());
+    return;
+  }
+#endif
+  dispatch_float(g.dtype(), "pair_bias", [&](auto t) {
+    using T = decltype(t);
+    auto p = [](Tensor& x) { return x.defined() ? x.data<T>() : nullptr; };
+    kernels::cpu::pair_bias_backward(g.data<T>(), z.data<T>(), gamma.data<T>(), beta.data<T>(), w.data<T>(),
+                                     p(dz), p(dgamma), p(dbeta), p(dw), d.B, d.N, d.M, d.C, d.H, eps);
+  });
+}
+
+// The sizes of one embedding_sum call.  a:(Va,D) b:(Vb,D), rows = ia.numel(), S = ib.numel()
+struct EmbeddingSumDims {
+  int64_t Va, Vb, D, rows, S;
+};
+
+// CPU: the output in the tables' dtype, float32 or float64. CUDA: float32 or bfloat16 tables,
+// the output float32 or bfloat16.
+void launch_embedding_sum_forward(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib,
+                                  Tensor& out, const EmbeddingSumDims& d) {
+#ifdef PF_WITH_CUDA
+  if (a.device() == Device::CUDA) {
+    kernels::cuda::embedding_sum_forward(
+        scalar_type_of(a.dtype()), scalar_type_of(out.dtype()), a.data_ptr(),
+        static_cast<const int32_t*>(ia.data_ptr()), b.data_ptr(), static_cast<const int32_t*>(ib.data_ptr()),
+        out.data_ptr(), d.rows, d.S, static_cast<int>(d.D), static_cast<int>(d.Va), static_cast<int>(d.Vb));
+    return;
+  }
+#endif
+  dispatch_float(a.dtype(), "embedding_sum", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::embedding_sum_forward(a.data<T>(), ia.data<int32_t>(), b.data<T>(), ib.data<int32_t>(),
+                                        out.data<T>(), d.rows, d.S, d.D, d.Va, d.Vb);
+  });
+}
+
+// da, db: each undefined when not wanted.
+void launch_embedding_sum_backward(const Tensor& g, const Tensor& ia, const Tensor& ib, Tensor& da,
+                                   Tensor& db, DType table_dtype, const EmbeddingSumDims& d) {
+#ifdef PF_WITH_CUDA
+  if (g.device() == Device::CUDA) {
+    Tensor ws =
+        Tensor::empty({static_cast<int64_t>(kernels::cuda::embedding_sum_backward_workspace_bytes(
+                          d.rows, static_cast<int>(d.D), static_cast<int>(d.Va), static_cast<int>(d.Vb)))},
+                      DType::U8, g.device());
+    kernels::cuda::embedding_sum_backward(
+        scalar_type_of(g.dtype()), scalar_type_of(table_dtype), g.data_ptr(),
+        static_cast<const int32_t*>(ia.data_ptr()), static_cast<const int32_t*>(ib.data_ptr()),
+        da.defined() ? da.data_ptr() : nullptr, db.defined() ? db.data_ptr() : nullptr, d.rows, d.S,
+        static_cast<int>(d.D), static_cast<int>(d.Va), static_cast<int>(d.Vb), ws.data_ptr());
+    return;
+  }
+#endif
+  (void)table_dtype;
+  dispatch_float(g.dtype(), "embedding_sum", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::embedding_sum_backward(g.data<T>(), ia.data<int32_t>(), ib.data<int32_t>(),
+                                         da.defined() ? da.data<T>() : nullptr,
+                                         db.defined() ? db.data<T>() : nullptr, d.rows, d.S, d.D, d.Va, d.Vb);
+  });
+}
+
 }  // namespace
 
 void set_fused(const char* op, bool on) { switch_of(op).store(on, std::memory_order_relaxed); }
 bool fused(const char* op) { return switch_of(op).load(std::memory_order_relaxed); }
 
 // z:(B,N,M,C) γ,β:(C) w:(H,C) → (B,H,N,M)
-Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
-                 double eps) {
+Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w, double eps) {
   const profile::Scope ps("pair_bias");
   check_float(z, "pair_bias", "z");
   check_float(gamma, "pair_bias", "gamma");
@@ -58,77 +160,41 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
   check_same(gamma, "gamma", beta, "beta", "pair_bias");
   check_same(gamma, "gamma", w, "w", "pair_bias");
   if (z.device() == Device::CUDA && gamma.dtype() == DType::F32)  // fp32 parameters, any z
-    PF_CHECK(gamma.device() == z.device(), "pair_bias: z and the parameters must be on the same "
-                                           "device, got " << z.str() << " and " << gamma.str());
+    PF_CHECK(gamma.device() == z.device(),
+             "pair_bias: z and the parameters must be on the same "
+             "device, got "
+                 << z.str() << " and " << gamma.str());
   else
     check_same(z, "z", gamma, "gamma", "pair_bias");
   PF_CHECK(z.ndim() == 4, "pair_bias: z must be (B,N,M,C), got " << z.str());
   const int64_t B = z.size(0), N = z.size(1), M = z.size(2), C = z.size(3);
   PF_CHECK(C >= 1, "pair_bias: z " << z.str() << " has no channels");
   PF_CHECK(gamma.shape() == Shape{C} && beta.shape() == Shape{C},
-           "pair_bias: gamma and beta must be (" << C << ") to match z " << shape_str(z.shape())
-                                                 << ", got " << gamma.str() << " and "
-                                                 << beta.str());
+           "pair_bias: gamma and beta must be (" << C << ") to match z " << shape_str(z.shape()) << ", got "
+                                                 << gamma.str() << " and " << beta.str());
   PF_CHECK(w.ndim() == 2 && w.size(1) == C && w.size(0) >= 1,
-           "pair_bias: w must be (H," << C << ") to match z " << shape_str(z.shape()) << ", got "
-                                      << w.str());
+           "pair_bias: w must be (H," << C << ") to match z " << shape_str(z.shape()) << ", got " << w.str());
   PF_CHECK(eps >= 0, "pair_bias: eps must be >= 0, got " << eps);
-  if (!g_fuse_pair_bias.load(std::memory_order_relaxed))
-    return pair_bias_chain(z, gamma, beta, w, eps);
-  const int64_t H = w.size(0);
-  Tensor out = Tensor::empty({B, H, N, M}, z.dtype(), z.device());
-#ifdef PF_WITH_CUDA
-  if (z.device() == Device::CUDA)
-    kernels::cuda::pair_bias_forward(scalar_type_of(z.dtype()), scalar_type_of(w.dtype()),
-                                     z.data_ptr(), gamma.data_ptr(), beta.data_ptr(), w.data_ptr(),
-                                     out.data_ptr(), B, N, M, static_cast<int>(C),
-                                     static_cast<int>(H), eps);
-  else
-#endif
-  dispatch_float(z.dtype(), "pair_bias", [&](auto t) {
-    using T = decltype(t);
-    kernels::cpu::pair_bias_forward(z.data<T>(), gamma.data<T>(), beta.data<T>(), w.data<T>(),
-                                    out.data<T>(), B, N, M, C, H, eps);
-  });
-  const bool need_z = z.requires_grad(), need_g = gamma.requires_grad(),
-             need_b = beta.requires_grad(), need_w = w.requires_grad();
+  if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return pair_bias_chain(z, gamma, beta, w, eps);
+  const PairBiasDims d{B, N, M, C, w.size(0)};
+  Tensor out = Tensor::empty({B, d.H, N, M}, z.dtype(), z.device());
+  launch_pair_bias_forward(z, gamma, beta, w, out, d, eps);
+  const bool need_z = z.requires_grad(), need_g = gamma.requires_grad(), need_b = beta.requires_grad(),
+             need_w = w.requires_grad();
   const Tensor sz = z.detach(), sg = gamma.detach(), sb = beta.detach(), sw = w.detach();
-  return make_result(
-      out, "pair_bias", {z, gamma, beta, w},
-      profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
-        Tensor dz = need_z ? Tensor::empty(sz.shape(), sz.dtype(), g.device()) : Tensor();
-        Tensor dg = need_g ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
-        Tensor db = need_b ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
-        Tensor dw = need_w ? Tensor::empty(sw.shape(), sw.dtype(), g.device()) : Tensor();
-#ifdef PF_WITH_CUDA
-        if (g.device() == Device::CUDA) {
-          auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
-          Tensor ws = Tensor::empty(
-              {static_cast<int64_t>(kernels::cuda::pair_bias_backward_workspace_bytes(
-                  B, N, M, static_cast<int>(C), static_cast<int>(H)))},
-              DType::U8, g.device());
-          kernels::cuda::pair_bias_backward(
-              scalar_type_of(sz.dtype()), scalar_type_of(sw.dtype()), g.data_ptr(), sz.data_ptr(),
-              sg.data_ptr(), sb.data_ptr(), sw.data_ptr(), ptr(dz), ptr(dg), ptr(db), ptr(dw), B,
-              N, M, static_cast<int>(C), static_cast<int>(H), eps, ws.data_ptr());
-          return {dz, dg, db, dw};
-        }
-#endif
-        dispatch_float(g.dtype(), "pair_bias", [&](auto t) {
-          using T = decltype(t);
-          auto p = [](Tensor& x) { return x.defined() ? x.data<T>() : nullptr; };
-          kernels::cpu::pair_bias_backward(g.data<T>(), sz.data<T>(), sg.data<T>(), sb.data<T>(),
-                                           sw.data<T>(), p(dz), p(dg), p(db), p(dw), B, N, M, C,
-                                           H, eps);
-        });
-        return {dz, dg, db, dw};
-      }));
+  return make_result(out, "pair_bias", {z, gamma, beta, w},
+                     profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
+                       Tensor dz = need_z ? Tensor::empty(sz.shape(), sz.dtype(), g.device()) : Tensor();
+                       Tensor dg = need_g ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
+                       Tensor db = need_b ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
+                       Tensor dw = need_w ? Tensor::empty(sw.shape(), sw.dtype(), g.device()) : Tensor();
+                       launch_pair_bias_backward(g, sz, sg, sb, sw, dz, dg, db, dw, d, eps);
+                       return {dz, dg, db, dw};
+                     }));
 }
 
-
 // a:(Va,D) ia:(...,S...) I32 b:(Vb,D) ib:(S...) I32 → (...,S...,D) of out_dtype
-Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib,
-                     DType out_dtype) {
+Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib, DType out_dtype) {
   const profile::Scope ps("embedding");
   check_float(a, "embedding_sum", "a");
   check_float(b, "embedding_sum", "b");
@@ -138,80 +204,41 @@ Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const T
   PF_CHECK(ia.dtype() == DType::I32 && ib.dtype() == DType::I32,
            "embedding_sum: ia and ib must be int32, got " << ia.str() << " and " << ib.str());
   PF_CHECK(ia.device() == a.device() && ib.device() == a.device(),
-           "embedding_sum: tables and indices must be on one device, got "
-               << a.str() << ", " << ia.str() << ", " << ib.str());
-  PF_CHECK(a.ndim() == 2 && b.ndim() == 2 && a.size(1) == b.size(1),
-           "embedding_sum: a and b must be (Va,D) and (Vb,D) with one D, got " << a.str() << " and "
-                                                                              << b.str());
+           "embedding_sum: tables and indices must be on one device, got " << a.str() << ", " << ia.str()
+                                                                           << ", " << ib.str());
+  PF_CHECK(
+      a.ndim() == 2 && b.ndim() == 2 && a.size(1) == b.size(1),
+      "embedding_sum: a and b must be (Va,D) and (Vb,D) with one D, got " << a.str() << " and " << b.str());
   PF_CHECK(ib.ndim() <= ia.ndim() &&
                std::equal(ib.shape().begin(), ib.shape().end(), ia.shape().end() - ib.ndim()),
            "embedding_sum: ib's dims must be the trailing dims of ia's, got ia "
                << shape_str(ia.shape()) << " and ib " << shape_str(ib.shape()));
-  PF_CHECK(is_floating(out_dtype), "embedding_sum: the output dtype must be floating, got "
-                                       << dtype_name(out_dtype));
+  PF_CHECK(is_floating(out_dtype),
+           "embedding_sum: the output dtype must be floating, got " << dtype_name(out_dtype));
   if (!g_fuse_embedding_sum.load(std::memory_order_relaxed))
     return add(cast(embedding(a, ia), out_dtype), cast(embedding(b, ib), out_dtype));
-  const int64_t Va = a.size(0), Vb = b.size(0), D = a.size(1), rows = ia.numel(),
-                S = ib.numel();
-  Shape out_shape = ia.shape();
-  out_shape.push_back(D);
-  Tensor out;
-#ifdef PF_WITH_CUDA
-  if (a.device() == Device::CUDA) {
+  const EmbeddingSumDims d{a.size(0), b.size(0), a.size(1), ia.numel(), ib.numel()};
+  if (a.device() == Device::CUDA)
     PF_CHECK(out_dtype == DType::F32 || out_dtype == DType::BF16,
              "embedding_sum: the output dtype on the GPU must be float32 or bfloat16, got "
                  << dtype_name(out_dtype));
-    out = Tensor::empty(out_shape, out_dtype, a.device());
-    kernels::cuda::embedding_sum_forward(
-        scalar_type_of(a.dtype()), scalar_type_of(out_dtype), a.data_ptr(),
-        static_cast<const int32_t*>(ia.data_ptr()), b.data_ptr(),
-        static_cast<const int32_t*>(ib.data_ptr()), out.data_ptr(), rows, S, static_cast<int>(D),
-        static_cast<int>(Va), static_cast<int>(Vb));
-  } else
-#endif
-  {
+  else
     PF_CHECK(out_dtype == a.dtype(), "embedding_sum: on the CPU the output dtype is the tables' ("
-                                         << dtype_name(a.dtype()) << "), got "
-                                         << dtype_name(out_dtype));
-    out = Tensor::empty(out_shape, out_dtype, a.device());
-    dispatch_float(a.dtype(), "embedding_sum", [&](auto t) {
-      using T = decltype(t);
-      kernels::cpu::embedding_sum_forward(a.data<T>(), ia.data<int32_t>(), b.data<T>(),
-                                          ib.data<int32_t>(), out.data<T>(), rows, S, D, Va, Vb);
-    });
-  }
+                                         << dtype_name(a.dtype()) << "), got " << dtype_name(out_dtype));
+  Shape out_shape = ia.shape();
+  out_shape.push_back(d.D);
+  Tensor out = Tensor::empty(out_shape, out_dtype, a.device());
+  launch_embedding_sum_forward(a, ia, b, ib, out, d);
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   const Tensor sia = ia.detach(), sib = ib.detach();
   const DType table_dtype = a.dtype();
-  return make_result(
-      out, "embedding_sum", {a, ia, b, ib},
-      profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
-        Tensor da = need_a ? Tensor::empty({Va, D}, table_dtype, g.device()) : Tensor();
-        Tensor db = need_b ? Tensor::empty({Vb, D}, table_dtype, g.device()) : Tensor();
-#ifdef PF_WITH_CUDA
-        if (g.device() == Device::CUDA) {
-          Tensor ws = Tensor::empty(
-              {static_cast<int64_t>(kernels::cuda::embedding_sum_backward_workspace_bytes(
-                  rows, static_cast<int>(D), static_cast<int>(Va), static_cast<int>(Vb)))},
-              DType::U8, g.device());
-          kernels::cuda::embedding_sum_backward(
-              scalar_type_of(g.dtype()), scalar_type_of(table_dtype), g.data_ptr(),
-              static_cast<const int32_t*>(sia.data_ptr()),
-              static_cast<const int32_t*>(sib.data_ptr()), da.defined() ? da.data_ptr() : nullptr,
-              db.defined() ? db.data_ptr() : nullptr, rows, S, static_cast<int>(D),
-              static_cast<int>(Va), static_cast<int>(Vb), ws.data_ptr());
-          return {da, Tensor(), db, Tensor()};
-        }
-#endif
-        dispatch_float(g.dtype(), "embedding_sum", [&](auto t) {
-          using T = decltype(t);
-          kernels::cpu::embedding_sum_backward(
-              g.data<T>(), sia.data<int32_t>(), sib.data<int32_t>(),
-              da.defined() ? da.data<T>() : nullptr, db.defined() ? db.data<T>() : nullptr, rows, S,
-              D, Va, Vb);
-        });
-        return {da, Tensor(), db, Tensor()};
-      }));
+  return make_result(out, "embedding_sum", {a, ia, b, ib},
+                     profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
+                       Tensor da = need_a ? Tensor::empty({d.Va, d.D}, table_dtype, g.device()) : Tensor();
+                       Tensor db = need_b ? Tensor::empty({d.Vb, d.D}, table_dtype, g.device()) : Tensor();
+                       launch_embedding_sum_backward(g, sia, sib, da, db, table_dtype, d);
+                       return {da, Tensor(), db, Tensor()};
+                     }));
 }
 
 }  // namespace pf::ops

@@ -11,40 +11,56 @@ namespace pf::ops {
 
 using namespace detail;
 
-#ifdef PF_WITH_CUDA
 namespace {
-// The GPU path: x float32 or bfloat16; w, b of x's dtype or float32 (fp32 weights with bf16
-// activations); statistics, arithmetic and the weight gradients' sums in fp32.
-Tensor layernorm_cuda(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  const int64_t C = x.size(-1), M = x.numel() / C;
-  const auto xt = scalar_type_of(x.dtype()), wt = scalar_type_of(w.dtype());
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mean = Tensor::empty({M}, DType::F32, x.device());
-  Tensor rstd = Tensor::empty({M}, DType::F32, x.device());
-  kernels::cuda::layernorm_forward(xt, wt, x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(),
-                                   static_cast<float*>(mean.data_ptr()),
-                                   static_cast<float*>(rstd.data_ptr()), M, C, eps);
-  const bool need_x = x.requires_grad(), need_w = w.requires_grad(), need_b = b.requires_grad();
-  const Tensor sx = x.detach(), sw = w.detach();
-  return make_result(
-      y, "layernorm", {x, w, b},
-      profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
-        Tensor dx = need_x ? Tensor::empty(sx.shape(), sx.dtype(), g.device()) : Tensor();
-        Tensor dw = need_w ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
-        Tensor db = need_b ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
-        Tensor ws = Tensor::empty(
-            {static_cast<int64_t>(kernels::cuda::layernorm_backward_workspace_bytes(M, C))},
-            DType::U8, g.device());
-        kernels::cuda::layernorm_backward(
-            xt, wt, g.data_ptr(), sx.data_ptr(), sw.data_ptr(),
-            static_cast<const float*>(mean.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
-            need_x ? dx.data_ptr() : nullptr, need_w ? dw.data_ptr() : nullptr,
-            need_b ? db.data_ptr() : nullptr, M, C, ws.data_ptr());
-        return {dx, dw, db};
-      }));
-}
-}  // namespace
+
+// The row statistics saved for the backward: fp32 on the GPU, x's dtype on the CPU.
+DType stats_dtype(const Tensor& x) { return x.device() == Device::CUDA ? DType::F32 : x.dtype(); }
+
+// The kernels of the tensors' device. CPU: x, w, b of one dtype, float32 or float64. CUDA: x
+// float32 or bfloat16; w, b of x's dtype or float32 (fp32 weights with bf16 activations);
+// statistics, arithmetic and the weight gradients' sums in fp32.
+void launch_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
+                    int64_t M, int64_t C, double eps) {
+#ifdef PF_WITH_CUDA
+  if (x.device() == Device::CUDA) {
+    kernels::cuda::layernorm_forward(
+        scalar_type_of(x.dtype()), scalar_type_of(w.dtype()), x.data_ptr(), w.data_ptr(), b.data_ptr(),
+        y.data_ptr(), static_cast<float*>(mean.data_ptr()), static_cast<float*>(rstd.data_ptr()), M, C, eps);
+    return;
+  }
 #endif
+  dispatch_float(x.dtype(), "layernorm", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::layernorm_forward(x.data<T>(), w.data<T>(), b.data<T>(), y.data<T>(), mean.data<T>(),
+                                    rstd.data<T>(), M, C, eps);
+  });
+}
+
+// dx, dw, db: each undefined when not wanted.
+void launch_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
+                     const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db, int64_t M, int64_t C) {
+#ifdef PF_WITH_CUDA
+  if (g.device() == Device::CUDA) {
+    Tensor ws = Tensor::empty({static_cast<int64_t>(kernels::cuda::layernorm_backward_workspace_bytes(M, C))},
+                              DType::U8, g.device());
+    kernels::cuda::layernorm_backward(
+        scalar_type_of(x.dtype()), scalar_type_of(w.dtype()), g.data_ptr(), x.data_ptr(), w.data_ptr(),
+        static_cast<const float*>(mean.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
+        dx.defined() ? dx.data_ptr() : nullptr, dw.defined() ? dw.data_ptr() : nullptr,
+        db.defined() ? db.data_ptr() : nullptr, M, C, ws.data_ptr());
+    return;
+  }
+#endif
+  dispatch_float(g.dtype(), "layernorm", [&](auto t) {
+    using T = decltype(t);
+    kernels::cpu::layernorm_backward(g.data<T>(), x.data<T>(), w.data<T>(), mean.data<T>(), rstd.data<T>(),
+                                     dx.defined() ? dx.data<T>() : nullptr,
+                                     dw.defined() ? dw.data<T>() : nullptr,
+                                     db.defined() ? db.data<T>() : nullptr, M, C);
+  });
+}
+
+}  // namespace
 
 // x:(...,C) w:(C) b:(C) → (...,C)
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
@@ -68,34 +84,21 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
                                                            << b.str());
   PF_CHECK(C >= 1, "layernorm: the normalised dim of x " << x.str() << " is empty");
   PF_CHECK(eps >= 0, "layernorm: eps must be >= 0, got " << eps);
-#ifdef PF_WITH_CUDA
-  if (x.device() == Device::CUDA) return layernorm_cuda(x, w, b, eps);
-#endif
   const int64_t M = x.numel() / C;
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mean = Tensor::empty({M}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({M}, x.dtype(), x.device());
-  dispatch_float(x.dtype(), "layernorm", [&](auto t) {
-    using T = decltype(t);
-    kernels::cpu::layernorm_forward(x.data<T>(), w.data<T>(), b.data<T>(), y.data<T>(),
-                                    mean.data<T>(), rstd.data<T>(), M, C, eps);
-  });
+  Tensor mean = Tensor::empty({M}, stats_dtype(x), x.device());
+  Tensor rstd = Tensor::empty({M}, stats_dtype(x), x.device());
+  launch_forward(x, w, b, y, mean, rstd, M, C, eps);
   const bool need_x = x.requires_grad(), need_w = w.requires_grad(), need_b = b.requires_grad();
   const Tensor sx = x.detach(), sw = w.detach();
   return make_result(
       y, "layernorm", {x, w, b},
       profile::timed([sx, sw, mean, rstd, M, C, need_x, need_w,
                       need_b](const Tensor& g) -> std::vector<Tensor> {
-        Tensor dx = need_x ? Tensor::empty(sx.shape(), g.dtype(), g.device()) : Tensor();
-        Tensor dw = need_w ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
-        Tensor db = need_b ? Tensor::empty({C}, g.dtype(), g.device()) : Tensor();
-        dispatch_float(g.dtype(), "layernorm", [&](auto t) {
-          using T = decltype(t);
-          kernels::cpu::layernorm_backward(g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<T>(),
-                                           rstd.data<T>(), need_x ? dx.data<T>() : nullptr,
-                                           need_w ? dw.data<T>() : nullptr,
-                                           need_b ? db.data<T>() : nullptr, M, C);
-        });
+        Tensor dx = need_x ? Tensor::empty(sx.shape(), sx.dtype(), g.device()) : Tensor();
+        Tensor dw = need_w ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
+        Tensor db = need_b ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
+        launch_backward(g, sx, sw, mean, rstd, dx, dw, db, M, C);
         return {dx, dw, db};
       }));
 }

@@ -1,4 +1,4 @@
-// The integer pair features of the pair-bias model (DESIGN §4), computed from coordinates:
+// The integer pair features of the pair-bias model (docs/DESIGN.md §4), computed from coordinates:
 //   relative position  rel[i,j]    = clip(j − i, −R, R) + R
 //   distance bin       bin[b,i,j]  = clamp(⌊d_ij / dist_max · n_bins⌋, 0, n_bins − 1)
 // with d_ij = sqrt((dx² + dy²) + dz²) in double from the float32 coordinates widened to double.
