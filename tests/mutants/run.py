@@ -113,7 +113,14 @@ def sync_tree(src, dst):
     bytes are unchanged is left alone, so its mtime stays and the build stays incremental."""
     files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=src, check=True,
                            capture_output=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
+    keep = set(filter(None, files))
+    # A file the repository no longer has (deleted, moved) leaves the copy too; build folders stay.
+    for b in [p for p in dst.rglob("*") if p.is_file() or p.is_symlink()]:
+        rel = b.relative_to(dst)
+        if rel.parts[0].startswith("build") or str(rel) in keep:
+            continue
+        b.unlink()
+    for rel in keep:
         a, b = src / rel, dst / rel
         if not a.is_file():
             continue
