@@ -3,7 +3,8 @@
 //   - the bfloat16 / float16 conversions of the host (kernels/cpu/convert.h) and the tensors
 //     that store those dtypes on the CPU, against an independent rounding rule;
 //   - the random generator's state round trip and its refusal of a text that is no state;
-//   - device resolution (run/environment.h) and `train --check-env` in a CPU-only process.
+//   - device resolution (run/environment.h) and `train --check-env` in a CPU-only process;
+//   - the step profiler (framework/profile.h) timing CPU work with the host clock.
 //
 // Inputs are drawn fresh each run; the seed is printed and PF_TEST_SEED=<n> replays a run.
 #include <gtest/gtest.h>
@@ -16,6 +17,8 @@
 #include <vector>
 
 #include "framework/allocator.h"
+#include "framework/ops.h"
+#include "framework/profile.h"
 #include "framework/random.h"
 #include "framework/tensor.h"
 #include "kernels/cpu/convert.h"
@@ -149,6 +152,41 @@ TEST(Environment, DeviceResolutionAndCheckEnv) {
   const std::string out = testing::internal::GetCapturedStdout();
   EXPECT_NE(out.find("CPU: "), std::string::npos) << out;
   EXPECT_NE(out.find("hardware threads"), std::string::npos) << out;
+}
+
+// The profiler on the CPU: an op's scope inside another scope is charged to the outer one
+// only; a backward closure is charged to its forward's category; reset() empties the totals.
+TEST(Profile, CpuScopesChargeTheOutermostCategory) {
+  Rng rng = make_rng("profile");
+  Tensor a = randn({17, 9}, rng, DType::F64);
+  a.requires_grad_();
+  const Tensor b = randn({9, 5}, rng, DType::F64);
+  profile::set_enabled(true, Device::CPU);
+  profile::reset();
+  EXPECT_TRUE(profile::enabled());
+  {
+    const profile::Scope s("data");
+    ops::matmul(a, b);  // "gemm" inside "data": charged to data
+  }
+  ops::sum(ops::matmul(a, b)).backward();
+  const std::vector<profile::Row> rows = profile::report();
+  const std::string table = profile::table(rows, 1, 1000.0);
+  profile::set_enabled(false);
+  EXPECT_FALSE(profile::enabled());
+  const auto row = [&](const std::string& name) {
+    for (const auto& r : rows)
+      if (r.category == name) return r;
+    ADD_FAILURE() << "no row '" << name << "' in: " << table;
+    return profile::Row{};
+  };
+  EXPECT_EQ(row("data").fwd_calls + row("data").bwd_calls, 1) << table;
+  EXPECT_EQ(row("gemm").fwd_calls, 1) << table;  // the nested one is not counted
+  EXPECT_GE(row("gemm").bwd_calls, 1) << table;
+  EXPECT_GE(row("elementwise").fwd_calls, 1) << table;
+  for (const auto& r : rows) EXPECT_TRUE(r.fwd_ms >= 0 && r.bwd_ms >= 0) << r.category;
+  for (const char* part : {"gemm", "data", "untracked"}) EXPECT_NE(table.find(part), std::string::npos) << table;
+  profile::reset();
+  EXPECT_TRUE(profile::report().empty());
 }
 
 }  // namespace

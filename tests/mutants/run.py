@@ -105,7 +105,7 @@ def failed_tests(log, offset):
     with open(log, "rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
-    return re.findall(r"^\s+\d+ - (\S+) \((?:Failed|Timeout|SEGFAULT|Subprocess aborted|Exception|Child aborted)", text, re.M)
+    return re.findall(r"^\s+\d+ - (\S+).*\((?:Failed|Timeout|SEGFAULT|Subprocess aborted|Exception|Child aborted)", text, re.M)
 
 
 def sync_tree(src, dst):
