@@ -240,6 +240,19 @@ TEST(NonFiniteSteps, FiniteLossWithNonFiniteGradientNormIsSkipped) {
   fs::remove_all(dir);
 }
 
+// A run that stops before its first checkpoint says that none was written.
+TEST(NonFiniteSteps, StopBeforeTheFirstCheckpointSaysSo) {
+  const std::string dir = temp_dir("badsteps_early");
+  const Config cfg = tiny(dir, {"train.lr=1e30", "train.min_lr=0", "train.warmup=0", "train.max_bad_steps=1",
+                                "train.checkpoint_every=100"});
+  testing::internal::CaptureStdout();
+  const std::string msg = error_of([&] { run::train(cfg, false); });
+  testing::internal::GetCapturedStdout();
+  expect_contains(msg, {"1 steps in a row (the last at step 2)", "stopped: no checkpoint was written yet"});
+  EXPECT_FALSE(fs::exists(cfg.out + "/checkpoint.h5"));
+  fs::remove_all(dir);
+}
+
 TEST(NonFiniteSteps, NonFiniteWeightsNeverReplaceAGoodCheckpoint) {
   const std::string dir = temp_dir("badweights");
   Config cfg = tiny(dir, {"train.checkpoint_every=2"});

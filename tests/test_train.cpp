@@ -62,6 +62,13 @@ TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
                         "bias_vs_relpos.svg"})
     EXPECT_TRUE(fs::exists(dir + "/unbroken/" + f)) << f;
   EXPECT_FALSE(fs::exists(dir + "/unbroken/checkpoint.h5.tmp"));
+  // Resuming a finished run trains nothing: it reports the final state (step 160) and leaves the
+  // metrics as they were.
+  testing::internal::CaptureStdout();
+  ASSERT_EQ(run::train(tiny(dir, "unbroken"), true), 0);
+  const std::string again = testing::internal::GetCapturedStdout();
+  EXPECT_NE(again.find("\"steps\": 160"), std::string::npos) << again;
+  EXPECT_EQ(metric_values(dir + "/unbroken/metrics.jsonl"), a);
   fs::remove_all(dir);
 }
 
