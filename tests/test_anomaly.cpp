@@ -219,6 +219,40 @@ TEST(NonFiniteSteps, AreSkippedCountedAndStopTheRunKeepingTheLastGoodCheckpoint)
   fs::remove_all(dir1);
 }
 
+// A finite loss with a non-finite gradient norm is skipped too. float64, lr 1e45: the first
+// update moves every weight by ~1e45, so step 2's loss (~1e90) is finite while its gradient's
+// sum of squares (elements ~1e180) overflows double.
+TEST(NonFiniteSteps, FiniteLossWithNonFiniteGradientNormIsSkipped) {
+  const std::string dir = temp_dir("badgrad");
+  const Config cfg = tiny(dir, {"train.precision=fp64", "train.lr=1e45", "train.min_lr=0", "train.warmup=0",
+                                "train.max_bad_steps=1"});
+  testing::internal::CaptureStdout();
+  const std::string msg = error_of([&] { run::train(cfg, false); });
+  const std::string printed = testing::internal::GetCapturedStdout();
+  expect_contains(msg, {"1 steps in a row (the last at step 2) had a non-finite loss or gradient norm",
+                        "the last good checkpoint (step 1)"});
+  const std::string skipped = "step      2  SKIPPED: loss ";
+  const size_t at = printed.find(skipped);
+  ASSERT_NE(at, std::string::npos) << printed;
+  const double loss = std::strtod(printed.c_str() + at + skipped.size(), nullptr);
+  EXPECT_TRUE(std::isfinite(loss)) << "this case needs a finite loss: " << printed.substr(at, 120);
+  EXPECT_NE(printed.find("grad_norm inf", at), std::string::npos) << printed.substr(at, 120);
+  fs::remove_all(dir);
+}
+
+// A run that stops before its first checkpoint says that none was written.
+TEST(NonFiniteSteps, StopBeforeTheFirstCheckpointSaysSo) {
+  const std::string dir = temp_dir("badsteps_early");
+  const Config cfg = tiny(dir, {"train.lr=1e30", "train.min_lr=0", "train.warmup=0", "train.max_bad_steps=1",
+                                "train.checkpoint_every=100"});
+  testing::internal::CaptureStdout();
+  const std::string msg = error_of([&] { run::train(cfg, false); });
+  testing::internal::GetCapturedStdout();
+  expect_contains(msg, {"1 steps in a row (the last at step 2)", "stopped: no checkpoint was written yet"});
+  EXPECT_FALSE(fs::exists(cfg.out + "/checkpoint.h5"));
+  fs::remove_all(dir);
+}
+
 TEST(NonFiniteSteps, NonFiniteWeightsNeverReplaceAGoodCheckpoint) {
   const std::string dir = temp_dir("badweights");
   Config cfg = tiny(dir, {"train.checkpoint_every=2"});

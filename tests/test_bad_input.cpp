@@ -465,11 +465,13 @@ TEST(BadInput, Checkpoints) {
 // The environment of a child train program: one OpenMP thread, and the sanitizers' settings of
 // this process (in the ASan + UBSan build: abort on an error, HDF5's leaks suppressed), so that
 // a sanitizer report in the child is a crash here, not an exit code that looks like an error.
+// In the coverage build, GCOV_ERROR_FILE too: a child under the file-size limit cannot write its
+// coverage counts, and gcov's complaint must not land on the stderr these tests read.
 struct ChildEnv {
   std::vector<std::string> vars{"OMP_NUM_THREADS=1"};
   std::vector<char*> ptrs;
   ChildEnv() {
-    for (const char* name : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"})
+    for (const char* name : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "GCOV_ERROR_FILE"})
       if (const char* v = std::getenv(name)) vars.push_back(std::string(name) + "=" + v);
     for (std::string& v : vars) ptrs.push_back(v.data());
     ptrs.push_back(nullptr);

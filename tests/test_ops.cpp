@@ -497,6 +497,68 @@ TEST(OpForward, CrossEntropyMatchesDirectFormula) {
   EXPECT_NEAR(ops::cross_entropy(logits, labels).item(), want, 1e-12 * std::abs(want));
 }
 
+// Logits far past exp's overflow (e^x is inf for x > 88.7 in float32, > 709.8 in float64): only
+// the max shift keeps the loss and its gradient finite. One row alone is exact: {B, 0, −B} with
+// label 1 has loss B and gradient {1, −1, 0} (e^−B underflows to 0 next to 1 in both dtypes).
+// Random rows at the same scale are compared with a long-double reference.
+TEST(OpForward, CrossEntropyPastExpOverflow) {
+  Rng rng = make_rng("ce_overflow");
+  for (DType t : {DType::F32, DType::F64}) {
+    const double big = t == DType::F32 ? 100.0 : 800.0;
+    SCOPED_TRACE(dtype_name(t));
+    {  // one row, exact
+      Tensor x = Tensor::from_vector(std::vector<double>{big, 0.0, -big}, {1, 3}, t);
+      x.requires_grad_();
+      const Tensor loss = ops::cross_entropy(x, Tensor::from_vector(std::vector<int32_t>{1}, {1}, DType::I32));
+      EXPECT_EQ(loss.item(), big);
+      loss.backward();
+      EXPECT_EQ(x.grad().to_vector<double>(), (std::vector<double>{1.0, -1.0, 0.0}));
+    }
+    // M rows of K logits, N(0, 1)·3·big (most rows span several times the overflow point), each
+    // rounded to t; rows of ties, one label at the max and one at the min, at ±big.
+    const int M = 23, K = 7;
+    std::vector<double> x(M * K);
+    for (double& v : x) v = t == DType::F32 ? double(float(3 * big * rng.normal())) : 3 * big * rng.normal();
+    for (int c = 0; c < K; ++c) x[c] = big, x[K + c] = c % 2 ? big : -big;
+    std::vector<int32_t> labels(M);
+    for (int32_t& l : labels) l = static_cast<int32_t>(rng.randint(0, K));
+    Tensor logits = Tensor::from_vector(x, {M, K}, t);
+    logits.requires_grad_();
+    const Tensor loss = ops::cross_entropy(logits, Tensor::from_vector(labels, {M}, DType::I32));
+    loss.backward();
+    const std::vector<double> grad = logits.grad().to_vector<double>();
+    // Error bounds: t's unit roundoff u, and e the relative error of its e^t for t ≤ 0 (float32:
+    // kernels/cpu/fast_math.h's exp_nonpositive, < 1e-6; float64: the C library's, ~u). The
+    // row's log-sum-exp l = m + log Σ e^{x−m} carries e + 2u·(|l| + 1); each probability
+    // e^{x−l} carries e + u·(|x| + |l|) relative to itself from the rounded argument.
+    const double u = t == DType::F32 ? 0x1p-24 : 0x1p-53, e = t == DType::F32 ? 1e-6 : 2 * u;
+    long double want = 0;
+    double loss_tol = 0;
+    for (int r = 0; r < M; ++r) {
+      const double* xr = &x[r * K];
+      long double m = -INFINITY, s = 0;
+      for (int c = 0; c < K; ++c) m = std::max<long double>(m, xr[c]);
+      for (int c = 0; c < K; ++c) s += std::exp(xr[c] - m);
+      const long double l = m + std::log(s);
+      want += (l - xr[labels[r]]) / M;
+      loss_tol += (e + 2 * u * (std::abs(double(l)) + 1)) / M;
+      for (int c = 0; c < K; ++c) {
+        const double p = double(std::exp(xr[c] - l));
+        const double g = (p - (c == labels[r])) / M;
+        // and the gradient (p − [c = label])/M three roundings more (1/M, the product, the −)
+        const double tol = (p * (e + u * (std::abs(xr[c]) + std::abs(double(l)) + 2)) + 2 * u) / M;
+        ASSERT_TRUE(std::isfinite(grad[r * K + c])) << "row " << r << " col " << c;
+        EXPECT_NEAR(grad[r * K + c], g, tol) << "row " << r << " col " << c;
+      }
+    }
+    // The mean is summed in double over M terms l − x_label ≥ 0: recursive summation adds at
+    // most M·2⁻⁵³·Σ terms, and the division one rounding more.
+    loss_tol += (M + 1) * 0x1p-53 * double(want);
+    ASSERT_TRUE(std::isfinite(loss.item()));
+    EXPECT_NEAR(loss.item(), double(want), loss_tol);
+  }
+}
+
 TEST(OpForward, SoftmaxMatchesDirectLoops) {
   Rng rng = make_rng("softmax_direct");
   const int M = 4, C = 19;
@@ -615,6 +677,23 @@ std::vector<double> naive_matmul(const std::vector<double>& a, const std::vector
         c[(i * M + m) * N + n] = s;
       }
   return c;
+}
+
+// An empty inner dimension (K = 0) is an empty sum: c = 0, or c unchanged when accumulating,
+// whatever c held (NaN here), for one product, a batch of them and a batch summed into one c.
+TEST(OpForward, MatmulWithEmptyInnerDimIsAnEmptySum) {
+  const int64_t M = 3, N = 5;
+  const double none[1] = {0};  // a and b hold no elements
+  for (int64_t batch : {1, 4})
+    for (bool c_batched : {true, false})
+      for (bool accumulate : {false, true}) {
+        const double before = accumulate ? 7.0 : std::numeric_limits<double>::quiet_NaN();
+        std::vector<double> c((c_batched ? batch : 1) * M * N, before);
+        kernels::cpu::gemm<double>(batch, M, N, 0, none, true, false, none, true, false, c.data(), c_batched,
+                                   accumulate);
+        for (double v : c)
+          ASSERT_EQ(v, accumulate ? 7.0 : 0.0) << "batch " << batch << " c_batched " << c_batched;
+      }
 }
 
 TEST(OpForward, MatmulMatchesTripleLoop) {

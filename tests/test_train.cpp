@@ -11,6 +11,7 @@
 #include "framework/config.h"
 #include "framework/files.h"
 #include "framework/h5io.h"
+#include "framework/optim.h"
 #include "framework/run_dir.h"
 #include "run/modes.h"
 #include "tests/run_record.h"
@@ -50,11 +51,26 @@ TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
   const auto loss = log.series("loss");
   ASSERT_GE(loss.size(), 4u);
   EXPECT_LT(loss.back().second, loss.front().second * 0.9) << "the training loss must fall";
+  // Step k, logged after its update, used the schedule's value at k − 1 (steps count from 0);
+  // the log prints 6 significant digits.
+  const Config c = tiny(dir, "unbroken");
+  for (const auto& [step, lr] : log.series("lr")) {
+    const double want = optim::lr_at(static_cast<int64_t>(step) - 1, c.train.lr, c.train.min_lr, c.train.warmup,
+                                     c.train.steps);
+    EXPECT_NEAR(lr, want, 5e-6 * want) << "step " << step;
+  }
   for (const char* f : {"config.yaml", "checkpoint.h5", "curves.svg", "bias_vs_distance.svg",
                         "bias_vs_relpos.svg"})
     EXPECT_TRUE(fs::exists(dir + "/unbroken/" + f)) << f;
   for (const auto& e : fs::directory_iterator(dir + "/unbroken"))  // no temp file left behind
     EXPECT_FALSE(is_temp_path(e.path().string())) << e.path();
+  // Resuming a finished run trains nothing: it reports the final state (step 160) and leaves the
+  // metrics as they were.
+  testing::internal::CaptureStdout();
+  ASSERT_EQ(run::train(tiny(dir, "unbroken"), true), 0);
+  const std::string again = testing::internal::GetCapturedStdout();
+  EXPECT_NE(again.find("\"steps\": 160"), std::string::npos) << again;
+  EXPECT_EQ(metric_values(dir + "/unbroken/metrics.jsonl"), a);
   fs::remove_all(dir);
 }
 
