@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <string>
 
 #include "framework/ops/common.h"
 #include "framework/profile.h"
@@ -33,6 +34,10 @@ std::atomic<bool>& switch_of(const char* op) {
   if (std::strcmp(op, "embedding_sum") == 0) return g_fuse_embedding_sum;
   PF_FAIL("set_fused: no fused op named '" << op << "' (pair_bias, embedding_sum)");
 }
+
+// Where the GPU kernel does not take a size, the op runs its chain (the same result) and says
+// so once (note_once).
+std::atomic<bool> g_said_pair_bias{false}, g_said_embedding_sum{false};
 
 // The chain the fused op replaces (the reference for benchmarks). In bf16 the projection uses a
 // bf16 copy of an fp32 W, as nn::Linear does.
@@ -73,9 +78,20 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
            "pair_bias: w must be (H," << C << ") to match z " << shape_str(z.shape()) << ", got "
                                       << w.str());
   PF_CHECK(eps >= 0, "pair_bias: eps must be >= 0, got " << eps);
+  const int64_t H = w.size(0);
   if (!g_fuse_pair_bias.load(std::memory_order_relaxed))
     return pair_bias_chain(z, gamma, beta, w, eps);
-  const int64_t H = w.size(0);
+#ifdef PF_WITH_CUDA
+  if (z.device() == Device::CUDA &&
+      (C > INT32_MAX || H > INT32_MAX ||
+       !kernels::cuda::pair_bias_fits(static_cast<int>(C), static_cast<int>(H)))) {
+    note_once(g_said_pair_bias,
+                 "pair_bias: the CUDA kernels do not take C = " + std::to_string(C) +
+                     " channels with H = " + std::to_string(H) +
+                     " heads (shared memory); running the unfused chain (layernorm, linear, permute)");
+    return pair_bias_chain(z, gamma, beta, w, eps);
+  }
+#endif
   Tensor out = Tensor::empty({B, H, N, M}, z.dtype(), z.device());
 #ifdef PF_WITH_CUDA
   if (z.device() == Device::CUDA)
@@ -149,10 +165,22 @@ Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const T
                << shape_str(ia.shape()) << " and ib " << shape_str(ib.shape()));
   PF_CHECK(is_floating(out_dtype), "embedding_sum: the output dtype must be floating, got "
                                        << dtype_name(out_dtype));
-  if (!g_fuse_embedding_sum.load(std::memory_order_relaxed))
-    return add(cast(embedding(a, ia), out_dtype), cast(embedding(b, ib), out_dtype));
   const int64_t Va = a.size(0), Vb = b.size(0), D = a.size(1), rows = ia.numel(),
                 S = ib.numel();
+  auto chain = [&] { return add(cast(embedding(a, ia), out_dtype), cast(embedding(b, ib), out_dtype)); };
+  if (!g_fuse_embedding_sum.load(std::memory_order_relaxed)) return chain();
+#ifdef PF_WITH_CUDA
+  if (a.device() == Device::CUDA &&
+      (D > INT32_MAX || Va > INT32_MAX || Vb > INT32_MAX ||
+       !kernels::cuda::embedding_sum_fits(static_cast<int>(D), static_cast<int>(Va),
+                                          static_cast<int>(Vb)))) {
+    note_once(g_said_embedding_sum,
+                 "embedding_sum: the CUDA kernel does not take tables of " + std::to_string(Va) +
+                     " + " + std::to_string(Vb) + " rows of width " + std::to_string(D) +
+                     "; running the unfused chain (embedding, cast, add)");
+    return chain();
+  }
+#endif
   Shape out_shape = ia.shape();
   out_shape.push_back(D);
   Tensor out;
