@@ -210,6 +210,8 @@ std::vector<OpCase> op_cases() {
   sum_to({3, 5, 7, 2}, {5, 1, 2});
   sum_to({2, 33, 33, 16}, {33, 33, 16});
   sum_to({4097, 3}, {1, 3});
+  sum_to({4099, 300}, {300});      // 16 row chunks, a column tile cut at 300
+  sum_to({2, 4096, 256}, {256});   // a bias gradient of the large config: 32 chunks
   auto matmul = [&](Shape a, Shape b, bool ta, bool tb) {
     cases.push_back({std::string("matmul ") + shape_str(a) + (ta ? "T " : " ") + shape_str(b) + (tb ? "T" : ""),
                      [a, b](Rng& rng) { return std::vector<Tensor>{rn(a, rng), rn(b, rng)}; },
@@ -583,7 +585,10 @@ TEST(OpsCuda, EmbeddingBackwardIsDeterministic) {
 TEST(OpsCuda, AdamWAndClippingMatchCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 6);
-  const std::vector<Shape> shapes = {{17, 9}, {1}, {4099}};
+  // 30 tensors: the GPU updates them (and sums their squares) 24 to a launch, so two launches,
+  // the second partly filled; sizes end inside a 2048-element chunk or fill several.
+  std::vector<Shape> shapes = {{17, 9}, {1}, {4099}};
+  for (int64_t i = 0; i < 27; ++i) shapes.push_back({i * 379 + 1});
   nn::NamedTensors cpu_params, gpu_params;
   for (size_t i = 0; i < shapes.size(); ++i) {
     Tensor p = randn(shapes[i], rng);
@@ -591,7 +596,8 @@ TEST(OpsCuda, AdamWAndClippingMatchCpu) {
     cpu_params.emplace_back("p" + std::to_string(i) + ".weight", pc);
     gpu_params.emplace_back("p" + std::to_string(i) + ".weight", pg);
   }
-  const std::vector<bool> decay = {true, false, true};
+  std::vector<bool> decay;
+  for (size_t i = 0; i < shapes.size(); ++i) decay.push_back(i % 3 != 1);
   optim::AdamW oc(cpu_params, decay, {1e-2, 0.9, 0.999, 1e-8, 0.1});
   optim::AdamW og(gpu_params, decay, {1e-2, 0.9, 0.999, 1e-8, 0.1});
   for (int step = 0; step < 5; ++step) {

@@ -515,12 +515,14 @@ bool param_is_bf16(ScalarType pt, const char* what) {
 // ---- embedding_sum ---------------------------------------------------------------------------
 
 constexpr int kEsMaxTableFloats = 12288;   // a warp's tile of the tables: 48 KB of shared memory
-constexpr int kEsMaxBlocks = 264;          // 2 per SM on H100: partial tables to add stay few
+// 3 per SM on H100 (12 warps with the large config's 16.5 KB tables; 2 per SM left its backward
+// latency-bound at 8 rows in flight per warp); the partial tables to add stay few.
+constexpr int kEsMaxBlocks = 396;
 constexpr int64_t kEsMaxPartialFloats = int64_t{1} << 25;  // 128 MiB of per-block partial tables
 // The backward re-reads g once per row tile: past 8 row tiles of 32 columns (3072 table rows)
 // the unfused chain (ops::embedding's backward, made for large tables) is the better tool.
 constexpr int kEsMaxRows = 8 * (kEsMaxTableFloats / 32);
-constexpr int kEsRowsPerStep = 8;          // rows a warp loads before adding them (loads in flight)
+constexpr int kEsRowsPerStep = 16;         // rows a warp loads before adding them (loads in flight)
 
 template <class T>
 __device__ __forceinline__ float load_any(const T* p, int64_t i) { return to_f(p[i]); }
@@ -569,11 +571,13 @@ __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, co
   for (int64_t r0 = begin + int64_t(warp) * kEsRowsPerStep; r0 < end;
        r0 += int64_t(warps) * kEsRowsPerStep) {
     int va[kEsRowsPerStep], vb[kEsRowsPerStep];  // rows of the tile, −1 = none
+    int64_t rb = r0 % S;                          // row r0 + k reads ib[(r0 + k) mod S]
 #pragma unroll
     for (int k = 0; k < kEsRowsPerStep; ++k) {
       const int64_t r = r0 + k;
       const bool in = r < end;
-      const int a = in ? ia[r] : -1, b = in ? ib[r % S] : -1;
+      const int a = in ? ia[r] : -1, b = in ? ib[rb] : -1;
+      rb = rb + 1 == S ? 0 : rb + 1;
       va[k] = a >= 0 && a < Va && a - v0 >= 0 && a - v0 < vn ? a - v0 : -1;
       vb[k] = b >= 0 && b < Vb && Va + b - v0 >= 0 && Va + b - v0 < vn ? Va + b - v0 : -1;
     }
