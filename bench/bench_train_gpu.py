@@ -102,6 +102,7 @@ def main():
                     help="PyTorch variants (bench/torch_reference.py VARIANTS; "
                          "compile-max-autotune takes minutes to compile, so it is asked for)")
     ap.add_argument("--torch-precisions", default="bf16,fp32")
+    ap.add_argument("--ours-precisions", default="fp32,bf16")
     ap.add_argument("--no-torch", action="store_true", help="our runs only")
     ap.add_argument("--unfused-too", action="store_true",
                     help="also our runs with the pair bias unfused (layernorm, linear, permute)")
@@ -124,7 +125,7 @@ def main():
         config, mcfg, B, N = CONFIGS[name]
         res = {}
         extra = [f"--data={args.data}"] + (["--profile"] if args.profile else [])
-        for prec in ("fp32", "bf16"):
+        for prec in args.ours_precisions.split(","):
             if args.unfused_too:  # no fusion, then the pair bias fused alone
                 res["ours " + prec + " unfused"] = run_ours(args.bin, config, prec, args.warmup,
                                                             args.steps, extra + ["--unfused"])
