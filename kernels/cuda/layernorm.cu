@@ -96,16 +96,23 @@ __global__ void layernorm_backward_kernel(const T* dy, const T* x, const W* w, c
   }
 }
 
+// dw, db: one warp per column, lane l adding the blocks' partials l, l + 32, ... and the lanes
+// then added by shuffles (a fixed order). One thread per column walking all 264 partials took
+// 36 µs per call, latency-bound (kernels/cuda/NOTES.md).
+constexpr int kFinalizeWarps = 8;
 template <class W>
 __global__ void layernorm_dwdb_finalize_kernel(const float* partial, int blocks, int C, W* dw,
                                                W* db) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  const int c = blockIdx.x * kFinalizeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (c >= C) return;  // whole warps leave together
   float sw = 0, sb = 0;
-  for (int k = 0; k < blocks; ++k) {
-    sw += partial[k * 2 * C + c];
-    sb += partial[k * 2 * C + C + c];
+  for (int k = lane; k < blocks; k += 32) {
+    sw += partial[int64_t(k) * 2 * C + c];
+    sb += partial[int64_t(k) * 2 * C + C + c];
   }
+  sw = warp_sum(sw);
+  sb = warp_sum(sb);
+  if (lane != 0) return;
   if (dw) dw[c] = from_f<W>(sw);
   if (db) db[c] = from_f<W>(sb);
 }
@@ -193,7 +200,8 @@ void layernorm_backward(ScalarType xt, ScalarType wt, const void* dy, const void
     });
     PF_CUDA_CHECK_LAUNCH("layernorm_backward");
     if (want_dwdb) {
-      layernorm_dwdb_finalize_kernel<W><<<static_cast<unsigned>((C + 127) / 128), 128, 0, cur_stream()>>>(
+      layernorm_dwdb_finalize_kernel<W><<<static_cast<unsigned>((C + kFinalizeWarps - 1) / kFinalizeWarps),
+                                          kFinalizeWarps * 32, 0, cur_stream()>>>(
           static_cast<const float*>(workspace), blocks, static_cast<int>(C), static_cast<W*>(dw),
           static_cast<W*>(db));
       PF_CUDA_CHECK_LAUNCH("layernorm_dwdb_finalize");
