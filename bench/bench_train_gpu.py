@@ -11,7 +11,7 @@ printed as a table with ratios against the fastest PyTorch variant of the same p
 copy bandwidth next to each achieved time.
 
   python3 bench/bench_train_gpu.py --bin build/bench/bench_train_gpu [--steps 30 --warmup 5]
-      [--configs large,af,demo] [--variants eager,compile,compile-cudagraphs,compile-max-autotune]
+      [--configs large,af,demo,relpos] [--variants eager,compile,compile-cudagraphs,compile-max-autotune]
       [--torch-precisions bf16,fp32] [--unfused-too] [--profile]
       [--data fixed|sync|prefetch] [--no-torch]
 
@@ -39,13 +39,23 @@ CONFIGS = {
     "demo": (os.path.join(REPO, "configs", "pairbias.yaml"),
              dict(n_types=8, d_model=64, n_heads=4, n_layers=2, d_ff=256, c_z=16,
                   relpos_clip=32, dist_bins=64, dist_max=16.0), 32, 64),
+    # the bias is a learned table inside the attention kernel: no pair tensors, ours only
+    # (bench/torch_pairbias.py is the pair-bias model)
+    "relpos": (os.path.join(REPO, "configs", "relpos.yaml"),
+               dict(n_types=8, d_model=64, n_heads=4, n_layers=2, d_ff=256, c_z=16,
+                    relpos_clip=8, dist_bins=64, dist_max=16.0, attn_bias="relpos"), 32, 64),
 }
+# configs/pairbias_varlen.yaml packs chains of varied lengths; bench_train_gpu times fixed (B, N)
+# batches, so it is not among these.
 COPY_BW_FALLBACK = 2986e9  # H100 SXM, read + write (kernels/cuda/NOTES.md), when torch is absent
 
 
 def n_params(m):
     d, f, c, H, K, L = (m["d_model"], m["d_ff"], m["c_z"], m["n_heads"], m["n_types"],
                         m["n_layers"])
+    if m.get("attn_bias", "pair") == "relpos":  # per layer a (H, 2R+1) table, no pair tensors
+        layer = H * (2 * m["relpos_clip"] + 1) + 4 * d + 4 * (d * d + d) + (f * d + f) + (d * f + d)
+        return K * d + L * layer + 2 * d + K * d + K
     layer = 2 * c + H * c + 4 * d + 4 * (d * d + d) + (f * d + f) + (d * f + d)
     return K * d + (2 * m["relpos_clip"] + 1) * c + m["dist_bins"] * c + L * layer + 2 * d + K * d + K
 
@@ -67,6 +77,8 @@ def bytes_floor(m, B, N, precision):
     c, H, d, f = m["c_z"], m["n_heads"], m["d_model"], m["d_ff"]
     pair = 2 * 2 * P * 4 + P * c * s * (1 + 2 * L) + 2 * P * c * s
     biases = 4 * L * P * H * s
+    if m.get("attn_bias", "pair") == "relpos":  # the bias never leaves the attention kernel
+        pair = biases = 0
     acts = 3 * L * T * (20 * d + 5 * f) * s
     params = n_params(m) * (38 if precision == "bf16" else 32)
     return pair + biases + acts + params
@@ -95,7 +107,7 @@ def run_torch(model_cfg, B, N, precision, variant, warmup, steps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(REPO, "build", "bench", "bench_train_gpu"))
-    ap.add_argument("--configs", default="large,af,demo")
+    ap.add_argument("--configs", default="large,af,demo,relpos")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--variants", default="eager,compile,compile-cudagraphs",
@@ -134,7 +146,7 @@ def main():
                     extra + ["--unfused=embedding_sum"])
             res["ours " + prec] = run_ours(args.bin, config, prec, args.warmup, args.steps, extra)
         best = {}  # precision -> (run name, result) of the fastest PyTorch variant
-        if torch is not None and not args.no_torch:
+        if torch is not None and not args.no_torch and mcfg.get("attn_bias", "pair") == "pair":
             for prec in args.torch_precisions.split(","):
                 for variant in args.variants.split(","):
                     key = f"torch {prec} {variant}"
