@@ -71,7 +71,8 @@ struct AttentionOptions {
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D).
 // Backward gives dq, dk, dv and dbias (dbias summed over the bias's broadcast dims).
 // Never materialises B·H·Nq·Nk scores: the kernels are tiled with an online softmax. On the GPU
-// a head dim below 128 other than 16, 32, 64 runs zero-padded to the next of these (said once).
+// a head dim below 128 other than 16, 32, 64 runs zero-padded to the next of these, and one past
+// 128 as a chain of ops that does store the scores (dense, no masks); each said once.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const AttentionOptions& opt = {});
 // The same with a learned relative-position table T (H, 2R+1) (R from its width, q's dtype on the

@@ -293,13 +293,14 @@ std::vector<OpCase> op_cases() {
                    },
                    {true}});
   // attention: q,k,v (B,N,H,D), every bias broadcast form, odd and even lengths; head dims the
-  // GPU kernels do not take run zero-padded (4 with 64 heads: d_model 256; 24; 100)
+  // GPU kernels do not take run zero-padded (4 with 64 heads: d_model 256; 24; 100) or, past
+  // 128, unfused (160)
   struct Att { int B, Nq, Nk, H, D; Shape bias; };
   for (const Att& a : {Att{1, 1, 1, 1, 16, {1, 1, 1, 1}}, Att{2, 17, 17, 4, 16, {2, 4, 17, 17}},
                        Att{2, 33, 97, 2, 32, {1, 2, 33, 97}}, Att{3, 64, 64, 2, 64, {3, 1, 64, 64}},
                        Att{2, 65, 65, 8, 32, {1, 1, 65, 65}}, Att{1, 19, 19, 2, 128, {1, 2, 19, 19}},
                        Att{2, 13, 13, 64, 4, {2, 64, 13, 13}}, Att{1, 21, 17, 3, 24, {1, 3, 21, 17}},
-                       Att{2, 9, 9, 2, 100, {2, 1, 9, 9}}})
+                       Att{2, 9, 9, 2, 100, {2, 1, 9, 9}}, Att{2, 9, 13, 2, 160, {2, 1, 9, 13}}})
     cases.push_back({"attention B" + std::to_string(a.B) + " Nq" + std::to_string(a.Nq) + " Nk" +
                          std::to_string(a.Nk) + " H" + std::to_string(a.H) + " D" + std::to_string(a.D) +
                          " bias" + shape_str(a.bias),
@@ -309,6 +310,19 @@ std::vector<OpCase> op_cases() {
                      },
                      [](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], x[3]); },
                      {true, true, true, true}});
+  // the relative-position table (H, 2R+1) (float32 on the GPU) at a head dim padded (24) and
+  // past the kernels (160)
+  for (int D : {24, 160})
+    cases.push_back({"attention relpos table R3 D" + std::to_string(D),
+                     [D](Rng& rng) {
+                       return std::vector<Tensor>{rn({2, 11, 2, D}, rng), rn({2, 11, 2, D}, rng),
+                                                  rn({2, 11, 2, D}, rng), rn({2, 7}, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) {
+                       return ops::attention(x[0], x[1], x[2], Tensor(), x[3]);
+                     },
+                     {true, true, true, true},
+                     {false, false, false, true}});
   return cases;
 }
 

@@ -304,6 +304,33 @@ Tensor widening(int64_t Dp, int64_t D, const Tensor& like) {
   for (int64_t i = 0; i < D; ++i) e.data<float>()[i * D + i] = 1.f;
   return e.to(like.dtype()).to(like.device());
 }
+// Head dims past the GPU kernels' 128: softmax(scale·q·kᵀ + bias + T[h, clip(j−i)+R])·v as a
+// chain of ops in float32 (matmul, softmax: the (B,H,Nq,Nk) scores are materialised), the result
+// in q's dtype. Dense batches without masks only (what the pair-bias and relpos models use).
+Tensor attention_unfused(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                         const Tensor& table, const AttentionOptions& opt, const AttentionShape& s,
+                         double scale) {
+  PF_CHECK(!s.packed && !opt.key_padding_mask.defined() && !opt.causal,
+           "attention: head dim D = " << s.D << " is past the GPU kernels' 128; the unfused form "
+           "that runs instead takes no packed batch, key padding mask or causal mask");
+  static std::atomic<bool> said{false};
+  note_once(said, "attention: the CUDA kernels take head dims up to 128; D = " +
+                      std::to_string(s.D) + " runs unfused (matmul, softmax; the scores stored)");
+  auto f32 = [](const Tensor& t) { return t.dtype() == DType::F32 ? t : cast(t, DType::F32); };
+  auto heads_first = [&](const Tensor& t) { return permute(f32(t), {0, 2, 1, 3}); };  // (B,H,N,D)
+  Tensor scores = ops::scale(matmul(heads_first(q), heads_first(k), false, true), scale);
+  if (bias.defined()) scores = add(scores, f32(bias));
+  if (table.defined()) {  // T[h, clip(j − i, −R, R) + R] as a (1,H,Nq,Nk) bias
+    Tensor idx = Tensor::empty({s.Nq, s.Nk}, DType::I32, Device::CPU);
+    for (int i = 0; i < s.Nq; ++i)
+      for (int j = 0; j < s.Nk; ++j)
+        idx.data<int32_t>()[int64_t(i) * s.Nk + j] = std::clamp(j - i, -s.R, s.R) + s.R;
+    const Tensor rel = embedding(transpose(f32(table), 0, 1), idx.to(q.device()));  // (Nq,Nk,H)
+    scores = add(scores, reshape(permute(rel, {2, 0, 1}), {1, s.H, s.Nq, s.Nk}));
+  }
+  const Tensor out = permute(matmul(softmax(scores), heads_first(v)), {0, 2, 1, 3});
+  return out.dtype() == q.dtype() ? out : cast(out, q.dtype());
+}
 }  // namespace
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D)
@@ -319,6 +346,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const profile::Scope ps("attention");
   const AttentionShape s = check_attention(q, k, v, bias, relpos_table, opt);
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(s.D));
+  if (q.device() == Device::CUDA && s.D > 128)
+    return attention_unfused(q, k, v, bias, relpos_table, opt, s, scale);
   if (const int64_t Dp = q.device() == Device::CUDA ? padded_head_dim(s.D) : 0) {
     // A head dim the GPU kernels do not take: q, k, v zero-padded to Dp (q·kᵀ unchanged, the
     // output's extra columns zero and dropped), the scale kept at D's.
