@@ -70,7 +70,9 @@ struct AttentionOptions {
 // out = softmax(scale·q·kᵀ + bias + mask)·v per batch and head.
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D).
 // Backward gives dq, dk, dv and dbias (dbias summed over the bias's broadcast dims).
-// Never materialises B·H·Nq·Nk scores: the kernels are tiled with an online softmax.
+// Never materialises B·H·Nq·Nk scores: the kernels are tiled with an online softmax. On the GPU
+// a head dim below 128 other than 16, 32, 64 runs zero-padded to the next of these, and one past
+// 128 as a chain of ops that does store the scores (dense, no masks); each said once.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const AttentionOptions& opt = {});
 // The same with a learned relative-position table T (H, 2R+1) (R from its width, q's dtype on the
@@ -84,12 +86,14 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 // One layer's attention bias from the pair representation: permute(linear(layernorm(z, gamma,
 // beta, eps), w), {0,3,1,2}) without the normalised copy of z; the backward recomputes the row
 // statistics from z. z:(B,N,M,C) gamma,beta:(C) w:(H,C) → (B,H,N,M). On the GPU z is float32
-// or bfloat16 and the parameters float32 or z's dtype, C ≤ 64, H ≤ 16.
+// or bfloat16 and the parameters float32 or z's dtype; any C and H (where the kernels' shared
+// memory does not hold W, past C = 256 with H = 64, the op runs the chain and says so once).
 Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
                  double eps = 1e-5);
 // The pair representation's two lookups in one op: cast(a[ia]) + cast(b[ib]) with ib's dims the
 // trailing dims of ia's (broadcast over the rest), written once in out_dtype (on the CPU the
-// tables' dtype; on the GPU float32 or bfloat16, (Va+Vb)·D ≤ 12288). Gradients reach a and b.
+// tables' dtype; on the GPU float32 or bfloat16; past Va + Vb = 3072 rows the GPU runs the chain
+// and says so once). Gradients reach a and b.
 // a:(Va,D) ia:(...,S...) I32 b:(Vb,D) ib:(S...) I32 → (...,S...,D)
 Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib,
                      DType out_dtype);

@@ -26,6 +26,9 @@ AdamW::AdamW(nn::NamedTensors params, std::vector<bool> decay, AdamWOptions opt)
 void AdamW::step(double lr) {
   const profile::Scope ps("optimizer");
   ++t_;
+#ifdef PF_WITH_CUDA
+  std::vector<kernels::cuda::AdamWTensor> on_gpu;  // updated together after the loop
+#endif
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i].second;
     Tensor g = p.grad();
@@ -38,10 +41,9 @@ void AdamW::step(double lr) {
                "AdamW: parameter '" << params_[i].first << "' on the GPU must be float32 master "
                                     << "weights with a float32 gradient, got " << p.str()
                                     << " and gradient " << g.str());
-      kernels::cuda::adamw_update(static_cast<float*>(p.data_ptr()),
-                                  static_cast<const float*>(g.data_ptr()),
-                                  static_cast<float*>(m_[i].data_ptr()),
-                                  static_cast<float*>(v_[i].data_ptr()), p.numel(), s);
+      on_gpu.push_back({static_cast<float*>(p.data_ptr()), static_cast<const float*>(g.data_ptr()),
+                        static_cast<float*>(m_[i].data_ptr()), static_cast<float*>(v_[i].data_ptr()),
+                        p.numel(), s.weight_decay});
       continue;
 #else
       PF_FAIL("AdamW: parameter '" << params_[i].first << "' is on the GPU in a build without CUDA");
@@ -58,6 +60,10 @@ void AdamW::step(double lr) {
                                    << ", expected float32 or float64 master weights");
     }
   }
+#ifdef PF_WITH_CUDA
+  if (!on_gpu.empty())
+    kernels::cuda::adamw_update_many(on_gpu, {lr, opt_.beta1, opt_.beta2, opt_.eps, 0.0, t_});
+#endif
 }
 
 nn::NamedTensors AdamW::state() const {
@@ -80,22 +86,33 @@ std::vector<bool> decay_mask(const nn::NamedTensors& params,
 }
 
 namespace {
+#ifdef PF_WITH_CUDA
+bool on_gpu(const std::vector<Tensor>& params) {
+  return !params.empty() && params[0].device() == Device::CUDA;
+}
+
+// The defined gradients of params, for the kernels that take many tensors in one launch.
+std::vector<kernels::cuda::TensorRef> gpu_grads(const std::vector<Tensor>& params) {
+  std::vector<kernels::cuda::TensorRef> out;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    PF_CHECK(g.device() == Device::CUDA && (g.dtype() == DType::F32 || g.dtype() == DType::BF16),
+             "clip_grad_norm: gradients must all be float32/bfloat16 on the GPU, got " << g.str());
+    out.push_back({g.dtype() == DType::F32 ? kernels::ScalarType::F32 : kernels::ScalarType::BF16,
+                   g.data_ptr(), g.numel()});
+  }
+  return out;
+}
+#endif
+
 // Σ‖g‖² over the gradients; on the GPU summed into one device value and read back once.
 double total_sum_of_squares(const std::vector<Tensor>& params) {
 #ifdef PF_WITH_CUDA
-  const bool on_gpu = !params.empty() && params[0].device() == Device::CUDA;
-  if (on_gpu) {
+  if (on_gpu(params)) {
     Tensor acc = Tensor::empty({}, DType::F64, Device::CUDA);
     kernels::cuda::memset_zero(acc.data_ptr(), sizeof(double));
-    for (const Tensor& p : params) {
-      const Tensor g = p.grad();
-      if (!g.defined()) continue;
-      PF_CHECK(g.device() == Device::CUDA && (g.dtype() == DType::F32 || g.dtype() == DType::BF16),
-               "clip_grad_norm: gradients must all be float32/bfloat16 on the GPU, got " << g.str());
-      kernels::cuda::sum_of_squares(g.dtype() == DType::F32 ? kernels::ScalarType::F32
-                                                            : kernels::ScalarType::BF16,
-                                    g.data_ptr(), g.numel(), static_cast<double*>(acc.data_ptr()));
-    }
+    kernels::cuda::sum_of_squares_many(gpu_grads(params), static_cast<double*>(acc.data_ptr()));
     return acc.item();
   }
 #endif
@@ -112,6 +129,12 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   const double norm = std::sqrt(sq);
   const double coef = max_norm / (norm + 1e-6);
   if (max_norm > 0 && coef < 1.0) {
+#ifdef PF_WITH_CUDA
+    if (on_gpu(params)) {
+      kernels::cuda::scale_many(gpu_grads(params), coef);
+      return norm;
+    }
+#endif
     for (const Tensor& p : params) {
       Tensor g = p.grad();
       if (g.defined()) ops::scale_(g, coef);

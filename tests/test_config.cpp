@@ -210,6 +210,32 @@ TEST_F(ConfigFile, TheDemoConfigLoads) {
 #endif
 }
 
+// The AlphaFold-width config (configs/pairbias_af.yaml) passes validation with the sizes it
+// names, and so does every other config shipped in configs/.
+TEST_F(ConfigFile, TheAlphaFoldWidthConfigValidates) {
+#ifdef PF_SOURCE_DIR
+  const std::string dir = std::string(PF_SOURCE_DIR) + "/configs";
+  const pf::Config c = pf::load_config(dir + "/pairbias_af.yaml");
+  EXPECT_EQ(c.model.c_z, 128);
+  EXPECT_EQ(c.model.d_model, 256);
+  EXPECT_EQ(c.model.n_heads, 8);
+  EXPECT_EQ(c.model.n_layers, 8);
+  EXPECT_EQ(c.data.n_res, 384);
+  EXPECT_EQ(c.train.precision, "bf16");
+  EXPECT_EQ(c.device, "cuda");
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    EXPECT_NO_THROW(pf::load_config(e.path().string()));
+    ++n;
+  }
+  EXPECT_GE(n, 5);
+#else
+  GTEST_SKIP() << "PF_SOURCE_DIR not defined";
+#endif
+}
+
 TEST_F(ConfigFile, OverridesApplyAfterTheFileInOrder) {
   const std::string p = write("full.yaml", kFull);
   const pf::Config c = pf::load_config(

@@ -33,6 +33,7 @@
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/fused.h"
 #include "kernels/cuda/layernorm.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/reduce.h"
@@ -209,6 +210,8 @@ std::vector<OpCase> op_cases() {
   sum_to({3, 5, 7, 2}, {5, 1, 2});
   sum_to({2, 33, 33, 16}, {33, 33, 16});
   sum_to({4097, 3}, {1, 3});
+  sum_to({4099, 300}, {300});      // 16 row chunks, a column tile cut at 300
+  sum_to({2, 4096, 256}, {256});   // a bias gradient of the large config: 32 chunks
   auto matmul = [&](Shape a, Shape b, bool ta, bool tb) {
     cases.push_back({std::string("matmul ") + shape_str(a) + (ta ? "T " : " ") + shape_str(b) + (tb ? "T" : ""),
                      [a, b](Rng& rng) { return std::vector<Tensor>{rn(a, rng), rn(b, rng)}; },
@@ -236,7 +239,8 @@ std::vector<OpCase> op_cases() {
                    [](Rng& rng) { return std::vector<Tensor>{rn({2, 9, 16}, rng), rn({4, 16}, rng)}; },
                    [](const std::vector<Tensor>& x) { return ops::linear(x[0], x[1], Tensor()); },
                    {true, true}});
-  for (int64_t C : {1, 5, 16, 17, 32, 64, 256, 1024}) {
+  // 1025: past the old 1024 cap; 7300: the backward's sums need one row group per block.
+  for (int64_t C : {1, 5, 16, 17, 32, 64, 256, 1024, 1025, 7300}) {
     const int64_t M = C >= 256 ? 37 : 299;
     cases.push_back({"layernorm (" + std::to_string(M) + "," + std::to_string(C) + ")",
                      [M, C](Rng& rng) {
@@ -288,11 +292,15 @@ std::vector<OpCase> op_cases() {
                      return ops::mul(ops::cast(ops::cast(x[0], DType::BF16), x[0].dtype()), x[0]);
                    },
                    {true}});
-  // attention: q,k,v (B,N,H,D), every bias broadcast form, odd and even lengths
+  // attention: q,k,v (B,N,H,D), every bias broadcast form, odd and even lengths; head dims the
+  // GPU kernels do not take run zero-padded (4 with 64 heads: d_model 256; 24; 100) or, past
+  // 128, unfused (160)
   struct Att { int B, Nq, Nk, H, D; Shape bias; };
   for (const Att& a : {Att{1, 1, 1, 1, 16, {1, 1, 1, 1}}, Att{2, 17, 17, 4, 16, {2, 4, 17, 17}},
                        Att{2, 33, 97, 2, 32, {1, 2, 33, 97}}, Att{3, 64, 64, 2, 64, {3, 1, 64, 64}},
-                       Att{2, 65, 65, 8, 32, {1, 1, 65, 65}}, Att{1, 19, 19, 2, 128, {1, 2, 19, 19}}})
+                       Att{2, 65, 65, 8, 32, {1, 1, 65, 65}}, Att{1, 19, 19, 2, 128, {1, 2, 19, 19}},
+                       Att{2, 13, 13, 64, 4, {2, 64, 13, 13}}, Att{1, 21, 17, 3, 24, {1, 3, 21, 17}},
+                       Att{2, 9, 9, 2, 100, {2, 1, 9, 9}}, Att{2, 9, 13, 2, 160, {2, 1, 9, 13}}})
     cases.push_back({"attention B" + std::to_string(a.B) + " Nq" + std::to_string(a.Nq) + " Nk" +
                          std::to_string(a.Nk) + " H" + std::to_string(a.H) + " D" + std::to_string(a.D) +
                          " bias" + shape_str(a.bias),
@@ -302,6 +310,19 @@ std::vector<OpCase> op_cases() {
                      },
                      [](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], x[3]); },
                      {true, true, true, true}});
+  // the relative-position table (H, 2R+1) (float32 on the GPU) at a head dim padded (24) and
+  // past the kernels (160)
+  for (int D : {24, 160})
+    cases.push_back({"attention relpos table R3 D" + std::to_string(D),
+                     [D](Rng& rng) {
+                       return std::vector<Tensor>{rn({2, 11, 2, D}, rng), rn({2, 11, 2, D}, rng),
+                                                  rn({2, 11, 2, D}, rng), rn({2, 7}, rng)};
+                     },
+                     [](const std::vector<Tensor>& x) {
+                       return ops::attention(x[0], x[1], x[2], Tensor(), x[3]);
+                     },
+                     {true, true, true, true},
+                     {false, false, false, true}});
   return cases;
 }
 
@@ -338,15 +359,21 @@ TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
 // kernel computes each value in fp32 from bf16-exact inputs and rounds it once, so the
 // harness's 3u bound holds with room; dW, dγ, dβ are fp32 sums over up to 180k pairs, within
 // the fp32 bound of the header. Sizes: awkward C and H (1, odd, at and past 16/32, the largest
-// compiled 64 and 16), N ≠ M, and 180k pairs so that every block of the backward takes several
-// tiles. Outputs and gradients start from NaN-poisoned blocks.
+// of the register kernels 64 and 16), N ≠ M, and 180k pairs so that every block of the backward
+// takes several tiles. The chunked kernels (C > 64 or H > 16): one channel or one head past the
+// register kernels (65, 17), channels ending inside a 32-chunk (100) with an odd H, the
+// AlphaFold width (128, 8) at 180k pairs (1407 tiles on 528 blocks), the widest named
+// in the kernel's header (256, 64) and a second head group (65 heads). Outputs and gradients
+// start from NaN-poisoned blocks.
 TEST(OpsCuda, FusedPairBiasMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 7);
   struct S { int64_t B, N, M, C, H; };
   for (const S& s :
        {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9},
-        S{2, 33, 31, 32, 8}, S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8}}) {
+        S{2, 33, 31, 32, 8}, S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8},
+        S{1, 5, 3, 65, 1}, S{1, 7, 9, 64, 17}, S{2, 13, 11, 100, 33}, S{2, 300, 300, 128, 8},
+        S{1, 17, 19, 256, 64}, S{1, 9, 7, 33, 65}}) {
     const std::string name = "pair_bias B" + std::to_string(s.B) + " N" + std::to_string(s.N) +
                              " M" + std::to_string(s.M) + " C" + std::to_string(s.C) + " H" +
                              std::to_string(s.H);
@@ -363,7 +390,7 @@ TEST(OpsCuda, FusedPairBiasMatchesCpu) {
     check_case(
         {name + " fp32 params", inputs, fn, {true, true, true, true}, {false, true, true, true}},
         DType::BF16, rng);
-    if (s.C == 16 || s.C == 33)
+    if (s.C == 16 || s.C == 33 || s.C == 100)
       check_case({name + " bf16 params", inputs, fn, {true, true, true, true}}, DType::BF16, rng);
   }
 }
@@ -394,13 +421,20 @@ TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
 // sums of it. Sizes: one row, a one-row table (every row adds into it), the pair representation
 // of the large config's shape at a smaller N (bins (2,97,97), relative positions (97,97), D 32),
 // D past a warp (33 columns: lanes take two), and 300k rows (each backward block takes many).
+// Tiles of the backward ((Va + Vb)·D past 12288 floats): the AlphaFold tables (64 + 65 rows of
+// 128: two column tiles of 64), a width ending inside the second tile (97 = 64 + 33), one row
+// past the column-only tiling (385 rows of 40: row tiles of 384 × column tiles of 32 and 8),
+// the most rows the kernel takes (3072: 8 row tiles) and one more, which runs the chain.
 TEST(OpsCuda, FusedEmbeddingSumMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 9);
   struct S { Shape ia, ib; int Va, Vb, D; };
   for (const S& s :
        {S{{1}, {1}, 1, 1, 1}, S{{7, 5}, {5}, 1, 3, 4}, S{{2, 97, 97}, {97, 97}, 64, 65, 32},
-        S{{3, 17, 19}, {17, 19}, 9, 33, 33}, S{{30000, 10}, {10}, 64, 1, 16}}) {
+        S{{3, 17, 19}, {17, 19}, 9, 33, 33}, S{{30000, 10}, {10}, 64, 1, 16},
+        S{{2, 97, 97}, {97, 97}, 64, 65, 128}, S{{50, 37}, {37}, 100, 29, 97},
+        S{{3000, 11}, {11}, 300, 85, 40}, S{{400, 9}, {9}, 3000, 72, 33},
+        S{{20, 7}, {7}, 3000, 73, 8}}) {
     const std::string name = "embedding_sum ia" + shape_str(s.ia) + " ib" + shape_str(s.ib) +
                              " Va" + std::to_string(s.Va) + " Vb" + std::to_string(s.Vb) + " D" +
                              std::to_string(s.D);
@@ -430,17 +464,42 @@ TEST(OpsCuda, FusedEmbeddingSumMatchesCpu) {
   }
 }
 
-TEST(OpsCuda, FusedPairBiasRefusesWhatItCannotDo) {
+// A width the kernels cannot take ((300, 70) needs more shared memory than any current GPU gives
+// a block): the kernel refuses with the sizes and the shared memory; the op runs the unfused
+// chain instead — the same result as the CPU, forward and backward — and says so once.
+TEST(OpsCuda, FusedPairBiasPastTheKernelRunsTheChain) {
   PF_REQUIRE_GPU();
-  const Tensor z = Tensor::zeros({1, 2, 2, 65}, DType::F32, Device::CUDA);
-  const Tensor gamma = Tensor::zeros({65}, DType::F32, Device::CUDA);
-  const Tensor w = Tensor::zeros({2, 65}, DType::F32, Device::CUDA);
+  ASSERT_FALSE(kernels::cuda::pair_bias_fits(300, 70));
+  ASSERT_TRUE(kernels::cuda::pair_bias_fits(256, 64));
+  const Tensor z = Tensor::zeros({1, 2, 2, 300}, DType::F32, Device::CUDA);
+  const Tensor gamma = Tensor::zeros({300}, DType::F32, Device::CUDA);
+  const Tensor w = Tensor::zeros({70, 300}, DType::F32, Device::CUDA);
+  Tensor out = Tensor::empty({1, 70, 2, 2}, DType::F32, Device::CUDA);
   try {
-    ops::pair_bias(z, gamma, gamma, w);
+    kernels::cuda::pair_bias_forward(kernels::ScalarType::F32, kernels::ScalarType::F32,
+                                     z.data_ptr(), gamma.data_ptr(), gamma.data_ptr(),
+                                     w.data_ptr(), out.data_ptr(), 1, 2, 2, 300, 70, 1e-5);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("C <= 64"), std::string::npos) << e.what();
+    const std::string m = e.what();
+    EXPECT_NE(m.find("C = 300"), std::string::npos) << m;
+    EXPECT_NE(m.find("shared memory"), std::string::npos) << m;
   }
+  Rng rng(test_seed() + 10);
+  auto inputs = [](Rng& r) {
+    return std::vector<Tensor>{ops::add(randn({1, 5, 6, 300}, r), Tensor::full({1}, 0.7)),
+                               uniform({300}, 0.5, 1.5, r), randn({300}, r), randn({70, 300}, r)};
+  };
+  auto fn = [](const std::vector<Tensor>& x) { return ops::pair_bias(x[0], x[1], x[2], x[3]); };
+  testing::internal::CaptureStderr();
+  check_case({"pair_bias C300 H70 (chain)", inputs, fn, {true, true, true, true}}, DType::F32, rng);
+  check_case({"pair_bias C300 H70 (chain) fp32 params", inputs, fn, {true, true, true, true},
+              {false, true, true, true}},
+             DType::BF16, rng);
+  const std::string err = testing::internal::GetCapturedStderr();
+  const size_t at = err.find("pair_bias: the CUDA kernels do not take C = 300");
+  EXPECT_NE(at, std::string::npos) << err;
+  EXPECT_EQ(err.find("pair_bias: the CUDA", at + 1), std::string::npos) << "said more than once: " << err;
 }
 
 // ---- no-grad ops -----------------------------------------------------------------------------
@@ -549,7 +608,10 @@ TEST(OpsCuda, EmbeddingBackwardIsDeterministic) {
 TEST(OpsCuda, AdamWAndClippingMatchCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 6);
-  const std::vector<Shape> shapes = {{17, 9}, {1}, {4099}};
+  // 30 tensors: the GPU updates them (and sums their squares) 24 to a launch, so two launches,
+  // the second partly filled; sizes end inside a 2048-element chunk or fill several.
+  std::vector<Shape> shapes = {{17, 9}, {1}, {4099}};
+  for (int64_t i = 0; i < 27; ++i) shapes.push_back({i * 379 + 1});
   nn::NamedTensors cpu_params, gpu_params;
   for (size_t i = 0; i < shapes.size(); ++i) {
     Tensor p = randn(shapes[i], rng);
@@ -557,7 +619,8 @@ TEST(OpsCuda, AdamWAndClippingMatchCpu) {
     cpu_params.emplace_back("p" + std::to_string(i) + ".weight", pc);
     gpu_params.emplace_back("p" + std::to_string(i) + ".weight", pg);
   }
-  const std::vector<bool> decay = {true, false, true};
+  std::vector<bool> decay;
+  for (size_t i = 0; i < shapes.size(); ++i) decay.push_back(i % 3 != 1);
   optim::AdamW oc(cpu_params, decay, {1e-2, 0.9, 0.999, 1e-8, 0.1});
   optim::AdamW og(gpu_params, decay, {1e-2, 0.9, 0.999, 1e-8, 0.1});
   for (int step = 0; step < 5; ++step) {

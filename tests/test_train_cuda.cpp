@@ -82,12 +82,32 @@ StepResult one_step(models::PairBiasModel& model, const run::BatchTensors& b) {
   return out;
 }
 
+// One fp32 step of `cfg` at (B, N) on the CPU and the GPU: the loss and every parameter gradient.
+void one_step_matches_cpu(const ModelConfig& cfg, int B, int N);
+
 TEST(TrainCuda, OneStepLossAndEveryGradientMatchCpuFp32) {
   PF_REQUIRE_GPU();
-  const ModelConfig cfg = small_model();
-  const int B = 3, N = 37;  // odd sizes on purpose
+  one_step_matches_cpu(small_model(), 3, 37);  // odd sizes on purpose
+}
+
+// Sizes past the register kernels and the old caps, in one model: c_z 128 with 32 heads (the
+// chunked pair_bias kernels), head dim 64 / 32 = 2 (attention zero-padded to 16), tables of
+// 2·100 + 1 relative positions and 300 distance bins (embedding_sum tiled over table rows).
+TEST(TrainCuda, OneStepAtWidePairSizesMatchesCpuFp32) {
+  PF_REQUIRE_GPU();
+  ModelConfig cfg = small_model();
+  cfg.c_z = 128;
+  cfg.n_heads = 32;
+  cfg.relpos_clip = 100;
+  cfg.dist_bins = 300;
+  one_step_matches_cpu(cfg, 2, 29);
+}
+
+void one_step_matches_cpu(const ModelConfig& cfg, int B, int N) {
+  std::vector<int> rows(B);
+  for (int i = 0; i < B; ++i) rows[i] = i;
   const ChainSet set = generate_chains(B, N, cfg.n_types, test_seed(), "test");
-  const Batch batch = gather_batch(set, {0, 1, 2});
+  const Batch batch = gather_batch(set, rows);
   models::PairBiasModel cpu(cfg, test_seed()), gpu(cfg, test_seed() + 1);
   gpu.to(Device::CUDA);
   copy_weights(cpu, gpu);
@@ -227,10 +247,11 @@ TEST(TrainCuda, PairFeaturesOnTheGpuEqualTheCpu) {
 TEST(TrainCuda, OutOfMemoryNamesTheSizesAndTheKeys) {
   PF_REQUIRE_GPU();
   const std::string dir = testing_util::temp_dir("oom");
-  // N = 4096, B = 16, c_z = 128: the pair representation alone is 16·4096²·128 floats = 137 GB,
-  // far past the 80 GB of the device (the fused pair ops fit c_z = 16 at this size).
+  // N = 4096, B = 16, c_z = 1024: the pair representation alone is 16·4096²·1024 floats = 1.1 TB,
+  // several times the memory of any GPU made (288 GB at most today), so the request fails on
+  // every card; its first allocation is that tensor (the host batch is c_z-free).
   const Config cfg = config_from_yaml_string(
-      "model: {n_types: 4, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 128, relpos_clip: 8, dist_bins: 8}\n"
+      "model: {n_types: 4, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 1024, relpos_clip: 8, dist_bins: 8}\n"
       "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 16, n_val: 16, n_res: 4096, seed: 1}\n"
       "train: {steps: 2, batch_size: 16, warmup: 0}\n"
       "device: cuda\nout: " + dir + "/run\n");

@@ -19,7 +19,9 @@
 // - Relative-position table T (H, 2R+1), optional: q's dtype on the CPU, float32 on the GPU (the
 //   CUDA kernels read and reduce it in fp32 whatever the inputs' dtype).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "framework/allocator.h"
@@ -287,6 +289,48 @@ void launch_backward(const kernels::FlashBiasBwdParams& bp, Device device) {
   kernels::cpu::flash_bias_backward(bp);
 }
 
+// The GPU kernels take head dims 16, 32, 64 and 128 (kernels/cuda/flash_bias.h); the next of
+// these at or above D, or 0 where D is one of them or past 128.
+int64_t padded_head_dim(int64_t D) {
+  for (int64_t d : {16, 32, 64, 128})
+    if (D <= d) return D == d ? 0 : d;
+  return 0;
+}
+
+// (Dp, D) of x's dtype and device with ones on the diagonal: linear(x, E) widens (…,D) to (…,Dp)
+// with zero columns, linear(y, Eᵀ) keeps y's first D columns (exact: one product by 1 per value).
+Tensor widening(int64_t Dp, int64_t D, const Tensor& like) {
+  Tensor e = Tensor::zeros({Dp, D}, DType::F32, Device::CPU);
+  for (int64_t i = 0; i < D; ++i) e.data<float>()[i * D + i] = 1.f;
+  return e.to(like.dtype()).to(like.device());
+}
+// Head dims past the GPU kernels' 128: softmax(scale·q·kᵀ + bias + T[h, clip(j−i)+R])·v as a
+// chain of ops in float32 (matmul, softmax: the (B,H,Nq,Nk) scores are materialised), the result
+// in q's dtype. Dense batches without masks only (what the pair-bias and relpos models use).
+Tensor attention_unfused(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                         const Tensor& table, const AttentionOptions& opt, const AttentionShape& s,
+                         double scale) {
+  PF_CHECK(!s.packed && !opt.key_padding_mask.defined() && !opt.causal,
+           "attention: head dim D = " << s.D << " is past the GPU kernels' 128; the unfused form "
+           "that runs instead takes no packed batch, key padding mask or causal mask");
+  static std::atomic<bool> said{false};
+  note_once(said, "attention: the CUDA kernels take head dims up to 128; D = " +
+                      std::to_string(s.D) + " runs unfused (matmul, softmax; the scores stored)");
+  auto f32 = [](const Tensor& t) { return t.dtype() == DType::F32 ? t : cast(t, DType::F32); };
+  auto heads_first = [&](const Tensor& t) { return permute(f32(t), {0, 2, 1, 3}); };  // (B,H,N,D)
+  Tensor scores = ops::scale(matmul(heads_first(q), heads_first(k), false, true), scale);
+  if (bias.defined()) scores = add(scores, f32(bias));
+  if (table.defined()) {  // T[h, clip(j − i, −R, R) + R] as a (1,H,Nq,Nk) bias
+    Tensor idx = Tensor::empty({s.Nq, s.Nk}, DType::I32, Device::CPU);
+    for (int i = 0; i < s.Nq; ++i)
+      for (int j = 0; j < s.Nk; ++j)
+        idx.data<int32_t>()[int64_t(i) * s.Nk + j] = std::clamp(j - i, -s.R, s.R) + s.R;
+    const Tensor rel = embedding(transpose(f32(table), 0, 1), idx.to(q.device()));  // (Nq,Nk,H)
+    scores = add(scores, reshape(permute(rel, {2, 0, 1}), {1, s.H, s.Nq, s.Nk}));
+  }
+  const Tensor out = permute(matmul(softmax(scores), heads_first(v)), {0, 2, 1, 3});
+  return out.dtype() == q.dtype() ? out : cast(out, q.dtype());
+}
 }  // namespace
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) or undefined → (B,Nq,H,D)
@@ -302,6 +346,21 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const profile::Scope ps("attention");
   const AttentionShape s = check_attention(q, k, v, bias, relpos_table, opt);
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(s.D));
+  if (q.device() == Device::CUDA && s.D > 128)
+    return attention_unfused(q, k, v, bias, relpos_table, opt, s, scale);
+  if (const int64_t Dp = q.device() == Device::CUDA ? padded_head_dim(s.D) : 0) {
+    // A head dim the GPU kernels do not take: q, k, v zero-padded to Dp (q·kᵀ unchanged, the
+    // output's extra columns zero and dropped), the scale kept at D's.
+    static std::atomic<bool> said{false};
+    note_once(said, "attention: the CUDA kernels take head dims 16, 32, 64, 128; D = " +
+                        std::to_string(s.D) + " runs zero-padded to " + std::to_string(Dp));
+    AttentionOptions o = opt;
+    o.scale = scale;
+    const Tensor e = widening(Dp, s.D, q);
+    const Tensor out = attention(linear(q, e, Tensor()), linear(k, e, Tensor()),
+                                 linear(v, e, Tensor()), bias, relpos_table, o);
+    return linear(out, transpose(e, 0, 1), Tensor());
+  }
   const PackedArrays arrays = packed_arrays(s, q.device());
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
   // The log-sum-exp per (b, h, query row) — (H, Tq) when packed — in the accumulator type:

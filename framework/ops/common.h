@@ -1,6 +1,9 @@
 // Shared by the op families in framework/ops/*.cpp (not a public header): input checks that
 // name the op and the tensors, and the dtype dispatch to the templated CPU kernels.
 #pragma once
+#include <atomic>
+#include <cstdio>
+#include <string>
 #include <type_traits>
 
 #include "framework/autograd.h"
@@ -87,5 +90,11 @@ inline Shape broadcast_strides(const Shape& from, const Shape& to) {
 Tensor reduce_to(const Tensor& g, const Shape& shape);
 // x read as the broadcast shape `shape` (no autograd): a new contiguous tensor.
 Tensor expand_to(const Tensor& x, const Shape& shape);
+
+// Where an op runs another form of itself on the GPU (a size its kernel does not take), it says
+// so on stderr once per process: `said` is the op's flag.
+inline void note_once(std::atomic<bool>& said, const std::string& what) {
+  if (!said.exchange(true)) std::fprintf(stderr, "note: %s\n", what.c_str());
+}
 
 }  // namespace pf::ops::detail

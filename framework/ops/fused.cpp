@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <string>
 
 #include "framework/ops/common.h"
 #include "framework/profile.h"
@@ -33,6 +34,10 @@ std::atomic<bool>& switch_of(const char* op) {
   if (std::strcmp(op, "embedding_sum") == 0) return g_fuse_embedding_sum;
   PF_FAIL("set_fused: no fused op named '" << op << "' (pair_bias, embedding_sum)");
 }
+
+// Where the GPU kernel does not take a size, the op runs its chain (the same result) and says
+// so once (note_once).
+std::atomic<bool> g_said_pair_bias{false}, g_said_embedding_sum{false};
 
 // The chain the fused op replaces (the reference for benchmarks). In bf16 the projection uses a
 // bf16 copy of an fp32 W, as nn::Linear does.
@@ -177,6 +182,15 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
   PF_CHECK(eps >= 0, "pair_bias: eps must be >= 0, got " << eps);
   if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return pair_bias_chain(z, gamma, beta, w, eps);
   const PairBiasDims d{B, N, M, C, w.size(0)};
+#ifdef PF_WITH_CUDA
+  if (z.device() == Device::CUDA &&
+      (C > INT32_MAX || d.H > INT32_MAX || !kernels::cuda::pair_bias_fits(static_cast<int>(C), static_cast<int>(d.H)))) {
+    note_once(g_said_pair_bias, "pair_bias: the CUDA kernels do not take C = " + std::to_string(C) +
+                                    " channels with H = " + std::to_string(d.H) +
+                                    " heads (shared memory); running the unfused chain (layernorm, linear, permute)");
+    return pair_bias_chain(z, gamma, beta, w, eps);
+  }
+#endif
   Tensor out = Tensor::empty({B, d.H, N, M}, z.dtype(), z.device());
   launch_pair_bias_forward(z, gamma, beta, w, out, d, eps);
   const bool need_z = z.requires_grad(), need_g = gamma.requires_grad(), need_b = beta.requires_grad(),
@@ -215,9 +229,19 @@ Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const T
                << shape_str(ia.shape()) << " and ib " << shape_str(ib.shape()));
   PF_CHECK(is_floating(out_dtype),
            "embedding_sum: the output dtype must be floating, got " << dtype_name(out_dtype));
-  if (!g_fuse_embedding_sum.load(std::memory_order_relaxed))
-    return add(cast(embedding(a, ia), out_dtype), cast(embedding(b, ib), out_dtype));
+  auto chain = [&] { return add(cast(embedding(a, ia), out_dtype), cast(embedding(b, ib), out_dtype)); };
+  if (!g_fuse_embedding_sum.load(std::memory_order_relaxed)) return chain();
   const EmbeddingSumDims d{a.size(0), b.size(0), a.size(1), ia.numel(), ib.numel()};
+#ifdef PF_WITH_CUDA
+  if (a.device() == Device::CUDA &&
+      (d.D > INT32_MAX || d.Va > INT32_MAX || d.Vb > INT32_MAX ||
+       !kernels::cuda::embedding_sum_fits(static_cast<int>(d.D), static_cast<int>(d.Va), static_cast<int>(d.Vb)))) {
+    note_once(g_said_embedding_sum, "embedding_sum: the CUDA kernel does not take tables of " + std::to_string(d.Va) +
+                                        " + " + std::to_string(d.Vb) + " rows of width " + std::to_string(d.D) +
+                                        "; running the unfused chain (embedding, cast, add)");
+    return chain();
+  }
+#endif
   if (a.device() == Device::CUDA)
     PF_CHECK(out_dtype == DType::F32 || out_dtype == DType::BF16,
              "embedding_sum: the output dtype on the GPU must be float32 or bfloat16, got "

@@ -42,6 +42,22 @@ inline unsigned grid_for(int64_t n, int threads) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, 4096)));
 }
 
+// The most dynamic shared memory a block of the current device may opt in to (227 KB on sm_90).
+inline size_t max_smem_bytes() {
+  int dev = 0, bytes = 0;
+  PF_CUDA_CHECK(cudaGetDevice(&dev));
+  PF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return static_cast<size_t>(bytes);
+}
+
+// Lets `kernel` launch with smem bytes of dynamic shared memory (opting in past 48 KB).
+template <class K>
+void allow_smem(K kernel, size_t smem) {
+  if (smem > 48 * 1024)
+    PF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+}
+
 template <class A>
 __device__ __forceinline__ A warp_sum(A v, int width = 32) {
   for (int o = width / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o, width);

@@ -1,5 +1,7 @@
 #include "kernels/cuda/elementwise.h"
 
+#include <vector>
+
 #include "kernels/cpu/strided.h"
 #include "kernels/cuda/common.cuh"
 
@@ -86,13 +88,57 @@ constexpr unsigned kSumSqMaxBlocks = 264;  // 2 per SM on an H100
 __device__ double g_sumsq_partial[kSumSqMaxBlocks];
 __device__ unsigned g_sumsq_arrived = 0;
 
+// Several tensors in one launch (the optimizer's per-parameter work): up to kBatch tensors seen
+// as one list of chunks of kChunkElems consecutive elements; chunk c belongs to tensor k with
+// chunk_start[k] ≤ c < chunk_start[k + 1]; block b takes the chunks b, b + gridDim.x, ...
+constexpr int kBatch = 24;
+constexpr int64_t kChunkElems = 8 * 256;
+struct TensorBatch {
+  void* x[kBatch];
+  int64_t n[kBatch];
+  bool bf16[kBatch];
+  int64_t chunk_start[kBatch + 1];
+  int count;
+  // The tensor of chunk c, searching from tensor k (chunks are visited in increasing order).
+  __device__ int tensor_of(int64_t c, int k) const {
+    while (k + 1 < count && c >= chunk_start[k + 1]) ++k;
+    return k;
+  }
+  __device__ int64_t begin(int64_t c, int k) const { return (c - chunk_start[k]) * kChunkElems; }
+  __device__ int64_t end(int64_t c, int k) const { return min(n[k], begin(c, k) + kChunkElems); }
+};
+
 template <class T>
-__global__ void sum_of_squares_kernel(const T* x, int64_t n, double* acc) {
+__device__ __forceinline__ float sum_sq_range(const T* x, int64_t begin, int64_t end) {
   float s = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const float v = to_f(x[i]);
     s += v * v;
+  }
+  return s;
+}
+
+template <class T>
+__device__ __forceinline__ void scale_range(T* x, float s, int64_t begin, int64_t end) {
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) x[i] = from_f<T>(s * to_f(x[i]));
+}
+
+__global__ void scale_many_kernel(TensorBatch b, float s) {
+  int k = 0;
+  for (int64_t c = blockIdx.x; c < b.chunk_start[b.count]; c += gridDim.x) {
+    k = b.tensor_of(c, k);
+    if (b.bf16[k]) scale_range(static_cast<bf16*>(b.x[k]), s, b.begin(c, k), b.end(c, k));
+    else scale_range(static_cast<float*>(b.x[k]), s, b.begin(c, k), b.end(c, k));
+  }
+}
+
+__global__ void sum_of_squares_kernel(TensorBatch b, double* acc) {
+  float s = 0;
+  int k = 0;
+  for (int64_t c = blockIdx.x; c < b.chunk_start[b.count]; c += gridDim.x) {
+    k = b.tensor_of(c, k);
+    s += b.bf16[k] ? sum_sq_range(static_cast<const bf16*>(b.x[k]), b.begin(c, k), b.end(c, k))
+                   : sum_sq_range(static_cast<const float*>(b.x[k]), b.begin(c, k), b.end(c, k));
   }
   const double total = block_sum(static_cast<double>(s));
   __shared__ bool last;
@@ -104,7 +150,7 @@ __global__ void sum_of_squares_kernel(const T* x, int64_t n, double* acc) {
   __syncthreads();
   if (!last) return;
   double p = 0;  // thread i: slots i, i + blockDim.x, ... (L2 reads: other SMs wrote them)
-  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) p += __ldcg(g_sumsq_partial + b);
+  for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) p += __ldcg(g_sumsq_partial + i);
   const double sum = block_sum(p);
   if (threadIdx.x == 0) {
     *acc += sum;
@@ -240,13 +286,45 @@ void gelu_backward(ScalarType t, const void* x, const void* dy, void* dx, int64_
   });
 }
 
-void sum_of_squares(ScalarType t, const void* x, int64_t n, double* acc) {
-  if (n == 0) return;
-  dispatch_dtype(t, "sum_of_squares", [&](auto tag) {
-    using T = decltype(tag);
-    sum_of_squares_kernel<T><<<std::min(grid_for(n, kThreads), kSumSqMaxBlocks), kThreads, 0, cur_stream()>>>(
-        static_cast<const T*>(x), n, acc);
+// Calls launch(batch, chunks) for each batch of up to kBatch of ts that has elements.
+template <class F>
+void for_each_batch(const std::vector<TensorRef>& ts, const char* what, F&& launch) {
+  for (size_t first = 0; first < ts.size(); first += kBatch) {
+    TensorBatch b{};
+    int64_t chunks = 0;
+    for (size_t i = first; i < ts.size() && b.count < kBatch; ++i) {
+      PF_CHECK(ts[i].t == ScalarType::F32 || ts[i].t == ScalarType::BF16,
+               what << ": no CUDA kernel for dtype " << scalar_type_name(ts[i].t)
+                    << " (float32 or bfloat16 expected)");
+      const int k = b.count++;
+      b.x[k] = ts[i].x;
+      b.n[k] = ts[i].n;
+      b.bf16[k] = ts[i].t == ScalarType::BF16;
+      b.chunk_start[k] = chunks;
+      chunks += (ts[i].n + kChunkElems - 1) / kChunkElems;
+    }
+    b.chunk_start[b.count] = chunks;
+    if (chunks > 0) launch(b, chunks);
+  }
+}
+
+void sum_of_squares_many(const std::vector<TensorRef>& ts, double* acc) {
+  for_each_batch(ts, "sum_of_squares", [&](const TensorBatch& b, int64_t chunks) {
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(chunks, kSumSqMaxBlocks));
+    sum_of_squares_kernel<<<grid, kThreads, 0, cur_stream()>>>(b, acc);
     PF_CUDA_CHECK_LAUNCH("sum_of_squares");
+  });
+}
+
+void sum_of_squares(ScalarType t, const void* x, int64_t n, double* acc) {
+  sum_of_squares_many({TensorRef{t, const_cast<void*>(x), n}}, acc);
+}
+
+void scale_many(const std::vector<TensorRef>& ts, double s) {
+  for_each_batch(ts, "scale_many", [&](const TensorBatch& b, int64_t chunks) {
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(chunks, 4096));
+    scale_many_kernel<<<grid, kThreads, 0, cur_stream()>>>(b, static_cast<float>(s));
+    PF_CUDA_CHECK_LAUNCH("scale_many");
   });
 }
 

@@ -3,6 +3,7 @@
 // stream (kernels/cuda/context.h). Strides are in elements.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/elementwise.h"  // BinaryOp
 #include "kernels/flash_bias_params.h"  // ScalarType
@@ -21,6 +22,16 @@ void gelu_backward(ScalarType t, const void* x, const void* dy, void* dx, int64_
 // *acc (device double) += Σ x² (fp32 per thread, double across threads), summed in a fixed
 // order: bitwise deterministic. Calls must not run concurrently (they share a static scratch).
 void sum_of_squares(ScalarType t, const void* x, int64_t n, double* acc);
+// A tensor of the *_many kernels: dtype (F32 or BF16), device pointer, element count.
+struct TensorRef {
+  ScalarType t;
+  void* x;
+  int64_t n;
+};
+// sum_of_squares over several tensors, one launch per 24 of them.
+void sum_of_squares_many(const std::vector<TensorRef>& ts, double* acc);
+// x ← s·x for each tensor (as scale), one launch per 24 of them.
+void scale_many(const std::vector<TensorRef>& ts, double s);
 // *flag (device int) is set to 0 if x holds a NaN or an infinity (left alone otherwise).
 void all_finite(ScalarType t, const void* x, int64_t n, int* flag);
 void fill(ScalarType t, void* x, double value, int64_t n);

@@ -249,15 +249,247 @@ __global__ void pair_bias_param_sum_kernel(const float* partial, int blocks, int
   }
 }
 
+// ---- pair_bias of any width: channels in chunks of kChunk, heads in groups of kHeadGroup ------
+//
+// The kernels above keep a whole row (C values) and its H outputs in registers, which caps them
+// at kPairBiasMaxC / kPairBiasMaxH. Past that the same maths runs with the row in chunks of
+// kChunk channels (re-read from z, which a block's 128 rows keep in L1) and the weights for all
+// (H, C) in dynamic shared memory; shared memory is then the only limit (pair_bias_fits).
+constexpr int kChunk = 32;
+constexpr int kHeadGroup = 64;  // forward accumulators per thread (one pass over z per group)
+
+__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Mean and 1/σ of the row p[0..C), two passes over its chunks (as normalise above).
+template <class T>
+__device__ __forceinline__ void row_stats(const T* p, int C, float eps, float& mu, float& r) {
+  float x[kChunk], s = 0;
+  for (int c0 = 0; c0 < C; c0 += kChunk) {
+    load_row<T, kChunk>(p + c0, min(kChunk, C - c0), x);
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) s += x[c];  // zeros past C
+  }
+  mu = s / C;
+  float v = 0;
+  for (int c0 = 0; c0 < C; c0 += kChunk) {
+    load_row<T, kChunk>(p + c0, min(kChunk, C - c0), x);
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c)
+      if (c0 + c < C) v += (x[c] - mu) * (x[c] - mu);
+  }
+  r = rsqrtf(v / C + eps);
+}
+
+// x ← x̂ of the chunk p[c0..c0 + kChunk) of a row, zero past C.
+template <class T>
+__device__ __forceinline__ void load_normalised(const T* p, int c0, int C, float mu, float r,
+                                                float (&x)[kChunk]) {
+  load_row<T, kChunk>(p + c0, min(kChunk, C - c0), x);
+#pragma unroll
+  for (int c = 0; c < kChunk; ++c) x[c] = c0 + c < C ? (x[c] - mu) * r : 0.f;
+}
+
+// Shared memory of the wide kernels, in floats.
+size_t chunked(int C) { return (size_t(C) + kChunk - 1) / kChunk * kChunk; }
+size_t wide_forward_smem_floats(int C, int H) { return size_t(H) * chunked(C) + H; }
+size_t wide_backward_smem_floats(int C, int H) {
+  const size_t Cp = chunked(C);
+  return size_t(H) * Cp + 2 * Cp                    // W, γ, β
+         + size_t(kThreads) * (H | 1)                // dy of the tile's rows
+         + 2 * size_t(kThreads) * (kChunk + 1)       // x̂ and dn of the tile's rows, one chunk
+         + size_t(H) * C + 2 * size_t(C);            // the block's sums of dW, dγ, dβ
+}
+
+// out[b,h,i,j] = Σ_c (W[h,c]·γ[c])·x̂[c] + Σ_c W[h,c]·β[c], as pair_bias_forward_kernel.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    pair_bias_forward_wide_kernel(const T* z, const void* gamma, const void* beta, const void* w,
+                                  bool pbf, T* out, int64_t rows, int64_t NM, int C, int H,
+                                  float eps) {
+  extern __shared__ __align__(16) float smem[];
+  const int Cp = round_up(C, kChunk);
+  float* wg = smem;          // [H][Cp]: W·γ, zero past C
+  float* wb = wg + H * Cp;   // [H]: W·β
+  for (int i = threadIdx.x; i < H * Cp; i += blockDim.x) {
+    const int h = i / Cp, c = i % Cp;
+    wg[i] = c < C ? load_param(w, pbf, h * C + c) * load_param(gamma, pbf, c) : 0.f;
+  }
+  for (int h = threadIdx.x; h < H; h += blockDim.x) {
+    float s = 0;
+    for (int c = 0; c < C; ++c) s += load_param(w, pbf, h * C + c) * load_param(beta, pbf, c);
+    wb[h] = s;
+  }
+  __syncthreads();
+  for (int64_t row = blockIdx.x * int64_t(kThreads) + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * kThreads) {
+    const T* zr = z + row * C;
+    float mu, r;
+    row_stats(zr, C, eps, mu, r);
+    const int64_t b = row / NM, ij = row - b * NM;
+    T* o = out + b * H * NM + ij;
+    for (int h0 = 0; h0 < H; h0 += kHeadGroup) {
+      const int hn = min(kHeadGroup, H - h0);
+      float acc[kHeadGroup];
+#pragma unroll
+      for (int h = 0; h < kHeadGroup; ++h) acc[h] = h < hn ? wb[h0 + h] : 0.f;
+      for (int c0 = 0; c0 < C; c0 += kChunk) {
+        float x[kChunk];
+        load_normalised(zr, c0, C, mu, r, x);
+        const float* wr = wg + h0 * Cp + c0;
+#pragma unroll
+        for (int h = 0; h < kHeadGroup; ++h) {
+          if (h >= hn) break;
+#pragma unroll
+          for (int c = 0; c < kChunk; ++c) acc[h] += wr[h * Cp + c] * x[c];
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < kHeadGroup; ++h) {
+        if (h >= hn) break;
+        o[(h0 + h) * NM] = from_f<T>(acc[h]);
+      }
+    }
+  }
+}
+
+// The backward of any width. Per tile of kThreads rows (thread t → row base + t):
+//  1. thread t: μ, r of its row and dy[h] = g[b,h,i,j] into s_dy;
+//  2. per chunk of kChunk channels: thread t computes x̂ and dn = Wᵀ·dy of its row there and adds
+//     its dz sums s1 = Σ dn·γ, s2 = Σ dn·γ·x̂; with parameter gradients wanted the chunk's x̂ and
+//     dn go to shared memory and each entry of (dW[·, chunk] | dγ[chunk] | dβ[chunk]) is summed
+//     over the tile's rows, in row order, by the one thread that owns it into the block's sums;
+//  3. thread t writes dz of its row chunk by chunk (x̂ and dn recomputed).
+// At the end the block's sums are its partial row (pair_bias_param_sum_kernel adds the blocks).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    pair_bias_backward_wide_kernel(const T* g, const T* z, const void* gamma, const void* beta,
+                                   const void* w, bool pbf, T* dz, float* partial, int64_t rows,
+                                   int64_t NM, int C, int H, float eps) {
+  extern __shared__ __align__(16) float smem[];
+  const int Cp = round_up(C, kChunk), Hs = H | 1;  // Hs odd: thread t's s_dy row, no conflicts
+  constexpr int Xs = kChunk + 1;
+  float* s_w = smem;                    // [H][Cp], zero past C
+  float* s_gam = s_w + H * Cp;          // [Cp]
+  float* s_bet = s_gam + Cp;            // [Cp]
+  float* s_dy = s_bet + Cp;             // [kThreads][Hs]
+  float* s_xh = s_dy + kThreads * Hs;   // [kThreads][Xs]
+  float* s_dn = s_xh + kThreads * Xs;   // [kThreads][Xs]
+  float* acc = s_dn + kThreads * Xs;    // [H·C | C | C]: dW, dγ, dβ of this block
+  const int P = H * C + 2 * C;
+  const bool want_params = partial != nullptr;
+  for (int i = threadIdx.x; i < H * Cp; i += blockDim.x) {
+    const int h = i / Cp, c = i % Cp;
+    s_w[i] = c < C ? load_param(w, pbf, h * C + c) : 0.f;
+  }
+  for (int c = threadIdx.x; c < Cp; c += blockDim.x) {
+    s_gam[c] = c < C ? load_param(gamma, pbf, c) : 0.f;
+    s_bet[c] = c < C ? load_param(beta, pbf, c) : 0.f;
+  }
+  if (want_params)
+    for (int o = threadIdx.x; o < P; o += blockDim.x) acc[o] = 0;
+  __syncthreads();
+  float* my_dy = s_dy + threadIdx.x * Hs;
+  // dn[c] = Σ_h dy[h]·W[h, c0 + c]
+  auto project = [&](int c0, float(&dn)[kChunk]) {
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) dn[c] = 0;
+    for (int h = 0; h < H; ++h) {
+      const float d = my_dy[h];
+      const float* wr = s_w + h * Cp + c0;
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c) dn[c] += d * wr[c];
+    }
+  };
+  for (int64_t base = blockIdx.x * int64_t(kThreads); base < rows;
+       base += int64_t(gridDim.x) * kThreads) {
+    const int64_t row = base + threadIdx.x;
+    const bool valid = row < rows;
+    const T* zr = z + (valid ? row : 0) * C;
+    float mu = 0, r = 0;
+    if (valid) {
+      row_stats(zr, C, eps, mu, r);
+      const int64_t b = row / NM, ij = row - b * NM;
+      const T* gr = g + b * H * NM + ij;
+      for (int h = 0; h < H; ++h) my_dy[h] = to_f(gr[h * NM]);
+    } else {
+      for (int h = 0; h < H; ++h) my_dy[h] = 0;  // adds nothing to dW, dγ, dβ
+    }
+    float s1 = 0, s2 = 0;
+    for (int c0 = 0; c0 < C; c0 += kChunk) {
+      float x[kChunk], dn[kChunk];
+      if (valid) {
+        load_normalised(zr, c0, C, mu, r, x);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kChunk; ++c) x[c] = 0;
+      }
+      project(c0, dn);
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c) {
+        const float dxh = __fmul_rn(dn[c], s_gam[c0 + c]);  // zero past C
+        s1 += dxh;
+        s2 += dxh * x[c];
+      }
+      if (!want_params) continue;
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c) {
+        s_xh[threadIdx.x * Xs + c] = x[c];
+        s_dn[threadIdx.x * Xs + c] = dn[c];
+      }
+      __syncthreads();
+      // Entry e = k·kChunk + cc of the chunk: k < H → dW[k, c0 + cc], k = H → dγ, k = H+1 → dβ.
+      for (int e = threadIdx.x; e < (H + 2) * kChunk; e += blockDim.x) {
+        const int k = e / kChunk, cc = e % kChunk, c = c0 + cc;
+        if (c >= C) continue;
+        float s = 0;
+        if (k < H) {
+          const float gam = s_gam[c], bet = s_bet[c];
+          for (int rr = 0; rr < kThreads; ++rr)
+            s += s_dy[rr * Hs + k] * (s_xh[rr * Xs + cc] * gam + bet);
+          acc[k * C + c] += s;
+        } else if (k == H) {
+          for (int rr = 0; rr < kThreads; ++rr) s += s_dn[rr * Xs + cc] * s_xh[rr * Xs + cc];
+          acc[H * C + c] += s;
+        } else {
+          for (int rr = 0; rr < kThreads; ++rr) s += s_dn[rr * Xs + cc];
+          acc[H * C + C + c] += s;
+        }
+      }
+      __syncthreads();  // the chunk's readers are done before the next chunk (or tile) writes
+    }
+    if (!dz || !valid) continue;
+    const float m1 = s1 / C, m2 = s2 / C;
+    for (int c0 = 0; c0 < C; c0 += kChunk) {
+      float x[kChunk], dn[kChunk];
+      load_normalised(zr, c0, C, mu, r, x);
+      project(c0, dn);
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c) dn[c] = r * (__fmul_rn(dn[c], s_gam[c0 + c]) - m1 - x[c] * m2);
+      store_row<T, kChunk>(dz + row * C + c0, min(kChunk, C - c0), dn);
+    }
+  }
+  if (!want_params) return;
+  __syncthreads();
+  for (int o = threadIdx.x; o < P; o += blockDim.x) partial[int64_t(blockIdx.x) * P + o] = acc[o];
+}
+
+bool is_narrow(int C, int H) { return C <= kPairBiasMaxC && H <= kPairBiasMaxH; }
+
 int64_t backward_blocks(int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>((rows + kThreads - 1) / kThreads, kMaxBlocksBwd));
 }
 
+size_t pair_bias_smem_bytes(int C, int H) {
+  return is_narrow(C, H) ? 0 : wide_backward_smem_floats(C, H) * sizeof(float);
+}
+
 void check_sizes(int C, int H, const char* what) {
-  PF_CHECK(C >= 1 && C <= kPairBiasMaxC && H >= 1 && H <= kPairBiasMaxH,
-           what << ": the CUDA kernel takes 1 <= C <= " << kPairBiasMaxC
-                << " channels and 1 <= H <= " << kPairBiasMaxH << " heads, got C = " << C
-                << ", H = " << H);
+  PF_CHECK(C >= 1 && H >= 1, what << ": needs C >= 1 channels and H >= 1 heads, got C = " << C
+                                  << ", H = " << H);
+  PF_CHECK(pair_bias_fits(C, H),
+           what << ": C = " << C << " channels and H = " << H << " heads need "
+                << pair_bias_smem_bytes(C, H) << " bytes of shared memory per block, the device "
+                << "allows " << max_smem_bytes() << " (ops::pair_bias runs the unfused chain)");
 }
 
 // Calls f(std::integral_constant<int, CM>{}, std::integral_constant<int, HM>{}) for the
@@ -282,9 +514,15 @@ bool param_is_bf16(ScalarType pt, const char* what) {
 
 // ---- embedding_sum ---------------------------------------------------------------------------
 
-constexpr int kEsMaxTableFloats = 12288;   // (Va + Vb)·D per warp: 48 KB of shared memory
-constexpr int kEsMaxBlocks = 264;          // 2 per SM on H100: partial tables to add stay few
-constexpr int kEsRowsPerStep = 8;          // rows a warp loads before adding them (loads in flight)
+constexpr int kEsMaxTableFloats = 12288;   // a warp's tile of the tables: 48 KB of shared memory
+// 3 per SM on H100 (12 warps with the large config's 16.5 KB tables; 2 per SM left its backward
+// latency-bound at 8 rows in flight per warp); the partial tables to add stay few.
+constexpr int kEsMaxBlocks = 396;
+constexpr int64_t kEsMaxPartialFloats = int64_t{1} << 25;  // 128 MiB of per-block partial tables
+// The backward re-reads g once per row tile: past 8 row tiles of 32 columns (3072 table rows)
+// the unfused chain (ops::embedding's backward, made for large tables) is the better tool.
+constexpr int kEsMaxRows = 8 * (kEsMaxTableFloats / 32);
+constexpr int kEsRowsPerStep = 16;         // rows a warp loads before adding them (loads in flight)
 
 template <class T>
 __device__ __forceinline__ float load_any(const T* p, int64_t i) { return to_f(p[i]); }
@@ -307,15 +545,22 @@ __global__ void embedding_sum_forward_kernel(const TT* a, const int32_t* ia, con
   }
 }
 
-// Each warp owns a private (Va + Vb, D) table in shared memory and adds its rows into it in
-// row order, lane l taking columns l, l + 32, ...: no two lanes touch one address, no atomics.
-// The block's warps are then added in warp order into one partial table per block.
+// Each warp owns a private tile (Vt rows × Dt columns) of the stacked (Va + Vb, D) table [A; B]
+// in shared memory and adds its rows into it in row order, lane l taking columns d0 + l,
+// d0 + l + 32, ...: no two lanes touch one address, no atomics. The block's warps are then added
+// in warp order into the block's partial table (layout (Va + Vb, D), this tile's part of it).
+// blockIdx.y picks the tile: row tile blockIdx.y / column tiles, column tile blockIdx.y % column
+// tiles. Tables of the pair-bias model are one tile (Vt = Va + Vb, Dt = D).
 template <class GT>
 __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, const int32_t* ib,
                                               float* partial, int64_t rows, int64_t S, int D,
-                                              int Va, int Vb, int64_t rows_per_block) {
-  extern __shared__ float tables[];  // [warps][(Va + Vb)·D]
-  const int P = (Va + Vb) * D, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+                                              int Va, int Vb, int64_t rows_per_block, int Vt,
+                                              int Dt) {
+  extern __shared__ float tables[];  // [warps][Vt·Dt]
+  const int V = Va + Vb, col_tiles = (D + Dt - 1) / Dt;
+  const int v0 = (blockIdx.y / col_tiles) * Vt, d0 = (blockIdx.y % col_tiles) * Dt;
+  const int vn = min(Vt, V - v0), dn = min(Dt, D - d0);
+  const int P = Vt * Dt, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   for (int i = threadIdx.x; i < warps * P; i += blockDim.x) tables[i] = 0;
   __syncthreads();
@@ -325,31 +570,35 @@ __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, co
   // Warp w takes steps of kEsRowsPerStep consecutive rows, every warps-th step.
   for (int64_t r0 = begin + int64_t(warp) * kEsRowsPerStep; r0 < end;
        r0 += int64_t(warps) * kEsRowsPerStep) {
-    int va[kEsRowsPerStep], vb[kEsRowsPerStep];
+    int va[kEsRowsPerStep], vb[kEsRowsPerStep];  // rows of the tile, −1 = none
+    int64_t rb = r0 % S;                          // row r0 + k reads ib[(r0 + k) mod S]
 #pragma unroll
     for (int k = 0; k < kEsRowsPerStep; ++k) {
       const int64_t r = r0 + k;
       const bool in = r < end;
-      va[k] = in ? ia[r] : -1;
-      vb[k] = in ? ib[r % S] : -1;
+      const int a = in ? ia[r] : -1, b = in ? ib[rb] : -1;
+      rb = rb + 1 == S ? 0 : rb + 1;
+      va[k] = a >= 0 && a < Va && a - v0 >= 0 && a - v0 < vn ? a - v0 : -1;
+      vb[k] = b >= 0 && b < Vb && Va + b - v0 >= 0 && Va + b - v0 < vn ? Va + b - v0 : -1;
     }
-    for (int c = lane; c < D; c += 32) {
+    for (int c = lane; c < dn; c += 32) {
       float v[kEsRowsPerStep];
 #pragma unroll
       for (int k = 0; k < kEsRowsPerStep; ++k)
-        v[k] = r0 + k < end ? load_any(g, (r0 + k) * D + c) : 0.f;
+        v[k] = r0 + k < end ? load_any(g, (r0 + k) * D + d0 + c) : 0.f;
 #pragma unroll
       for (int k = 0; k < kEsRowsPerStep; ++k) {  // in row order
-        if (va[k] >= 0 && va[k] < Va) acc[va[k] * D + c] += v[k];
-        if (vb[k] >= 0 && vb[k] < Vb) acc[(Va + vb[k]) * D + c] += v[k];
+        if (va[k] >= 0) acc[va[k] * Dt + c] += v[k];
+        if (vb[k] >= 0) acc[vb[k] * Dt + c] += v[k];
       }
     }
   }
   __syncthreads();
-  for (int o = threadIdx.x; o < P; o += blockDim.x) {
+  for (int o = threadIdx.x; o < vn * dn; o += blockDim.x) {
+    const int v = o / dn, c = o % dn;
     float s = 0;
-    for (int w = 0; w < warps; ++w) s += tables[w * P + o];
-    partial[int64_t(blockIdx.x) * P + o] = s;
+    for (int w = 0; w < warps; ++w) s += tables[w * P + v * Dt + c];
+    partial[int64_t(blockIdx.x) * V * D + int64_t(v0 + v) * D + d0 + c] = s;
   }
 }
 
@@ -369,17 +618,48 @@ __global__ void embedding_sum_table_sum_kernel(const float* partial, int blocks,
   }
 }
 
-int es_blocks(int64_t rows) {
-  return static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>((rows + 1023) / 1024, kEsMaxBlocks)));
+// The tile of the stacked (V = Va + Vb, D) table one block adds into: the whole table when it
+// fits a warp's kEsMaxTableFloats, else columns in multiples of 32 (whole rows of the table),
+// else 32 columns and as many rows as fit.
+struct EsTile {
+  int Vt, Dt, tiles;
+};
+EsTile es_tile(int D, int Va, int Vb) {
+  const int64_t V = int64_t(Va) + Vb;
+  EsTile t{};
+  if (V * D <= kEsMaxTableFloats) {
+    t.Vt = static_cast<int>(V);
+    t.Dt = D;
+  } else if (V * 32 <= kEsMaxTableFloats) {
+    t.Vt = static_cast<int>(V);
+    t.Dt = static_cast<int>(kEsMaxTableFloats / V / 32 * 32);
+  } else {
+    t.Dt = std::min(D, 32);
+    t.Vt = kEsMaxTableFloats / t.Dt;
+  }
+  const int64_t tiles = (V + t.Vt - 1) / t.Vt * ((D + t.Dt - 1) / t.Dt);
+  t.tiles = static_cast<int>(std::min<int64_t>(tiles, INT32_MAX));
+  return t;
+}
+
+// Blocks over the rows: 2 per SM, fewer where the partial tables (one (V, D) table per block)
+// would pass kEsMaxPartialFloats.
+int es_blocks(int64_t rows, int D, int Va, int Vb) {
+  const int64_t table = (int64_t(Va) + Vb) * D;
+  const int64_t by_rows = std::min<int64_t>((rows + 1023) / 1024, kEsMaxBlocks);
+  return static_cast<int>(std::max<int64_t>(1, std::min(by_rows, kEsMaxPartialFloats / table)));
 }
 
 void es_check(int D, int Va, int Vb, const char* what) {
-  PF_CHECK(D >= 1 && Va >= 1 && Vb >= 1 && int64_t(Va + Vb) * D <= kEsMaxTableFloats,
-           what << ": the CUDA kernel keeps both tables per warp in shared memory, (Va + Vb)·D <= "
-                << kEsMaxTableFloats << ", got Va = " << Va << ", Vb = " << Vb << ", D = " << D);
+  PF_CHECK(D >= 1 && Va >= 1 && Vb >= 1,
+           what << ": needs D >= 1 and tables of >= 1 row, got Va = " << Va << ", Vb = " << Vb
+                << ", D = " << D);
 }
 }  // namespace
+
+bool pair_bias_fits(int C, int H) {
+  return C >= 1 && H >= 1 && (is_narrow(C, H) || pair_bias_smem_bytes(C, H) <= max_smem_bytes());
+}
 
 void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* gamma,
                        const void* beta, const void* w, void* out, int64_t B, int64_t N, int64_t M,
@@ -392,6 +672,16 @@ void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* 
       std::min<int64_t>((rows + kThreads - 1) / kThreads, kMaxBlocksFwd));
   dispatch_dtype(zt, "pair_bias_forward", [&](auto t) {
     using T = decltype(t);
+    if (!is_narrow(C, H)) {
+      auto kernel = pair_bias_forward_wide_kernel<T>;
+      const size_t smem = wide_forward_smem_floats(C, H) * sizeof(float);
+      allow_smem(kernel, smem);
+      kernel<<<grid, kThreads, smem, cur_stream()>>>(static_cast<const T*>(z), gamma, beta, w, pbf,
+                                                     static_cast<T*>(out), rows, N * M, C, H,
+                                                     static_cast<float>(eps));
+      PF_CUDA_CHECK_LAUNCH("pair_bias_forward_wide_kernel");
+      return;
+    }
     dispatch_width(C, H, [&](auto cm, auto hm) {
       pair_bias_forward_kernel<T, decltype(cm)::value, decltype(hm)::value>
           <<<grid, kThreads, 0, cur_stream()>>>(static_cast<const T*>(z), gamma, beta, w, pbf,
@@ -425,13 +715,21 @@ void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void*
   float* partial = want_params ? static_cast<float*>(workspace) : nullptr;
   dispatch_dtype(zt, "pair_bias_backward", [&](auto t) {
     using T = decltype(t);
+    if (!is_narrow(C, H)) {
+      auto kernel = pair_bias_backward_wide_kernel<T>;
+      const size_t smem = pair_bias_smem_bytes(C, H);
+      allow_smem(kernel, smem);
+      kernel<<<blocks, kThreads, smem, cur_stream()>>>(
+          static_cast<const T*>(g), static_cast<const T*>(z), gamma, beta, w, pbf,
+          static_cast<T*>(dz), partial, rows, N * M, C, H, static_cast<float>(eps));
+      PF_CUDA_CHECK_LAUNCH("pair_bias_backward_wide_kernel");
+      return;
+    }
     dispatch_width(C, H, [&](auto cm, auto hm) {
       constexpr int CM = decltype(cm)::value, HM = decltype(hm)::value;
       auto kernel = pair_bias_backward_kernel<T, CM, HM>;
       const size_t smem = sizeof(float) * (size_t(kThreads) * HM + 2 * size_t(kThreads) * (C + 1));
-      if (smem > 48 * 1024)
-        PF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
+      allow_smem(kernel, smem);
       kernel<<<blocks, kThreads, smem, cur_stream()>>>(
           static_cast<const T*>(g), static_cast<const T*>(z), gamma, beta, w, pbf,
           static_cast<T*>(dz), partial, rows, N * M, C, H, static_cast<float>(eps));
@@ -472,32 +770,42 @@ void embedding_sum_forward(ScalarType tt, ScalarType ot, const void* a, const in
   });
 }
 
+bool embedding_sum_fits(int D, int Va, int Vb) {
+  return D >= 1 && Va >= 1 && Vb >= 1 && int64_t(Va) + Vb <= kEsMaxRows &&
+         (int64_t(Va) + Vb) * D <= INT32_MAX && es_tile(D, Va, Vb).tiles <= 65535;
+}
+
 size_t embedding_sum_backward_workspace_bytes(int64_t rows, int D, int Va, int Vb) {
-  return static_cast<size_t>(es_blocks(rows)) * (Va + Vb) * D * sizeof(float);
+  return static_cast<size_t>(es_blocks(rows, D, Va, Vb)) * (int64_t(Va) + Vb) * D * sizeof(float);
 }
 
 void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia,
                             const int32_t* ib, void* da, void* db, int64_t rows, int64_t S, int D,
                             int Va, int Vb, void* workspace) {
   es_check(D, Va, Vb, "embedding_sum_backward");
+  PF_CHECK(embedding_sum_fits(D, Va, Vb),
+           "embedding_sum_backward: tables of Va + Vb = " << int64_t(Va) + Vb << " rows of D = " << D
+               << " are past the kernel's " << kEsMaxRows
+               << " rows (ops::embedding_sum runs the unfused chain)");
   PF_CHECK(
       S >= 1 && rows % S == 0,
       "embedding_sum_backward: " << S << " broadcast indices do not divide " << rows << " rows");
   const int P = (Va + Vb) * D;
-  const int blocks = es_blocks(rows);
-  // As many warps (≤ 4) as the shared memory holds tables for.
-  const int warps = static_cast<int>(std::min<int64_t>(4, (192 * 1024) / (int64_t(P) * 4)));
-  const size_t smem = size_t(warps) * P * sizeof(float);
+  const EsTile tile = es_tile(D, Va, Vb);
+  const int blocks = es_blocks(rows, D, Va, Vb);
+  const int64_t tile_floats = int64_t(tile.Vt) * tile.Dt;
+  // As many warps (≤ 4) as the shared memory holds tiles for.
+  const int warps = static_cast<int>(std::min<int64_t>(4, (192 * 1024) / (tile_floats * 4)));
+  const size_t smem = size_t(warps) * tile_floats * sizeof(float);
   float* partial = static_cast<float*>(workspace);
   const int64_t per_block = (rows + blocks - 1) / blocks;
   dispatch_dtype(gt, "embedding_sum_backward", [&](auto t) {
     using GT = decltype(t);
     auto kernel = embedding_sum_backward_kernel<GT>;
-    if (smem > 48 * 1024)
-      PF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    kernel<<<blocks, warps * 32, smem, cur_stream()>>>(static_cast<const GT*>(g), ia, ib, partial,
-                                                       rows, S, D, Va, Vb, per_block);
+    allow_smem(kernel, smem);
+    kernel<<<dim3(blocks, tile.tiles), warps * 32, smem, cur_stream()>>>(
+        static_cast<const GT*>(g), ia, ib, partial, rows, S, D, Va, Vb, per_block, tile.Vt,
+        tile.Dt);
     PF_CUDA_CHECK_LAUNCH("embedding_sum_backward_kernel");
   });
   dispatch_dtype(tt, "embedding_sum_backward (tables)", [&](auto t) {

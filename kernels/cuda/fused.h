@@ -10,11 +10,17 @@
 
 namespace pf::kernels::cuda {
 
-// The widest pair_bias the kernels take (per-thread registers hold one row of C and H values).
+// The widest pair_bias whose row (C values) and H outputs stay in per-thread registers. Wider
+// ones run kernels that take the channels in chunks of 32 and the heads in groups of 64, with
+// W in shared memory: they take any (C, H) whose shared memory fits (pair_bias_fits), which
+// includes C ≤ 256 with H ≤ 64 on sm_80 and later.
 constexpr int kPairBiasMaxC = 64;
 constexpr int kPairBiasMaxH = 16;
 
-// z:(B,N,M,C) γ,β:(C) W:(H,C) → out:(B,H,N,M).  C ≤ 64, H ≤ 16.
+// Whether the kernels take C channels and H heads on the current device.
+bool pair_bias_fits(int C, int H);
+
+// z:(B,N,M,C) γ,β:(C) W:(H,C) → out:(B,H,N,M).  Requires pair_bias_fits(C, H).
 void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* gamma,
                        const void* beta, const void* w, void* out, int64_t B, int64_t N, int64_t M,
                        int C, int H, double eps);
@@ -36,12 +42,16 @@ void embedding_sum_forward(ScalarType tt, ScalarType ot, const void* a, const in
                            const void* b, const int32_t* ib, void* out, int64_t rows, int64_t S,
                            int D, int Va, int Vb);
 
+// Whether embedding_sum_backward takes tables of Va + Vb rows of width D: it adds into tiles of
+// the stacked table [A; B] in shared memory (columns, then rows, tiled), up to 3072 rows.
+bool embedding_sum_fits(int D, int Va, int Vb);
+
 // Bytes of scratch embedding_sum_backward needs (per-block partial tables, fp32).
 size_t embedding_sum_backward_workspace_bytes(int64_t rows, int D, int Va, int Vb);
 
 // g:(rows,D) of dtype gt → da:(Va,D), db:(Vb,D) of dtype tt, written (=), each only if non-null.
-// Per-warp tables in shared memory ((Va + Vb)·D ≤ 12288 floats), rows in order, then warps and
-// blocks in order: deterministic.
+// Per-warp tiles of the tables in shared memory (≤ 12288 floats), rows in order, then warps and
+// blocks in order: deterministic. Requires embedding_sum_fits(D, Va, Vb).
 void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia,
                             const int32_t* ib, void* da, void* db, int64_t rows, int64_t S, int D,
                             int Va, int Vb, void* workspace);

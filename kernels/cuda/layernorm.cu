@@ -7,7 +7,6 @@ namespace pf::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kMaxC = 1024;
 constexpr int kMaxBlocks = 264;  // 2 per SM on H100: enough to stream, few partials to add
 
 // G lanes per row (G = 32 for C ≥ 32, 16 for C ≥ 16, else 8): a warp normalises
@@ -97,16 +96,23 @@ __global__ void layernorm_backward_kernel(const T* dy, const T* x, const W* w, c
   }
 }
 
+// dw, db: one warp per column, lane l adding the blocks' partials l, l + 32, ... and the lanes
+// then added by shuffles (a fixed order). One thread per column walking all 264 partials took
+// 36 µs per call, latency-bound (kernels/cuda/NOTES.md).
+constexpr int kFinalizeWarps = 8;
 template <class W>
 __global__ void layernorm_dwdb_finalize_kernel(const float* partial, int blocks, int C, W* dw,
                                                W* db) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  const int c = blockIdx.x * kFinalizeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (c >= C) return;  // whole warps leave together
   float sw = 0, sb = 0;
-  for (int k = 0; k < blocks; ++k) {
-    sw += partial[k * 2 * C + c];
-    sb += partial[k * 2 * C + C + c];
+  for (int k = lane; k < blocks; k += 32) {
+    sw += partial[int64_t(k) * 2 * C + c];
+    sb += partial[int64_t(k) * 2 * C + C + c];
   }
+  sw = warp_sum(sw);
+  sb = warp_sum(sb);
+  if (lane != 0) return;
   if (dw) dw[c] = from_f<W>(sw);
   if (db) db[c] = from_f<W>(sb);
 }
@@ -139,7 +145,7 @@ int backward_blocks(int64_t M) {
 
 void layernorm_forward(ScalarType xt, ScalarType wt, const void* x, const void* w, const void* b,
                        void* y, float* mean, float* rstd, int64_t M, int64_t C, double eps) {
-  PF_CHECK(C >= 1 && C <= kMaxC, "layernorm_forward: C must be in [1, " << kMaxC << "], got " << C);
+  PF_CHECK(C >= 1 && C <= INT32_MAX, "layernorm_forward: C must be in [1, 2^31), got " << C);
   if (M == 0) return;
   dispatch_xw(xt, wt, "layernorm_forward", [&](auto xtag, auto wtag) {
     using T = decltype(xtag);
@@ -164,7 +170,7 @@ size_t layernorm_backward_workspace_bytes(int64_t M, int64_t C) {
 void layernorm_backward(ScalarType xt, ScalarType wt, const void* dy, const void* x, const void* w,
                         const float* mean, const float* rstd, void* dx, void* dw, void* db,
                         int64_t M, int64_t C, void* workspace) {
-  PF_CHECK(C >= 1 && C <= kMaxC, "layernorm_backward: C must be in [1, " << kMaxC << "], got " << C);
+  PF_CHECK(C >= 1 && C <= INT32_MAX, "layernorm_backward: C must be in [1, 2^31), got " << C);
   const bool want_dwdb = dw != nullptr || db != nullptr;
   dispatch_xw(xt, wt, "layernorm_backward", [&](auto xtag, auto wtag) {
     using T = decltype(xtag);
@@ -177,19 +183,25 @@ void layernorm_backward(ScalarType xt, ScalarType wt, const void* dy, const void
     const int blocks = backward_blocks(M);
     dispatch_lanes(C, [&](auto g) {
       constexpr int G = decltype(g)::value;
-      const size_t smem = want_dwdb ? size_t(kThreads / G) * 2 * C * sizeof(float) : 0;
-      if (smem > 48 * 1024)
-        PF_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel<T, W, G>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
-      layernorm_backward_kernel<T, W, G><<<blocks, kThreads, smem, cur_stream()>>>(
+      // Each row group keeps 2·C sums in shared memory: past what kThreads / G groups may have
+      // (C > 7264 at 227 KB), one group (a warp) per block (C ≤ 29056).
+      const size_t group_smem = want_dwdb ? 2 * size_t(C) * sizeof(float) : 0;
+      const int threads = size_t(kThreads / G) * group_smem <= max_smem_bytes() ? kThreads : G;
+      const size_t smem = size_t(threads / G) * group_smem;
+      PF_CHECK(smem <= max_smem_bytes(),
+               "layernorm_backward: the sums of dw and db over C = "
+                   << C << " columns need " << smem << " bytes of shared memory, the device allows "
+                   << max_smem_bytes());
+      allow_smem(layernorm_backward_kernel<T, W, G>, smem);
+      layernorm_backward_kernel<T, W, G><<<blocks, threads, smem, cur_stream()>>>(
           static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const W*>(w), mean,
           rstd, static_cast<T*>(dx), static_cast<float*>(workspace), M, static_cast<int>(C),
           want_dwdb);
     });
     PF_CUDA_CHECK_LAUNCH("layernorm_backward");
     if (want_dwdb) {
-      layernorm_dwdb_finalize_kernel<W><<<static_cast<unsigned>((C + 127) / 128), 128, 0, cur_stream()>>>(
+      layernorm_dwdb_finalize_kernel<W><<<static_cast<unsigned>((C + kFinalizeWarps - 1) / kFinalizeWarps),
+                                          kFinalizeWarps * 32, 0, cur_stream()>>>(
           static_cast<const float*>(workspace), blocks, static_cast<int>(C), static_cast<W*>(dw),
           static_cast<W*>(db));
       PF_CUDA_CHECK_LAUNCH("layernorm_dwdb_finalize");

@@ -1,7 +1,8 @@
 // LayerNorm over the last dim on the GPU, twin of kernels/cpu/layernorm.h (which derives the
 // backward). x, y, dy, dx have dtype xt (F32 or BF16); w, b, dw, db have dtype wt (xt or F32:
 // fp32 weights with bf16 activations); mean and rstd are always fp32; all arithmetic is fp32.
-// C ≤ 1024. Work is queued on the context's stream.
+// Any C up to 29056 (the backward keeps 2·C sums per row group in shared memory). Work is
+// queued on the context's stream.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -1,5 +1,6 @@
 #include "kernels/cuda/reduce.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -58,22 +59,49 @@ __global__ void sum_to_kernel(const T* x, T* out, int64_t out_numel, SumToGeom g
   }
 }
 
-// x read as (rows, cols) summed over rows: blocks of 32 columns × 8 row groups, the groups
-// added in a fixed order through shared memory.
+// x read as (rows, cols) summed over rows (a linear layer's bias gradient). Grid: column tiles of
+// 32 × row chunks; block (32, 8). Each block sums its chunk's rows of its 32 columns (8 row
+// groups added in order through shared memory) into a static partial slot; the block of a column
+// tile that arrives last (an integer counter, exact) adds the chunks' partials in chunk order.
+// The sizes alone fix the order: deterministic. One chunk per block column left 8 blocks
+// walking 4096 rows each for 256 columns: 34 µs for 2 MB (kernels/cuda/NOTES.md). The slots
+// and counters are one static set per process: calls are ordered on the one stream.
+constexpr int kSumRowsSlots = 1 << 20;     // floats of partial sums (4 MiB)
+constexpr int kSumRowsMaxChunks = 64;
+constexpr int kSumRowsRowsPerChunk = 256;  // rows a chunk takes at least
+constexpr int64_t kSumRowsMaxCols = 65536;
+__device__ float g_sumrows_partial[kSumRowsSlots];
+__device__ unsigned g_sumrows_arrived[kSumRowsMaxCols / 32];
+
 template <class T>
-__global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols) {
+__global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols,
+                                int64_t rows_per_chunk) {
   __shared__ float part[8][33];
+  __shared__ bool last;
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  const int64_t r0 = blockIdx.y * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
   float s = 0;
   if (c < cols)
-    for (int64_t r = threadIdx.y; r < rows; r += 8) s += to_f(x[r * cols + c]);
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) s += to_f(x[r * cols + c]);
   part[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
+  if (threadIdx.y == 0) {
     float t = 0;
     for (int y = 0; y < 8; ++y) t += part[y][threadIdx.x];
+    if (c < cols) g_sumrows_partial[blockIdx.y * cols + c] = t;
+    __threadfence();  // the slot is visible device-wide before the arrival is counted
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0)
+    last = atomicAdd(&g_sumrows_arrived[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last || threadIdx.y != 0) return;
+  if (c < cols) {
+    float t = 0;  // L2 reads: other SMs wrote the slots
+    for (unsigned k = 0; k < gridDim.y; ++k) t += __ldcg(g_sumrows_partial + k * cols + c);
     out[c] = from_f<T>(t);
   }
+  if (threadIdx.x == 0) g_sumrows_arrived[blockIdx.x] = 0;
 }
 
 }  // namespace
@@ -127,9 +155,15 @@ void sum_to(ScalarType t, const void* x, const int64_t* shape, int ndim, const i
   }
   dispatch_dtype(t, "sum_to", [&](auto tag) {
     using T = decltype(tag);
-    if (leading && out_numel < 65536) {
-      sum_rows_kernel<T><<<static_cast<unsigned>((out_numel + 31) / 32), dim3(32, 8), 0, cur_stream()>>>(
-          static_cast<const T*>(x), static_cast<T*>(out), g.reduce_count, out_numel);
+    if (leading && out_numel < kSumRowsMaxCols) {
+      const int64_t rows = g.reduce_count;
+      const int64_t chunks = std::max<int64_t>(
+          1, std::min({(rows + kSumRowsRowsPerChunk - 1) / kSumRowsRowsPerChunk,
+                       int64_t{kSumRowsMaxChunks}, kSumRowsSlots / out_numel}));
+      const int64_t per_chunk = std::max<int64_t>(1, (rows + chunks - 1) / chunks);
+      const dim3 grid(static_cast<unsigned>((out_numel + 31) / 32), static_cast<unsigned>(chunks));
+      sum_rows_kernel<T><<<grid, dim3(32, 8), 0, cur_stream()>>>(
+          static_cast<const T*>(x), static_cast<T*>(out), rows, out_numel, per_chunk);
     } else {
       sum_to_kernel<T><<<grid_for(out_numel, 256), 256, 0, cur_stream()>>>(
           static_cast<const T*>(x), static_cast<T*>(out), out_numel, g);
