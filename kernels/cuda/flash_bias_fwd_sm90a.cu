@@ -1,22 +1,18 @@
 // The Hopper flash-bias forward (flash_bias_sm90.h): compiled for sm_90a only.
 //
-// A persistent grid (one CTA per SM) walks the work tiles (128 query rows, h, b) in a fixed
-// round-robin order (tile t on CTA t mod gridDim.x; consecutive tiles share (b, h), so the SMs
-// read the same K and V at the same time), with three warpgroups:
-//   warpgroup 0, the producer: one thread issues every TMA copy — per tile the Q tile, then per
-//     key block j the K_j and V_j tiles and the 128 × BN bias tile into the next stage of a
-//     shared-memory ring. A stage is refilled only after the consumers have released it (mbarrier
-//     `empty`), the Q tile only after the consumers' last QKᵀ of the previous tile (`q_empty`), so
-//     the next tile's loads overlap this tile's last blocks and epilogue; the copies complete as
-//     transaction bytes on the `full` / `q_full` mbarriers. The producer keeps 24 registers
-//     (setmaxnreg) and hands the rest to the consumers.
+// One CTA per (128 query rows, h, b), three warpgroups:
+//   warpgroup 0, the producer: one thread issues every TMA copy — the Q tile once, then per key
+//     block j the K_j and V_j tiles and the 128 × BN bias tile into stage j % n_stages of a shared-
+//     memory ring. A stage is refilled only after the consumers have released it (mbarrier
+//     `empty`); the copies complete as transaction bytes on the stage's `full` mbarrier. The
+//     producer keeps 24 registers (setmaxnreg) and hands the rest to the consumers.
 //   warpgroups 1 and 2, the consumers: 64 query rows each. Per key block:
 //     S = Q K_jᵀ          wgmma, A and B from shared memory (K-major), fp32 accumulators
 //     x = S·scale·log2 e + bias·log2 e, masked keys −inf   (bias read from the swizzled tile)
 //     m' = max(m, rowmax x)   P = 2^(x − m')   l' = 2^(m − m')·l + rowsum P   O' = 2^(m − m')·O
 //     O' += P V_j          wgmma, P from registers (the accumulator layout is the A fragment),
 //                          V from shared memory (MN-major)
-//     and release the stage. At the end of the tile out = O / l and lse = (m + log2 l)·ln 2.
+//     and release the stage. At the end out = O / l and lse = (m + log2 l)·ln 2.
 // The two consumer warpgroups run independently, so one's softmax overlaps the other's GEMMs.
 //
 // Shared memory: Q (128 × D), then n_stages × {K (BN × D), V (BN × D), bias (128 × BN)}, then
@@ -49,7 +45,7 @@ using fb::kLog2e;
 
 constexpr int kMaxStages = 4;
 constexpr int kThreads = 384;                 // producer warpgroup + two consumer warpgroups
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128·40 + 256·232 <= 65536
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128·24 + 256·240 <= 65536
 
 enum BiasKind : int { kNone = 0, kF16 = 1, kBF16 = 2, kF32 = 3 };
 
@@ -70,7 +66,7 @@ struct Args {
   BNHDStrides out_stride;
   float* lse;
   const uint8_t* kpm;  // (B, Nk) or null
-  int B, H, Nq, Nk;
+  int H, Nq, Nk;
   int bias_kind, bias_elt;  // BiasKind and its element size (0 without a bias)
   int bias_shared_b, bias_shared_h;
   int causal;
@@ -86,7 +82,7 @@ __device__ __forceinline__ float2 load_bias2(const char* p) {
 }
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
-// grid min(tiles, SMs) with tiles = ceil(Nq/128)·H·B, 384 threads, dynamic shared memory as launch() sets.
+// grid (ceil(Nq/128), H, B), 384 threads, dynamic shared memory smem_bytes().
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const __grid_constant__ Args a) {
   using Sh = Shape<D>;
@@ -99,25 +95,14 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
   uint64_t* q_full = empty + kMaxStages;
-  uint64_t* q_empty = q_full + 1;
 
+  const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z;
   const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;
-  const int n_qblocks = (Nq + BM - 1) / BM, n_tiles = n_qblocks * a.H * a.B;
-  struct Tile {
-    int m0, h, b, n_blocks;
-  };
-  auto tile_at = [&](int t) {
-    Tile x;
-    x.m0 = (t % n_qblocks) * BM;
-    x.h = (t / n_qblocks) % a.H;
-    x.b = t / (n_qblocks * a.H);
-    x.n_blocks = (Nk + BN - 1) / BN;
-    if (a.causal) {  // key blocks up to the diagonal of the tile's last row
-      const int last_key = min(x.m0 + BM, Nq) - 1 + causal_off;
-      x.n_blocks = last_key < 0 ? 0 : min(x.n_blocks, last_key / BN + 1);
-    }
-    return x;
-  };
+  int n_blocks = (Nk + BN - 1) / BN;
+  if (a.causal) {  // key blocks up to the diagonal of the tile's last row
+    const int last_key = min(m0 + BM, Nq) - 1 + causal_off;
+    n_blocks = last_key < 0 ? 0 : min(n_blocks, last_key / BN + 1);
+  }
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < a.n_stages; ++s) {
@@ -125,7 +110,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       sm90::mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
     sm90::mbar_init(q_full, 1);
-    sm90::mbar_init(q_empty, 8);
     sm90::fence_barrier_init();
   }
   __syncthreads();
@@ -137,18 +121,14 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       sm90::tma_prefetch_descriptor(&a.k);
       sm90::tma_prefetch_descriptor(&a.v);
       if (a.bias_kind != kNone) sm90::tma_prefetch_descriptor(&a.bias);
+      sm90::mbar_arrive_expect_tx(q_full, Sh::kQBytes);
+#pragma unroll
+      for (int p = 0; p < Sh::kPanels; ++p) sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, m0, h, b);
+      const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
       const int bias_panels = BN * a.bias_elt / 128, bias_cols = a.bias_elt ? 128 / a.bias_elt : 0;
       int stage = 0;
       uint32_t phase = 0;
-      for (int t = blockIdx.x, it = 0; t < n_tiles; t += gridDim.x, ++it) {
-        const Tile x = tile_at(t);
-        const int m0 = x.m0, h = x.h, b = x.b;
-        sm90::mbar_wait(q_empty, (it & 1) ^ 1);
-        sm90::mbar_arrive_expect_tx(q_full, Sh::kQBytes);
-#pragma unroll
-        for (int p = 0; p < Sh::kPanels; ++p) sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, m0, h, b);
-        const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
-      for (int nb = 0; nb < x.n_blocks; ++nb) {
+      for (int nb = 0; nb < n_blocks; ++nb) {
         sm90::mbar_wait(&empty[stage], phase ^ 1);
         char* st = sStages + stage * a.stage_bytes;
         uint64_t* bar = &full[stage];
@@ -166,21 +146,17 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
           phase ^= 1;
         }
       }
-      }
     }
-  } else {  // ---- consumers ----
+    return;
+  }
 
+  // ---- consumers ----
   sm90::setmaxnreg_inc<kConsumerRegs>();
   const int ctid = threadIdx.x - 128, cw = ctid / 128;  // consumer warpgroup 0 or 1
   const int warp = (ctid / 32) % 4, lane = ctid % 32, g = lane / 4, t = lane % 4;
   const int r0 = 64 * cw + 16 * warp + g;  // tile row of d[4j], d[4j + 1]; r0 + 8 for d[4j + 2], d[4j + 3]
-  const float scale_log2 = a.scale_log2;
-  int stage = 0;
-  uint32_t phase = 0;
-  for (int tile = blockIdx.x, it = 0; tile < n_tiles; tile += gridDim.x, ++it) {
-  const Tile x = tile_at(tile);
-  const int m0 = x.m0, h = x.h, b = x.b, n_blocks = x.n_blocks;
   const uint8_t* kpm = a.kpm ? a.kpm + int64_t(b) * Nk : nullptr;
+  const float scale_log2 = a.scale_log2;
 
   float o[D / 2];
 #pragma unroll
@@ -188,8 +164,17 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   float m_row[2] = {-INFINITY, -INFINITY};  // running row max (log2 units) of rows r0, r0 + 8
   float l_row[2] = {0.f, 0.f};              // this thread's part of the running row sums
 
-  // S = Q K_jᵀ of key block j (stage st), issued asynchronously (one commit group)
-  auto issue_qk = [&](float (&s)[BN / 2], const char* st) {
+  sm90::mbar_wait(q_full, 0);
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int nb = 0; nb < n_blocks; ++nb) {
+    sm90::mbar_wait(&full[stage], phase);
+    const char* st = sStages + stage * a.stage_bytes;
+    const int n0 = nb * BN;
+
+    // S = Q K_jᵀ
+    float s[BN / 2];
+    sm90::wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
       const int byte = ks * 32, panel = byte / RB, off = byte % RB;
@@ -198,19 +183,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       sm90::Wgmma<BN, kBf16>::ss(s, da, db, ks > 0);
     }
     sm90::wgmma_commit();
-  };
-  // O += P V_j, issued asynchronously (one commit group)
-  auto issue_pv = [&](const uint32_t (&pa)[BN / 16][4], const char* st) {
-#pragma unroll
-    for (int kc = 0; kc < BN / 16; ++kc)
-      sm90::Wgmma<D, kBf16>::rs(o, pa[kc], sm90::make_desc<RB>(st + Sh::kKBytes + kc * 16 * RB, BN * RB));
-    sm90::wgmma_commit();
-  };
-  // Key block nb's scores s (stage st) -> P (rounded to T, A-fragment layout: k-chunk kc = key
-  // columns 16kc … 16kc + 15) and the factors alpha = 2^(m − m') by which O must be rescaled;
-  // updates m and l.
-  auto softmax = [&](float (&s)[BN / 2], int nb, const char* st, uint32_t (&pa)[BN / 16][4], float (&alpha)[2]) {
-    const int n0 = nb * BN;
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(s);
+
     // logits in log2 units: x = S·scale·log2 e + bias·log2 e; keys outside the row's view −inf
     const bool masked = kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
     const char* sb = st + 2 * Sh::kKBytes;
@@ -251,6 +226,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       case kF32: with_mask(std::integral_constant<int, kF32>{}); break;
       default: with_mask(std::integral_constant<int, kNone>{}); break;
     }
+
     // online softmax over this key block
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -259,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
       mx = fb::quad_max(mx);
       const float m_use = mx == -INFINITY ? 0.f : mx;  // all −inf so far: P = 0, not NaN
-      alpha[hf] = fast_exp2(m_row[hf] - m_use);
+      const float alpha = fast_exp2(m_row[hf] - m_use);
       m_row[hf] = mx;
       float sum = 0.f;
 #pragma unroll
@@ -268,50 +244,33 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
         s[4 * j + 2 * hf + 1] = fast_exp2(s[4 * j + 2 * hf + 1] - m_use);
         sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
       }
-      l_row[hf] = l_row[hf] * alpha[hf] + sum;
+      l_row[hf] = l_row[hf] * alpha + sum;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j + 2 * hf] *= alpha;
+        o[4 * j + 2 * hf + 1] *= alpha;
+      }
     }
+
+    // O += P V_j: P rounded to T, in the A-fragment layout (k-chunk kc = key columns 16kc … 16kc + 15)
+    uint32_t pa[BN / 16][4];
 #pragma unroll
     for (int kc = 0; kc < BN / 16; ++kc)
 #pragma unroll
       for (int e = 0; e < 4; ++e) pa[kc][e] = fb::pack2<T>(s[8 * kc + 2 * e], s[8 * kc + 2 * e + 1]);
-  };
-  auto rescale_o = [&](const float (&alpha)[2]) {
+    sm90::fence_regs(o);
+    sm90::wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[4 * j + e] *= alpha[e / 2];
-  };
-  auto release_q = [&] {  // the tile's last read of Q is done: the producer may load the next tile's
-    __syncwarp();
-    if (lane == 0) sm90::mbar_arrive(q_empty);
-  };
+    for (int kc = 0; kc < BN / 16; ++kc) {
+      const uint64_t dv = sm90::make_desc<RB>(st + Sh::kKBytes + kc * 16 * RB, BN * RB);
+      sm90::Wgmma<D, kBf16>::rs(o, pa[kc], dv);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(o);
 
-  // Per key block: S = Q K_jᵀ, softmax, O += P V_j, each GEMM waited for before the next step
-  // (the other consumer warpgroup's work fills the gaps). Overlapping the QKᵀ of j + 1 with the
-  // softmax of j inside the warpgroup needs a second score and P array: at 168 registers per
-  // thread (ptxas) that spilled (kernels/cuda/NOTES.md).
-  sm90::mbar_wait(q_full, it & 1);
-  if (n_blocks == 0) release_q();
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    sm90::mbar_wait(&full[stage], phase);
-    const char* st = sStages + stage * a.stage_bytes;
-    float s[BN / 2];
-    uint32_t pa[BN / 16][4];
-    float alpha[2];
-    sm90::wgmma_fence();
-    issue_qk(s, st);
-    sm90::wgmma_wait<0>();
-    sm90::fence_regs(s);
-    if (nb == n_blocks - 1) release_q();
-    softmax(s, nb, st, pa, alpha);
-    rescale_o(alpha);
-    sm90::fence_regs(o);
-    sm90::wgmma_fence();
-    issue_pv(pa, st);
-    sm90::wgmma_wait<0>();
-    sm90::fence_regs(o);
     __syncwarp();
-    if (lane == 0) sm90::mbar_arrive(&empty[stage]);  // K_j, V_j and the bias tile are consumed
+    if (lane == 0) sm90::mbar_arrive(&empty[stage]);
     if (++stage == a.n_stages) {
       stage = 0;
       phase ^= 1;
@@ -332,8 +291,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       for (int j = 0; j < D / 8; ++j) fb::store_pair(orow + 8 * j + 2 * t, o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
       if (t == 0) lse[i] = l == 0.f ? -INFINITY : (m_row[hf] + log2f(l)) * kLn2;
     }
-  }
-  }
   }
 }
 
@@ -374,19 +331,17 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   a.out_stride = p.out_stride;
   a.lse = static_cast<float*>(p.lse);
   a.kpm = p.key_padding_mask;
-  a.B = p.B;
   a.H = p.H;
   a.Nq = p.Nq;
   a.Nk = p.Nk;
   a.causal = p.causal;
   a.scale_log2 = float(p.scale * double(kLog2e));
 
-  int dev = 0, smem_optin = 0, n_sm = 0;
+  int dev = 0, smem_optin = 0;
   PF_CUDA_CHECK(cudaGetDevice(&dev));
   PF_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  PF_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
   a.stage_bytes = 2 * Sh::kKBytes + Sh::BM * Sh::BN * a.bias_elt;
-  const int fixed = 1024 /* alignment */ + Sh::kQBytes + (2 * kMaxStages + 2) * 8;
+  const int fixed = 1024 /* alignment */ + Sh::kQBytes + (2 * kMaxStages + 1) * 8;
   a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
   PF_CHECK(a.n_stages >= 2, "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
                                                     << a.stage_bytes << "-byte stages");
@@ -394,9 +349,8 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   auto kernel = flash_bias_fwd_sm90_kernel<T, D>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
-  const int64_t n_tiles = (int64_t(p.Nq) + Sh::BM - 1) / Sh::BM * p.H * p.B;
-  PF_CHECK(n_tiles < (int64_t(1) << 31), "flash_bias_fwd_sm90: " << n_tiles << " tiles of 128 query rows exceed the int range");
-  kernel<<<int(std::min<int64_t>(n_tiles, n_sm)), kThreads, smem, stream>>>(a);
+  const dim3 grid((p.Nq + Sh::BM - 1) / Sh::BM, p.H, p.B);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
   PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_sm90_kernel");
 }
 
