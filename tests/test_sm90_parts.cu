@@ -44,6 +44,16 @@ __device__ char* aligned_smem(char* raw) {
   return raw + ((1024 - (sm90::smem_addr(raw) & 1023)) & 1023);
 }
 
+// One mbarrier expecting one arrival (plus transaction bytes), initialised by thread 0 and
+// visible to the whole block and the TMA unit.
+__device__ void init_barrier(uint64_t* bar) {
+  if (threadIdx.x == 0) {
+    sm90::mbar_init(bar, 1);
+    sm90::fence_barrier_init();
+  }
+  __syncthreads();
+}
+
 // ---- TMA tile + swizzled reads -------------------------------------------------------------------
 
 // One 128-row × 64-half box at (c0, c1) of a (rows, cols) fp16 tensor, copied back out through
@@ -52,11 +62,7 @@ __global__ void tma_tile_kernel(const __grid_constant__ CUtensorMap map, int c0,
   extern __shared__ char raw[];
   char* tile = aligned_smem(raw);
   __shared__ uint64_t bar;
-  if (threadIdx.x == 0) {
-    sm90::mbar_init(&bar, 1);
-    sm90::fence_barrier_init();
-  }
-  __syncthreads();
+  init_barrier(&bar);
   if (threadIdx.x == 0) {
     sm90::mbar_arrive_expect_tx(&bar, 128 * 128);
     sm90::tma_load_4d(tile, &map, &bar, c0, c1, 0, 0);
@@ -115,11 +121,7 @@ __global__ void __launch_bounds__(128) wgmma_ss_kernel(const __grid_constant__ C
   char* sQ = aligned_smem(raw);
   char* sK = sQ + 64 * D * 2;
   __shared__ uint64_t bar;
-  if (threadIdx.x == 0) {
-    sm90::mbar_init(&bar, 1);
-    sm90::fence_barrier_init();
-  }
-  __syncthreads();
+  init_barrier(&bar);
   if (threadIdx.x == 0) {
     sm90::mbar_arrive_expect_tx(&bar, (64 + N) * D * 2);
     for (int p = 0; p < kPanels; ++p) {
@@ -225,11 +227,7 @@ __global__ void __launch_bounds__(128) wgmma_rs_kernel(const __half* p, const __
   extern __shared__ char raw[];
   char* sV = aligned_smem(raw);
   __shared__ uint64_t bar;
-  if (threadIdx.x == 0) {
-    sm90::mbar_init(&bar, 1);
-    sm90::fence_barrier_init();
-  }
-  __syncthreads();
+  init_barrier(&bar);
   if (threadIdx.x == 0) {
     sm90::mbar_arrive_expect_tx(&bar, BN * D * 2);
     for (int pn = 0; pn < kPanels; ++pn) sm90::tma_load_4d(sV + pn * BN * RB, &vmap, &bar, pn * RB / 2, 0, 0, 0);
