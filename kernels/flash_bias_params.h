@@ -59,6 +59,17 @@ inline const char* scalar_type_name(ScalarType t) {
   return "?";
 }
 
+// Bytes per element.
+inline int scalar_type_size(ScalarType t) {
+  switch (t) {
+    case ScalarType::F32: return 4;
+    case ScalarType::F64: return 8;
+    case ScalarType::F16:
+    case ScalarType::BF16: return 2;
+  }
+  return 1;
+}
+
 // Strides of one (B, N, H, D) tensor with unit stride on D.
 struct BNHDStrides {
   int64_t batch = 0, row = 0, head = 0;

@@ -22,21 +22,12 @@ using fb::DbiasMode;
 using fb::DrelMode;
 using fb::FwdArgs;
 
-int elt_size(ScalarType t) {
-  switch (t) {
-    case ScalarType::F32: return 4;
-    case ScalarType::F64: return 8;
-    case ScalarType::F16:
-    case ScalarType::BF16: return 2;
-  }
-  return 1;
-}
 
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // A (B,N,H,D) operand: 16-byte aligned base and strides (vector loads of 16 bytes per row piece).
 void check_bnhd(const char* who, const char* name, const void* ptr, const BNHDStrides& s, ScalarType dtype) {
-  const int64_t per16 = 16 / elt_size(dtype);
+  const int64_t per16 = 16 / scalar_type_size(dtype);
   PF_CHECK(aligned(ptr, 16), who << ": " << name << " must be 16-byte aligned (16-byte vector loads), got address % 16 = "
                                  << reinterpret_cast<uintptr_t>(ptr) % 16);
   PF_CHECK(s.batch % per16 == 0 && s.row % per16 == 0 && s.head % per16 == 0,
@@ -93,14 +84,14 @@ void check_common(const FlashBiasParams& p, const char* who) {
     PF_CHECK(p.bias_dtype == ScalarType::F32 || p.bias_dtype == ScalarType::F16 || p.bias_dtype == ScalarType::BF16,
              who << ": bias dtype " << scalar_type_name(p.bias_dtype)
                  << " is not supported on CUDA; supported: float32, float16, bfloat16");
-    PF_CHECK(aligned(p.bias, elt_size(p.bias_dtype)),
-             who << ": bias must be aligned to its element size " << elt_size(p.bias_dtype));
+    PF_CHECK(aligned(p.bias, scalar_type_size(p.bias_dtype)),
+             who << ": bias must be aligned to its element size " << scalar_type_size(p.bias_dtype));
   }
 }
 
 // The bias (or any (B|1,H|1,Nq,Nk) tensor) can be fetched in aligned 16-byte pieces.
 bool bias_vec_ok(const void* ptr, ScalarType dtype, int64_t sb, int64_t sh, int64_t sr) {
-  const int64_t per16 = 16 / elt_size(dtype);
+  const int64_t per16 = 16 / scalar_type_size(dtype);
   return aligned(ptr, 16) && sb % per16 == 0 && sh % per16 == 0 && sr % per16 == 0;
 }
 
@@ -124,15 +115,19 @@ FwdArgs make_fwd_args(const FlashBiasParams& p) {
 
 size_t round256(size_t n) { return (n + 255) / 256 * 256; }
 
-// Thread-block clusters (the kCluster dB reduction) need compute capability 9.0.
-bool device_has_clusters() {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+// The current device's compute capability as major * 10 + minor (0 where it cannot be read).
+int device_compute_capability() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return 0;
   }
-  return major >= 9;
+  return major * 10 + minor;
 }
+
+// Thread-block clusters (the kCluster dB reduction) need compute capability 9.0.
+bool device_has_clusters() { return device_compute_capability() >= 90; }
 
 // Where the backward's scratch lives and how dB and dT are reduced.
 struct BwdPlan {
@@ -197,13 +192,7 @@ FlashBiasPath g_path = FlashBiasPath::kAuto;
 // The Hopper kernels are built (PF_FLASH_BIAS_SM90) and the current device is compute capability 9.0.
 bool device_is_sm90() {
 #ifdef PF_FLASH_BIAS_SM90
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return major == 9 && minor == 0;
+  return device_compute_capability() == 90;
 #else
   return false;
 #endif
@@ -244,7 +233,7 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
   if (is_varlen(p)) return "a packed variable-length batch";
   if (p.relpos_table != nullptr) return "a fused relative-position table";
   if (p.bias != nullptr) {
-    const int e = elt_size(p.bias_dtype);
+    const int e = scalar_type_size(p.bias_dtype);
     if (!aligned(p.bias, 16) || (p.bias_row_stride * e) % 16 != 0 || (p.bias_head_stride * e) % 16 != 0 ||
         (p.bias_batch_stride * e) % 16 != 0 || p.bias_row_stride <= 0)
       return "a bias whose base or row / head / batch strides are not 16-byte multiples";
@@ -281,8 +270,8 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   if (p.dv) check_bnhd(who, "dv", p.dv, p.dv_stride, p.dtype);
   if (p.dbias) {
     PF_CHECK(p.bias != nullptr, who << ": dbias was given but there is no bias");
-    PF_CHECK(aligned(p.dbias, elt_size(p.bias_dtype)),
-             who << ": dbias must be aligned to its element size " << elt_size(p.bias_dtype));
+    PF_CHECK(aligned(p.dbias, scalar_type_size(p.bias_dtype)),
+             who << ": dbias must be aligned to its element size " << scalar_type_size(p.bias_dtype));
   }
   if (p.drelpos_table) {
     PF_CHECK(p.relpos_table != nullptr, who << ": drelpos_table was given but there is no relpos_table");
@@ -304,7 +293,7 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   args.bias_kind = p.bias ? int(p.bias_dtype) : fb::kNoBias;
   args.bias_vec = bias_vec_for(p);
   // packed: the strides are unused; the kernel checks each sequence's block offset and row length
-  args.dbias_vec = p.dbias && aligned(p.dbias, 2 * elt_size(p.bias_dtype)) &&
+  args.dbias_vec = p.dbias && aligned(p.dbias, 2 * scalar_type_size(p.bias_dtype)) &&
                    (varlen || (p.dbias_batch_stride % 2 == 0 && p.dbias_head_stride % 2 == 0 && p.dbias_row_stride % 2 == 0));
   args.dbias_from_smem =
       plan.dbias_mode == DbiasMode::kDirect && !p.dbias_accumulate && p.bias_dtype == p.dtype &&

@@ -294,8 +294,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   }
 }
 
-int elt_size(ScalarType t) { return t == ScalarType::F32 ? 4 : 2; }
-
 template <typename T, int D>
 void launch(const FlashBiasParams& p, cudaStream_t stream) {
   using Sh = Shape<D>;
@@ -312,7 +310,7 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   a.v = bnhd_map(p.v, p.v_stride, p.Nk, Sh::BN);
   a.bias_kind = kNone;
   if (p.bias != nullptr) {
-    const int e = elt_size(p.bias_dtype);
+    const int e = scalar_type_size(p.bias_dtype);
     a.bias_kind = p.bias_dtype == ScalarType::F16 ? kF16 : p.bias_dtype == ScalarType::BF16 ? kBF16 : kF32;
     a.bias_elt = e;
     a.bias_shared_b = p.bias_batch_stride == 0;
