@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "kernels/check.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -271,7 +273,8 @@ TEST(Config, BytesThatAreNotUtf8RoundTripExactly) {
 }
 
 TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
-  std::mt19937_64 rng(std::random_device{}());
+  // The run's seed (printed; PF_TEST_SEED replays it), so that a failing draw can be repeated.
+  std::mt19937_64 rng(pf::testing_util::test_seed() ^ 0x5eed);
   auto pick = [&](int lo, int hi) { return static_cast<int>(lo + rng() % (hi - lo + 1)); };
   const std::vector<std::string> odd_strings = {"a b/c.h5", "x: y", "#hash", "null", "yes", "123", " lead",
                                                 "quote\"s", "tab\tin", "ünïcödé/Å.h5", "- dash", "{brace}",
@@ -299,7 +302,10 @@ TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
     c.data.seed = rng();
     c.data.task = rng() % 2 ? "chain" : "relpos";
     c.train.steps = pick(1, 100000);
-    c.train.batch_size = pick(1, c.data.n_train);
+    // Every draw must be a config the validator accepts on any machine: the check of a dense CPU
+    // batch's pair representation against physical memory (B × n_res² × c_z × 4 bytes) stays
+    // below 0.8 GB here (8 × 612² × 64 × 4), and the data sets below 1.3 GB.
+    c.train.batch_size = pick(1, std::min(c.data.n_train, 8));
     c.train.batch_tokens = rng() % 2 ? 0 : c.data.n_res_max + pick(0, 10000);
     c.train.lr = std::ldexp(static_cast<double>(rng() >> 11), -60) + 1e-12;
     c.train.min_lr = c.train.lr * (rng() % 1000) / 1000.0;
