@@ -434,6 +434,41 @@ std::vector<Case> all_cases() {
           c.grads = mc == 0 ? kAll : unsigned(kDq | kDb);
           cs.push_back(c);
         }
+  // The Hopper backward (128 keys per CTA, 64-row query blocks): causal with Nq > Nk (the first
+  // rows see no key), a broadcast dB added into an existing gradient, a fully padded batch, and a
+  // long sequence whose query blocks wrap the stage ring many times.
+  {
+    Case c;
+    c.bias_pad = 8;
+    c.dtype = c.bias_dtype = ScalarType::BF16;
+    c.D = 128;
+    c.Nq = 300;
+    c.Nk = 200;
+    c.causal = true;
+    cs.push_back(c);
+    c.dtype = c.bias_dtype = ScalarType::F16;
+    c.D = 64;
+    c.Nq = c.Nk = 300;
+    c.causal = false;
+    c.B = 3;
+    c.bias = BiasForm::kSharedB;
+    c.accumulate = true;
+    cs.push_back(c);
+    c.B = 2;
+    c.D = 32;
+    c.bias = BiasForm::kFull;
+    c.accumulate = false;
+    c.mask = true;
+    c.all_masked_batch = true;
+    cs.push_back(c);
+    c.mask = c.all_masked_batch = false;
+    c.D = 64;
+    c.B = 1;
+    c.H = 2;
+    c.Nq = c.Nk = 1000;
+    c.tag = "large";
+    cs.push_back(c);
+  }
   {
     const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32}, {ScalarType::BF16, ScalarType::F32},
                                    {ScalarType::F16, ScalarType::BF16}, {ScalarType::BF16, ScalarType::F16}};
@@ -623,27 +658,37 @@ struct PathScope {
   ~PathScope() { pf::kernels::cuda::set_flash_bias_path(saved); }
 };
 
-// Runs case c on the forward path `path`. With only_if_hopper_default, skips unless the default
-// path (kAuto) would run the Hopper kernel for it (elsewhere the default run already was the
-// portable kernel).
-void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default);
+// Which cases a path's test runs: all; only those the default path runs on the Hopper forward
+// (elsewhere the default run already was the portable kernel); only those the Hopper forward and
+// backward both cover.
+enum class Only { kAll, kHopperByDefault, kHopperCovers };
+
+// Runs case c on the kernel path `path` (forward and backward).
+void check_case(const Case& c, FlashBiasPath path, Only only);
 
 class FlashBiasCuda : public ::testing::TestWithParam<Case> {};
 
 // The default path: on an H100/H200 the Hopper forward wherever it covers the case.
 TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
-  check_case(GetParam(), FlashBiasPath::kAuto, false);
+  check_case(GetParam(), FlashBiasPath::kAuto, Only::kAll);
 }
 
 // The portable forward on the cases the default path runs on the Hopper kernel: both paths
 // are checked against the same reference.
 TEST_P(FlashBiasCuda, PortablePathMatchesFloat64Reference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
-  check_case(GetParam(), FlashBiasPath::kPortable, true);
+  check_case(GetParam(), FlashBiasPath::kPortable, Only::kHopperByDefault);
 }
 
-void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) {
+// The Hopper forward and backward together on every case they cover (the backward is not yet
+// the default: kHopperBackwardByDefault in kernels/cuda/flash_bias.cu).
+TEST_P(FlashBiasCuda, HopperPathMatchesFloat64Reference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
+  check_case(GetParam(), FlashBiasPath::kHopper, Only::kHopperCovers);
+}
+
+void check_case(const Case& c, FlashBiasPath path, Only only) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE("case " + case_name(c) + " seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -735,13 +780,6 @@ void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) 
     p.relpos_dtype = ScalarType::F32;
     p.relpos_clip = R;
   }
-  if (only_if_hopper_default && std::string(pf::kernels::cuda::flash_bias_forward_kernel(p)) != "hopper")
-    GTEST_SKIP() << "the default path runs the portable forward for this case";
-  const PathScope scope(path);
-  const std::string kernel = pf::kernels::cuda::flash_bias_forward_kernel(p);
-  pf::kernels::cuda::flash_bias_forward(p, nullptr);
-  CUDA_OK(cudaDeviceSynchronize());
-
   p.dout = d_dout.ptr; p.dout_stride = dout.bnhd();
   if (c.grads & kDq) { p.dq = d_dq.ptr; p.dq_stride = dq.bnhd(); }
   if (c.grads & kDk) { p.dk = d_dk.ptr; p.dk_stride = dk.bnhd(); }
@@ -758,6 +796,16 @@ void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) 
     p.dbias_accumulate = c.accumulate;
   }
   p.deterministic = c.deterministic;
+  if (only == Only::kHopperByDefault && std::string(pf::kernels::cuda::flash_bias_forward_kernel(p)) != "hopper")
+    GTEST_SKIP() << "the default path runs the portable forward for this case";
+  if (only == Only::kHopperCovers && !pf::kernels::cuda::flash_bias_hopper_covers(p))
+    GTEST_SKIP() << "the Hopper kernels do not cover this case on this device";
+  const PathScope scope(path);
+  const std::string kernel = pf::kernels::cuda::flash_bias_forward_kernel(p);
+  const std::string bwd_kernel = pf::kernels::cuda::flash_bias_backward_kernel(p);
+  SCOPED_TRACE("forward kernel " + kernel + ", backward kernel " + bwd_kernel);
+  pf::kernels::cuda::flash_bias_forward(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
   const size_t ws_bytes = pf::kernels::cuda::flash_bias_backward_workspace_bytes(p);
   DeviceBuffer d_ws(ws_bytes);
 
@@ -778,7 +826,8 @@ void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) 
     CUDA_OK(cudaDeviceSynchronize());
   };
   run_backward();
-  if (has_rel && !c.deterministic) run_backward();  // again on poisoned outputs: races show as errors below
+  // again on poisoned outputs: races show as errors below
+  if ((has_rel && !c.deterministic) || bwd_kernel == "hopper") run_backward();
   std::vector<float> dt_h(table.size());
   if (want_dt) CUDA_OK(cudaMemcpy(dt_h.data(), d_dtable.ptr, dt_h.size() * 4, cudaMemcpyDeviceToHost));
 
@@ -944,7 +993,7 @@ void check_case(const Case& c, FlashBiasPath path, bool only_if_hopper_default) 
     std::printf("    %-6s err %.3e  tol %.3e%s\n", name, err, tol, naive ? "  (2x naive or u)" : "");
   };
 
-  std::printf("  %s (forward: %s kernel)\n", case_name(c).c_str(), kernel.c_str());
+  std::printf("  %s (forward: %s kernel, backward: %s kernel)\n", case_name(c).c_str(), kernel.c_str(), bwd_kernel.c_str());
   check("out", out_h.dense(), r_out, low ? &n_out : nullptr, dt);
   {  // lse: finite entries by relative error, -inf exactly where the reference has it
     std::vector<double> got, ref;

@@ -7,6 +7,13 @@
 //   swizzle for D = 32, 128-byte panels otherwise), D / 16 K-steps through desc_advance.
 // - wgmma rs: O (64 × D) = P (64 × BN) · V (BN × D), P from registers in the accumulator layout,
 //   V an MN-major tile written by TMA.
+// The backward's parts:
+// - wgmma ss_mn: dQ (64 × N) = dS (64 × 128) · K[:, c0 … c0 + N), K MN-major and c0 inside a
+//   swizzle panel (a warpgroup's part of D).
+// - ldmatrix_x4_trans / stmatrix_x4_trans through trans_x4_offset, and a TMA store: a tile read
+//   as fragments of its transpose, stored back and out; both must equal the source exactly.
+// - a bulk copy, a TMA reduce-add of an fp32 tile clipped at the tensor's edge, and
+//   red_add_f32x2.
 // Skips where no compute capability 9.0 device is present.
 #include <gtest/gtest.h>
 
@@ -272,6 +279,220 @@ TEST(Sm90Parts, WgmmaPVMatchesCpu) {
   check_rs<32, 128>();
   check_rs<64, 128>();
   check_rs<128, 64>();
+}
+
+// ---- wgmma ss_mn at a column offset: dQ = dS K[:, c0 …] --------------------------------------------
+
+// ds (64 × 128) row-major (K-major A: two 128-byte panels of 64 columns), k (128 × D) row-major
+// (MN-major B: the columns c0 … c0 + N − 1, c0 inside a swizzle panel, as the Hopper backward's dQ
+// product takes a warpgroup's part of D); dq (64 × N) fp32.
+template <int D, int N>
+__global__ void __launch_bounds__(128) wgmma_ss_mn_kernel(const __grid_constant__ CUtensorMap dsmap,
+                                                          const __grid_constant__ CUtensorMap kmap, int c0, float* out) {
+  constexpr int RB = 2 * D < 128 ? 2 * D : 128, kPanels = 2 * D / RB;
+  extern __shared__ char raw[];
+  char* sDs = aligned_smem(raw);
+  char* sK = sDs + 64 * 128 * 2;
+  __shared__ uint64_t bar;
+  init_barrier(&bar);
+  if (threadIdx.x == 0) {
+    sm90::mbar_arrive_expect_tx(&bar, (64 + D) * 128 * 2);
+    for (int p = 0; p < 2; ++p) sm90::tma_load_4d(sDs + p * 64 * 128, &dsmap, &bar, 64 * p, 0, 0, 0);
+    for (int p = 0; p < kPanels; ++p) sm90::tma_load_4d(sK + p * 128 * RB, &kmap, &bar, p * RB / 2, 0, 0, 0);
+  }
+  sm90::mbar_wait(&bar, 0);
+  const char* sKc = sK + (2 * c0 / RB) * 128 * RB + (2 * c0) % RB;
+  float c[N / 2];
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks) {
+    const int byte = ks * 32;
+    const uint64_t da = sm90::desc_advance(sm90::make_desc<128>(sDs + (byte / 128) * 64 * 128), byte % 128);
+    sm90::Wgmma<N, false>::ss_mn(c, da, sm90::make_desc<RB>(sKc + ks * 16 * RB, 128 * RB), ks > 0);
+  }
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(c);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int j = 0; j < N / 8; ++j)
+    for (int e = 0; e < 4; ++e) out[(16 * warp + g + 8 * (e / 2)) * N + 8 * j + 2 * t + e % 2] = c[4 * j + e];
+}
+
+template <int D, int N>
+void check_ss_mn(int c0) {
+  const int smem = (64 + D) * 128 * 2 + 1024;
+  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_mn_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
+  const double err = product_error(
+      64, 128, N, size_t(128) * D,
+      [&](__half* ds, __half* k, float* out) {
+        wgmma_ss_mn_kernel<D, N><<<1, 128, smem>>>(rows_map(ds, 64, 128, 64), rows_map(k, 128, D, 128), c0, out);
+      },
+      [&](const std::vector<__half>& k, int kk, int j) { return k[size_t(kk) * D + c0 + j]; });
+  EXPECT_LE(err, 1e-5) << "D = " << D << ", N = " << N << ", first column " << c0;
+}
+
+TEST(Sm90Parts, WgmmaDsKAtAColumnOffsetMatchesCpu) {
+  if (!have_sm90()) GTEST_SKIP() << "no compute capability 9.0 device";
+  check_ss_mn<32, 16>(0);
+  check_ss_mn<32, 16>(16);   // 32 bytes into a 64-byte swizzle row
+  check_ss_mn<64, 32>(32);   // 64 bytes into a 128-byte row
+  check_ss_mn<128, 32>(96);  // the second panel, 64 bytes in
+}
+
+// ---- ldmatrix / stmatrix transposed, TMA store ---------------------------------------------------------
+
+// x (64 × 128 fp16, a TMA tile of two 128-byte panels). Every 16 × 16 block of the transposed
+// matrix (rows = the tile's columns) goes through ldmatrix_x4_trans into fragments, which are
+// written out as xt (128 × 64, fp32) and stored back transposed with stmatrix_x4_trans into a
+// second tile, which TMA stores to y (64 × 128): xt = xᵀ and y = x.
+__global__ void __launch_bounds__(128) transpose_fragments_kernel(const __grid_constant__ CUtensorMap xmap,
+                                                                  const __grid_constant__ CUtensorMap ymap, float* xt) {
+  extern __shared__ char raw[];
+  char* sX = aligned_smem(raw);
+  char* sY = sX + 64 * 128 * 2;
+  __shared__ uint64_t bar;
+  init_barrier(&bar);
+  if (threadIdx.x == 0) {
+    sm90::mbar_arrive_expect_tx(&bar, 64 * 128 * 2);
+    for (int p = 0; p < 2; ++p) sm90::tma_load_4d(sX + p * 64 * 128, &xmap, &bar, 64 * p, 0, 0, 0);
+  }
+  sm90::mbar_wait(&bar, 0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int half = 0; half < 2; ++half) {
+    const int r0 = 64 * half + 16 * warp;  // fragment rows = columns of x
+    for (int c0 = 0; c0 < 64; c0 += 16) {
+      uint32_t r[4];
+      sm90::ldmatrix_x4_trans(r, sX + sm90::trans_x4_offset<64>(lane, r0, c0));
+      for (int i = 0; i < 4; ++i) {
+        const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&r[i]));
+        const int row = r0 + g + 8 * (i % 2), col = c0 + 8 * (i / 2) + 2 * t;
+        xt[row * 64 + col] = v.x;
+        xt[row * 64 + col + 1] = v.y;
+      }
+      sm90::stmatrix_x4_trans(sY + sm90::trans_x4_offset<64>(lane, r0, c0), r);
+    }
+  }
+  sm90::fence_proxy_async_smem();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&ymap, sY + p * 64 * 128, 64 * p, 0, 0, 0);
+    sm90::bulk_commit();
+    sm90::bulk_wait<0>();
+  }
+}
+
+TEST(Sm90Parts, LdmatrixStmatrixTransposeAndTmaStoreRoundTrip) {
+  if (!have_sm90()) GTEST_SKIP() << "no compute capability 9.0 device";
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<__half> x = random_half(64 * 128, rng);
+  __half *d_x = nullptr, *d_y = nullptr;
+  float* d_xt = nullptr;
+  CUDA_OK(cudaMalloc(&d_x, x.size() * 2));
+  CUDA_OK(cudaMalloc(&d_y, x.size() * 2));
+  CUDA_OK(cudaMalloc(&d_xt, x.size() * 4));
+  CUDA_OK(cudaMemcpy(d_x, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemset(d_y, 0xff, x.size() * 2));  // NaN poison
+  CUDA_OK(cudaMemset(d_xt, 0xff, x.size() * 4));
+  const int smem = 2 * 64 * 128 * 2 + 1024;
+  CUDA_OK(cudaFuncSetAttribute(transpose_fragments_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  transpose_fragments_kernel<<<1, 128, smem>>>(rows_map(d_x, 64, 128, 64), rows_map(d_y, 64, 128, 64), d_xt);
+  CUDA_OK(cudaGetLastError());
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<__half> y(x.size());
+  std::vector<float> xt(x.size());
+  CUDA_OK(cudaMemcpy(y.data(), d_y, y.size() * 2, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(xt.data(), d_xt, xt.size() * 4, cudaMemcpyDeviceToHost));
+  int bad_t = 0, bad_y = 0;
+  for (int i = 0; i < 64; ++i)
+    for (int j = 0; j < 128; ++j) {
+      const float want = __half2float(x[i * 128 + j]);
+      bad_t += xt[j * 64 + i] != want;
+      bad_y += __half2float(y[i * 128 + j]) != want;
+    }
+  EXPECT_EQ(bad_t, 0) << "fragments of the transposed tile (ldmatrix_x4_trans)";
+  EXPECT_EQ(bad_y, 0) << "the tile stored back (stmatrix_x4_trans, TMA store)";
+  cudaFree(d_x);
+  cudaFree(d_y);
+  cudaFree(d_xt);
+}
+
+// ---- bulk copy, TMA reduce-add, vector reduction ------------------------------------------------------
+
+// src (64 floats) by one bulk copy; a 64 × 32 fp32 tile v(r, c) = src[r]·(c + 1) added twice by
+// TMA reduce-add into acc (rows × cols, row pitch ld) at (c0, r0); and every thread adds
+// (tid, −tid) into pair[tid] with red_add_f32x2.
+__global__ void __launch_bounds__(128) bulk_reduce_kernel(const float* src, const __grid_constant__ CUtensorMap accmap,
+                                                          int c0, int r0, float* pair) {
+  extern __shared__ char raw[];
+  char* sTile = aligned_smem(raw);
+  float* sSrc = reinterpret_cast<float*>(sTile + 64 * 128);
+  __shared__ uint64_t bar;
+  init_barrier(&bar);
+  if (threadIdx.x == 0) {
+    sm90::mbar_arrive_expect_tx(&bar, 64 * 4);
+    sm90::bulk_load(sSrc, src, 64 * 4, &bar);
+  }
+  sm90::mbar_wait(&bar, 0);
+  for (int e = threadIdx.x; e < 64 * 32; e += blockDim.x) {
+    const int r = e / 32, c = e % 32;
+    *reinterpret_cast<float*>(sTile + sm90::panel_offset<64>(r, 4 * c)) = sSrc[r] * float(c + 1);
+  }
+  sm90::fence_proxy_async_smem();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int rep = 0; rep < 2; ++rep) {
+      sm90::tma_reduce_add_4d(&accmap, sTile, c0, r0, 0, 0);
+      sm90::bulk_commit();
+    }
+    sm90::bulk_wait<0>();
+  }
+  sm90::red_add_f32x2(pair + 2 * threadIdx.x, float(threadIdx.x), -float(threadIdx.x));
+}
+
+TEST(Sm90Parts, BulkCopyReduceAddAndVectorReduction) {
+  if (!have_sm90()) GTEST_SKIP() << "no compute capability 9.0 device";
+  const int rows = 60, cols = 45, ld = 48, c0 = 8, r0 = 3;  // the box's last rows fall outside
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> u(0.5f, 2.f);
+  std::vector<float> src(64), acc(size_t(rows) * ld), pair(256);
+  for (auto& v : src) v = u(rng);
+  for (auto& v : acc) v = u(rng);
+  for (auto& v : pair) v = u(rng);
+  float *d_src = nullptr, *d_acc = nullptr, *d_pair = nullptr;
+  CUDA_OK(cudaMalloc(&d_src, src.size() * 4));
+  CUDA_OK(cudaMalloc(&d_acc, acc.size() * 4));
+  CUDA_OK(cudaMalloc(&d_pair, pair.size() * 4));
+  CUDA_OK(cudaMemcpy(d_src, src.data(), src.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_acc, acc.data(), acc.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_pair, pair.data(), pair.size() * 4, cudaMemcpyHostToDevice));
+  const uint64_t dims[4] = {uint64_t(cols), uint64_t(rows), 1, 1};
+  const uint64_t strides[3] = {uint64_t(ld) * 4, uint64_t(ld) * 4 * rows, uint64_t(ld) * 4 * rows};
+  const uint32_t box[4] = {32, 64, 1, 1};
+  const CUtensorMap map = pf::kernels::cuda::make_tensor_map_4d(d_acc, 4, false, dims, strides, box, 128);
+  const int smem = 64 * 128 + 256 + 1024;
+  bulk_reduce_kernel<<<1, 128, smem>>>(d_src, map, c0, r0, d_pair);
+  CUDA_OK(cudaGetLastError());
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<float> acc2(acc.size()), pair2(pair.size());
+  CUDA_OK(cudaMemcpy(acc2.data(), d_acc, acc2.size() * 4, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(pair2.data(), d_pair, pair2.size() * 4, cudaMemcpyDeviceToHost));
+  // two fp32 additions per element: equal to the host's within 2 units of fp32 rounding
+  int bad = 0;
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < ld; ++j) {
+      const bool in_box = i >= r0 && i < r0 + 64 && j >= c0 && j < c0 + 32 && j < cols;
+      const float v = in_box ? src[i - r0] * float(j - c0 + 1) : 0.f;
+      const float want = (acc[size_t(i) * ld + j] + v) + v;
+      bad += std::fabs(acc2[size_t(i) * ld + j] - want) > 2.4e-7f * std::fabs(want);
+    }
+  EXPECT_EQ(bad, 0) << "TMA reduce-add of the tile (bulk copy of its row values)";
+  int bad_pair = 0;
+  for (int i = 0; i < 128; ++i)
+    bad_pair += pair2[2 * i] != pair[2 * i] + float(i) || pair2[2 * i + 1] != pair[2 * i + 1] - float(i);
+  EXPECT_EQ(bad_pair, 0) << "red_add_f32x2";
+  cudaFree(d_src);
+  cudaFree(d_acc);
+  cudaFree(d_pair);
 }
 
 }  // namespace

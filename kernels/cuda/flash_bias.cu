@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_check.h"
@@ -140,7 +141,11 @@ struct BwdPlan {
   int64_t drel_ld = 0;        // kPartial: floats per CTA row
   size_t off_delta = 0, off_dq = 0, off_dbias = 0, off_drel = 0, total = 0;
   bool dq_atomic = false;
+  bool hopper = false;  // the Hopper backward: Δ and lse·log2 e in rows of nq_pad
+  int nq_pad = 0;
+  size_t off_lse2 = 0;
 };
+bool use_hopper_backward(const FlashBiasBwdParams& p);
 
 BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   BwdPlan plan;
@@ -153,6 +158,27 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
                       : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters() ? DbiasMode::kCluster
                       : p.deterministic                          ? DbiasMode::kGrouped
                                                                  : DbiasMode::kAtomic;
+  plan.hopper = use_hopper_backward(p);
+  if (plan.hopper) {  // dQ and a broadcast dB through fp32 accumulators; row statistics padded
+    plan.dbias_mode = plan.shared_b || plan.shared_h ? DbiasMode::kAtomic : DbiasMode::kDirect;
+    plan.nq_pad = (p.Nq + 63) / 64 * 64;
+    plan.off_lse2 = round256(size_t(p.B) * p.H * plan.nq_pad * sizeof(float));
+    size_t off = 2 * plan.off_lse2;
+    if (p.dq != nullptr) {
+      plan.dq_atomic = true;
+      plan.off_dq = off;
+      off += round256(size_t(p.B) * p.H * p.Nq * p.D * sizeof(float));
+    }
+    if (p.dbias != nullptr && plan.dbias_mode == DbiasMode::kAtomic) {
+      plan.nsb = plan.shared_b ? 1 : p.B;
+      plan.nsh = plan.shared_h ? 1 : p.H;
+      plan.dbias_ld = (int64_t(p.Nk) + 3) / 4 * 4;
+      plan.off_dbias = off;
+      off += round256(size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float));
+    }
+    plan.total = off;
+    return plan;
+  }
   plan.dq_atomic = p.dq != nullptr && !p.deterministic;
   // row statistics and the dQ accumulator: (B,H,Nq), or (H,Tq) packed with Tq <= B·Nq
   const size_t rows = size_t(p.B) * p.H * p.Nq;
@@ -209,6 +235,26 @@ const char* hopper_forward_refusal(const FlashBiasParams& p) {
 #endif
 }
 
+// The Hopper backward runs under kAuto only once it has passed test_flash_bias_cuda on a GPU
+// (kernels/cuda/NOTES.md); until then kHopper selects it.
+constexpr bool kHopperBackwardByDefault = false;
+
+// nullptr: the Hopper backward runs `p`; else why not.
+const char* hopper_backward_refusal(const FlashBiasBwdParams& p) {
+  if (const char* why = hopper_forward_refusal(p)) return why;
+#ifdef PF_FLASH_BIAS_SM90
+  return flash_bias_bwd_sm90_unsupported(p);
+#else
+  return nullptr;
+#endif
+}
+bool use_hopper_backward(const FlashBiasBwdParams& p) {
+  if (g_path == FlashBiasPath::kPortable || (g_path == FlashBiasPath::kAuto && !kHopperBackwardByDefault)) return false;
+  const char* why = hopper_backward_refusal(p);
+  PF_CHECK(why == nullptr || g_path != FlashBiasPath::kHopper,
+           "flash_bias_backward: the Hopper path was asked for (set_flash_bias_path) but cannot run: " << why);
+  return why == nullptr;
+}
 bool use_hopper_forward(const FlashBiasParams& p) {
   if (g_path == FlashBiasPath::kPortable) return false;
   const char* why = hopper_forward_refusal(p);
@@ -225,6 +271,10 @@ FlashBiasPath flash_bias_path() { return g_path; }
 const char* flash_bias_forward_kernel(const FlashBiasParams& p) {
   return use_hopper_forward(p) ? "hopper" : "portable";
 }
+const char* flash_bias_backward_kernel(const FlashBiasBwdParams& p) {
+  return use_hopper_backward(p) ? "hopper" : "portable";
+}
+bool flash_bias_hopper_covers(const FlashBiasBwdParams& p) { return hopper_backward_refusal(p) == nullptr; }
 
 #ifdef PF_FLASH_BIAS_SM90
 const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
@@ -237,6 +287,20 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
     if (!aligned(p.bias, 16) || (p.bias_row_stride * e) % 16 != 0 || (p.bias_head_stride * e) % 16 != 0 ||
         (p.bias_batch_stride * e) % 16 != 0 || p.bias_row_stride <= 0)
       return "a bias whose base or row / head / batch strides are not 16-byte multiples";
+  }
+  return nullptr;
+}
+const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p) {
+  if (const char* why = flash_bias_fwd_sm90_unsupported(p)) return why;
+  if (p.deterministic) return "the deterministic mode (the Hopper backward adds dQ with fp32 atomics)";
+  if (p.bias != nullptr && p.bias_dtype != p.dtype) return "a bias of another dtype than q, k, v";
+  const bool broadcast = (p.bias_batch_stride == 0 && p.B > 1) || (p.bias_head_stride == 0 && p.H > 1);
+  if (p.dbias != nullptr && !broadcast) {
+    const int e = scalar_type_size(p.bias_dtype);
+    if (p.dbias_accumulate) return "a dbias to add into (dbias_accumulate) where the bias is not broadcast";
+    if (!aligned(p.dbias, 16) || (p.dbias_row_stride * e) % 16 != 0 || (p.dbias_head_stride * e) % 16 != 0 ||
+        (p.dbias_batch_stride * e) % 16 != 0 || p.dbias_row_stride <= 0)
+      return "a dbias whose base or row / head / batch strides are not 16-byte multiples";
   }
   return nullptr;
 }
@@ -259,6 +323,56 @@ void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream) {
 }
 
 size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p) { return plan_backward(p).total; }
+
+namespace {
+
+// The Hopper backward: padded row statistics, the main kernel, then the accumulators' conversion
+// by the portable finalize kernels.
+void hopper_backward(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws, cudaStream_t stream) {
+#ifdef PF_FLASH_BIAS_SM90
+  FlashBiasBwdSm90Workspace w;
+  w.nq_pad = plan.nq_pad;
+  float* delta = reinterpret_cast<float*>(ws + plan.off_delta);
+  float* lse2 = reinterpret_cast<float*>(ws + plan.off_lse2);
+  w.delta = delta;
+  w.lse2 = lse2;
+  const int64_t rows = int64_t(p.B) * p.H * p.Nq;
+  if (plan.dq_atomic) {
+    w.dq_accum = reinterpret_cast<float*>(ws + plan.off_dq);
+    PF_CUDA_CHECK(cudaMemsetAsync(w.dq_accum, 0, size_t(rows) * p.D * sizeof(float), stream));
+  }
+  if (plan.nsb > 0) {
+    w.dbias_accum = reinterpret_cast<float*>(ws + plan.off_dbias);
+    w.dbias_accum_ld = plan.dbias_ld;
+    PF_CUDA_CHECK(cudaMemsetAsync(w.dbias_accum, 0, size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float), stream));
+  }
+  const float scale = float(p.scale);
+  fb::dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      fb::flash_bias_bwd_padded_stats_kernel<T><<<grid_for(int64_t(p.B) * p.H * plan.nq_pad, 8), 256, 0, stream>>>(
+          p, plan.nq_pad, delta, lse2);
+      PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_padded_stats_kernel");
+      flash_bias_bwd_sm90(p, w, stream);
+      if (plan.dq_atomic) {
+        fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, false, w.dq_accum, scale);
+        PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
+      }
+    }
+  });
+  if (w.dbias_accum != nullptr) {
+    const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
+    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p, int(p.bias_dtype), w.dbias_accum,
+                                                                               plan.dbias_ld, plan.nsb, plan.nsh);
+    PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
+  }
+#else
+  (void)p, (void)plan, (void)ws, (void)stream;
+  PF_FAIL("flash_bias_backward: this build has no Hopper kernels");
+#endif
+}
+
+}  // namespace
 
 void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStream_t stream) {
   const char* who = "flash_bias_backward";
@@ -287,6 +401,10 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   const bool varlen = is_varlen(p);
 
   char* ws = static_cast<char*>(workspace);
+  if (plan.hopper) {
+    hopper_backward(p, plan, ws, stream);
+    return;
+  }
   BwdArgs args;
   args.p = p;
   args.scale = float(p.scale);

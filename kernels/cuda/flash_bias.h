@@ -33,18 +33,24 @@
 
 namespace pf::kernels::cuda {
 
-// Which forward kernel runs. kAuto (the default): the Hopper kernel (flash_bias_sm90.h) on a
-// compute capability 9.0 device for the problems it covers, the portable kernel otherwise.
-// kPortable: always the portable kernel. kHopper: the Hopper kernel, or a pf::Error saying why it
-// cannot run. Process-wide; for tests and benchmarks that compare the two.
+// Which kernels run. kAuto (the default): the Hopper forward (flash_bias_sm90.h) on a compute
+// capability 9.0 device for the problems it covers, the portable kernels otherwise; the Hopper
+// backward only once it is enabled by default (kHopperBackwardByDefault in flash_bias.cu: after
+// its first runs on a GPU). kPortable: always the portable kernels. kHopper: the Hopper forward
+// and backward, or a pf::Error saying why one cannot run. Process-wide; for tests and benchmarks
+// that compare the paths.
 enum class FlashBiasPath { kAuto, kPortable, kHopper };
 void set_flash_bias_path(FlashBiasPath path);
 FlashBiasPath flash_bias_path();
 
-// The forward kernel flash_bias_forward would run for `p` on the current device under the
-// current path setting: "hopper" or "portable". With kHopper and a problem the Hopper kernel does
-// not cover, fails with the reason.
+// The kernel flash_bias_forward / flash_bias_backward would run for `p` on the current device
+// under the current path setting: "hopper" or "portable". With kHopper and a problem the Hopper
+// kernel does not cover, fails with the reason.
 const char* flash_bias_forward_kernel(const FlashBiasParams& p);
+const char* flash_bias_backward_kernel(const FlashBiasBwdParams& p);
+
+// Whether the Hopper forward and backward both cover `p` on the current device (what kHopper needs).
+bool flash_bias_hopper_covers(const FlashBiasBwdParams& p);
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream);
@@ -54,7 +60,9 @@ void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream);
 // accumulator (B|1,H|1,Nq,Nk) when more than 8 (b, h) pairs share one bias slice (up to 8, the
 // sharing CTAs form a thread-block cluster and sum dB on chip, in a fixed order), and with
 // p.deterministic and drelpos_table the per-CTA dT rows (B, H, ceil(Nk/64), min(2R+1, 64·ceil(Nq/64)+63)).
-// Packed batches use the same bounds (Tq <= B·Nq).
+// Packed batches use the same bounds (Tq <= B·Nq). The Hopper backward needs the row statistics
+// (Δ and lse·log2 e) in rows padded to 64, the dQ accumulator, and the dB accumulator of any
+// broadcast bias.
 size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p);
 
 // Needs p.out and p.lse from the forward. dout:(B,Nq,H,D) -> dq:(B,Nq,H,D) dk,dv:(B,Nk,H,D)

@@ -29,9 +29,6 @@
 
 namespace pf::kernels::cuda::fb {
 
-// lse as stored by the forward (natural log) -> log2 e · lse, the origin used to recompute P.
-__device__ __forceinline__ float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
-
 // P and dS of a warp's scores in place: S (logits) -> P = 2^(log2 e · S − lse2), dP -> dS = P ∘ (dP − Δ).
 template <int NT>
 __device__ __forceinline__ void probs_and_ds(float (&S)[1][NT][4], float (&dP)[1][NT][4], const float (&lse2)[2],

@@ -44,20 +44,52 @@ __device__ __forceinline__ StatRows stat_rows(const FlashBiasParams& p, bool var
   return s;
 }
 
+// Σ_c o[c]·d[c] over a row of D elements, by one warp (every lane gets the sum).
+template <typename T>
+__device__ __forceinline__ float warp_row_dot(const T* o, const T* d, int D) {
+  float s = 0.f;
+  for (int c = threadIdx.x % 32; c < D; c += 32) s = fmaf(to_float(o[c]), to_float(d[c]), s);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+  return s;
+}
+
 // out,dout:(B,Nq,H,D) -> delta:(B,H,Nq) fp32 (packed: (Tq,H,D) -> (H,Tq)). One warp per row.
 template <typename T>
 __global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen, float* delta) {
-  const int lane = threadIdx.x % 32;
   const StatRows sr = stat_rows(p, varlen);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < sr.rows; r += warps) {
-    const T* o = static_cast<const T*>(p.out) + sr.origin(r, p.out_stride);
-    const T* d = static_cast<const T*>(p.dout) + sr.origin(r, p.dout_stride);
-    float s = 0.f;
-    for (int c = lane; c < p.D; c += 32) s = fmaf(to_float(o[c]), to_float(d[c]), s);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) delta[r] = s;
+    const float s = warp_row_dot(static_cast<const T*>(p.out) + sr.origin(r, p.out_stride),
+                                 static_cast<const T*>(p.dout) + sr.origin(r, p.dout_stride), p.D);
+    if (threadIdx.x % 32 == 0) delta[r] = s;
+  }
+}
+
+// The row statistics of the Hopper backward (dense batches), in rows padded to nq_pad (a multiple
+// of its 64-row query blocks, so that each block's 64 values are one aligned bulk copy):
+// delta:(B,H,nq_pad) = rowsum(dO ∘ O), lse2:(B,H,nq_pad) = lse·log2 e (+inf for lse = −inf: P = 0);
+// both 0 past Nq (zero-filled Q and dO rows then give P·dO = 0 and dS = 0). One warp per row.
+template <typename T>
+__global__ void flash_bias_bwd_padded_stats_kernel(const __grid_constant__ FlashBiasBwdParams p, int nq_pad,
+                                                   float* delta, float* lse2) {
+  const int64_t rows = int64_t(p.B) * p.H * nq_pad;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+    const int i = int(r % nq_pad);
+    const int64_t bh = r / nq_pad;
+    float s = 0.f, l2 = 0.f;
+    if (i < p.Nq) {
+      const int h = int(bh % p.H), b = int(bh / p.H);
+      const int64_t o = b * p.out_stride.batch + int64_t(i) * p.out_stride.row + h * p.out_stride.head;
+      const int64_t d = b * p.dout_stride.batch + int64_t(i) * p.dout_stride.row + h * p.dout_stride.head;
+      s = warp_row_dot(static_cast<const T*>(p.out) + o, static_cast<const T*>(p.dout) + d, p.D);
+      l2 = lse_to_log2(static_cast<const float*>(p.lse)[bh * p.Nq + i]);
+    }
+    if (threadIdx.x % 32 == 0) {
+      delta[r] = s;
+      lse2[r] = l2;
+    }
   }
 }
 

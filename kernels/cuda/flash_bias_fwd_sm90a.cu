@@ -29,11 +29,11 @@
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_bias_sm90.h"
+#include "kernels/cuda/flash_bias_sm90_maps.h"
 #include "kernels/cuda/flash_bias_traits.cuh"
 #include "kernels/cuda/flash_bias_warp.cuh"
 #include "kernels/cuda/sm90.cuh"
 #include "kernels/cuda/sm90_wgmma.cuh"
-#include "kernels/cuda/tma.h"
 
 namespace pf::kernels::cuda {
 
@@ -54,7 +54,7 @@ enum BiasKind : int { kNone = 0, kF16 = 1, kBF16 = 2, kF32 = 3 };
 template <int D>
 struct Shape {
   static constexpr int BM = 128, BN = D == 128 ? 64 : 128;
-  static constexpr int kRowBytes = 2 * D < 128 ? 2 * D : 128;  // Q/K/V swizzle width (one panel)
+  static constexpr int kRowBytes = panel_bytes(D);  // Q/K/V swizzle width (one panel)
   static constexpr int kPanels = 2 * D / kRowBytes;
   static constexpr int kQBytes = BM * D * 2, kKBytes = BN * D * 2;
   static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
@@ -299,15 +299,9 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   using Sh = Shape<D>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   Args a{};
-  auto bnhd_map = [&](const void* ptr, const BNHDStrides& s, int N, int box_rows) {
-    const uint64_t dims[4] = {uint64_t(D), uint64_t(N), uint64_t(p.H), uint64_t(p.B)};
-    const uint64_t strides[3] = {uint64_t(s.row) * 2, uint64_t(s.head) * 2, uint64_t(s.batch) * 2};
-    const uint32_t box[4] = {uint32_t(Sh::kRowBytes / 2), uint32_t(box_rows), 1, 1};
-    return make_tensor_map_4d(ptr, 2, kBf16, dims, strides, box, Sh::kRowBytes);
-  };
-  a.q = bnhd_map(p.q, p.q_stride, p.Nq, Sh::BM);
-  a.k = bnhd_map(p.k, p.k_stride, p.Nk, Sh::BN);
-  a.v = bnhd_map(p.v, p.v_stride, p.Nk, Sh::BN);
+  a.q = bnhd_map(p.q, p.q_stride, p.B, p.Nq, p.H, D, kBf16, Sh::BM);
+  a.k = bnhd_map(p.k, p.k_stride, p.B, p.Nk, p.H, D, kBf16, Sh::BN);
+  a.v = bnhd_map(p.v, p.v_stride, p.B, p.Nk, p.H, D, kBf16, Sh::BN);
   a.bias_kind = kNone;
   if (p.bias != nullptr) {
     const int e = scalar_type_size(p.bias_dtype);
@@ -315,15 +309,8 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
     a.bias_elt = e;
     a.bias_shared_b = p.bias_batch_stride == 0;
     a.bias_shared_h = p.bias_head_stride == 0;
-    // a broadcast dim has extent 1 (its stride is then never used: any valid value)
-    const uint64_t plane = uint64_t(p.bias_row_stride) * e * uint64_t(p.Nq);
-    const uint64_t dims[4] = {uint64_t(p.Nk), uint64_t(p.Nq), a.bias_shared_h ? 1u : uint64_t(p.H),
-                              a.bias_shared_b ? 1u : uint64_t(p.B)};
-    const uint64_t strides[3] = {uint64_t(p.bias_row_stride) * e,
-                                 a.bias_shared_h ? plane : uint64_t(p.bias_head_stride) * e,
-                                 a.bias_shared_b ? plane : uint64_t(p.bias_batch_stride) * e};
-    const uint32_t box[4] = {uint32_t(128 / e), uint32_t(Sh::BM), 1, 1};
-    a.bias = make_tensor_map_4d(p.bias, e, p.bias_dtype == ScalarType::BF16, dims, strides, box, 128);
+    a.bias = pair_map(p.bias, e, p.bias_dtype == ScalarType::BF16, p.B, p.H, p.Nq, p.Nk, p.bias_batch_stride,
+                      p.bias_head_stride, p.bias_row_stride, Sh::BM);
   }
   a.out = p.out;
   a.out_stride = p.out_stride;
@@ -335,9 +322,7 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   a.causal = p.causal;
   a.scale_log2 = float(p.scale * double(kLog2e));
 
-  int dev = 0, smem_optin = 0;
-  PF_CUDA_CHECK(cudaGetDevice(&dev));
-  PF_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const int smem_optin = smem_optin_bytes();
   a.stage_bytes = 2 * Sh::kKBytes + Sh::BM * Sh::BN * a.bias_elt;
   const int fixed = 1024 /* alignment */ + Sh::kQBytes + (2 * kMaxStages + 1) * 8;
   a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);

@@ -22,4 +22,26 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p);
 // Queues the Hopper forward of `p` on `stream` (p already validated; the device must be sm_90).
 void flash_bias_fwd_sm90(const FlashBiasParams& p, cudaStream_t stream);
 
+// The Hopper backward (flash_bias_bwd_sm90a.cu): dK, dV and dB (a bias not broadcast) straight
+// from the kernel; dQ (and dB of a broadcast bias) through fp32 accumulators that the portable
+// finalize kernels convert. The row statistics it reads are padded to whole 64-row blocks.
+struct FlashBiasBwdSm90Workspace {
+  const float* lse2 = nullptr;   // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys, 0 past Nq
+  const float* delta = nullptr;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
+  int nq_pad = 0;                // Nq rounded up to 64
+  float* dq_accum = nullptr;     // (B,H,Nq,D), zeroed; used when dq is wanted
+  float* dbias_accum = nullptr;  // (B|1,H|1,Nq,ld), zeroed: dB of a broadcast bias; null otherwise
+  int64_t dbias_accum_ld = 0;    // a multiple of 4 floats
+};
+
+// nullptr if the Hopper backward covers `p` (device aside), else what it does not cover: what
+// the forward does not, and a bias of another dtype than the inputs, a gradient dbias to add into
+// (dbias_accumulate) or with rows not 16-byte multiples where the bias is not broadcast, and the
+// deterministic mode.
+const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p);
+
+// Queues the Hopper backward's main kernel (p validated, the workspace's row statistics written
+// and its accumulators zeroed; the device must be sm_90).
+void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cudaStream_t stream);
+
 }  // namespace pf::kernels::cuda

@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -27,6 +28,10 @@ namespace pf::kernels::cuda::fb {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+
+// lse as stored by the forward (natural log) -> log2 e · lse, the origin used to recompute P
+// (+inf for a row without attended keys, so that its P is exactly 0).
+__device__ __forceinline__ float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
 
 // Shapes shared by the three kernels for element type T, head dim D and BM query rows per tile.
 template <typename T, int D, int BM>

@@ -74,6 +74,50 @@ __device__ __forceinline__ void tma_load_4d(void* smem_dst, const void* tmap, ui
       : "memory");
 }
 
+// A contiguous copy of `bytes` (multiple of 16; both addresses 16-byte aligned) from global to
+// shared memory; completes as transaction bytes on `bar`.
+__device__ __forceinline__ void bulk_load(void* smem_dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(smem_dst)),
+               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+
+// One box of shared memory (laid out as the tensor map's box, swizzle included) into a 4-d tensor
+// map at coordinates (c0 … c3): stored, or added element-wise in the global memory's L2
+// (reduce_add; fp32 and the 16-bit float types). Elements outside the tensor are not written.
+// Both are bulk asynchronous groups: bulk_commit() closes a group, bulk_wait_read<N>() waits until
+// at most N groups still read shared memory (their sources may then be overwritten).
+__device__ __forceinline__ void tma_store_4d(const void* tmap, const void* smem_src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(tmap)),
+               "r"(smem_addr(smem_src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void tma_reduce_add_4d(const void* tmap, const void* smem_src, int c0, int c1, int c2,
+                                                  int c3) {
+  asm volatile("cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(tmap)),
+               "r"(smem_addr(smem_src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void bulk_wait() {  // … and until their writes are done
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Orders this thread's plain shared-memory writes before later reads by the async proxy (TMA
+// stores, wgmma operands).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
 // ---- wgmma --------------------------------------------------------------------------------------
 
 // Shared-memory matrix descriptor for a tile written by TMA with swizzle `kSwizzle` bytes (64 or
@@ -108,6 +152,42 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// ---- 8 x 8 matrices of 16-bit elements between shared memory and fragments ------------------
+
+// Four 8 x 8 matrices stored transposed: register i of every lane holds, of matrix i, the pair
+// (row g, columns 2t, 2t + 1) of the mma fragment layout (g = lane / 4, t = lane % 4); lane l
+// gives the address of memory row l % 8 of matrix l / 8, 16 contiguous bytes that receive
+// column l % 8 of the matrix (its 8 rows).
+__device__ __forceinline__ void stmatrix_x4_trans(void* row_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(smem_addr(row_addr)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+// The inverse: four 8 x 8 matrices whose memory rows (lane l gives row l % 8 of matrix l / 8)
+// are the matrices' columns; register i receives, of matrix i, the pair (row g, columns 2t, 2t + 1)
+// = memory rows 2t and 2t + 1, element g.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row_addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row_addr))
+               : "memory");
+}
+
+// ---- synchronisation and global reductions -----------------------------------------------------
+
+// A barrier of `kThreads` threads (whole warps) on hardware barrier `id` (1 … 15; 0 is
+// __syncthreads').
+template <int kThreads>
+__device__ __forceinline__ void named_barrier(int id) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(kThreads) : "memory");
+}
+
+// p[0] += x, p[1] += y in one global reduction (p 8-byte aligned).
+__device__ __forceinline__ void red_add_f32x2(float* p, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(x), "f"(y) : "memory");
+}
+
 // ---- registers ----------------------------------------------------------------------------------
 
 template <int kRegs>
@@ -128,6 +208,23 @@ __device__ __forceinline__ uint32_t swizzled_offset(int r, int b) {
   const int chunk = b >> 4;
   const int phase = kSwizzle == 128 ? (r & 7) : ((r >> 1) & 3);
   return uint32_t(r * kSwizzle + (((chunk ^ phase) << 4) | (b & 15)));
+}
+
+// Byte offset of (row r, byte b of the whole row; b a multiple of 16 or inside one 16-byte piece)
+// in a tile of kRows rows stored as 128-byte-wide panels side by side (128-byte swizzle): the
+// layout TMA writes for boxes of 128 bytes × kRows rows placed kRows · 128 bytes apart.
+template <int kRows>
+__device__ __forceinline__ uint32_t panel_offset(int r, int b) {
+  return uint32_t((b / 128) * kRows * 128) + swizzled_offset<128>(r, b % 128);
+}
+
+// The address lane `lane` gives to ldmatrix_x4_trans / stmatrix_x4_trans for the 16 × 16 block of
+// 16-bit elements at fragment rows r0 … r0 + 15, columns c0 … c0 + 15 (matrix i: rows + 8·(i % 2),
+// columns + 8·(i / 2)), kept transposed in a panel tile (memory row = fragment column).
+template <int kRows>
+__device__ __forceinline__ uint32_t trans_x4_offset(int lane, int r0, int c0) {
+  const int m = lane / 8;
+  return panel_offset<kRows>(c0 + 8 * (m / 2) + lane % 8, 2 * (r0 + 8 * (m % 2)));
 }
 
 }  // namespace pf::kernels::cuda::sm90

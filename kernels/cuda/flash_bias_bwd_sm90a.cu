@@ -1,0 +1,471 @@
+// The Hopper flash-bias backward (flash_bias_sm90.h): compiled for sm_90a only.
+//
+// One CTA per (128 keys, h, b); the keys' K and V stay in shared memory and their dK, dV in
+// registers while the CTA walks the query blocks of 64 rows. Three warpgroups:
+//   warpgroup 0, the producer: one thread issues every copy — K and V once, then per query block
+//     i the Q_i and dO_i tiles, the 64 × 128 bias tile and the block's lse and Δ into stage
+//     i % n_stages of a shared-memory ring (mbarriers `full` / `empty`, as in the forward).
+//   warpgroups 1 and 2, the consumers: keys 64w … 64w + 63 each (w = 0, 1). Per query block, in
+//   the transposed orientation (rows = keys), so that dK and dV accumulate in place:
+//     Sᵀ = K_w Q_iᵀ,  dPᵀ = V_w dO_iᵀ                       wgmma, both operands from shared memory
+//     Pᵀ = 2^(Sᵀ·scale·log2 e + biasᵀ·log2 e − lse·log2 e)  (the bias read transposed, ldmatrix)
+//     dSᵀ = Pᵀ ∘ (dPᵀ − Δ)                                  masked entries exactly 0
+//     dV_w += Pᵀ dO_i,  dK_w += dSᵀ Q_i                      wgmma, A from registers
+//     dS → shared memory (stmatrix, transposed back: the 64 × 128 tile of this query block)
+//     dQ_i[:, half w] = dS K[:, half w]                     wgmma over all 128 keys
+//     dQ added into the fp32 accumulator in global memory (red.global.add.v2.f32)
+//   and dB leaves from the dS tile: stored by TMA into dbias (the bias not broadcast), or — a bias
+//   shared over the batch or heads — written in fp32 to a second tile and added by a TMA
+//   reduce-add into the fp32 accumulator that flash_bias_dbias_finalize_kernel converts.
+//   Two named barriers per query block order the dS tile's writers and readers (both warpgroups'
+//   halves, the dQ products of the block before, the TMA store or reduce of the block before).
+// At the end dK = scale · Σ dSᵀ Q and dV are stored from registers; dQ = scale · accumulator is
+// written by flash_bias_dq_finalize_kernel.
+//
+// Preconditions (flash_bias_bwd_sm90_unsupported): fp16 / bf16, D 32 / 64 / 128, a dense batch,
+// no relative-position table, a bias (if any) of the inputs' dtype with 16-byte rows, dbias either
+// broadcast (then accumulated in fp32) or written whole (=, 16-byte rows), not deterministic.
+//
+// Shared memory: K, V (128 × D each), the dS tile (64 × 128, two 128-byte-swizzled panels of 64
+// keys), the fp32 dS tile (only with a broadcast bias: four panels of 32 keys), then n_stages ×
+// {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats each)}, then the mbarriers.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "kernels/check.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_bias_sm90.h"
+#include "kernels/cuda/flash_bias_sm90_maps.h"
+#include "kernels/cuda/flash_bias_traits.cuh"
+#include "kernels/cuda/flash_bias_warp.cuh"
+#include "kernels/cuda/sm90.cuh"
+#include "kernels/cuda/sm90_wgmma.cuh"
+
+namespace pf::kernels::cuda {
+
+namespace fb90_bwd {
+
+using fb::fast_exp2;
+using fb::kLog2e;
+
+constexpr int kMaxStages = 4;
+constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+constexpr int BM = 64, BN = 128;  // query rows per block, keys per CTA (64 per consumer warpgroup)
+
+enum DbiasMode : int { kNoDbias = 0, kStore = 1, kReduceAdd = 2 };
+
+template <int D>
+struct Shape {
+  static constexpr int kRowBytes = fb90::panel_bytes(D);  // Q/K/V/dO swizzle width (one panel)
+  static constexpr int kPanels = 2 * D / kRowBytes;
+  static constexpr int kKBytes = BN * D * 2, kQBytes = BM * D * 2;
+  static constexpr int kDsBytes = BM * BN * 2, kDs32Bytes = BM * BN * 4;
+  // dQ columns per product: a warpgroup's half of D, in two passes at D = 128 (registers)
+  static constexpr int kDq = D == 128 ? 32 : D / 2;
+  static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
+};
+
+struct Args {
+  CUtensorMap q, k, v, dout, bias, dbias;  // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
+  const float* lse2;   // (B,H,nq_pad): lse·log2 e (+inf for a row without attended keys), 0 past Nq
+  const float* delta;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
+  float* dq_accum;     // (B,H,Nq,D) fp32 Σ dS K, or null (dQ not wanted)
+  void* dk;
+  BNHDStrides dk_stride;
+  void* dv;
+  BNHDStrides dv_stride;
+  const uint8_t* kpm;  // (B, Nk) or null
+  int H, Nq, Nk, nq_pad;
+  int has_bias, dbias_mode;
+  int bias_shared_b, bias_shared_h;
+  int causal;
+  int n_stages, stage_bytes, stage_tx;
+  float scale, scale_log2;
+};
+
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t x) {
+  if constexpr (std::is_same_v<T, __half>) return __half22float2(*reinterpret_cast<const __half2*>(&x));
+  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+}
+
+// q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) -> dk,dv:(B,Nk,H,D), dq_accum += , dbias
+// grid (ceil(Nk/128), H, B), 384 threads, dynamic shared memory as launch() computes.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const __grid_constant__ Args a) {
+  using Sh = Shape<D>;
+  constexpr int RB = Sh::kRowBytes, DQ = Sh::kDq;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  extern __shared__ char smem_raw[];
+  char* smem = smem_raw + ((1024 - (sm90::smem_addr(smem_raw) & 1023)) & 1023);
+  char* sK = smem;
+  char* sV = sK + Sh::kKBytes;
+  char* sDs = sV + Sh::kKBytes;
+  char* sDs32 = sDs + Sh::kDsBytes;  // only with kReduceAdd
+  char* sStages = sDs32 + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0);
+  uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
+  uint64_t* empty = full + kMaxStages;
+  uint64_t* kv_full = empty + kMaxStages;
+  // offsets inside a stage
+  constexpr int kOffDo = Sh::kQBytes, kOffBias = 2 * Sh::kQBytes;
+  const int off_stats = kOffBias + (a.has_bias ? Sh::kDsBytes : 0);  // lse2[64], then delta[64]
+
+  const int n0 = blockIdx.x * BN, h = blockIdx.y, b = blockIdx.z;
+  const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;  // query i sees keys <= i + causal_off
+  const int n_qb = (Nq + BM - 1) / BM;
+  // causal: query blocks before the first query that sees key n0 contribute nothing (n0 − off <= Nq − 1)
+  const int qb_first = a.causal ? max(0, n0 - causal_off) / BM : 0;
+  const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < a.n_stages; ++s) {
+      sm90::mbar_init(&full[s], 1);   // the producer's arrive (+ the stage's transaction bytes)
+      sm90::mbar_init(&empty[s], 8);  // one arrive per consumer warp
+    }
+    sm90::mbar_init(kv_full, 1);
+    sm90::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x < 128) {  // ---- producer ----
+    sm90::setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x == 0) {
+      sm90::tma_prefetch_descriptor(&a.q);
+      sm90::tma_prefetch_descriptor(&a.k);
+      sm90::tma_prefetch_descriptor(&a.v);
+      sm90::tma_prefetch_descriptor(&a.dout);
+      if (a.has_bias) sm90::tma_prefetch_descriptor(&a.bias);
+      sm90::mbar_arrive_expect_tx(kv_full, 2 * Sh::kKBytes);
+#pragma unroll
+      for (int p = 0; p < Sh::kPanels; ++p) {
+        sm90::tma_load_4d(sK + p * BN * RB, &a.k, kv_full, p * RB / 2, n0, h, b);
+        sm90::tma_load_4d(sV + p * BN * RB, &a.v, kv_full, p * RB / 2, n0, h, b);
+      }
+      const int64_t stat_row = (int64_t(b) * a.H + h) * a.nq_pad;
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int qb = qb_first; qb < n_qb; ++qb) {
+        sm90::mbar_wait(&empty[stage], phase ^ 1);
+        char* st = sStages + stage * a.stage_bytes;
+        uint64_t* bar = &full[stage];
+        sm90::mbar_arrive_expect_tx(bar, a.stage_tx);
+        const int i0 = qb * BM;
+#pragma unroll
+        for (int p = 0; p < Sh::kPanels; ++p) {
+          sm90::tma_load_4d(st + p * BM * RB, &a.q, bar, p * RB / 2, i0, h, b);
+          sm90::tma_load_4d(st + kOffDo + p * BM * RB, &a.dout, bar, p * RB / 2, i0, h, b);
+        }
+        if (a.has_bias)
+          for (int p = 0; p < 2; ++p) sm90::tma_load_4d(st + kOffBias + p * BM * 128, &a.bias, bar, n0 + 64 * p, i0, hb, bb);
+        sm90::bulk_load(st + off_stats, a.lse2 + stat_row + i0, BM * 4, bar);
+        sm90::bulk_load(st + off_stats + BM * 4, a.delta + stat_row + i0, BM * 4, bar);
+        if (++stage == a.n_stages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  sm90::setmaxnreg_inc<kConsumerRegs>();
+  const int ctid = threadIdx.x - 128, cw = ctid / 128;  // consumer warpgroup 0 or 1: keys 64cw …
+  const int warp = (ctid / 32) % 4, lane = ctid % 32, g = lane / 4, t = lane % 4;
+  const int kr = 64 * cw + 16 * warp + g;  // CTA key row of d[4j], d[4j + 1]; kr + 8 for d[4j + 2], d[4j + 3]
+  const bool leader = ctid == 0;           // issues the dB stores and waits for them
+  bool key_dead[2];                        // past Nk or padded: P = 0 in the whole row
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int key = n0 + kr + 8 * hf;
+    key_dead[hf] = key >= Nk || (a.kpm != nullptr && a.kpm[int64_t(b) * Nk + key]);
+  }
+  const float scale_log2 = a.scale_log2;
+
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+  sm90::mbar_wait(kv_full, 0);
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int qb = qb_first; qb < n_qb; ++qb) {
+    sm90::mbar_wait(&full[stage], phase);
+    const char* st = sStages + stage * a.stage_bytes;
+    const char* sQ = st;
+    const char* sDo = st + kOffDo;
+    const float* lse2 = reinterpret_cast<const float*>(st + off_stats);
+    const float* delta = lse2 + BM;
+    const int i0 = qb * BM;
+
+    // Sᵀ = K_w Q_iᵀ and dPᵀ = V_w dO_iᵀ (64 keys × 64 queries each)
+    float s[BM / 2], dp[BM / 2];
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const int byte = ks * 32, panel = byte / RB, off = byte % RB;
+      const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sK + panel * BN * RB + 64 * cw * RB), off);
+      const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(sQ + panel * BM * RB), off);
+      sm90::Wgmma<BM, kBf16>::ss(s, da, db, ks > 0);
+    }
+    sm90::wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const int byte = ks * 32, panel = byte / RB, off = byte % RB;
+      const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sV + panel * BN * RB + 64 * cw * RB), off);
+      const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(sDo + panel * BM * RB), off);
+      sm90::Wgmma<BM, kBf16>::ss(dp, da, db, ks > 0);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();
+    sm90::fence_regs(s);
+
+    // Pᵀ; entries (key, query i) with i < key − causal_off are masked where the block crosses the diagonal
+    const bool diag = a.causal && n0 + 64 * cw + 63 > i0 + causal_off;
+    const char* sBias = st + kOffBias;
+#pragma unroll
+    for (int j = 0; j < BM / 8; j += 2) {
+      // the bias of (keys kr, kr + 8) × (queries 8j + 2t, + 1 and 8j + 8 + 2t, + 1), read transposed
+      // from the (query × key) tile
+      uint32_t bias_pairs[4] = {0, 0, 0, 0};
+      if (a.has_bias) sm90::ldmatrix_x4_trans(bias_pairs, sBias + sm90::trans_x4_offset<BM>(lane, 64 * cw + 16 * warp, 8 * j));
+#pragma unroll
+      for (int jj = j; jj < j + 2; ++jj) {
+        const float2 l2 = *reinterpret_cast<const float2*>(lse2 + 8 * jj + 2 * t);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const float2 bv = unpack2<T>(bias_pairs[2 * (jj - j) + hf]);
+          const float x0 = fmaf(s[4 * jj + 2 * hf], scale_log2, fmaf(bv.x, kLog2e, -l2.x));
+          const float x1 = fmaf(s[4 * jj + 2 * hf + 1], scale_log2, fmaf(bv.y, kLog2e, -l2.y));
+          float p0 = fast_exp2(x0), p1 = fast_exp2(x1);
+          if (key_dead[hf]) p0 = p1 = 0.f;
+          if (diag) {
+            const int key = n0 + kr + 8 * hf, i = i0 + 8 * jj + 2 * t;
+            if (key > i + causal_off) p0 = 0.f;
+            if (key > i + 1 + causal_off) p1 = 0.f;
+          }
+          s[4 * jj + 2 * hf] = p0;
+          s[4 * jj + 2 * hf + 1] = p1;
+        }
+      }
+    }
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(dp);
+#pragma unroll
+    for (int j = 0; j < BM / 8; ++j) {
+      const float2 dl = *reinterpret_cast<const float2*>(delta + 8 * j + 2 * t);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float p0 = s[4 * j + 2 * hf], p1 = s[4 * j + 2 * hf + 1];
+        // a masked entry stays exactly 0 whatever dP holds
+        dp[4 * j + 2 * hf] = p0 == 0.f ? 0.f : p0 * (dp[4 * j + 2 * hf] - dl.x);
+        dp[4 * j + 2 * hf + 1] = p1 == 0.f ? 0.f : p1 * (dp[4 * j + 2 * hf + 1] - dl.y);
+      }
+    }
+
+    // dV_w += Pᵀ dO_i, dK_w += dSᵀ Q_i: Pᵀ and dSᵀ rounded to T in the A-fragment layout (k-chunk
+    // kc = queries 16kc … 16kc + 15), dO_i and Q_i MN-major
+    uint32_t pa[BM / 16][4], dsa[BM / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < BM / 16; ++kc)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        pa[kc][e] = fb::pack2<T>(s[8 * kc + 2 * e], s[8 * kc + 2 * e + 1]);
+        dsa[kc][e] = fb::pack2<T>(dp[8 * kc + 2 * e], dp[8 * kc + 2 * e + 1]);
+      }
+    sm90::fence_regs(dv);
+    sm90::fence_regs(dk);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < BM / 16; ++kc) sm90::Wgmma<D, kBf16>::rs(dv, pa[kc], sm90::make_desc<RB>(sDo + kc * 16 * RB, BM * RB));
+#pragma unroll
+    for (int kc = 0; kc < BM / 16; ++kc) sm90::Wgmma<D, kBf16>::rs(dk, dsa[kc], sm90::make_desc<RB>(sQ + kc * 16 * RB, BM * RB));
+    sm90::wgmma_commit();
+
+    // dS into the shared tiles, once the block before is done with them: its dQ products (each
+    // warpgroup waited for its own) and its dB store (the leader waits for the read)
+    if (leader) sm90::bulk_wait_read<0>();
+    sm90::named_barrier<256>(1);
+#pragma unroll
+    for (int j = 0; j < BM / 8; j += 2) {
+      // the fragments of dsa[j / 2] are the four 8 × 8 matrices (keys + 0 / + 8) × (queries 8j / 8j + 8),
+      // stored transposed: dS[query][key]
+      sm90::stmatrix_x4_trans(sDs + sm90::trans_x4_offset<BM>(lane, 64 * cw + 16 * warp, 8 * j), dsa[j / 2]);
+    }
+    if (a.dbias_mode == kReduceAdd) {  // fp32 copy for the reduce-add: four panels of 32 keys
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            *reinterpret_cast<float*>(sDs32 + sm90::panel_offset<BM>(8 * j + 2 * t + e, 4 * (kr + 8 * hf))) = dp[4 * j + 2 * hf + e];
+    }
+    sm90::fence_proxy_async_smem();
+    sm90::named_barrier<256>(2);
+    if (leader && a.dbias_mode != kNoDbias) {
+      if (a.dbias_mode == kStore) {
+        for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, i0, hb, bb);
+      } else {
+        for (int p = 0; p < 4; ++p) sm90::tma_reduce_add_4d(&a.dbias, sDs32 + p * BM * 128, n0 + 32 * p, i0, hb, bb);
+      }
+      sm90::bulk_commit();
+    }
+
+    // dV, dK and the stage are done with; the stage goes back to the producer
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(dv);
+    sm90::fence_regs(dk);
+    __syncwarp();
+    if (lane == 0) sm90::mbar_arrive(&empty[stage]);  // Q_i, dO_i, bias, lse, Δ all read
+    if (++stage == a.n_stages) {
+      stage = 0;
+      phase ^= 1;
+    }
+
+    // dQ_i[:, columns of warpgroup cw] = dS (64 × 128 keys, K-major) · K[:, those columns] (MN-major),
+    // DQ columns at a time, added into the fp32 accumulator
+    if (a.dq_accum != nullptr) {
+      float* acc = a.dq_accum + ((int64_t(b) * a.H + h) * Nq + i0) * D;
+#pragma unroll
+      for (int c0 = cw * (D / 2); c0 < (cw + 1) * (D / 2); c0 += DQ) {
+        float dq[DQ / 2];
+        const int col_byte = 2 * c0;  // in bytes of a K row
+        const char* sKc = sK + (col_byte / RB) * BN * RB + col_byte % RB;
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ++ks) {
+          const int byte = ks * 32;
+          const uint64_t da = sm90::desc_advance(sm90::make_desc<128>(sDs + (byte / 128) * BM * 128), byte % 128);
+          const uint64_t db = sm90::make_desc<RB>(sKc + ks * 16 * RB, BN * RB);
+          sm90::Wgmma<DQ, kBf16>::ss_mn(dq, da, db, ks > 0);
+        }
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
+        sm90::fence_regs(dq);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int r = 16 * warp + g + 8 * hf;
+          if (i0 + r < Nq)
+#pragma unroll
+            for (int j = 0; j < DQ / 8; ++j)
+              sm90::red_add_f32x2(acc + int64_t(r) * D + c0 + 8 * j + 2 * t, dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+        }
+      }
+    }
+  }
+
+  // causal, dB stored whole: the query blocks before qb_first see none of these keys, dB = 0 there
+  if (a.causal && a.dbias_mode == kStore && qb_first > 0) {
+    if (leader) sm90::bulk_wait_read<0>();
+    sm90::named_barrier<256>(1);
+    for (int i = ctid; i < Sh::kDsBytes / 16; i += 256) reinterpret_cast<uint4*>(sDs)[i] = make_uint4(0, 0, 0, 0);
+    sm90::fence_proxy_async_smem();
+    sm90::named_barrier<256>(2);
+    if (leader) {
+      for (int qb = 0; qb < qb_first; ++qb)
+        for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, qb * BM, hb, bb);
+      sm90::bulk_commit();
+    }
+  }
+  if (leader) sm90::bulk_wait<0>();  // every store done before the CTA's shared memory goes
+
+  // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int key = n0 + kr + 8 * hf;
+    if (key >= Nk) continue;
+    if (a.dk != nullptr) {
+      T* row = static_cast<T*>(a.dk) + int64_t(b) * a.dk_stride.batch + int64_t(key) * a.dk_stride.row +
+               int64_t(h) * a.dk_stride.head;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        fb::store_pair(row + 8 * j + 2 * t, a.scale * dk[4 * j + 2 * hf], a.scale * dk[4 * j + 2 * hf + 1]);
+    }
+    if (a.dv != nullptr) {
+      T* row = static_cast<T*>(a.dv) + int64_t(b) * a.dv_stride.batch + int64_t(key) * a.dv_stride.row +
+               int64_t(h) * a.dv_stride.head;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) fb::store_pair(row + 8 * j + 2 * t, dv[4 * j + 2 * hf], dv[4 * j + 2 * hf + 1]);
+    }
+  }
+}
+
+template <typename T, int D>
+void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cudaStream_t stream) {
+  using Sh = Shape<D>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  Args a{};
+  a.q = fb90::bnhd_map(p.q, p.q_stride, p.B, p.Nq, p.H, D, kBf16, BM);
+  a.dout = fb90::bnhd_map(p.dout, p.dout_stride, p.B, p.Nq, p.H, D, kBf16, BM);
+  a.k = fb90::bnhd_map(p.k, p.k_stride, p.B, p.Nk, p.H, D, kBf16, BN);
+  a.v = fb90::bnhd_map(p.v, p.v_stride, p.B, p.Nk, p.H, D, kBf16, BN);
+  a.has_bias = p.bias != nullptr;
+  if (a.has_bias) {
+    a.bias_shared_b = p.bias_batch_stride == 0;
+    a.bias_shared_h = p.bias_head_stride == 0;
+    a.bias = fb90::pair_map(p.bias, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.bias_batch_stride, p.bias_head_stride,
+                            p.bias_row_stride, BM);
+  }
+  a.dbias_mode = kNoDbias;
+  if (p.dbias != nullptr && ws.dbias_accum != nullptr) {  // broadcast bias: fp32 (nsb, nsh, Nq, ld)
+    a.dbias_mode = kReduceAdd;
+    const int64_t ld = ws.dbias_accum_ld;
+    a.dbias = fb90::pair_map(ws.dbias_accum, 4, false, p.B, p.H, p.Nq, p.Nk, a.bias_shared_b ? 0 : (a.bias_shared_h ? 1 : p.H) * p.Nq * ld,
+                             a.bias_shared_h ? 0 : p.Nq * ld, ld, BM);
+  } else if (p.dbias != nullptr) {
+    a.dbias_mode = kStore;
+    a.dbias = fb90::pair_map(p.dbias, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.dbias_batch_stride, p.dbias_head_stride,
+                             p.dbias_row_stride, BM);
+  }
+  a.lse2 = ws.lse2;
+  a.delta = ws.delta;
+  a.nq_pad = ws.nq_pad;
+  a.dq_accum = p.dq != nullptr ? ws.dq_accum : nullptr;
+  a.dk = p.dk;
+  a.dk_stride = p.dk_stride;
+  a.dv = p.dv;
+  a.dv_stride = p.dv_stride;
+  a.kpm = p.key_padding_mask;
+  a.H = p.H;
+  a.Nq = p.Nq;
+  a.Nk = p.Nk;
+  a.causal = p.causal;
+  a.scale = float(p.scale);
+  a.scale_log2 = float(p.scale * double(kLog2e));
+
+  const int smem_optin = fb90::smem_optin_bytes();
+  a.stage_tx = 2 * Sh::kQBytes + (a.has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
+  a.stage_bytes = (a.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
+  const int fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0) +
+                    (2 * kMaxStages + 1) * 8;
+  a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
+  PF_CHECK(a.n_stages >= 2, "flash_bias_bwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
+                                                    << a.stage_bytes << "-byte stages beside " << fixed << " fixed bytes");
+  const int smem = fixed + a.n_stages * a.stage_bytes;
+  auto kernel = flash_bias_bwd_sm90_kernel<T, D>;
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+  PF_CUDA_CHECK(attr);
+  const dim3 grid((p.Nk + BN - 1) / BN, p.H, p.B);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
+  PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_sm90_kernel");
+}
+
+}  // namespace fb90_bwd
+
+void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cudaStream_t stream) {
+  const bool bf16 = p.dtype == ScalarType::BF16;
+  switch (p.D) {
+    case 32: bf16 ? fb90_bwd::launch<__nv_bfloat16, 32>(p, ws, stream) : fb90_bwd::launch<__half, 32>(p, ws, stream); return;
+    case 64: bf16 ? fb90_bwd::launch<__nv_bfloat16, 64>(p, ws, stream) : fb90_bwd::launch<__half, 64>(p, ws, stream); return;
+    case 128: bf16 ? fb90_bwd::launch<__nv_bfloat16, 128>(p, ws, stream) : fb90_bwd::launch<__half, 128>(p, ws, stream); return;
+    default: break;
+  }
+  PF_FAIL("flash_bias_bwd_sm90: head dim " << p.D << " is not supported; supported: 32, 64, 128");
+}
+
+}  // namespace pf::kernels::cuda
