@@ -7,6 +7,11 @@ forward and forward+backward (median, triton.testing.do_bench) of:
   sdpa   torch.nn.functional.scaled_dot_product_attention with the bias as a float attn_mask
   flex   torch.compile(flex_attention) with the bias captured in score_mod
   naive  softmax(scale * q k^T + bias) v in plain PyTorch ops
+  triton the Triton flash-attention-with-bias kernel of the flash-attention repository
+         (flash_attn/flash_attn_triton.py, not part of pairflash: give its path with
+         --triton-flash-bias or PF_TRITON_FLASH_BIAS); on (B,N,H,D) tensors, and its backward
+         computes no bias gradient (the bias does not require grad there), so its forward+backward
+         does less work than the others'
 and prints one line per (impl, shape):
   PEER impl B H N D shared fwd_ms fwdbwd_ms        (nan where the impl cannot run the shape)
 
@@ -23,7 +28,9 @@ Diagnostics go to stderr.
     python3 bench/flash_bias_peers.py --relpos '4,8,2048,64,2047'
 """
 import argparse
+import importlib.util
 import math
+import os
 import sys
 import traceback
 
@@ -56,7 +63,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="", help="B,H,N,D,shared;...")
     ap.add_argument("--relpos", default="", help="B,H,N,D,R: the relative-position table mode")
-    ap.add_argument("--impls", default="sdpa,flex,naive")
+    ap.add_argument("--impls", default="sdpa,flex,naive,triton")
+    ap.add_argument("--triton-flash-bias", default=os.environ.get("PF_TRITON_FLASH_BIAS", ""),
+                    help="path of a module with flash_attn_func(q, k, v, bias, causal, softmax_scale)")
     args = ap.parse_args()
 
     import torch
@@ -73,6 +82,17 @@ def main():
 
     def bench(fn, grads):
         return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
+
+    triton_attn = None
+    if args.triton_flash_bias:
+        try:
+            spec_ = importlib.util.spec_from_file_location("triton_flash_bias", args.triton_flash_bias)
+            mod = importlib.util.module_from_spec(spec_)
+            spec_.loader.exec_module(mod)
+            triton_attn = mod.flash_attn_func
+            log(f"triton peer: {args.triton_flash_bias}")
+        except Exception as e:
+            log(f"triton peer unavailable ({args.triton_flash_bias}): {type(e).__name__}: {e}")
 
     if args.relpos:
         relpos(args.relpos, flex, bench)
@@ -98,13 +118,29 @@ def main():
             s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias
             return torch.matmul(torch.softmax(s, dim=-1), v)
 
-        impls = {"sdpa": sdpa, "flex": flex_fn if flex is not None else None, "naive": naive}
+        # the Triton peer's layout: (B,N,H,D) copies, made outside the timed region
+        qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+        dout_t = dout.transpose(1, 2).contiguous()
+        bias_t = bias.detach()
+
+        def triton_fn():
+            return triton_attn(qt, kt, vt, bias_t, False, scale)
+
+        impls = {"sdpa": sdpa, "flex": flex_fn if flex is not None else None, "naive": naive,
+                 "triton": triton_fn if triton_attn is not None else None}
+        if triton_attn is not None:  # the same attention as SDPA's (fp16 rounding apart)?
+            with torch.no_grad():
+                err = (triton_fn().transpose(1, 2).float() - sdpa().float()).abs().max().item()
+            log(f"  triton {spec}: max |out - sdpa out| = {err:.2e}")
         for name in args.impls.split(","):
+            if name == "triton" and not args.triton_flash_bias:
+                continue  # not given: no column
             fn = impls.get(name)
+            impl_dout, impl_grads = (dout_t, [qt, kt, vt]) if name == "triton" else (dout, grads)
             t_f = t_fb = float("nan")
             if fn is not None:
                 try:
-                    t_f, t_fb = time_fwd_fwdbwd(bench, fn, dout, grads)
+                    t_f, t_fb = time_fwd_fwdbwd(bench, fn, impl_dout, impl_grads)
                 except Exception as e:
                     log(f"{name} failed at {spec}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                     traceback.print_exc(limit=1, file=sys.stderr)
