@@ -19,7 +19,15 @@ class InterruptGuard {
   InterruptGuard& operator=(const InterruptGuard&) = delete;
 };
 
-// The signal received since the guard was installed (SIGINT or SIGTERM), 0 if none.
+// Shares the stop request with the processes forked after this call (the --gpus launcher and its
+// workers): a signal delivered to any one of them — `kill` of the launcher alone, say — makes
+// interrupt_signal() report it in all, while each process still counts only the signals it
+// received itself (a second one to the same process ends that process). Needs an InterruptGuard;
+// ends with it.
+void share_interrupts_with_children();
+
+// The signal received since the guard was installed (SIGINT or SIGTERM), 0 if none; with
+// share_interrupts_with_children, also one received by a process sharing the request.
 int interrupt_signal();
 // 128 + interrupt_signal().
 int interrupt_exit_code();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "framework/interrupt.h"
 #include "kernels/check.h"
 #ifdef PF_WITH_CUDA
 #include "kernels/cuda/device_info.h"
@@ -102,6 +103,9 @@ int run_data_parallel(int gpus, const DataParallelWorker& worker) {
     id_read[r] = fds[0];
     id_write[r] = fds[1];
   }
+  // SIGINT / SIGTERM to the launcher alone (a batch system's `kill`) reaches the workers too: they
+  // stop together after the step under way, with a checkpoint, as one process would.
+  share_interrupts_with_children();
   std::fflush(nullptr);
   std::vector<pid_t> pids(gpus, -1);
   for (int r = 0; r < gpus; ++r) {
@@ -141,7 +145,9 @@ int run_data_parallel(int gpus, const DataParallelWorker& worker) {
     ::close(id_read[k]);
     ::close(id_write[k]);
   }
-  // Wait for all; the first failure stops the others (NCCL peers of a dead rank would hang).
+  // Wait for all; the first failure stops the others (NCCL peers of a dead rank would hang). A
+  // worker that stopped on the shared interrupt (128 + signal) is no failure: the others are
+  // finishing the same step and its checkpoint.
   int result = 0, alive = gpus;
   while (alive > 0) {
     int status = 0;
@@ -151,10 +157,12 @@ int run_data_parallel(int gpus, const DataParallelWorker& worker) {
     for (pid_t& p : pids)
       if (p == pid) p = -1;  // reaped
     const int code = exit_code(status);
+    const bool interrupted = interrupt_signal() != 0 && code == interrupt_exit_code();
     if (code != 0 && result == 0) {
       result = code;
-      for (pid_t p : pids)
-        if (p > 0) ::kill(p, SIGTERM);
+      if (!interrupted)
+        for (pid_t p : pids)
+          if (p > 0) ::kill(p, SIGTERM);
     }
   }
   return result;

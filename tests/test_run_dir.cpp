@@ -31,6 +31,7 @@
 #include "framework/config.h"
 #include "framework/files.h"
 #include "framework/h5io.h"
+#include "framework/interrupt.h"
 #include "tests/train_process.h"
 
 namespace pf {
@@ -308,6 +309,35 @@ TEST(RunDir, SignalsStopAfterTheStepWithACheckpointAndResumeIsBitwise) {
   EXPECT_TRUE(kept >= 2 && kept % 2 == 0) << kept;
   EXPECT_EQ(read_text(dir + "/t.err"), "") << "no stop line: the second signal ended it";
   fs::remove_all(dir);
+}
+
+// The --gpus launcher shares the stop request with its workers (run/launch.cpp): a signal to one
+// process of the group is seen by every one, and each still counts only its own signals (a first
+// signal of its own is a flag, not the end).
+TEST(RunDir, InterruptsAreSharedWithForkedWorkers) {
+  const pf::InterruptGuard guard;
+  pf::share_interrupts_with_children();
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    char c;
+    if (::read(go[0], &c, 1) != 1) ::_exit(2);          // the parent has been signalled
+    if (pf::interrupt_signal() != SIGTERM) ::_exit(3);  // and the child sees it
+    ::raise(SIGINT);                                    // the child's own first signal
+    ::_exit(pf::interrupt_signal() == SIGINT && pf::interrupt_exit_code() == 128 + SIGINT ? 0 : 4);
+  }
+  ::raise(SIGTERM);  // the parent's first signal: a flag
+  EXPECT_EQ(pf::interrupt_signal(), SIGTERM);
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st << " (2: no go, 3: the parent's signal "
+                                                        "not seen, 4: its own signal not recorded)";
+  EXPECT_EQ(pf::interrupt_signal(), SIGTERM) << "the parent's own signal comes first";
+  ::close(go[0]);
+  ::close(go[1]);
 }
 
 // A full disk: the run directory on a tmpfs filled up to less than a checkpoint's size.
