@@ -232,9 +232,11 @@ void log_eval(int64_t step, const EvalResult& e, MetricsLog& log) {
 }
 
 // One line on what is trained on what.
-void print_run_summary(const Config& cfg, int64_t n_params, DType dtype, Device device, const ChainSet& train_set,
-                       const ChainSet& val_set, bool packed) {
+void print_run_summary(const Config& cfg, const nn::NamedTensors& params, DType dtype, Device device,
+                       const ChainSet& train_set, const ChainSet& val_set, bool packed) {
   const auto& t = cfg.train;
+  int64_t n_params = 0;
+  for (const auto& [name, p] : params) n_params += p.numel();
   std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %s residues, "
               "task %s; batches %s\n",
               static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
@@ -279,8 +281,6 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   model.to(dtype);
   model.to(device);
   const auto params = model.named_parameters();
-  int64_t n_params = 0;
-  for (const auto& [name, p] : params) n_params += p.numel();
   optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings),
                    {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
   BatchSampler sampler = t.batch_tokens > 0 ? BatchSampler(train_set.lengths, t.batch_tokens, t.seed)
@@ -301,7 +301,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   // Gradients averaged over the ranks in buckets that start while the backward still runs.
   std::unique_ptr<dist::GradientSync> grad_sync;
   if (comm) grad_sync = std::make_unique<dist::GradientSync>(*comm, model.parameters());
-  print_run_summary(cfg, n_params, dtype, device, train_set, val_set, packed);
+  print_run_summary(cfg, params, dtype, device, train_set, val_set, packed);
 
   BatchQueue batches(train_set, sampler, packed, world, rank);
   Throughput speed;
