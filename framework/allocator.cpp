@@ -14,6 +14,27 @@
 
 namespace pf {
 
+namespace {
+
+// 64-byte aligned host memory.
+void* host_alloc(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) {
+    std::ostringstream os;
+    os.setf(std::ios::fixed);
+    os.precision(1);
+    os << "out of host memory: a tensor of " << bytes / (1024.0 * 1024.0) << " MiB (" << bytes
+       << " bytes) was asked for";
+    throw HostOutOfMemory(os.str());
+  }
+  return p;
+}
+
+}  // namespace
+
+// Build configuration: the GPU side (the caching allocator, copies, counters) exists only in a
+// build with CUDA; without CUDA there is no GPU, so no GPU tensor can be made.
 #ifdef PF_WITH_CUDA
 namespace {
 
@@ -95,49 +116,8 @@ CachingAllocator& cuda_allocator() {
   return *a;
 }
 
-}  // namespace
-#endif
-
-void* device_alloc(Device device, size_t bytes) {
-  if (bytes == 0) bytes = 1;
-  if (device == Device::CPU) {
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
-    if (!p) {
-      std::ostringstream os;
-      os.setf(std::ios::fixed);
-      os.precision(1);
-      os << "out of host memory: a tensor of " << bytes / (1024.0 * 1024.0) << " MiB (" << bytes
-         << " bytes) was asked for";
-      throw HostOutOfMemory(os.str());
-    }
-    return p;
-  }
-#ifdef PF_WITH_CUDA
-  return cuda_allocator().alloc(bytes);
-#else
-  PF_FAIL("a CUDA tensor was requested but this build has no CUDA support");
-#endif
-}
-
-void device_free(Device device, void* ptr, size_t /*bytes*/) {
-  if (!ptr) return;
-  if (device == Device::CPU) {
-    std::free(ptr);
-    return;
-  }
-#ifdef PF_WITH_CUDA
-  cuda_allocator().free(ptr);
-#endif
-}
-
-void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
-  if (bytes == 0) return;
-  if (dst_device == Device::CPU && src_device == Device::CPU) {
-    std::memcpy(dst, src, bytes);
-    return;
-  }
-#ifdef PF_WITH_CUDA
+// A copy with at least one side on the GPU.
+void gpu_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (dst_device == Device::CPU) {
     kernels::cuda::copy_device_to_host(dst, src, bytes);
   } else if (src_device == Device::CPU) {
@@ -145,45 +125,75 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   } else {
     kernels::cuda::copy_device_to_device(dst, src, bytes);
   }
-#else
-  PF_FAIL("a CUDA copy was requested but this build has no CUDA support");
-#endif
 }
 
+void* gpu_alloc(size_t bytes) { return cuda_allocator().alloc(bytes); }
+void gpu_free(void* ptr) { cuda_allocator().free(ptr); }
+
+}  // namespace
+
 bool cuda_available() {
-#ifdef PF_WITH_CUDA
   static const bool available = kernels::cuda::device_info().available;
   return available;
-#else
-  return false;
-#endif
 }
 
 CudaMemoryStats cuda_memory_stats() {
-#ifdef PF_WITH_CUDA
   auto& a = cuda_allocator();
   std::lock_guard<std::mutex> lock(a.mu);
   return a.stats;
-#else
-  return {};
-#endif
 }
 
 void cuda_reset_peak_memory() {
-#ifdef PF_WITH_CUDA
   auto& a = cuda_allocator();
   std::lock_guard<std::mutex> lock(a.mu);
   a.stats.peak_allocated = a.stats.allocated;
   a.stats.peak_reserved = a.stats.reserved;
-#endif
 }
 
 void cuda_empty_cache() {
-#ifdef PF_WITH_CUDA
   auto& a = cuda_allocator();
   std::lock_guard<std::mutex> lock(a.mu);
   a.release_cached_locked();
+}
+
+#else  // a build without CUDA
+
+namespace {
+void gpu_copy(void*, Device, const void*, Device, size_t) {
+  PF_FAIL("a CUDA copy was requested but this build has no CUDA support");
+}
+void* gpu_alloc(size_t) { PF_FAIL("a CUDA tensor was requested but this build has no CUDA support"); }
+void gpu_free(void*) {}  // never reached: no GPU block was ever handed out
+}  // namespace
+
+bool cuda_available() { return false; }
+CudaMemoryStats cuda_memory_stats() { return {}; }
+void cuda_reset_peak_memory() {}
+void cuda_empty_cache() {}
+
 #endif
+
+void* device_alloc(Device device, size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  return device == Device::CPU ? host_alloc(bytes) : gpu_alloc(bytes);
+}
+
+void device_free(Device device, void* ptr, size_t /*bytes*/) {
+  if (!ptr) return;
+  if (device == Device::CPU) {
+    std::free(ptr);
+  } else {
+    gpu_free(ptr);
+  }
+}
+
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_device == Device::CPU && src_device == Device::CPU) {
+    std::memcpy(dst, src, bytes);
+  } else {
+    gpu_copy(dst, dst_device, src, src_device, bytes);
+  }
 }
 
 }  // namespace pf

@@ -72,6 +72,8 @@ bool in_pair_module() {
   return false;
 }
 
+// ---- the marks of the device's clock: CUDA events on the GPU, host time on the CPU -------------
+
 // Takes a mark now (stream order on the GPU). Called with the state's lock held.
 Mark take_mark(State& s) {
   Mark m;
@@ -92,6 +94,31 @@ Mark take_mark(State& s) {
   m.host = Clock::now();
   return m;
 }
+
+// Waits until the device has taken every mark queued so far (the GPU's events); host marks are
+// taken at once.
+void wait_for_marks(Device device) {
+#ifdef PF_WITH_CUDA
+  if (device == Device::CUDA) kernels::cuda::synchronize();
+#endif
+  (void)device;
+}
+
+// The time between a record's two marks.
+double elapsed_ms(const Record& r, Device device) {
+#ifdef PF_WITH_CUDA
+  if (device == Device::CUDA) {
+    float ms = 0;
+    PF_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(r.start.event),
+                                       static_cast<cudaEvent_t>(r.end.event)));
+    return ms;
+  }
+#endif
+  (void)device;
+  return std::chrono::duration<double, std::milli>(r.end.host - r.start.host).count();
+}
+
+// ---- records ------------------------------------------------------------------------------------
 
 // Opens a record; returns its index.
 int open_record(const char* category, bool backward) {
@@ -133,26 +160,13 @@ class BackwardScope {
   int record_ = -1;
 };
 
-double elapsed_ms(const Record& r, Device device) {
-#ifdef PF_WITH_CUDA
-  if (device == Device::CUDA) {
-    float ms = 0;
-    PF_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(r.start.event),
-                                       static_cast<cudaEvent_t>(r.end.event)));
-    return ms;
-  }
-#endif
-  (void)device;
-  return std::chrono::duration<double, std::milli>(r.end.host - r.start.host).count();
-}
-
 }  // namespace
 
 bool enabled() { return g_on.load(std::memory_order_relaxed); }
 
 void set_enabled(bool on, Device device) {
   if (on) {
-#ifndef PF_WITH_CUDA
+#ifndef PF_WITH_CUDA  // build configuration: without CUDA, a GPU profile has no clock to read
     PF_CHECK(device == Device::CPU, "profile: a GPU profile needs a build with CUDA");
 #endif
     State& s = state();
@@ -195,9 +209,7 @@ void collect() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.records.empty()) return;
-#ifdef PF_WITH_CUDA
-  if (s.device == Device::CUDA) kernels::cuda::synchronize();
-#endif
+  wait_for_marks(s.device);
   for (const Record& r : s.records)
     PF_CHECK(r.closed, "profile::collect: a '" << r.category << "' scope is still open (collect "
                                                   "between steps, outside every scope)");

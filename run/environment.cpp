@@ -19,7 +19,7 @@ Device resolve_device(const std::string& requested) {
   const bool gpu = cuda_available();  // a GPU is present and the build has CUDA
   if (requested == "auto") return gpu ? Device::CUDA : Device::CPU;
   PF_CHECK(requested == "cuda", "device must be auto, cpu or cuda, found '" << requested << "'");
-#ifndef PF_WITH_CUDA
+#ifndef PF_WITH_CUDA  // build configuration: says why there is no GPU when it is the build
   PF_FAIL("device 'cuda' requested but this build has no CUDA backend (no CUDA toolkit was found, or "
           "-DPF_CUDA=OFF); use --device cpu");
 #endif
@@ -50,7 +50,7 @@ int check_env() {
               omp_threads);
   JsonLine j;
   j.add("mode", "check-env").add("cpu_threads", static_cast<int64_t>(hw)).add("omp_threads", omp_threads);
-#ifdef PF_WITH_CUDA
+#ifdef PF_WITH_CUDA  // build configuration: the report says whether the build has CUDA at all
   const auto info = kernels::cuda::device_info();
   std::printf("CUDA toolkit: runtime %d, driver %d\n", info.runtime_version, info.driver_version);
   if (info.available) {

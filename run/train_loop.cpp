@@ -1,3 +1,6 @@
+// Training, top to bottom: train_step (one optimisation step, every stage one call), the parts of
+// the loop in the order a step uses them (batches, counters, logs, checkpoints), then train_run:
+// the set-up and the loop with its log / eval / checkpoint cadence.
 #include "run/train_loop.h"
 
 #include <signal.h>
@@ -75,6 +78,180 @@ StepResult train_step(models::PairBiasModel& model, optim::AdamW& opt, const Hos
   return {loss, acc, grad_norm, good, stop_signal};
 }
 
+// ---- the loop's parts, in the order one step uses them ------------------------------------------
+
+// The batches of the run. The next batch is drawn and gathered on a worker thread while the
+// current step runs (the device work of a step is queued asynchronously; the host work overlaps
+// it). Each batch carries the sampler state of its own draw, so a checkpoint resumes at the next
+// batch.
+class BatchQueue {
+ public:
+  BatchQueue(const ChainSet& set, BatchSampler& sampler, bool packed, int world, int rank)
+      : set_(set), sampler_(sampler), packed_(packed), world_(world), rank_(rank) {}
+
+  // The next batch; with more_to_come, the one after it starts gathering at once.
+  HostBatch next(bool more_to_come) {
+    if (!pending_.valid()) pending_ = draw();
+    HostBatch batch = pending_.get();
+    if (more_to_come) pending_ = draw();
+    return batch;
+  }
+
+ private:
+  std::future<HostBatch> draw() {
+    std::vector<int> idx = sampler_.next();
+    const int64_t epoch = sampler_.epoch(), cursor = sampler_.cursor();
+    return std::async(std::launch::async, [&set = set_, idx = std::move(idx), packed = packed_, world = world_,
+                                           rank = rank_, epoch, cursor] {
+      HostBatch h = gather_host(set, idx, packed, world, rank);
+      h.epoch = epoch;
+      h.cursor = cursor;
+      return h;
+    });
+  }
+
+  const ChainSet& set_;
+  BatchSampler& sampler_;
+  const bool packed_;
+  const int world_, rank_;
+  std::future<HostBatch> pending_;
+};
+
+// The step counters after one step. A skipped step is counted; the batch and the learning-rate
+// schedule move on as after an update.
+void count_step(TrainState& st, const StepResult& r, const HostBatch& batch) {
+  if (r.updated) {
+    st.bad_in_row = 0;
+  } else {
+    ++st.skipped;
+    ++st.bad_in_row;
+  }
+  ++st.step;
+  st.epoch = batch.epoch;
+  st.cursor = batch.cursor;
+}
+
+// Residues and seconds of the steps this process ran (a resumed run counts from its resume).
+struct Throughput {
+  int64_t tokens = 0;  // residues of the timed steps (all ranks)
+  double seconds = 0;
+  int64_t steps = 0;
+
+  void add(const ChainSet& set, const HostBatch& batch, Clock::time_point start) {
+    for (int s : batch.global_idx) tokens += set.length(s);
+    seconds += std::chrono::duration<double>(Clock::now() - start).count();
+    ++steps;
+  }
+  double tokens_per_s() const { return steps ? tokens / seconds : 0.0; }
+  double eta_seconds(int64_t steps_left) const { return steps_left * seconds / steps; }
+};
+
+// The checkpoint of the run directory and the step it holds. Writing it also redraws the plots.
+class Checkpoints {
+ public:
+  Checkpoints(std::string path, const Config& cfg, const models::PairBiasModel& model, const optim::AdamW& opt,
+              const MetricsLog& log, bool lead)
+      : path_(std::move(path)), cfg_(cfg), model_(model), opt_(opt), log_(log), lead_(lead) {}
+
+  const std::string& path() const { return path_; }
+  bool holds(int64_t step) const { return saved_step_ == step; }
+  void resumed_at(int64_t step) { saved_step_ = step; }
+
+  // What a failed run leaves behind, for its error message.
+  std::string kept() const {
+    std::ostringstream os;
+    if (saved_step_ >= 0) os << "the last good checkpoint (step " << saved_step_ << ") is kept at " << path_;
+    else os << "no checkpoint was written yet";
+    return os.str();
+  }
+
+  void write(const TrainState& st) {
+    // Never replace a good checkpoint with non-finite weights or moments.
+    std::string bad = first_non_finite(model_.named_parameters());
+    if (bad.empty()) bad = first_non_finite(opt_.state());
+    if (!bad.empty())
+      PF_FAIL("parameter or moment '" << bad << "' holds a NaN or an infinity after step " << st.step
+                                      << ", so no checkpoint is written: " << kept()
+                                      << " (try a lower train.lr, or train.grad_clip > 0)");
+    try {
+      if (lead_) save_checkpoint(path_, cfg_, model_, opt_, st);
+    } catch (const Error& e) {  // a full disk, an unwritable directory: say what is kept
+      std::string why = e.what();
+      std::replace(why.begin(), why.end(), '\n', ' ');  // HDF5's own messages may hold newlines
+      PF_FAIL("the checkpoint of step " << st.step << " could not be written (" << why << "); " << kept());
+    }
+    saved_step_ = st.step;
+    std::printf("checkpoint step %lld -> %s\n", static_cast<long long>(st.step), path_.c_str());
+    std::fflush(stdout);
+    if (lead_) write_plots(cfg_.out, log_, model_);
+  }
+
+ private:
+  const std::string path_;
+  const Config& cfg_;
+  const models::PairBiasModel& model_;
+  const optim::AdamW& opt_;
+  const MetricsLog& log_;
+  const bool lead_;
+  int64_t saved_step_ = -1;  // the step of the checkpoint on disk (-1: none yet)
+};
+
+// A skipped step is always logged; train.max_bad_steps of them in a row stop the run.
+void log_skipped_step(const TrainState& st, const StepResult& r, double lr, const TrainConfig& t, MetricsLog& log,
+                      const Checkpoints& ckpt) {
+  std::printf("step %6lld  SKIPPED: loss %.4g, grad_norm %.4g not finite, no update (%lld in a row, "
+              "%lld in all; the run stops at train.max_bad_steps = %d in a row)\n",
+              static_cast<long long>(st.step), r.loss, r.grad_norm, static_cast<long long>(st.bad_in_row),
+              static_cast<long long>(st.skipped), t.max_bad_steps);
+  std::fflush(stdout);
+  log.write(JsonLine().add("step", st.step).add("loss", r.loss).add("grad_norm", r.grad_norm)
+                .add("lr", lr).add("skipped", true).add("bad_in_row", st.bad_in_row)
+                .add("skipped_steps", st.skipped));
+  if (st.bad_in_row >= t.max_bad_steps)
+    PF_FAIL(st.bad_in_row << " steps in a row (the last at step " << st.step
+                          << ") had a non-finite loss or gradient norm (train.max_bad_steps = " << t.max_bad_steps
+                          << "); stopped: " << ckpt.kept() << " (try a lower train.lr, or train.grad_clip > 0)");
+}
+
+void log_step(const TrainState& st, const StepResult& r, double lr, const TrainConfig& t, const Throughput& speed,
+              MetricsLog& log) {
+  const double tps = speed.tokens_per_s();
+  const double eta = speed.eta_seconds(t.steps - st.step);
+  std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
+              static_cast<long long>(st.step), r.loss, r.accuracy, lr, r.grad_norm, tps, eta);
+  std::fflush(stdout);
+  log.write(JsonLine().add("step", st.step).add("loss", r.loss).add("acc", r.accuracy)
+                .add("lr", lr).add("grad_norm", r.grad_norm).add("tokens_per_s", tps)
+                .add("skipped_steps", st.skipped));
+}
+
+void log_eval(int64_t step, const EvalResult& e, MetricsLog& log) {
+  std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(step), e.loss, e.accuracy);
+  std::fflush(stdout);
+  log.write(JsonLine().add("step", step).add("val_loss", e.loss).add("val_acc", e.accuracy));
+}
+
+// One line on what is trained on what.
+void print_run_summary(const Config& cfg, const nn::NamedTensors& params, DType dtype, Device device,
+                       const ChainSet& train_set, const ChainSet& val_set, bool packed) {
+  const auto& t = cfg.train;
+  int64_t n_params = 0;
+  for (const auto& [name, p] : params) n_params += p.numel();
+  std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %s residues, "
+              "task %s; batches %s\n",
+              static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
+              device_name(device), train_set.S, val_set.S,
+              (cfg.data.n_res_min == cfg.data.n_res_max
+                   ? std::to_string(train_set.N)
+                   : std::to_string(cfg.data.n_res_min) + ".." + std::to_string(cfg.data.n_res_max))
+                  .c_str(),
+              train_set.task.c_str(),
+              t.batch_tokens > 0 ? ("packed, up to " + std::to_string(t.batch_tokens) + " residues").c_str()
+                                 : ("of " + std::to_string(t.batch_size) + (packed ? " chains, packed" : " chains")).c_str());
+}
+
+// ---- the run: set-up, then the loop --------------------------------------------------------------
+
 int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* comm) {
   const Device device = resolve_device(cfg.device);
   // Data parallel: rank 0 (the lead) alone writes the run directory and prints.
@@ -104,157 +281,65 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   model.to(dtype);
   model.to(device);
   const auto params = model.named_parameters();
-  int64_t n_params = 0;
-  for (const auto& [name, p] : params) n_params += p.numel();
   optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings),
                    {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
   BatchSampler sampler = t.batch_tokens > 0 ? BatchSampler(train_set.lengths, t.batch_tokens, t.seed)
                                              : BatchSampler(train_set.S, t.batch_size, t.seed);
 
   TrainState st;
-  int64_t saved_step = -1;  // the step of the checkpoint on disk (-1: none yet)
   if (resume) {
     st = load_checkpoint(ckpt_path, cfg, model, &opt);
     PF_CHECK(st.cursor <= train_set.S, "checkpoint " << ckpt_path << ": sampler_cursor " << st.cursor
                                                      << " is past the " << train_set.S << " training chains");
     sampler.set_state(st.epoch, st.cursor);
-    saved_step = st.step;
     std::printf("resumed from %s at step %lld\n", ckpt_path.c_str(), static_cast<long long>(st.step));
   }
   if (lead) write_text_file(cfg.out + "/config.yaml", config_to_yaml(cfg));
   MetricsLog log(lead ? cfg.out + "/metrics.jsonl" : "", resume, st.step);
+  Checkpoints ckpt(ckpt_path, cfg, model, opt, log, lead);
+  if (resume) ckpt.resumed_at(st.step);
   // Gradients averaged over the ranks in buckets that start while the backward still runs.
   std::unique_ptr<dist::GradientSync> grad_sync;
   if (comm) grad_sync = std::make_unique<dist::GradientSync>(*comm, model.parameters());
-  std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %s residues, "
-              "task %s; batches %s\n",
-              static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
-              device_name(device), train_set.S, val_set.S,
-              (cfg.data.n_res_min == cfg.data.n_res_max
-                   ? std::to_string(train_set.N)
-                   : std::to_string(cfg.data.n_res_min) + ".." + std::to_string(cfg.data.n_res_max))
-                  .c_str(),
-              train_set.task.c_str(),
-              t.batch_tokens > 0 ? ("packed, up to " + std::to_string(t.batch_tokens) + " residues").c_str()
-                                 : ("of " + std::to_string(t.batch_size) + (packed ? " chains, packed" : " chains")).c_str());
+  print_run_summary(cfg, params, dtype, device, train_set, val_set, packed);
 
-  int64_t timed_tokens = 0;  // residues of the timed steps (all ranks)
-  double train_seconds = 0;
-  int64_t timed_steps = 0;
+  BatchQueue batches(train_set, sampler, packed, world, rank);
+  Throughput speed;
   EvalResult last_eval{NAN, NAN};
-  auto kept = [&] {
-    std::ostringstream os;
-    if (saved_step >= 0) os << "the last good checkpoint (step " << saved_step << ") is kept at " << ckpt_path;
-    else os << "no checkpoint was written yet";
-    return os.str();
-  };
-  auto checkpoint = [&] {
-    // Never replace a good checkpoint with non-finite weights or moments.
-    std::string bad = first_non_finite(params);
-    if (bad.empty()) bad = first_non_finite(opt.state());
-    if (!bad.empty())
-      PF_FAIL("parameter or moment '" << bad << "' holds a NaN or an infinity after step " << st.step
-                                      << ", so no checkpoint is written: " << kept()
-                                      << " (try a lower train.lr, or train.grad_clip > 0)");
-    try {
-      if (lead) save_checkpoint(ckpt_path, cfg, model, opt, st);
-    } catch (const Error& e) {  // a full disk, an unwritable directory: say what is kept
-      std::string why = e.what();
-      std::replace(why.begin(), why.end(), '\n', ' ');  // HDF5's own messages may hold newlines
-      PF_FAIL("the checkpoint of step " << st.step << " could not be written (" << why << "); " << kept());
-    }
-    saved_step = st.step;
-    std::printf("checkpoint step %lld -> %s\n", static_cast<long long>(st.step), ckpt_path.c_str());
-    std::fflush(stdout);
-    if (lead) write_plots(cfg.out, log, model);
-  };
   const int64_t last_step = stop_at > 0 ? std::min<int64_t>(stop_at, t.steps) : t.steps;
-  // The next batch is drawn and gathered on a worker thread while the current step runs (the
-  // device work of a step is queued asynchronously; the host work overlaps it). Each batch
-  // carries the sampler state of its own draw, so a checkpoint resumes at the next batch.
-  const auto prepare = [&] {
-    std::vector<int> idx = sampler.next();
-    const int64_t epoch = sampler.epoch(), cursor = sampler.cursor();
-    return std::async(std::launch::async, [&train_set, idx = std::move(idx), packed, world, rank, epoch, cursor] {
-      HostBatch h = gather_host(train_set, idx, packed, world, rank);
-      h.epoch = epoch;
-      h.cursor = cursor;
-      return h;
-    });
-  };
-  std::future<HostBatch> next_batch;
   while (st.step < last_step) {
     const auto t0 = Clock::now();
-    if (!next_batch.valid()) next_batch = prepare();
-    const HostBatch batch = next_batch.get();
-    if (st.step + 1 < last_step) next_batch = prepare();
-    for (int s : batch.global_idx) timed_tokens += train_set.length(s);
+    const HostBatch batch = batches.next(/*more_to_come=*/st.step + 1 < last_step);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
     const StepResult r = train_step(model, opt, batch, packed, device, lr, t.grad_clip, grad_sync.get(), comm);
-    const double loss = r.loss, acc = r.accuracy, grad_norm = r.grad_norm;
-    // A skipped step is counted; the batch and the learning-rate schedule move on as after an
-    // update.
-    const bool good = r.updated;
-    if (good) {
-      st.bad_in_row = 0;
-    } else {
-      ++st.skipped;
-      ++st.bad_in_row;
-    }
-    train_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
-    ++timed_steps;
-    ++st.step;
-    st.epoch = batch.epoch;
-    st.cursor = batch.cursor;
+    count_step(st, r, batch);
+    speed.add(train_set, batch, t0);
 
-    if (!good) {  // always logged
-      std::printf("step %6lld  SKIPPED: loss %.4g, grad_norm %.4g not finite, no update (%lld in a row, "
-                  "%lld in all; the run stops at train.max_bad_steps = %d in a row)\n",
-                  static_cast<long long>(st.step), loss, grad_norm, static_cast<long long>(st.bad_in_row),
-                  static_cast<long long>(st.skipped), t.max_bad_steps);
-      std::fflush(stdout);
-      log.write(JsonLine().add("step", st.step).add("loss", loss).add("grad_norm", grad_norm)
-                    .add("lr", lr).add("skipped", true).add("bad_in_row", st.bad_in_row)
-                    .add("skipped_steps", st.skipped));
-      if (st.bad_in_row >= t.max_bad_steps)
-        PF_FAIL(st.bad_in_row << " steps in a row (the last at step " << st.step
-                          << ") had a non-finite loss or gradient norm (train.max_bad_steps = " << t.max_bad_steps
-                          << "); stopped: " << kept() << " (try a lower train.lr, or train.grad_clip > 0)");
+    if (!r.updated) {
+      log_skipped_step(st, r, lr, t, log, ckpt);
     } else if (st.step % t.log_every == 0 || st.step == t.steps) {
-      const double tps = timed_tokens / train_seconds;
-      const double eta = (t.steps - st.step) * train_seconds / timed_steps;
-      std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
-                  static_cast<long long>(st.step), loss, acc, lr, grad_norm, tps, eta);
-      std::fflush(stdout);
-      log.write(JsonLine().add("step", st.step).add("loss", loss).add("acc", acc)
-                    .add("lr", lr).add("grad_norm", grad_norm).add("tokens_per_s", tps)
-                    .add("skipped_steps", st.skipped));
+      log_step(st, r, lr, t, speed, log);
     }
     if (st.step % t.eval_every == 0 || st.step == t.steps) {
       last_eval = evaluate_set(model, val_set, t.batch_size, device, comm, t.batch_tokens);
-      std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(st.step),
-                  last_eval.loss, last_eval.accuracy);
-      std::fflush(stdout);
-      log.write(JsonLine().add("step", st.step).add("val_loss", last_eval.loss)
-                    .add("val_acc", last_eval.accuracy));
+      log_eval(st.step, last_eval, log);
     }
-    if (st.step % t.checkpoint_every == 0 || st.step == last_step) checkpoint();
-    if (r.stop_signal) {
-      if (saved_step != st.step) checkpoint();
+    if (st.step % t.checkpoint_every == 0 || st.step == last_step) ckpt.write(st);
+    if (r.stop_signal) {  // SIGINT / SIGTERM: this step's checkpoint, then stop
+      if (!ckpt.holds(st.step)) ckpt.write(st);
       std::fflush(stdout);
       if (lead)
         std::fprintf(stderr, "train: stopped by %s after step %lld: checkpoint written to %s; continue with --resume\n",
-                     interrupt_name(r.stop_signal), static_cast<long long>(st.step), ckpt_path.c_str());
+                     interrupt_name(r.stop_signal), static_cast<long long>(st.step), ckpt.path().c_str());
       return 128 + r.stop_signal;
     }
   }
-  if (timed_steps == 0) {  // resumed a finished run: report its state
+  if (speed.steps == 0) {  // resumed a finished run: report its state
     last_eval = evaluate_set(model, val_set, t.batch_size, device, comm, t.batch_tokens);
-    checkpoint();
+    ckpt.write(st);
   }
-  const double tps = timed_steps ? timed_tokens / train_seconds : 0.0;
   std::printf("%s\n", JsonLine().add("mode", "train").add("val_loss", last_eval.loss)
-                          .add("val_acc", last_eval.accuracy).add("tokens_per_s", tps)
+                          .add("val_acc", last_eval.accuracy).add("tokens_per_s", speed.tokens_per_s())
                           .add("steps", st.step).add("skipped_steps", st.skipped).add("out", cfg.out)
                           .str().c_str());
   return 0;

@@ -9,6 +9,8 @@ Usage (from anywhere):
   python3 tests/mutants/run.py                  # every CPU mutant
   python3 tests/mutants/run.py ce_no_max_shift eval_per_chain_mean   # these (names or paths)
   python3 tests/mutants/run.py --list           # the mutants and the bug each models
+  python3 tests/mutants/run.py --check-applies  # only check that every mutant (GPU ones too)
+                                                # still applies to the tree: no build, no test
 Options: --scratch DIR (default build-mutants/ in the repository: kept between runs, so the
 second run rebuilds only what a mutant touches), --build-dir NAME (the build folder inside the
 scratch copy, default build), --cmake-args "..." (extra configure arguments), --jobs N,
@@ -86,6 +88,19 @@ def mutate(text, m):
     return text.replace(m["original"], m["replacement"])
 
 
+def check_applies(mutants, root):
+    """Checks that each mutant applies to the tree at root (its target exists and holds its
+    original text exactly once); returns {target file: its text}."""
+    originals = {}
+    for m in mutants:
+        f = root / m["file"]
+        if not f.is_file():
+            raise MutantError(f"mutant {m['name']}: its target {m['file']} does not exist")
+        originals[m["file"]] = f.read_text()
+        mutate(originals[m["file"]], m)
+    return originals
+
+
 def sh(cmd, cwd, timeout=None, log=None):
     """Runs cmd; returns (exit code, seconds). Output goes to log (a file) or is discarded."""
     t0 = time.time()
@@ -136,6 +151,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mutants", nargs="*", help="names (file stems) or paths; default: all CPU mutants")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--check-applies", action="store_true")
     ap.add_argument("--scratch", default=str(REPO / "build-mutants"))
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--cmake-args", default="")
@@ -164,7 +180,14 @@ def main():
                 sys.exit(f"mutants: no mutant named '{name}' in {HERE} (--list shows them)")
             chosen.append(by_name[name])
     else:
-        chosen = [m for m in everything if args.gpu or not m["gpu"]]
+        chosen = [m for m in everything if args.gpu or args.check_applies or not m["gpu"]]
+    if args.check_applies:  # against the repository itself; the GPU mutants too
+        try:
+            check_applies(chosen, REPO)
+        except MutantError as e:
+            sys.exit(f"mutants: {e}")
+        print(f"mutants: all {len(chosen)} apply to {REPO}")
+        return 0
 
     scratch = Path(args.scratch).resolve()
     src = REPO if args.in_place else scratch / "src"
@@ -179,14 +202,8 @@ def main():
         src.mkdir(parents=True, exist_ok=True)
         sync_tree(REPO, src)
     # Every mutant must apply to the tree as it is now, before any build time is spent.
-    originals = {}
     try:
-        for m in chosen:
-            f = src / m["file"]
-            if not f.is_file():
-                raise MutantError(f"mutant {m['name']}: its target {m['file']} does not exist")
-            originals[m["file"]] = f.read_text()
-            mutate(originals[m["file"]], m)
+        originals = check_applies(chosen, src)
     except MutantError as e:
         sys.exit(f"mutants: {e}")
 
