@@ -61,11 +61,16 @@ Args parse_args(int argc, char** argv) {
       PF_CHECK(i + 1 < argc, flag << " expects a value");
       return std::string(argv[++i]);
     };
-    if (s == "--device") a.overrides.push_back("device=" + value("--device"));
-    else if (s == "--out") a.overrides.push_back("out=" + value("--out"));
-    else if (s == "--eval") a.eval_checkpoint = value("--eval");
-    else if (s == "--resume") a.resume = true;
-    else if (s == "--overwrite") a.overwrite = true;
+    if (s == "--device")
+      a.overrides.push_back("device=" + value("--device"));
+    else if (s == "--out")
+      a.overrides.push_back("out=" + value("--out"));
+    else if (s == "--eval")
+      a.eval_checkpoint = value("--eval");
+    else if (s == "--resume")
+      a.resume = true;
+    else if (s == "--overwrite")
+      a.overwrite = true;
     else if (s == "--gpus") {
       const std::string n = value("--gpus");
       int g = 0;
@@ -73,26 +78,36 @@ Args parse_args(int argc, char** argv) {
       PF_CHECK(r.ec == std::errc() && r.ptr == n.data() + n.size() && g >= 1 && g <= 1024,
                "--gpus expects a number of GPUs from 1 to 1024, found '" << pf::echo(n) << "'");
       a.gpus = g;
-    }
-    else if (s == "--gradcheck") a.gradcheck = true;
-    else if (s == "--check-env") a.check_env = true;
-    else if (s == "--help" || s == "-h") a.help = true;
-    else if (s.rfind("--", 0) == 0) PF_FAIL("unknown option '" << pf::echo(s) << "' (see train --help)");
-    else if (s.find('=') != std::string::npos) a.overrides.push_back(s);
-    else if (a.config.empty()) a.config = s;
-    else PF_FAIL("unexpected argument '" << pf::echo(s) << "' (the config is already '" << pf::echo(a.config) << "')");
+    } else if (s == "--gradcheck")
+      a.gradcheck = true;
+    else if (s == "--check-env")
+      a.check_env = true;
+    else if (s == "--help" || s == "-h")
+      a.help = true;
+    else if (s.rfind("--", 0) == 0)
+      PF_FAIL("unknown option '" << pf::echo(s) << "' (see train --help)");
+    else if (s.find('=') != std::string::npos)
+      a.overrides.push_back(s);
+    else if (a.config.empty())
+      a.config = s;
+    else
+      PF_FAIL("unexpected argument '" << pf::echo(s) << "' (the config is already '" << pf::echo(a.config)
+                                      << "')");
   }
   // One mode per call; the training flags only with training.
   std::vector<std::string> modes;
   if (a.check_env) modes.push_back("--check-env");
   if (!a.eval_checkpoint.empty()) modes.push_back("--eval");
   if (a.gradcheck) modes.push_back("--gradcheck");
-  PF_CHECK(modes.size() <= 1, modes[0] << " and " << modes[1] << " cannot be combined: each is a mode of its own");
-  for (const auto& [on, flag] : {std::pair{a.resume, "--resume"}, {a.overwrite, "--overwrite"}, {a.gpus > 0, "--gpus"}})
-    PF_CHECK(!on || modes.empty(), modes[0] << " and " << flag << " cannot be combined: " << flag
-                                             << " is for training runs");
-  PF_CHECK(!(a.resume && a.overwrite), "--resume and --overwrite cannot be combined: --resume continues the "
-                                       "run in the directory, --overwrite removes it and starts over");
+  PF_CHECK(modes.size() <= 1,
+           modes[0] << " and " << modes[1] << " cannot be combined: each is a mode of its own");
+  for (const auto& [on, flag] :
+       {std::pair{a.resume, "--resume"}, {a.overwrite, "--overwrite"}, {a.gpus > 0, "--gpus"}})
+    PF_CHECK(!on || modes.empty(),
+             modes[0] << " and " << flag << " cannot be combined: " << flag << " is for training runs");
+  PF_CHECK(!(a.resume && a.overwrite),
+           "--resume and --overwrite cannot be combined: --resume continues the "
+           "run in the directory, --overwrite removes it and starts over");
   return a;
 }
 

@@ -49,7 +49,7 @@ using pf::kernels::ScalarType;
 
 struct Shape {
   int B, H, N, D;
-  bool shared;  // bias shared over the batch: (1,H,N,N)
+  bool shared;                       // bias shared over the batch: (1,H,N,N)
   double target_fwd, target_fwdbwd;  // ms, from the issue (H100)
 };
 
@@ -57,7 +57,11 @@ struct Shape {
 __global__ void fill_random_half(__half* x, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint32_t h = uint32_t(i) * 0x9e3779b1u ^ seed;
-    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
     x[i] = __float2half(float(h) * (2.0f / 4294967296.0f) - 1.0f);
   }
 }
@@ -65,7 +69,11 @@ __global__ void fill_random_half(__half* x, size_t n, uint32_t seed) {
 __global__ void fill_random_float(float* x, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint32_t h = uint32_t(i) * 0x9e3779b1u ^ seed;
-    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
     x[i] = float(h) * (2.0f / 4294967296.0f) - 1.0f;
   }
 }
@@ -114,7 +122,8 @@ double copy_bandwidth() {
   const size_t n = size_t(1) << 30;
   Buf src(n), dst(n);
   PF_CUDA_CHECK(cudaMemset(src.p, 1, n));
-  const double ms = median_ms([&] { PF_CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, n, cudaMemcpyDeviceToDevice)); }, 20);
+  const double ms =
+      median_ms([&] { PF_CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, n, cudaMemcpyDeviceToDevice)); }, 20);
   return 2.0 * n / (ms * 1e-3);
 }
 
@@ -144,7 +153,8 @@ Ours time_launches(const FlashBiasBwdParams& p, int reps) {
 Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
   const size_t bnhd = size_t(s.B) * s.N * s.H * s.D;
   const size_t bias_n = size_t(s.shared ? 1 : s.B) * s.H * s.N * s.N;
-  Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2), dv(bnhd * 2);
+  Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2),
+      dv(bnhd * 2);
   Buf bias(bias_n * 2), dbias(bias_n * 2), lse(size_t(s.B) * s.H * s.N * 4);
   fill(q, 1);
   fill(k, 2);
@@ -153,18 +163,29 @@ Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
   fill(bias, 5);
 
   FlashBiasBwdParams p;
-  p.B = s.B; p.H = s.H; p.Nq = s.N; p.Nk = s.N; p.D = s.D;
+  p.B = s.B;
+  p.H = s.H;
+  p.Nq = s.N;
+  p.Nk = s.N;
+  p.D = s.D;
   p.scale = 1.0f / std::sqrt(float(s.D));
   p.dtype = ScalarType::F16;
   const auto st = pf::kernels::contiguous_bnhd(s.N, s.H, s.D);
-  p.q = q.p; p.k = k.p; p.v = v.p; p.out = out.p; p.lse = lse.p;
+  p.q = q.p;
+  p.k = k.p;
+  p.v = v.p;
+  p.out = out.p;
+  p.lse = lse.p;
   p.q_stride = p.k_stride = p.v_stride = p.out_stride = st;
   p.bias = bias.p;
   p.bias_dtype = ScalarType::F16;
   p.bias_batch_stride = s.shared ? 0 : int64_t(s.H) * s.N * s.N;
   p.bias_head_stride = int64_t(s.N) * s.N;
   p.bias_row_stride = s.N;
-  p.dout = dout.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p;
+  p.dout = dout.p;
+  p.dq = dq.p;
+  p.dk = dk.p;
+  p.dv = dv.p;
   p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
   p.dbias = want_dbias ? dbias.p : nullptr;
   p.dbias_batch_stride = p.bias_batch_stride;
@@ -178,7 +199,8 @@ Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
 // bias at all. Backward: dQ, dK, dV and (R >= 0) dT.
 Ours time_relpos(int B, int H, int N, int D, int R, int reps, bool deterministic) {
   const size_t bnhd = size_t(B) * N * H * D;
-  Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2), dv(bnhd * 2);
+  Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2),
+      dv(bnhd * 2);
   Buf lse(size_t(B) * H * N * 4);
   const size_t nt = R >= 0 ? size_t(H) * (2 * R + 1) : 1;
   Buf table(nt * 4), dtable(nt * 4);
@@ -189,18 +211,29 @@ Ours time_relpos(int B, int H, int N, int D, int R, int reps, bool deterministic
   fill_float(table, 5);
 
   FlashBiasBwdParams p;
-  p.B = B; p.H = H; p.Nq = N; p.Nk = N; p.D = D;
+  p.B = B;
+  p.H = H;
+  p.Nq = N;
+  p.Nk = N;
+  p.D = D;
   p.scale = 1.0f / std::sqrt(float(D));
   p.dtype = ScalarType::F16;
   const auto st = pf::kernels::contiguous_bnhd(N, H, D);
-  p.q = q.p; p.k = k.p; p.v = v.p; p.out = out.p; p.lse = lse.p;
+  p.q = q.p;
+  p.k = k.p;
+  p.v = v.p;
+  p.out = out.p;
+  p.lse = lse.p;
   p.q_stride = p.k_stride = p.v_stride = p.out_stride = st;
   if (R >= 0) {
     p.relpos_table = table.p;
     p.relpos_clip = R;
     p.drelpos_table = dtable.p;
   }
-  p.dout = dout.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p;
+  p.dout = dout.p;
+  p.dq = dq.p;
+  p.dk = dk.p;
+  p.dv = dv.p;
   p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
   p.deterministic = deterministic;
   return time_launches(p, reps);
@@ -226,7 +259,8 @@ std::pair<Ours, Ours> time_varlen(const std::vector<int>& len, int H, int D, int
   auto run = [&](bool packed) {
     const size_t rows = packed ? T : size_t(B) * N;
     const size_t nb = packed ? size_t(boff[B]) : size_t(B) * H * N * N;
-    Buf q(rows * H * D * 2), k(rows * H * D * 2), v(rows * H * D * 2), out(rows * H * D * 2), dout(rows * H * D * 2);
+    Buf q(rows * H * D * 2), k(rows * H * D * 2), v(rows * H * D * 2), out(rows * H * D * 2),
+        dout(rows * H * D * 2);
     Buf dq(rows * H * D * 2), dk(rows * H * D * 2), dv(rows * H * D * 2), lse(rows * H * 4);
     Buf bias(nb * 2), dbias(nb * 2), mask(size_t(B) * N);
     fill(q, 11);
@@ -235,11 +269,19 @@ std::pair<Ours, Ours> time_varlen(const std::vector<int>& len, int H, int D, int
     fill(dout, 14);
     fill(bias, 15);
     FlashBiasBwdParams p;
-    p.B = B; p.H = H; p.Nq = N; p.Nk = N; p.D = D;
+    p.B = B;
+    p.H = H;
+    p.Nq = N;
+    p.Nk = N;
+    p.D = D;
     p.scale = 1.0f / std::sqrt(float(D));
     p.dtype = ScalarType::F16;
     const auto st = pf::kernels::contiguous_bnhd(packed ? int64_t(T) : N, H, D);
-    p.q = q.p; p.k = k.p; p.v = v.p; p.out = out.p; p.lse = lse.p;
+    p.q = q.p;
+    p.k = k.p;
+    p.v = v.p;
+    p.out = out.p;
+    p.lse = lse.p;
     p.q_stride = p.k_stride = p.v_stride = p.out_stride = st;
     p.bias = bias.p;
     p.bias_dtype = ScalarType::F16;
@@ -257,7 +299,10 @@ std::pair<Ours, Ours> time_varlen(const std::vector<int>& len, int H, int D, int
       p.bias_head_stride = p.dbias_head_stride = int64_t(N) * N;
       p.bias_row_stride = p.dbias_row_stride = N;
     }
-    p.dout = dout.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p;
+    p.dout = dout.p;
+    p.dq = dq.p;
+    p.dk = dk.p;
+    p.dv = dv.p;
     p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
     return time_launches(p, reps);
   };
@@ -283,21 +328,33 @@ int main(int argc, char** argv) try {
   std::string python = "python3";
   bool run_peers = true;
   int reps = 50;
-  int only = -1;            // --only i: the i-th shape alone
-  bool want_dbias = true;   // --no-dbias: backward without the bias gradient
+  int only = -1;               // --only i: the i-th shape alone
+  bool want_dbias = true;      // --no-dbias: backward without the bias gradient
   bool deterministic = false;  // --deterministic: the bitwise-reproducible backward
   std::string sections = "dense,relpos,varlen";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--peers" && i + 1 < argc) peers_script = argv[++i];
-    else if (a == "--python" && i + 1 < argc) python = argv[++i];
-    else if (a == "--no-peers") run_peers = false;
-    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (a == "--only" && i + 1 < argc) only = std::atoi(argv[++i]);
-    else if (a == "--no-dbias") want_dbias = false;
-    else if (a == "--deterministic") deterministic = true;
-    else if (a == "--sections" && i + 1 < argc) sections = argv[++i];
-    else PF_FAIL("unknown argument '" << a << "'; expected --peers PATH, --python EXE, --no-peers, --reps N, --only I, --no-dbias, --deterministic, --sections dense,relpos,varlen");
+    if (a == "--peers" && i + 1 < argc)
+      peers_script = argv[++i];
+    else if (a == "--python" && i + 1 < argc)
+      python = argv[++i];
+    else if (a == "--no-peers")
+      run_peers = false;
+    else if (a == "--reps" && i + 1 < argc)
+      reps = std::atoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc)
+      only = std::atoi(argv[++i]);
+    else if (a == "--no-dbias")
+      want_dbias = false;
+    else if (a == "--deterministic")
+      deterministic = true;
+    else if (a == "--sections" && i + 1 < argc)
+      sections = argv[++i];
+    else
+      PF_FAIL(
+          "unknown argument '"
+          << a
+          << "'; expected --peers PATH, --python EXE, --no-peers, --reps N, --only I, --no-dbias, --deterministic, --sections dense,relpos,varlen");
   }
   const bool run_dense = sections.find("dense") != std::string::npos;
   const bool run_relpos = sections.find("relpos") != std::string::npos;
@@ -317,8 +374,8 @@ int main(int argc, char** argv) try {
     shapes = {shapes[only]};
   }
   const double bw = copy_bandwidth();
-  std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n", prop.name, prop.multiProcessorCount,
-              bw / 1e9);
+  std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, bw / 1e9);
 
   if (!run_dense) shapes.clear();
   // ours on the default path (the Hopper forward on an H100/H200), on the portable kernels alone,
@@ -341,10 +398,11 @@ int main(int argc, char** argv) try {
     const Ours& o = ours[key(s)];
     const Ours& po = portable[key(s)];
     const Ours& ho = hopper[key(s)];
-    std::printf("ours %s (forward: %s kernel): fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms; portable: fwd %.3f, bwd %.3f, "
-                "fwd+bwd %.3f; Hopper fwd+bwd: fwd %.3f, bwd %.3f, fwd+bwd %.3f\n",
-                key(s).c_str(), o.forward_kernel, o.fwd, o.bwd, o.fwdbwd, po.fwd, po.bwd, po.fwdbwd, ho.fwd, ho.bwd,
-                ho.fwdbwd);
+    std::printf(
+        "ours %s (forward: %s kernel): fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms; portable: fwd %.3f, bwd %.3f, "
+        "fwd+bwd %.3f; Hopper fwd+bwd: fwd %.3f, bwd %.3f, fwd+bwd %.3f\n",
+        key(s).c_str(), o.forward_kernel, o.fwd, o.bwd, o.fwdbwd, po.fwd, po.bwd, po.fwdbwd, ho.fwd, ho.bwd,
+        ho.fwdbwd);
     std::fflush(stdout);
   }
 
@@ -386,10 +444,10 @@ int main(int argc, char** argv) try {
   if (run_relpos) {
     const Ours rel = time_relpos(rB, rH, rN, rD, rR, reps, deterministic);
     const Ours none = time_relpos(rB, rH, rN, rD, -1, reps, deterministic);
-    std::printf("ours relpos %d,%d,%d,%d R=%d: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", rB, rH, rN, rD, rR, rel.fwd,
-                rel.bwd, rel.fwdbwd);
-    std::printf("ours no bias %d,%d,%d,%d: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", rB, rH, rN, rD, none.fwd, none.bwd,
-                none.fwdbwd);
+    std::printf("ours relpos %d,%d,%d,%d R=%d: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", rB, rH, rN, rD,
+                rR, rel.fwd, rel.bwd, rel.fwdbwd);
+    std::printf("ours no bias %d,%d,%d,%d: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", rB, rH, rN, rD,
+                none.fwd, none.bwd, none.fwdbwd);
     std::fflush(stdout);
     rel_rows.push_back({"ours", rel.fwd, rel.fwdbwd});
     rel_rows.push_back({"ours-nobias", none.fwd, none.fwdbwd});
@@ -427,7 +485,9 @@ int main(int argc, char** argv) try {
   if (run_varlen) {
     uint32_t x = 12345u;  // fixed seed: lengths uniform in 64..1024 (xorshift, platform-independent)
     for (int i = 0; i < 16; ++i) {
-      x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
       vlen.push_back(64 + int(x % 961u));
     }
     std::tie(v_packed, v_padded) = time_varlen(vlen, 8, 64, reps);
@@ -436,35 +496,40 @@ int main(int argc, char** argv) try {
   // the tables, last
   if (run_relpos) {
     const double nb_f = rel_rows[1].fwd, nb_fb = rel_rows[1].fwdbwd;
-    std::printf("\nrelative-position bias, B=%d H=%d N=%d D=%d R=%d, fp16, fp32 table, %s, median (ms); "
-                "targets (issue 5): fwd <= 0.12, fwd+bwd <= 0.40, <= 1.3x ours-nobias\n",
-                rB, rH, rN, rD, rR, prop.name);
-    std::printf("%-16s %8s %8s %10s %10s %10s %10s\n", "impl", "fwd", "f+b", "F/nobias", "FB/nobias", "F/ours", "FB/ours");
+    std::printf(
+        "\nrelative-position bias, B=%d H=%d N=%d D=%d R=%d, fp16, fp32 table, %s, median (ms); "
+        "targets (issue 5): fwd <= 0.12, fwd+bwd <= 0.40, <= 1.3x ours-nobias\n",
+        rB, rH, rN, rD, rR, prop.name);
+    std::printf("%-16s %8s %8s %10s %10s %10s %10s\n", "impl", "fwd", "f+b", "F/nobias", "FB/nobias",
+                "F/ours", "FB/ours");
     for (const RelRow& r : rel_rows)
-      std::printf("%-16s %8.3f %8.3f %10.2f %10.2f %10.2f %10.2f\n", r.impl.c_str(), r.fwd, r.fwdbwd, r.fwd / nb_f,
-                  r.fwdbwd / nb_fb, r.fwd / rel_rows[0].fwd, r.fwdbwd / rel_rows[0].fwdbwd);
+      std::printf("%-16s %8.3f %8.3f %10.2f %10.2f %10.2f %10.2f\n", r.impl.c_str(), r.fwd, r.fwdbwd,
+                  r.fwd / nb_f, r.fwdbwd / nb_fb, r.fwd / rel_rows[0].fwd, r.fwdbwd / rel_rows[0].fwdbwd);
     std::printf("(F/ours > 1: that implementation is slower than ours; ours f+b includes dT)\n");
   }
   if (run_varlen) {
     double tokens = 0;
-    std::printf("\npacked variable-length batch, %zu sequences, H=8 D=64, fp16 with a per-sequence fp16 bias and dB, "
-                "lengths:", vlen.size());
+    std::printf(
+        "\npacked variable-length batch, %zu sequences, H=8 D=64, fp16 with a per-sequence fp16 bias and dB, "
+        "lengths:",
+        vlen.size());
     for (int l : vlen) {
       std::printf(" %d", l);
       tokens += l;
     }
     std::printf("\n%-10s %8s %8s %12s %12s\n", "layout", "fwd", "f+b", "Mtok/s fwd", "Mtok/s f+b");
-    std::printf("%-10s %8.3f %8.3f %12.1f %12.1f\n", "packed", v_packed.fwd, v_packed.fwdbwd, tokens / v_packed.fwd / 1e3,
-                tokens / v_packed.fwdbwd / 1e3);
-    std::printf("%-10s %8.3f %8.3f %12.1f %12.1f\n", "padded", v_padded.fwd, v_padded.fwdbwd, tokens / v_padded.fwd / 1e3,
-                tokens / v_padded.fwdbwd / 1e3);
-    std::printf("packed / padded tokens/s: fwd %.2fx, fwd+bwd %.2fx (issue 5 target: >= 1.5x)\n", v_padded.fwd / v_packed.fwd,
-                v_padded.fwdbwd / v_packed.fwdbwd);
+    std::printf("%-10s %8.3f %8.3f %12.1f %12.1f\n", "packed", v_packed.fwd, v_packed.fwdbwd,
+                tokens / v_packed.fwd / 1e3, tokens / v_packed.fwdbwd / 1e3);
+    std::printf("%-10s %8.3f %8.3f %12.1f %12.1f\n", "padded", v_padded.fwd, v_padded.fwdbwd,
+                tokens / v_padded.fwd / 1e3, tokens / v_padded.fwdbwd / 1e3);
+    std::printf("packed / padded tokens/s: fwd %.2fx, fwd+bwd %.2fx (issue 5 target: >= 1.5x)\n",
+                v_padded.fwd / v_packed.fwd, v_padded.fwdbwd / v_packed.fwdbwd);
   }
   if (shapes.empty()) return 0;
-  std::printf("\nflash-bias, fp16, %s, median of %d runs (ms); floor = bytes / %.0f GB/s\n", prop.name, reps, bw / 1e9);
-  std::printf("%-22s %8s %8s %8s %8s %8s %8s %8s %8s %7s %7s", "B,H,N,D[,shared]", "fwd", "f+b", "portF", "portFB",
-              "hopB", "hopFB", "floorF", "floorFB", "tgtF", "tgtFB");
+  std::printf("\nflash-bias, fp16, %s, median of %d runs (ms); floor = bytes / %.0f GB/s\n", prop.name, reps,
+              bw / 1e9);
+  std::printf("%-22s %8s %8s %8s %8s %8s %8s %8s %8s %7s %7s", "B,H,N,D[,shared]", "fwd", "f+b", "portF",
+              "portFB", "hopB", "hopFB", "floorF", "floorFB", "tgtF", "tgtFB");
   for (const auto& im : impls) std::printf(" %9s %9s", (im + ".F").c_str(), (im + ".FB").c_str());
   std::printf(" %9s %9s %9s\n", "bestF/us", "bestFB/us", "bestFB/hop");
   for (const Shape& s : shapes) {
@@ -477,8 +542,8 @@ int main(int argc, char** argv) try {
     std::snprintf(name, sizeof name, "%d,%d,%d,%d%s", s.B, s.H, s.N, s.D, s.shared ? ",shared" : "");
     const Ours& po = portable[key(s)];
     const Ours& ho = hopper[key(s)];
-    std::printf("%-22s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %7.2f %7.2f", name, o.fwd, o.fwdbwd, po.fwd, po.fwdbwd,
-                ho.bwd, ho.fwdbwd, floor_f, floor_fb, s.target_fwd, s.target_fwdbwd);
+    std::printf("%-22s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %7.2f %7.2f", name, o.fwd, o.fwdbwd,
+                po.fwd, po.fwdbwd, ho.bwd, ho.fwdbwd, floor_f, floor_fb, s.target_fwd, s.target_fwdbwd);
     double best_f = INFINITY, best_fb = INFINITY;
     for (const auto& im : impls) {
       const PeerTimes t = peers[im].count(key(s)) ? peers[im][key(s)] : PeerTimes{};
@@ -488,9 +553,10 @@ int main(int argc, char** argv) try {
     }
     std::printf(" %9.2f %9.2f %9.2f\n", best_f / o.fwd, best_fb / o.fwdbwd, best_fb / ho.fwdbwd);
   }
-  std::printf("(fwd, f+b: the default path, whose forward is the Hopper kernel on compute capability 9.0; portF, portFB: "
-              "the portable kernels alone; hopB, hopFB: the Hopper backward and forward+backward; bestF/us, bestFB/us: fastest peer's time over ours (default path), > 1 = we are "
-              "faster; floorFB counts the bias twice, dB, and six (B,N,H,D) tensors)\n");
+  std::printf(
+      "(fwd, f+b: the default path, whose forward is the Hopper kernel on compute capability 9.0; portF, portFB: "
+      "the portable kernels alone; hopB, hopFB: the Hopper backward and forward+backward; bestF/us, bestFB/us: fastest peer's time over ours (default path), > 1 = we are "
+      "faster; floorFB counts the bias twice, dB, and six (B,N,H,D) tensors)\n");
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_flash_bias: %s\n", e.what());

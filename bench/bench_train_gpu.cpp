@@ -60,21 +60,29 @@ run::BatchTensors to_device(const run::BatchTensors& b, Device device) {
 int main(int argc, char** argv) {
   using namespace pf;
   try {
-    PF_CHECK(argc >= 2, "usage: bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] "
-                        "[--unfused] [--data=fixed|sync|prefetch] [key=value ...]");
+    PF_CHECK(argc >= 2,
+             "usage: bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] "
+             "[--unfused] [--data=fixed|sync|prefetch] [key=value ...]");
     int warmup = 5, steps = 30;
     bool profile_on = false;
     std::string data_mode = "fixed";
     std::vector<std::string> overrides, unfused;
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
-      if (a.rfind("warmup=", 0) == 0) warmup = std::stoi(a.substr(7));
-      else if (a.rfind("steps=", 0) == 0) steps = std::stoi(a.substr(6));
-      else if (a == "--profile") profile_on = true;
-      else if (a == "--unfused") unfused = {"pair_bias", "embedding_sum"};
-      else if (a.rfind("--unfused=", 0) == 0) unfused = {a.substr(10)};
-      else if (a.rfind("--data=", 0) == 0) data_mode = a.substr(7);
-      else overrides.push_back(a);
+      if (a.rfind("warmup=", 0) == 0)
+        warmup = std::stoi(a.substr(7));
+      else if (a.rfind("steps=", 0) == 0)
+        steps = std::stoi(a.substr(6));
+      else if (a == "--profile")
+        profile_on = true;
+      else if (a == "--unfused")
+        unfused = {"pair_bias", "embedding_sum"};
+      else if (a.rfind("--unfused=", 0) == 0)
+        unfused = {a.substr(10)};
+      else if (a.rfind("--data=", 0) == 0)
+        data_mode = a.substr(7);
+      else
+        overrides.push_back(a);
     }
     std::string fusion = unfused.empty() ? "fused" : "unfused:";
     for (const std::string& op : unfused) {
@@ -83,22 +91,21 @@ int main(int argc, char** argv) {
     }
     PF_CHECK(data_mode == "fixed" || data_mode == "sync" || data_mode == "prefetch",
              "--data must be fixed, sync or prefetch, got '" << data_mode << "'");
-    PF_CHECK(steps >= 1 && warmup >= 0, "steps must be >= 1 and warmup >= 0, got steps="
-                                            << steps << " warmup=" << warmup);
+    PF_CHECK(steps >= 1 && warmup >= 0,
+             "steps must be >= 1 and warmup >= 0, got steps=" << steps << " warmup=" << warmup);
     const Config cfg = load_config(argv[1], overrides);
     PF_CHECK(cuda_available(), "bench_train_gpu needs a CUDA device");
     const auto& t = cfg.train;
     const int B = t.batch_size, N = cfg.data.n_res;
     // Random chains in memory (docs/DESIGN.md §3): enough for distinct batches, no files.
     const int n_batches = data_mode == "fixed" ? 4 : 16;
-    const ChainSet set =
-        generate_chains(n_batches * B, N, cfg.model.n_types, cfg.data.seed, "bench");
+    const ChainSet set = generate_chains(n_batches * B, N, cfg.model.n_types, cfg.data.seed, "bench");
     models::PairBiasModel model(cfg.model, t.seed);
     model.to(Device::CUDA);
     const auto params = model.named_parameters();
-    optim::AdamW opt(
-        params, optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
-        {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+    optim::AdamW opt(params,
+                     optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
+                     {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
     const AutocastGuard autocast(t.precision == "bf16" ? DType::BF16 : DType::F32);
     // Batch k on the host: gather + pair features (what run/batches.cpp's to_tensors does).
     auto host_batch = [&](int k) {
@@ -153,20 +160,22 @@ int main(int argc, char** argv) {
       profiled_ms = 1e3 * timed_steps(steps) / steps;
       const std::vector<profile::Row> rows = profile::report();
       profile::set_enabled(false);
-      std::printf("# time split, %s, %s, B %d N %d, %s, data %s: %d profiled steps, %.3f ms each "
-                  "(unprofiled %.3f)\n",
-                  argv[1], t.precision.c_str(), B, N, fusion.c_str(), data_mode.c_str(), steps,
-                  profiled_ms, 1e3 * sec / steps);
+      std::printf(
+          "# time split, %s, %s, B %d N %d, %s, data %s: %d profiled steps, %.3f ms each "
+          "(unprofiled %.3f)\n",
+          argv[1], t.precision.c_str(), B, N, fusion.c_str(), data_mode.c_str(), steps, profiled_ms,
+          1e3 * sec / steps);
       std::printf("%s", profile::table(rows, steps, profiled_ms).c_str());
     }
     if (next.valid()) next.wait();
-    std::printf("{\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"peak_mib\": %.1f, "
-                "\"peak_reserved_mib\": %.1f, \"loss\": %.5f, \"B\": %d, \"N\": %d, "
-                "\"precision\": \"%s\", \"steps\": %d, \"fusion\": \"%s\", \"data\": \"%s\", "
-                "\"profiled_ms_per_step\": %.3f}\n",
-                double(B) * N * steps / sec, 1e3 * sec / steps, m.peak_allocated / 1048576.0,
-                m.peak_reserved / 1048576.0, loss, B, N, t.precision.c_str(), steps,
-                fusion.c_str(), data_mode.c_str(), profiled_ms);
+    std::printf(
+        "{\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"peak_mib\": %.1f, "
+        "\"peak_reserved_mib\": %.1f, \"loss\": %.5f, \"B\": %d, \"N\": %d, "
+        "\"precision\": \"%s\", \"steps\": %d, \"fusion\": \"%s\", \"data\": \"%s\", "
+        "\"profiled_ms_per_step\": %.3f}\n",
+        double(B) * N * steps / sec, 1e3 * sec / steps, m.peak_allocated / 1048576.0,
+        m.peak_reserved / 1048576.0, loss, B, N, t.precision.c_str(), steps, fusion.c_str(),
+        data_mode.c_str(), profiled_ms);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train_gpu: %s\n", e.what());

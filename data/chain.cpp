@@ -47,9 +47,9 @@ uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
 
 void check_sizes(int S, int N, int n_types, const char* who) {
   PF_CHECK(S >= 1, who << ": expected at least 1 chain, found S = " << S);
-  PF_CHECK(N >= kChainMinResidues, who << ": expected chains of at least " << kChainMinResidues
-                                       << " residues (every residue needs a neighbour j with |i-j| > 2), found N = "
-                                       << N);
+  PF_CHECK(N >= kChainMinResidues,
+           who << ": expected chains of at least " << kChainMinResidues
+               << " residues (every residue needs a neighbour j with |i-j| > 2), found N = " << N);
   PF_CHECK(n_types >= 1, who << ": expected at least 1 residue type, found n_types = " << n_types);
   PF_CHECK(static_cast<int64_t>(S) * N * 3 <= std::numeric_limits<int32_t>::max(),
            who << ": S·N·3 = " << static_cast<int64_t>(S) * N * 3 << " coordinates is too many");
@@ -110,7 +110,8 @@ std::mt19937_64 sample_rng(const ChainSpec& spec, int s) {
 // The first draw of a sample of a variable-length set; a fixed-length set draws nothing.
 int draw_length(const ChainSpec& spec, std::mt19937_64& rng) {
   if (spec.n_min == spec.n_max) return spec.n_max;
-  return spec.n_min + static_cast<int>(uniform_below(rng, static_cast<uint64_t>(spec.n_max - spec.n_min) + 1));
+  return spec.n_min +
+         static_cast<int>(uniform_below(rng, static_cast<uint64_t>(spec.n_max - spec.n_min) + 1));
 }
 
 }  // namespace
@@ -168,8 +169,10 @@ ChainSet generate_chains(const ChainSpec& spec) {
     }
     // The coordinates are drawn for both tasks, so that a relpos set has the chain set's types.
     int32_t* labels = set.labels.data() + static_cast<size_t>(s) * N;
-    if (spec.task == "relpos") relpos_labels(t, n, K, labels);
-    else chain_labels(xf, t, n, labels);
+    if (spec.task == "relpos")
+      relpos_labels(t, n, K, labels);
+    else
+      chain_labels(xf, t, n, labels);
   }
   return set;
 }
@@ -188,10 +191,11 @@ bool write_chains_file(const std::string& path, const ChainSet& set, bool replac
   const size_t SN = static_cast<size_t>(set.S) * set.N;
   PF_CHECK(set.tokens.size() == SN && set.labels.size() == SN && set.coords.size() == 3 * SN,
            "write_chains " << path << ": expected tokens and labels of " << SN << " and coords of " << 3 * SN
-                           << " elements for S = " << set.S << ", N = " << set.N << ", found " << set.tokens.size()
-                           << ", " << set.labels.size() << " and " << set.coords.size());
+                           << " elements for S = " << set.S << ", N = " << set.N << ", found "
+                           << set.tokens.size() << ", " << set.labels.size() << " and " << set.coords.size());
   PF_CHECK(set.lengths.empty() || set.lengths.size() == static_cast<size_t>(set.S),
-           "write_chains " << path << ": expected lengths of " << set.S << " chains, found " << set.lengths.size());
+           "write_chains " << path << ": expected lengths of " << set.S << " chains, found "
+                           << set.lengths.size());
   for (int s = 0; s < static_cast<int>(set.lengths.size()); ++s)
     PF_CHECK(set.lengths[s] >= kChainMinResidues && set.lengths[s] <= set.N,
              "write_chains " << path << ": expected lengths in [" << kChainMinResidues << ", N = " << set.N
@@ -295,17 +299,17 @@ ChainSet read_chains(const std::string& path) {
   check_range(set.labels, h.N, h.n_types, "labels", path);
   for (size_t k = 0; k < set.coords.size(); ++k)
     PF_CHECK(std::isfinite(set.coords[k]), "chain file " << path << ": coords[" << k / (3 * h.N) << ", "
-                                                         << (k / 3) % h.N << ", " << k % 3 << "] = "
-                                                         << set.coords[k] << " is not finite");
+                                                         << (k / 3) % h.N << ", " << k % 3
+                                                         << "] = " << set.coords[k] << " is not finite");
   set.lengths = read_lengths(r, h);
   for (int s = 0; s < h.S; ++s)  // the padding past each chain is zero
     for (int i = set.lengths[s]; i < h.N; ++i) {
       const size_t k = static_cast<size_t>(s) * h.N + i;
-      PF_CHECK(set.tokens[k] == 0 && set.labels[k] == 0 && set.coords[3 * k] == 0 && set.coords[3 * k + 1] == 0 &&
-                   set.coords[3 * k + 2] == 0,
-               "chain file " << path << ": chain " << s << " has " << set.lengths[s] << " residues but row " << i
-                             << " past its end is not zero padding (token " << set.tokens[k] << ", label "
-                             << set.labels[k] << ")");
+      PF_CHECK(set.tokens[k] == 0 && set.labels[k] == 0 && set.coords[3 * k] == 0 &&
+                   set.coords[3 * k + 1] == 0 && set.coords[3 * k + 2] == 0,
+               "chain file " << path << ": chain " << s << " has " << set.lengths[s] << " residues but row "
+                             << i << " past its end is not zero padding (token " << set.tokens[k]
+                             << ", label " << set.labels[k] << ")");
     }
   if (set.task == "relpos") {
     std::vector<int32_t> want(static_cast<size_t>(h.N));
@@ -313,9 +317,9 @@ ChainSet read_chains(const std::string& path) {
       const size_t at = static_cast<size_t>(s) * h.N;
       relpos_labels(set.tokens.data() + at, set.lengths[s], h.n_types, want.data());
       for (int i = 0; i < set.lengths[s]; ++i)
-        PF_CHECK(set.labels[at + i] == want[i], "chain file " << path << ": labels[" << s << ", " << i << "] = "
-                                                              << set.labels[at + i] << " but the relpos rule gives "
-                                                              << want[i]);
+        PF_CHECK(set.labels[at + i] == want[i], "chain file " << path << ": labels[" << s << ", " << i
+                                                              << "] = " << set.labels[at + i]
+                                                              << " but the relpos rule gives " << want[i]);
     }
   }
   return set;
@@ -329,7 +333,8 @@ bool ensure_chains(const std::string& path, const ChainSpec& spec) {
     const fs::path parent = fs::path(path).parent_path();
     if (!parent.empty()) {
       fs::create_directories(parent, ec);
-      PF_CHECK(!ec, "cannot create directory '" << parent.string() << "' for " << path << ": " << ec.message());
+      PF_CHECK(!ec,
+               "cannot create directory '" << parent.string() << "' for " << path << ": " << ec.message());
     }
     // Published without replacing: of two runs generating the same file at once, the second
     // to finish checks and uses the first one's file below.
@@ -341,7 +346,8 @@ bool ensure_chains(const std::string& path, const ChainSpec& spec) {
   auto compare = [&](const char* what, auto in_file, auto wanted) {
     if (in_file != wanted) {
       std::ostringstream os;
-      os << (diff.empty() ? "" : "; ") << what << " " << in_file << " in the file, " << wanted << " requested";
+      os << (diff.empty() ? "" : "; ") << what << " " << in_file << " in the file, " << wanted
+         << " requested";
       diff += os.str();
     }
   };
@@ -356,8 +362,8 @@ bool ensure_chains(const std::string& path, const ChainSpec& spec) {
     if (in_file != wanted) {
       const auto [lo, hi] = std::minmax_element(in_file.begin(), in_file.end());
       std::ostringstream os;
-      os << "chain lengths " << *lo << ".." << *hi << " in the file, lengths drawn from " << spec.n_min << ".."
-         << spec.n_max << " requested";
+      os << "chain lengths " << *lo << ".." << *hi << " in the file, lengths drawn from " << spec.n_min
+         << ".." << spec.n_max << " requested";
       diff = os.str();
     }
   }
@@ -366,8 +372,8 @@ bool ensure_chains(const std::string& path, const ChainSpec& spec) {
   return false;
 }
 
-bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split,
-                   const std::string& task) {
+bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed,
+                   const std::string& split, const std::string& task) {
   return ensure_chains(path, ChainSpec{S, N, N, n_types, seed, split, task});
 }
 
@@ -381,13 +387,17 @@ BatchSampler::BatchSampler(int S, int batch_size, uint64_t seed) : S_(S), B_(bat
 }
 
 BatchSampler::BatchSampler(std::vector<int32_t> lengths, int64_t batch_tokens, uint64_t seed)
-    : S_(static_cast<int>(lengths.size())), B_(0), tokens_(batch_tokens), lengths_(std::move(lengths)), seed_(seed) {
+    : S_(static_cast<int>(lengths.size())),
+      B_(0),
+      tokens_(batch_tokens),
+      lengths_(std::move(lengths)),
+      seed_(seed) {
   PF_CHECK(S_ >= 1, "BatchSampler: expected at least 1 sample, found none");
   PF_CHECK(batch_tokens >= 1, "BatchSampler: expected batch_tokens >= 1, found " << batch_tokens);
   for (int s = 0; s < S_; ++s)
     PF_CHECK(lengths_[s] >= 1 && lengths_[s] <= batch_tokens,
-             "BatchSampler: every sample must fit in batch_tokens = " << batch_tokens << ", found length "
-                                                                      << lengths_[s] << " (sample " << s << ")");
+             "BatchSampler: every sample must fit in batch_tokens = "
+                 << batch_tokens << ", found length " << lengths_[s] << " (sample " << s << ")");
   shuffle();
 }
 
@@ -426,8 +436,8 @@ std::vector<int> BatchSampler::next() {
 
 void BatchSampler::set_state(int64_t epoch, int64_t cursor) {
   PF_CHECK(epoch >= 0 && cursor >= 0 && cursor <= S_,
-           "BatchSampler::set_state: expected epoch >= 0 and 0 <= cursor <= S = " << S_ << ", found epoch = "
-                                                                                   << epoch << ", cursor = " << cursor);
+           "BatchSampler::set_state: expected epoch >= 0 and 0 <= cursor <= S = "
+               << S_ << ", found epoch = " << epoch << ", cursor = " << cursor);
   epoch_ = epoch;
   cursor_ = cursor;
   shuffle();
@@ -438,9 +448,10 @@ void check_consistent(const ChainSet& set, const char* who) {
   const size_t SN = static_cast<size_t>(set.S) * set.N;
   PF_CHECK(set.N >= 1 && set.tokens.size() == SN && set.labels.size() == SN && set.coords.size() == 3 * SN &&
                (set.lengths.empty() || set.lengths.size() == static_cast<size_t>(set.S)),
-           who << ": inconsistent ChainSet: S = " << set.S << ", N = " << set.N << " but tokens, labels, coords, lengths hold "
-               << set.tokens.size() << ", " << set.labels.size() << ", " << set.coords.size() << ", "
-               << set.lengths.size() << " elements");
+           who << ": inconsistent ChainSet: S = " << set.S << ", N = " << set.N
+               << " but tokens, labels, coords, lengths hold " << set.tokens.size() << ", "
+               << set.labels.size() << ", " << set.coords.size() << ", " << set.lengths.size()
+               << " elements");
 }
 }  // namespace
 
@@ -458,9 +469,10 @@ Batch gather_batch(const ChainSet& set, const std::vector<int>& idx) {
     const int s = idx[k];
     PF_CHECK(s >= 0 && s < set.S,
              "gather_batch: sample index " << s << " (position " << k << ") is outside [0, " << set.S << ")");
-    PF_CHECK(set.length(s) == set.N, "gather_batch: sample " << s << " has " << set.length(s) << " of N = " << set.N
-                                                             << " residues; batches of chains of different lengths "
-                                                                "are packed (gather_packed)");
+    PF_CHECK(set.length(s) == set.N, "gather_batch: sample "
+                                         << s << " has " << set.length(s) << " of N = " << set.N
+                                         << " residues; batches of chains of different lengths "
+                                            "are packed (gather_packed)");
     std::copy_n(set.tokens.begin() + s * N, N, b.tokens.begin() + k * N);
     std::copy_n(set.labels.begin() + s * N, N, b.labels.begin() + k * N);
     std::copy_n(set.coords.begin() + s * N * 3, N * 3, b.coords.begin() + k * N * 3);
@@ -476,10 +488,11 @@ PackedBatch gather_packed(const ChainSet& set, const std::vector<int>& idx) {
   b.cu_seqlens.assign(1, 0);
   for (size_t k = 0; k < idx.size(); ++k) {
     const int s = idx[k];
-    PF_CHECK(s >= 0 && s < set.S,
-             "gather_packed: sample index " << s << " (position " << k << ") is outside [0, " << set.S << ")");
+    PF_CHECK(s >= 0 && s < set.S, "gather_packed: sample index " << s << " (position " << k
+                                                                 << ") is outside [0, " << set.S << ")");
     const int64_t T = int64_t{b.cu_seqlens.back()} + set.length(s);
-    PF_CHECK(T <= std::numeric_limits<int32_t>::max(), "gather_packed: " << T << " residues in one batch is too many");
+    PF_CHECK(T <= std::numeric_limits<int32_t>::max(),
+             "gather_packed: " << T << " residues in one batch is too many");
     b.cu_seqlens.push_back(static_cast<int32_t>(T));
   }
   const size_t T = static_cast<size_t>(b.cu_seqlens.back()), N = static_cast<size_t>(set.N);

@@ -46,7 +46,7 @@ inline constexpr int kChainMinResidues = 6;
 void check_chain_task(const std::string& task, const std::string& who);
 
 struct ChainSet {
-  int S = 0, N = 0, n_types = 0;        // N: the longest possible chain (the padded row length)
+  int S = 0, N = 0, n_types = 0;  // N: the longest possible chain (the padded row length)
   uint64_t seed = 0;
   std::string split;                    // "train", "val", ... ("" if the file did not say)
   std::string task = "chain";           // what the labels are: "chain" | "relpos"
@@ -100,8 +100,8 @@ ChainSet read_chains(const std::string& path);
 // file at once: each writes its own temp file and publishes it without replacing (framework/
 // files.h); the one that finds the file already there checks it like any existing file.
 bool ensure_chains(const std::string& path, const ChainSpec& spec);
-bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed, const std::string& split,
-                   const std::string& task = "chain");
+bool ensure_chains(const std::string& path, int S, int N, int n_types, uint64_t seed,
+                   const std::string& split, const std::string& task = "chain");
 
 // Batches of sample indices: each epoch is a fresh permutation of 0..S-1 drawn from
 // (seed, epoch); batches are consecutive slices of it. (epoch, cursor) is the whole state, so a
@@ -122,7 +122,7 @@ class BatchSampler {
   void set_state(int64_t epoch, int64_t cursor);
 
   int size() const { return S_; }
-  int batch_size() const { return B_; }         // 0 when batching by tokens
+  int batch_size() const { return B_; }             // 0 when batching by tokens
   int64_t batch_tokens() const { return tokens_; }  // 0 when batching by count
 
  private:

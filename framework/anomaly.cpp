@@ -81,8 +81,8 @@ Node::BackwardFn checked_backward(Node::BackwardFn fn, const char* op) {
       std::string what;
       const int64_t at = first_non_finite(grads[i], &what);
       if (at >= 0)
-        PF_FAIL("non-finite value (" << what << ") in the backward of '" << op << "': gradient of input "
-                                     << i << " " << shape_str(grads[i].shape()) << " " << scope_text(scope)
+        PF_FAIL("non-finite value (" << what << ") in the backward of '" << op << "': gradient of input " << i
+                                     << " " << shape_str(grads[i].shape()) << " " << scope_text(scope)
                                      << " (first at flat index " << at << ")");
     }
     return grads;

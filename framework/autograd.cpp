@@ -24,8 +24,7 @@ bool needs_grad(const std::vector<Tensor>& inputs) {
   return false;
 }
 
-Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs,
-                   Node::BackwardFn backward) {
+Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs, Node::BackwardFn backward) {
   anomaly::check_forward(out, name);  // anomaly mode only (framework/anomaly.h)
   if (!needs_grad(inputs)) return out;
   auto node = std::make_shared<Node>();
@@ -84,8 +83,7 @@ std::vector<std::vector<Tensor>> leaves_by_last_consumer(const std::vector<std::
   std::unordered_map<const TensorImpl*, bool> seen;
   for (size_t k = 0; k < order.size(); ++k)
     for (const Tensor& in : order[k]->inputs)
-      if (in.defined() && !in.grad_fn() && in.requires_grad() && last[in.impl()] == k &&
-          !seen[in.impl()]) {
+      if (in.defined() && !in.grad_fn() && in.requires_grad() && last[in.impl()] == k && !seen[in.impl()]) {
         seen[in.impl()] = true;
         out[k].push_back(in);
       }
@@ -110,9 +108,9 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
              "backward() without a gradient needs a scalar, got shape " << shape_str(root.shape()));
     seed = Tensor::full(root.shape(), 1.0, root.dtype(), root.device());
   }
-  PF_CHECK(seed.shape() == root.shape(), "backward(): gradient of shape "
-                                             << shape_str(seed.shape()) << " for a tensor of shape "
-                                             << shape_str(root.shape()));
+  PF_CHECK(seed.shape() == root.shape(), "backward(): gradient of shape " << shape_str(seed.shape())
+                                                                          << " for a tensor of shape "
+                                                                          << shape_str(root.shape()));
   if (!root.grad_fn()) {  // a leaf: its gradient is the seed itself
     PF_CHECK(root.requires_grad(), "backward() on a tensor that does not require grad");
     Tensor g = root.grad();
@@ -140,21 +138,21 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     }
     Tensor g = std::move(it->second);
     grads.erase(it);
-    PF_CHECK(node->backward != nullptr,
-             "backward through '" << node->name
-                                  << "' a second time: its saved tensors were freed by the first");
+    PF_CHECK(node->backward != nullptr, "backward through '"
+                                            << node->name
+                                            << "' a second time: its saved tensors were freed by the first");
     std::vector<Tensor> in_grads = node->backward(g);
     node->backward = nullptr;  // frees the saved activations
-    PF_CHECK(in_grads.size() == node->inputs.size(),
-             "op '" << node->name << "' returned " << in_grads.size() << " gradients for "
-                    << node->inputs.size() << " inputs");
+    PF_CHECK(in_grads.size() == node->inputs.size(), "op '" << node->name << "' returned " << in_grads.size()
+                                                            << " gradients for " << node->inputs.size()
+                                                            << " inputs");
     for (size_t i = 0; i < in_grads.size(); ++i) {
       Tensor& input = node->inputs[i];
       const Tensor& gi = in_grads[i];
       if (!gi.defined() || !input.defined() || !input.requires_grad()) continue;
-      PF_CHECK(gi.shape() == input.shape(),
-               "op '" << node->name << "' returned a gradient of shape " << shape_str(gi.shape())
-                      << " for input " << i << " of shape " << shape_str(input.shape()));
+      PF_CHECK(gi.shape() == input.shape(), "op '" << node->name << "' returned a gradient of shape "
+                                                   << shape_str(gi.shape()) << " for input " << i
+                                                   << " of shape " << shape_str(input.shape()));
       if (input.grad_fn()) {
         accumulate_flow(grads[input.grad_fn().get()], gi);
       } else {

@@ -48,8 +48,7 @@ class NoGradGuard {
 bool needs_grad(const std::vector<Tensor>& inputs);
 
 // Attaches a Node to `out` if needs_grad(inputs); returns `out` either way.
-Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs,
-                   Node::BackwardFn backward);
+Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs, Node::BackwardFn backward);
 
 // Backward from `root` (called by Tensor::backward).
 void run_backward(const Tensor& root, const Tensor& grad_output);

@@ -46,24 +46,38 @@ std::vector<Section> key_table(Config& c) {
   TrainConfig& t = c.train;
   return {
       {"model",
-       {{"n_types", Kind::Int, &m.n_types}, {"d_model", Kind::Int, &m.d_model},
-        {"n_heads", Kind::Int, &m.n_heads}, {"n_layers", Kind::Int, &m.n_layers},
-        {"d_ff", Kind::Int, &m.d_ff}, {"c_z", Kind::Int, &m.c_z},
-        {"relpos_clip", Kind::Int, &m.relpos_clip}, {"dist_bins", Kind::Int, &m.dist_bins},
-        {"dist_max", Kind::Double, &m.dist_max}, {"attn_bias", Kind::String, &m.attn_bias, true}}},
+       {{"n_types", Kind::Int, &m.n_types},
+        {"d_model", Kind::Int, &m.d_model},
+        {"n_heads", Kind::Int, &m.n_heads},
+        {"n_layers", Kind::Int, &m.n_layers},
+        {"d_ff", Kind::Int, &m.d_ff},
+        {"c_z", Kind::Int, &m.c_z},
+        {"relpos_clip", Kind::Int, &m.relpos_clip},
+        {"dist_bins", Kind::Int, &m.dist_bins},
+        {"dist_max", Kind::Double, &m.dist_max},
+        {"attn_bias", Kind::String, &m.attn_bias, true}}},
       {"data",
-       {{"train", Kind::String, &d.train}, {"val", Kind::String, &d.val},
-        {"n_train", Kind::Int, &d.n_train}, {"n_val", Kind::Int, &d.n_val},
-        {"n_res", Kind::Int, &d.n_res}, {"n_res_min", Kind::Int, &d.n_res_min, true},
-        {"n_res_max", Kind::Int, &d.n_res_max, true}, {"seed", Kind::UInt64, &d.seed},
+       {{"train", Kind::String, &d.train},
+        {"val", Kind::String, &d.val},
+        {"n_train", Kind::Int, &d.n_train},
+        {"n_val", Kind::Int, &d.n_val},
+        {"n_res", Kind::Int, &d.n_res},
+        {"n_res_min", Kind::Int, &d.n_res_min, true},
+        {"n_res_max", Kind::Int, &d.n_res_max, true},
+        {"seed", Kind::UInt64, &d.seed},
         {"task", Kind::String, &d.task, true}}},
       {"train",
-       {{"steps", Kind::Int, &t.steps}, {"batch_size", Kind::Int, &t.batch_size},
+       {{"steps", Kind::Int, &t.steps},
+        {"batch_size", Kind::Int, &t.batch_size},
         {"batch_tokens", Kind::Int, &t.batch_tokens},
-        {"lr", Kind::Double, &t.lr}, {"min_lr", Kind::Double, &t.min_lr},
-        {"warmup", Kind::Int, &t.warmup}, {"weight_decay", Kind::Double, &t.weight_decay},
-        {"grad_clip", Kind::Double, &t.grad_clip}, {"seed", Kind::UInt64, &t.seed},
-        {"eval_every", Kind::Int, &t.eval_every}, {"log_every", Kind::Int, &t.log_every},
+        {"lr", Kind::Double, &t.lr},
+        {"min_lr", Kind::Double, &t.min_lr},
+        {"warmup", Kind::Int, &t.warmup},
+        {"weight_decay", Kind::Double, &t.weight_decay},
+        {"grad_clip", Kind::Double, &t.grad_clip},
+        {"seed", Kind::UInt64, &t.seed},
+        {"eval_every", Kind::Int, &t.eval_every},
+        {"log_every", Kind::Int, &t.log_every},
         {"checkpoint_every", Kind::Int, &t.checkpoint_every},
         {"precision", Kind::String, &t.precision},
         {"max_bad_steps", Kind::Int, &t.max_bad_steps},
@@ -82,8 +96,10 @@ std::string known_list(const Section& s) {
 std::string top_known_list(const std::vector<Section>& table) {
   std::string out;
   for (const Section& s : table) {
-    if (*s.name) out += (out.empty() ? "" : ", ") + std::string(s.name);
-    else out += (out.empty() ? "" : ", ") + known_list(s);
+    if (*s.name)
+      out += (out.empty() ? "" : ", ") + std::string(s.name);
+    else
+      out += (out.empty() ? "" : ", ") + known_list(s);
   }
   return out;
 }
@@ -111,11 +127,13 @@ std::string section_hint(const std::vector<Section>& table, const std::string& k
   return "";
 }
 
-[[noreturn]] void unknown_key(const std::vector<Section>& table, const Section* section, const std::string& key) {
+[[noreturn]] void unknown_key(const std::vector<Section>& table, const Section* section,
+                              const std::string& key) {
   if (!section || !*section->name)
     PF_FAIL("config: unknown key '" << echo(key) << "'" << section_hint(table, key)
                                     << " (known: " << top_known_list(table) << ")");
-  PF_FAIL("config: unknown key '" << echo(dotted(*section, key)) << "' (known: " << known_list(*section) << ")");
+  PF_FAIL("config: unknown key '" << echo(dotted(*section, key)) << "' (known: " << known_list(*section)
+                                  << ")");
 }
 
 // One value to assign: the scalar text, or null/a collection (which no key accepts).
@@ -184,9 +202,12 @@ void assign(const Key& key, const std::string& name, const Value& v) {
       *static_cast<std::string*>(key.field) = s;
       break;
     case Kind::Bool:  // YAML 1.2 core schema booleans only ("yes"/"on" stay errors)
-      if (scalar && (s == "true" || s == "True" || s == "TRUE")) *static_cast<bool*>(key.field) = true;
-      else if (scalar && (s == "false" || s == "False" || s == "FALSE")) *static_cast<bool*>(key.field) = false;
-      else PF_FAIL("config: '" << name << "' must be true or false, found " << found(v));
+      if (scalar && (s == "true" || s == "True" || s == "TRUE"))
+        *static_cast<bool*>(key.field) = true;
+      else if (scalar && (s == "false" || s == "False" || s == "FALSE"))
+        *static_cast<bool*>(key.field) = false;
+      else
+        PF_FAIL("config: '" << name << "' must be true or false, found " << found(v));
       break;
   }
 }
@@ -201,11 +222,14 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& sour
   const std::vector<Section> table = key_table(cfg);
   if (root.IsNull()) return;  // an empty file: all defaults
   if (!root.IsMap())
-    PF_FAIL("config: " << source << ": expected a mapping with sections model, data, train and keys "
-                       "device, out at the top level, found " << found(value_of(root)));
+    PF_FAIL("config: " << source
+                       << ": expected a mapping with sections model, data, train and keys "
+                          "device, out at the top level, found "
+                       << found(value_of(root)));
   std::set<std::string> seen;
   auto once = [&](const std::string& name) {
-    if (!seen.insert(name).second) PF_FAIL("config: " << source << ": key '" << echo(name) << "' appears twice");
+    if (!seen.insert(name).second)
+      PF_FAIL("config: " << source << ": key '" << echo(name) << "' appears twice");
   };
   const Section* top = find_section(table, "");
   for (const auto& kv : root) {
@@ -216,8 +240,8 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& sour
       const YAML::Node& body = kv.second;
       if (body.IsNull()) continue;  // "model:" with nothing under it
       if (!body.IsMap())
-        PF_FAIL("config: '" << echo(k) << "' must be a section of keys (" << known_list(*section) << "), found "
-                            << found(value_of(body)));
+        PF_FAIL("config: '" << echo(k) << "' must be a section of keys (" << known_list(*section)
+                            << "), found " << found(value_of(body)));
       for (const auto& kv2 : body) {
         const std::string k2 = node_key(kv2.first, source);
         const Key* key = find_key(*section, k2);
@@ -247,20 +271,23 @@ void apply_override(Config& cfg, const std::string& ov) {
     PF_FAIL("config: override '" << echo(ov) << "': '" << name << "' is a section; set one of its keys ("
                                  << name << "." << find_section(table, name)->keys[0].name << "=...)");
   if (!section) {
-    PF_FAIL("config: unknown key '" << echo(name) << "' in override '" << echo(ov) << "' (known sections: model, data, "
-                                    "train; top-level keys: device, out)");
+    PF_FAIL("config: unknown key '" << echo(name) << "' in override '" << echo(ov)
+                                    << "' (known sections: model, data, "
+                                       "train; top-level keys: device, out)");
   }
   const Key* key = find_key(*section, k);
   if (!key) unknown_key(table, section, k);
   // The value exactly as typed: a string key takes every byte ("out=runs/exp #3" is that path),
   // a typed key parses the whole text strictly. Nothing after '=' is an empty value.
-  assign(*key, name, text.empty() && key->kind != Kind::String ? Value{Value::Shape::Null, ""}
-                                                              : Value{Value::Shape::Scalar, text});
+  assign(*key, name,
+         text.empty() && key->kind != Kind::String ? Value{Value::Shape::Null, ""}
+                                                   : Value{Value::Shape::Scalar, text});
 }
 
 std::string read_file(const std::string& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) PF_FAIL("config: '" << path << "' is a directory, expected a YAML file");
+  if (std::filesystem::is_directory(path, ec))
+    PF_FAIL("config: '" << path << "' is a directory, expected a YAML file");
   std::ifstream in(path, std::ios::binary);
   if (!in) PF_FAIL("config: cannot read '" << path << "': " << std::strerror(errno));
   std::ostringstream ss;
@@ -311,8 +338,8 @@ std::string format_value(const Key& k) {
 
 }  // namespace
 
-#define PF_CONFIG_REQUIRE(cond, msg) \
-  do {                               \
+#define PF_CONFIG_REQUIRE(cond, msg)         \
+  do {                                       \
     if (!(cond)) PF_FAIL("config: " << msg); \
   } while (0)
 
@@ -341,9 +368,11 @@ void validate_sizes(const Config& c) {
   // kernels/cpu/flash_bias.cpp (kMaxRelposClip): the 2R+1 table bins are indexed with an int.
   constexpr int64_t kMaxRelposClip = int64_t{1} << 29;
   PF_CONFIG_REQUIRE(m.relpos_clip <= kMaxRelposClip,
-                    "'model.relpos_clip' (" << m.relpos_clip << ") is too large: the relative-position table has "
-                    "2·relpos_clip + 1 = " << 2 * int64_t{m.relpos_clip} + 1 << " bins, the kernels take at most "
-                    << 2 * kMaxRelposClip + 1);
+                    "'model.relpos_clip' (" << m.relpos_clip
+                                            << ") is too large: the relative-position table has "
+                                               "2·relpos_clip + 1 = "
+                                            << 2 * int64_t{m.relpos_clip} + 1
+                                            << " bins, the kernels take at most " << 2 * kMaxRelposClip + 1);
   const double mem = physical_memory_bytes();
   if (mem <= 0) return;
   const double D = m.d_model, F = m.d_ff > 0 ? m.d_ff : 4.0 * m.d_model, bins = 2.0 * m.relpos_clip + 1;
@@ -352,27 +381,29 @@ void validate_sizes(const Config& c) {
   const double params = m.n_types * D + bins * m.c_z + double(m.dist_bins) * m.c_z +
                         double(m.n_layers) * (4 * D * D + 2 * D * F);
   const double param_bytes = 16 * params;
-  PF_CONFIG_REQUIRE(param_bytes <= mem,
-                    "the model's weights, gradients and optimizer moments need at least " << gib(param_bytes)
-                    << " (from 'model.d_model' " << m.d_model << ", 'model.d_ff' " << F << ", 'model.n_layers' "
-                    << m.n_layers << ", 'model.relpos_clip' " << m.relpos_clip << ", 'model.dist_bins' "
-                    << m.dist_bins << ", 'model.c_z' " << m.c_z << "), this machine has " << gib(mem));
+  PF_CONFIG_REQUIRE(param_bytes <= mem, "the model's weights, gradients and optimizer moments need at least "
+                                            << gib(param_bytes) << " (from 'model.d_model' " << m.d_model
+                                            << ", 'model.d_ff' " << F << ", 'model.n_layers' " << m.n_layers
+                                            << ", 'model.relpos_clip' " << m.relpos_clip
+                                            << ", 'model.dist_bins' " << m.dist_bins << ", 'model.c_z' "
+                                            << m.c_z << "), this machine has " << gib(mem));
   const int n_max = d.n_res_max ? d.n_res_max : d.n_res;
   // The two data sets in memory: tokens, labels (int32) and coordinates (3 float32) per residue.
   const double data_bytes = (double(d.n_train) + d.n_val) * n_max * 20;
-  PF_CONFIG_REQUIRE(data_bytes <= mem,
-                    "the data sets need at least " << gib(data_bytes) << " ('data.n_train' " << d.n_train
-                    << " + 'data.n_val' " << d.n_val << " chains × 'data.n_res_max' " << n_max
-                    << " residues × 20 bytes), this machine has " << gib(mem));
+  PF_CONFIG_REQUIRE(data_bytes <= mem, "the data sets need at least "
+                                           << gib(data_bytes) << " ('data.n_train' " << d.n_train
+                                           << " + 'data.n_val' " << d.n_val << " chains × 'data.n_res_max' "
+                                           << n_max << " residues × 20 bytes), this machine has "
+                                           << gib(mem));
   // On the CPU, one layer's pair representation of a dense batch (chains of one length, by
   // count): B × N² × c_z values of 4 bytes.
   const int n_min = d.n_res_min ? d.n_res_min : d.n_res;
   if (c.device == "cpu" && m.attn_bias == "pair" && t.batch_tokens == 0 && n_min == n_max) {
     const double pair_bytes = double(t.batch_size) * n_max * n_max * m.c_z * 4;
-    PF_CONFIG_REQUIRE(pair_bytes <= mem,
-                      "one layer's pair representation needs at least " << gib(pair_bytes) << " ('train.batch_size' "
-                      << t.batch_size << " × 'data.n_res' " << n_max << "² × 'model.c_z' " << m.c_z
-                      << " × 4 bytes), this machine has " << gib(mem));
+    PF_CONFIG_REQUIRE(pair_bytes <= mem, "one layer's pair representation needs at least "
+                                             << gib(pair_bytes) << " ('train.batch_size' " << t.batch_size
+                                             << " × 'data.n_res' " << n_max << "² × 'model.c_z' " << m.c_z
+                                             << " × 4 bytes), this machine has " << gib(mem));
   }
 }
 
@@ -383,8 +414,10 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(m.n_types >= 1, "'model.n_types' must be at least 1, found " << m.n_types);
   PF_CONFIG_REQUIRE(m.d_model >= 1, "'model.d_model' must be at least 1, found " << m.d_model);
   PF_CONFIG_REQUIRE(m.n_heads >= 1, "'model.n_heads' must be at least 1, found " << m.n_heads);
-  PF_CONFIG_REQUIRE(m.d_model % m.n_heads == 0, "'model.d_model' (" << m.d_model << ") must be divisible by "
-                                                "'model.n_heads' (" << m.n_heads << ")");
+  PF_CONFIG_REQUIRE(m.d_model % m.n_heads == 0, "'model.d_model' (" << m.d_model
+                                                                    << ") must be divisible by "
+                                                                       "'model.n_heads' ("
+                                                                    << m.n_heads << ")");
   PF_CONFIG_REQUIRE(m.n_layers >= 1, "'model.n_layers' must be at least 1, found " << m.n_layers);
   PF_CONFIG_REQUIRE(m.d_ff >= 0, "'model.d_ff' must be at least 1 (or 0 for 4·d_model), found " << m.d_ff);
   PF_CONFIG_REQUIRE(m.d_model <= INT_MAX / 4, "'model.d_model' is too large: " << m.d_model);
@@ -405,34 +438,43 @@ void validate_config(const Config& c) {
   PF_CONFIG_REQUIRE(d.n_val >= 1, "'data.n_val' must be at least 1, found " << d.n_val);
   // Every residue i needs a neighbour j with |i - j| > 2: the middle residue of a chain of 5
   // has none, a chain of 6 is the shortest where all have one.
-  PF_CONFIG_REQUIRE(d.n_res >= 6, "'data.n_res' must be at least 6 (every residue needs a neighbour j with "
-                                  "|i-j| > 2), found " << d.n_res);
+  PF_CONFIG_REQUIRE(d.n_res >= 6,
+                    "'data.n_res' must be at least 6 (every residue needs a neighbour j with "
+                    "|i-j| > 2), found "
+                        << d.n_res);
   const int n_min = d.n_res_min ? d.n_res_min : d.n_res, n_max = d.n_res_max ? d.n_res_max : d.n_res;
-  PF_CONFIG_REQUIRE(n_min >= 6, "'data.n_res_min' must be at least 6 (every residue needs a neighbour j with "
-                                "|i-j| > 2), found " << n_min);
-  PF_CONFIG_REQUIRE(n_max >= n_min, "'data.n_res_max' (" << n_max << ") must be at least 'data.n_res_min' ("
-                                                         << n_min << ")");
+  PF_CONFIG_REQUIRE(n_min >= 6,
+                    "'data.n_res_min' must be at least 6 (every residue needs a neighbour j with "
+                    "|i-j| > 2), found "
+                        << n_min);
+  PF_CONFIG_REQUIRE(n_max >= n_min,
+                    "'data.n_res_max' (" << n_max << ") must be at least 'data.n_res_min' (" << n_min << ")");
   PF_CONFIG_REQUIRE(d.task == "chain" || d.task == "relpos",
                     "'data.task' must be one of chain, relpos, found '" << echo(d.task) << "'");
 
   const TrainConfig& t = c.train;
   PF_CONFIG_REQUIRE(t.steps >= 1, "'train.steps' must be at least 1, found " << t.steps);
   PF_CONFIG_REQUIRE(t.batch_size >= 1, "'train.batch_size' must be at least 1, found " << t.batch_size);
-  PF_CONFIG_REQUIRE(t.batch_size <= d.n_train, "'train.batch_size' (" << t.batch_size << ") must not exceed "
-                                               "'data.n_train' (" << d.n_train << ")");
-  PF_CONFIG_REQUIRE(t.batch_tokens >= 0, "'train.batch_tokens' must be at least 0 (0 = batches of batch_size "
-                                         "chains), found " << t.batch_tokens);
+  PF_CONFIG_REQUIRE(t.batch_size <= d.n_train, "'train.batch_size' (" << t.batch_size
+                                                                      << ") must not exceed "
+                                                                         "'data.n_train' ("
+                                                                      << d.n_train << ")");
+  PF_CONFIG_REQUIRE(t.batch_tokens >= 0,
+                    "'train.batch_tokens' must be at least 0 (0 = batches of batch_size "
+                    "chains), found "
+                        << t.batch_tokens);
   PF_CONFIG_REQUIRE(t.batch_tokens == 0 || t.batch_tokens >= n_max,
-                    "'train.batch_tokens' (" << t.batch_tokens << ") must hold the longest chain, 'data.n_res_max' ("
-                                             << n_max << ")");
+                    "'train.batch_tokens' (" << t.batch_tokens
+                                             << ") must hold the longest chain, 'data.n_res_max' (" << n_max
+                                             << ")");
   PF_CONFIG_REQUIRE(std::isfinite(t.lr) && t.lr > 0, "'train.lr' must be positive, found " << t.lr);
   PF_CONFIG_REQUIRE(std::isfinite(t.min_lr) && t.min_lr >= 0,
                     "'train.min_lr' must be at least 0, found " << t.min_lr);
-  PF_CONFIG_REQUIRE(t.min_lr <= t.lr, "'train.min_lr' (" << t.min_lr << ") must not exceed 'train.lr' ("
-                                                         << t.lr << ")");
+  PF_CONFIG_REQUIRE(t.min_lr <= t.lr,
+                    "'train.min_lr' (" << t.min_lr << ") must not exceed 'train.lr' (" << t.lr << ")");
   PF_CONFIG_REQUIRE(t.warmup >= 0, "'train.warmup' must be at least 0, found " << t.warmup);
-  PF_CONFIG_REQUIRE(t.warmup <= t.steps, "'train.warmup' (" << t.warmup << ") must not exceed 'train.steps' ("
-                                                            << t.steps << ")");
+  PF_CONFIG_REQUIRE(t.warmup <= t.steps,
+                    "'train.warmup' (" << t.warmup << ") must not exceed 'train.steps' (" << t.steps << ")");
   PF_CONFIG_REQUIRE(std::isfinite(t.weight_decay) && t.weight_decay >= 0,
                     "'train.weight_decay' must be at least 0, found " << t.weight_decay);
   PF_CONFIG_REQUIRE(std::isfinite(t.grad_clip) && t.grad_clip >= 0,
@@ -443,7 +485,8 @@ void validate_config(const Config& c) {
                     "'train.checkpoint_every' must be at least 1, found " << t.checkpoint_every);
   PF_CONFIG_REQUIRE(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp64",
                     "'train.precision' must be one of fp32, bf16, fp64, found '" << echo(t.precision) << "'");
-  PF_CONFIG_REQUIRE(t.max_bad_steps >= 1, "'train.max_bad_steps' must be at least 1, found " << t.max_bad_steps);
+  PF_CONFIG_REQUIRE(t.max_bad_steps >= 1,
+                    "'train.max_bad_steps' must be at least 1, found " << t.max_bad_steps);
 
   PF_CONFIG_REQUIRE(c.device == "auto" || c.device == "cpu" || c.device == "cuda",
                     "'device' must be one of auto, cpu, cuda, found '" << echo(c.device) << "'");
@@ -468,9 +511,12 @@ std::string config_to_yaml(const Config& cfg) {
     for (const Key& k : s.keys) {
       e << YAML::Key << k.name << YAML::Value;
       const std::string v = format_value(k);
-      if (k.kind != Kind::String) e << v;
-      else if (is_utf8(v)) e << YAML::DoubleQuoted << v;
-      else e << YAML::Binary(reinterpret_cast<const unsigned char*>(v.data()), v.size());
+      if (k.kind != Kind::String)
+        e << v;
+      else if (is_utf8(v))
+        e << YAML::DoubleQuoted << v;
+      else
+        e << YAML::Binary(reinterpret_cast<const unsigned char*>(v.data()), v.size());
     }
     if (*s.name) e << YAML::EndMap;
   }

@@ -12,11 +12,11 @@
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/cuda_check.h"
 
-#define PF_NCCL_CHECK(expr)                                                                      \
-  do {                                                                                           \
-    const ncclResult_t pf_nccl_result_ = (expr);                                                 \
-    if (pf_nccl_result_ != ncclSuccess)                                                          \
-      PF_FAIL("NCCL: " #expr " failed: " << ncclGetErrorString(pf_nccl_result_));                \
+#define PF_NCCL_CHECK(expr)                                                       \
+  do {                                                                            \
+    const ncclResult_t pf_nccl_result_ = (expr);                                  \
+    if (pf_nccl_result_ != ncclSuccess)                                           \
+      PF_FAIL("NCCL: " #expr " failed: " << ncclGetErrorString(pf_nccl_result_)); \
   } while (0)
 #endif
 
@@ -159,7 +159,8 @@ GradientSync::GradientSync(Communicator& comm, std::vector<Tensor> params, size_
   bucket_of_.assign(params_.size(), -1);
   for (int i = static_cast<int>(params_.size()) - 1; i >= 0; --i) {
     const Tensor& p = params_[i];
-    PF_CHECK(p.requires_grad(), "GradientSync: parameter " << i << " " << p.str() << " does not require grad");
+    PF_CHECK(p.requires_grad(),
+             "GradientSync: parameter " << i << " " << p.str() << " does not require grad");
     const size_t bytes = p.nbytes();
     if (filled + bytes > bucket_bytes && filled > 0) {
       buckets_.emplace_back();

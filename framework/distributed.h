@@ -96,7 +96,7 @@ class GradientSync {
   Communicator& comm_;
   std::vector<Tensor> params_;
   std::vector<Bucket> buckets_;
-  std::vector<int> bucket_of_;  // param index -> bucket
+  std::vector<int> bucket_of_;                     // param index -> bucket
   std::unordered_map<const void*, int> index_of_;  // a parameter's TensorImpl -> its index
 };
 

@@ -61,8 +61,7 @@ std::vector<GradcheckEntry> gradcheck(const std::function<Tensor()>& loss,
     Tensor out = loss();
     PF_CHECK(out.defined(), "gradcheck: loss() returned an undefined tensor");
     PF_CHECK(out.dtype() == DType::F64, "gradcheck: loss() must return float64, got " << out.str());
-    PF_CHECK(out.requires_grad(),
-             "gradcheck: loss() " << out.str() << " does not depend on any param");
+    PF_CHECK(out.requires_grad(), "gradcheck: loss() " << out.str() << " does not depend on any param");
     const std::vector<double> v = out.to_vector<double>();
     if (out.numel() == 1) {
       magnitude = std::abs(v[0]);

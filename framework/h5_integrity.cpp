@@ -79,7 +79,8 @@ std::string hex64(uint64_t v) {
 
 // The user block for a file of `length` bytes whose bytes after the user block hash to `hash`.
 void fill_header(unsigned char* block, uint64_t length, uint64_t hash) {
-  const std::string text = std::string(kMagic) + "bytes " + std::to_string(length) + "\nhash " + hex64(hash) + "\n";
+  const std::string text =
+      std::string(kMagic) + "bytes " + std::to_string(length) + "\nhash " + hex64(hash) + "\n";
   std::memset(block, 0, kUserBlock);
   std::memcpy(block, text.data(), text.size());
 }
@@ -117,18 +118,20 @@ void check_integrity(const std::string& path) {
   unsigned long long want_len = 0, want_hash = 0;
   int used = 0;
   const bool parsed = std::sscanf(block.c_str() + kMagicLen, "bytes %20llu\nhash %16llx\n%n", &want_len,
-                                  &want_hash, &used) == 2 && used > 0;
+                                  &want_hash, &used) == 2 &&
+                      used > 0;
   const size_t end = kMagicLen + static_cast<size_t>(used);
   const bool header_ok =
       parsed &&
       block.compare(kMagicLen, static_cast<size_t>(used),
                     "bytes " + std::to_string(want_len) + "\nhash " + hex64(want_hash) + "\n") == 0 &&
-      block.find_first_not_of('\0', end) == std::string::npos;  // NULs up to the end (of the file, if shorter)
+      block.find_first_not_of('\0', end) ==
+          std::string::npos;  // NULs up to the end (of the file, if shorter)
   struct stat st {};
   const long long size = ::fstat(fd, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
   if (!header_ok) {
-    PF_FAIL(path << ": corrupt or truncated HDF5 file: its pairflash integrity header (the first " << kUserBlock
-                 << " bytes) is damaged or cut short; found " << size << " bytes");
+    PF_FAIL(path << ": corrupt or truncated HDF5 file: its pairflash integrity header (the first "
+                 << kUserBlock << " bytes) is damaged or cut short; found " << size << " bytes");
   }
 
   // Chunks of 1 MiB (a multiple of 8, so only the last read is partial); a small file gets a

@@ -130,8 +130,7 @@ H5I_type_t object_kind(hid_t file, const std::string& p) {
 std::string type_name(hid_t type) {
   size_t size = H5Tget_size(type);
   switch (H5Tget_class(type)) {
-    case H5T_INTEGER:
-      return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(8 * size);
+    case H5T_INTEGER: return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(8 * size);
     case H5T_FLOAT: return "float" + std::to_string(8 * size);
     case H5T_STRING: return "string";
     case H5T_COMPOUND: return "compound";
@@ -273,10 +272,14 @@ void H5Writer::write_raw(const std::string& name, int64_t mem_type, const void* 
   PF_CHECK(object_kind(file_, p) == H5I_BADID, what << ": already exists");
 
   hid_t file_type = -1;
-  if (mem_type == H5T_NATIVE_FLOAT) file_type = H5T_IEEE_F32LE;
-  else if (mem_type == H5T_NATIVE_DOUBLE) file_type = H5T_IEEE_F64LE;
-  else if (mem_type == H5T_NATIVE_INT32) file_type = H5T_STD_I32LE;
-  else if (mem_type == H5T_NATIVE_INT64) file_type = H5T_STD_I64LE;
+  if (mem_type == H5T_NATIVE_FLOAT)
+    file_type = H5T_IEEE_F32LE;
+  else if (mem_type == H5T_NATIVE_DOUBLE)
+    file_type = H5T_IEEE_F64LE;
+  else if (mem_type == H5T_NATIVE_INT32)
+    file_type = H5T_STD_I32LE;
+  else if (mem_type == H5T_NATIVE_INT64)
+    file_type = H5T_STD_I64LE;
   PF_CHECK(file_type >= 0, what << ": unsupported memory type");
 
   Handle space = make_space(shape);
@@ -297,10 +300,12 @@ void H5Writer::write_dataset(const std::string& name, const float* data, const s
 void H5Writer::write_dataset(const std::string& name, const double* data, const std::vector<int64_t>& shape) {
   write_raw(name, H5T_NATIVE_DOUBLE, data, shape);
 }
-void H5Writer::write_dataset(const std::string& name, const int32_t* data, const std::vector<int64_t>& shape) {
+void H5Writer::write_dataset(const std::string& name, const int32_t* data,
+                             const std::vector<int64_t>& shape) {
   write_raw(name, H5T_NATIVE_INT32, data, shape);
 }
-void H5Writer::write_dataset(const std::string& name, const int64_t* data, const std::vector<int64_t>& shape) {
+void H5Writer::write_dataset(const std::string& name, const int64_t* data,
+                             const std::vector<int64_t>& shape) {
   write_raw(name, H5T_NATIVE_INT64, data, shape);
 }
 
@@ -365,8 +370,9 @@ bool H5Writer::finish(bool replace) {
   PF_CHECK(!bytes.empty() && closed >= 0, "cannot finish HDF5 file " << tmp_path_ << detail << hdf5_detail());
   const unsigned char* image = bytes.data() + h5_integrity::kUserBlock;  // HDF5's part
   PF_CHECK(h5_integrity::is_hdf5_image(image, bytes.size() - h5_integrity::kUserBlock),
-           "HDF5 file " << tmp_path_ << ": expected the in-memory image to start with the HDF5 signature "
-                        << "(the user block left out), found other bytes (an HDF5 version this code does not know)");
+           "HDF5 file "
+               << tmp_path_ << ": expected the in-memory image to start with the HDF5 signature "
+               << "(the user block left out), found other bytes (an HDF5 version this code does not know)");
   h5_integrity::fill_header(bytes.data(), bytes.size());
 
   // A full disk, a file-size limit (EFBIG) or an I/O error: one line, and the .tmp goes.
@@ -446,8 +452,9 @@ std::vector<int64_t> H5Reader::shape(const std::string& dataset) const {
   int rank = H5Sget_simple_extent_ndims(space.get());
   PF_CHECK(rank >= 0, what << ": cannot read its rank" << hdf5_detail());
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
-  if (rank > 0) PF_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) >= 0,
-                         what << ": cannot read its dimensions" << hdf5_detail());
+  if (rank > 0)
+    PF_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) >= 0,
+             what << ": cannot read its dimensions" << hdf5_detail());
   std::vector<int64_t> out;
   for (hsize_t d : dims) {
     PF_CHECK(d <= static_cast<hsize_t>(std::numeric_limits<int64_t>::max()),
@@ -458,7 +465,8 @@ std::vector<int64_t> H5Reader::shape(const std::string& dataset) const {
 }
 
 template <class T>
-std::vector<T> H5Reader::read_as(const std::string& dataset, const std::vector<int64_t>* expected_shape) const {
+std::vector<T> H5Reader::read_as(const std::string& dataset,
+                                 const std::vector<int64_t>* expected_shape) const {
   quiet_hdf5();
   const std::string what = "dataset '" + dataset + "' in file " + path_;
   std::vector<int64_t> shp = shape(dataset);  // also checks that it exists

@@ -89,8 +89,8 @@ class H5Writer {
  private:
   void write_raw(const std::string& name, int64_t mem_type, const void* data,
                  const std::vector<int64_t>& shape);
-  void write_attr_raw(const std::string& object, const std::string& name, int64_t mem_type,
-                      int64_t file_type, const void* value);
+  void write_attr_raw(const std::string& object, const std::string& name, int64_t mem_type, int64_t file_type,
+                      const void* value);
   void check_open(const char* what) const;
   bool finish(bool replace);
 
@@ -112,7 +112,7 @@ class H5Reader {
 
   const std::string& path() const { return path_; }
 
-  bool has(const std::string& dataset) const;                              // a dataset of that name
+  bool has(const std::string& dataset) const;  // a dataset of that name
   bool has_group(const std::string& group) const;
   bool has_attr(const std::string& object, const std::string& name) const;
   std::vector<int64_t> shape(const std::string& dataset) const;
@@ -122,11 +122,14 @@ class H5Reader {
   std::vector<float> read_float(const std::string& dataset) const;
   std::vector<float> read_float(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
   std::vector<double> read_double(const std::string& dataset) const;
-  std::vector<double> read_double(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+  std::vector<double> read_double(const std::string& dataset,
+                                  const std::vector<int64_t>& expected_shape) const;
   std::vector<int32_t> read_int32(const std::string& dataset) const;
-  std::vector<int32_t> read_int32(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+  std::vector<int32_t> read_int32(const std::string& dataset,
+                                  const std::vector<int64_t>& expected_shape) const;
   std::vector<int64_t> read_int64(const std::string& dataset) const;
-  std::vector<int64_t> read_int64(const std::string& dataset, const std::vector<int64_t>& expected_shape) const;
+  std::vector<int64_t> read_int64(const std::string& dataset,
+                                  const std::vector<int64_t>& expected_shape) const;
 
   // Scalar attributes of a group or dataset; missing or of the wrong class is an error.
   int64_t attr_int(const std::string& object, const std::string& name) const;

@@ -11,8 +11,8 @@ namespace pf {
 
 namespace {
 
-volatile std::sig_atomic_t g_signal = 0;             // received by this process
-volatile std::sig_atomic_t* g_shared = nullptr;       // the request shared with forked processes
+volatile std::sig_atomic_t g_signal = 0;         // received by this process
+volatile std::sig_atomic_t* g_shared = nullptr;  // the request shared with forked processes
 struct sigaction g_old_int, g_old_term;
 
 void on_signal(int sig) {
@@ -50,7 +50,8 @@ InterruptGuard::~InterruptGuard() {
 void share_interrupts_with_children() {
   if (g_shared != nullptr) return;
   // one anonymous shared page: the same memory in every process forked from here on
-  void* page = ::mmap(nullptr, sizeof(std::sig_atomic_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* page =
+      ::mmap(nullptr, sizeof(std::sig_atomic_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   PF_CHECK(page != MAP_FAILED, "cannot share the stop request with the workers: mmap failed");
   auto* shared = static_cast<volatile std::sig_atomic_t*>(page);
   *shared = g_signal;
@@ -61,6 +62,8 @@ int interrupt_signal() { return g_signal != 0 ? g_signal : g_shared != nullptr ?
 
 int interrupt_exit_code() { return 128 + interrupt_signal(); }
 
-const char* interrupt_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+const char* interrupt_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
+}
 
 }  // namespace pf

@@ -63,8 +63,7 @@ Tensor Linear::forward(const Tensor& x) const {
   const anomaly::Scope in_module = scope();
   // bf16 activations (framework/precision.h): the product uses bf16 copies of the fp32 weights.
   if (x.defined() && x.dtype() == DType::BF16 && weight.dtype() != DType::BF16)
-    return ops::linear(x, ops::cast(weight, x.dtype()),
-                       bias.defined() ? ops::cast(bias, x.dtype()) : bias);
+    return ops::linear(x, ops::cast(weight, x.dtype()), bias.defined() ? ops::cast(bias, x.dtype()) : bias);
   return ops::linear(x, weight, bias);
 }
 

@@ -24,8 +24,8 @@ Tensor scale(const Tensor& x, double s);  // x·s
 Tensor gelu(const Tensor& x);             // exact: x·Φ(x) = 0.5·x·(1 + erf(x/√2))
 
 // ---- reductions ---------------------------------------------------------------------------
-Tensor sum(const Tensor& x);                       // all elements → shape {}
-Tensor mean(const Tensor& x);                      // all elements → shape {}
+Tensor sum(const Tensor& x);                         // all elements → shape {}
+Tensor mean(const Tensor& x);                        // all elements → shape {}
 Tensor sum_to(const Tensor& x, const Shape& shape);  // sum over the dims broadcast from `shape`
 
 // ---- linear algebra -----------------------------------------------------------------------
@@ -52,16 +52,16 @@ Tensor embedding(const Tensor& weight, const Tensor& idx);
 Tensor cast(const Tensor& x, DType dtype);
 
 // ---- shape ------------------------------------------------------------------------------------
-Tensor reshape(const Tensor& x, const Shape& shape);  // shares storage; one dim may be −1
+Tensor reshape(const Tensor& x, const Shape& shape);            // shares storage; one dim may be −1
 Tensor permute(const Tensor& x, const std::vector<int>& dims);  // copy; out dim i = x dim dims[i]
-Tensor transpose(const Tensor& x, int d0, int d1);               // permute swapping two dims
+Tensor transpose(const Tensor& x, int d0, int d1);              // permute swapping two dims
 
 // ---- attention with an additive bias (the flash-bias layer) ----------------------------------
 struct AttentionOptions {
-  double scale = 0.0;            // 0 → 1/√D
-  Tensor key_padding_mask;       // (B,Nk) U8, nonzero = padding (ignored key); optional
-  bool causal = false;           // bottom-right aligned: query i sees key j iff j ≤ i + Nk − Nq
-  bool deterministic = false;    // bitwise-reproducible backward (the CPU path always is)
+  double scale = 0.0;          // 0 → 1/√D
+  Tensor key_padding_mask;     // (B,Nk) U8, nonzero = padding (ignored key); optional
+  bool causal = false;         // bottom-right aligned: query i sees key j iff j ≤ i + Nk − Nq
+  bool deterministic = false;  // bitwise-reproducible backward (the CPU path always is)
   // Packed variable-length batch (host arrays, (B+1) each, [0] = 0; empty = dense layout):
   // q is (Tq,H,D), k and v (Tk,H,D), the bias a 1-D tensor of the packed [H,nq_b,nk_b] blocks
   // (kernels/flash_bias_params.h); cu_seqlens_k empty = the same as cu_seqlens_q.
@@ -95,8 +95,7 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
 // tables' dtype; on the GPU float32 or bfloat16; past Va + Vb = 3072 rows the GPU runs the chain
 // and says so once). Gradients reach a and b.
 // a:(Va,D) ia:(...,S...) I32 b:(Vb,D) ib:(S...) I32 → (...,S...,D)
-Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib,
-                     DType out_dtype);
+Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const Tensor& ib, DType out_dtype);
 // Off: the fused op `op` ("pair_bias", "embedding_sum") runs the chain of ops it replaces instead
 // (the unfused reference, for benchmarks and tests). Process-wide, on by default.
 void set_fused(const char* op, bool on);
@@ -118,10 +117,10 @@ PackedPairFeatureTensors packed_pair_features(const Tensor& coords, const std::v
                                               int n_bins);
 
 // ---- no grad: in-place updates and queries -----------------------------------------------------
-void add_(Tensor& dst, const Tensor& src);               // dst += src (same shape)
-void scale_(Tensor& x, double s);                        // x *= s
-void axpy_(Tensor& y, double alpha, const Tensor& x);    // y += alpha·x (same shape)
-double sum_of_squares(const Tensor& x);                  // Σ x², accumulated in double
+void add_(Tensor& dst, const Tensor& src);             // dst += src (same shape)
+void scale_(Tensor& x, double s);                      // x *= s
+void axpy_(Tensor& y, double alpha, const Tensor& x);  // y += alpha·x (same shape)
+double sum_of_squares(const Tensor& x);                // Σ x², accumulated in double
 // Fraction of rows whose argmax equals the label. logits:(N,K) labels:(N) I32
 double accuracy(const Tensor& logits, const Tensor& labels);
 bool all_finite(const Tensor& x);

@@ -52,8 +52,8 @@ void launch_adamw(std::vector<AdamWSlot>& slots, Device device, const kernels::c
       kernels::cpu::adamw_update(a.p.data<float>(), a.g.data<float>(), a.m.data<float>(), a.v.data<float>(),
                                  a.p.numel(), sa);
     } else if (a.p.dtype() == DType::F64) {
-      kernels::cpu::adamw_update(a.p.data<double>(), a.g.data<double>(), a.m.data<double>(), a.v.data<double>(),
-                                 a.p.numel(), sa);
+      kernels::cpu::adamw_update(a.p.data<double>(), a.g.data<double>(), a.m.data<double>(),
+                                 a.v.data<double>(), a.p.numel(), sa);
     } else {
       PF_FAIL("AdamW: parameter '" << a.name << "' has dtype " << dtype_name(a.p.dtype())
                                    << ", expected float32 or float64 master weights");
@@ -132,7 +132,8 @@ void AdamW::step(double lr) {
     const Tensor& p = params_[i].second;
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    by_device[p.device()].push_back({params_[i].first, p, g, m_[i], v_[i], decay_[i] ? opt_.weight_decay : 0.0});
+    by_device[p.device()].push_back(
+        {params_[i].first, p, g, m_[i], v_[i], decay_[i] ? opt_.weight_decay : 0.0});
   }
   for (auto& [device, slots] : by_device)
     launch_adamw(slots, device, {lr, opt_.beta1, opt_.beta2, opt_.eps, 0.0, t_});
@@ -145,13 +146,11 @@ nn::NamedTensors AdamW::state() const {
   return out;
 }
 
-std::vector<bool> decay_mask(const nn::NamedTensors& params,
-                             const std::vector<std::string>& embeddings) {
+std::vector<bool> decay_mask(const nn::NamedTensors& params, const std::vector<std::string>& embeddings) {
   std::vector<bool> out;
   for (const auto& [name, p] : params) {
     const bool is_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-    const bool is_embedding =
-        std::find(embeddings.begin(), embeddings.end(), name) != embeddings.end();
+    const bool is_embedding = std::find(embeddings.begin(), embeddings.end(), name) != embeddings.end();
     out.push_back(is_weight && p.ndim() == 2 && !is_embedding);
   }
   return out;
@@ -168,8 +167,8 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
 
 double lr_at(int64_t step, double lr, double min_lr, int64_t warmup, int64_t total) {
   if (step < warmup) return lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
-  const double progress = static_cast<double>(step - warmup) /
-                          static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double progress =
+      static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
   const double pi = 3.14159265358979323846;
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(pi * std::min(progress, 1.0)));
 }

@@ -38,8 +38,7 @@ class AdamW {
 
 // Weight decay applies to the Linear weight matrices only: 2-D ".weight" parameters that are not
 // embedding tables (names given in `embeddings`). Norm weights and biases are 1-D.
-std::vector<bool> decay_mask(const nn::NamedTensors& params,
-                             const std::vector<std::string>& embeddings);
+std::vector<bool> decay_mask(const nn::NamedTensors& params, const std::vector<std::string>& embeddings);
 
 // Scales all gradients by min(1, max_norm / (‖g‖₂ + 1e-6)); returns the norm before clipping.
 // max_norm <= 0 means no clipping (the norm is still returned, for the log).

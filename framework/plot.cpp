@@ -18,10 +18,14 @@ const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
 std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out += c;
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else
+      out += c;
   }
   return out;
 }
@@ -52,21 +56,21 @@ void draw_panel(std::ostream& os, const Panel& p, double x0, double y0, double w
   auto X = [&](double x) { return x0 + left + (x - xmin) / (xmax - xmin) * pw; };
   auto Y = [&](double y) { return y0 + top + (1 - (y - ymin) / (ymax - ymin)) * ph; };
 
-  os << "<text x='" << x0 + left + pw / 2 << "' y='" << y0 + 18
-     << "' text-anchor='middle' font-size='13'>" << escape(p.title) << "</text>\n";
+  os << "<text x='" << x0 + left + pw / 2 << "' y='" << y0 + 18 << "' text-anchor='middle' font-size='13'>"
+     << escape(p.title) << "</text>\n";
   os << "<rect x='" << x0 + left << "' y='" << y0 + top << "' width='" << pw << "' height='" << ph
      << "' fill='none' stroke='#444'/>\n";
   for (int t = 0; t <= 4; ++t) {  // ticks
     const double xv = xmin + (xmax - xmin) * t / 4, yv = ymin + (ymax - ymin) * t / 4;
-    os << "<text x='" << X(xv) << "' y='" << y0 + top + ph + 14
-       << "' text-anchor='middle' font-size='10'>" << fmt(xv) << "</text>\n";
-    os << "<text x='" << x0 + left - 4 << "' y='" << Y(yv) + 3
-       << "' text-anchor='end' font-size='10'>" << fmt(yv) << "</text>\n";
-    os << "<line x1='" << x0 + left << "' x2='" << x0 + left + pw << "' y1='" << Y(yv) << "' y2='"
-       << Y(yv) << "' stroke='#eee'/>\n";
+    os << "<text x='" << X(xv) << "' y='" << y0 + top + ph + 14 << "' text-anchor='middle' font-size='10'>"
+       << fmt(xv) << "</text>\n";
+    os << "<text x='" << x0 + left - 4 << "' y='" << Y(yv) + 3 << "' text-anchor='end' font-size='10'>"
+       << fmt(yv) << "</text>\n";
+    os << "<line x1='" << x0 + left << "' x2='" << x0 + left + pw << "' y1='" << Y(yv) << "' y2='" << Y(yv)
+       << "' stroke='#eee'/>\n";
   }
-  os << "<text x='" << x0 + left + pw / 2 << "' y='" << y0 + h - 6
-     << "' text-anchor='middle' font-size='11'>" << escape(p.xlabel) << "</text>\n";
+  os << "<text x='" << x0 + left + pw / 2 << "' y='" << y0 + h - 6 << "' text-anchor='middle' font-size='11'>"
+     << escape(p.xlabel) << "</text>\n";
   os << "<text transform='translate(" << x0 + 14 << "," << y0 + top + ph / 2
      << ") rotate(-90)' text-anchor='middle' font-size='11'>" << escape(p.ylabel) << "</text>\n";
   for (size_t k = 0; k < p.series.size(); ++k) {
@@ -79,8 +83,8 @@ void draw_panel(std::ostream& os, const Panel& p, double x0, double y0, double w
     const double ly = y0 + top + 14 + 16 * k;
     os << "<line x1='" << x0 + left + pw + 8 << "' x2='" << x0 + left + pw + 24 << "' y1='" << ly - 4
        << "' y2='" << ly - 4 << "' stroke='" << color << "' stroke-width='2'/>\n";
-    os << "<text x='" << x0 + left + pw + 28 << "' y='" << ly << "' font-size='10'>"
-       << escape(s.label) << "</text>\n";
+    os << "<text x='" << x0 + left + pw + 28 << "' y='" << ly << "' font-size='10'>" << escape(s.label)
+       << "</text>\n";
   }
 }
 
@@ -92,8 +96,8 @@ void write_svg(const std::string& path, const std::string& title, const std::vec
   const int cols = std::max(1, std::min<int>(columns, static_cast<int>(panels.size())));
   const int rows = (static_cast<int>(panels.size()) + cols - 1) / cols;
   std::ostringstream os;
-  os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w * cols << "' height='"
-     << head + h * rows << "' font-family='sans-serif'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w * cols << "' height='" << head + h * rows
+     << "' font-family='sans-serif'>\n<rect width='100%' height='100%' fill='white'/>\n";
   os << "<text x='10' y='20' font-size='15' font-weight='bold'>" << escape(title) << "</text>\n";
   for (size_t i = 0; i < panels.size(); ++i)
     draw_panel(os, panels[i], w * (i % cols), head + h * (i / cols), w, h);

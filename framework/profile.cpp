@@ -40,8 +40,8 @@ struct Record {
 struct State {
   std::mutex mu;
   Device device = Device::CUDA;
-  std::vector<Record> records;       // open and finished, not yet collected
-  std::vector<void*> free_events;    // recycled CUDA events
+  std::vector<Record> records;     // open and finished, not yet collected
+  std::vector<void*> free_events;  // recycled CUDA events
   std::map<std::string, Row> totals;
 };
 
@@ -53,8 +53,8 @@ State& state() {
 std::atomic<bool> g_on{false};
 
 struct ThreadState {
-  int depth = 0;                      // open scopes on this thread (outermost records)
-  const char* category = nullptr;     // the category the outermost scope resolved
+  int depth = 0;                   // open scopes on this thread (outermost records)
+  const char* category = nullptr;  // the category the outermost scope resolved
 };
 thread_local ThreadState t_state;
 
@@ -211,7 +211,8 @@ void collect() {
   if (s.records.empty()) return;
   wait_for_marks(s.device);
   for (const Record& r : s.records)
-    PF_CHECK(r.closed, "profile::collect: a '" << r.category << "' scope is still open (collect "
+    PF_CHECK(r.closed, "profile::collect: a '" << r.category
+                                               << "' scope is still open (collect "
                                                   "between steps, outside every scope)");
   for (const Record& r : s.records) {
     Row& row = s.totals[r.category];
@@ -236,9 +237,8 @@ std::vector<Row> report() {
   std::lock_guard<std::mutex> lock(s.mu);
   std::vector<Row> rows;
   for (const auto& [name, row] : s.totals) rows.push_back(row);
-  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
-    return a.fwd_ms + a.bwd_ms > b.fwd_ms + b.bwd_ms;
-  });
+  std::sort(rows.begin(), rows.end(),
+            [](const Row& a, const Row& b) { return a.fwd_ms + a.bwd_ms > b.fwd_ms + b.bwd_ms; });
   return rows;
 }
 
@@ -253,19 +253,19 @@ std::string table(const std::vector<Row>& rows, int steps, double step_ms) {
   const double n = std::max(1, steps);
   std::string out;
   char line[160];
-  std::snprintf(line, sizeof line, "%-14s %9s %9s %9s %7s %8s\n", "category", "fwd ms", "bwd ms",
-                "total ms", "% step", "calls");
+  std::snprintf(line, sizeof line, "%-14s %9s %9s %9s %7s %8s\n", "category", "fwd ms", "bwd ms", "total ms",
+                "% step", "calls");
   out += line;
   double sum = 0;
   for (const Row& r : rows) {
     const double f = r.fwd_ms / n, b = r.bwd_ms / n;
     sum += f + b;
-    std::snprintf(line, sizeof line, "%-14s %9.3f %9.3f %9.3f %6.1f%% %8.1f\n", r.category.c_str(),
-                  f, b, f + b, 100.0 * (f + b) / step_ms, double(r.fwd_calls + r.bwd_calls) / n);
+    std::snprintf(line, sizeof line, "%-14s %9.3f %9.3f %9.3f %6.1f%% %8.1f\n", r.category.c_str(), f, b,
+                  f + b, 100.0 * (f + b) / step_ms, double(r.fwd_calls + r.bwd_calls) / n);
     out += line;
   }
-  std::snprintf(line, sizeof line, "%-14s %9s %9s %9.3f %6.1f%%\n", "untracked", "", "",
-                step_ms - sum, 100.0 * (step_ms - sum) / step_ms);
+  std::snprintf(line, sizeof line, "%-14s %9s %9s %9.3f %6.1f%%\n", "untracked", "", "", step_ms - sum,
+                100.0 * (step_ms - sum) / step_ms);
   out += line;
   std::snprintf(line, sizeof line, "%-14s %9s %9s %9.3f %6.1f%%\n", "step", "", "", step_ms, 100.0);
   out += line;

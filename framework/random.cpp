@@ -40,14 +40,12 @@ void Rng::set_state(const std::string& s) {
   std::istringstream is(s);
   std::mt19937_64 e;
   is >> e;
-  PF_CHECK(!is.fail(),
-           "Rng::set_state: the text is not an mt19937_64 state (" << s.size() << " characters)");
+  PF_CHECK(!is.fail(), "Rng::set_state: the text is not an mt19937_64 state (" << s.size() << " characters)");
   engine_ = e;
 }
 
 namespace {
-Tensor fill_double(const Shape& shape, DType dtype, const char* what,
-                   const std::function<double()>& draw) {
+Tensor fill_double(const Shape& shape, DType dtype, const char* what, const std::function<double()>& draw) {
   PF_CHECK(is_floating(dtype), what << ": dtype must be floating, got " << dtype_name(dtype));
   std::vector<double> v(shape_numel(shape));
   for (double& x : v) x = draw();

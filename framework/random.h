@@ -19,7 +19,7 @@ class Rng {
   explicit Rng(uint64_t seed = 0) : engine_(seed) {}
 
   uint64_t next_u64() { return engine_(); }
-  double uniform();  // [0, 1), 53 random bits
+  double uniform();                                                            // [0, 1), 53 random bits
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }  // [lo, hi)
   double normal();                          // N(0, 1), Box–Muller on two uniforms
   int64_t randint(int64_t lo, int64_t hi);  // uniform in [lo, hi), unbiased; needs lo < hi

@@ -33,9 +33,9 @@ void prepare_run_dir(const std::string& dir) {
 }
 
 const std::vector<std::string>& run_dir_files() {
-  static const std::vector<std::string> files = {"checkpoint.h5",        "metrics.jsonl",       "config.yaml",
-                                                 "curves.svg",           "bias_vs_distance.svg", "bias_vs_relpos.svg",
-                                                 "relpos_table.svg"};
+  static const std::vector<std::string> files = {
+      "checkpoint.h5",        "metrics.jsonl",      "config.yaml",     "curves.svg",
+      "bias_vs_distance.svg", "bias_vs_relpos.svg", "relpos_table.svg"};
   return files;
 }
 
@@ -58,7 +58,8 @@ RunDirLock::RunDirLock(const std::string& dir, RunStart start) {
                               << "); wait for it to end, or choose another --out");
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
+  if (::ftruncate(fd_, 0) != 0 ||
+      ::pwrite(fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
     PF_FAIL("cannot write the lock file " << lock_path << ": " << std::strerror(errno));
   // Ours alone now: temp files here were left by processes that were killed mid-write.
   std::error_code ec;
@@ -192,8 +193,7 @@ MetricsLog::MetricsLog(const std::string& path, bool resume, int64_t resume_step
     std::string line;
     double step = 0;
     while (std::getline(in, line))
-      if (find_number(line, "step", step) && step <= static_cast<double>(resume_step))
-        kept += line + "\n";
+      if (find_number(line, "step", step) && step <= static_cast<double>(resume_step)) kept += line + "\n";
   }
   write_text_file(path, kept);
   out_.open(path, std::ios::app);
@@ -214,8 +214,7 @@ std::vector<std::pair<double, double>> MetricsLog::series(const std::string& key
   std::string line;
   double step = 0, value = 0;
   while (std::getline(in, line))
-    if (find_number(line, "step", step) && find_number(line, key, value))
-      out.emplace_back(step, value);
+    if (find_number(line, "step", step) && find_number(line, key, value)) out.emplace_back(step, value);
   return out;
 }
 

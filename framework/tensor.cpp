@@ -116,9 +116,7 @@ void store_from_double(void* p, DType t, int64_t i, double v) {
     case DType::BF16:
       static_cast<uint16_t*>(p)[i] = kernels::cpu::float_to_bf16(static_cast<float>(v));
       break;
-    case DType::F16:
-      static_cast<uint16_t*>(p)[i] = kernels::cpu::float_to_half(static_cast<float>(v));
-      break;
+    case DType::F16: static_cast<uint16_t*>(p)[i] = kernels::cpu::float_to_half(static_cast<float>(v)); break;
     case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
     case DType::U8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
   }
@@ -148,8 +146,7 @@ void convert_host(void* dst, DType dt, const void* src, DType st, int64_t n) {
 }  // namespace
 
 template <class T>
-Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, DType dtype,
-                           Device device) {
+Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, DType dtype, Device device) {
   PF_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape),
            "from_vector: " << values.size() << " values for shape " << shape_str(shape));
   Tensor host = empty(shape, dtype, Device::CPU);
@@ -158,12 +155,9 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, DTy
 }
 
 template Tensor Tensor::from_vector<float>(const std::vector<float>&, const Shape&, DType, Device);
-template Tensor Tensor::from_vector<double>(const std::vector<double>&, const Shape&, DType,
-                                            Device);
-template Tensor Tensor::from_vector<int32_t>(const std::vector<int32_t>&, const Shape&, DType,
-                                             Device);
-template Tensor Tensor::from_vector<uint8_t>(const std::vector<uint8_t>&, const Shape&, DType,
-                                             Device);
+template Tensor Tensor::from_vector<double>(const std::vector<double>&, const Shape&, DType, Device);
+template Tensor Tensor::from_vector<int32_t>(const std::vector<int32_t>&, const Shape&, DType, Device);
+template Tensor Tensor::from_vector<uint8_t>(const std::vector<uint8_t>&, const Shape&, DType, Device);
 
 // ---------------------------------------------------------------------------------------------
 // description
@@ -354,8 +348,7 @@ Tensor Tensor::grad() const {
 void Tensor::set_grad(const Tensor& g) {
   check_defined("set_grad()");
   PF_CHECK(!g.defined() || g.shape() == shape(),
-           "gradient of shape " << shape_str(g.shape()) << " for a tensor of shape "
-                                << shape_str(shape()));
+           "gradient of shape " << shape_str(g.shape()) << " for a tensor of shape " << shape_str(shape()));
   impl_->grad = g;
 }
 

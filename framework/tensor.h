@@ -31,11 +31,24 @@ std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
 
 // Maps a C++ element type to its DType: dtype_of<float>() == DType::F32.
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::F32; }
-template <> constexpr DType dtype_of<double>() { return DType::F64; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
-template <> constexpr DType dtype_of<uint8_t>() { return DType::U8; }
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::F32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::F64;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::I32;
+}
+template <>
+constexpr DType dtype_of<uint8_t>() {
+  return DType::U8;
+}
 
 // Owns one allocation on one device (framework/allocator.cpp decides how it is obtained).
 struct Storage {
@@ -59,12 +72,11 @@ class Tensor {
   // ---- creation (uninitialised / filled) ----
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
-  static Tensor full(const Shape& shape, double value, DType dtype = DType::F32,
-                     Device device = Device::CPU);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::F32, Device device = Device::CPU);
   // Copies host values (converted to `dtype`) into a new tensor of `shape`.
   template <class T>
-  static Tensor from_vector(const std::vector<T>& values, const Shape& shape,
-                            DType dtype = dtype_of<T>(), Device device = Device::CPU);
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape, DType dtype = dtype_of<T>(),
+                            Device device = Device::CPU);
 
   // ---- description ----
   bool defined() const { return impl_ != nullptr; }
@@ -80,18 +92,21 @@ class Tensor {
   // ---- data ----
   void* data_ptr();
   const void* data_ptr() const;
-  template <class T> T* data();              // checks dtype == dtype_of<T>() and device == CPU
-  template <class T> const T* data() const;
-  template <class T> std::vector<T> to_vector() const;  // host copy, converted to T
-  double item() const;                                  // the single element, as double
+  template <class T>
+  T* data();  // checks dtype == dtype_of<T>() and device == CPU
+  template <class T>
+  const T* data() const;
+  template <class T>
+  std::vector<T> to_vector() const;  // host copy, converted to T
+  double item() const;               // the single element, as double
 
   // ---- conversion (no autograd; use ops for differentiable versions) ----
   Tensor to(Device device) const;
   Tensor to(DType dtype) const;
   Tensor clone() const;
-  Tensor detach() const;                       // shares storage, no grad_fn, no requires_grad
-  Tensor view(const Shape& shape) const;       // shares storage; same numel; no autograd
-  void copy_(const Tensor& src);               // element-wise copy (same numel), converting dtype
+  Tensor detach() const;                  // shares storage, no grad_fn, no requires_grad
+  Tensor view(const Shape& shape) const;  // shares storage; same numel; no autograd
+  void copy_(const Tensor& src);          // element-wise copy (same numel), converting dtype
   void fill_(double value);
   // Replaces this tensor's data (storage, shape, dtype, device) with src's, keeping its identity:
   // every handle to it sees the new data. For moving parameters and loading checkpoints.
@@ -99,17 +114,17 @@ class Tensor {
 
   // ---- autograd ----
   bool requires_grad() const;
-  Tensor& requires_grad_(bool on = true);      // leaves only
+  Tensor& requires_grad_(bool on = true);  // leaves only
   bool is_leaf() const;
-  Tensor grad() const;                         // undefined until a backward reaches it
+  Tensor grad() const;  // undefined until a backward reaches it
   void set_grad(const Tensor& g);
-  void zero_grad();                            // drops the gradient (the next backward writes it)
+  void zero_grad();  // drops the gradient (the next backward writes it)
   const std::shared_ptr<Node>& grad_fn() const;
   void set_grad_fn(std::shared_ptr<Node> node);
   // Reverse-mode backward from this tensor; grad_output defaults to 1 for a scalar.
   void backward(const Tensor& grad_output = Tensor()) const;
 
-  const std::string& name() const;             // parameter name, for messages
+  const std::string& name() const;  // parameter name, for messages
   Tensor& set_name(const std::string& name);
 
   TensorImpl* impl() const { return impl_.get(); }

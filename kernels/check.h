@@ -21,11 +21,16 @@ inline std::string one_line(const std::string& s) {
   out.reserve(s.size());
   for (const char c : s) {
     const auto u = static_cast<unsigned char>(c);
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (u < 0x20 || u == 0x7f) out += {'\\', 'x', hex[u >> 4], hex[u & 15]};
-    else out += c;
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
+    else if (u < 0x20 || u == 0x7f)
+      out += {'\\', 'x', hex[u >> 4], hex[u & 15]};
+    else
+      out += c;
   }
   return out;
 }
@@ -82,14 +87,14 @@ inline const char* basename(const char* path) {
 }  // namespace pf
 
 // Fails with a message; `msg` is anything streamable (`"got " << x << ", expected " << y`).
-#define PF_FAIL(msg)                                                                    \
-  do {                                                                                  \
-    std::ostringstream pf_fail_os_;                                                     \
+#define PF_FAIL(msg)                                                                          \
+  do {                                                                                        \
+    std::ostringstream pf_fail_os_;                                                           \
     pf_fail_os_ << msg << " [" << ::pf::detail::basename(__FILE__) << ":" << __LINE__ << "]"; \
-    throw ::pf::Error(pf_fail_os_.str());                                               \
+    throw ::pf::Error(pf_fail_os_.str());                                                     \
   } while (0)
 
-#define PF_CHECK(cond, msg)                                                             \
-  do {                                                                                  \
-    if (!(cond)) PF_FAIL("check failed: " #cond ": " << msg);                          \
+#define PF_CHECK(cond, msg)                                   \
+  do {                                                        \
+    if (!(cond)) PF_FAIL("check failed: " #cond ": " << msg); \
   } while (0)

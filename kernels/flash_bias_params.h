@@ -82,14 +82,18 @@ inline BNHDStrides contiguous_bnhd(int64_t N, int64_t H, int64_t D) {
 struct FlashBiasParams {
   // problem size
   int B = 0, H = 0, Nq = 0, Nk = 0, D = 0;
-  double scale = 1.0;  // double so that the F64 reference path is exact; kernels narrow it
+  double scale = 1.0;                  // double so that the F64 reference path is exact; kernels narrow it
   ScalarType dtype = ScalarType::F32;  // of q, k, v, out (and dout, dq, dk, dv)
 
-  const void* q = nullptr;  BNHDStrides q_stride;   // (B,Nq,H,D)
-  const void* k = nullptr;  BNHDStrides k_stride;   // (B,Nk,H,D)
-  const void* v = nullptr;  BNHDStrides v_stride;   // (B,Nk,H,D)
-  void* out = nullptr;      BNHDStrides out_stride; // (B,Nq,H,D)
-  void* lse = nullptr;                              // (B,H,Nq) contiguous; float or double
+  const void* q = nullptr;
+  BNHDStrides q_stride;  // (B,Nq,H,D)
+  const void* k = nullptr;
+  BNHDStrides k_stride;  // (B,Nk,H,D)
+  const void* v = nullptr;
+  BNHDStrides v_stride;  // (B,Nk,H,D)
+  void* out = nullptr;
+  BNHDStrides out_stride;  // (B,Nq,H,D)
+  void* lse = nullptr;     // (B,H,Nq) contiguous; float or double
 
   // optional additive bias (B|1,H|1,Nq,Nk); null = no bias
   const void* bias = nullptr;
@@ -112,10 +116,14 @@ struct FlashBiasParams {
 };
 
 struct FlashBiasBwdParams : FlashBiasParams {
-  const void* dout = nullptr; BNHDStrides dout_stride;  // (B,Nq,H,D)
-  void* dq = nullptr; BNHDStrides dq_stride;            // (B,Nq,H,D), null = not wanted
-  void* dk = nullptr; BNHDStrides dk_stride;            // (B,Nk,H,D), null = not wanted
-  void* dv = nullptr; BNHDStrides dv_stride;            // (B,Nk,H,D), null = not wanted
+  const void* dout = nullptr;
+  BNHDStrides dout_stride;  // (B,Nq,H,D)
+  void* dq = nullptr;
+  BNHDStrides dq_stride;  // (B,Nq,H,D), null = not wanted
+  void* dk = nullptr;
+  BNHDStrides dk_stride;  // (B,Nk,H,D), null = not wanted
+  void* dv = nullptr;
+  BNHDStrides dv_stride;  // (B,Nk,H,D), null = not wanted
   // (B|1,H|1,Nq,Nk) with the bias's dtype and broadcast pattern; null = not wanted
   void* dbias = nullptr;
   int64_t dbias_batch_stride = 0, dbias_head_stride = 0, dbias_row_stride = 0;

@@ -21,8 +21,8 @@ int distance_bin(double d, const ModelConfig& cfg) {
 PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg, Device device) {
   PairFeatures f;
   f.rel_idx = ops::relative_positions(N, cfg.relpos_clip, device);
-  const Tensor x =
-      Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3}, DType::F32, device);
+  const Tensor x = Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3},
+                                       DType::F32, device);
   f.dist_bin = ops::distance_bins(x, cfg.dist_max, cfg.dist_bins);
   return f;
 }
@@ -30,20 +30,21 @@ PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig&
 PackedPairFeatures packed_pair_features(const float* coords, const std::vector<int32_t>& cu_seqlens,
                                         const ModelConfig& cfg, Device device) {
   PF_CHECK(cu_seqlens.size() >= 2 && cu_seqlens[0] == 0,
-           "packed_pair_features: cu_seqlens must have B+1 >= 2 entries starting at 0, got " << cu_seqlens.size()
-                                                                                           << " entries");
+           "packed_pair_features: cu_seqlens must have B+1 >= 2 entries starting at 0, got "
+               << cu_seqlens.size() << " entries");
   const int B = static_cast<int>(cu_seqlens.size()) - 1;
   std::vector<int64_t> start(static_cast<size_t>(B) + 1, 0);  // of each chain's pairs
   for (int b = 0; b < B; ++b) {
     const int64_t n = cu_seqlens[b + 1] - cu_seqlens[b];
-    PF_CHECK(n >= 0, "packed_pair_features: cu_seqlens must be nondecreasing, got " << cu_seqlens[b] << " then "
-                                                                                    << cu_seqlens[b + 1]);
+    PF_CHECK(n >= 0, "packed_pair_features: cu_seqlens must be nondecreasing, got "
+                         << cu_seqlens[b] << " then " << cu_seqlens[b + 1]);
     start[b + 1] = start[b] + n * n;
   }
   PackedPairFeatures f;
   f.pair_start = start;
   const int64_t T = cu_seqlens[B];
-  const Tensor x = Tensor::from_vector(std::vector<float>(coords, coords + 3 * T), {T, 3}, DType::F32, device);
+  const Tensor x =
+      Tensor::from_vector(std::vector<float>(coords, coords + 3 * T), {T, 3}, DType::F32, device);
   auto t = ops::packed_pair_features(x, cu_seqlens, start, cfg.relpos_clip, cfg.dist_max, cfg.dist_bins);
   f.rel_idx = t.rel;
   f.dist_bin = t.bins;
@@ -63,18 +64,19 @@ void copy_runs(const Tensor& from, Tensor& to, const std::vector<int64_t>& start
     const int64_t s = start[b], m = start[b + 1] - start[b];
     for (int64_t h = 0; h < H; ++h) {
       const int64_t rows = h * P + s, blocks = H * s + h * m;  // element offsets
-      copy_bytes(dst + elt * (to_blocks ? blocks : rows), to.device(), src + elt * (to_blocks ? rows : blocks),
-                 from.device(), elt * m);
+      copy_bytes(dst + elt * (to_blocks ? blocks : rows), to.device(),
+                 src + elt * (to_blocks ? rows : blocks), from.device(), elt * m);
     }
   }
 }
 }  // namespace
 
 Tensor pack_blocks(const Tensor& x, const std::vector<int64_t>& start) {
-  PF_CHECK(x.defined() && x.ndim() == 2, "pack_blocks: x must be (H,P), got " << (x.defined() ? x.str() : "none"));
+  PF_CHECK(x.defined() && x.ndim() == 2,
+           "pack_blocks: x must be (H,P), got " << (x.defined() ? x.str() : "none"));
   PF_CHECK(start.size() >= 2 && start[0] == 0 && start.back() == x.size(1),
            "pack_blocks: segment starts must run from 0 to P = " << x.size(1) << ", got "
-                                                                   << (start.empty() ? -1 : start.back()));
+                                                                 << (start.empty() ? -1 : start.back()));
   for (size_t b = 0; b + 1 < start.size(); ++b)
     PF_CHECK(start[b + 1] >= start[b], "pack_blocks: segment starts must be nondecreasing");
   const int64_t H = x.size(0);
@@ -123,7 +125,8 @@ Attention::Attention(const ModelConfig& cfg, Rng& rng)
     std::vector<double> t(static_cast<size_t>(H) * W);
     for (int64_t h = 0; h < H; ++h)
       for (int o = -R; o <= R; ++o)
-        t[h * W + o + R] = -std::pow(2.0, -8.0 * static_cast<double>(h) / static_cast<double>(H)) * std::abs(o);
+        t[h * W + o + R] =
+            -std::pow(2.0, -8.0 * static_cast<double>(h) / static_cast<double>(H)) * std::abs(o);
     relpos = register_parameter("relpos", Tensor::from_vector(t, {H, W}, DType::F32));
   }
 }
@@ -131,8 +134,9 @@ Attention::Attention(const ModelConfig& cfg, Rng& rng)
 Tensor Attention::forward(const Tensor& x, const Tensor& bias, const std::vector<int32_t>& cu_seqlens) const {
   const anomaly::Scope in_module = scope();
   const bool packed = !cu_seqlens.empty();
-  PF_CHECK(x.ndim() == (packed ? 2 : 3),
-           "attention input must be " << (packed ? "(T,d) when packed" : "(B,N,d)") << ", got " << shape_str(x.shape()));
+  PF_CHECK(x.ndim() == (packed ? 2 : 3), "attention input must be "
+                                             << (packed ? "(T,d) when packed" : "(B,N,d)") << ", got "
+                                             << shape_str(x.shape()));
   const int64_t d = x.size(-1);
   Shape heads = x.shape();  // (B,N,H,d/H) or packed (T,H,d/H)
   heads.back() = H;
@@ -257,8 +261,9 @@ namespace {
 // b = W_b·LN_z(Rel[rel] + Dist[dist]) for lists of (rel index, distance bin) pairs → (P,H)
 Tensor bias_at(const PairBiasModel& model, int layer, const std::vector<int32_t>& rel,
                const std::vector<int32_t>& dist) {
-  PF_CHECK(model.pair, "the bias against distance and relative position is a pair model's (model.attn_bias is "
-                           << model.config().attn_bias << ")");
+  PF_CHECK(model.pair,
+           "the bias against distance and relative position is a pair model's (model.attn_bias is "
+               << model.config().attn_bias << ")");
   NoGradGuard no_grad;
   const Device dev = model.pair->rel->weight.device();
   const int64_t P = static_cast<int64_t>(rel.size());
@@ -295,7 +300,8 @@ Tensor bias_vs_relpos(const PairBiasModel& model, int layer) {
 
 Tensor relpos_table(const PairBiasModel& model, int layer) {
   const Tensor& t = model.layers.at(layer)->attn->relpos;
-  PF_CHECK(t.defined(), "relpos_table: layer " << layer << " has no relative-position table (model.attn_bias is "
+  PF_CHECK(t.defined(), "relpos_table: layer " << layer
+                                               << " has no relative-position table (model.attn_bias is "
                                                << model.config().attn_bias << ")");
   return t.detach().to(Device::CPU).to(DType::F64);
 }

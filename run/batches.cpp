@@ -30,7 +30,8 @@ BatchTensors to_tensors(const Batch& batch, const ModelConfig& cfg, Device devic
   t.tokens = Tensor::from_vector(batch.tokens, {batch.B, batch.N}, DType::I32, device);
   t.labels = Tensor::from_vector(batch.labels, {batch.B, batch.N}, DType::I32, device);
   // A relpos model reads no pair features: its bias is the table inside each layer.
-  if (cfg.attn_bias == "pair") t.pair = models::pair_features(batch.coords.data(), batch.B, batch.N, cfg, device);
+  if (cfg.attn_bias == "pair")
+    t.pair = models::pair_features(batch.coords.data(), batch.B, batch.N, cfg, device);
   return t;
 }
 
@@ -56,8 +57,10 @@ HostBatch gather_host(const ChainSet& set, std::vector<int> idx, bool packed, in
     const size_t per = mine.size() / world;
     mine = std::vector<int>(mine.begin() + rank * per, mine.begin() + (rank + 1) * per);
   }
-  if (packed) h.packed = gather_packed(set, mine);
-  else h.dense = gather_batch(set, mine);
+  if (packed)
+    h.packed = gather_packed(set, mine);
+  else
+    h.dense = gather_batch(set, mine);
   return h;
 }
 
@@ -71,8 +74,8 @@ models::LossResult host_batch_loss(const models::PairBiasModel& model, const Hos
   return models::model_loss(model, b.tokens, b.pair, b.labels);
 }
 
-models::LossResult batch_loss(const models::PairBiasModel& model, const ChainSet& set, const std::vector<int>& idx,
-                              bool packed, Device device, int64_t* tokens) {
+models::LossResult batch_loss(const models::PairBiasModel& model, const ChainSet& set,
+                              const std::vector<int>& idx, bool packed, Device device, int64_t* tokens) {
   const HostBatch h = gather_host(set, idx, packed, 1, 0);
   *tokens = packed ? h.packed.T() : int64_t{h.dense.B} * h.dense.N;
   return host_batch_loss(model, h, packed, device);

@@ -54,7 +54,7 @@ models::LossResult host_batch_loss(const models::PairBiasModel& model, const Hos
                                    Device device);
 
 // The loss of the samples idx of set, dense or packed; *tokens = the residues it covers.
-models::LossResult batch_loss(const models::PairBiasModel& model, const ChainSet& set, const std::vector<int>& idx,
-                              bool packed, Device device, int64_t* tokens);
+models::LossResult batch_loss(const models::PairBiasModel& model, const ChainSet& set,
+                              const std::vector<int>& idx, bool packed, Device device, int64_t* tokens);
 
 }  // namespace pf::run

@@ -45,8 +45,8 @@ void write_model_attrs(H5Writer& w, const ModelConfig& m) {
 // Refuses a checkpoint whose architecture differs from the config, naming the first key.
 void check_model_attrs(const H5Reader& r, const ModelConfig& m) {
   const std::pair<const char*, int64_t> ints[] = {
-      {"n_types", m.n_types}, {"d_model", m.d_model}, {"n_heads", m.n_heads},
-      {"n_layers", m.n_layers}, {"d_ff", m.d_ff}, {"c_z", m.c_z},
+      {"n_types", m.n_types},         {"d_model", m.d_model},    {"n_heads", m.n_heads},
+      {"n_layers", m.n_layers},       {"d_ff", m.d_ff},          {"c_z", m.c_z},
       {"relpos_clip", m.relpos_clip}, {"dist_bins", m.dist_bins}};
   for (const auto& [key, want] : ints) {
     const int64_t found = r.attr_int("/model", key);
@@ -55,11 +55,11 @@ void check_model_attrs(const H5Reader& r, const ModelConfig& m) {
   }
   const double dmax = r.attr_double("/model", "dist_max");
   PF_CHECK(dmax == m.dist_max, "checkpoint " << r.path() << ": model.dist_max is " << dmax
-                                              << " but the config says " << m.dist_max);
+                                             << " but the config says " << m.dist_max);
   // Checkpoints written before attn_bias existed are pair models.
   const std::string bias = r.has_attr("/model", "attn_bias") ? r.attr_string("/model", "attn_bias") : "pair";
   PF_CHECK(bias == m.attn_bias, "checkpoint " << r.path() << ": model.attn_bias is " << bias
-                                               << " but the config says " << m.attn_bias);
+                                              << " but the config says " << m.attn_bias);
 }
 
 constexpr int64_t kCheckpointFormat = 1;
@@ -112,26 +112,30 @@ TrainState load_checkpoint(const std::string& path, const Config& cfg, models::P
     for (const auto& [name, t] : opt->state()) {
       std::string what;
       const int64_t at = anomaly::first_non_finite(t, &what);
-      PF_CHECK(at < 0, "checkpoint " << path << ": optim/" << name << " holds " << what << " at flat index " << at);
+      PF_CHECK(at < 0,
+               "checkpoint " << path << ": optim/" << name << " holds " << what << " at flat index " << at);
       if (name.rfind("v.", 0) == 0)  // second moments are squares
         for (double x : t.to_vector<double>())
           PF_CHECK(x >= 0, "checkpoint " << path << ": optim/" << name << " holds a negative value " << x);
     }
     const int64_t taken = r.attr_int("/optim", "steps_taken");
-    PF_CHECK(taken >= 0 && taken <= st.step, "checkpoint " << path << ": expected 0 <= optim steps_taken <= step = "
-                                                           << st.step << ", found " << taken);
+    PF_CHECK(taken >= 0 && taken <= st.step,
+             "checkpoint " << path << ": expected 0 <= optim steps_taken <= step = " << st.step << ", found "
+                           << taken);
     opt->set_steps_taken(taken);
     st.epoch = r.attr_int("/", "sampler_epoch");
     st.cursor = r.attr_int("/", "sampler_cursor");
-    PF_CHECK(st.epoch >= 0 && st.cursor >= 0, "checkpoint " << path << ": expected sampler_epoch and sampler_cursor >= 0, found "
-                                                            << st.epoch << " and " << st.cursor);
+    PF_CHECK(st.epoch >= 0 && st.cursor >= 0,
+             "checkpoint " << path << ": expected sampler_epoch and sampler_cursor >= 0, found " << st.epoch
+                           << " and " << st.cursor);
     // Written since the non-finite step counting; absent in older checkpoints (then 0).
     if (r.has_attr("/", "skipped_steps")) st.skipped = r.attr_int("/", "skipped_steps");
     if (r.has_attr("/", "bad_steps_in_row")) st.bad_in_row = r.attr_int("/", "bad_steps_in_row");
     PF_CHECK(st.bad_in_row >= 0 && st.bad_in_row <= st.skipped && st.skipped + taken == st.step,
-             "checkpoint " << path << ": expected 0 <= bad_steps_in_row <= skipped_steps and skipped_steps + optim "
-                              "steps_taken = step, found " << st.bad_in_row << ", " << st.skipped << ", "
-                           << taken << ", " << st.step);
+             "checkpoint " << path
+                           << ": expected 0 <= bad_steps_in_row <= skipped_steps and skipped_steps + optim "
+                              "steps_taken = step, found "
+                           << st.bad_in_row << ", " << st.skipped << ", " << taken << ", " << st.step);
   }
   return st;
 }

@@ -20,7 +20,7 @@ EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set,
   const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
   const int begin = static_cast<int>(int64_t{set.S} * rank / world);
   const int end = static_cast<int>(int64_t{set.S} * (rank + 1) / world);
-  if (!set.fixed_length()) {  // packed batches; every residue weighs the same
+  if (!set.fixed_length()) {     // packed batches; every residue weighs the same
     double sums[3] = {0, 0, 0};  // loss·T, correct, T
     for (int start = begin; start < end;) {
       std::vector<int> idx;
@@ -74,9 +74,16 @@ int evaluate(const Config& cfg, const std::string& checkpoint_path) {
   model.to(device);
   const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : DType::F32);
   const TrainState st = load_checkpoint(checkpoint_path, cfg, model, nullptr);
-  const EvalResult e = evaluate_set(model, val_set, cfg.train.batch_size, device, nullptr, cfg.train.batch_tokens);
-  std::printf("%s\n", JsonLine().add("mode", "eval").add("val_loss", e.loss).add("val_acc", e.accuracy)
-                          .add("step", st.step).add("checkpoint", checkpoint_path).str().c_str());
+  const EvalResult e =
+      evaluate_set(model, val_set, cfg.train.batch_size, device, nullptr, cfg.train.batch_tokens);
+  std::printf("%s\n", JsonLine()
+                          .add("mode", "eval")
+                          .add("val_loss", e.loss)
+                          .add("val_acc", e.accuracy)
+                          .add("step", st.step)
+                          .add("checkpoint", checkpoint_path)
+                          .str()
+                          .c_str());
   return 0;
 }
 

@@ -15,8 +15,8 @@ int gradcheck(const Config& cfg) {
   // run checks the packed model on 2 chains of lengths drawn from 6..10.
   const bool packed = packed_batches(cfg);
   const int N = std::min(cfg.data.n_res, 10);
-  const ChainSet set = generate_chains(
-      ChainSpec{2, packed ? 6 : N, packed ? 10 : N, cfg.model.n_types, cfg.data.seed, "gradcheck", cfg.data.task});
+  const ChainSet set = generate_chains(ChainSpec{2, packed ? 6 : N, packed ? 10 : N, cfg.model.n_types,
+                                                 cfg.data.seed, "gradcheck", cfg.data.task});
   models::PairBiasModel model(cfg.model, cfg.train.seed);
   model.to(DType::F64);
   const auto params = model.named_parameters();
@@ -36,15 +36,20 @@ int gradcheck(const Config& cfg) {
   std::string worst_name;
   std::printf("%-36s %10s %12s\n", "parameter", "checked", "rel. error");
   for (const auto& e : entries) {
-    std::printf("%-36s %10lld %12.3e%s\n", e.name.c_str(), static_cast<long long>(e.checked),
-                e.rel_error, e.rel_error > tol ? "  FAIL" : "");
+    std::printf("%-36s %10lld %12.3e%s\n", e.name.c_str(), static_cast<long long>(e.checked), e.rel_error,
+                e.rel_error > tol ? "  FAIL" : "");
     if (e.rel_error > worst || worst_name.empty()) worst = e.rel_error, worst_name = e.name;
   }
   const bool passed = worst <= tol;
-  std::printf("%s\n", JsonLine().add("mode", "gradcheck").add("passed", passed)
-                          .add("worst_rel_error", worst).add("worst_param", worst_name)
-                          .add("params", static_cast<int64_t>(entries.size())).add("tolerance", tol)
-                          .str().c_str());
+  std::printf("%s\n", JsonLine()
+                          .add("mode", "gradcheck")
+                          .add("passed", passed)
+                          .add("worst_rel_error", worst)
+                          .add("worst_param", worst_name)
+                          .add("params", static_cast<int64_t>(entries.size()))
+                          .add("tolerance", tol)
+                          .str()
+                          .c_str());
   return passed ? 0 : 1;
 }
 

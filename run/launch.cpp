@@ -124,7 +124,8 @@ int run_data_parallel(int gpus, const DataParallelWorker& worker) {
       dist::UniqueId id;
       if (r == 0) {
         id = dist::new_unique_id();
-        for (int k = 1; k < gpus; ++k) PF_CHECK(write_all(id_write[k], id.data(), id.size()), "sending the NCCL id to worker " << k);
+        for (int k = 1; k < gpus; ++k)
+          PF_CHECK(write_all(id_write[k], id.data(), id.size()), "sending the NCCL id to worker " << k);
       } else {
         PF_CHECK(read_all(id_read[r], id.data(), id.size()), "no NCCL id from worker 0 (it failed to start)");
       }

@@ -10,9 +10,10 @@ void write_plots(const std::string& dir, const MetricsLog& log, const models::Pa
     for (auto [x, y] : log.series(key)) s.x.push_back(x), s.y.push_back(y);
     return s;
   };
-  plot::write_svg(dir + "/curves.svg", "training curves",
-                  {{"loss", "step", "cross-entropy", {series("loss", "train"), series("val_loss", "validation")}},
-                   {"accuracy", "step", "accuracy", {series("acc", "train"), series("val_acc", "validation")}}});
+  plot::write_svg(
+      dir + "/curves.svg", "training curves",
+      {{"loss", "step", "cross-entropy", {series("loss", "train"), series("val_loss", "validation")}},
+       {"accuracy", "step", "accuracy", {series("acc", "train"), series("val_acc", "validation")}}});
   const ModelConfig& c = model.config();
   if (model.relpos_bias()) {  // the tables themselves: bias against offset, per head and layer
     std::vector<plot::Panel> panels;

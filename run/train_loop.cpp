@@ -101,8 +101,8 @@ class BatchQueue {
   std::future<HostBatch> draw() {
     std::vector<int> idx = sampler_.next();
     const int64_t epoch = sampler_.epoch(), cursor = sampler_.cursor();
-    return std::async(std::launch::async, [&set = set_, idx = std::move(idx), packed = packed_, world = world_,
-                                           rank = rank_, epoch, cursor] {
+    return std::async(std::launch::async, [&set = set_, idx = std::move(idx), packed = packed_,
+                                           world = world_, rank = rank_, epoch, cursor] {
       HostBatch h = gather_host(set, idx, packed, world, rank);
       h.epoch = epoch;
       h.cursor = cursor;
@@ -149,8 +149,8 @@ struct Throughput {
 // The checkpoint of the run directory and the step it holds. Writing it also redraws the plots.
 class Checkpoints {
  public:
-  Checkpoints(std::string path, const Config& cfg, const models::PairBiasModel& model, const optim::AdamW& opt,
-              const MetricsLog& log, bool lead)
+  Checkpoints(std::string path, const Config& cfg, const models::PairBiasModel& model,
+              const optim::AdamW& opt, const MetricsLog& log, bool lead)
       : path_(std::move(path)), cfg_(cfg), model_(model), opt_(opt), log_(log), lead_(lead) {}
 
   const std::string& path() const { return path_; }
@@ -160,8 +160,10 @@ class Checkpoints {
   // What a failed run leaves behind, for its error message.
   std::string kept() const {
     std::ostringstream os;
-    if (saved_step_ >= 0) os << "the last good checkpoint (step " << saved_step_ << ") is kept at " << path_;
-    else os << "no checkpoint was written yet";
+    if (saved_step_ >= 0)
+      os << "the last good checkpoint (step " << saved_step_ << ") is kept at " << path_;
+    else
+      os << "no checkpoint was written yet";
     return os.str();
   }
 
@@ -197,36 +199,49 @@ class Checkpoints {
 };
 
 // A skipped step is always logged; train.max_bad_steps of them in a row stop the run.
-void log_skipped_step(const TrainState& st, const StepResult& r, double lr, const TrainConfig& t, MetricsLog& log,
-                      const Checkpoints& ckpt) {
-  std::printf("step %6lld  SKIPPED: loss %.4g, grad_norm %.4g not finite, no update (%lld in a row, "
-              "%lld in all; the run stops at train.max_bad_steps = %d in a row)\n",
-              static_cast<long long>(st.step), r.loss, r.grad_norm, static_cast<long long>(st.bad_in_row),
-              static_cast<long long>(st.skipped), t.max_bad_steps);
+void log_skipped_step(const TrainState& st, const StepResult& r, double lr, const TrainConfig& t,
+                      MetricsLog& log, const Checkpoints& ckpt) {
+  std::printf(
+      "step %6lld  SKIPPED: loss %.4g, grad_norm %.4g not finite, no update (%lld in a row, "
+      "%lld in all; the run stops at train.max_bad_steps = %d in a row)\n",
+      static_cast<long long>(st.step), r.loss, r.grad_norm, static_cast<long long>(st.bad_in_row),
+      static_cast<long long>(st.skipped), t.max_bad_steps);
   std::fflush(stdout);
-  log.write(JsonLine().add("step", st.step).add("loss", r.loss).add("grad_norm", r.grad_norm)
-                .add("lr", lr).add("skipped", true).add("bad_in_row", st.bad_in_row)
+  log.write(JsonLine()
+                .add("step", st.step)
+                .add("loss", r.loss)
+                .add("grad_norm", r.grad_norm)
+                .add("lr", lr)
+                .add("skipped", true)
+                .add("bad_in_row", st.bad_in_row)
                 .add("skipped_steps", st.skipped));
   if (st.bad_in_row >= t.max_bad_steps)
     PF_FAIL(st.bad_in_row << " steps in a row (the last at step " << st.step
-                          << ") had a non-finite loss or gradient norm (train.max_bad_steps = " << t.max_bad_steps
-                          << "); stopped: " << ckpt.kept() << " (try a lower train.lr, or train.grad_clip > 0)");
+                          << ") had a non-finite loss or gradient norm (train.max_bad_steps = "
+                          << t.max_bad_steps << "); stopped: " << ckpt.kept()
+                          << " (try a lower train.lr, or train.grad_clip > 0)");
 }
 
-void log_step(const TrainState& st, const StepResult& r, double lr, const TrainConfig& t, const Throughput& speed,
-              MetricsLog& log) {
+void log_step(const TrainState& st, const StepResult& r, double lr, const TrainConfig& t,
+              const Throughput& speed, MetricsLog& log) {
   const double tps = speed.tokens_per_s();
   const double eta = speed.eta_seconds(t.steps - st.step);
   std::printf("step %6lld  loss %.4f  acc %.3f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %.0fs\n",
               static_cast<long long>(st.step), r.loss, r.accuracy, lr, r.grad_norm, tps, eta);
   std::fflush(stdout);
-  log.write(JsonLine().add("step", st.step).add("loss", r.loss).add("acc", r.accuracy)
-                .add("lr", lr).add("grad_norm", r.grad_norm).add("tokens_per_s", tps)
+  log.write(JsonLine()
+                .add("step", st.step)
+                .add("loss", r.loss)
+                .add("acc", r.accuracy)
+                .add("lr", lr)
+                .add("grad_norm", r.grad_norm)
+                .add("tokens_per_s", tps)
                 .add("skipped_steps", st.skipped));
 }
 
 void log_eval(int64_t step, const EvalResult& e, MetricsLog& log) {
-  std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(step), e.loss, e.accuracy);
+  std::printf("eval  step %6lld  val_loss %.4f  val_acc %.4f\n", static_cast<long long>(step), e.loss,
+              e.accuracy);
   std::fflush(stdout);
   log.write(JsonLine().add("step", step).add("val_loss", e.loss).add("val_acc", e.accuracy));
 }
@@ -237,17 +252,19 @@ void print_run_summary(const Config& cfg, const nn::NamedTensors& params, DType 
   const auto& t = cfg.train;
   int64_t n_params = 0;
   for (const auto& [name, p] : params) n_params += p.numel();
-  std::printf("model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %s residues, "
-              "task %s; batches %s\n",
-              static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype),
-              device_name(device), train_set.S, val_set.S,
-              (cfg.data.n_res_min == cfg.data.n_res_max
-                   ? std::to_string(train_set.N)
-                   : std::to_string(cfg.data.n_res_min) + ".." + std::to_string(cfg.data.n_res_max))
-                  .c_str(),
-              train_set.task.c_str(),
-              t.batch_tokens > 0 ? ("packed, up to " + std::to_string(t.batch_tokens) + " residues").c_str()
-                                 : ("of " + std::to_string(t.batch_size) + (packed ? " chains, packed" : " chains")).c_str());
+  std::printf(
+      "model: %lld parameters, %s bias, %s on %s; data: %d train / %d val chains of %s residues, "
+      "task %s; batches %s\n",
+      static_cast<long long>(n_params), cfg.model.attn_bias.c_str(), dtype_name(dtype), device_name(device),
+      train_set.S, val_set.S,
+      (cfg.data.n_res_min == cfg.data.n_res_max
+           ? std::to_string(train_set.N)
+           : std::to_string(cfg.data.n_res_min) + ".." + std::to_string(cfg.data.n_res_max))
+          .c_str(),
+      train_set.task.c_str(),
+      t.batch_tokens > 0
+          ? ("packed, up to " + std::to_string(t.batch_tokens) + " residues").c_str()
+          : ("of " + std::to_string(t.batch_size) + (packed ? " chains, packed" : " chains")).c_str());
 }
 
 // ---- the run: set-up, then the loop --------------------------------------------------------------
@@ -259,11 +276,13 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   const bool lead = rank == 0;
   PF_CHECK(!comm || device == Device::CUDA,
            "data-parallel training (--gpus) needs device cuda, got " << device_name(device));
-  PF_CHECK(cfg.train.batch_size % world == 0, "train.batch_size " << cfg.train.batch_size
-                                                << " must be a multiple of the number of GPUs " << world);
+  PF_CHECK(cfg.train.batch_size % world == 0, "train.batch_size "
+                                                  << cfg.train.batch_size
+                                                  << " must be a multiple of the number of GPUs " << world);
   const bool packed = packed_batches(cfg);
-  PF_CHECK(!comm || !packed, "data-parallel training (--gpus) of packed batches (data.n_res_min < n_res_max or "
-                             "train.batch_tokens > 0) is not supported yet");
+  PF_CHECK(!comm || !packed,
+           "data-parallel training (--gpus) of packed batches (data.n_res_min < n_res_max or "
+           "train.batch_tokens > 0) is not supported yet");
   const DType dtype = precision_dtype(cfg.train.precision, device);
   // bf16: bf16 activations over the fp32 master weights (framework/precision.h)
   const AutocastGuard autocast(cfg.train.precision == "bf16" ? DType::BF16 : dtype);
@@ -281,10 +300,9 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   model.to(dtype);
   model.to(device);
   const auto params = model.named_parameters();
-  optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings),
-                   {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+  optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings), {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
   BatchSampler sampler = t.batch_tokens > 0 ? BatchSampler(train_set.lengths, t.batch_tokens, t.seed)
-                                             : BatchSampler(train_set.S, t.batch_size, t.seed);
+                                            : BatchSampler(train_set.S, t.batch_size, t.seed);
 
   TrainState st;
   if (resume) {
@@ -311,7 +329,8 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
     const auto t0 = Clock::now();
     const HostBatch batch = batches.next(/*more_to_come=*/st.step + 1 < last_step);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
-    const StepResult r = train_step(model, opt, batch, packed, device, lr, t.grad_clip, grad_sync.get(), comm);
+    const StepResult r =
+        train_step(model, opt, batch, packed, device, lr, t.grad_clip, grad_sync.get(), comm);
     count_step(st, r, batch);
     speed.add(train_set, batch, t0);
 
@@ -329,8 +348,10 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
       if (!ckpt.holds(st.step)) ckpt.write(st);
       std::fflush(stdout);
       if (lead)
-        std::fprintf(stderr, "train: stopped by %s after step %lld: checkpoint written to %s; continue with --resume\n",
-                     interrupt_name(r.stop_signal), static_cast<long long>(st.step), ckpt.path().c_str());
+        std::fprintf(
+            stderr,
+            "train: stopped by %s after step %lld: checkpoint written to %s; continue with --resume\n",
+            interrupt_name(r.stop_signal), static_cast<long long>(st.step), ckpt.path().c_str());
       return 128 + r.stop_signal;
     }
   }
@@ -338,10 +359,16 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
     last_eval = evaluate_set(model, val_set, t.batch_size, device, comm, t.batch_tokens);
     ckpt.write(st);
   }
-  std::printf("%s\n", JsonLine().add("mode", "train").add("val_loss", last_eval.loss)
-                          .add("val_acc", last_eval.accuracy).add("tokens_per_s", speed.tokens_per_s())
-                          .add("steps", st.step).add("skipped_steps", st.skipped).add("out", cfg.out)
-                          .str().c_str());
+  std::printf("%s\n", JsonLine()
+                          .add("mode", "train")
+                          .add("val_loss", last_eval.loss)
+                          .add("val_acc", last_eval.accuracy)
+                          .add("tokens_per_s", speed.tokens_per_s())
+                          .add("steps", st.step)
+                          .add("skipped_steps", st.skipped)
+                          .add("out", cfg.out)
+                          .str()
+                          .c_str());
   return 0;
 }
 
@@ -352,11 +379,12 @@ int train(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* c
   const auto drivers = [&cfg](const std::string& what, const char* lower) {
     const auto& m = cfg.model;
     std::ostringstream os;
-    os << what << ". Per layer, the pair representation and bias hold train.batch_size × data.n_res² × "
-                  "(model.c_z + model.n_heads) values = "
+    os << what
+       << ". Per layer, the pair representation and bias hold train.batch_size × data.n_res² × "
+          "(model.c_z + model.n_heads) values = "
        << cfg.train.batch_size << " × " << cfg.data.n_res << "² × (" << m.c_z << " + " << m.n_heads
-       << "), the other activations train.batch_size × data.n_res × model.d_ff = " << cfg.train.batch_size << " × "
-       << cfg.data.n_res << " × " << m.d_ff << "; lower train.batch_size or data.n_res" << lower;
+       << "), the other activations train.batch_size × data.n_res × model.d_ff = " << cfg.train.batch_size
+       << " × " << cfg.data.n_res << " × " << m.d_ff << "; lower train.batch_size or data.n_res" << lower;
     return os.str();
   };
   try {
@@ -366,10 +394,12 @@ int train(const Config& cfg, bool resume, int64_t stop_at, dist::Communicator* c
   } catch (const HostOutOfMemory& e) {
     PF_FAIL(drivers(e.what(), ", or model.d_ff"));
   } catch (const std::bad_alloc&) {  // a host container (data, batches): its size is not known here
-    PF_FAIL(drivers("out of host memory (std::bad_alloc); the data sets hold (data.n_train + data.n_val) × "
-                    "data.n_res_max residues = (" + std::to_string(cfg.data.n_train) + " + " +
-                        std::to_string(cfg.data.n_val) + ") × " + std::to_string(cfg.data.n_res_max),
-                    ", data.n_train or data.n_val"));
+    PF_FAIL(
+        drivers("out of host memory (std::bad_alloc); the data sets hold (data.n_train + data.n_val) × "
+                "data.n_res_max residues = (" +
+                    std::to_string(cfg.data.n_train) + " + " + std::to_string(cfg.data.n_val) + ") × " +
+                    std::to_string(cfg.data.n_res_max),
+                ", data.n_train or data.n_val"));
   }
 }
 

@@ -31,10 +31,10 @@ inline std::string temp_dir(const std::string& name) {
 }
 
 struct RunRecord {
-  std::vector<std::string> metrics;  // metrics.jsonl lines without tokens_per_s
-  std::string final_line;            // the final JSON line without tokens_per_s and out
+  std::vector<std::string> metrics;                   // metrics.jsonl lines without tokens_per_s
+  std::string final_line;                             // the final JSON line without tokens_per_s and out
   std::map<std::string, std::vector<float>> tensors;  // every checkpoint dataset
-  std::vector<int64_t> attrs;                          // step, sampler_epoch, sampler_cursor
+  std::vector<int64_t> attrs;                         // step, sampler_epoch, sampler_cursor
 };
 
 // Reads what the run into cfg.out left; `printed` is its captured stdout.

@@ -31,7 +31,8 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 void expect_contains(const std::string& msg, const std::vector<std::string>& parts) {
-  for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+  for (const std::string& p : parts)
+    EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
   EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
 }
 
@@ -56,7 +57,9 @@ struct Fixture {
     ADD_FAILURE() << "no parameter " << name;
     return {};
   }
-  models::LossResult loss() const { return models::model_loss(model, batch.tokens, batch.pair, batch.labels); }
+  models::LossResult loss() const {
+    return models::model_loss(model, batch.tokens, batch.pair, batch.labels);
+  }
 };
 
 uint64_t fresh_seed() { return std::random_device{}(); }
@@ -91,7 +94,8 @@ TEST(Anomaly, ForwardNamesTheFirstNonFiniteOpWithShapeAndLayer) {
       EXPECT_FALSE(std::isfinite(f.loss().loss.item()));
     }
     anomaly::EnableGuard on(true);
-    expect_contains(error_of([&] { f.loss(); }), {"in the forward of " + std::string(c.op), c.where, c.shape});
+    expect_contains(error_of([&] { f.loss(); }),
+                    {"in the forward of " + std::string(c.op), c.where, c.shape});
   }
   EXPECT_FALSE(anomaly::enabled()) << "the guard restores the previous setting";
 }
@@ -136,8 +140,9 @@ TEST(Anomaly, BackwardNamesTheOpTheInputAndTheLayerOfTheForward) {
   // the loss's own backward, outside any module.
   Fixture f(fresh_seed());
   const auto r = f.loss();
-  expect_contains(error_of([&] { r.loss.backward(Tensor::full({}, kNaN)); }),
-                  {"(nan) in the backward of 'cross_entropy'", "gradient of input 0 [21, 5]", "at the top level"});
+  expect_contains(
+      error_of([&] { r.loss.backward(Tensor::full({}, kNaN)); }),
+      {"(nan) in the backward of 'cross_entropy'", "gradient of input 0 [21, 5]", "at the top level"});
 }
 
 // ---- in training -----------------------------------------------------------------------------
@@ -152,25 +157,32 @@ std::string temp_dir(const std::string& name) {
 Config tiny(const std::string& dir, const std::vector<std::string>& overrides) {
   return config_from_yaml_string(
       "model: {n_types: 4, d_model: 16, n_heads: 2, n_layers: 1, c_z: 4, relpos_clip: 4, dist_bins: 8}\n"
-      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 48, n_val: 11, n_res: 9, seed: " +
-          std::to_string(fresh_seed()) + "}\n"
-      "train: {steps: 20, batch_size: 5, warmup: 2, eval_every: 10, log_every: 1, checkpoint_every: 1, seed: 3}\n"
-      "device: cpu\nout: " + dir + "/run\n",
+      "data: {train: " +
+          dir + "/train.h5, val: " + dir +
+          "/val.h5, n_train: 48, n_val: 11, n_res: 9, seed: " + std::to_string(fresh_seed()) +
+          "}\n"
+          "train: {steps: 20, batch_size: 5, warmup: 2, eval_every: 10, log_every: 1, checkpoint_every: 1, seed: 3}\n"
+          "device: cpu\nout: " +
+          dir + "/run\n",
       overrides);
 }
 
-std::vector<float> dataset(const std::string& file, const std::string& name) { return H5Reader(file).read_float(name); }
+std::vector<float> dataset(const std::string& file, const std::string& name) {
+  return H5Reader(file).read_float(name);
+}
 
 TEST(NonFiniteSteps, AreSkippedCountedAndStopTheRunKeepingTheLastGoodCheckpoint) {
   const std::string dir = temp_dir("badsteps");
   // lr 1e30: the first update is finite but throws the weights to ~1e30, and every later
   // forward overflows. warmup 0 so that the first update already uses it.
-  const Config cfg = tiny(dir, {"train.lr=1e30", "train.min_lr=0", "train.warmup=0", "train.max_bad_steps=3"});
+  const Config cfg =
+      tiny(dir, {"train.lr=1e30", "train.min_lr=0", "train.warmup=0", "train.max_bad_steps=3"});
   testing::internal::CaptureStdout();
   const std::string msg = error_of([&] { run::train(cfg, false); });
   const std::string printed = testing::internal::GetCapturedStdout();
-  expect_contains(msg, {"3 steps in a row (the last at step 4) had a non-finite loss or gradient norm",
-                        "train.max_bad_steps = 3", "the last good checkpoint (step 3) is kept at " + cfg.out});
+  expect_contains(msg,
+                  {"3 steps in a row (the last at step 4) had a non-finite loss or gradient norm",
+                   "train.max_bad_steps = 3", "the last good checkpoint (step 3) is kept at " + cfg.out});
   EXPECT_NE(printed.find("step      2  SKIPPED"), std::string::npos) << printed;
 
   // The checkpoint is intact and loads; steps 2 and 3 made no update: 1 AdamW step in 3.
@@ -284,17 +296,21 @@ TEST(NonFiniteSteps, NonFiniteWeightsNeverReplaceAGoodCheckpoint) {
 
 TEST(NonFiniteSteps, AnomalyModeInTrainingNamesTheOpInsteadOfSkipping) {
   const std::string dir = temp_dir("anomaly_train");
-  const Config cfg = tiny(dir, {"train.lr=1e30", "train.min_lr=0", "train.warmup=0", "train.detect_anomaly=true"});
+  const Config cfg =
+      tiny(dir, {"train.lr=1e30", "train.min_lr=0", "train.warmup=0", "train.detect_anomaly=true"});
   testing::internal::CaptureStdout();
   const std::string msg = error_of([&] { run::train(cfg, false); });
   testing::internal::GetCapturedStdout();
   // Which op overflows first depends on the random data; that it is named, with a shape and a
   // layer of the model, does not.
   EXPECT_NE(msg.find("non-finite value"), std::string::npos) << msg;
-  EXPECT_TRUE(msg.find("in the forward of '") != std::string::npos || msg.find("in the backward of '") != std::string::npos) << msg;
+  EXPECT_TRUE(msg.find("in the forward of '") != std::string::npos ||
+              msg.find("in the backward of '") != std::string::npos)
+      << msg;
   EXPECT_TRUE(msg.find(" in layers.0.") != std::string::npos || msg.find(" in head") != std::string::npos ||
               msg.find(" in embed") != std::string::npos || msg.find(" in pair.") != std::string::npos ||
-              msg.find(" in final_norm") != std::string::npos || msg.find("at the top level") != std::string::npos)
+              msg.find(" in final_norm") != std::string::npos ||
+              msg.find("at the top level") != std::string::npos)
       << msg;
   EXPECT_FALSE(anomaly::enabled()) << "train restores the mode when it ends";
   EXPECT_EQ(H5Reader(cfg.out + "/checkpoint.h5").attr_int("/", "step"), 1);

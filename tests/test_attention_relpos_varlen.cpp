@@ -63,10 +63,8 @@ void expect_gradients(const std::string& what, const std::function<Tensor()>& lo
   ASSERT_EQ(entries.size(), params.size());
   for (const GradcheckEntry& e : entries) {
     EXPECT_GT(e.checked, 0) << what << " d" << e.name;
-    EXPECT_LE(e.rel_error, kGradTol) << what << " d" << e.name << ": max abs error "
-                                     << e.max_abs_error;
-    std::printf("gradcheck %-40s d%-5s rel error %.1e\n", what.c_str(), e.name.c_str(),
-                e.rel_error);
+    EXPECT_LE(e.rel_error, kGradTol) << what << " d" << e.name << ": max abs error " << e.max_abs_error;
+    std::printf("gradcheck %-40s d%-5s rel error %.1e\n", what.c_str(), e.name.c_str(), e.rel_error);
   }
 }
 
@@ -86,12 +84,12 @@ struct DenseSpec {
 TEST(AttentionRelpos, Gradcheck) {
   const SingleThreaded one_thread;
   Rng rng = make_rng("relpos_gradcheck");
-  for (const DenseSpec& c : {
-           DenseSpec{2, 5, 7, 2, 3, 0, 0, 2},                // relpos alone, Nq < Nk
-           DenseSpec{2, 6, 4, 3, 2, 2, 3, 3, false, true},   // + per-(b,h) bias, causal, Nq > Nk
-           DenseSpec{1, 4, 4, 2, 3, 1, 1, 0},                // R = 0: dT = 0 exactly
-           DenseSpec{2, 5, 6, 2, 2, 1, 2, 9, true, false},   // R ≥ N, key padding
-           DenseSpec{3, 3, 5, 1, 4, 3, 1, 3, false, true}}) {
+  for (const DenseSpec& c :
+       {DenseSpec{2, 5, 7, 2, 3, 0, 0, 2},               // relpos alone, Nq < Nk
+        DenseSpec{2, 6, 4, 3, 2, 2, 3, 3, false, true},  // + per-(b,h) bias, causal, Nq > Nk
+        DenseSpec{1, 4, 4, 2, 3, 1, 1, 0},               // R = 0: dT = 0 exactly
+        DenseSpec{2, 5, 6, 2, 2, 1, 2, 9, true, false},  // R ≥ N, key padding
+        DenseSpec{3, 3, 5, 1, 4, 3, 1, 3, false, true}}) {
     const std::string what = "relpos B" + std::to_string(c.B) + " " + std::to_string(c.Nq) + "x" +
                              std::to_string(c.Nk) + " R" + std::to_string(c.R);
     std::vector<std::pair<std::string, Tensor>> params = {
@@ -111,9 +109,9 @@ TEST(AttentionRelpos, Gradcheck) {
       for (int b = 0; b < c.B; ++b) m[size_t(b) * c.Nk + c.Nk - 1] = 1;
       opt.key_padding_mask = Tensor::from_vector(m, {c.B, c.Nk}, DType::U8);
     }
-    const Tensor q = params[0].second, k = params[1].second, v = params[2].second,
-                 T = params[3].second;
-    expect_gradients(what, [&] { return ops::attention(q, k, v, bias, T, opt); }, params, rng);
+    const Tensor q = params[0].second, k = params[1].second, v = params[2].second, T = params[3].second;
+    expect_gradients(
+        what, [&] { return ops::attention(q, k, v, bias, T, opt); }, params, rng);
   }
 }
 
@@ -126,10 +124,9 @@ struct PackedSpec {
   bool causal = false;
   std::string str() const {
     std::string s = "packed";
-    for (size_t b = 0; b < nq.size(); ++b)
-      s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
-    s += " H" + std::to_string(H) + (bias ? " bias" : "") +
-         (R >= 0 ? " R" + std::to_string(R) : "") + (causal ? " causal" : "");
+    for (size_t b = 0; b < nq.size(); ++b) s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
+    s += " H" + std::to_string(H) + (bias ? " bias" : "") + (R >= 0 ? " R" + std::to_string(R) : "") +
+         (causal ? " causal" : "");
     return s;
   }
 };
@@ -149,11 +146,11 @@ int64_t packed_bias_size(const PackedSpec& c) {
 TEST(AttentionVarlen, Gradcheck) {
   const SingleThreaded one_thread;
   Rng rng = make_rng("varlen_gradcheck");
-  for (const PackedSpec& c : {
-           PackedSpec{{3, 0, 1, 4}, {2, 3, 0, 4}, 2, 3, true, -1},     // lengths 0 and 1, nq ≠ nk
-           PackedSpec{{3, 2, 4}, {4, 2, 3}, 2, 2, true, 2, true},      // + relpos, causal
-           PackedSpec{{5, 1}, {3, 1}, 1, 3, false, 1},                 // relpos alone
-           PackedSpec{{2, 3}, {2, 3}, 3, 2, true, 5, false}}) {        // R ≥ every length
+  for (const PackedSpec& c :
+       {PackedSpec{{3, 0, 1, 4}, {2, 3, 0, 4}, 2, 3, true, -1},  // lengths 0 and 1, nq ≠ nk
+        PackedSpec{{3, 2, 4}, {4, 2, 3}, 2, 2, true, 2, true},   // + relpos, causal
+        PackedSpec{{5, 1}, {3, 1}, 1, 3, false, 1},              // relpos alone
+        PackedSpec{{2, 3}, {2, 3}, 3, 2, true, 5, false}}) {     // R ≥ every length
     const std::vector<int32_t> cu_q = cumulative(c.nq), cu_k = cumulative(c.nk);
     std::vector<std::pair<std::string, Tensor>> params = {
         {"q", leaf(randn({cu_q.back(), c.H, c.D}, rng, DType::F64))},
@@ -173,7 +170,8 @@ TEST(AttentionVarlen, Gradcheck) {
     opt.cu_seqlens_q = cu_q;
     opt.cu_seqlens_k = cu_k;
     const Tensor q = params[0].second, k = params[1].second, v = params[2].second;
-    expect_gradients(c.str(), [&] { return ops::attention(q, k, v, bias, T, opt); }, params, rng);
+    expect_gradients(
+        c.str(), [&] { return ops::attention(q, k, v, bias, T, opt); }, params, rng);
   }
 }
 
@@ -185,15 +183,13 @@ TEST(AttentionRelpos, EqualsMaterialisedBias) {
     int B, Nq, Nk, H, D, R;
     bool causal;
   };
-  for (const Case& c : {Case{2, 17, 23, 3, 8, 4, false}, Case{1, 70, 65, 2, 16, 100, true},
-                        Case{3, 9, 9, 2, 4, 0, true}}) {
+  for (const Case& c :
+       {Case{2, 17, 23, 3, 8, 4, false}, Case{1, 70, 65, 2, 16, 100, true}, Case{3, 9, 9, 2, 4, 0, true}}) {
     for (DType t : {DType::F64, DType::F32}) {
-      SCOPED_TRACE(std::to_string(c.Nq) + "x" + std::to_string(c.Nk) + " R=" +
-                   std::to_string(c.R) + " " + dtype_name(t));
-      const Tensor q = randn({c.B, c.Nq, c.H, c.D}, rng, t),
-                   k = randn({c.B, c.Nk, c.H, c.D}, rng, t),
-                   v = randn({c.B, c.Nk, c.H, c.D}, rng, t),
-                   g = randn({c.B, c.Nq, c.H, c.D}, rng, t);
+      SCOPED_TRACE(std::to_string(c.Nq) + "x" + std::to_string(c.Nk) + " R=" + std::to_string(c.R) + " " +
+                   dtype_name(t));
+      const Tensor q = randn({c.B, c.Nq, c.H, c.D}, rng, t), k = randn({c.B, c.Nk, c.H, c.D}, rng, t),
+                   v = randn({c.B, c.Nk, c.H, c.D}, rng, t), g = randn({c.B, c.Nq, c.H, c.D}, rng, t);
       const Tensor table = randn({c.H, 2 * c.R + 1}, rng, t);
       const Tensor dense = randn({c.B, c.H, c.Nq, c.Nk}, rng, t);
       // the relative-position bias written out, added to the dense bias: (B,H,Nq,Nk)
@@ -208,8 +204,8 @@ TEST(AttentionRelpos, EqualsMaterialisedBias) {
             }
       ops::AttentionOptions opt;
       opt.causal = c.causal;
-      Tensor q1 = leaf(q.clone()), k1 = leaf(k.clone()), v1 = leaf(v.clone()),
-             b1 = leaf(dense.clone()), t1 = leaf(table.clone());
+      Tensor q1 = leaf(q.clone()), k1 = leaf(k.clone()), v1 = leaf(v.clone()), b1 = leaf(dense.clone()),
+             t1 = leaf(table.clone());
       Tensor out1 = ops::attention(q1, k1, v1, b1, t1, opt);
       out1.backward(g);
       Tensor q2 = leaf(q.clone()), k2 = leaf(k.clone()), v2 = leaf(v.clone()),
@@ -258,8 +254,8 @@ TEST(AttentionRelpos, EqualsMaterialisedBias) {
 // The five-argument op is the relpos op without a table.
 TEST(AttentionRelpos, NoTableIsThePlainOp) {
   Rng rng = make_rng("relpos_none");
-  const Tensor q = randn({2, 7, 2, 4}, rng), k = randn({2, 9, 2, 4}, rng),
-               v = randn({2, 9, 2, 4}, rng), bias = randn({1, 2, 7, 9}, rng);
+  const Tensor q = randn({2, 7, 2, 4}, rng), k = randn({2, 9, 2, 4}, rng), v = randn({2, 9, 2, 4}, rng),
+               bias = randn({1, 2, 7, 9}, rng);
   EXPECT_EQ(ops::attention(q, k, v, bias).to_vector<float>(),
             ops::attention(q, k, v, bias, Tensor()).to_vector<float>());
 }
@@ -273,15 +269,14 @@ Tensor rows_as_batch(const Tensor& x, int64_t r0, int64_t n) {
   Shape shape = x.shape();
   shape[0] = n;
   shape.insert(shape.begin(), 1);
-  return Tensor::from_vector(
-      std::vector<double>(all.begin() + r0 * row, all.begin() + (r0 + n) * row), shape, x.dtype());
+  return Tensor::from_vector(std::vector<double>(all.begin() + r0 * row, all.begin() + (r0 + n) * row), shape,
+                             x.dtype());
 }
 
 // Elements [e0, e0+n) of a 1-D tensor as a tensor of `shape`.
 Tensor elements(const Tensor& x, int64_t e0, int64_t n, const Shape& shape) {
   const std::vector<double> all = x.to_vector<double>();
-  return Tensor::from_vector(std::vector<double>(all.begin() + e0, all.begin() + e0 + n), shape,
-                             x.dtype());
+  return Tensor::from_vector(std::vector<double>(all.begin() + e0, all.begin() + e0 + n), shape, x.dtype());
 }
 
 std::vector<double> part(const std::vector<double>& x, int64_t e0, int64_t n) {
@@ -302,8 +297,7 @@ void packed_equals_alone(const PackedSpec& c, DType t, Rng& rng) {
   opt.cu_seqlens_q = cu_q;
   opt.cu_seqlens_k = cu_k;
   Tensor qp = leaf(q.clone()), kp = leaf(k.clone()), vp = leaf(v.clone());
-  Tensor bp = c.bias ? leaf(bias.clone()) : Tensor(),
-         tp = c.R >= 0 ? leaf(table.clone()) : Tensor();
+  Tensor bp = c.bias ? leaf(bias.clone()) : Tensor(), tp = c.R >= 0 ? leaf(table.clone()) : Tensor();
   const Tensor out = ops::attention(qp, kp, vp, bp, tp, opt);
   out.backward(g);
   const std::vector<double> o = out.to_vector<double>(), dq = qp.grad().to_vector<double>(),
@@ -335,15 +329,11 @@ void packed_equals_alone(const PackedSpec& c, DType t, Rng& rng) {
     const Tensor ob = ops::attention(qb, kb, vb, bb, tb, one);
     ob.backward(rows_as_batch(g, q0, nq));
     EXPECT_LE(rel_error(part(o, q0 * H * D, nq * H * D), ob.to_vector<double>()), tol) << "out";
-    EXPECT_LE(rel_error(part(dq, q0 * H * D, nq * H * D), qb.grad().to_vector<double>()), tol)
-        << "dq";
-    EXPECT_LE(rel_error(part(dk, k0 * H * D, nk * H * D), kb.grad().to_vector<double>()), tol)
-        << "dk";
-    EXPECT_LE(rel_error(part(dv, k0 * H * D, nk * H * D), vb.grad().to_vector<double>()), tol)
-        << "dv";
+    EXPECT_LE(rel_error(part(dq, q0 * H * D, nq * H * D), qb.grad().to_vector<double>()), tol) << "dq";
+    EXPECT_LE(rel_error(part(dk, k0 * H * D, nk * H * D), kb.grad().to_vector<double>()), tol) << "dk";
+    EXPECT_LE(rel_error(part(dv, k0 * H * D, nk * H * D), vb.grad().to_vector<double>()), tol) << "dv";
     if (c.bias)
-      EXPECT_LE(rel_error(part(db, bias_at, H * nq * nk), bb.grad().to_vector<double>()), tol)
-          << "dbias";
+      EXPECT_LE(rel_error(part(db, bias_at, H * nq * nk), bb.grad().to_vector<double>()), tol) << "dbias";
     if (c.R >= 0) {
       const std::vector<double> dtb = tb.grad().to_vector<double>();
       for (size_t r = 0; r < dtb.size(); ++r) {
@@ -367,41 +357,37 @@ void packed_equals_alone(const PackedSpec& c, DType t, Rng& rng) {
 TEST(AttentionVarlen, PackedEqualsEachSequenceAlone) {
   Rng rng = make_rng("varlen_alone");
   const std::vector<PackedSpec> specs = {
-      {{17, 0, 1, 40, 5}, {23, 4, 0, 40, 1}, 2, 8, true, -1},         // 0, 1, nq ≠ nk
-      {{70, 3, 1, 33}, {65, 9, 1, 33}, 3, 16, true, 6, true},         // relpos, causal, > 1 tile
-      {{12, 0, 29}, {12, 5, 31}, 2, 4, false, 40},                    // relpos alone, R ≥ N
-      {{1}, {1}, 1, 4, true, 0},                                      // one token
-      {{130, 20}, {66, 140}, 2, 8, true, 2, true}};                   // several tiles both ways
+      {{17, 0, 1, 40, 5}, {23, 4, 0, 40, 1}, 2, 8, true, -1},  // 0, 1, nq ≠ nk
+      {{70, 3, 1, 33}, {65, 9, 1, 33}, 3, 16, true, 6, true},  // relpos, causal, > 1 tile
+      {{12, 0, 29}, {12, 5, 31}, 2, 4, false, 40},             // relpos alone, R ≥ N
+      {{1}, {1}, 1, 4, true, 0},                               // one token
+      {{130, 20}, {66, 140}, 2, 8, true, 2, true}};            // several tiles both ways
   for (const PackedSpec& c : specs)
     for (DType t : {DType::F64, DType::F32}) packed_equals_alone(c, t, rng);
 }
 
 // ---- 4. errors ----------------------------------------------------------------------------------
 
-#define EXPECT_PF_ERROR(stmt, substring)                                  \
-  do {                                                                    \
-    try {                                                                 \
-      stmt;                                                               \
-      ADD_FAILURE() << #stmt " did not throw";                            \
-    } catch (const ::pf::Error& e) {                                      \
-      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos) \
-          << "message: " << e.what();                                     \
-      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos)      \
-          << "not one line: " << e.what();                                \
-    }                                                                     \
+#define EXPECT_PF_ERROR(stmt, substring)                                                              \
+  do {                                                                                                \
+    try {                                                                                             \
+      stmt;                                                                                           \
+      ADD_FAILURE() << #stmt " did not throw";                                                        \
+    } catch (const ::pf::Error& e) {                                                                  \
+      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos) << "message: " << e.what(); \
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "not one line: " << e.what(); \
+    }                                                                                                 \
   } while (0)
 
 TEST(AttentionRelpos, Errors) {
   const Tensor q = Tensor::zeros({2, 5, 3, 4}), k = Tensor::zeros({2, 7, 3, 4});
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({2, 5})),
                   "relpos_table must be (H=3, 2R+1) with an odd width, got float32[2, 5]");
-  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({3, 4})),
-                  "odd width, got float32[3, 4]");
+  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({3, 4})), "odd width, got float32[3, 4]");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({3})), "relpos_table must be");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({3, 5}, DType::F64)),
                   "relpos_table on the CPU must have q's dtype float32, got float64[3, 5]");
-  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({3, 5}, DType::I32)),
-                  "q's dtype float32");
+  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), Tensor::zeros({3, 5}, DType::I32)), "q's dtype float32");
 }
 
 TEST(AttentionVarlen, Errors) {
@@ -416,11 +402,9 @@ TEST(AttentionVarlen, Errors) {
                   "q must be (Tq=5,H,D) for cu_seqlens_q, got float32[6, 2, 4]");
   EXPECT_PF_ERROR(ops::attention(Tensor::zeros({1, 5, 2, 4}), k, k, Tensor(), opt),
                   "a packed q must be (Tq,H,D), got float32[1, 5, 2, 4]");
-  EXPECT_PF_ERROR(
-      ops::attention(q, Tensor::zeros({5, 2, 4}), Tensor::zeros({5, 2, 4}), Tensor(), opt),
-      "k must be (Tk=6,H=2,D=4) for cu_seqlens_k and q, got float32[5, 2, 4]");
-  EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({6, 2, 3}), Tensor(), opt),
-                  "v must have k's shape");
+  EXPECT_PF_ERROR(ops::attention(q, Tensor::zeros({5, 2, 4}), Tensor::zeros({5, 2, 4}), Tensor(), opt),
+                  "k must be (Tk=6,H=2,D=4) for cu_seqlens_k and q, got float32[5, 2, 4]");
+  EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({6, 2, 3}), Tensor(), opt), "v must have k's shape");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({23}), opt),
                   "a packed bias must be 1-D with Σ H·nq_b·nk_b = 24 elements, got float32[23]");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({2, 12}), opt), "got float32[2, 12]");
@@ -447,10 +431,9 @@ TEST(AttentionVarlen, Errors) {
   // cu_seqlens_k alone, with dense tensors
   ops::AttentionOptions dense;
   dense.cu_seqlens_k = {0, 5};
-  EXPECT_PF_ERROR(
-      ops::attention(Tensor::zeros({1, 5, 2, 4}), Tensor::zeros({1, 5, 2, 4}),
-                     Tensor::zeros({1, 5, 2, 4}), Tensor(), dense),
-      "cu_seqlens_k given without cu_seqlens_q");
+  EXPECT_PF_ERROR(ops::attention(Tensor::zeros({1, 5, 2, 4}), Tensor::zeros({1, 5, 2, 4}),
+                                 Tensor::zeros({1, 5, 2, 4}), Tensor(), dense),
+                  "cu_seqlens_k given without cu_seqlens_q");
   // cu_seqlens_k empty = the query lengths
   ops::AttentionOptions same;
   same.cu_seqlens_q = {0, 2, 5};

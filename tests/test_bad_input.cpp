@@ -45,7 +45,8 @@ namespace fs = std::filesystem;
 int g_tried = 0;
 
 // Runs f, which must throw a one-line pf::Error containing every part.
-void expect_error(const std::string& what, const std::function<void()>& f, const std::vector<std::string>& parts = {}) {
+void expect_error(const std::string& what, const std::function<void()>& f,
+                  const std::vector<std::string>& parts = {}) {
   SCOPED_TRACE(what);
   ++g_tried;
   testing::internal::CaptureStdout();
@@ -65,7 +66,8 @@ void expect_error(const std::string& what, const std::function<void()>& f, const
   testing::internal::GetCapturedStdout();
   EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
   EXPECT_FALSE(msg.empty());
-  for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+  for (const std::string& p : parts)
+    EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
 }
 
 class Figures : public testing::Environment {
@@ -115,15 +117,28 @@ struct H5Data {
     H5Writer w(path);
     for (const auto& [name, d] : datasets) {
       switch (d.type) {
-        case F32: { std::vector<float> v(d.values.begin(), d.values.end()); w.write_dataset(name, v.data(), d.shape); break; }
+        case F32: {
+          std::vector<float> v(d.values.begin(), d.values.end());
+          w.write_dataset(name, v.data(), d.shape);
+          break;
+        }
         case F64: w.write_dataset(name, d.values.data(), d.shape); break;
-        case I32: { std::vector<int32_t> v(d.values.begin(), d.values.end()); w.write_dataset(name, v.data(), d.shape); break; }
-        case I64: { std::vector<int64_t> v(d.values.begin(), d.values.end()); w.write_dataset(name, v.data(), d.shape); break; }
+        case I32: {
+          std::vector<int32_t> v(d.values.begin(), d.values.end());
+          w.write_dataset(name, v.data(), d.shape);
+          break;
+        }
+        case I64: {
+          std::vector<int64_t> v(d.values.begin(), d.values.end());
+          w.write_dataset(name, v.data(), d.shape);
+          break;
+        }
       }
     }
     for (const auto& object_list : attrs)
       for (const auto& name_value : object_list.second)
-        std::visit([&](const auto& v) { w.write_attr(object_list.first, name_value.first, v); }, name_value.second);
+        std::visit([&](const auto& v) { w.write_attr(object_list.first, name_value.first, v); },
+                   name_value.second);
     w.commit();
   }
 };
@@ -136,8 +151,8 @@ H5Data chain_data(const ChainSet& s) {
   h.datasets["tokens"] = d(H5Data::I32, {s.S, s.N}, s.tokens);
   h.datasets["coords"] = d(H5Data::F32, {s.S, s.N, 3}, s.coords);
   h.datasets["labels"] = d(H5Data::I32, {s.S, s.N}, s.labels);
-  h.attrs["/"] = {{"n_types", int64_t{s.n_types}}, {"seed", s.seed}, {"format_version", int64_t{1}},
-                  {"split", s.split}};
+  h.attrs["/"] = {
+      {"n_types", int64_t{s.n_types}}, {"seed", s.seed}, {"format_version", int64_t{1}}, {"split", s.split}};
   return h;
 }
 
@@ -149,10 +164,12 @@ H5Data checkpoint_data(const std::string& path) {
       const std::string full = std::string(g) + "/" + name;
       h.datasets[full] = {H5Data::F32, r.shape(full), r.read_double(full)};
     }
-  for (const char* a : {"step", "sampler_epoch", "sampler_cursor", "skipped_steps", "bad_steps_in_row", "format_version"})
+  for (const char* a :
+       {"step", "sampler_epoch", "sampler_cursor", "skipped_steps", "bad_steps_in_row", "format_version"})
     h.attrs["/"][a] = r.attr_int("/", a);
   h.attrs["/"]["config_hash"] = r.attr_uint64("/", "config_hash");
-  for (const char* a : {"n_types", "d_model", "n_heads", "n_layers", "d_ff", "c_z", "relpos_clip", "dist_bins"})
+  for (const char* a :
+       {"n_types", "d_model", "n_heads", "n_layers", "d_ff", "c_z", "relpos_clip", "dist_bins"})
     h.attrs["/model"][a] = r.attr_int("/model", a);
   h.attrs["/model"]["dist_max"] = r.attr_double("/model", "dist_max");
   h.attrs["/optim"]["steps_taken"] = r.attr_int("/optim", "steps_taken");
@@ -181,7 +198,8 @@ TEST(BadInput, ConfigFilesAndOverrides) {
   for (int i = 0; i < 10; ++i) {
     // 'x' first: random bytes after a '#' could form a valid (empty, all-defaults) document.
     write_bytes(dir + "/random.yaml", "x" + random_bytes(rng, 1 + rng() % 300));
-    expect_error("random bytes " + std::to_string(i), [&] { load_config(dir + "/random.yaml"); }, {"config: "});
+    expect_error("random bytes " + std::to_string(i), [&] { load_config(dir + "/random.yaml"); },
+                 {"config: "});
   }
   // Not YAML, or not the expected shape of document.
   for (const char* text : {"model: {d_model: 64", "model:\n\td_model: 3", "[1, 2", "a: b: c", "- a\n b: c",
@@ -231,12 +249,17 @@ TEST(BadInput, ConfigFilesAndOverrides) {
   for (const auto& [text, part] : impossible) expect_error(text, yaml(text), {part});
   // Overrides.
   const std::pair<const char*, const char*> bad_override[] = {
-      {"train.steps", "expected key=value"}, {"=3", "expected key=value"},
-      {"foo.bar=1", "unknown key 'foo.bar'"}, {"train=3", "is a section"},
-      {"train.steps=abc", "'train.steps' must be an integer"}, {"train.steps=[", "'train.steps' must be an integer, found '['"},
-      {"model.d_model=0", "'model.d_model' must be at least 1"}, {"train.detect_anomaly=maybe", "true or false"},
+      {"train.steps", "expected key=value"},
+      {"=3", "expected key=value"},
+      {"foo.bar=1", "unknown key 'foo.bar'"},
+      {"train=3", "is a section"},
+      {"train.steps=abc", "'train.steps' must be an integer"},
+      {"train.steps=[", "'train.steps' must be an integer, found '['"},
+      {"model.d_model=0", "'model.d_model' must be at least 1"},
+      {"train.detect_anomaly=maybe", "true or false"},
   };
-  for (const auto& [ov, part] : bad_override) expect_error(std::string("override ") + ov, yaml("", {ov}), {part});
+  for (const auto& [ov, part] : bad_override)
+    expect_error(std::string("override ") + ov, yaml("", {ov}), {part});
   fs::remove_all(dir);
 }
 
@@ -280,11 +303,16 @@ TEST(BadInput, DataFiles) {
   for (const char* a : {"n_types", "seed", "format_version"})
     variant(std::string("no attribute ") + a, [&](H5Data& h) { h.attrs["/"].erase(a); }, {a, "not found"});
   // Wrong types.
-  variant("tokens as float32", [](H5Data& h) { h.datasets["tokens"].type = H5Data::F32; }, {"'tokens'", "expected integer data"});
-  variant("coords as int32", [](H5Data& h) { h.datasets["coords"].type = H5Data::I32; }, {"'coords'", "expected floating-point"});
-  variant("labels as float64", [](H5Data& h) { h.datasets["labels"].type = H5Data::F64; }, {"'labels'", "expected integer data"});
-  variant("tokens as int64", [](H5Data& h) { h.datasets["tokens"].type = H5Data::I64; }, {"'tokens'", "fit in int32"});
-  variant("n_types as a string", [](H5Data& h) { h.attrs["/"]["n_types"] = std::string("4"); }, {"n_types", "expected an integer"});
+  variant("tokens as float32", [](H5Data& h) { h.datasets["tokens"].type = H5Data::F32; },
+          {"'tokens'", "expected integer data"});
+  variant("coords as int32", [](H5Data& h) { h.datasets["coords"].type = H5Data::I32; },
+          {"'coords'", "expected floating-point"});
+  variant("labels as float64", [](H5Data& h) { h.datasets["labels"].type = H5Data::F64; },
+          {"'labels'", "expected integer data"});
+  variant("tokens as int64", [](H5Data& h) { h.datasets["tokens"].type = H5Data::I64; },
+          {"'tokens'", "fit in int32"});
+  variant("n_types as a string", [](H5Data& h) { h.attrs["/"]["n_types"] = std::string("4"); },
+          {"n_types", "expected an integer"});
   variant("seed as a double", [](H5Data& h) { h.attrs["/"]["seed"] = 1.5; }, {"seed", "expected an integer"});
   // Wrong shapes and values.
   auto reshape = [](const char* ds, std::vector<int64_t> shape) {
@@ -296,25 +324,34 @@ TEST(BadInput, DataFiles) {
       d.values.assign(static_cast<size_t>(n), 0.0);
     };
   };
-  variant("coords (S,N,2)", reshape("coords", {7, 9, 2}), {"'coords'", "expected shape [7, 9, 3], found [7, 9, 2]"});
+  variant("coords (S,N,2)", reshape("coords", {7, 9, 2}),
+          {"'coords'", "expected shape [7, 9, 3], found [7, 9, 2]"});
   variant("coords (S,N)", reshape("coords", {7, 9}), {"'coords'", "expected shape [7, 9, 3]"});
   variant("labels (S-1,N)", reshape("labels", {6, 9}), {"'labels'", "expected shape [7, 9]"});
   variant("tokens 1-D", reshape("tokens", {63}), {"'tokens' of shape [S, N]", "found [63]"});
   variant("tokens N < 6", reshape("tokens", {7, 5}), {"N >= 6", "found [7, 5]"});
   variant("tokens empty", reshape("tokens", {0, 9}), {"S >= 1", "found [0, 9]"});
-  variant("format_version 2", [](H5Data& h) { h.attrs["/"]["format_version"] = int64_t{2}; }, {"format_version 2 is not supported"});
+  variant("format_version 2", [](H5Data& h) { h.attrs["/"]["format_version"] = int64_t{2}; },
+          {"format_version 2 is not supported"});
   variant("n_types 0", [](H5Data& h) { h.attrs["/"]["n_types"] = int64_t{0}; }, {"n_types >= 1"});
   variant("seed negative", [](H5Data& h) { h.attrs["/"]["seed"] = int64_t{-3}; }, {"seed", "non-negative"});
-  variant("token -1", [](H5Data& h) { h.datasets["tokens"].values[10] = -1; }, {"tokens[1, 1] = -1 is outside [0, 4)"});
-  variant("label = n_types", [](H5Data& h) { h.datasets["labels"].values[62] = 4; }, {"labels[6, 8] = 4 is outside [0, 4)"});
-  variant("coord NaN", [](H5Data& h) { h.datasets["coords"].values[5] = std::nan(""); }, {"coords[0, 1, 2]", "is not finite"});
-  variant("coord inf", [](H5Data& h) { h.datasets["coords"].values[30] = HUGE_VAL; }, {"coords[1, 1, 0]", "is not finite"});
+  variant("token -1", [](H5Data& h) { h.datasets["tokens"].values[10] = -1; },
+          {"tokens[1, 1] = -1 is outside [0, 4)"});
+  variant("label = n_types", [](H5Data& h) { h.datasets["labels"].values[62] = 4; },
+          {"labels[6, 8] = 4 is outside [0, 4)"});
+  variant("coord NaN", [](H5Data& h) { h.datasets["coords"].values[5] = std::nan(""); },
+          {"coords[0, 1, 2]", "is not finite"});
+  variant("coord inf", [](H5Data& h) { h.datasets["coords"].values[30] = HUGE_VAL; },
+          {"coords[1, 1, 0]", "is not finite"});
 
   // Through the train program's data step: a file holding other chains than the config asks for.
   chain_data(good).write(path);
-  Config cfg = config_from_yaml_string("data: {train: " + path + ", val: " + dir + "/val.h5, n_train: 7, n_val: 3, "
-                                       "n_res: 10}\ntrain: {batch_size: 2, steps: 2, warmup: 0}\nmodel: {n_types: 4}\n"
-                                       "device: cpu\nout: " + dir + "/run\n");
+  Config cfg =
+      config_from_yaml_string("data: {train: " + path + ", val: " + dir +
+                              "/val.h5, n_train: 7, n_val: 3, "
+                              "n_res: 10}\ntrain: {batch_size: 2, steps: 2, warmup: 0}\nmodel: {n_types: 4}\n"
+                              "device: cpu\nout: " +
+                              dir + "/run\n");
   expect_error("data file of other chains", [&] { run::train(cfg, false); },
                {"holds other chains", "residues (N) 9 in the file, 10 requested"});
   fs::remove_all(dir);
@@ -325,9 +362,12 @@ TEST(BadInput, DataFiles) {
 Config tiny(const std::string& dir, const std::vector<std::string>& ov = {}) {
   return config_from_yaml_string(
       "model: {n_types: 4, d_model: 16, n_heads: 2, n_layers: 1, c_z: 4, relpos_clip: 4, dist_bins: 8}\n"
-      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 23, n_val: 7, n_res: 8, seed: 9}\n"
-      "train: {steps: 6, batch_size: 4, warmup: 1, eval_every: 3, log_every: 1, checkpoint_every: 3, seed: 1}\n"
-      "device: cpu\nout: " + dir + "/run\n",
+      "data: {train: " +
+          dir + "/train.h5, val: " + dir +
+          "/val.h5, n_train: 23, n_val: 7, n_res: 8, seed: 9}\n"
+          "train: {steps: 6, batch_size: 4, warmup: 1, eval_every: 3, log_every: 1, checkpoint_every: 3, seed: 1}\n"
+          "device: cpu\nout: " +
+          dir + "/run\n",
       ov);
 }
 
@@ -349,9 +389,11 @@ TEST(BadInput, Checkpoints) {
   resume_cfg.out = resume_dir;
   fs::create_directories(resume_dir);
   auto both = [&](const std::string& what, const std::vector<std::string>& parts) {
-    expect_error(what + " (--eval)", [&] { run::evaluate(cfg, bad); }, parts);
+    expect_error(
+        what + " (--eval)", [&] { run::evaluate(cfg, bad); }, parts);
     fs::copy_file(bad, resume_dir + "/checkpoint.h5", fs::copy_options::overwrite_existing);
-    expect_error(what + " (--resume)", [&] { run::train(resume_cfg, true); }, parts);
+    expect_error(
+        what + " (--resume)", [&] { run::train(resume_cfg, true); }, parts);
   };
   auto variant = [&](const std::string& what, const std::function<void(H5Data&)>& edit,
                      const std::vector<std::string>& parts, bool eval_reads_it = true) {
@@ -362,7 +404,8 @@ TEST(BadInput, Checkpoints) {
       both(what, parts);
     } else {  // optimizer / loop state: only --resume reads it
       fs::copy_file(bad, resume_dir + "/checkpoint.h5", fs::copy_options::overwrite_existing);
-      expect_error(what + " (--resume)", [&] { run::train(resume_cfg, true); }, parts);
+      expect_error(
+          what + " (--resume)", [&] { run::train(resume_cfg, true); }, parts);
     }
   };
   good_data.write(bad);
@@ -372,7 +415,8 @@ TEST(BadInput, Checkpoints) {
 
   // Not a checkpoint at all.
   expect_error("missing --eval file", [&] { run::evaluate(cfg, dir + "/none.h5"); }, {"not found"});
-  expect_error("--resume without a checkpoint", [&] { run::train(tiny(dir, {"out=" + dir + "/empty"}), true); },
+  expect_error("--resume without a checkpoint",
+               [&] { run::train(tiny(dir, {"out=" + dir + "/empty"}), true); },
                {"--resume: no checkpoint at"});
   write_bytes(bad, "");
   both("empty file", {"HDF5"});
@@ -392,18 +436,25 @@ TEST(BadInput, Checkpoints) {
   // Missing, misshapen, mistyped or non-finite tensors.
   variant("no model/embed.weight", [](H5Data& h) { h.datasets.erase("model/embed.weight"); },
           {"missing dataset 'model/embed.weight'"});
-  variant("no optim/m.head.bias", [](H5Data& h) { h.datasets.erase("optim/m.head.bias"); },
-          {"missing dataset 'optim/m.head.bias'"}, false);
-  variant("head.weight transposed", [](H5Data& h) { h.datasets["model/head.weight"].shape = {16, 4}; },
+  variant(
+      "no optim/m.head.bias", [](H5Data& h) { h.datasets.erase("optim/m.head.bias"); },
+      {"missing dataset 'optim/m.head.bias'"}, false);
+  variant("head.weight transposed",
+          [](H5Data& h) {
+            h.datasets["model/head.weight"].shape = {16, 4};
+          },
           {"'model/head.weight'", "expected shape [4, 16], found [16, 4]"});
   variant("head.bias as int32", [](H5Data& h) { h.datasets["model/head.bias"].type = H5Data::I32; },
           {"'model/head.bias'", "expected floating-point data"});
-  variant("NaN weight", [](H5Data& h) { h.datasets["model/layers.0.attn.v.weight"].values[7] = std::nan(""); },
+  variant("NaN weight",
+          [](H5Data& h) { h.datasets["model/layers.0.attn.v.weight"].values[7] = std::nan(""); },
           {"model/layers.0.attn.v.weight holds a NaN or an infinity"});
-  variant("inf first moment", [](H5Data& h) { h.datasets["optim/m.final_norm.bias"].values[0] = HUGE_VAL; },
-          {"optim/m.final_norm.bias holds inf"}, false);
-  variant("negative second moment", [](H5Data& h) { h.datasets["optim/v.embed.weight"].values[3] = -1e-3; },
-          {"optim/v.embed.weight holds a negative value"}, false);
+  variant(
+      "inf first moment", [](H5Data& h) { h.datasets["optim/m.final_norm.bias"].values[0] = HUGE_VAL; },
+      {"optim/m.final_norm.bias holds inf"}, false);
+  variant(
+      "negative second moment", [](H5Data& h) { h.datasets["optim/v.embed.weight"].values[3] = -1e-3; },
+      {"optim/v.embed.weight holds a negative value"}, false);
 
   // Architecture attributes that do not match the config: the checkpoint is refused before its
   // tensors are read, naming the key (the config is the one that differs here).
@@ -427,12 +478,15 @@ TEST(BadInput, Checkpoints) {
   };
   for (const auto& [ov, part] : arch) {
     Config other = other_config(ov);
-    expect_error(std::string("checkpoint vs ") + ov + " (--eval)", [&] { run::evaluate(other, good); }, {part});
+    expect_error(std::string("checkpoint vs ") + ov + " (--eval)", [&] { run::evaluate(other, good); },
+                 {part});
     fs::create_directories(other.out);
     fs::copy_file(good, other.out + "/checkpoint.h5", fs::copy_options::overwrite_existing);
-    expect_error(std::string("checkpoint vs ") + ov + " (--resume)", [&] { run::train(other, true); }, {part});
+    expect_error(std::string("checkpoint vs ") + ov + " (--resume)", [&] { run::train(other, true); },
+                 {part});
   }
-  variant("no d_model attribute", [](H5Data& h) { h.attrs["/model"].erase("d_model"); }, {"'d_model'", "not found"});
+  variant("no d_model attribute", [](H5Data& h) { h.attrs["/model"].erase("d_model"); },
+          {"'d_model'", "not found"});
   variant("d_model as a string", [](H5Data& h) { h.attrs["/model"]["d_model"] = std::string("16"); },
           {"'d_model'", "expected an integer, found string"});
   // Data settings changed under --resume: the config hash.
@@ -447,16 +501,21 @@ TEST(BadInput, Checkpoints) {
   variant("step -1", [](H5Data& h) { h.attrs["/"]["step"] = int64_t{-1}; }, {"expected step >= 0, found -1"});
   variant("format_version 7", [](H5Data& h) { h.attrs["/"]["format_version"] = int64_t{7}; },
           {"format_version 7 is not supported"});
-  variant("steps_taken > step", [](H5Data& h) { h.attrs["/optim"]["steps_taken"] = int64_t{4}; },
-          {"optim steps_taken <= step = 3, found 4"}, false);
-  variant("sampler_cursor past the data", [](H5Data& h) { h.attrs["/"]["sampler_cursor"] = int64_t{24}; },
-          {"sampler_cursor 24 is past the 23 training chains"}, false);
-  variant("sampler_epoch -2", [](H5Data& h) { h.attrs["/"]["sampler_epoch"] = int64_t{-2}; },
-          {"sampler_epoch and sampler_cursor >= 0"}, false);
-  variant("skipped counts inconsistent", [](H5Data& h) { h.attrs["/"]["bad_steps_in_row"] = int64_t{2}; },
-          {"bad_steps_in_row <= skipped_steps"}, false);
-  variant("config_hash negative", [](H5Data& h) { h.attrs["/"]["config_hash"] = int64_t{-5}; },
-          {"config_hash", "non-negative"}, false);
+  variant(
+      "steps_taken > step", [](H5Data& h) { h.attrs["/optim"]["steps_taken"] = int64_t{4}; },
+      {"optim steps_taken <= step = 3, found 4"}, false);
+  variant(
+      "sampler_cursor past the data", [](H5Data& h) { h.attrs["/"]["sampler_cursor"] = int64_t{24}; },
+      {"sampler_cursor 24 is past the 23 training chains"}, false);
+  variant(
+      "sampler_epoch -2", [](H5Data& h) { h.attrs["/"]["sampler_epoch"] = int64_t{-2}; },
+      {"sampler_epoch and sampler_cursor >= 0"}, false);
+  variant(
+      "skipped counts inconsistent", [](H5Data& h) { h.attrs["/"]["bad_steps_in_row"] = int64_t{2}; },
+      {"bad_steps_in_row <= skipped_steps"}, false);
+  variant(
+      "config_hash negative", [](H5Data& h) { h.attrs["/"]["config_hash"] = int64_t{-5}; },
+      {"config_hash", "non-negative"}, false);
   fs::remove_all(dir);
 }
 
@@ -499,7 +558,9 @@ std::pair<int, std::string> run_train(const std::vector<std::string>& args, rlim
     ::close(fds[0]);
     if (fsize) {
       ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit then fails with EFBIG instead of killing
-      struct rlimit lim{fsize, fsize};
+      struct rlimit lim {
+        fsize, fsize
+      };
       ::setrlimit(RLIMIT_FSIZE, &lim);
     }
     ::execve(argv[0], argv.data(), env.envp());
@@ -521,7 +582,8 @@ void expect_one_error_line(const std::pair<int, std::string>& r, const std::vect
   EXPECT_TRUE(WIFEXITED(r.first) && WEXITSTATUS(r.first) == 1) << "status " << r.first << ": " << r.second;
   EXPECT_EQ(r.second.rfind("train: error: ", 0), 0u) << r.second;
   EXPECT_EQ(std::count(r.second.begin(), r.second.end(), '\n'), 1) << r.second;
-  for (const std::string& p : parts) EXPECT_NE(r.second.find(p), std::string::npos) << "'" << p << "' not in: " << r.second;
+  for (const std::string& p : parts)
+    EXPECT_NE(r.second.find(p), std::string::npos) << "'" << p << "' not in: " << r.second;
 }
 
 TEST(BadInput, OutputDirectoryAndFullDisk) {
@@ -557,7 +619,8 @@ TEST(BadInput, OutputDirectoryAndFullDisk) {
   expect_one_error_line(run_train({dir + "/cfg.yaml", "--bogus"}), {"unknown option '--bogus'"});
   expect_one_error_line(run_train({dir + "/cfg.yaml", "--out"}), {"--out expects a value"});
   expect_one_error_line(run_train({dir + "/cfg.yaml", dir + "/cfg.yaml"}), {"unexpected argument"});
-  expect_one_error_line(run_train({dir + "/cfg.yaml", "train.steps=-1"}), {"'train.steps' must be at least 1"});
+  expect_one_error_line(run_train({dir + "/cfg.yaml", "train.steps=-1"}),
+                        {"'train.steps' must be at least 1"});
   expect_one_error_line(run_train({dir + "/cfg.yaml", "--eval", dir + "/file.txt"}), {"not an HDF5 file"});
   fs::remove_all(dir);
 }
@@ -598,7 +661,8 @@ int load_outcome(const std::string& path, bool is_data, const std::string& cfg_p
   }
   return WIFEXITED(status) && WEXITSTATUS(status) <= 2 ? WEXITSTATUS(status) : 3;
 }
-const char* const kOutcome[] = {"loaded", "clean error", "another exception or a multi-line error", "crash", "hang"};
+const char* const kOutcome[] = {"loaded", "clean error", "another exception or a multi-line error", "crash",
+                                "hang"};
 
 // Byte flips in files pairflash wrote (a data file and a checkpoint), each load in a child
 // process with a time limit: each must load or fail with one clean error — never a crash or a
@@ -634,13 +698,15 @@ TEST(BadInput, ByteFlippedFilesLoadOrFailCleanly) {
     EXPECT_LE(o, 1) << (is_data ? "data" : "checkpoint") << " file with flipped bytes: " << kOutcome[o]
                     << " (kept at " << path << "." << i << ")";
     if (bad.compare(0, magic.size(), good, 0, magic.size()) == 0)  // every flip past the magic line
-      EXPECT_EQ(o, 1) << "a flip past the magic line must be refused by the integrity header: " << kOutcome[o];
+      EXPECT_EQ(o, 1) << "a flip past the magic line must be refused by the integrity header: "
+                      << kOutcome[o];
     if (o > 1) fs::copy_file(path, path + "." + std::to_string(i), fs::copy_options::overwrite_existing);
   }
   for (int d = 1; d >= 0; --d)
-    std::printf("[ figures  ] byte-flipped %s files: %d loaded, %d clean errors, %d other, %d crashes, %d hangs\n",
-                d ? "data" : "checkpoint", outcomes[d][0], outcomes[d][1], outcomes[d][2], outcomes[d][3],
-                outcomes[d][4]);
+    std::printf(
+        "[ figures  ] byte-flipped %s files: %d loaded, %d clean errors, %d other, %d crashes, %d hangs\n",
+        d ? "data" : "checkpoint", outcomes[d][0], outcomes[d][1], outcomes[d][2], outcomes[d][3],
+        outcomes[d][4]);
 }
 
 // The inputs the fuzzers found in pairflash code (tests/fuzz/regressions/chains: a division by
@@ -650,7 +716,8 @@ TEST(BadInput, ByteFlippedFilesLoadOrFailCleanly) {
 // does that (tests/fuzz/README.md).
 TEST(BadInput, FuzzFindingsInPairflashCodeFailCleanly) {
   int n = 0;
-  for (const auto& e : fs::directory_iterator(std::string(PF_SOURCE_DIR) + "/tests/fuzz/regressions/chains")) {
+  for (const auto& e :
+       fs::directory_iterator(std::string(PF_SOURCE_DIR) + "/tests/fuzz/regressions/chains")) {
     ++n, ++g_tried;
     const int o = load_outcome(e.path().string(), true);
     EXPECT_EQ(o, 1) << e.path().filename() << ": " << kOutcome[o];
@@ -676,8 +743,9 @@ TEST(BadInput, CheckpointWriteFailureMidRunExitsCleanly) {
   }
   // The checkpoint (~40 KB) cannot be written under a 20 KB file-size limit; the small files
   // can. One line on stderr, exit 1, the checkpoint of step 3 intact.
-  expect_one_error_line(run_train({dir + "/cfg.yaml", "--resume"}, 20000),
-                        {"the checkpoint of step 6 could not be written", "the last good checkpoint (step 3) is kept"});
+  expect_one_error_line(
+      run_train({dir + "/cfg.yaml", "--resume"}, 20000),
+      {"the checkpoint of step 6 could not be written", "the last good checkpoint (step 3) is kept"});
   EXPECT_EQ(read_bytes(ckpt), before);
   fs::remove_all(dir);
 }

@@ -66,7 +66,8 @@ void expect_error(const std::string& yaml, const std::vector<std::string>& overr
     pf::config_from_yaml_string(yaml, overrides);
   } catch (const pf::Error& e) {
     const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    for (const std::string& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
     return;
   } catch (const std::exception& e) {
@@ -261,8 +262,8 @@ TEST_F(ConfigFile, OverridesApplyAfterTheFileInOrder) {
 // Paths that differ only in bytes that are not UTF-8 stay different through config.yaml (a
 // fuzzer found them merged into U+FFFD, and the reloaded config refused as train == val).
 TEST(Config, BytesThatAreNotUtf8RoundTripExactly) {
-  const pf::Config c = pf::config_from_yaml_string("", {std::string("data.train=d/\xff.h5"), "data.val=d/\xfe.h5",
-                                                        "out=r\x80\t#"});
+  const pf::Config c = pf::config_from_yaml_string(
+      "", {std::string("data.train=d/\xff.h5"), "data.val=d/\xfe.h5", "out=r\x80\t#"});
   const std::string yaml = pf::config_to_yaml(c);
   EXPECT_NE(yaml.find("!!binary"), std::string::npos) << yaml;
   const pf::Config back = pf::config_from_yaml_string(yaml);
@@ -330,12 +331,41 @@ TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
 
 TEST_F(ConfigFile, YamlNamesEveryKey) {
   const std::string yaml = pf::config_to_yaml(pf::config_from_yaml_string(""));
-  for (const char* k : {"model:", "n_types:", "d_model:", "n_heads:", "n_layers:", "d_ff: 256", "c_z:",
-                        "relpos_clip:", "dist_bins:", "dist_max: 16.0", "attn_bias: \"pair\"",
-                        "task: \"chain\"", "n_res_min: 64", "n_res_max: 64", "batch_tokens: 0", "data:", "train:", "val:", "n_train:",
-                        "n_val:", "n_res:", "seed:", "steps:", "batch_size:", "lr: 0.003", "min_lr: 3e-04",
-                        "warmup:", "weight_decay:", "grad_clip:", "eval_every:", "log_every:",
-                        "checkpoint_every:", "precision:", "device:", "out:"})
+  for (const char* k : {"model:",
+                        "n_types:",
+                        "d_model:",
+                        "n_heads:",
+                        "n_layers:",
+                        "d_ff: 256",
+                        "c_z:",
+                        "relpos_clip:",
+                        "dist_bins:",
+                        "dist_max: 16.0",
+                        "attn_bias: \"pair\"",
+                        "task: \"chain\"",
+                        "n_res_min: 64",
+                        "n_res_max: 64",
+                        "batch_tokens: 0",
+                        "data:",
+                        "train:",
+                        "val:",
+                        "n_train:",
+                        "n_val:",
+                        "n_res:",
+                        "seed:",
+                        "steps:",
+                        "batch_size:",
+                        "lr: 0.003",
+                        "min_lr: 3e-04",
+                        "warmup:",
+                        "weight_decay:",
+                        "grad_clip:",
+                        "eval_every:",
+                        "log_every:",
+                        "checkpoint_every:",
+                        "precision:",
+                        "device:",
+                        "out:"})
     EXPECT_NE(yaml.find(k), std::string::npos) << k << " missing from:\n" << yaml;
   // and load_config reads it from a file just as well
   const std::string p = write("resolved.yaml", yaml);
@@ -348,10 +378,10 @@ TEST(Config, HashCoversModelAndDataOnly) {
   EXPECT_EQ(h, pf::config_hash(pf::config_from_yaml_string("model: {d_ff: 256}")));
   pf::Config unresolved;  // d_ff = 0 hashes like the resolved 4·d_model
   EXPECT_EQ(pf::config_hash(unresolved), h);
-  for (const char* ov : {"model.n_types=9", "model.d_model=32", "model.n_heads=8", "model.n_layers=3",
-                         "model.d_ff=255", "model.c_z=15", "model.relpos_clip=31", "model.dist_bins=65",
-                         "model.dist_max=16.000000000000004", "data.n_train=8191", "data.n_val=511",
-                         "data.n_res=63", "data.seed=1235"})
+  for (const char* ov :
+       {"model.n_types=9", "model.d_model=32", "model.n_heads=8", "model.n_layers=3", "model.d_ff=255",
+        "model.c_z=15", "model.relpos_clip=31", "model.dist_bins=65", "model.dist_max=16.000000000000004",
+        "data.n_train=8191", "data.n_val=511", "data.n_res=63", "data.seed=1235"})
     EXPECT_NE(pf::config_hash(pf::config_from_yaml_string("", {ov})), h) << ov;
   for (const char* ov : {"data.train=elsewhere.h5", "data.val=v.h5", "train.steps=700", "train.lr=1",
                          "train.seed=3", "train.precision=bf16", "device=cpu", "out=x"})
@@ -377,11 +407,13 @@ TEST(Config, HashCoversModelAndDataOnly) {
 TEST(Config, HashIsPinned) {
   // FNV-1a 64 of the canonical text of the defaults; a change here breaks resuming from every
   // existing checkpoint, so it must be deliberate.
-  EXPECT_EQ(pf::config_hash(pf::Config{}), 0x033ebd5cae67a844ull) << std::hex << pf::config_hash(pf::Config{});
+  EXPECT_EQ(pf::config_hash(pf::Config{}), 0x033ebd5cae67a844ull)
+      << std::hex << pf::config_hash(pf::Config{});
 }
 
 TEST(Config, UnknownKeysAnywhere) {
-  expect_error("train: {stpes: 5}\n", {}, {"unknown key 'train.stpes'", "known: steps, batch_size, batch_tokens, lr"});
+  expect_error("train: {stpes: 5}\n", {},
+               {"unknown key 'train.stpes'", "known: steps, batch_size, batch_tokens, lr"});
   expect_error("model: {dmodel: 5}\n", {}, {"unknown key 'model.dmodel'", "d_model"});
   expect_error("data: {path: x}\n", {}, {"unknown key 'data.path'", "n_res"});
   expect_error("optim: {lr: 1}\n", {}, {"unknown key 'optim'", "known: model, data, train, device, out"});
@@ -417,9 +449,11 @@ TEST(Config, WrongTypes) {
 }
 
 TEST(Config, ImpossibleValues) {
-  expect_error("model: {d_model: 64, n_heads: 5}\n", {}, {"'model.d_model' (64) must be divisible by 'model.n_heads' (5)"});
+  expect_error("model: {d_model: 64, n_heads: 5}\n", {},
+               {"'model.d_model' (64) must be divisible by 'model.n_heads' (5)"});
   for (const char* k : {"n_types", "d_model", "n_heads", "n_layers", "c_z", "dist_bins"})
-    expect_error(std::string("model: {") + k + ": 0}\n", {}, {std::string("'model.") + k + "' must be at least 1"});
+    expect_error(std::string("model: {") + k + ": 0}\n", {},
+                 {std::string("'model.") + k + "' must be at least 1"});
   expect_error("model: {d_ff: -1}\n", {}, {"'model.d_ff'"});
   expect_error("model: {relpos_clip: -1}\n", {}, {"'model.relpos_clip' must be at least 0"});
   expect_error("model: {dist_max: 0}\n", {}, {"'model.dist_max' must be a positive"});
@@ -435,24 +469,32 @@ TEST(Config, ImpossibleValues) {
                {"'train.batch_size' (18) must not exceed 'data.n_train' (17)"});
   expect_error("train: {lr: 0}\n", {}, {"'train.lr' must be positive"});
   expect_error("train: {lr: -1e-3}\n", {}, {"'train.lr' must be positive"});
-  expect_error("train: {lr: 1e-3, min_lr: 2e-3}\n", {}, {"'train.min_lr' (0.002) must not exceed 'train.lr' (0.001)"});
+  expect_error("train: {lr: 1e-3, min_lr: 2e-3}\n", {},
+               {"'train.min_lr' (0.002) must not exceed 'train.lr' (0.001)"});
   expect_error("train: {min_lr: -1e-9}\n", {}, {"'train.min_lr' must be at least 0"});
-  expect_error("train: {steps: 10, warmup: 11}\n", {}, {"'train.warmup' (11) must not exceed 'train.steps' (10)"});
+  expect_error("train: {steps: 10, warmup: 11}\n", {},
+               {"'train.warmup' (11) must not exceed 'train.steps' (10)"});
   expect_error("train: {warmup: -1}\n", {}, {"'train.warmup' must be at least 0"});
   expect_error("train: {weight_decay: -0.1}\n", {}, {"'train.weight_decay' must be at least 0"});
   expect_error("train: {grad_clip: -1}\n", {}, {"'train.grad_clip' must be at least 0"});
   for (const char* k : {"eval_every", "log_every", "checkpoint_every"})
-    expect_error(std::string("train: {") + k + ": 0}\n", {}, {std::string("'train.") + k + "' must be at least 1"});
-  expect_error("train: {precision: fp16}\n", {}, {"'train.precision' must be one of fp32, bf16, fp64, found 'fp16'"});
+    expect_error(std::string("train: {") + k + ": 0}\n", {},
+                 {std::string("'train.") + k + "' must be at least 1"});
+  expect_error("train: {precision: fp16}\n", {},
+               {"'train.precision' must be one of fp32, bf16, fp64, found 'fp16'"});
   expect_error("device: gpu\n", {}, {"'device' must be one of auto, cpu, cuda, found 'gpu'"});
-  expect_error("model: {attn_bias: distance}\n", {}, {"'model.attn_bias' must be one of pair, relpos, found 'distance'"});
-  expect_error("", {"model.attn_bias=Relpos"}, {"'model.attn_bias' must be one of pair, relpos, found 'Relpos'"});
+  expect_error("model: {attn_bias: distance}\n", {},
+               {"'model.attn_bias' must be one of pair, relpos, found 'distance'"});
+  expect_error("", {"model.attn_bias=Relpos"},
+               {"'model.attn_bias' must be one of pair, relpos, found 'Relpos'"});
   expect_error("model: {attn_bias: [pair]}\n", {}, {"'model.attn_bias' must be a string, found a list"});
   expect_error("data: {task: nearest}\n", {}, {"'data.task' must be one of chain, relpos, found 'nearest'"});
   expect_error("data: {n_res_min: 5}\n", {}, {"'data.n_res_min' must be at least 6", "found 5"});
   expect_error("data: {n_res_min: -1}\n", {}, {"'data.n_res_min' must be at least 6", "found -1"});
-  expect_error("data: {n_res_min: 40, n_res_max: 39}\n", {}, {"'data.n_res_max' (39) must be at least 'data.n_res_min' (40)"});
-  expect_error("data: {n_res_min: 65}\n", {}, {"'data.n_res_max' (64) must be at least 'data.n_res_min' (65)"});
+  expect_error("data: {n_res_min: 40, n_res_max: 39}\n", {},
+               {"'data.n_res_max' (39) must be at least 'data.n_res_min' (40)"});
+  expect_error("data: {n_res_min: 65}\n", {},
+               {"'data.n_res_max' (64) must be at least 'data.n_res_min' (65)"});
   expect_error("train: {batch_tokens: -1}\n", {}, {"'train.batch_tokens' must be at least 0"});
   expect_error("data: {n_res_max: 100}\ntrain: {batch_tokens: 99}\n", {},
                {"'train.batch_tokens' (99) must hold the longest chain, 'data.n_res_max' (100)"});
@@ -477,13 +519,15 @@ TEST_F(ConfigFile, MalformedOverridesMissingFilesInvalidYaml) {
   expect_error("", {"train.lr=1e-3 "}, {"'train.lr' must be a finite number"});
   expect_error("", {"train.detect_anomaly=yes"}, {"'train.detect_anomaly' must be true or false"});
   // An echoed value is cut to a readable length, with its size.
-  expect_error("", {"train.steps=" + std::string(5000, '7')}, {"must be an integer, found '777", "…(5000 bytes)'"});
+  expect_error("", {"train.steps=" + std::string(5000, '7')},
+               {"must be an integer, found '777", "…(5000 bytes)'"});
   try {
     pf::load_config((dir_ / "absent.yaml").string());
     ADD_FAILURE() << "no error for a missing file";
   } catch (const pf::Error& e) {
     EXPECT_NE(std::string(e.what()).find("cannot read '" + (dir_ / "absent.yaml").string() + "'"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
   const std::string bad = write("bad.yaml", "model:\n  d_model: 64\n  n_heads: [4\ntrain:\n  steps: 1\n");
   try {

@@ -30,7 +30,6 @@
 #include "run/modes.h"
 #include "tests/train_process.h"
 
-
 namespace pf {
 namespace {
 
@@ -108,7 +107,9 @@ TEST(CrashResume, SigkillAtRandomMomentsLosesNothingAndEndsBitwiseEqual) {
   {
     std::ofstream f(cfg_path);
     f << "model: {n_types: 4, d_model: 16, n_heads: 2, n_layers: 1, c_z: 4, relpos_clip: 4, dist_bins: 8}\n"
-         "data: {train: " << dir << "/train.h5, val: " << dir << "/val.h5, n_train: 64, n_val: 16, n_res: 12, seed: 5}\n"
+         "data: {train: "
+      << dir << "/train.h5, val: " << dir
+      << "/val.h5, n_train: 64, n_val: 16, n_res: 12, seed: 5}\n"
          "train: {steps: 600, batch_size: 8, lr: 3.0e-3, min_lr: 3.0e-4, warmup: 10, eval_every: 50, "
          "log_every: 1, checkpoint_every: 4, seed: 2}\n"
          "device: cpu\n";
@@ -151,7 +152,8 @@ TEST(CrashResume, SigkillAtRandomMomentsLosesNothingAndEndsBitwiseEqual) {
       for (const auto& e : fs::directory_iterator(out, ec)) {
         std::error_code ec2;
         const auto t = fs::last_write_time(e.path(), ec2);
-        if (!ec2 && e.path().filename().string().rfind("checkpoint.h5.tmp.", 0) == 0) newest = std::max(newest, t);
+        if (!ec2 && e.path().filename().string().rfind("checkpoint.h5.tmp.", 0) == 0)
+          newest = std::max(newest, t);
       }
       return newest;
     };
@@ -160,8 +162,10 @@ TEST(CrashResume, SigkillAtRandomMomentsLosesNothingAndEndsBitwiseEqual) {
     std::vector<std::string> args{cfg_path, "--out", out};
     // Without a checkpoint the directory may hold the metrics of a run killed before its first
     // one: started over explicitly.
-    if (resume) args.push_back("--resume"), ++resumes;
-    else args.push_back("--overwrite");
+    if (resume)
+      args.push_back("--resume"), ++resumes;
+    else
+      args.push_back("--overwrite");
     const std::string so = dir + "/cycle.out", se = dir + "/cycle.err";
     // Emptied here, not only by the child: a kill that lands between fork and the child's own
     // open(O_TRUNC) would otherwise leave the previous cycle's output to be read as this one's
@@ -206,7 +210,8 @@ TEST(CrashResume, SigkillAtRandomMomentsLosesNothingAndEndsBitwiseEqual) {
     const int64_t resumed_at = last_number_after(text, "resumed from " + ckpt + " at step ");
     if (resumed_at >= 0) EXPECT_EQ(resumed_at, on_disk) << "cycle " << cycle;
     if (!fs::exists(ckpt)) {
-      EXPECT_EQ(last_number_after(text, "checkpoint step "), -1) << "a checkpoint was reported but is missing";
+      EXPECT_EQ(last_number_after(text, "checkpoint step "), -1)
+          << "a checkpoint was reported but is missing";
       continue;
     }
     // The checkpoint always loads, through the program's own loader.

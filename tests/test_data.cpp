@@ -30,7 +30,8 @@ void expect_error(const std::function<void()>& fn, const std::vector<std::string
     fn();
   } catch (const pf::Error& e) {
     const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    for (const std::string& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
     return;
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected pf::Error, got another exception: " << e.what();
@@ -67,7 +68,8 @@ class ChainTest : public ::testing::Test {
   void SetUp() override {
     seed_ = std::random_device{}();
     rng_.seed(seed_);
-    dir_ = fs::temp_directory_path() / ("pf_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(seed_));
+    dir_ = fs::temp_directory_path() /
+           ("pf_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(seed_));
     fs::create_directories(dir_);
   }
   void TearDown() override {
@@ -150,8 +152,8 @@ TEST_F(ChainTest, FreelyJointedGeometry) {
 
 TEST_F(ChainTest, LabelsMatchAnIndependentBruteForce) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
-  for (auto [S, N, K] : {std::tuple{17, 6, 3}, std::tuple{5, 7, 2}, std::tuple{9, 97, 8}, std::tuple{3, 257, 20},
-                         std::tuple{1, 33, 1}}) {
+  for (auto [S, N, K] : {std::tuple{17, 6, 3}, std::tuple{5, 7, 2}, std::tuple{9, 97, 8},
+                         std::tuple{3, 257, 20}, std::tuple{1, 33, 1}}) {
     const pf::ChainSet c = pf::generate_chains(S, N, K, fresh_seed(), "train");
     EXPECT_EQ(c.labels, brute_force_labels(c)) << "S " << S << " N " << N << " K " << K;
     for (int32_t t : c.tokens) ASSERT_TRUE(t >= 0 && t < K);
@@ -223,7 +225,8 @@ TEST_F(ChainTest, WriteReadRoundTripAndAttributes) {
   // an inconsistent set is refused before anything is written
   pf::ChainSet bad = c;
   bad.labels.pop_back();
-  expect_error([&] { pf::write_chains(file("bad.h5"), bad); }, {"write_chains", "expected tokens and labels"});
+  expect_error([&] { pf::write_chains(file("bad.h5"), bad); },
+               {"write_chains", "expected tokens and labels"});
   EXPECT_FALSE(fs::exists(file("bad.h5")));
 }
 
@@ -239,14 +242,18 @@ TEST_F(ChainTest, EnsureGeneratesOnceReusesAndRejectsAMismatch) {
 
   expect_error([&] { pf::ensure_chains(p, 18, 9, 8, seed, "train"); },
                {p, "chains (S) 17 in the file, 18 requested", "Delete the file"});
-  expect_error([&] { pf::ensure_chains(p, 17, 10, 8, seed, "train"); }, {"residues (N) 9 in the file, 10 requested"});
-  expect_error([&] { pf::ensure_chains(p, 17, 9, 4, seed, "train"); }, {"n_types 8 in the file, 4 requested"});
+  expect_error([&] { pf::ensure_chains(p, 17, 10, 8, seed, "train"); },
+               {"residues (N) 9 in the file, 10 requested"});
+  expect_error([&] { pf::ensure_chains(p, 17, 9, 4, seed, "train"); },
+               {"n_types 8 in the file, 4 requested"});
   expect_error([&] { pf::ensure_chains(p, 17, 9, 8, seed + 1, "train"); }, {"seed "});
-  expect_error([&] { pf::ensure_chains(p, 17, 9, 8, seed, "val"); }, {"split 'train' in the file, 'val' requested"});
+  expect_error([&] { pf::ensure_chains(p, 17, 9, 8, seed, "val"); },
+               {"split 'train' in the file, 'val' requested"});
   expect_error([&] { pf::ensure_chains(p, 18, 10, 8, seed, "train"); },
                {"chains (S) 17 in the file, 18 requested; residues (N) 9 in the file, 10 requested"});
   EXPECT_EQ(fs::last_write_time(p), stamp);
-  expect_error([&] { pf::ensure_chains(file("x.h5"), 17, 5, 8, seed, "train"); }, {"at least 6 residues", "N = 5"});
+  expect_error([&] { pf::ensure_chains(file("x.h5"), 17, 5, 8, seed, "train"); },
+               {"at least 6 residues", "N = 5"});
   EXPECT_FALSE(fs::exists(file("x.h5")));
 }
 
@@ -278,25 +285,38 @@ TEST_F(ChainTest, CorruptedFilesAreRejected) {
   expect_error([&] { pf::read_chains(p); }, {p, "dataset 'labels' not found"});
   p = variant("noattrs.h5", nothing, true, true, true, false);
   expect_error([&] { pf::read_chains(p); }, {p, "'format_version'", "not found"});
-  p = variant("v2.h5", [](pf::H5Writer& w, pf::ChainSet&) { w.write_attr("/", "format_version", int64_t{2}); },
-              true, true, true, false);
+  p = variant(
+      "v2.h5", [](pf::H5Writer& w, pf::ChainSet&) { w.write_attr("/", "format_version", int64_t{2}); }, true,
+      true, true, false);
   expect_error([&] { pf::read_chains(p); }, {p, "format_version 2 is not supported"});
   p = variant("token.h5", [](pf::H5Writer&, pf::ChainSet& v) { v.tokens[3 * 9 + 5] = 8; });
   expect_error([&] { pf::read_chains(p); }, {p, "tokens[3, 5] = 8 is outside [0, 8)"});
   p = variant("label.h5", [](pf::H5Writer&, pf::ChainSet& v) { v.labels[16 * 9 + 8] = -1; });
   expect_error([&] { pf::read_chains(p); }, {p, "labels[16, 8] = -1 is outside [0, 8)"});
-  p = variant("nan.h5", [](pf::H5Writer&, pf::ChainSet& v) { v.coords[(2 * 9 + 4) * 3 + 1] = std::nanf(""); });
+  p = variant("nan.h5",
+              [](pf::H5Writer&, pf::ChainSet& v) { v.coords[(2 * 9 + 4) * 3 + 1] = std::nanf(""); });
   expect_error([&] { pf::read_chains(p); }, {p, "coords[2, 4, 1] = nan is not finite"});
-  p = variant("shape.h5", [](pf::H5Writer& w, pf::ChainSet& v) { w.write_dataset("coords", v.coords.data(), {v.S, v.N * 3}); },
-              true, false, true);
+  p = variant(
+      "shape.h5",
+      [](pf::H5Writer& w, pf::ChainSet& v) {
+        w.write_dataset("coords", v.coords.data(), {v.S, v.N * 3});
+      },
+      true, false, true);
   expect_error([&] { pf::read_chains(p); }, {p, "'coords'", "expected shape [17, 9, 3], found [17, 27]"});
-  p = variant("dtype.h5", [](pf::H5Writer& w, pf::ChainSet& v) {
+  p = variant(
+      "dtype.h5",
+      [](pf::H5Writer& w, pf::ChainSet& v) {
         std::vector<float> f(v.tokens.begin(), v.tokens.end());
         w.write_dataset("tokens", f.data(), {v.S, v.N});
-      }, false);
+      },
+      false);
   expect_error([&] { pf::read_chains(p); }, {p, "'tokens'", "expected integer data", "float32"});
-  p = variant("short.h5", [](pf::H5Writer& w, pf::ChainSet& v) { w.write_dataset("tokens", v.tokens.data(), {v.S * 9 / 3, 3}); },
-              false);
+  p = variant(
+      "short.h5",
+      [](pf::H5Writer& w, pf::ChainSet& v) {
+        w.write_dataset("tokens", v.tokens.data(), {v.S * 9 / 3, 3});
+      },
+      false);
   expect_error([&] { pf::read_chains(p); }, {p, "'tokens' of shape [S, N]", "found [51, 3]"});
   // truncated and random files
   const std::string whole = variant("whole.h5", nothing);
@@ -310,7 +330,8 @@ TEST_F(ChainTest, CorruptedFilesAreRejected) {
 
 TEST_F(ChainTest, SamplerCoversEveryIndexOncePerEpochAndResumesExactly) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
-  for (auto [S, B] : {std::pair{97, 10}, std::pair{17, 17}, std::pair{1, 1}, std::pair{33, 1}, std::pair{64, 32}}) {
+  for (auto [S, B] :
+       {std::pair{97, 10}, std::pair{17, 17}, std::pair{1, 1}, std::pair{33, 1}, std::pair{64, 32}}) {
     SCOPED_TRACE("S " + std::to_string(S) + " B " + std::to_string(B));
     const uint64_t seed = fresh_seed();
     pf::BatchSampler sampler(S, B, seed);
@@ -346,7 +367,8 @@ TEST_F(ChainTest, SamplerCoversEveryIndexOncePerEpochAndResumesExactly) {
       for (int k = 0; k < stop; ++k) a.next();
       pf::BatchSampler b(S, B, seed);
       b.set_state(a.epoch(), a.cursor());
-      for (int k = 0; k < 2 * per_epoch + 3; ++k) ASSERT_EQ(a.next(), b.next()) << "stop " << stop << " k " << k;
+      for (int k = 0; k < 2 * per_epoch + 3; ++k)
+        ASSERT_EQ(a.next(), b.next()) << "stop " << stop << " k " << k;
     }
     // another seed, another order
     if (S >= 17) {
@@ -388,7 +410,8 @@ TEST_F(ChainTest, GatherBatchCopiesTheRequestedSamples) {
     for (int i = 0; i < 9; ++i) {
       EXPECT_EQ(b.tokens[k * 9 + i], c.tokens[idx[k] * 9 + i]);
       EXPECT_EQ(b.labels[k * 9 + i], c.labels[idx[k] * 9 + i]);
-      for (int a = 0; a < 3; ++a) EXPECT_EQ(b.coords[(k * 9 + i) * 3 + a], c.coords[(idx[k] * 9 + i) * 3 + a]);
+      for (int a = 0; a < 3; ++a)
+        EXPECT_EQ(b.coords[(k * 9 + i) * 3 + a], c.coords[(idx[k] * 9 + i) * 3 + a]);
     }
   expect_error([&] { pf::gather_batch(c, {0, 17}); }, {"sample index 17 (position 1) is outside [0, 17)"});
   expect_error([&] { pf::gather_batch(c, {-1}); }, {"sample index -1"});
@@ -517,7 +540,8 @@ std::vector<int32_t> brute_force_labels_varlen(const pf::ChainSet& c, int s) {
   const int n = c.length(s);
   pf::ChainSet one;
   one.S = 1, one.N = n, one.n_types = c.n_types;
-  one.tokens.assign(c.tokens.begin() + static_cast<size_t>(s) * c.N, c.tokens.begin() + static_cast<size_t>(s) * c.N + n);
+  one.tokens.assign(c.tokens.begin() + static_cast<size_t>(s) * c.N,
+                    c.tokens.begin() + static_cast<size_t>(s) * c.N + n);
   one.coords.assign(c.coords.begin() + static_cast<size_t>(s) * c.N * 3,
                     c.coords.begin() + static_cast<size_t>(s) * c.N * 3 + 3 * n);
   return brute_force_labels(one);
@@ -577,8 +601,11 @@ TEST_F(ChainTest, VariableLengthsAreUniformSeededAndPadded) {
   EXPECT_TRUE(fixed.fixed_length());
   EXPECT_EQ(fixed.lengths, std::vector<int32_t>(17, 33));
 
-  expect_error([&] { pf::generate_chains(pf::ChainSpec{3, 5, 9, 4, seed, "x", "chain"}); },
-               {"6 <= n_min <= n_max = 9", "n_min = 5"});
+  expect_error(
+      [&] {
+        pf::generate_chains(pf::ChainSpec{3, 5, 9, 4, seed, "x", "chain"});
+      },
+      {"6 <= n_min <= n_max = 9", "n_min = 5"});
   expect_error([&] { pf::generate_chains(pf::ChainSpec{3, 10, 9, 4, seed, "x", "chain"}); }, {"n_min = 10"});
 }
 
@@ -605,7 +632,8 @@ TEST_F(ChainTest, VariableLengthFilesRoundTripAndAreChecked) {
                {p, "chain lengths ", " in the file, lengths drawn from 8..31 requested", "Delete the file"});
   other = spec;
   other.n_max = 32;
-  expect_error([&] { pf::ensure_chains(p, other); }, {"longest chain (N = n_res_max) 31 in the file, 32 requested"});
+  expect_error([&] { pf::ensure_chains(p, other); },
+               {"longest chain (N = n_res_max) 31 in the file, 32 requested"});
   expect_error([&] { pf::ensure_chains(p, 23, 31, 6, seed, "train", "relpos"); },
                {"chain lengths", "lengths drawn from 31..31 requested"});
 
@@ -638,11 +666,13 @@ TEST_F(ChainTest, VariableLengthFilesRoundTripAndAreChecked) {
 
 TEST_F(ChainTest, TokenBatchesCoverEverySequenceOncePerEpochAndResumeExactly) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
-  for (auto [S, lo, hi, budget] : {std::tuple{97, 6, 40, 100}, std::tuple{50, 6, 6, 6}, std::tuple{1, 9, 9, 9},
-                                   std::tuple{64, 10, 64, 64}, std::tuple{33, 6, 30, 1000}}) {
+  for (auto [S, lo, hi, budget] :
+       {std::tuple{97, 6, 40, 100}, std::tuple{50, 6, 6, 6}, std::tuple{1, 9, 9, 9},
+        std::tuple{64, 10, 64, 64}, std::tuple{33, 6, 30, 1000}}) {
     SCOPED_TRACE("S " + std::to_string(S) + " budget " + std::to_string(budget));
     const uint64_t seed = fresh_seed();
-    const std::vector<int32_t> lengths = pf::chain_lengths(pf::ChainSpec{S, lo, hi, 4, seed, "train", "chain"});
+    const std::vector<int32_t> lengths =
+        pf::chain_lengths(pf::ChainSpec{S, lo, hi, 4, seed, "train", "chain"});
     pf::BatchSampler sampler(lengths, budget, seed);
     EXPECT_EQ(sampler.batch_tokens(), budget);
     std::vector<std::vector<int>> epochs;
@@ -661,7 +691,7 @@ TEST_F(ChainTest, TokenBatchesCoverEverySequenceOncePerEpochAndResumeExactly) {
         states.emplace_back(sampler.epoch(), sampler.cursor());
         if (static_cast<int>(seen.size()) < S) {
           const std::vector<int> peek = [&, budget = budget] {  // (clang: a structured binding
-            pf::BatchSampler copy(lengths, budget, seed);          // is captured by name)
+            pf::BatchSampler copy(lengths, budget, seed);       // is captured by name)
             copy.set_state(sampler.epoch(), sampler.cursor());
             return copy.next();
           }();
@@ -684,7 +714,11 @@ TEST_F(ChainTest, TokenBatchesCoverEverySequenceOncePerEpochAndResumeExactly) {
       for (int k = 0; k < 20; ++k) ASSERT_EQ(a.next(), b.next()) << "at " << at << " k " << k;
     }
   }
-  expect_error([] { pf::BatchSampler(std::vector<int32_t>{6, 12, 7}, 11, 0); }, {"fit in batch_tokens = 11", "found length 12 (sample 1)"});
+  expect_error(
+      [] {
+        pf::BatchSampler(std::vector<int32_t>{6, 12, 7}, 11, 0);
+      },
+      {"fit in batch_tokens = 11", "found length 12 (sample 1)"});
   expect_error([] { pf::BatchSampler(std::vector<int32_t>{}, 11, 0); }, {"at least 1 sample"});
   expect_error([] { pf::BatchSampler(std::vector<int32_t>{6}, 0, 0); }, {"batch_tokens >= 1"});
 }
@@ -712,5 +746,6 @@ TEST_F(ChainTest, GatherPackedConcatenatesWithoutPadding) {
   // The dense batch refuses a chain shorter than its row (it would train on the padding).
   int s_short = 0;
   while (c.lengths[s_short] == c.N) ++s_short;
-  expect_error([&] { pf::gather_batch(c, {s_short}); }, {"residues; batches of chains of different lengths are packed"});
+  expect_error([&] { pf::gather_batch(c, {s_short}); },
+               {"residues; batches of chains of different lengths are packed"});
 }

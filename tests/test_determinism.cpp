@@ -23,10 +23,12 @@ TEST(Determinism, SameSeedAndConfigGiveBitwiseIdenticalRuns) {
     // Awkward sizes; 3 epochs of 41 chains in batches of 6 (a partial batch dropped each epoch).
     return config_from_yaml_string(
         "model: {n_types: 5, d_model: 24, n_heads: 3, n_layers: 2, d_ff: 40, c_z: 5, relpos_clip: 6, dist_bins: 11}\n"
-        "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 41, n_val: 13, n_res: 17, seed: " +
-            std::to_string(data_seed) + "}\n"
-        "train: {steps: 20, batch_size: 6, warmup: 3, eval_every: 7, log_every: 1, checkpoint_every: 9, seed: 11}\n"
-        "device: cpu\n",
+        "data: {train: " +
+            dir + "/train.h5, val: " + dir +
+            "/val.h5, n_train: 41, n_val: 13, n_res: 17, seed: " + std::to_string(data_seed) +
+            "}\n"
+            "train: {steps: 20, batch_size: 6, warmup: 3, eval_every: 7, log_every: 1, checkpoint_every: 9, seed: 11}\n"
+            "device: cpu\n",
         all);
   };
   const RunRecord a = run_once(cfg("a", {}));
@@ -41,8 +43,9 @@ TEST(Determinism, SameSeedAndConfigGiveBitwiseIdenticalRuns) {
   const RunRecord c = run_once(cfg("c", {"train.seed=12"}));
   EXPECT_NE(a.metrics, c.metrics);
   EXPECT_FALSE(bitwise_equal(a, c));
-  const RunRecord d = run_once(cfg("d", {"data.seed=" + std::to_string(data_seed + 1), "data.train=" + dir +
-                                         "/train2.h5", "data.val=" + dir + "/val2.h5"}));
+  const RunRecord d =
+      run_once(cfg("d", {"data.seed=" + std::to_string(data_seed + 1), "data.train=" + dir + "/train2.h5",
+                         "data.val=" + dir + "/val2.h5"}));
   EXPECT_NE(a.metrics, d.metrics);
   EXPECT_FALSE(bitwise_equal(a, d));
   fs::remove_all(dir);

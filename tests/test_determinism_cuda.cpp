@@ -64,11 +64,13 @@ Config tiny(const std::string& dir, const std::string& out, uint64_t data_seed,
   all.insert(all.end(), overrides.begin(), overrides.end());
   return config_from_yaml_string(
       "model: {n_types: 131, d_model: 48, n_heads: 3, n_layers: 2, d_ff: 72, c_z: 6, relpos_clip: 6, dist_bins: 11}\n"
-      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 41, n_val: 13, n_res: 23, seed: " +
-          std::to_string(data_seed) + "}\n"
-      "train: {steps: 20, batch_size: 6, warmup: 3, eval_every: 7, log_every: 1, checkpoint_every: 9, seed: 11,\n"
-      "        deterministic: true}\n"
-      "device: cuda\n",
+      "data: {train: " +
+          dir + "/train.h5, val: " + dir +
+          "/val.h5, n_train: 41, n_val: 13, n_res: 23, seed: " + std::to_string(data_seed) +
+          "}\n"
+          "train: {steps: 20, batch_size: 6, warmup: 3, eval_every: 7, log_every: 1, checkpoint_every: 9, seed: 11,\n"
+          "        deterministic: true}\n"
+          "device: cuda\n",
       all);
 }
 
@@ -82,7 +84,8 @@ void check_runs_are_bitwise_identical(const std::string& name, const std::vector
   EXPECT_EQ(a.metrics, b.metrics);
   EXPECT_EQ(a.final_line, b.final_line);
   EXPECT_EQ(a.attrs, b.attrs);
-  EXPECT_TRUE(bitwise_equal(a, b)) << name << ": same seed and config, the checkpoints must be bitwise identical";
+  EXPECT_TRUE(bitwise_equal(a, b)) << name
+                                   << ": same seed and config, the checkpoints must be bitwise identical";
   EXPECT_FALSE(deterministic()) << "the run's guard must restore the mode";
 
   std::vector<std::string> other = overrides;
@@ -97,7 +100,8 @@ void check_runs_are_bitwise_identical(const std::string& name, const std::vector
   const RunRecord f1 = run_once(tiny(dir, "f1", data_seed, fast));
   const RunRecord f2 = run_once(tiny(dir, "f2", data_seed, fast));
   std::printf("%s: deterministic=false, two runs: metrics %s, checkpoints %s\n", name.c_str(),
-              f1.metrics == f2.metrics ? "equal" : "differ", bitwise_equal(f1, f2) ? "bitwise equal" : "differ");
+              f1.metrics == f2.metrics ? "equal" : "differ",
+              bitwise_equal(f1, f2) ? "bitwise equal" : "differ");
   fs::remove_all(dir);
 }
 
@@ -148,10 +152,12 @@ TEST(DeterminismCuda, EmbeddingBackwardMatchesFloat64AndIsBitwiseStable) {
       {300, 17, 100003, true},   // long segments
       {513, 7, 0, false},        // no rows: all zero
       // the shared-memory path (both modes): V ≤ 96 in tiles of 32 columns, or V·D ≤ 3072
-      {1, 1, 1, false}, {65, 32, 20000, false}, {8, 16, 999, true},
-      {3, 1025, 4099, false},    // 33 tiles, the last of 1 column
-      {96, 100, 5000, true},     // the last tile of 4 columns
-      {200, 15, 3001, true},     // more than 96 rows, 3000 entries: one tile of 15
+      {1, 1, 1, false},
+      {65, 32, 20000, false},
+      {8, 16, 999, true},
+      {3, 1025, 4099, false},  // 33 tiles, the last of 1 column
+      {96, 100, 5000, true},   // the last tile of 4 columns
+      {200, 15, 3001, true},   // more than 96 rows, 3000 entries: one tile of 15
   };
   for (const DType dt : {DType::F32, DType::BF16}) {
     const auto st = dt == DType::F32 ? kernels::ScalarType::F32 : kernels::ScalarType::BF16;
@@ -176,8 +182,8 @@ TEST(DeterminismCuda, EmbeddingBackwardMatchesFloat64AndIsBitwiseStable) {
       }
       const Tensor gd = g.to(Device::CUDA);
       const Tensor id = Tensor::from_vector(idx, {c.n}, DType::I32, Device::CUDA);
-      const std::string what = std::string(dtype_name(dt)) + " V=" + std::to_string(c.V) + " D=" +
-                               std::to_string(c.D) + " n=" + std::to_string(c.n);
+      const std::string what = std::string(dtype_name(dt)) + " V=" + std::to_string(c.V) +
+                               " D=" + std::to_string(c.D) + " n=" + std::to_string(c.n);
       for (const bool det : {true, false}) {
         const int64_t ws_floats = int64_t(kc::embedding_backward_workspace_bytes(c.n, c.V, c.D, det)) / 4 + 1;
         std::vector<unsigned char> first;
@@ -195,14 +201,17 @@ TEST(DeterminismCuda, EmbeddingBackwardMatchesFloat64AndIsBitwiseStable) {
               if (dt == DType::BF16) bound = 1.01 * bound + std::ldexp(1.0, -8) * std::fabs(ref[k]);
               if (!(std::fabs(got[k] - ref[k]) <= bound)) {
                 ++bad;
-                ADD_FAILURE() << what << (det ? " deterministic" : " atomic/private") << ": dweight[" << k / c.D
-                              << "," << k % c.D << "] = " << got[k] << ", float64 " << ref[k] << ", bound " << bound;
+                ADD_FAILURE() << what << (det ? " deterministic" : " atomic/private") << ": dweight["
+                              << k / c.D << "," << k % c.D << "] = " << got[k] << ", float64 " << ref[k]
+                              << ", bound " << bound;
               }
             }
           }
           if (!det) continue;
-          if (rep == 0) first = bytes_of(got);
-          else EXPECT_TRUE(bytes_of(got) == first) << what << ": call " << rep << " differs bitwise from call 0";
+          if (rep == 0)
+            first = bytes_of(got);
+          else
+            EXPECT_TRUE(bytes_of(got) == first) << what << ": call " << rep << " differs bitwise from call 0";
         }
       }
     }
@@ -234,7 +243,8 @@ TEST(DeterminismCuda, SumOfSquaresIsBitwiseStableAndAccurate) {
           << "n=" << n << " " << dtype_name(dt) << ": " << results[0] << " vs " << want;
       for (size_t r = 1; r < results.size(); ++r)
         EXPECT_EQ(std::memcmp(&results[r], &results[0], sizeof(double)), 0)
-            << "n=" << n << " " << dtype_name(dt) << ": call " << r << " gave " << results[r] << ", call 0 " << results[0];
+            << "n=" << n << " " << dtype_name(dt) << ": call " << r << " gave " << results[r] << ", call 0 "
+            << results[0];
     }
   }
 }
@@ -257,7 +267,8 @@ TEST(DeterminismCudaTiming, DISABLED_KernelCosts) {
     return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
   };
   std::printf("embedding backward, fp32 (us per call; 'shared memory' is the same path in both modes)\n");
-  std::printf("| V | D | n | path | fast (atomics) | deterministic | ratio |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf(
+      "| V | D | n | path | fast (atomics) | deterministic | ratio |\n| --- | --- | --- | --- | --- | --- | --- |\n");
   for (auto [V, D, n] : std::vector<std::array<int64_t, 3>>{{8, 256, 4096},
                                                             {64, 32, 8 * 512 * 512},
                                                             {65, 32, 8 * 512 * 512},
@@ -271,23 +282,26 @@ TEST(DeterminismCudaTiming, DISABLED_KernelCosts) {
     Tensor dw = Tensor::empty({V, D}, DType::F32, Device::CUDA);
     double t[2];
     for (const bool det : {false, true}) {
-      Tensor ws = Tensor::empty({int64_t(kc::embedding_backward_workspace_bytes(n, V, D, det)) + 1}, DType::U8,
-                                Device::CUDA);
+      Tensor ws = Tensor::empty({int64_t(kc::embedding_backward_workspace_bytes(n, V, D, det)) + 1},
+                                DType::U8, Device::CUDA);
       t[det] = time_us([&] {
-        kc::embedding_backward(F32, g.data_ptr(), static_cast<const int32_t*>(idx.data_ptr()), dw.data_ptr(), n, V,
-                               D, ws.data_ptr(), det);
+        kc::embedding_backward(F32, g.data_ptr(), static_cast<const int32_t*>(idx.data_ptr()), dw.data_ptr(),
+                               n, V, D, ws.data_ptr(), det);
       });
     }
-    std::printf("| %lld | %lld | %lld | %s | %.1f | %.1f | %.2f |\n", (long long)V, (long long)D, (long long)n,
-                V * D <= 3072 || V <= 96 ? "shared memory" : "atomic / sorted", t[0], t[1], t[1] / t[0]);
+    std::printf("| %lld | %lld | %lld | %s | %.1f | %.1f | %.2f |\n", (long long)V, (long long)D,
+                (long long)n, V * D <= 3072 || V <= 96 ? "shared memory" : "atomic / sorted", t[0], t[1],
+                t[1] / t[0]);
   }
   std::printf("sum_of_squares, fp32 (us per call) against a device-to-device copy of the same bytes\n");
   std::printf("| n | sum_of_squares | copy | GB/s read |\n| --- | --- | --- | --- |\n");
-  for (const int64_t n : {int64_t{256}, int64_t{65536}, int64_t{1} << 20, int64_t{3} << 20, int64_t{1} << 25}) {
+  for (const int64_t n :
+       {int64_t{256}, int64_t{65536}, int64_t{1} << 20, int64_t{3} << 20, int64_t{1} << 25}) {
     const Tensor x = randn({n}, rng).to(Device::CUDA);
     Tensor y = Tensor::empty({n}, DType::F32, Device::CUDA);
     Tensor acc = Tensor::zeros({}, DType::F64, Device::CUDA);
-    const double ts = time_us([&] { kc::sum_of_squares(F32, x.data_ptr(), n, static_cast<double*>(acc.data_ptr())); });
+    const double ts =
+        time_us([&] { kc::sum_of_squares(F32, x.data_ptr(), n, static_cast<double*>(acc.data_ptr())); });
     const double tc = time_us([&] { kc::copy_device_to_device(y.data_ptr(), x.data_ptr(), n * 4); });
     std::printf("| %lld | %.1f | %.1f | %.0f |\n", (long long)n, ts, tc, n * 4 / ts / 1e3);
   }
@@ -296,7 +310,8 @@ TEST(DeterminismCudaTiming, DISABLED_KernelCosts) {
 TEST(DeterminismCuda, CublasHandleAllowsNoAtomics) {
   PF_REQUIRE_GPU();
   cublasAtomicsMode_t mode = CUBLAS_ATOMICS_ALLOWED;
-  ASSERT_EQ(cublasGetAtomicsMode(static_cast<cublasHandle_t>(kc::cublas_handle()), &mode), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasGetAtomicsMode(static_cast<cublasHandle_t>(kc::cublas_handle()), &mode),
+            CUBLAS_STATUS_SUCCESS);
   EXPECT_EQ(mode, CUBLAS_ATOMICS_NOT_ALLOWED);
 }
 #endif

@@ -93,7 +93,7 @@ TEST(DataParallel, WithoutNcclOrGpusTheErrorSaysSo) {
 
 // ---- on a GPU -----------------------------------------------------------------------------------
 
-#define PF_REQUIRE_NCCL_GPU()                                                          \
+#define PF_REQUIRE_NCCL_GPU()                                                        \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)"; \
   if (!dist::nccl_available()) GTEST_SKIP() << "a build without NCCL"
 
@@ -112,7 +112,9 @@ TEST(DataParallelCuda, OneRankAllReduceKeepsValues) {
 
 std::string tiny_yaml(const std::string& dir) {
   return "model: {n_types: 5, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 48, c_z: 6, relpos_clip: 6, dist_bins: 11}\n"
-         "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 64, n_val: 19, n_res: 23, seed: 5}\n"
+         "data: {train: " +
+         dir + "/train.h5, val: " + dir +
+         "/val.h5, n_train: 64, n_val: 19, n_res: 23, seed: 5}\n"
          "train: {steps: 10, batch_size: 8, warmup: 2, eval_every: 5, log_every: 1, checkpoint_every: 5, seed: 3}\n"
          "device: cuda\n";
 }
@@ -167,7 +169,8 @@ TEST(DataParallelCuda, TwoGpusTrainTheSameModelAsOne) {
   ASSERT_EQ(two.size(), one.size());
   // fp32: two ranks sum their halves' gradients in another order than one GPU does; AdamW
   // amplifies that over ten steps to ~1e-6 relative in the loss (cf. test_train_cuda: 1e-3 bound).
-  for (const auto& [step, loss] : one) EXPECT_NEAR(two.at(step), loss, 1e-3 * std::fabs(loss)) << "step " << step;
+  for (const auto& [step, loss] : one)
+    EXPECT_NEAR(two.at(step), loss, 1e-3 * std::fabs(loss)) << "step " << step;
   fs::remove_all(dir);
 }
 

@@ -92,10 +92,14 @@ TEST(Conversions, EveryBitPatternRoundTrips) {
   for (uint32_t i = 0; i < 65536; ++i) {
     const uint16_t u = static_cast<uint16_t>(i);
     const float b = bf16_to_float(u), h = half_to_float(u);
-    if (std::isnan(b)) EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(b))));
-    else ASSERT_EQ(float_to_bf16(b), u) << std::hex << i;
-    if (std::isnan(h)) EXPECT_TRUE(std::isnan(half_to_float(float_to_half(h))));
-    else ASSERT_EQ(float_to_half(h), u) << std::hex << i;
+    if (std::isnan(b))
+      EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(b))));
+    else
+      ASSERT_EQ(float_to_bf16(b), u) << std::hex << i;
+    if (std::isnan(h))
+      EXPECT_TRUE(std::isnan(half_to_float(float_to_half(h))));
+    else
+      ASSERT_EQ(float_to_half(h), u) << std::hex << i;
     // half_to_float decodes the fields: value = (−1)^s · 2^(E−15) · (1 + M/1024), or subnormal.
     const int s = i >> 15, E = (i >> 10) & 31, M = i & 1023;
     if (E == 31) continue;
@@ -184,7 +188,8 @@ TEST(Profile, CpuScopesChargeTheOutermostCategory) {
   EXPECT_GE(row("gemm").bwd_calls, 1) << table;
   EXPECT_GE(row("elementwise").fwd_calls, 1) << table;
   for (const auto& r : rows) EXPECT_TRUE(r.fwd_ms >= 0 && r.bwd_ms >= 0) << r.category;
-  for (const char* part : {"gemm", "data", "untracked"}) EXPECT_NE(table.find(part), std::string::npos) << table;
+  for (const char* part : {"gemm", "data", "untracked"})
+    EXPECT_NE(table.find(part), std::string::npos) << table;
   profile::reset();
   EXPECT_TRUE(profile::report().empty());
 }

@@ -68,7 +68,8 @@ TEST(Evaluate, VariableLengthSetWeighsEveryResidueEqually) {
       check(run::evaluate_set(model, set, batch, Device::CPU), "batch_size " + std::to_string(batch));
     // By tokens: one chain per batch at n_max, a few at 3·n_max (batch_size is then unused).
     for (int64_t tokens : {int64_t{n_max}, int64_t{3 * n_max}})
-      check(run::evaluate_set(model, set, 1, Device::CPU, nullptr, tokens), "batch_tokens " + std::to_string(tokens));
+      check(run::evaluate_set(model, set, 1, Device::CPU, nullptr, tokens),
+            "batch_tokens " + std::to_string(tokens));
   }
 }
 

@@ -84,7 +84,9 @@ struct Case {
     return "B=" + std::to_string(B) + " H=" + std::to_string(H) + " Nq=" + std::to_string(Nq) +
            " Nk=" + std::to_string(Nk) + " D=" + std::to_string(D) + " bias=" + bias_name(bias) +
            (mask ? " mask" : "") + (causal ? " causal" : "") +
-           (layout == Layout::Padded ? " padded" : layout == Layout::Packed ? " packed" : "") +
+           (layout == Layout::Padded   ? " padded"
+            : layout == Layout::Packed ? " packed"
+                                       : "") +
            (R >= 0 ? " relpos R=" + std::to_string(R) : "");
   }
 };
@@ -106,9 +108,7 @@ struct View {
   T* base = nullptr;
   BNHDStrides st;
   int B = 0, N = 0, H = 0, D = 0;
-  T& at(int b, int n, int h, int d) const {
-    return base[b * st.batch + n * st.row + h * st.head + d];
-  }
+  T& at(int b, int n, int h, int d) const { return base[b * st.batch + n * st.row + h * st.head + d]; }
   // the logical elements as contiguous float64 (B,N,H,D)
   std::vector<double> values() const {
     std::vector<double> x;
@@ -314,8 +314,7 @@ struct Problem {
 template <class T>
 bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
   // empty vectors may hold null data(), which memcmp must not be given (UB even for 0 bytes)
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 // The full check of one case in one dtype.
@@ -345,12 +344,9 @@ void run_case(const Case& c) {
   expect_close("dq", rel_error(pr.dq.views[0].values(), ref.dq), tol<T>());
   expect_close("dk", rel_error(pr.dk.views[0].values(), ref.dk), tol<T>());
   expect_close("dv", rel_error(pr.dv.views[0].values(), ref.dv), tol<T>());
-  if (c.bias != BiasForm::None)
-    expect_close("dbias", rel_error(pr.dbias_values(), ref.dbias), tol<T>());
-  if (c.R >= 0)
-    expect_close("dT", err_vs_scale(pr.dtable_values(), ref.dtable, ref.dtable_abs), tol<T>());
-  EXPECT_TRUE(pr.dq.padding_untouched() && pr.dk.padding_untouched() &&
-              pr.dv.padding_untouched())
+  if (c.bias != BiasForm::None) expect_close("dbias", rel_error(pr.dbias_values(), ref.dbias), tol<T>());
+  if (c.R >= 0) expect_close("dT", err_vs_scale(pr.dtable_values(), ref.dtable, ref.dtable_abs), tol<T>());
+  EXPECT_TRUE(pr.dq.padding_untouched() && pr.dk.padding_untouched() && pr.dv.padding_untouched())
       << "a gradient was written outside its elements";
 
   // Fully masked rows: out exactly 0; keys nobody sees: dk, dv exactly 0.
@@ -375,8 +371,7 @@ void run_case(const Case& c) {
   pr.poison_grads();
   flash_bias_backward(p);
   EXPECT_TRUE(bitwise_equal(dq1, pr.dq.buf) && bitwise_equal(dk1, pr.dk.buf) &&
-              bitwise_equal(dv1, pr.dv.buf) && bitwise_equal(db1, pr.dbias) &&
-              bitwise_equal(dt1, pr.dtable))
+              bitwise_equal(dv1, pr.dv.buf) && bitwise_equal(db1, pr.dbias) && bitwise_equal(dt1, pr.dtable))
       << "backward not reproducible";
 
   // One gradient at a time (the others null): each equals its value from the full run.
@@ -447,7 +442,7 @@ const std::vector<Case> kCases = {
     {1, 1, 1, 1, 16, BiasForm::None, false, false, Layout::Contiguous},
     {2, 3, 17, 17, 16, BiasForm::BH, false, false, Layout::Contiguous},
     {2, 2, 17, 17, 64, BiasForm::OneH, true, false, Layout::Packed},
-    {3, 2, 17, 97, 16, BiasForm::BOne, true, true, Layout::Padded},    // causal, Nq < Nk
+    {3, 2, 17, 97, 16, BiasForm::BOne, true, true, Layout::Padded},     // causal, Nq < Nk
     {2, 3, 97, 17, 64, BiasForm::OneOne, false, true, Layout::Padded},  // causal, Nq > Nk
     {2, 2, 97, 97, 16, BiasForm::BH, true, true, Layout::Packed},       // causal, Nq = Nk
     {3, 1, 33, 65, 128, BiasForm::OneOne, true, false, Layout::Padded},
@@ -461,14 +456,14 @@ const std::vector<Case> kCases = {
     // ≥ N (the clip never applies), Nq ≠ Nk both ways, causal, masks, odd sizes, every layout
     {2, 3, 17, 17, 16, BiasForm::None, false, false, Layout::Contiguous, 0},
     {1, 1, 1, 1, 16, BiasForm::None, false, false, Layout::Contiguous, 0},
-    {2, 2, 17, 97, 16, BiasForm::BH, true, true, Layout::Padded, 1},     // causal, Nq < Nk
-    {2, 3, 97, 17, 64, BiasForm::OneOne, false, true, Layout::Padded, 5},  // causal, Nq > Nk
+    {2, 2, 17, 97, 16, BiasForm::BH, true, true, Layout::Padded, 1},            // causal, Nq < Nk
+    {2, 3, 97, 17, 64, BiasForm::OneOne, false, true, Layout::Padded, 5},       // causal, Nq > Nk
     {1, 2, 33, 65, 16, BiasForm::None, false, false, Layout::Contiguous, 200},  // R ≥ N
     {2, 2, 129, 70, 16, BiasForm::OneH, false, true, Layout::Contiguous, 128},  // R = Nq − 1
     {3, 2, 64, 64, 16, BiasForm::BH, true, false, Layout::Packed, 3},
     {2, 2, 97, 97, 16, BiasForm::None, true, true, Layout::Packed, 7},
     {2, 2, 1, 17, 16, BiasForm::BOne, false, false, Layout::Contiguous, 2},
-    {2, 2, 17, 1, 16, BiasForm::None, true, true, Layout::Contiguous, 4},  // rows with no key
+    {2, 2, 17, 1, 16, BiasForm::None, true, true, Layout::Contiguous, 4},       // rows with no key
     {2, 1, 130, 131, 32, BiasForm::None, false, false, Layout::Contiguous, 9},  // 3 tiles
 };
 
@@ -524,8 +519,7 @@ void gradcheck(const Case& c) {
   };
   auto logical = [](const View<double>& v) {
     return [v](size_t t) -> double& {
-      const int d = t % v.D, h = (t / v.D) % v.H, n = (t / v.D / v.H) % v.N,
-                b = t / v.D / v.H / v.N;
+      const int d = t % v.D, h = (t / v.D) % v.H, n = (t / v.D / v.H) % v.N, b = t / v.D / v.H / v.N;
       return v.at(b, n, h, d);
     };
   };
@@ -566,8 +560,7 @@ TEST(FlashBiasCpu, IndependentOfThreadCount) {
   const int threads = omp_get_max_threads();
   // Every dense bias form (each has its own backward task grid), each with a relpos table whose
   // dT goes through per-(b,h) partials.
-  for (BiasForm f :
-       {BiasForm::None, BiasForm::BH, BiasForm::OneH, BiasForm::BOne, BiasForm::OneOne}) {
+  for (BiasForm f : {BiasForm::None, BiasForm::BH, BiasForm::OneH, BiasForm::BOne, BiasForm::OneOne}) {
     Problem<float> pr({5, 3, 97, 80, 16, f, true, true, Layout::Padded, 6});
     FlashBiasBwdParams p = pr.params();
     std::vector<std::vector<float>> runs;
@@ -610,9 +603,11 @@ void nan_propagates() {
   const std::vector<Poison> poisons = {
       {"one element of q row 2", [&](Problem<T>& pr) { pr.Q.at(0, 2, 0, 3) = nan; }, {2}},
       {"one bias element (4, 7)", [&](Problem<T>& pr) { pr.bias[4 * c.Nk + 7] = nan; }, {4}},
-      {"every bias element of row 1", [&](Problem<T>& pr) {
+      {"every bias element of row 1",
+       [&](Problem<T>& pr) {
          for (int j = 0; j < c.Nk; ++j) pr.bias[1 * c.Nk + j] = nan;
-       }, {1}},
+       },
+       {1}},
       {"one element of k row 5", [&](Problem<T>& pr) { pr.K.at(0, 5, 0, 0) = nan; }, {0, 1, 2, 3, 4, 5}},
   };
   for (const Poison& poison : poisons) {
@@ -654,8 +649,7 @@ struct VarlenCase {
   int slack = 0;
   std::string str() const {
     std::string s = "varlen";
-    for (size_t b = 0; b < nq.size(); ++b)
-      s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
+    for (size_t b = 0; b < nq.size(); ++b) s += " " + std::to_string(nq[b]) + "x" + std::to_string(nk[b]);
     return s + " H=" + std::to_string(H) + " D=" + std::to_string(D) + (bias ? " bias" : "") +
            (causal ? " causal" : "") + (R >= 0 ? " relpos R=" + std::to_string(R) : "") +
            (slack ? " slack=" + std::to_string(slack) : "");
@@ -674,12 +668,8 @@ struct PackedProblem {
   static constexpr T nan() { return std::numeric_limits<T>::quiet_NaN(); }
   // a (rows,H,D) buffer in the padded layout, NaN between the elements
   std::vector<T> buffer(int rows) const { return std::vector<T>(size_t(rows) * st.row, nan()); }
-  T& at(std::vector<T>& x, int64_t row, int h, int d) const {
-    return x[row * st.row + h * st.head + d];
-  }
-  T at(const std::vector<T>& x, int64_t row, int h, int d) const {
-    return x[row * st.row + h * st.head + d];
-  }
+  T& at(std::vector<T>& x, int64_t row, int h, int d) const { return x[row * st.row + h * st.head + d]; }
+  T at(const std::vector<T>& x, int64_t row, int h, int d) const { return x[row * st.row + h * st.head + d]; }
   void fill_random(std::vector<T>& x, int rows) const {
     const auto r = randn(size_t(rows) * c.H * c.D);
     size_t t = 0;
@@ -757,8 +747,7 @@ struct PackedProblem {
   }
 
   void poison_outputs() {
-    for (auto* x : {&out, &dq, &dk, &dv, &dbias, &lse, &dtable})
-      std::fill(x->begin(), x->end(), nan());
+    for (auto* x : {&out, &dq, &dk, &dv, &dbias, &lse, &dtable}) std::fill(x->begin(), x->end(), nan());
   }
   // NaN everywhere outside the logical elements of out, dq, dk, dv and dbias
   bool gaps_untouched() const {
@@ -823,8 +812,8 @@ void run_varlen(const VarlenCase& c) {
       continue;
     }
     // the sequence alone, dense: B = 1, a (1,H,nq,nk) bias, the same table
-    Problem<T> one({1, H, nq, nk, D, c.bias ? BiasForm::BH : BiasForm::None, false, c.causal,
-                    Layout::Contiguous, c.R});
+    Problem<T> one(
+        {1, H, nq, nk, D, c.bias ? BiasForm::BH : BiasForm::None, false, c.causal, Layout::Contiguous, c.R});
     auto take = [&](const std::vector<T>& src, int64_t r0, int n) {
       std::vector<double> x;
       for (int i = 0; i < n; ++i)
@@ -868,8 +857,7 @@ void run_varlen(const VarlenCase& c) {
   // dT of the batch = Σ over sequences; each sequence's dT was rounded to T before this sum, so
   // the difference is rounding relative to Σ|dT_b|.
   if (c.R >= 0)
-    expect_close("varlen dT", err_vs_scale({pk.dtable.begin(), pk.dtable.end()}, dt_sum, dt_scale),
-                 tol<T>());
+    expect_close("varlen dT", err_vs_scale({pk.dtable.begin(), pk.dtable.end()}, dt_sum, dt_scale), tol<T>());
 
   // Again from poison: bitwise identical. Then dbias and dT with dbias_accumulate.
   const std::vector<T> first = pk.all_outputs();
@@ -897,19 +885,18 @@ void run_varlen(const VarlenCase& c) {
     for (size_t i = 0; i < pk.dbias.size(); ++i)
       if (!std::isnan(db1[i])) got_db.push_back(pk.dbias[i]);
     expect_close("varlen dbias accumulate", rel_error(got_db, want_db), tol<T>());
-    expect_close("varlen dT accumulate", rel_error({pk.dtable.begin(), pk.dtable.end()}, want_dt),
-                 tol<T>());
+    expect_close("varlen dT accumulate", rel_error({pk.dtable.begin(), pk.dtable.end()}, want_dt), tol<T>());
     EXPECT_TRUE(pk.gaps_untouched()) << "accumulate wrote into a gap";
   }
 }
 
 const std::vector<VarlenCase> kVarlenCases = {
-    {{17, 0, 1, 40, 5}, {23, 4, 0, 40, 1}, 2, 16, true, false},          // lengths 0 and 1
-    {{70, 3, 1, 33}, {65, 9, 1, 33}, 3, 16, true, true, 6},              // causal, relpos
-    {{12, 0, 29, 0}, {12, 5, 31, 0}, 2, 8, false, false, 40, 3},         // relpos alone, R ≥ N
-    {{130, 20}, {66, 140}, 2, 32, true, true, 2},                        // several tiles
-    {{1}, {1}, 1, 16, true, false, 0},                                   // one token
-    {{0, 0}, {0, 3}, 2, 16, true, false, 1},                             // no query at all
+    {{17, 0, 1, 40, 5}, {23, 4, 0, 40, 1}, 2, 16, true, false},   // lengths 0 and 1
+    {{70, 3, 1, 33}, {65, 9, 1, 33}, 3, 16, true, true, 6},       // causal, relpos
+    {{12, 0, 29, 0}, {12, 5, 31, 0}, 2, 8, false, false, 40, 3},  // relpos alone, R ≥ N
+    {{130, 20}, {66, 140}, 2, 32, true, true, 2},                 // several tiles
+    {{1}, {1}, 1, 16, true, false, 0},                            // one token
+    {{0, 0}, {0, 3}, 2, 16, true, false, 1},                      // no query at all
 };
 
 TEST(FlashBiasCpu, PackedEqualsEachSequenceAloneFloat64) {
@@ -953,8 +940,7 @@ TEST(FlashBiasCpu, RejectsBadInput) {
   expect_error([&] { flash_bias_forward(p); }, "got float16");
   p = good;
   p.bias_dtype = ScalarType::F64;
-  expect_error([&] { flash_bias_forward(p); },
-               "bias must have the inputs' dtype float32, got float64");
+  expect_error([&] { flash_bias_forward(p); }, "bias must have the inputs' dtype float32, got float64");
   p = good;
   p.Nk = 0;
   expect_error([&] { flash_bias_forward(p); }, "Nk=0");
@@ -972,8 +958,7 @@ TEST(FlashBiasCpu, RejectsBadInput) {
   expect_error([&] { flash_bias_backward(p); }, "broadcast over heads exactly when the bias is");
   p = good;
   p.dbias_batch_stride = 35;
-  expect_error([&] { flash_bias_backward(p); },
-               "broadcast over the batch exactly when the bias is");
+  expect_error([&] { flash_bias_backward(p); }, "broadcast over the batch exactly when the bias is");
 }
 
 TEST(FlashBiasCpu, RejectsBadRelpos) {
@@ -988,8 +973,7 @@ TEST(FlashBiasCpu, RejectsBadRelpos) {
                "relpos table must have the inputs' dtype float32, got float64");
   p = good;
   p.relpos_table = nullptr;
-  expect_error([&] { flash_bias_backward(p); },
-               "drelpos_table was requested but there is no relpos_table");
+  expect_error([&] { flash_bias_backward(p); }, "drelpos_table was requested but there is no relpos_table");
 }
 
 TEST(FlashBiasCpu, RejectsBadPacked) {
@@ -1027,8 +1011,7 @@ TEST(FlashBiasCpu, RejectsBadPacked) {
   p = good;
   p.cu_seqlens_q = p.cu_seqlens_k = nullptr;
   p.Nq = p.Nk = 3;
-  expect_error([&] { flash_bias_forward(p); },
-               "bias_seq_offsets is set but the batch is not packed");
+  expect_error([&] { flash_bias_forward(p); }, "bias_seq_offsets is set but the batch is not packed");
 }
 
 }  // namespace

@@ -88,9 +88,12 @@ uint16_t float_to_half_bits(float f) {  // round to nearest even
 float half_bits_to_float(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) ? 1u : 0u, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
   float v;
-  if (e == 0) v = std::ldexp(float(m), -24);
-  else if (e == 31) v = m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-  else v = std::ldexp(float(m | 0x400u), int(e) - 25);
+  if (e == 0)
+    v = std::ldexp(float(m), -24);
+  else if (e == 31)
+    v = m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else
+    v = std::ldexp(float(m | 0x400u), int(e) - 25);
   return sign ? -v : v;
 }
 
@@ -123,7 +126,9 @@ double rd(ScalarType t, double x) {
 }
 
 double unit_roundoff(ScalarType t) {
-  return t == ScalarType::F16 ? std::ldexp(1.0, -11) : t == ScalarType::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -24);
+  return t == ScalarType::F16    ? std::ldexp(1.0, -11)
+         : t == ScalarType::BF16 ? std::ldexp(1.0, -8)
+                                 : std::ldexp(1.0, -24);
 }
 
 // ---- strided host tensors mirrored on the device -----------------------------------------------
@@ -136,30 +141,61 @@ struct HostTensor {
   std::vector<uint8_t> bytes;
 
   HostTensor() = default;
-  HostTensor(ScalarType t, std::initializer_list<int64_t> dims, std::initializer_list<int64_t> strides) : dt(t) {
+  HostTensor(ScalarType t, std::initializer_list<int64_t> dims, std::initializer_list<int64_t> strides)
+      : dt(t) {
     std::copy(dims.begin(), dims.end(), n);
     std::copy(strides.begin(), strides.end(), s);
     int64_t last = 0;
     for (int d = 0; d < 4; ++d) last += (n[d] - 1) * s[d];
     bytes.assign(size_t(last + 1) * elt_size(dt), 0);
   }
-  int64_t off(int64_t a, int64_t b, int64_t c, int64_t d) const { return a * s[0] + b * s[1] + c * s[2] + d * s[3]; }
+  int64_t off(int64_t a, int64_t b, int64_t c, int64_t d) const {
+    return a * s[0] + b * s[1] + c * s[2] + d * s[3];
+  }
   double get(int64_t a, int64_t b, int64_t c, int64_t d) const {
     const uint8_t* p = bytes.data() + off(a, b, c, d) * elt_size(dt);
     switch (dt) {
-      case ScalarType::F16: { uint16_t h; std::memcpy(&h, p, 2); return half_bits_to_float(h); }
-      case ScalarType::BF16: { uint16_t h; std::memcpy(&h, p, 2); return bf16_bits_to_float(h); }
-      case ScalarType::F32: { float f; std::memcpy(&f, p, 4); return f; }
-      case ScalarType::F64: { double x; std::memcpy(&x, p, 8); return x; }
+      case ScalarType::F16: {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        return half_bits_to_float(h);
+      }
+      case ScalarType::BF16: {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        return bf16_bits_to_float(h);
+      }
+      case ScalarType::F32: {
+        float f;
+        std::memcpy(&f, p, 4);
+        return f;
+      }
+      case ScalarType::F64: {
+        double x;
+        std::memcpy(&x, p, 8);
+        return x;
+      }
     }
     return 0;
   }
   void set(int64_t a, int64_t b, int64_t c, int64_t d, double x) {
     uint8_t* p = bytes.data() + off(a, b, c, d) * elt_size(dt);
     switch (dt) {
-      case ScalarType::F16: { uint16_t h = float_to_half_bits(float(x)); std::memcpy(p, &h, 2); break; }
-      case ScalarType::BF16: { uint16_t h = float_to_bf16_bits(float(x)); std::memcpy(p, &h, 2); break; }
-      case ScalarType::F32: { float f = float(x); std::memcpy(p, &f, 4); break; }
+      case ScalarType::F16: {
+        uint16_t h = float_to_half_bits(float(x));
+        std::memcpy(p, &h, 2);
+        break;
+      }
+      case ScalarType::BF16: {
+        uint16_t h = float_to_bf16_bits(float(x));
+        std::memcpy(p, &h, 2);
+        break;
+      }
+      case ScalarType::F32: {
+        float f = float(x);
+        std::memcpy(p, &f, 4);
+        break;
+      }
       case ScalarType::F64: std::memcpy(p, &x, 8); break;
     }
   }
@@ -182,12 +218,20 @@ struct DeviceBuffer {
   explicit DeviceBuffer(size_t n) : bytes(n) {
     if (n > 0 && cudaMalloc(&ptr, n) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
   }
-  ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
+  ~DeviceBuffer() {
+    if (ptr) cudaFree(ptr);
+  }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const HostTensor& t) { cudaMemcpy(ptr, t.bytes.data(), t.bytes.size(), cudaMemcpyHostToDevice); }
-  void download(HostTensor& t) const { cudaMemcpy(t.bytes.data(), ptr, t.bytes.size(), cudaMemcpyDeviceToHost); }
-  void poison() { if (ptr) cudaMemset(ptr, 0xff, bytes); }  // NaN in fp16, bf16 and fp32
+  void upload(const HostTensor& t) {
+    cudaMemcpy(ptr, t.bytes.data(), t.bytes.size(), cudaMemcpyHostToDevice);
+  }
+  void download(HostTensor& t) const {
+    cudaMemcpy(t.bytes.data(), ptr, t.bytes.size(), cudaMemcpyDeviceToHost);
+  }
+  void poison() {
+    if (ptr) cudaMemset(ptr, 0xff, bytes);
+  }  // NaN in fp16, bf16 and fp32
 };
 
 bool have_gpu() { return pf::kernels::cuda::device_info().available; }
@@ -205,12 +249,12 @@ struct Case {
   bool mask = false, causal = false;
   bool deterministic = false, accumulate = false;
   unsigned grads = kAll;
-  bool padded = false;          // q/k/v/out/grads with padded (non-contiguous) strides
-  int bias_pad = 0;             // extra elements per bias row (odd: unaligned rows)
+  bool padded = false;            // q/k/v/out/grads with padded (non-contiguous) strides
+  int bias_pad = 0;               // extra elements per bias row (odd: unaligned rows)
   bool all_masked_batch = false;  // every key of batch 0 is padding
-  double scale = 0;             // 0: 1/sqrt(D)
-  int relpos = -1;              // R >= 0: fused relative-position table (H, 2R+1) on top of the bias
-  std::string tag;              // for the test name
+  double scale = 0;               // 0: 1/sqrt(D)
+  int relpos = -1;                // R >= 0: fused relative-position table (H, 2R+1) on top of the bias
+  std::string tag;                // for the test name
 };
 
 const char* dtype_tag(ScalarType t) {
@@ -225,8 +269,8 @@ const char* dtype_tag(ScalarType t) {
 
 std::string case_name(const Case& c) {
   std::ostringstream os;
-  os << dtype_tag(c.dtype) << "_bias" << dtype_tag(c.bias_dtype) << "_D" << c.D << "_B" << c.B << "H" << c.H << "_"
-     << c.Nq << "x" << c.Nk;
+  os << dtype_tag(c.dtype) << "_bias" << dtype_tag(c.bias_dtype) << "_D" << c.D << "_B" << c.B << "H" << c.H
+     << "_" << c.Nq << "x" << c.Nk;
   const char* forms[] = {"nobias", "full", "sharedB", "sharedH", "sharedBH"};
   os << "_" << forms[int(c.bias)];
   if (c.mask) os << "_mask";
@@ -268,7 +312,8 @@ std::vector<Case> all_cases() {
   }
   // Every bias form, with and without mask and causal, in every dtype (D = 64 and 32).
   for (ScalarType dt : dts)
-    for (BiasForm f : {BiasForm::kNone, BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH})
+    for (BiasForm f :
+         {BiasForm::kNone, BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH})
       for (int mc = 0; mc < 4; ++mc) {
         Case c;
         c.dtype = c.bias_dtype = dt;
@@ -295,9 +340,9 @@ std::vector<Case> all_cases() {
       cs.push_back(c);
     }
   // Mixed bias dtypes: an fp32 learnable bias with fp16 / bf16 inputs, and the others.
-  const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32}, {ScalarType::BF16, ScalarType::F32},
+  const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32},  {ScalarType::BF16, ScalarType::F32},
                                  {ScalarType::F16, ScalarType::BF16}, {ScalarType::BF16, ScalarType::F16},
-                                 {ScalarType::F32, ScalarType::F16}, {ScalarType::F32, ScalarType::BF16}};
+                                 {ScalarType::F32, ScalarType::F16},  {ScalarType::F32, ScalarType::BF16}};
   for (auto& m : mixes)
     for (BiasForm f : {BiasForm::kFull, BiasForm::kSharedB}) {
       Case c;
@@ -389,12 +434,18 @@ std::vector<Case> all_cases() {
   {
     Case c;  // the shape at which a public flash-bias kernel returned a 0.22 relative error
     c.dtype = c.bias_dtype = ScalarType::F16;
-    c.B = 2; c.H = 4; c.Nq = c.Nk = 1024; c.D = 32;
+    c.B = 2;
+    c.H = 4;
+    c.Nq = c.Nk = 1024;
+    c.D = 32;
     c.tag = "large";
     cs.push_back(c);
     Case d;
     d.dtype = d.bias_dtype = ScalarType::F16;
-    d.B = 2; d.H = 2; d.Nq = d.Nk = 1025; d.D = 32;
+    d.B = 2;
+    d.H = 2;
+    d.Nq = d.Nk = 1025;
+    d.D = 32;
     d.mask = d.causal = true;
     d.bias = BiasForm::kSharedB;
     d.tag = "large";
@@ -402,14 +453,21 @@ std::vector<Case> all_cases() {
     Case e;
     e.dtype = ScalarType::BF16;
     e.bias_dtype = ScalarType::F32;
-    e.B = 1; e.H = 2; e.Nq = 1000; e.Nk = 1025; e.D = 128;
+    e.B = 1;
+    e.H = 2;
+    e.Nq = 1000;
+    e.Nk = 1025;
+    e.D = 128;
     e.mask = true;
     e.deterministic = true;
     e.tag = "large";
     cs.push_back(e);
     Case f;
     f.dtype = f.bias_dtype = ScalarType::F32;
-    f.B = 2; f.H = 1; f.Nq = f.Nk = 1000; f.D = 64;
+    f.B = 2;
+    f.H = 1;
+    f.Nq = f.Nk = 1000;
+    f.D = 64;
     f.causal = true;
     f.bias = BiasForm::kSharedH;
     f.tag = "large";
@@ -420,7 +478,8 @@ std::vector<Case> all_cases() {
   // and key blocks (BM = 128, BN = 128 or 64).
   for (ScalarType dt : {ScalarType::F16, ScalarType::BF16})
     for (int D : {32, 64, 128})
-      for (BiasForm f : {BiasForm::kNone, BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH})
+      for (BiasForm f :
+           {BiasForm::kNone, BiasForm::kFull, BiasForm::kSharedB, BiasForm::kSharedH, BiasForm::kSharedBH})
         for (int mc = 0; mc < 4; ++mc) {
           Case c;
           c.dtype = c.bias_dtype = dt;
@@ -470,8 +529,10 @@ std::vector<Case> all_cases() {
     cs.push_back(c);
   }
   {
-    const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32}, {ScalarType::BF16, ScalarType::F32},
-                                   {ScalarType::F16, ScalarType::BF16}, {ScalarType::BF16, ScalarType::F16}};
+    const ScalarType mixes[][2] = {{ScalarType::F16, ScalarType::F32},
+                                   {ScalarType::BF16, ScalarType::F32},
+                                   {ScalarType::F16, ScalarType::BF16},
+                                   {ScalarType::BF16, ScalarType::F16}};
     for (auto& m : mixes)
       for (int D : {32, 64, 128}) {
         Case c;
@@ -489,18 +550,28 @@ std::vector<Case> all_cases() {
   }
   // Fused relative-position table: alone and on top of every dense bias form, every dtype and
   // head dim; R = 0 (one bin), small, = N − 1 and > N; Nq ≠ Nk; masks and causal; N = 1.
-  struct Rel { int D, Nq, Nk, R; BiasForm bias; bool mask, causal; };
+  struct Rel {
+    int D, Nq, Nk, R;
+    BiasForm bias;
+    bool mask, causal;
+  };
   const Rel rels[] = {
-      {16, 17, 17, 3, BiasForm::kNone, false, false},   {32, 97, 33, 0, BiasForm::kFull, false, true},
-      {64, 1, 97, 200, BiasForm::kNone, true, false},   {128, 100, 64, 8, BiasForm::kSharedB, false, false},
-      {64, 97, 97, 96, BiasForm::kNone, false, true},   {32, 130, 97, 16, BiasForm::kSharedH, true, true},
-      {64, 65, 150, 40, BiasForm::kSharedBH, false, false}, {16, 1, 1, 2, BiasForm::kNone, false, false},
+      {16, 17, 17, 3, BiasForm::kNone, false, false},
+      {32, 97, 33, 0, BiasForm::kFull, false, true},
+      {64, 1, 97, 200, BiasForm::kNone, true, false},
+      {128, 100, 64, 8, BiasForm::kSharedB, false, false},
+      {64, 97, 97, 96, BiasForm::kNone, false, true},
+      {32, 130, 97, 16, BiasForm::kSharedH, true, true},
+      {64, 65, 150, 40, BiasForm::kSharedBH, false, false},
+      {16, 1, 1, 2, BiasForm::kNone, false, false},
   };
   for (ScalarType dt : dts) {
     for (const Rel& r : rels) {
       Case c;
       c.dtype = c.bias_dtype = dt;
-      c.D = r.D; c.Nq = r.Nq; c.Nk = r.Nk;
+      c.D = r.D;
+      c.Nq = r.Nq;
+      c.Nk = r.Nk;
       c.relpos = r.R;
       c.bias = r.bias;
       c.mask = r.mask;
@@ -509,35 +580,65 @@ std::vector<Case> all_cases() {
     }
     Case d;  // deterministic: bitwise repeat of dT (partial rows + ordered reduction)
     d.dtype = d.bias_dtype = dt;
-    d.relpos = 10; d.bias = BiasForm::kFull; d.mask = true; d.deterministic = true;
-    d.Nq = 70; d.Nk = 129;
+    d.relpos = 10;
+    d.bias = BiasForm::kFull;
+    d.mask = true;
+    d.deterministic = true;
+    d.Nq = 70;
+    d.Nk = 129;
     cs.push_back(d);
-    d.relpos = 200; d.bias = BiasForm::kNone; d.mask = false; d.causal = true; d.Nq = d.Nk = 97; d.D = 32;
+    d.relpos = 200;
+    d.bias = BiasForm::kNone;
+    d.mask = false;
+    d.causal = true;
+    d.Nq = d.Nk = 97;
+    d.D = 32;
     cs.push_back(d);
-    d.relpos = 0; d.causal = false; d.bias = BiasForm::kSharedB;
+    d.relpos = 0;
+    d.causal = false;
+    d.bias = BiasForm::kSharedB;
     cs.push_back(d);
     Case a;  // dT (and dB) accumulated into existing gradients, both modes
     a.dtype = a.bias_dtype = dt;
-    a.relpos = 5; a.accumulate = true; a.Nq = 65; a.Nk = 77; a.bias = BiasForm::kNone;
+    a.relpos = 5;
+    a.accumulate = true;
+    a.Nq = 65;
+    a.Nk = 77;
+    a.bias = BiasForm::kNone;
     cs.push_back(a);
-    a.deterministic = true; a.bias = BiasForm::kFull;
+    a.deterministic = true;
+    a.bias = BiasForm::kFull;
     cs.push_back(a);
     for (unsigned g : {unsigned(kDt), unsigned(kDq | kDt), unsigned(kDq | kDk | kDv)}) {  // subsets
       Case s;
       s.dtype = s.bias_dtype = dt;
-      s.relpos = 12; s.grads = g; s.bias = BiasForm::kNone; s.causal = true;
+      s.relpos = 12;
+      s.grads = g;
+      s.bias = BiasForm::kNone;
+      s.causal = true;
       cs.push_back(s);
     }
   }
   {
     Case c;  // long sequences: many query blocks per key block carry diagonals through the walk
     c.dtype = c.bias_dtype = ScalarType::F16;
-    c.B = 2; c.H = 2; c.Nq = c.Nk = 1025; c.D = 64;
-    c.relpos = 1024; c.bias = BiasForm::kNone; c.causal = true;
+    c.B = 2;
+    c.H = 2;
+    c.Nq = c.Nk = 1025;
+    c.D = 64;
+    c.relpos = 1024;
+    c.bias = BiasForm::kNone;
+    c.causal = true;
     c.tag = "large";
     cs.push_back(c);
-    c.dtype = ScalarType::BF16; c.bias_dtype = ScalarType::F32;
-    c.B = 1; c.Nq = 1000; c.D = 32; c.relpos = 32; c.bias = BiasForm::kSharedB; c.causal = false;
+    c.dtype = ScalarType::BF16;
+    c.bias_dtype = ScalarType::F32;
+    c.B = 1;
+    c.Nq = 1000;
+    c.D = 32;
+    c.relpos = 32;
+    c.bias = BiasForm::kSharedB;
+    c.causal = false;
     c.deterministic = true;
     cs.push_back(c);
   }
@@ -552,9 +653,10 @@ struct Dense {  // logical (B,N,H,D) or (Bb,Hb,Nq,Nk) float64 arrays
 
 // Forward and backward of one (b, h) with every intermediate rounded to dtype t (dS, dB summed
 // in float64 over the broadcast axes by the caller, then rounded to the bias dtype).
-void naive_one_head(const Case& c, double scale, ScalarType t, const Dense& in, const std::vector<uint8_t>& mask,
-                    int b, int h, std::vector<double>& out, std::vector<double>& dq, std::vector<double>& dk_part,
-                    std::vector<double>& dv_part, std::vector<double>& ds) {
+void naive_one_head(const Case& c, double scale, ScalarType t, const Dense& in,
+                    const std::vector<uint8_t>& mask, int b, int h, std::vector<double>& out,
+                    std::vector<double>& dq, std::vector<double>& dk_part, std::vector<double>& dv_part,
+                    std::vector<double>& ds) {
   const int Nq = c.Nq, Nk = c.Nk, D = c.D, H = c.H;
   auto Q = [&](int i, int d) { return in.q[((size_t(b) * Nq + i) * H + h) * D + d]; };
   auto K = [&](int j, int d) { return in.k[((size_t(b) * Nk + j) * H + h) * D + d]; };
@@ -712,7 +814,8 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
   const int64_t brow = Nk + c.bias_pad;
   HostTensor bias, dbias;
   if (has_bias) {
-    bias = HostTensor(bdt, {Bb, Hb, Nq, Nk}, {shared_b ? 0 : Hb * Nq * brow, shared_h ? 0 : Nq * brow, brow, 1});
+    bias =
+        HostTensor(bdt, {Bb, Hb, Nq, Nk}, {shared_b ? 0 : Hb * Nq * brow, shared_h ? 0 : Nq * brow, brow, 1});
     dbias = bias;
   }
   for (HostTensor* t : {&q, &k, &v, &dout})
@@ -758,13 +861,21 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
   d_lse.poison();
 
   FlashBiasBwdParams p;
-  p.B = B; p.H = H; p.Nq = Nq; p.Nk = Nk; p.D = D;
+  p.B = B;
+  p.H = H;
+  p.Nq = Nq;
+  p.Nk = Nk;
+  p.D = D;
   p.scale = scale;
   p.dtype = dt;
-  p.q = d_q.ptr; p.q_stride = q.bnhd();
-  p.k = d_k.ptr; p.k_stride = k.bnhd();
-  p.v = d_v.ptr; p.v_stride = v.bnhd();
-  p.out = d_out.ptr; p.out_stride = out.bnhd();
+  p.q = d_q.ptr;
+  p.q_stride = q.bnhd();
+  p.k = d_k.ptr;
+  p.k_stride = k.bnhd();
+  p.v = d_v.ptr;
+  p.v_stride = v.bnhd();
+  p.out = d_out.ptr;
+  p.out_stride = out.bnhd();
   p.lse = d_lse.ptr;
   if (has_bias) {
     p.bias = d_bias.ptr;
@@ -780,10 +891,20 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
     p.relpos_dtype = ScalarType::F32;
     p.relpos_clip = R;
   }
-  p.dout = d_dout.ptr; p.dout_stride = dout.bnhd();
-  if (c.grads & kDq) { p.dq = d_dq.ptr; p.dq_stride = dq.bnhd(); }
-  if (c.grads & kDk) { p.dk = d_dk.ptr; p.dk_stride = dk.bnhd(); }
-  if (c.grads & kDv) { p.dv = d_dv.ptr; p.dv_stride = dv.bnhd(); }
+  p.dout = d_dout.ptr;
+  p.dout_stride = dout.bnhd();
+  if (c.grads & kDq) {
+    p.dq = d_dq.ptr;
+    p.dq_stride = dq.bnhd();
+  }
+  if (c.grads & kDk) {
+    p.dk = d_dk.ptr;
+    p.dk_stride = dk.bnhd();
+  }
+  if (c.grads & kDv) {
+    p.dv = d_dv.ptr;
+    p.dv_stride = dv.bnhd();
+  }
   if (has_bias && (c.grads & kDb)) {
     p.dbias = d_dbias.ptr;
     p.dbias_batch_stride = dbias.s[0];
@@ -796,7 +917,8 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
     p.dbias_accumulate = c.accumulate;
   }
   p.deterministic = c.deterministic;
-  if (only == Only::kHopperByDefault && std::string(pf::kernels::cuda::flash_bias_forward_kernel(p)) != "hopper")
+  if (only == Only::kHopperByDefault &&
+      std::string(pf::kernels::cuda::flash_bias_forward_kernel(p)) != "hopper")
     GTEST_SKIP() << "the default path runs the portable forward for this case";
   if (only == Only::kHopperCovers && !pf::kernels::cuda::flash_bias_hopper_covers(p))
     GTEST_SKIP() << "the Hopper kernels do not cover this case on this device";
@@ -815,12 +937,16 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
     d_dv.poison();
     d_ws.poison();
     if (has_bias) {
-      if (c.accumulate) d_dbias.upload(dbias);
-      else d_dbias.poison();
+      if (c.accumulate)
+        d_dbias.upload(dbias);
+      else
+        d_dbias.poison();
     }
     if (want_dt) {
-      if (c.accumulate) CUDA_OK(cudaMemcpy(d_dtable.ptr, dtable0.data(), dtable0.size() * 4, cudaMemcpyHostToDevice));
-      else d_dtable.poison();
+      if (c.accumulate)
+        CUDA_OK(cudaMemcpy(d_dtable.ptr, dtable0.data(), dtable0.size() * 4, cudaMemcpyHostToDevice));
+      else
+        d_dtable.poison();
     }
     pf::kernels::cuda::flash_bias_backward(p, d_ws.ptr, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
@@ -850,17 +976,22 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
     if (c.grads & kDq) EXPECT_EQ(dq2.bytes, dq_h.bytes) << "dq differs between two deterministic runs";
     if (c.grads & kDk) EXPECT_EQ(dk2.bytes, dk_h.bytes) << "dk differs between two deterministic runs";
     if (c.grads & kDv) EXPECT_EQ(dv2.bytes, dv_h.bytes) << "dv differs between two deterministic runs";
-    if (has_bias && (c.grads & kDb)) EXPECT_EQ(db2.bytes, dbias_h.bytes) << "dbias differs between two deterministic runs";
+    if (has_bias && (c.grads & kDb))
+      EXPECT_EQ(db2.bytes, dbias_h.bytes) << "dbias differs between two deterministic runs";
     if (want_dt) {
       std::vector<float> dt2(table.size());
       CUDA_OK(cudaMemcpy(dt2.data(), d_dtable.ptr, dt2.size() * 4, cudaMemcpyDeviceToHost));
-      EXPECT_EQ(0, std::memcmp(dt2.data(), dt_h.data(), dt2.size() * 4)) << "drelpos_table differs between two deterministic runs";
+      EXPECT_EQ(0, std::memcmp(dt2.data(), dt_h.data(), dt2.size() * 4))
+          << "drelpos_table differs between two deterministic runs";
     }
   }
 
   // float64 reference on the same (rounded) inputs
   Dense in;
-  in.q = q.dense(); in.k = k.dense(); in.v = v.dense(); in.dout = dout.dense();
+  in.q = q.dense();
+  in.k = k.dense();
+  in.v = v.dense();
+  in.dout = dout.dense();
   if (has_bias) in.bias = bias.dense();
   // A relative-position table is materialised on top of the bias: the reference (and the naive
   // yardstick) then see a full (B,H,Nq,Nk) bias `comb`, whose gradient dS gives dB and dT.
@@ -873,7 +1004,8 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
         for (int i = 0; i < Nq; ++i)
           for (int j = 0; j < Nk; ++j) {
             double x = table[size_t(h) * nbins + std::clamp(j - i, -R, R) + R];
-            if (has_bias) x += in.bias[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq + i) * Nk + j];
+            if (has_bias)
+              x += in.bias[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq + i) * Nk + j];
             in_ref.bias[((size_t(b) * H + h) * Nq + i) * Nk + j] = x;
           }
     c_ref.bias = BiasForm::kFull;
@@ -886,23 +1018,34 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
         for (int i = 0; i < Nq; ++i)
           for (int j = 0; j < Nk; ++j) {
             const double x = ds[((size_t(b) * H + h) * Nq + i) * Nk + j];
-            if (!db.empty()) db[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq + i) * Nk + j] += x;
+            if (!db.empty())
+              db[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq + i) * Nk + j] += x;
             if (!dtab.empty()) dtab[size_t(h) * nbins + std::clamp(j - i, -R, R) + R] += x;
           }
   };
-  std::vector<double> r_out(in.q.size()), r_lse(lse_h.size()), r_dq(in.q.size()), r_dk(in.k.size()), r_dv(in.v.size());
-  std::vector<double> r_db = has_bias ? dbias.dense() : std::vector<double>();  // initial values when accumulating
+  std::vector<double> r_out(in.q.size()), r_lse(lse_h.size()), r_dq(in.q.size()), r_dk(in.k.size()),
+      r_dv(in.v.size());
+  std::vector<double> r_db =
+      has_bias ? dbias.dense() : std::vector<double>();  // initial values when accumulating
   std::vector<double> r_dt(dtable0.begin(), dtable0.end());
   std::vector<double> r_ds(has_rel ? size_t(B) * H * Nq * Nk : 0);
   {
     FlashBiasBwdParams r;
-    r.B = B; r.H = H; r.Nq = Nq; r.Nk = Nk; r.D = D;
+    r.B = B;
+    r.H = H;
+    r.Nq = Nq;
+    r.Nk = Nk;
+    r.D = D;
     r.scale = scale;
     r.dtype = ScalarType::F64;
-    r.q = in.q.data(); r.q_stride = pf::kernels::contiguous_bnhd(Nq, H, D);
-    r.k = in.k.data(); r.k_stride = pf::kernels::contiguous_bnhd(Nk, H, D);
-    r.v = in.v.data(); r.v_stride = r.k_stride;
-    r.out = r_out.data(); r.out_stride = r.q_stride;
+    r.q = in.q.data();
+    r.q_stride = pf::kernels::contiguous_bnhd(Nq, H, D);
+    r.k = in.k.data();
+    r.k_stride = pf::kernels::contiguous_bnhd(Nk, H, D);
+    r.v = in.v.data();
+    r.v_stride = r.k_stride;
+    r.out = r_out.data();
+    r.out_stride = r.q_stride;
     r.lse = r_lse.data();
     if (has_rel) {
       r.bias = in_ref.bias.data();
@@ -920,10 +1063,14 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
     r.key_padding_mask = c.mask ? mask.data() : nullptr;
     r.causal = c.causal;
     pf::kernels::cpu::flash_bias_forward(r);
-    r.dout = in.dout.data(); r.dout_stride = r.q_stride;
-    r.dq = r_dq.data(); r.dq_stride = r.q_stride;
-    r.dk = r_dk.data(); r.dk_stride = r.k_stride;
-    r.dv = r_dv.data(); r.dv_stride = r.k_stride;
+    r.dout = in.dout.data();
+    r.dout_stride = r.q_stride;
+    r.dq = r_dq.data();
+    r.dq_stride = r.q_stride;
+    r.dk = r_dk.data();
+    r.dk_stride = r.k_stride;
+    r.dv = r_dv.data();
+    r.dv_stride = r.k_stride;
     if (has_rel) {
       r.dbias = r_ds.data();  // dS of the materialised bias, reduced below
       r.dbias_batch_stride = r.bias_batch_stride;
@@ -947,7 +1094,10 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
   const bool low = dt != ScalarType::F32;
   std::vector<double> n_out, n_dq, n_dk, n_dv, n_db, n_dt;
   if (low) {
-    n_out.assign(in.q.size(), 0); n_dq.assign(in.q.size(), 0); n_dk.assign(in.k.size(), 0); n_dv.assign(in.v.size(), 0);
+    n_out.assign(in.q.size(), 0);
+    n_dq.assign(in.q.size(), 0);
+    n_dk.assign(in.k.size(), 0);
+    n_dv.assign(in.v.size(), 0);
     std::vector<double> ds_all(size_t(B) * H * Nq * Nk);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; ++b)
@@ -964,7 +1114,8 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
       for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)
           for (size_t e = 0; e < size_t(Nq) * Nk; ++e)
-            sum[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq * Nk) + e] += ds_all[(size_t(b) * H + h) * Nq * Nk + e];
+            sum[((size_t(shared_b ? 0 : b) * Hb + (shared_h ? 0 : h)) * Nq * Nk) + e] +=
+                ds_all[(size_t(b) * H + h) * Nq * Nk + e];
       for (size_t e = 0; e < n_db.size(); ++e) n_db[e] = rd(bdt, n_db[e] + rd(dt, sum[e]));
     }
     if (has_rel) {  // dT: the rounded dS summed exactly, rounded once to fp32
@@ -989,18 +1140,24 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
       nerr = rel_err(*naive, ref, zero_scale);
       tol = std::max(2.0 * nerr, unit_roundoff(out_dt));
     }
-    EXPECT_LE(err, tol) << name << ": relative error " << err << " (naive " << dtype_tag(dt) << " error " << nerr << ")";
+    EXPECT_LE(err, tol) << name << ": relative error " << err << " (naive " << dtype_tag(dt) << " error "
+                        << nerr << ")";
     std::printf("    %-6s err %.3e  tol %.3e%s\n", name, err, tol, naive ? "  (2x naive or u)" : "");
   };
 
-  std::printf("  %s (forward: %s kernel, backward: %s kernel)\n", case_name(c).c_str(), kernel.c_str(), bwd_kernel.c_str());
+  std::printf("  %s (forward: %s kernel, backward: %s kernel)\n", case_name(c).c_str(), kernel.c_str(),
+              bwd_kernel.c_str());
   check("out", out_h.dense(), r_out, low ? &n_out : nullptr, dt);
   {  // lse: finite entries by relative error, -inf exactly where the reference has it
     std::vector<double> got, ref;
     size_t inf_mismatch = 0;
     for (size_t i = 0; i < lse_h.size(); ++i) {
-      if (std::isinf(r_lse[i])) inf_mismatch += !(std::isinf(lse_h[i]) && lse_h[i] < 0);
-      else { got.push_back(lse_h[i]); ref.push_back(r_lse[i]); }
+      if (std::isinf(r_lse[i]))
+        inf_mismatch += !(std::isinf(lse_h[i]) && lse_h[i] < 0);
+      else {
+        got.push_back(lse_h[i]);
+        ref.push_back(r_lse[i]);
+      }
     }
     EXPECT_EQ(inf_mismatch, 0u) << "lse: rows with no attended key must have lse = -inf";
     if (!got.empty()) check("lse", got, ref, nullptr, ScalarType::F32);
@@ -1063,13 +1220,21 @@ TEST(FlashBiasCudaNaN, NaNInputsReachTheirRowsOnly) {
   d_v.upload(v);
   d_bias.upload(bias);
   FlashBiasParams p;
-  p.B = B; p.H = H; p.Nq = N; p.Nk = N; p.D = D;
+  p.B = B;
+  p.H = H;
+  p.Nq = N;
+  p.Nk = N;
+  p.D = D;
   p.scale = 0.125;
   p.dtype = ScalarType::F16;
-  p.q = d_q.ptr; p.q_stride = q.bnhd();
-  p.k = d_k.ptr; p.k_stride = k.bnhd();
-  p.v = d_v.ptr; p.v_stride = v.bnhd();
-  p.out = d_out.ptr; p.out_stride = out.bnhd();
+  p.q = d_q.ptr;
+  p.q_stride = q.bnhd();
+  p.k = d_k.ptr;
+  p.k_stride = k.bnhd();
+  p.v = d_v.ptr;
+  p.v_stride = v.bnhd();
+  p.out = d_out.ptr;
+  p.out_stride = out.bnhd();
   p.lse = d_lse.ptr;
   p.bias = d_bias.ptr;
   p.bias_dtype = ScalarType::F16;
@@ -1092,7 +1257,8 @@ TEST(FlashBiasCudaNaN, NaNInputsReachTheirRowsOnly) {
         const bool poisoned = (h == 0 && i == 5) || (h == 1 && i == 9);
         EXPECT_EQ(std::isnan(lse[size_t(h) * N + i]), poisoned) << "lse of head " << h << " row " << i;
         for (int d = 0; d < D; ++d)
-          ASSERT_EQ(std::isnan(out_h.get(0, i, h, d)), poisoned) << "out of head " << h << " row " << i << " dim " << d;
+          ASSERT_EQ(std::isnan(out_h.get(0, i, h, d)), poisoned)
+              << "out of head " << h << " row " << i << " dim " << d;
       }
   }
 }
@@ -1110,8 +1276,8 @@ struct VarlenCase {
   ScalarType bias_dtype = ScalarType::F16;
   std::vector<int> lq, lk;  // lengths per sequence (lk empty: = lq)
   int H = 2, D = 64;
-  bool bias = false;        // packed dense bias blocks
-  int relpos = -1;          // R >= 0: relative-position table (per sequence positions)
+  bool bias = false;  // packed dense bias blocks
+  int relpos = -1;    // R >= 0: relative-position table (per sequence positions)
   bool causal = false, deterministic = false, accumulate = false;
   unsigned grads = kAll;
   std::string tag;
@@ -1231,8 +1397,11 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
   const bool has_rel = R >= 0, want_dt = has_rel && (c.grads & kDt), want_db = c.bias && (c.grads & kDb);
 
   // packed tensors as (1, T, H, D); the bias blocks as one flat row
-  auto thd = [&](int T) { return HostTensor(dt, {1, std::max(T, 1), H, D}, {int64_t(std::max(T, 1)) * H * D, H * D, D, 1}); };
-  HostTensor q = thd(Tq), k = thd(Tk), v = thd(Tk), dout = thd(Tq), out = thd(Tq), dq = thd(Tq), dk = thd(Tk), dv = thd(Tk);
+  auto thd = [&](int T) {
+    return HostTensor(dt, {1, std::max(T, 1), H, D}, {int64_t(std::max(T, 1)) * H * D, H * D, D, 1});
+  };
+  HostTensor q = thd(Tq), k = thd(Tk), v = thd(Tk), dout = thd(Tq), out = thd(Tq), dq = thd(Tq), dk = thd(Tk),
+             dv = thd(Tk);
   const int64_t nbias = std::max<int64_t>(boff[B], 1);
   HostTensor bias(bdt, {1, 1, 1, nbias}, {0, 0, 0, 1}), dbias0 = bias;
   for (HostTensor* t : {&q, &k, &v, &dout})
@@ -1265,13 +1434,21 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
   d_lse.poison();
 
   FlashBiasBwdParams p;
-  p.B = B; p.H = H; p.Nq = Nq; p.Nk = Nk; p.D = D;
+  p.B = B;
+  p.H = H;
+  p.Nq = Nq;
+  p.Nk = Nk;
+  p.D = D;
   p.scale = scale;
   p.dtype = dt;
-  p.q = d_q.ptr; p.q_stride = q.bnhd();
-  p.k = d_k.ptr; p.k_stride = k.bnhd();
-  p.v = d_v.ptr; p.v_stride = v.bnhd();
-  p.out = d_out.ptr; p.out_stride = out.bnhd();
+  p.q = d_q.ptr;
+  p.q_stride = q.bnhd();
+  p.k = d_k.ptr;
+  p.k_stride = k.bnhd();
+  p.v = d_v.ptr;
+  p.v_stride = v.bnhd();
+  p.out = d_out.ptr;
+  p.out_stride = out.bnhd();
   p.lse = d_lse.ptr;
   p.cu_seqlens_q = static_cast<const int32_t*>(d_cuq.ptr);
   p.cu_seqlens_k = static_cast<const int32_t*>(d_cuk.ptr);
@@ -1288,10 +1465,20 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
   pf::kernels::cuda::flash_bias_forward(p, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
 
-  p.dout = d_dout.ptr; p.dout_stride = dout.bnhd();
-  if (c.grads & kDq) { p.dq = d_dq.ptr; p.dq_stride = dq.bnhd(); }
-  if (c.grads & kDk) { p.dk = d_dk.ptr; p.dk_stride = dk.bnhd(); }
-  if (c.grads & kDv) { p.dv = d_dv.ptr; p.dv_stride = dv.bnhd(); }
+  p.dout = d_dout.ptr;
+  p.dout_stride = dout.bnhd();
+  if (c.grads & kDq) {
+    p.dq = d_dq.ptr;
+    p.dq_stride = dq.bnhd();
+  }
+  if (c.grads & kDk) {
+    p.dk = d_dk.ptr;
+    p.dk_stride = dk.bnhd();
+  }
+  if (c.grads & kDv) {
+    p.dv = d_dv.ptr;
+    p.dv_stride = dv.bnhd();
+  }
   if (want_db) p.dbias = d_dbias.ptr;
   if (want_dt) p.drelpos_table = d_dtable.ptr;
   p.dbias_accumulate = c.accumulate;
@@ -1343,9 +1530,11 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
 
   // references: every sequence alone (float64 dense reference; naive yardstick for fp16 / bf16)
   const bool low = dt != ScalarType::F32;
-  const std::vector<double> qd = q.dense(), kd = k.dense(), vd = v.dense(), dod = dout.dense(), bd = bias.dense();
+  const std::vector<double> qd = q.dense(), kd = k.dense(), vd = v.dense(), dod = dout.dense(),
+                            bd = bias.dense();
   std::vector<double> r_out(qd.size(), 0), r_dq(qd.size(), 0), r_dk(kd.size(), 0), r_dv(vd.size(), 0);
-  std::vector<double> r_lse(lse_h.size(), -INFINITY), r_db = dbias0.dense(), r_dt(dtable0.begin(), dtable0.end());
+  std::vector<double> r_lse(lse_h.size(), -INFINITY), r_db = dbias0.dense(),
+                                                      r_dt(dtable0.begin(), dtable0.end());
   std::vector<double> n_out(qd.size(), 0), n_dq(qd.size(), 0), n_dk(kd.size(), 0), n_dv(vd.size(), 0);
   std::vector<double> n_db = r_db, n_dt = r_dt;
   if (!c.accumulate) {
@@ -1374,13 +1563,21 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
     std::vector<double> o(in.q.size()), l(size_t(H) * nq), gq(in.q.size()), gk(in.k.size()), gv(in.v.size());
     std::vector<double> ds(in.bias.size());
     FlashBiasBwdParams r;
-    r.B = 1; r.H = H; r.Nq = nq; r.Nk = nk; r.D = D;
+    r.B = 1;
+    r.H = H;
+    r.Nq = nq;
+    r.Nk = nk;
+    r.D = D;
     r.scale = scale;
     r.dtype = ScalarType::F64;
-    r.q = in.q.data(); r.q_stride = pf::kernels::contiguous_bnhd(nq, H, D);
-    r.k = in.k.data(); r.k_stride = pf::kernels::contiguous_bnhd(nk, H, D);
-    r.v = in.v.data(); r.v_stride = r.k_stride;
-    r.out = o.data(); r.out_stride = r.q_stride;
+    r.q = in.q.data();
+    r.q_stride = pf::kernels::contiguous_bnhd(nq, H, D);
+    r.k = in.k.data();
+    r.k_stride = pf::kernels::contiguous_bnhd(nk, H, D);
+    r.v = in.v.data();
+    r.v_stride = r.k_stride;
+    r.out = o.data();
+    r.out_stride = r.q_stride;
     r.lse = l.data();
     if (any_bias) {
       r.bias = in.bias.data();
@@ -1391,10 +1588,14 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
     }
     r.causal = c.causal;
     pf::kernels::cpu::flash_bias_forward(r);
-    r.dout = in.dout.data(); r.dout_stride = r.q_stride;
-    r.dq = gq.data(); r.dq_stride = r.q_stride;
-    r.dk = gk.data(); r.dk_stride = r.k_stride;
-    r.dv = gv.data(); r.dv_stride = r.k_stride;
+    r.dout = in.dout.data();
+    r.dout_stride = r.q_stride;
+    r.dq = gq.data();
+    r.dq_stride = r.q_stride;
+    r.dk = gk.data();
+    r.dk_stride = r.k_stride;
+    r.dv = gv.data();
+    r.dv_stride = r.k_stride;
     if (any_bias) {
       r.dbias = ds.data();
       r.dbias_head_stride = int64_t(nq) * nk;
@@ -1420,10 +1621,15 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
     reduce(ds, r_db, r_dt);
     if (low) {
       Case cn;
-      cn.B = 1; cn.H = H; cn.Nq = nq; cn.Nk = nk; cn.D = D;
+      cn.B = 1;
+      cn.H = H;
+      cn.Nq = nq;
+      cn.Nk = nk;
+      cn.D = D;
       cn.bias = any_bias ? BiasForm::kFull : BiasForm::kNone;
       cn.causal = c.causal;
-      std::vector<double> no(in.q.size()), nq_(in.q.size()), nk_(in.k.size()), nv(in.v.size()), nds(size_t(nq) * nk);
+      std::vector<double> no(in.q.size()), nq_(in.q.size()), nk_(in.k.size()), nv(in.v.size()),
+          nds(size_t(nq) * nk);
       std::vector<double> nds_all(size_t(H) * nq * nk);
       for (int h = 0; h < H; ++h) {
         naive_one_head(cn, scale, dt, in, {}, 0, h, no, nq_, nk_, nv, nds);
@@ -1451,7 +1657,8 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
       nerr = rel_err(*naive, ref, zero_scale);
       tol = std::max(2.0 * nerr, unit_roundoff(out_dt));
     }
-    EXPECT_LE(err, tol) << name << ": relative error " << err << " (naive " << dtype_tag(dt) << " error " << nerr << ")";
+    EXPECT_LE(err, tol) << name << ": relative error " << err << " (naive " << dtype_tag(dt) << " error "
+                        << nerr << ")";
     std::printf("    %-9s err %.3e  tol %.3e\n", name.c_str(), err, tol);
   };
   std::printf("  %s\n", varlen_name(c).c_str());
@@ -1460,17 +1667,24 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
     std::vector<double> got, ref;
     size_t inf_mismatch = 0;
     for (size_t i = 0; i < lse_h.size(); ++i) {
-      if (std::isinf(r_lse[i])) inf_mismatch += !(std::isinf(lse_h[i]) && lse_h[i] < 0);
-      else { got.push_back(lse_h[i]); ref.push_back(r_lse[i]); }
+      if (std::isinf(r_lse[i]))
+        inf_mismatch += !(std::isinf(lse_h[i]) && lse_h[i] < 0);
+      else {
+        got.push_back(lse_h[i]);
+        ref.push_back(r_lse[i]);
+      }
     }
     EXPECT_EQ(inf_mismatch, 0u) << "lse: rows with no key must have lse = -inf";
     if (!got.empty()) check("lse", got, ref, nullptr, ScalarType::F32);
   }
   for (const Got* g : {&g1, &g2}) {
     const std::string run = g == &g1 ? "" : "(2)";
-    if ((c.grads & kDq) && Tq > 0) check("dq" + run, g->dq.dense(), r_dq, low ? &n_dq : nullptr, dt, dv_scale);
-    if ((c.grads & kDk) && Tk > 0) check("dk" + run, g->dk.dense(), r_dk, low ? &n_dk : nullptr, dt, dv_scale);
-    if ((c.grads & kDv) && Tk > 0) check("dv" + run, g->dv.dense(), r_dv, low ? &n_dv : nullptr, dt, dv_scale);
+    if ((c.grads & kDq) && Tq > 0)
+      check("dq" + run, g->dq.dense(), r_dq, low ? &n_dq : nullptr, dt, dv_scale);
+    if ((c.grads & kDk) && Tk > 0)
+      check("dk" + run, g->dk.dense(), r_dk, low ? &n_dk : nullptr, dt, dv_scale);
+    if ((c.grads & kDv) && Tk > 0)
+      check("dv" + run, g->dv.dense(), r_dv, low ? &n_dv : nullptr, dt, dv_scale);
     if (want_db && boff[B] > 0)
       check("dbias" + run, g->db.dense(), r_db, low ? &n_db : nullptr, bdt, c.accumulate ? 0.0 : dv_scale);
     if (want_dt)
@@ -1480,13 +1694,19 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, FlashBiasCudaVarlen, ::testing::ValuesIn(varlen_cases()),
-                         [](const ::testing::TestParamInfo<VarlenCase>& info) { return varlen_name(info.param); });
+                         [](const ::testing::TestParamInfo<VarlenCase>& info) {
+                           return varlen_name(info.param);
+                         });
 
 // ---- argument checks (no device needed: they fail before any CUDA call) -----------------------
 
 FlashBiasBwdParams valid_params() {
   FlashBiasBwdParams p;
-  p.B = 2; p.H = 2; p.Nq = 17; p.Nk = 17; p.D = 64;
+  p.B = 2;
+  p.H = 2;
+  p.Nq = 17;
+  p.Nk = 17;
+  p.D = 64;
   p.scale = 0.125f;
   p.dtype = ScalarType::F16;
   void* fake = reinterpret_cast<void*>(uintptr_t(1) << 20);  // aligned, never dereferenced
@@ -1609,7 +1829,11 @@ TEST(FlashBiasCudaArgs, RelposWorkspace) {
   p.drelpos_table = reinterpret_cast<void*>(uintptr_t(1) << 20);
   EXPECT_EQ(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p), base);
   p.deterministic = true;
-  const size_t det_base = [&] { FlashBiasBwdParams r = p; r.drelpos_table = nullptr; return pf::kernels::cuda::flash_bias_backward_workspace_bytes(r); }();
+  const size_t det_base = [&] {
+    FlashBiasBwdParams r = p;
+    r.drelpos_table = nullptr;
+    return pf::kernels::cuda::flash_bias_backward_workspace_bytes(r);
+  }();
   // B·H·ceil(Nk/64) rows of min(2R+1, 64·ceil(Nq/64) + 63) = 7 floats, rounded up to 256 bytes
   EXPECT_EQ(pf::kernels::cuda::flash_bias_backward_workspace_bytes(p), det_base + 256);
 }

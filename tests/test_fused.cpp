@@ -42,9 +42,7 @@ constexpr double kF32Tol = 1e-5;
 // Sets ops::fused(op) for its scope.
 class FuseGuard {
  public:
-  FuseGuard(const char* op, bool on) : op_(op), previous_(ops::fused(op)) {
-    ops::set_fused(op, on);
-  }
+  FuseGuard(const char* op, bool on) : op_(op), previous_(ops::fused(op)) { ops::set_fused(op, on); }
   ~FuseGuard() { ops::set_fused(op_, previous_); }
 
  private:
@@ -62,13 +60,12 @@ struct PairShape {
 
 // Awkward on purpose: one pair, one channel (x̂ ≡ 0), N ≠ M, odd C, more heads than channels,
 // C and H past the GPU kernel's compiled widths (the CPU takes any).
-const std::vector<PairShape> kShapes = {{1, 1, 1, 1, 1},  {2, 5, 7, 3, 2},   {2, 9, 9, 16, 4},
-                                        {1, 4, 3, 5, 9},  {3, 6, 6, 32, 8},  {1, 3, 4, 67, 17}};
+const std::vector<PairShape> kShapes = {{1, 1, 1, 1, 1}, {2, 5, 7, 3, 2},  {2, 9, 9, 16, 4},
+                                        {1, 4, 3, 5, 9}, {3, 6, 6, 32, 8}, {1, 3, 4, 67, 17}};
 
 // z with an offset mean (as real pair features have), γ around 1, β and W of either sign.
 std::vector<Tensor> pair_inputs(const PairShape& s, Rng& rng, DType dtype) {
-  Tensor z = ops::add(randn({s.B, s.N, s.M, s.C}, rng, DType::F64),
-                      Tensor::full({1}, 0.7, DType::F64));
+  Tensor z = ops::add(randn({s.B, s.N, s.M, s.C}, rng, DType::F64), Tensor::full({1}, 0.7, DType::F64));
   return {z.to(dtype), uniform({s.C}, 0.5, 1.5, rng, DType::F64).to(dtype),
           randn({s.C}, rng, DType::F64).to(dtype), randn({s.H, s.C}, rng, DType::F64).to(dtype)};
 }
@@ -83,8 +80,7 @@ TEST(FusedPairBias, GradcheckFloat64) {
     opt.max_elements = 200;
     opt.seed = test_seed();
     const auto entries = gradcheck([&] { return ops::pair_bias(in[0], in[1], in[2], in[3]); },
-                                   {{"z", in[0]}, {"gamma", in[1]}, {"beta", in[2]}, {"w", in[3]}},
-                                   opt);
+                                   {{"z", in[0]}, {"gamma", in[1]}, {"beta", in[2]}, {"w", in[3]}}, opt);
     for (const GradcheckEntry& e : entries) {
       EXPECT_LE(e.rel_error, kGradTol) << e.name << " (" << e.checked << " elements)";
       EXPECT_GT(e.checked, 0) << e.name;
@@ -98,7 +94,7 @@ TEST(FusedPairBias, MatchesTheChainOfOps) {
     SCOPED_TRACE(s.str());
     Rng rng = make_rng("chain" + s.str());
     const std::vector<Tensor> in = pair_inputs(s, rng, DType::F64);
-    Tensor r;  // the upstream gradient
+    Tensor r;                                  // the upstream gradient
     std::vector<std::vector<Tensor>> results;  // [fused, chain] → out, dz, dγ, dβ, dW
     for (bool fused : {true, false}) {
       const FuseGuard guard("pair_bias", fused);
@@ -162,15 +158,15 @@ TEST(FusedPairBias, GradientsOnlyWhereWanted) {
 TEST(FusedPairBias, ErrorsNameWhatIsWrong) {
   Rng rng = make_rng("errors");
   const std::vector<Tensor> in = pair_inputs({1, 2, 2, 4, 3}, rng, DType::F32);
-  expect_error([&] { ops::pair_bias(ops::reshape(in[0], {2, 2, 4}), in[1], in[2], in[3]); },
-               "z must be (B,N,M,C)");
-  expect_error([&] { ops::pair_bias(in[0], randn({5}, rng), in[2], in[3]); },
-               "gamma and beta must be (4)");
-  expect_error([&] { ops::pair_bias(in[0], in[1], in[2], randn({3, 5}, rng)); },
-               "w must be (H,4)");
+  expect_error(
+      [&] {
+        ops::pair_bias(ops::reshape(in[0], {2, 2, 4}), in[1], in[2], in[3]);
+      },
+      "z must be (B,N,M,C)");
+  expect_error([&] { ops::pair_bias(in[0], randn({5}, rng), in[2], in[3]); }, "gamma and beta must be (4)");
+  expect_error([&] { ops::pair_bias(in[0], in[1], in[2], randn({3, 5}, rng)); }, "w must be (H,4)");
   expect_error([&] { ops::pair_bias(in[0].to(DType::F64), in[1], in[2], in[3]); }, "same dtype");
 }
-
 
 // ---- embedding_sum ----------------------------------------------------------------------------
 
@@ -192,9 +188,8 @@ const std::vector<SumShape> kSumShapes = {{{1}, {1}, 1, 1, 1},
                                           {{4, 3}, {3}, 6, 2, 33}};
 
 std::vector<Tensor> sum_inputs(const SumShape& s, Rng& rng, DType dtype) {
-  return {
-      randn({s.Va, s.D}, rng, DType::F64).to(dtype), randint(s.ia, 0, static_cast<int>(s.Va), rng),
-      randn({s.Vb, s.D}, rng, DType::F64).to(dtype), randint(s.ib, 0, static_cast<int>(s.Vb), rng)};
+  return {randn({s.Va, s.D}, rng, DType::F64).to(dtype), randint(s.ia, 0, static_cast<int>(s.Va), rng),
+          randn({s.Vb, s.D}, rng, DType::F64).to(dtype), randint(s.ib, 0, static_cast<int>(s.Vb), rng)};
 }
 
 TEST(FusedEmbeddingSum, GradcheckFloat64) {
@@ -204,9 +199,8 @@ TEST(FusedEmbeddingSum, GradcheckFloat64) {
     std::vector<Tensor> in = sum_inputs(s, rng, DType::F64);
     in[0].requires_grad_(true);
     in[2].requires_grad_(true);
-    const auto entries = gradcheck(
-        [&] { return ops::embedding_sum(in[0], in[1], in[2], in[3], DType::F64); },
-        {{"a", in[0]}, {"b", in[2]}});
+    const auto entries = gradcheck([&] { return ops::embedding_sum(in[0], in[1], in[2], in[3], DType::F64); },
+                                   {{"a", in[0]}, {"b", in[2]}});
     for (const GradcheckEntry& e : entries) EXPECT_LE(e.rel_error, kGradTol) << e.name;
   }
 }
@@ -244,13 +238,10 @@ TEST(FusedEmbeddingSum, MatchesTheChainOfOps) {
 TEST(FusedEmbeddingSum, ErrorsNameWhatIsWrong) {
   Rng rng = make_rng("eserrors");
   const std::vector<Tensor> in = sum_inputs({{2, 3}, {3}, 4, 5, 2}, rng, DType::F32);
-  expect_error(
-      [&] { ops::embedding_sum(in[0], in[1], in[2], randint({2}, 0, 5, rng), DType::F32); },
-      "trailing dims");
-  expect_error([&] { ops::embedding_sum(in[0], in[1], randn({5, 3}, rng), in[3], DType::F32); },
-               "one D");
-  expect_error([&] { ops::embedding_sum(in[0], in[1], in[2], in[3], DType::F64); },
-               "tables' (float32)");
+  expect_error([&] { ops::embedding_sum(in[0], in[1], in[2], randint({2}, 0, 5, rng), DType::F32); },
+               "trailing dims");
+  expect_error([&] { ops::embedding_sum(in[0], in[1], randn({5, 3}, rng), in[3], DType::F32); }, "one D");
+  expect_error([&] { ops::embedding_sum(in[0], in[1], in[2], in[3], DType::F64); }, "tables' (float32)");
   const Tensor bad = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3, 4, 1}, {2, 3});
   expect_error([&] { ops::embedding_sum(in[0], bad, in[2], in[3], DType::F32); },
                "index 4 of table a at position 4");

@@ -35,7 +35,8 @@ void expect_error(const std::function<void()>& fn, const std::vector<std::string
     fn();
   } catch (const pf::Error& e) {
     const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    for (const std::string& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
     return;
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected pf::Error, got another exception: " << e.what();
@@ -183,14 +184,14 @@ TEST_F(H5IoTest, DottedNamesSlashesMakeGroupsAndListing) {
   EXPECT_FALSE(r.has_group("model/layers.0.attn.q.weight"));
   EXPECT_TRUE(r.has("model/layers.0.attn.q.weight"));
   EXPECT_TRUE(r.has("/model/layers.0.attn.q.weight"));
-  EXPECT_FALSE(r.has("model"));               // a group is not a dataset
+  EXPECT_FALSE(r.has("model"));  // a group is not a dataset
   EXPECT_FALSE(r.has("model/layers.0.attn.q"));
   EXPECT_FALSE(r.has("nothing/here/at/all"));
   EXPECT_EQ(r.list_datasets("model"),
             (std::vector<std::string>{"layers.0.attn.q.weight", "layers.10.mlp.fc1.bias", "sub/x"}));
-  EXPECT_EQ(r.list_datasets("/"), (std::vector<std::string>{"model/layers.0.attn.q.weight",
-                                                            "model/layers.10.mlp.fc1.bias", "model/sub/x",
-                                                            "optim/step"}));
+  EXPECT_EQ(r.list_datasets("/"),
+            (std::vector<std::string>{"model/layers.0.attn.q.weight", "model/layers.10.mlp.fc1.bias",
+                                      "model/sub/x", "optim/step"}));
   EXPECT_EQ(r.read_float("model/layers.0.attn.q.weight"), a);
   expect_error([&] { r.list_datasets("nope"); }, {"group 'nope'", "not found", p});
 }
@@ -213,10 +214,10 @@ TEST_F(H5IoTest, AttributesRoundTripOnRootGroupsAndDatasets) {
     w.write_attr("/model", "dist_max", x);
     w.write_attr("/model", "precision", s);
     w.write_attr("model/embed.weight", "note", std::string());
-    w.write_attr("/model", "n_heads", 4);      // int overload
-    w.write_attr("/model", "n_heads", 8);      // replaced
-    w.write_attr("/", "device", "cpu");        // const char* overload
-    w.write_attr("/run/info", "version", 3);   // a missing object becomes a group
+    w.write_attr("/model", "n_heads", 4);     // int overload
+    w.write_attr("/model", "n_heads", 8);     // replaced
+    w.write_attr("/", "device", "cpu");       // const char* overload
+    w.write_attr("/run/info", "version", 3);  // a missing object becomes a group
     w.commit();
   }
   pf::H5Reader r(p);
@@ -317,8 +318,11 @@ TEST_F(H5IoTest, SameContentSameBytesAndCommitNewNeverReplaces) {
 TEST_F(H5IoTest, BadRequestsAreClearErrors) {
   const std::string p = small_file("small.h5");
   pf::H5Reader r(p);
-  expect_error([&] { r.read_float("model/embed.weight", {8, 64}); },
-               {"dataset 'model/embed.weight' in file " + p, "expected shape [8, 64], found [8, 32]"});
+  expect_error(
+      [&] {
+        r.read_float("model/embed.weight", {8, 64});
+      },
+      {"dataset 'model/embed.weight' in file " + p, "expected shape [8, 64], found [8, 32]"});
   expect_error([&] { r.read_float("model/missing.weight"); }, {"'model/missing.weight'", "not found", p});
   expect_error([&] { r.shape("model/missing.weight"); }, {"'model/missing.weight'", "not found"});
   expect_error([&] { r.read_float("model"); }, {"'model'", "not found"});  // a group, not a dataset
@@ -422,7 +426,8 @@ TEST_F(H5IoTest, ReadsForeignStringAndIntegerKinds) {
     H5Dwrite(d8, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, small.data());
     hid_t d32 = H5Dcreate2(f, "u32", H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     H5Dwrite(d32, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, big.data());
-    hid_t unwritten = H5Dcreate2(f, "unwritten", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t unwritten =
+        H5Dcreate2(f, "unwritten", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     H5Dclose(unwritten);
     hid_t scalar = H5Screate(H5S_SCALAR);
     hid_t vstr = H5Tcopy(H5T_C_S1);
@@ -479,8 +484,14 @@ TEST_F(H5IoTest, CorruptedMetadataNeverCrashes) {
       pf::H5Reader r(c);
       for (const std::string& n : r.list_datasets("/")) {
         r.shape(n);
-        try { r.read_float(n); } catch (const pf::Error&) {}  // int32 data: wrong class
-        try { r.read_int32(n); } catch (const pf::Error&) {}  // float data: wrong class
+        try {
+          r.read_float(n);
+        } catch (const pf::Error&) {
+        }  // int32 data: wrong class
+        try {
+          r.read_int32(n);
+        } catch (const pf::Error&) {
+        }  // float data: wrong class
       }
       r.attr_int("/model", "d_model");
     } catch (const pf::Error&) {
@@ -505,7 +516,8 @@ TEST_F(H5IoTest, WrittenFilesStartWithAnIntegrityHeaderThatHdf5Skips) {
   ASSERT_EQ(bytes.substr(0, lines.size()), lines);
   const size_t hash_end = bytes.find('\n', lines.size());
   EXPECT_EQ(hash_end - lines.size(), 16u) << "16 hex digits";
-  EXPECT_EQ(bytes.find_first_not_of('\0', hash_end + 1), kUserBlock) << "NUL bytes up to the user block's end";
+  EXPECT_EQ(bytes.find_first_not_of('\0', hash_end + 1), kUserBlock)
+      << "NUL bytes up to the user block's end";
   EXPECT_EQ(bytes.substr(kUserBlock, 8), kHdf5Signature);
   // HDF5 itself (any reader that knows nothing of our header) sees a 512-byte user block and
   // the data: opened with the plain C API, default driver.
@@ -549,9 +561,9 @@ TEST_F(H5IoTest, EveryChangedByteIsRefusedBeforeHdf5ParsesIt) {
     }
     ++refused;
     if (pos >= kUserBlock)
-      expect_error([&] { pf::H5Reader r(c); },
-                   {c + ": corrupt or truncated HDF5 file: expected " + std::to_string(good.size()) +
-                        " bytes with hash " + hash + ", found " + std::to_string(good.size()) + " bytes / hash "});
+      expect_error([&] { pf::H5Reader r(c); }, {c + ": corrupt or truncated HDF5 file: expected " +
+                                                std::to_string(good.size()) + " bytes with hash " + hash +
+                                                ", found " + std::to_string(good.size()) + " bytes / hash "});
     else  // the header itself: a damaged line, or other (wrong) values
       expect_error([&] { pf::H5Reader r(c); }, {c + ": corrupt or truncated HDF5 file"});
   }
@@ -576,18 +588,20 @@ TEST_F(H5IoTest, TruncatedOrExtendedFilesNameBothLengths) {
   const std::string n = std::to_string(good.size());
   const std::string c = file("len.h5");
   const size_t header = good.find('\0');  // the end of the header's text
-  std::vector<size_t> lengths = {kMagic.size(), kMagic.size() + 3, header - 1, header, kUserBlock - 1,
-                                 kUserBlock, kUserBlock + 8, good.size() - 1};
+  std::vector<size_t> lengths = {kMagic.size(),  kMagic.size() + 3, header - 1,     header,
+                                 kUserBlock - 1, kUserBlock,        kUserBlock + 8, good.size() - 1};
   for (int k = 0; k < 8; ++k) lengths.push_back(kMagic.size() + rng_() % (good.size() - kMagic.size()));
   for (size_t len : lengths) {
     SCOPED_TRACE("truncated to " + std::to_string(len));
     write_bytes(c, good.substr(0, len));
-    std::vector<std::string> parts = {c + ": corrupt or truncated HDF5 file", "found " + std::to_string(len) + " bytes"};
+    std::vector<std::string> parts = {c + ": corrupt or truncated HDF5 file",
+                                      "found " + std::to_string(len) + " bytes"};
     if (len >= header) parts.push_back("expected " + n + " bytes");  // the header's lines are whole
     expect_error([&] { pf::H5Reader r(c); }, parts);
   }
   write_bytes(c, good + std::string(1, '\0'));  // a trailing byte, even a zero, is not the file written
-  expect_error([&] { pf::H5Reader r(c); }, {"expected " + n + " bytes", "found " + std::to_string(good.size() + 1) + " bytes"});
+  expect_error([&] { pf::H5Reader r(c); },
+               {"expected " + n + " bytes", "found " + std::to_string(good.size() + 1) + " bytes"});
   write_bytes(c, good.substr(0, kMagic.size() - 1));  // not even the magic: not a file of ours, nor HDF5
   expect_error([&] { pf::H5Reader r(c); }, {c, "not an HDF5 file"});
 }
@@ -611,7 +625,8 @@ TEST_F(H5IoTest, ForeignFilesWithAUserBlockReadAsBefore) {
     H5Fclose(f);
   }
   std::string b = read_bytes(p);
-  const std::string note = "some other tool's notes\npairflash-h5 integrity v1\n";  // the magic, not at byte 0
+  const std::string note =
+      "some other tool's notes\npairflash-h5 integrity v1\n";  // the magic, not at byte 0
   b.replace(0, note.size(), note);
   write_bytes(p, b);
   EXPECT_EQ(pf::H5Reader(p).read_double("x", {17}), v);
@@ -635,7 +650,9 @@ TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead of killing
-    struct rlimit lim{64 * 1024, 64 * 1024};
+    struct rlimit lim {
+      64 * 1024, 64 * 1024
+    };
     ::setrlimit(RLIMIT_FSIZE, &lim);
     int code = 10;
     try {
@@ -646,7 +663,8 @@ TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
     } catch (const pf::Error& e) {
       const std::string msg = e.what();
       const bool ok = msg.find("cannot write HDF5 file " + p + ".tmp.") != std::string::npos &&
-                      msg.find(std::strerror(EFBIG)) != std::string::npos && msg.find('\n') == std::string::npos;
+                      msg.find(std::strerror(EFBIG)) != std::string::npos &&
+                      msg.find('\n') == std::string::npos;
       if (!ok) std::fprintf(stderr, "unexpected message: %s\n", msg.c_str());
       code = ok ? 0 : 12;
     } catch (...) {
@@ -656,8 +674,10 @@ TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
   }
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: nothing thrown yet, 11: commit succeeded, 12: wrong message, 13: other exception";
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal "
+                                 << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "10: nothing thrown yet, 11: commit succeeded, 12: wrong message, 13: other exception";
   EXPECT_EQ(read_bytes(p), before);
   for (const auto& e : fs::directory_iterator(fs::path(p).parent_path()))  // the temp file went
     EXPECT_FALSE(pf::is_temp_path(e.path().string())) << e.path();
@@ -673,7 +693,8 @@ TEST_F(H5IoTest, AFailingWriteIsOneErrorAndTheProcessExitsCleanly) {
 TEST_F(H5IoTest, H5pyReadsWrittenFiles) {
   std::string python;
   for (const char* candidate : {"/usr/bin/python3", "python3"})
-    if (python.empty() && std::system((std::string(candidate) + " -c 'import h5py, numpy' > /dev/null 2>&1").c_str()) == 0)
+    if (python.empty() &&
+        std::system((std::string(candidate) + " -c 'import h5py, numpy' > /dev/null 2>&1").c_str()) == 0)
       python = candidate;
   if (python.empty()) GTEST_SKIP() << "python3 with h5py and numpy not found";
   const std::string p = file("for_h5py.h5");
@@ -687,7 +708,8 @@ TEST_F(H5IoTest, H5pyReadsWrittenFiles) {
   }
   {
     std::ofstream raw(file("expected.f32"), std::ios::binary);
-    raw.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+    raw.write(reinterpret_cast<const char*>(v.data()),
+              static_cast<std::streamsize>(v.size() * sizeof(float)));
   }
   const std::string script =
       "import h5py, numpy, sys\n"

@@ -39,15 +39,14 @@ TEST(Model, ParameterNamesFollowTheDesign) {
   models::PairBiasModel m(tiny_config(), 0);
   std::set<std::string> names;
   for (const auto& [name, p] : m.named_parameters()) names.insert(name);
-  std::set<std::string> want = {"embed.weight", "pair.rel.weight", "pair.dist.weight",
-                                "final_norm.weight", "final_norm.bias", "head.weight", "head.bias"};
+  std::set<std::string> want = {"embed.weight",    "pair.rel.weight", "pair.dist.weight", "final_norm.weight",
+                                "final_norm.bias", "head.weight",     "head.bias"};
   for (int l = 0; l < 2; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     for (const char* n : {"pair_norm.weight", "pair_norm.bias", "pair_proj.weight", "norm1.weight",
                           "norm1.bias", "norm2.weight", "norm2.bias", "attn.q.weight", "attn.q.bias",
-                          "attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias",
-                          "attn.o.weight", "attn.o.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                          "mlp.fc2.weight", "mlp.fc2.bias"})
+                          "attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias", "attn.o.weight",
+                          "attn.o.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"})
       want.insert(p + n);
   }
   EXPECT_EQ(names, want);
@@ -64,10 +63,10 @@ TEST(Model, PairFeaturesMatchTheDefinition) {
   const auto f = models::pair_features(x.data(), 1, 3, c);
   const auto rel = f.rel_idx.to_vector<int32_t>();
   const auto bin = f.dist_bin.to_vector<int32_t>();
-  EXPECT_EQ(rel[0 * 3 + 2], 2 + 3);                   // j − i = 2, R = 3
+  EXPECT_EQ(rel[0 * 3 + 2], 2 + 3);  // j − i = 2, R = 3
   EXPECT_EQ(rel[2 * 3 + 0], -2 + 3);
-  EXPECT_EQ(bin[0 * 3 + 1], 1);                        // ⌊2.5 / 12 · 6⌋ = 1
-  EXPECT_EQ(bin[0 * 3 + 2], 5);                        // 13 Å clamps to the last bin
+  EXPECT_EQ(bin[0 * 3 + 1], 1);  // ⌊2.5 / 12 · 6⌋ = 1
+  EXPECT_EQ(bin[0 * 3 + 2], 5);  // 13 Å clamps to the last bin
   EXPECT_EQ(bin[1 * 3 + 1], 0);
   EXPECT_EQ(models::distance_bin(11.999, c), 5);
 }
@@ -125,13 +124,14 @@ TEST(RelposModel, ParametersAreTheTablesAndNoPairRepresentation) {
   EXPECT_FALSE(m.pair);
   std::set<std::string> names;
   for (const auto& [name, p] : m.named_parameters()) names.insert(name);
-  std::set<std::string> want = {"embed.weight", "final_norm.weight", "final_norm.bias", "head.weight", "head.bias"};
+  std::set<std::string> want = {"embed.weight", "final_norm.weight", "final_norm.bias", "head.weight",
+                                "head.bias"};
   for (int l = 0; l < 2; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
-    for (const char* n : {"attn.relpos", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
-                          "attn.q.weight", "attn.q.bias", "attn.k.weight", "attn.k.bias", "attn.v.weight",
-                          "attn.v.bias", "attn.o.weight", "attn.o.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                          "mlp.fc2.weight", "mlp.fc2.bias"})
+    for (const char* n :
+         {"attn.relpos", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.q.weight",
+          "attn.q.bias", "attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias", "attn.o.weight",
+          "attn.o.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"})
       want.insert(p + n);
   }
   EXPECT_EQ(names, want);
@@ -191,7 +191,8 @@ TEST(RelposModel, EqualsTheTableMaterialisedAsADenseBias) {
     x = ops::add(x, layer->mlp->forward(layer->norm2->forward(x)));
   }
   const Tensor logits = m.head->forward(m.final_norm->forward(x));
-  const Tensor loss = ops::cross_entropy(ops::reshape(logits, {B * N, c.n_types}), ops::reshape(b.labels, {B * N}));
+  const Tensor loss =
+      ops::cross_entropy(ops::reshape(logits, {B * N, c.n_types}), ops::reshape(b.labels, {B * N}));
   loss.backward();
   // float64 throughout; the two paths differ only in summation order (~1e-16 relative).
   EXPECT_NEAR(fused.loss.item(), loss.item(), 1e-12);
@@ -200,7 +201,8 @@ TEST(RelposModel, EqualsTheTableMaterialisedAsADenseBias) {
     const auto g = p.grad().to_vector<double>();
     ASSERT_EQ(g.size(), g_fused[k].size()) << name;
     double diff = 0, norm = 0;
-    for (size_t i = 0; i < g.size(); ++i) diff += (g[i] - g_fused[k][i]) * (g[i] - g_fused[k][i]), norm += g[i] * g[i];
+    for (size_t i = 0; i < g.size(); ++i)
+      diff += (g[i] - g_fused[k][i]) * (g[i] - g_fused[k][i]), norm += g[i] * g[i];
     EXPECT_LE(std::sqrt(diff), 1e-10 * std::sqrt(norm) + 1e-14) << name;
     ++k;
   }
@@ -295,14 +297,17 @@ void expect_packed_equals_each_chain_alone(const ModelConfig& c) {
   for (const auto& [name, t] : m.named_parameters()) {
     double diff = 0, norm = 0;
     for (size_t e = 0; e < g_sum[i].size(); ++e)
-      diff += (g_packed[i][e] - g_sum[i][e]) * (g_packed[i][e] - g_sum[i][e]), norm += g_sum[i][e] * g_sum[i][e];
+      diff += (g_packed[i][e] - g_sum[i][e]) * (g_packed[i][e] - g_sum[i][e]),
+          norm += g_sum[i][e] * g_sum[i][e];
     EXPECT_LE(std::sqrt(diff), 1e-11 * std::max(std::sqrt(norm), 1e-3 * std::sqrt(total))) << name;
     ++i;
   }
 }
 
 TEST(PackedModel, EqualsEachChainAlonePairBias) { expect_packed_equals_each_chain_alone(tiny_config()); }
-TEST(PackedModel, EqualsEachChainAloneRelposBias) { expect_packed_equals_each_chain_alone(tiny_relpos_config()); }
+TEST(PackedModel, EqualsEachChainAloneRelposBias) {
+  expect_packed_equals_each_chain_alone(tiny_relpos_config());
+}
 
 TEST(PackedModel, PairFeaturesPerChain) {
   ModelConfig c = tiny_config();  // R = 3
@@ -349,11 +354,13 @@ TEST(PackedModel, GradcheckFloat64) {
   m.to(DType::F64);
   Rng rng(8);
   for (auto& [name, p] : m.named_parameters())
-    if (name.find("norm") != std::string::npos) p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
+    if (name.find("norm") != std::string::npos)
+      p.copy_(ops::add(p, uniform(p.shape(), -0.3, 0.3, rng, DType::F64)));
   const ChainSet set = generate_chains(ChainSpec{2, 6, 9, c.n_types, 7, "test", "chain"});
   ASSERT_NE(set.lengths[0], set.lengths[1]);
   const auto b = run::to_tensors(gather_packed(set, {0, 1}), c, Device::CPU);
-  expect_gradcheck([&] { return models::model_loss(m, b.tokens, b.packing, b.labels).loss; }, m.named_parameters());
+  expect_gradcheck([&] { return models::model_loss(m, b.tokens, b.packing, b.labels).loss; },
+                   m.named_parameters());
 }
 
 // On the GPU: the packed features equal the CPU's (the same bins), and a packed step of both
@@ -370,8 +377,10 @@ TEST(PackedModel, GpuMatchesCpu) {
     const auto cpu_b = run::to_tensors(p, c, Device::CPU);
     const auto gpu_b = run::to_tensors(p, c, Device::CUDA);
     if (c.attn_bias == "pair") {
-      EXPECT_EQ(gpu_b.packing.pair.rel_idx.to_vector<int32_t>(), cpu_b.packing.pair.rel_idx.to_vector<int32_t>());
-      EXPECT_EQ(gpu_b.packing.pair.dist_bin.to_vector<int32_t>(), cpu_b.packing.pair.dist_bin.to_vector<int32_t>());
+      EXPECT_EQ(gpu_b.packing.pair.rel_idx.to_vector<int32_t>(),
+                cpu_b.packing.pair.rel_idx.to_vector<int32_t>());
+      EXPECT_EQ(gpu_b.packing.pair.dist_bin.to_vector<int32_t>(),
+                cpu_b.packing.pair.dist_bin.to_vector<int32_t>());
     }
     models::PairBiasModel cpu(c, 4), gpu(c, 4);  // same seed: the same weights
     gpu.to(Device::CUDA);
@@ -417,8 +426,7 @@ TEST(Optim, AdamWStepMatchesTheFormula) {
   Tensor w = Tensor::from_vector(std::vector<double>{1.0, -2.0, 0.5, 3.0}, {2, 2}).requires_grad_();
   Tensor b = Tensor::from_vector(std::vector<double>{0.1, 0.2}, {2}).requires_grad_();
   optim::AdamW opt({{"lin.weight", w}, {"lin.bias", b}},
-                   optim::decay_mask({{"lin.weight", w}, {"lin.bias", b}}, {}),
-                   {0.1, 0.9, 0.999, 1e-8, 0.5});
+                   optim::decay_mask({{"lin.weight", w}, {"lin.bias", b}}, {}), {0.1, 0.9, 0.999, 1e-8, 0.5});
   const std::vector<double> g = {0.3, -0.1, 0.0, 2.0};
   for (int step = 1; step <= 2; ++step) {
     w.set_grad(Tensor::from_vector(g, {2, 2}));
@@ -456,10 +464,10 @@ TEST(Optim, DecayOnlyOnLinearWeights) {
   const auto mask = optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"});
   for (size_t i = 0; i < params.size(); ++i) {
     const std::string& n = params[i].first;
-    const bool linear_weight = n.find("pair_proj.weight") != std::string::npos ||
-                               n.find("attn.") != std::string::npos && n.find(".weight") != std::string::npos ||
-                               n.find("mlp.") != std::string::npos && n.find(".weight") != std::string::npos ||
-                               n == "head.weight";
+    const bool linear_weight =
+        n.find("pair_proj.weight") != std::string::npos ||
+        n.find("attn.") != std::string::npos && n.find(".weight") != std::string::npos ||
+        n.find("mlp.") != std::string::npos && n.find(".weight") != std::string::npos || n == "head.weight";
     EXPECT_EQ(mask[i], linear_weight) << n;
   }
 }

@@ -93,8 +93,7 @@ void PrintTo(const OpCase& c, std::ostream* os) { *os << c.name; }
 Tensor randn64(const Shape& s, Rng& rng) { return randn(s, rng, DType::F64); }
 
 // Binary op with a's and b's shapes.
-OpCase binary_case(const std::string& name, Tensor (*op)(const Tensor&, const Tensor&), Shape sa,
-                   Shape sb) {
+OpCase binary_case(const std::string& name, Tensor (*op)(const Tensor&, const Tensor&), Shape sa, Shape sb) {
   return {name, [=](Rng& rng) {
             return Problem{{{"a", randn64(sa, rng)}, {"b", randn64(sb, rng)}},
                            [op](const std::vector<Tensor>& t) { return op(t[0], t[1]); }};
@@ -111,9 +110,8 @@ OpCase matmul_case(const std::string& name, Shape sa, Shape sb, bool ta, bool tb
 
 OpCase permute_case(const std::string& name, Shape s, std::vector<int> perm) {
   return {name, [=](Rng& rng) {
-            return Problem{{{"x", randn64(s, rng)}}, [perm](const std::vector<Tensor>& t) {
-                             return ops::permute(t[0], perm);
-                           }};
+            return Problem{{{"x", randn64(s, rng)}},
+                           [perm](const std::vector<Tensor>& t) { return ops::permute(t[0], perm); }};
           }};
 }
 
@@ -141,8 +139,7 @@ OpCase attention_case(const std::string& name, AttnSpec s) {
             p.inputs = {{"q", randn64({s.B, s.Nq, s.H, s.D}, rng)},
                         {"k", randn64({s.B, s.Nk, s.H, s.D}, rng)},
                         {"v", randn64({s.B, s.Nk, s.H, s.D}, rng)}};
-            if (s.bias_b > 0)
-              p.inputs.push_back({"bias", randn64({s.bias_b, s.bias_h, s.Nq, s.Nk}, rng)});
+            if (s.bias_b > 0) p.inputs.push_back({"bias", randn64({s.bias_b, s.bias_h, s.Nq, s.Nk}, rng)});
             ops::AttentionOptions opt;
             opt.causal = s.causal;
             opt.scale = s.scale;
@@ -196,9 +193,8 @@ std::vector<OpCase> registry() {
     std::string n = "sum_to";
     for (int64_t d : target) n += "_" + std::to_string(d);
     r.push_back({n, [target](Rng& rng) {
-                   return Problem{
-                       {{"x", randn64({2, 5, 4}, rng)}},
-                       [target](const std::vector<Tensor>& t) { return sum_to(t[0], target); }};
+                   return Problem{{{"x", randn64({2, 5, 4}, rng)}},
+                                  [target](const std::vector<Tensor>& t) { return sum_to(t[0], target); }};
                  }});
   }
   // ---- matmul: 2-D, every transpose form, batched, shared 2-D b ----
@@ -217,43 +213,34 @@ std::vector<OpCase> registry() {
   // ---- linear ----
   r.push_back({"linear", [](Rng& rng) {
                  return Problem{
-                     {{"x", randn64({2, 5, 7}, rng)},
-                      {"w", randn64({3, 7}, rng)},
-                      {"b", randn64({3}, rng)}},
+                     {{"x", randn64({2, 5, 7}, rng)}, {"w", randn64({3, 7}, rng)}, {"b", randn64({3}, rng)}},
                      [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
                }});
   r.push_back({"linear_no_bias", [](Rng& rng) {
+                 return Problem{{{"x", randn64({17, 4}, rng)}, {"w", randn64({5, 4}, rng)}},
+                                [](const std::vector<Tensor>& t) { return linear(t[0], t[1], Tensor()); }};
+               }});
+  r.push_back({"linear_1d_x", [](Rng& rng) {
                  return Problem{
-                     {{"x", randn64({17, 4}, rng)}, {"w", randn64({5, 4}, rng)}},
-                     [](const std::vector<Tensor>& t) { return linear(t[0], t[1], Tensor()); }};
+                     {{"x", randn64({6}, rng)}, {"w", randn64({1, 6}, rng)}, {"b", randn64({1}, rng)}},
+                     [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
                }});
-  r.push_back(
-      {"linear_1d_x", [](Rng& rng) {
-         return Problem{
-             {{"x", randn64({6}, rng)}, {"w", randn64({1, 6}, rng)}, {"b", randn64({1}, rng)}},
-             [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }};
-       }});
   // ---- normalisation, activations ----
-  r.push_back(
-      {"layernorm", [](Rng& rng) {
-         return Problem{
-             {{"x", randn64({4, 17}, rng)}, {"w", randn64({17}, rng)}, {"b", randn64({17}, rng)}},
-             [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2]); }};
-       }});
-  r.push_back({"layernorm_3d_c16", [](Rng& rng) {
-                 return Problem{{{"x", randn64({2, 3, 16}, rng)},
-                                 {"w", randn64({16}, rng)},
-                                 {"b", randn64({16}, rng)}},
-                                [](const std::vector<Tensor>& t) {
-                                  return layernorm(t[0], t[1], t[2], 1e-3);
-                                }};
+  r.push_back({"layernorm", [](Rng& rng) {
+                 return Problem{
+                     {{"x", randn64({4, 17}, rng)}, {"w", randn64({17}, rng)}, {"b", randn64({17}, rng)}},
+                     [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2]); }};
                }});
-  r.push_back(
-      {"layernorm_c64_m19", [](Rng& rng) {  // a compile-time width, a partial block
-         return Problem{
-             {{"x", randn64({19, 64}, rng)}, {"w", randn64({64}, rng)}, {"b", randn64({64}, rng)}},
-             [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2]); }};
-       }});
+  r.push_back({"layernorm_3d_c16", [](Rng& rng) {
+                 return Problem{
+                     {{"x", randn64({2, 3, 16}, rng)}, {"w", randn64({16}, rng)}, {"b", randn64({16}, rng)}},
+                     [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2], 1e-3); }};
+               }});
+  r.push_back({"layernorm_c64_m19", [](Rng& rng) {  // a compile-time width, a partial block
+                 return Problem{
+                     {{"x", randn64({19, 64}, rng)}, {"w", randn64({64}, rng)}, {"b", randn64({64}, rng)}},
+                     [](const std::vector<Tensor>& t) { return layernorm(t[0], t[1], t[2]); }};
+               }});
   r.push_back({"softmax", [](Rng& rng) {
                  return Problem{{{"x", scale(randn64({5, 13}, rng), 2.0)}},
                                 [](const std::vector<Tensor>& t) { return softmax(t[0]); }};
@@ -264,30 +251,26 @@ std::vector<OpCase> registry() {
                }});
   r.push_back({"cross_entropy", [](Rng& rng) {
                  const Tensor labels = randint({17}, 0, 8, rng);
-                 return Problem{{{"logits", scale(randn64({17, 8}, rng), 2.0)}},
-                                [labels](const std::vector<Tensor>& t) {
-                                  return cross_entropy(t[0], labels);
-                                }};
+                 return Problem{
+                     {{"logits", scale(randn64({17, 8}, rng), 2.0)}},
+                     [labels](const std::vector<Tensor>& t) { return cross_entropy(t[0], labels); }};
                }});
   r.push_back({"cross_entropy_1row", [](Rng& rng) {
                  const Tensor labels = randint({1}, 0, 3, rng);
-                 return Problem{{{"logits", randn64({1, 3}, rng)}},
-                                [labels](const std::vector<Tensor>& t) {
+                 return Problem{{{"logits", randn64({1, 3}, rng)}}, [labels](const std::vector<Tensor>& t) {
                                   return cross_entropy(t[0], labels);
                                 }};
                }});
   // ---- embedding: 51 draws from 11 rows repeat rows for sure ----
   r.push_back({"embedding_repeats", [](Rng& rng) {
                  const Tensor idx = randint({3, 17}, 0, 11, rng);
-                 return Problem{
-                     {{"weight", randn64({11, 5}, rng)}},
-                     [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
+                 return Problem{{{"weight", randn64({11, 5}, rng)}},
+                                [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
                }});
   r.push_back({"embedding_one_row", [](Rng& rng) {
                  const Tensor idx = Tensor::from_vector(std::vector<int32_t>{2, 2, 2, 0}, {4});
-                 return Problem{
-                     {{"weight", randn64({3, 1}, rng)}},
-                     [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
+                 return Problem{{{"weight", randn64({3, 1}, rng)}},
+                                [idx](const std::vector<Tensor>& t) { return embedding(t[0], idx); }};
                }});
   // ---- shape ----
   r.push_back(permute_case("permute_0312", {2, 3, 4, 5}, {0, 3, 1, 2}));
@@ -298,9 +281,8 @@ std::vector<OpCase> registry() {
   r.push_back(permute_case("permute_10_large", {37, 41}, {1, 0}));
   r.push_back(permute_case("permute_neg", {3, 1, 5}, {-1, 0, 1}));
   r.push_back({"transpose", [](Rng& rng) {
-                 return Problem{{{"x", randn64({2, 3, 5}, rng)}}, [](const std::vector<Tensor>& t) {
-                                  return transpose(t[0], 0, -1);
-                                }};
+                 return Problem{{{"x", randn64({2, 3, 5}, rng)}},
+                                [](const std::vector<Tensor>& t) { return transpose(t[0], 0, -1); }};
                }});
   r.push_back({"reshape_then_mul", [](Rng& rng) {  // the view carries the gradient back
                  return Problem{{{"x", randn64({2, 3, 4}, rng)}, {"y", randn64({4, 6}, rng)}},
@@ -347,8 +329,7 @@ TEST_P(OpGrad, MatchesFiniteDifferences) {
   std::printf("gradcheck %-28s worst rel error %.1e\n", c.name.c_str(), worst);
   for (const GradcheckEntry& e : entries) {
     EXPECT_GT(e.checked, 0) << e.name;
-    EXPECT_LE(e.rel_error, kGradTol)
-        << c.name << " d" << e.name << ": max abs error " << e.max_abs_error;
+    EXPECT_LE(e.rel_error, kGradTol) << c.name << " d" << e.name << ": max abs error " << e.max_abs_error;
   }
   // The checker leaves values and gradients as it found them.
   EXPECT_EQ(inputs[0].to_vector<double>(), before);
@@ -387,9 +368,7 @@ TEST_P(OpGrad, Float32MatchesFloat64) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Registry, OpGrad, ::testing::ValuesIn(registry()),
-                         [](const ::testing::TestParamInfo<OpCase>& info) {
-                           return info.param.name;
-                         });
+                         [](const ::testing::TestParamInfo<OpCase>& info) { return info.param.name; });
 
 // =============================================================================================
 // 2. Forward values
@@ -398,8 +377,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, OpGrad, ::testing::ValuesIn(registry()),
 TEST(OpForward, GeluKnownValues) {
   // gelu(x) = x·Φ(x): Φ(1) = 0.8413447460685429, Φ(−1) = 1 − Φ(1), gelu(0) = 0.
   const std::vector<double> x = {1.0, -1.0, 0.0, 3.0};
-  const std::vector<double> want = {0.8413447460685429, -0.15865525393145707, 0.0,
-                                    3.0 * 0.9986501019683699};
+  const std::vector<double> want = {0.8413447460685429, -0.15865525393145707, 0.0, 3.0 * 0.9986501019683699};
   for (DType t : {DType::F64, DType::F32}) {
     const std::vector<double> got = ops::gelu(Tensor::from_vector(x, {4}, t)).to_vector<double>();
     // float64: libm erf (≤ 1 ulp); float32: a vectorised erf of a few ulp.
@@ -422,8 +400,7 @@ TEST(OpForward, GeluFloat32OverARange) {
   for (int i = 0; i < n; ++i) {
     const double v = x[i], cdf = 0.5 * (1 + std::erf(v / std::sqrt(2.0)));
     err = std::max(err, std::abs(y[i] - v * cdf));
-    derr =
-        std::max(derr, std::abs(dy[i] - (cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI))));
+    derr = std::max(derr, std::abs(dy[i] - (cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI))));
   }
   // Absolute: |gelu| ≤ 6 and |gelu'| ≤ 1.13 here, float32 resolution there ~5e-7 and ~1e-7.
   EXPECT_LT(err, 2e-6);
@@ -454,8 +431,7 @@ TEST(OpForward, LayerNormRowsHaveMeanZeroVarianceOne) {
 TEST(OpForward, LayerNormAppliesWeightAndBias) {
   Rng rng = make_rng("layernorm_affine");
   const int64_t M = 3, C = 5;
-  Tensor x = randn({M, C}, rng, DType::F64), w = randn({C}, rng, DType::F64),
-         b = randn({C}, rng, DType::F64);
+  Tensor x = randn({M, C}, rng, DType::F64), w = randn({C}, rng, DType::F64), b = randn({C}, rng, DType::F64);
   const std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(),
                             bv = b.to_vector<double>();
   const std::vector<double> y = ops::layernorm(x, w, b, 0.1).to_vector<double>();
@@ -509,7 +485,8 @@ TEST(OpForward, CrossEntropyPastExpOverflow) {
     {  // one row, exact
       Tensor x = Tensor::from_vector(std::vector<double>{big, 0.0, -big}, {1, 3}, t);
       x.requires_grad_();
-      const Tensor loss = ops::cross_entropy(x, Tensor::from_vector(std::vector<int32_t>{1}, {1}, DType::I32));
+      const Tensor loss =
+          ops::cross_entropy(x, Tensor::from_vector(std::vector<int32_t>{1}, {1}, DType::I32));
       EXPECT_EQ(loss.item(), big);
       loss.backward();
       EXPECT_EQ(x.grad().to_vector<double>(), (std::vector<double>{1.0, -1.0, 0.0}));
@@ -583,8 +560,7 @@ TEST(OpForward, SoftmaxMatchesDirectLoops) {
 
 TEST(OpForward, SoftmaxTreatsMinusInfinityAsZeroWeight) {
   for (DType t : {DType::F64, DType::F32}) {
-    Tensor x = Tensor::from_vector(std::vector<double>{0.0, -INFINITY, std::log(3.0), -INFINITY},
-                                   {1, 4}, t);
+    Tensor x = Tensor::from_vector(std::vector<double>{0.0, -INFINITY, std::log(3.0), -INFINITY}, {1, 4}, t);
     const std::vector<double> y = ops::softmax(x).to_vector<double>();
     EXPECT_NEAR(y[0], 0.25, 1e-7);
     EXPECT_EQ(y[1], 0.0);
@@ -639,8 +615,7 @@ TEST(OpForward, LargeBroadcastAddRunsOnThreadsCorrectly) {
   Rng rng = make_rng("binary_large");
   const int64_t R = 4099, C = 16;
   Tensor a = randn({R, C}, rng), b = randn({C}, rng), c = randn({R, C}, rng);
-  const std::vector<float> av = a.to_vector<float>(), bv = b.to_vector<float>(),
-                           cv = c.to_vector<float>();
+  const std::vector<float> av = a.to_vector<float>(), bv = b.to_vector<float>(), cv = c.to_vector<float>();
   const std::vector<float> s = ops::add(a, b).to_vector<float>();
   const std::vector<float> t = ops::add(a, c).to_vector<float>();
   int64_t bad = 0;
@@ -660,9 +635,8 @@ TEST(OpForward, LargeBroadcastAddRunsOnThreadsCorrectly) {
 }
 
 // c = op(a)·op(b) by a triple loop in double; a, b as stored.
-std::vector<double> naive_matmul(const std::vector<double>& a, const std::vector<double>& b,
-                                 int64_t batch, int64_t M, int64_t N, int64_t K, bool ta, bool tb,
-                                 bool b_batched) {
+std::vector<double> naive_matmul(const std::vector<double>& a, const std::vector<double>& b, int64_t batch,
+                                 int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool b_batched) {
   std::vector<double> c(batch * M * N, 0.0);
   for (int64_t i = 0; i < batch; ++i)
     for (int64_t m = 0; m < M; ++m)
@@ -813,25 +787,24 @@ TEST(OpForward, InPlaceUpdates) {
 }
 
 TEST(OpForward, AccuracyCountsArgmaxHits) {
-  Tensor logits = Tensor::from_vector(
-      std::vector<float>{0.1f, 0.9f, 0.0f, /**/ 2.0f, 1.0f, 0.5f, /**/ 0.0f, 0.0f, 3.0f,
-                         /**/ 1.0f, 1.0f, 0.0f},
-      {4, 3});
+  Tensor logits =
+      Tensor::from_vector(std::vector<float>{0.1f, 0.9f, 0.0f, /**/ 2.0f, 1.0f, 0.5f, /**/ 0.0f, 0.0f, 3.0f,
+                                             /**/ 1.0f, 1.0f, 0.0f},
+                          {4, 3});
   // argmax: 1, 0, 2, 0 (first of a tie)
   Tensor labels = Tensor::from_vector(std::vector<int32_t>{1, 0, 1, 0}, {4});
   EXPECT_DOUBLE_EQ(ops::accuracy(logits, labels), 0.75);
 }
 
 // out[b,i,h,:] by the textbook formula in double: every score materialised.
-std::vector<double> naive_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const Tensor& bias, const ops::AttentionOptions& opt) {
+std::vector<double> naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                                    const ops::AttentionOptions& opt) {
   const int64_t B = q.size(0), Nq = q.size(1), H = q.size(2), D = q.size(3), Nk = k.size(1);
   const std::vector<double> qv = q.to_vector<double>(), kv = k.to_vector<double>(),
                             vv = v.to_vector<double>();
   const std::vector<double> bv = bias.defined() ? bias.to_vector<double>() : std::vector<double>();
-  const std::vector<uint8_t> mv = opt.key_padding_mask.defined()
-                                      ? opt.key_padding_mask.to_vector<uint8_t>()
-                                      : std::vector<uint8_t>();
+  const std::vector<uint8_t> mv =
+      opt.key_padding_mask.defined() ? opt.key_padding_mask.to_vector<uint8_t>() : std::vector<uint8_t>();
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
   std::vector<double> out(B * Nq * H * D, 0.0);
   for (int64_t b = 0; b < B; ++b)
@@ -868,10 +841,9 @@ TEST(OpForward, AttentionMatchesTextbookFormula) {
     int B, Nq, Nk, H, D, bb, bh;
     bool mask, causal;
   };
-  for (const Case& c :
-       {Case{2, 17, 97, 3, 16, 2, 3, false, false}, Case{2, 33, 17, 2, 8, 1, 2, true, false},
-        Case{1, 9, 9, 4, 16, 1, 1, false, true}, Case{3, 5, 7, 2, 4, 3, 1, true, true},
-        Case{2, 1, 1, 1, 2, 0, 0, false, false}}) {
+  for (const Case& c : {Case{2, 17, 97, 3, 16, 2, 3, false, false}, Case{2, 33, 17, 2, 8, 1, 2, true, false},
+                        Case{1, 9, 9, 4, 16, 1, 1, false, true}, Case{3, 5, 7, 2, 4, 3, 1, true, true},
+                        Case{2, 1, 1, 1, 2, 0, 0, false, false}}) {
     for (DType t : {DType::F64, DType::F32}) {
       Tensor q = randn({c.B, c.Nq, c.H, c.D}, rng, t), k = randn({c.B, c.Nk, c.H, c.D}, rng, t),
              v = randn({c.B, c.Nk, c.H, c.D}, rng, t);
@@ -890,19 +862,17 @@ TEST(OpForward, AttentionMatchesTextbookFormula) {
 
 TEST(OpForward, AttentionDeterministicBackwardIsRepeatable) {
   Rng rng = make_rng("attention_repeat");
-  Tensor q = randn({2, 19, 2, 16}, rng), k = randn({2, 23, 2, 16}, rng),
-         v = randn({2, 23, 2, 16}, rng), bias = randn({1, 2, 19, 23}, rng);
+  Tensor q = randn({2, 19, 2, 16}, rng), k = randn({2, 23, 2, 16}, rng), v = randn({2, 23, 2, 16}, rng),
+         bias = randn({1, 2, 19, 23}, rng);
   Tensor g = randn({2, 19, 2, 16}, rng);
   std::vector<std::vector<float>> first;
   for (int run = 0; run < 3; ++run) {
-    Tensor ql = leaf(q.clone()), kl = leaf(k.clone()), vl = leaf(v.clone()),
-           bl = leaf(bias.clone());
+    Tensor ql = leaf(q.clone()), kl = leaf(k.clone()), vl = leaf(v.clone()), bl = leaf(bias.clone());
     ops::AttentionOptions opt;
     opt.deterministic = true;
     ops::attention(ql, kl, vl, bl, opt).backward(g);
-    std::vector<std::vector<float>> grads = {
-        ql.grad().to_vector<float>(), kl.grad().to_vector<float>(), vl.grad().to_vector<float>(),
-        bl.grad().to_vector<float>()};
+    std::vector<std::vector<float>> grads = {ql.grad().to_vector<float>(), kl.grad().to_vector<float>(),
+                                             vl.grad().to_vector<float>(), bl.grad().to_vector<float>()};
     if (run == 0)
       first = grads;
     else
@@ -979,10 +949,9 @@ void check_kernels_overwrite_poison(int64_t M, int64_t C, Rng& rng) {
   {
     auto y = nan_buffer<T>(M * C), mean = nan_buffer<T>(M), rstd = nan_buffer<T>(M);
     auto dx = nan_buffer<T>(M * C), dw = nan_buffer<T>(C), db = nan_buffer<T>(C);
-    k::layernorm_forward(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), M, C,
-                         1e-5);
-    k::layernorm_backward(g.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(),
-                          dw.data(), db.data(), M, C);
+    k::layernorm_forward(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), M, C, 1e-5);
+    k::layernorm_backward(g.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
+                          db.data(), M, C);
     EXPECT_TRUE(finite(y) && finite(mean) && finite(rstd)) << "layernorm fwd " << where;
     EXPECT_TRUE(finite(dx) && finite(dw) && finite(db)) << "layernorm bwd " << where;
   }
@@ -1015,8 +984,7 @@ void check_kernels_overwrite_poison(int64_t M, int64_t C, Rng& rng) {
 
 TEST(Kernels, OverwriteEveryOutputElement) {
   Rng rng = make_rng("poison");
-  for (auto [M, C] :
-       std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {17, 16}, {97, 33}, {16411, 17}}) {
+  for (auto [M, C] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {17, 16}, {97, 33}, {16411, 17}}) {
     check_kernels_overwrite_poison<float>(M, C, rng);
     check_kernels_overwrite_poison<double>(M, C, rng);
   }
@@ -1049,12 +1017,8 @@ TEST(OpParallel, ThreadedResultsMatchOneThread) {
       {"layernorm_c37",
        {randn({9001, 37}, rng), randn({37}, rng), randn({37}, rng)},
        [](const std::vector<Tensor>& t) { return ops::layernorm(t[0], t[1], t[2]); }},
-      {"gelu",
-       {randn({300007}, rng)},
-       [](const std::vector<Tensor>& t) { return ops::gelu(t[0]); }},
-      {"softmax",
-       {randn({20011, 17}, rng)},
-       [](const std::vector<Tensor>& t) { return ops::softmax(t[0]); }},
+      {"gelu", {randn({300007}, rng)}, [](const std::vector<Tensor>& t) { return ops::gelu(t[0]); }},
+      {"softmax", {randn({20011, 17}, rng)}, [](const std::vector<Tensor>& t) { return ops::softmax(t[0]); }},
       {"cross_entropy",
        {randn({40000, 8}, rng)},
        [labels](const std::vector<Tensor>& t) { return ops::cross_entropy(t[0], labels); }},
@@ -1110,20 +1074,18 @@ TEST(OpParallel, ThreadedResultsMatchOneThread) {
 // 3. Errors that name what was expected and what was found
 // =============================================================================================
 
-#define EXPECT_PF_ERROR(stmt, substring)                                  \
-  do {                                                                    \
-    try {                                                                 \
-      stmt;                                                               \
-      ADD_FAILURE() << #stmt " did not throw";                            \
-    } catch (const ::pf::Error& e) {                                      \
-      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos) \
-          << "message: " << e.what();                                     \
-    }                                                                     \
+#define EXPECT_PF_ERROR(stmt, substring)                                                              \
+  do {                                                                                                \
+    try {                                                                                             \
+      stmt;                                                                                           \
+      ADD_FAILURE() << #stmt " did not throw";                                                        \
+    } catch (const ::pf::Error& e) {                                                                  \
+      EXPECT_NE(std::string(e.what()).find(substring), std::string::npos) << "message: " << e.what(); \
+    }                                                                                                 \
   } while (0)
 
 TEST(OpErrors, ShapesAndDtypes) {
-  const Tensor a = Tensor::zeros({3, 4}), b5 = Tensor::zeros({5}),
-               d = Tensor::zeros({3, 4}, DType::F64);
+  const Tensor a = Tensor::zeros({3, 4}), b5 = Tensor::zeros({5}), d = Tensor::zeros({3, 4}, DType::F64);
   const Tensor i = Tensor::zeros({3, 4}, DType::I32);
   EXPECT_PF_ERROR(ops::add(a, b5), "do not broadcast");
   EXPECT_PF_ERROR(ops::mul(a, d), "same dtype");
@@ -1135,8 +1097,7 @@ TEST(OpErrors, ShapesAndDtypes) {
   EXPECT_PF_ERROR(ops::linear(a, Tensor::zeros({2, 5}), Tensor()), "linear: x must be (...,5)");
   EXPECT_PF_ERROR(ops::linear(a, Tensor::zeros({2, 4}), Tensor::zeros({3})), "b must be (2)");
   EXPECT_PF_ERROR(ops::layernorm(a, Tensor::zeros({3}), Tensor::zeros({4})), "w must be (4)");
-  EXPECT_PF_ERROR(ops::layernorm(a, Tensor::zeros({4}), Tensor::zeros({4}, DType::F64)),
-                  "same dtype");
+  EXPECT_PF_ERROR(ops::layernorm(a, Tensor::zeros({4}), Tensor::zeros({4}, DType::F64)), "same dtype");
   EXPECT_PF_ERROR(ops::softmax(Tensor::zeros({})), "scalar");
   EXPECT_PF_ERROR(ops::sum_to(a, {2, 4}), "does not broadcast");
   EXPECT_PF_ERROR(ops::sum_to(a, {1, 3, 4}), "more dims");
@@ -1156,9 +1117,8 @@ TEST(OpErrors, IndicesAndLabels) {
   EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::zeros({3})), "labels must be int32");
   EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::zeros({2}, DType::I32)), "labels must be (3)");
   EXPECT_PF_ERROR(ops::cross_entropy(Tensor::zeros({3}), good), "logits must be (N,K)");
-  EXPECT_PF_ERROR(
-      ops::cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 4, 1}, {3})),
-      "label 4 at row 1 is outside [0, 4)");
+  EXPECT_PF_ERROR(ops::cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 4, 1}, {3})),
+                  "label 4 at row 1 is outside [0, 4)");
   EXPECT_PF_ERROR(ops::accuracy(logits, Tensor::from_vector(std::vector<int32_t>{0, 1, -1}, {3})),
                   "label -1 at row 2");
   const Tensor table = Tensor::zeros({5, 2});
@@ -1170,13 +1130,10 @@ TEST(OpErrors, IndicesAndLabels) {
 
 TEST(OpErrors, Attention) {
   const Tensor q = Tensor::zeros({2, 5, 3, 4}), k = Tensor::zeros({2, 7, 3, 4});
-  EXPECT_PF_ERROR(ops::attention(Tensor::zeros({2, 5, 12}), k, k, Tensor()),
-                  "q must be (B,Nq,H,D)");
-  EXPECT_PF_ERROR(
-      ops::attention(q, Tensor::zeros({2, 7, 3, 8}), Tensor::zeros({2, 7, 3, 8}), Tensor()),
-      "k must be (B=2,Nk,H=3,D=4)");
-  EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({2, 6, 3, 4}), Tensor()),
-                  "v must have k's shape");
+  EXPECT_PF_ERROR(ops::attention(Tensor::zeros({2, 5, 12}), k, k, Tensor()), "q must be (B,Nq,H,D)");
+  EXPECT_PF_ERROR(ops::attention(q, Tensor::zeros({2, 7, 3, 8}), Tensor::zeros({2, 7, 3, 8}), Tensor()),
+                  "k must be (B=2,Nk,H=3,D=4)");
+  EXPECT_PF_ERROR(ops::attention(q, k, Tensor::zeros({2, 6, 3, 4}), Tensor()), "v must have k's shape");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({2, 3, 7, 5})),
                   "bias must be (B|1,H|1,Nq,Nk) = (2|1,3|1,5,7)");
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor::zeros({2, 2, 5, 7})), "got float32[2, 2, 5, 7]");
@@ -1186,8 +1143,7 @@ TEST(OpErrors, Attention) {
   opt.key_padding_mask = Tensor::zeros({2, 7});
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt), "key_padding_mask must be uint8");
   opt.key_padding_mask = Tensor::zeros({2, 5}, DType::U8);
-  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt),
-                  "key_padding_mask must be (B,Nk) = (2,7)");
+  EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt), "key_padding_mask must be (B,Nk) = (2,7)");
   opt.key_padding_mask = Tensor();
   opt.scale = -1;
   EXPECT_PF_ERROR(ops::attention(q, k, k, Tensor(), opt), "scale must be");
@@ -1219,8 +1175,7 @@ TEST(Autograd, TensorUsedTwiceGetsTheSummedGradient) {
   const std::vector<double> g = x.grad().to_vector<double>(), xv = x.to_vector<double>();
   for (size_t i = 0; i < xv.size(); ++i) {
     const double cdf = 0.5 * (1 + std::erf(xv[i] / std::sqrt(2.0)));
-    EXPECT_NEAR(g[i], 3 + cdf + xv[i] * std::exp(-0.5 * xv[i] * xv[i]) / std::sqrt(2 * M_PI),
-                1e-14);
+    EXPECT_NEAR(g[i], 3 + cdf + xv[i] * std::exp(-0.5 * xv[i] * xv[i]) / std::sqrt(2 * M_PI), 1e-14);
   }
 }
 

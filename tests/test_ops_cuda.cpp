@@ -71,8 +71,7 @@ bool all_finite_host(const std::vector<double>& v) {
 void poison_cache(const std::vector<Shape>& shapes) {
   std::vector<Tensor> held;
   for (const Shape& s : shapes)
-    for (DType t : {DType::F32, DType::BF16})
-      held.push_back(Tensor::full(s, std::nan(""), t, Device::CUDA));
+    for (DType t : {DType::F32, DType::BF16}) held.push_back(Tensor::full(s, std::nan(""), t, Device::CUDA));
 }
 
 // One op case: inputs drawn on the CPU in float32 (index tensors I32); the op; which inputs get
@@ -81,8 +80,8 @@ struct OpCase {
   std::string name;
   std::function<std::vector<Tensor>(Rng&)> inputs;
   std::function<Tensor(const std::vector<Tensor>&)> fn;
-  std::vector<bool> grad;     // per input
-  std::vector<bool> keep_f32; // per input, in the bf16 run (empty: none)
+  std::vector<bool> grad;      // per input
+  std::vector<bool> keep_f32;  // per input, in the bf16 run (empty: none)
 };
 
 struct RunResult {
@@ -174,10 +173,11 @@ Tensor rn(const Shape& s, Rng& rng) { return randn(s, rng); }
 
 std::vector<OpCase> op_cases() {
   std::vector<OpCase> cases;
-  auto binary = [&](const std::string& name, Shape a, Shape b,
-                    Tensor (*f)(const Tensor&, const Tensor&)) {
+  auto binary = [&](const std::string& name, Shape a, Shape b, Tensor (*f)(const Tensor&, const Tensor&)) {
     cases.push_back({name + " " + shape_str(a) + " " + shape_str(b),
-                     [a, b](Rng& rng) { return std::vector<Tensor>{rn(a, rng), rn(b, rng)}; },
+                     [a, b](Rng& rng) {
+                       return std::vector<Tensor>{rn(a, rng), rn(b, rng)};
+                     },
                      [f](const std::vector<Tensor>& x) { return f(x[0], x[1]); },
                      {true, true}});
   };
@@ -189,34 +189,48 @@ std::vector<OpCase> op_cases() {
     binary(f.first, {4, 1, 3}, {1, 5, 1}, f.second);
     binary(f.first, {1}, {7, 1}, f.second);
   }
-  cases.push_back({"scale -1.7 (33,5)", [](Rng& rng) { return std::vector<Tensor>{rn({33, 5}, rng)}; },
-                   [](const std::vector<Tensor>& x) { return ops::scale(x[0], -1.7); }, {true}});
+  cases.push_back({"scale -1.7 (33,5)",
+                   [](Rng& rng) {
+                     return std::vector<Tensor>{rn({33, 5}, rng)};
+                   },
+                   [](const std::vector<Tensor>& x) { return ops::scale(x[0], -1.7); },
+                   {true}});
   for (Shape s : {Shape{1}, Shape{17, 97}, Shape{4099}})
-    cases.push_back({"gelu " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
-                     [](const std::vector<Tensor>& x) { return ops::gelu(x[0]); }, {true}});
+    cases.push_back({"gelu " + shape_str(s),
+                     [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::gelu(x[0]); },
+                     {true}});
   for (Shape s : {Shape{1}, Shape{17, 97}, Shape{3, 1000}}) {
-    cases.push_back({"sum " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
-                     [](const std::vector<Tensor>& x) { return ops::sum(x[0]); }, {true}});
-    cases.push_back({"mean " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
-                     [](const std::vector<Tensor>& x) { return ops::mean(x[0]); }, {true}});
+    cases.push_back({"sum " + shape_str(s),
+                     [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::sum(x[0]); },
+                     {true}});
+    cases.push_back({"mean " + shape_str(s),
+                     [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::mean(x[0]); },
+                     {true}});
   }
   auto sum_to = [&](Shape from, Shape to) {
     cases.push_back({"sum_to " + shape_str(from) + "->" + shape_str(to),
                      [from](Rng& rng) { return std::vector<Tensor>{rn(from, rng)}; },
-                     [to](const std::vector<Tensor>& x) { return ops::sum_to(x[0], to); }, {true}});
+                     [to](const std::vector<Tensor>& x) { return ops::sum_to(x[0], to); },
+                     {true}});
   };
   sum_to({97, 17}, {17});
   sum_to({97, 17}, {97, 1});
   sum_to({3, 5, 7, 2}, {5, 1, 2});
   sum_to({2, 33, 33, 16}, {33, 33, 16});
   sum_to({4097, 3}, {1, 3});
-  sum_to({4099, 300}, {300});      // 16 row chunks, a column tile cut at 300
-  sum_to({2, 4096, 256}, {256});   // a bias gradient of the large config: 32 chunks
+  sum_to({4099, 300}, {300});     // 16 row chunks, a column tile cut at 300
+  sum_to({2, 4096, 256}, {256});  // a bias gradient of the large config: 32 chunks
   auto matmul = [&](Shape a, Shape b, bool ta, bool tb) {
-    cases.push_back({std::string("matmul ") + shape_str(a) + (ta ? "T " : " ") + shape_str(b) + (tb ? "T" : ""),
-                     [a, b](Rng& rng) { return std::vector<Tensor>{rn(a, rng), rn(b, rng)}; },
-                     [ta, tb](const std::vector<Tensor>& x) { return ops::matmul(x[0], x[1], ta, tb); },
-                     {true, true}});
+    cases.push_back(
+        {std::string("matmul ") + shape_str(a) + (ta ? "T " : " ") + shape_str(b) + (tb ? "T" : ""),
+         [a, b](Rng& rng) {
+           return std::vector<Tensor>{rn(a, rng), rn(b, rng)};
+         },
+         [ta, tb](const std::vector<Tensor>& x) { return ops::matmul(x[0], x[1], ta, tb); },
+         {true, true}});
   };
   matmul({17, 33}, {33, 5}, false, false);
   matmul({33, 17}, {33, 5}, true, false);
@@ -236,7 +250,9 @@ std::vector<OpCase> op_cases() {
                      {true, true, true}});
   }
   cases.push_back({"linear no bias (2,9,16)->4",
-                   [](Rng& rng) { return std::vector<Tensor>{rn({2, 9, 16}, rng), rn({4, 16}, rng)}; },
+                   [](Rng& rng) {
+                     return std::vector<Tensor>{rn({2, 9, 16}, rng), rn({4, 16}, rng)};
+                   },
                    [](const std::vector<Tensor>& x) { return ops::linear(x[0], x[1], Tensor()); },
                    {true, true}});
   // 1025: past the old 1024 cap; 7300: the backward's sums need one row group per block.
@@ -253,8 +269,10 @@ std::vector<OpCase> op_cases() {
                      {true, true, true}});
   }
   for (Shape s : {Shape{1, 1}, Shape{17, 97}, Shape{3, 5, 8}})
-    cases.push_back({"softmax " + shape_str(s), [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
-                     [](const std::vector<Tensor>& x) { return ops::softmax(x[0]); }, {true}});
+    cases.push_back({"softmax " + shape_str(s),
+                     [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
+                     [](const std::vector<Tensor>& x) { return ops::softmax(x[0]); },
+                     {true}});
   for (auto [N, K] : {std::array<int, 2>{1, 1}, {97, 8}, {4099, 17}})
     cases.push_back({"cross_entropy (" + std::to_string(N) + "," + std::to_string(K) + ")",
                      [N = N, K = K](Rng& rng) {
@@ -263,31 +281,37 @@ std::vector<OpCase> op_cases() {
                      [](const std::vector<Tensor>& x) { return ops::cross_entropy(x[0], x[1]); },
                      {true, false}});
   for (auto [V, D, n] : {std::array<int, 3>{1, 1, 1}, {8, 64, 97}, {65, 16, 4099}, {300, 17, 999}})
-    cases.push_back({"embedding V=" + std::to_string(V) + " D=" + std::to_string(D) + " n=" + std::to_string(n),
-                     [V = V, D = D, n = n](Rng& rng) {
-                       return std::vector<Tensor>{rn({V, D}, rng), randint({n}, 0, V, rng)};
-                     },
-                     [](const std::vector<Tensor>& x) { return ops::embedding(x[0], x[1]); },
-                     {true, false}});
+    cases.push_back(
+        {"embedding V=" + std::to_string(V) + " D=" + std::to_string(D) + " n=" + std::to_string(n),
+         [V = V, D = D, n = n](Rng& rng) {
+           return std::vector<Tensor>{rn({V, D}, rng), randint({n}, 0, V, rng)};
+         },
+         [](const std::vector<Tensor>& x) { return ops::embedding(x[0], x[1]); },
+         {true, false}});
   auto permute = [&](Shape s, std::vector<int> p) {
     std::string ps;
     for (int d : p) ps += std::to_string(d);
     cases.push_back({"permute " + shape_str(s) + " " + ps,
                      [s](Rng& rng) { return std::vector<Tensor>{rn(s, rng)}; },
-                     [p](const std::vector<Tensor>& x) { return ops::permute(x[0], p); }, {true}});
+                     [p](const std::vector<Tensor>& x) { return ops::permute(x[0], p); },
+                     {true}});
   };
   permute({2, 17, 17, 4}, {0, 3, 1, 2});  // the pair bias (B,N,N,H) → (B,H,N,N): tiled path
   permute({2, 5, 7, 3}, {0, 2, 1, 3});    // general path
   permute({33, 65}, {1, 0});
   permute({1, 1, 1}, {2, 0, 1});
   cases.push_back({"reshape+transpose (6,10)",
-                   [](Rng& rng) { return std::vector<Tensor>{rn({6, 10}, rng)}; },
+                   [](Rng& rng) {
+                     return std::vector<Tensor>{rn({6, 10}, rng)};
+                   },
                    [](const std::vector<Tensor>& x) {
                      return ops::transpose(ops::reshape(x[0], {3, 2, 10}), 0, 2);
                    },
                    {true}});
   cases.push_back({"cast f32->bf16->f32 (17,9)",
-                   [](Rng& rng) { return std::vector<Tensor>{rn({17, 9}, rng)}; },
+                   [](Rng& rng) {
+                     return std::vector<Tensor>{rn({17, 9}, rng)};
+                   },
                    [](const std::vector<Tensor>& x) {
                      return ops::mul(ops::cast(ops::cast(x[0], DType::BF16), x[0].dtype()), x[0]);
                    },
@@ -295,34 +319,36 @@ std::vector<OpCase> op_cases() {
   // attention: q,k,v (B,N,H,D), every bias broadcast form, odd and even lengths; head dims the
   // GPU kernels do not take run zero-padded (4 with 64 heads: d_model 256; 24; 100) or, past
   // 128, unfused (160)
-  struct Att { int B, Nq, Nk, H, D; Shape bias; };
+  struct Att {
+    int B, Nq, Nk, H, D;
+    Shape bias;
+  };
   for (const Att& a : {Att{1, 1, 1, 1, 16, {1, 1, 1, 1}}, Att{2, 17, 17, 4, 16, {2, 4, 17, 17}},
                        Att{2, 33, 97, 2, 32, {1, 2, 33, 97}}, Att{3, 64, 64, 2, 64, {3, 1, 64, 64}},
                        Att{2, 65, 65, 8, 32, {1, 1, 65, 65}}, Att{1, 19, 19, 2, 128, {1, 2, 19, 19}},
                        Att{2, 13, 13, 64, 4, {2, 64, 13, 13}}, Att{1, 21, 17, 3, 24, {1, 3, 21, 17}},
                        Att{2, 9, 9, 2, 100, {2, 1, 9, 9}}, Att{2, 9, 13, 2, 160, {2, 1, 9, 13}}})
-    cases.push_back({"attention B" + std::to_string(a.B) + " Nq" + std::to_string(a.Nq) + " Nk" +
-                         std::to_string(a.Nk) + " H" + std::to_string(a.H) + " D" + std::to_string(a.D) +
-                         " bias" + shape_str(a.bias),
-                     [a](Rng& rng) {
-                       return std::vector<Tensor>{rn({a.B, a.Nq, a.H, a.D}, rng), rn({a.B, a.Nk, a.H, a.D}, rng),
-                                                  rn({a.B, a.Nk, a.H, a.D}, rng), rn(a.bias, rng)};
-                     },
-                     [](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], x[3]); },
-                     {true, true, true, true}});
+    cases.push_back(
+        {"attention B" + std::to_string(a.B) + " Nq" + std::to_string(a.Nq) + " Nk" + std::to_string(a.Nk) +
+             " H" + std::to_string(a.H) + " D" + std::to_string(a.D) + " bias" + shape_str(a.bias),
+         [a](Rng& rng) {
+           return std::vector<Tensor>{rn({a.B, a.Nq, a.H, a.D}, rng), rn({a.B, a.Nk, a.H, a.D}, rng),
+                                      rn({a.B, a.Nk, a.H, a.D}, rng), rn(a.bias, rng)};
+         },
+         [](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], x[3]); },
+         {true, true, true, true}});
   // the relative-position table (H, 2R+1) (float32 on the GPU) at a head dim padded (24) and
   // past the kernels (160)
   for (int D : {24, 160})
-    cases.push_back({"attention relpos table R3 D" + std::to_string(D),
-                     [D](Rng& rng) {
-                       return std::vector<Tensor>{rn({2, 11, 2, D}, rng), rn({2, 11, 2, D}, rng),
-                                                  rn({2, 11, 2, D}, rng), rn({2, 7}, rng)};
-                     },
-                     [](const std::vector<Tensor>& x) {
-                       return ops::attention(x[0], x[1], x[2], Tensor(), x[3]);
-                     },
-                     {true, true, true, true},
-                     {false, false, false, true}});
+    cases.push_back(
+        {"attention relpos table R3 D" + std::to_string(D),
+         [D](Rng& rng) {
+           return std::vector<Tensor>{rn({2, 11, 2, D}, rng), rn({2, 11, 2, D}, rng), rn({2, 11, 2, D}, rng),
+                                      rn({2, 7}, rng)};
+         },
+         [](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], Tensor(), x[3]); },
+         {true, true, true, true},
+         {false, false, false, true}});
   return cases;
 }
 
@@ -368,28 +394,26 @@ TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
 TEST(OpsCuda, FusedPairBiasMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 7);
-  struct S { int64_t B, N, M, C, H; };
+  struct S {
+    int64_t B, N, M, C, H;
+  };
   for (const S& s :
-       {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9},
-        S{2, 33, 31, 32, 8}, S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8},
-        S{1, 5, 3, 65, 1}, S{1, 7, 9, 64, 17}, S{2, 13, 11, 100, 33}, S{2, 300, 300, 128, 8},
-        S{1, 17, 19, 256, 64}, S{1, 9, 7, 33, 65}}) {
-    const std::string name = "pair_bias B" + std::to_string(s.B) + " N" + std::to_string(s.N) +
-                             " M" + std::to_string(s.M) + " C" + std::to_string(s.C) + " H" +
-                             std::to_string(s.H);
+       {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9}, S{2, 33, 31, 32, 8},
+        S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8}, S{1, 5, 3, 65, 1}, S{1, 7, 9, 64, 17},
+        S{2, 13, 11, 100, 33}, S{2, 300, 300, 128, 8}, S{1, 17, 19, 256, 64}, S{1, 9, 7, 33, 65}}) {
+    const std::string name = "pair_bias B" + std::to_string(s.B) + " N" + std::to_string(s.N) + " M" +
+                             std::to_string(s.M) + " C" + std::to_string(s.C) + " H" + std::to_string(s.H);
     auto inputs = [s](Rng& r) {
       return std::vector<Tensor>{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7)),
-                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r),
-                                 randn({s.H, s.C}, r)};
+                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r), randn({s.H, s.C}, r)};
     };
     auto fn = [](const std::vector<Tensor>& x) { return ops::pair_bias(x[0], x[1], x[2], x[3]); };
     const Shape zs{s.B, s.N, s.M, s.C}, os{s.B, s.H, s.N, s.M};
     poison_cache({zs, zs, os});
     check_case({name, inputs, fn, {true, true, true, true}}, DType::F32, rng);
     poison_cache({zs, zs, os});
-    check_case(
-        {name + " fp32 params", inputs, fn, {true, true, true, true}, {false, true, true, true}},
-        DType::BF16, rng);
+    check_case({name + " fp32 params", inputs, fn, {true, true, true, true}, {false, true, true, true}},
+               DType::BF16, rng);
     if (s.C == 16 || s.C == 33 || s.C == 100)
       check_case({name + " bf16 params", inputs, fn, {true, true, true, true}}, DType::BF16, rng);
   }
@@ -410,8 +434,10 @@ TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
     ops::pair_bias(p[0], p[1], p[2], p[3]).backward(g);
     for (size_t i = 0; i < p.size(); ++i) {
       const std::vector<float> v = p[i].grad().to_vector<float>();
-      if (rep == 0) first.push_back(v);
-      else EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
+      if (rep == 0)
+        first.push_back(v);
+      else
+        EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
     }
   }
 }
@@ -428,29 +454,33 @@ TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
 TEST(OpsCuda, FusedEmbeddingSumMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 9);
-  struct S { Shape ia, ib; int Va, Vb, D; };
+  struct S {
+    Shape ia, ib;
+    int Va, Vb, D;
+  };
   for (const S& s :
        {S{{1}, {1}, 1, 1, 1}, S{{7, 5}, {5}, 1, 3, 4}, S{{2, 97, 97}, {97, 97}, 64, 65, 32},
         S{{3, 17, 19}, {17, 19}, 9, 33, 33}, S{{30000, 10}, {10}, 64, 1, 16},
         S{{2, 97, 97}, {97, 97}, 64, 65, 128}, S{{50, 37}, {37}, 100, 29, 97},
-        S{{3000, 11}, {11}, 300, 85, 40}, S{{400, 9}, {9}, 3000, 72, 33},
-        S{{20, 7}, {7}, 3000, 73, 8}}) {
-    const std::string name = "embedding_sum ia" + shape_str(s.ia) + " ib" + shape_str(s.ib) +
-                             " Va" + std::to_string(s.Va) + " Vb" + std::to_string(s.Vb) + " D" +
-                             std::to_string(s.D);
+        S{{3000, 11}, {11}, 300, 85, 40}, S{{400, 9}, {9}, 3000, 72, 33}, S{{20, 7}, {7}, 3000, 73, 8}}) {
+    const std::string name = "embedding_sum ia" + shape_str(s.ia) + " ib" + shape_str(s.ib) + " Va" +
+                             std::to_string(s.Va) + " Vb" + std::to_string(s.Vb) + " D" + std::to_string(s.D);
     auto inputs = [s](Rng& r) {
-      return std::vector<Tensor>{randn({s.Va, s.D}, r), randint(s.ia, 0, s.Va, r),
-                                 randn({s.Vb, s.D}, r), randint(s.ib, 0, s.Vb, r)};
+      return std::vector<Tensor>{randn({s.Va, s.D}, r), randint(s.ia, 0, s.Va, r), randn({s.Vb, s.D}, r),
+                                 randint(s.ib, 0, s.Vb, r)};
     };
-    const Shape os = [&] { Shape o = s.ia; o.push_back(s.D); return o; }();
+    const Shape os = [&] {
+      Shape o = s.ia;
+      o.push_back(s.D);
+      return o;
+    }();
     poison_cache({os, os});
-    check_case({name,
-                inputs,
-                [](const std::vector<Tensor>& x) {
-                  return ops::embedding_sum(x[0], x[1], x[2], x[3], DType::F32);
-                },
-                {true, false, true, false}},
-               DType::F32, rng);
+    check_case(
+        {name,
+         inputs,
+         [](const std::vector<Tensor>& x) { return ops::embedding_sum(x[0], x[1], x[2], x[3], DType::F32); },
+         {true, false, true, false}},
+        DType::F32, rng);
     poison_cache({os, os});
     check_case({name + " bf16 out",
                 inputs,
@@ -477,9 +507,9 @@ TEST(OpsCuda, FusedPairBiasPastTheKernelRunsTheChain) {
   const Tensor w = Tensor::zeros({70, 300}, DType::F32, Device::CUDA);
   Tensor out = Tensor::empty({1, 70, 2, 2}, DType::F32, Device::CUDA);
   try {
-    kernels::cuda::pair_bias_forward(kernels::ScalarType::F32, kernels::ScalarType::F32,
-                                     z.data_ptr(), gamma.data_ptr(), gamma.data_ptr(),
-                                     w.data_ptr(), out.data_ptr(), 1, 2, 2, 300, 70, 1e-5);
+    kernels::cuda::pair_bias_forward(kernels::ScalarType::F32, kernels::ScalarType::F32, z.data_ptr(),
+                                     gamma.data_ptr(), gamma.data_ptr(), w.data_ptr(), out.data_ptr(), 1, 2,
+                                     2, 300, 70, 1e-5);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     const std::string m = e.what();
@@ -494,7 +524,10 @@ TEST(OpsCuda, FusedPairBiasPastTheKernelRunsTheChain) {
   auto fn = [](const std::vector<Tensor>& x) { return ops::pair_bias(x[0], x[1], x[2], x[3]); };
   testing::internal::CaptureStderr();
   check_case({"pair_bias C300 H70 (chain)", inputs, fn, {true, true, true, true}}, DType::F32, rng);
-  check_case({"pair_bias C300 H70 (chain) fp32 params", inputs, fn, {true, true, true, true},
+  check_case({"pair_bias C300 H70 (chain) fp32 params",
+              inputs,
+              fn,
+              {true, true, true, true},
               {false, true, true, true}},
              DType::BF16, rng);
   const std::string err = testing::internal::GetCapturedStderr();
@@ -534,9 +567,9 @@ TEST(OpsCuda, InPlaceAndQueries) {
                    ops::accuracy(logits, labels));
   std::vector<int32_t> bad = labels.to_vector<int32_t>();
   bad[5] = 8;
-  EXPECT_THROW(ops::accuracy(logits.to(Device::CUDA),
-                             Tensor::from_vector(bad, {999}, DType::I32, Device::CUDA)),
-               Error);
+  EXPECT_THROW(
+      ops::accuracy(logits.to(Device::CUDA), Tensor::from_vector(bad, {999}, DType::I32, Device::CUDA)),
+      Error);
 }
 
 // ---- raw kernels write every output element (outputs NaN-poisoned first) ---------------------
@@ -554,14 +587,16 @@ TEST(OpsCuda, RawKernelsWriteEveryOutput) {
       Tensor y = Tensor::full({M, C}, nan, DType::F32, Device::CUDA);
       Tensor mean = Tensor::full({M}, nan, DType::F32, Device::CUDA), rstd = mean.clone();
       kc::layernorm_forward(F32, F32, x.data_ptr(), w.data_ptr(), w.data_ptr(), y.data_ptr(),
-                            static_cast<float*>(mean.data_ptr()), static_cast<float*>(rstd.data_ptr()), M, C, 1e-5);
+                            static_cast<float*>(mean.data_ptr()), static_cast<float*>(rstd.data_ptr()), M, C,
+                            1e-5);
       Tensor dx = Tensor::full({M, C}, nan, DType::F32, Device::CUDA);
       Tensor dw = Tensor::full({C}, nan, DType::F32, Device::CUDA), db = dw.clone();
-      Tensor ws = Tensor::full({int64_t(kc::layernorm_backward_workspace_bytes(M, C)) / 4}, nan,
-                               DType::F32, Device::CUDA);
+      Tensor ws = Tensor::full({int64_t(kc::layernorm_backward_workspace_bytes(M, C)) / 4}, nan, DType::F32,
+                               Device::CUDA);
       kc::layernorm_backward(F32, F32, x.data_ptr(), x.data_ptr(), w.data_ptr(),
-                             static_cast<const float*>(mean.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
-                             dx.data_ptr(), dw.data_ptr(), db.data_ptr(), M, C, ws.data_ptr());
+                             static_cast<const float*>(mean.data_ptr()),
+                             static_cast<const float*>(rstd.data_ptr()), dx.data_ptr(), dw.data_ptr(),
+                             db.data_ptr(), M, C, ws.data_ptr());
       for (const Tensor* t : {&y, &mean, &rstd, &dx, &dw, &db})
         EXPECT_TRUE(all_finite_host(t->to_vector<double>())) << "layernorm M=" << M << " C=" << C;
       // sum_to over the rows
@@ -571,7 +606,8 @@ TEST(OpsCuda, RawKernelsWriteEveryOutput) {
       EXPECT_TRUE(all_finite_host(s.to_vector<double>())) << "sum_to M=" << M << " C=" << C;
       // gemm writes all of C
       Tensor c = Tensor::full({M, M}, nan, DType::F32, Device::CUDA);
-      kc::gemm(F32, 1, M, M, C, x.data_ptr(), false, false, x.data_ptr(), false, true, c.data_ptr(), false, false);
+      kc::gemm(F32, 1, M, M, C, x.data_ptr(), false, false, x.data_ptr(), false, true, c.data_ptr(), false,
+               false);
       EXPECT_TRUE(all_finite_host(c.to_vector<double>())) << "gemm M=" << M << " K=" << C;
     }
   }
@@ -579,10 +615,10 @@ TEST(OpsCuda, RawKernelsWriteEveryOutput) {
     const Tensor g = randn({n, D}, rng).to(Device::CUDA);
     const Tensor idx = randint({n}, 0, static_cast<int>(V), rng).to(Device::CUDA);
     Tensor dw = Tensor::full({V, D}, nan, DType::F32, Device::CUDA);
-    Tensor ws = Tensor::full({std::max<int64_t>(1, kc::embedding_backward_workspace_bytes(n, V, D) / 4)},
-                             nan, DType::F32, Device::CUDA);
-    kc::embedding_backward(F32, g.data_ptr(), static_cast<const int32_t*>(idx.data_ptr()), dw.data_ptr(),
-                           n, V, D, ws.data_ptr());
+    Tensor ws = Tensor::full({std::max<int64_t>(1, kc::embedding_backward_workspace_bytes(n, V, D) / 4)}, nan,
+                             DType::F32, Device::CUDA);
+    kc::embedding_backward(F32, g.data_ptr(), static_cast<const int32_t*>(idx.data_ptr()), dw.data_ptr(), n,
+                           V, D, ws.data_ptr());
     EXPECT_TRUE(all_finite_host(dw.to_vector<double>())) << "embedding_backward V=" << V;
   }
 }
@@ -599,8 +635,10 @@ TEST(OpsCuda, EmbeddingBackwardIsDeterministic) {
     Tensor wl = w.detach().requires_grad_(true);
     ops::embedding(wl, idx).backward(r);
     const std::vector<float> g = wl.grad().to_vector<float>();
-    if (rep == 0) first = g;
-    else EXPECT_EQ(g, first) << "repeat " << rep;
+    if (rep == 0)
+      first = g;
+    else
+      EXPECT_EQ(g, first) << "repeat " << rep;
   }
 }
 #endif

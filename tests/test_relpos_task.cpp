@@ -28,11 +28,14 @@ using namespace testing_util;
 Config tiny(const std::string& dir, const std::string& out) {
   return config_from_yaml_string(
       "model: {attn_bias: relpos, n_types: 4, d_model: 32, n_heads: 4, n_layers: 1, d_ff: 64, relpos_clip: 4}\n"
-      "data: {task: relpos, train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 512, n_val: 64, "
+      "data: {task: relpos, train: " +
+      dir + "/train.h5, val: " + dir +
+      "/val.h5, n_train: 512, n_val: 64, "
       "n_res: 16, seed: 3}\n"
       "train: {steps: 250, batch_size: 16, lr: 1.0e-2, min_lr: 1.0e-3, warmup: 10, eval_every: 50, "
       "log_every: 10, checkpoint_every: 50, seed: 1}\n"
-      "device: cpu\nout: " + dir + "/" + out + "\n");
+      "device: cpu\nout: " +
+      dir + "/" + out + "\n");
 }
 
 TEST(RelposTask, TrainsAndPlotsTheTables) {
@@ -80,7 +83,8 @@ TEST(RelposTask, CheckpointsKnowTheirBias) {
     run::evaluate(pair, cfg.out + "/checkpoint.h5");
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model.attn_bias is relpos but the config says pair"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("model.attn_bias is relpos but the config says pair"),
+              std::string::npos)
         << e.what();
   }
   // The data files record the task: a chain run on them is refused.
@@ -112,11 +116,14 @@ Config tiny_varlen(const std::string& dir, const std::string& out) {
   return config_from_yaml_string(
       "model: {n_types: 4, d_model: 16, n_heads: 2, n_layers: 2, c_z: 8, relpos_clip: 8, dist_bins: 16, "
       "dist_max: 16.0}\n"
-      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 256, n_val: 64, "
+      "data: {train: " +
+      dir + "/train.h5, val: " + dir +
+      "/val.h5, n_train: 256, n_val: 64, "
       "n_res: 24, n_res_min: 8, n_res_max: 24, seed: 3}\n"
       "train: {steps: 120, batch_tokens: 256, lr: 1.0e-2, min_lr: 1.0e-3, warmup: 5, eval_every: 40, "
       "log_every: 10, checkpoint_every: 40, seed: 1}\n"
-      "device: cpu\nout: " + dir + "/" + out + "\n");
+      "device: cpu\nout: " +
+      dir + "/" + out + "\n");
 }
 
 TEST(Varlen, PackedRunTrainsAndResumesBitwise) {

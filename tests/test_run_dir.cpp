@@ -46,10 +46,14 @@ using Clock = std::chrono::steady_clock;
 // A tiny model; `steps` and the data size set how long a run takes (~5 ms a step here).
 std::string config_text(const std::string& data_dir, int steps, int n_train = 48, int checkpoint_every = 3) {
   return "model: {n_types: 4, d_model: 16, n_heads: 2, n_layers: 1, c_z: 4, relpos_clip: 4, dist_bins: 8}\n"
-         "data: {train: \"" + data_dir + "/train.h5\", val: \"" + data_dir + "/val.h5\", n_train: " +
-         std::to_string(n_train) + ", n_val: 8, n_res: 10, seed: 5}\n"
-         "train: {steps: " + std::to_string(steps) + ", batch_size: 4, warmup: 1, eval_every: 5, log_every: 1, "
-         "checkpoint_every: " + std::to_string(checkpoint_every) + ", seed: 2}\ndevice: cpu\n";
+         "data: {train: \"" +
+         data_dir + "/train.h5\", val: \"" + data_dir + "/val.h5\", n_train: " + std::to_string(n_train) +
+         ", n_val: 8, n_res: 10, seed: 5}\n"
+         "train: {steps: " +
+         std::to_string(steps) +
+         ", batch_size: 4, warmup: 1, eval_every: 5, log_every: 1, "
+         "checkpoint_every: " +
+         std::to_string(checkpoint_every) + ", seed: 2}\ndevice: cpu\n";
 }
 
 std::string write_config(const std::string& dir, const std::string& name, const std::string& text) {
@@ -66,7 +70,8 @@ struct Result {
 
 Result run_train(const std::string& dir, const std::vector<std::string>& args) {
   static int n = 0;
-  const std::string o = dir + "/run" + std::to_string(++n) + ".out", e = dir + "/run" + std::to_string(n) + ".err";
+  const std::string o = dir + "/run" + std::to_string(++n) + ".out",
+                    e = dir + "/run" + std::to_string(n) + ".err";
   Result r;
   r.status = test::wait_status(test::spawn_train(args, o, e));
   r.out = read_text(o);
@@ -79,7 +84,8 @@ void expect_one_error_line(const Result& r, const std::vector<std::string>& part
   EXPECT_TRUE(r.exited(1)) << "status " << r.status << ", stderr: " << r.err;
   EXPECT_EQ(r.err.rfind("train: error: ", 0), 0u) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  for (const std::string& p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "'" << p << "' not in: " << r.err;
+  for (const std::string& p : parts)
+    EXPECT_NE(r.err.find(p), std::string::npos) << "'" << p << "' not in: " << r.err;
 }
 
 // The value of the JSON string field `key` of a flat one-line object, decoded (\n, \t, \", \\,
@@ -100,17 +106,21 @@ std::string json_field(const std::string& line, const std::string& key) {
       continue;
     }
     const char n = line[++i];
-    if (n == 'n') v += '\n';
-    else if (n == 't') v += '\t';
-    else if (n == 'r') v += '\r';
-    else if (n == '"' || n == '\\' || n == '/') v += n;
+    if (n == 'n')
+      v += '\n';
+    else if (n == 't')
+      v += '\t';
+    else if (n == 'r')
+      v += '\r';
+    else if (n == '"' || n == '\\' || n == '/')
+      v += n;
     else if (n == 'u') {  // below 0x80, or U+DC80..U+DCFF: a raw byte (surrogateescape)
       const int u = std::stoi(line.substr(i + 1, 4), nullptr, 16);
       EXPECT_TRUE(u < 0x80 || (u >= 0xdc80 && u <= 0xdcff)) << "unexpected \\u" << std::hex << u;
       v += static_cast<char>(u & 0xff);
       i += 4;
-    }
-    else ADD_FAILURE() << "bad escape \\" << n;
+    } else
+      ADD_FAILURE() << "bad escape \\" << n;
   }
   ADD_FAILURE() << "unterminated string";
   return v;
@@ -165,7 +175,8 @@ TEST(RunDir, CommandLineValuesAreTakenLiterally) {
   const std::string data = dir + "/data #1";
   const std::string cfg = write_config(dir, "cfg.yaml", config_text(dir + "/unused", 3));
   const std::string out = dir + "/runs/" + odd;
-  const Result r = run_train(dir, {cfg, "--out", out, "data.train=" + data + "/t #2.h5", "data.val=" + data + "/v.h5"});
+  const Result r =
+      run_train(dir, {cfg, "--out", out, "data.train=" + data + "/t #2.h5", "data.val=" + data + "/v.h5"});
   ASSERT_TRUE(r.exited(0)) << r.err;
   EXPECT_TRUE(fs::exists(out + "/checkpoint.h5")) << "the run went somewhere else";
   EXPECT_TRUE(fs::exists(data + "/t #2.h5"));
@@ -202,7 +213,8 @@ TEST(RunDir, OneOwnerPerDirectoryAndNothingEmptiedBeforeTheRunMayProceed) {
   expect_one_error_line(second_resume, {"pid " + std::to_string(holder)});
   ::kill(holder, SIGTERM);
   const int st = test::wait_status(holder);
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 143) << "status " << st << ": " << read_text(dir + "/holder.err");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 143)
+      << "status " << st << ": " << read_text(dir + "/holder.err");
 
   // A fresh run into the finished run's directory: refused, naming the choices; nothing changed.
   const std::string ckpt = read_text(out + "/checkpoint.h5"), metrics = read_text(out + "/metrics.jsonl");
@@ -253,7 +265,8 @@ TEST(RunDir, RunsGeneratingTheSameDataFileAtOnceAgree) {
   EXPECT_TRUE(temp_files(dir + "/data").empty());
   // All trained on the same data: the same seeds give the same checkpoints, byte for byte.
   for (int i = 1; i < kRuns; ++i)
-    EXPECT_EQ(read_text(dir + "/run" + std::to_string(i) + "/checkpoint.h5"), read_text(dir + "/run0/checkpoint.h5"));
+    EXPECT_EQ(read_text(dir + "/run" + std::to_string(i) + "/checkpoint.h5"),
+              read_text(dir + "/run0/checkpoint.h5"));
   fs::remove_all(dir);
 }
 
@@ -276,8 +289,10 @@ TEST(RunDir, SignalsStopAfterTheStepWithACheckpointAndResumeIsBitwise) {
     ASSERT_TRUE(WIFEXITED(st)) << name << ": status " << st << ", " << err;
     EXPECT_EQ(WEXITSTATUS(st), 128 + sig) << err;
     std::smatch m;
-    ASSERT_TRUE(std::regex_match(err, m, std::regex("train: stopped by " + name + " after step ([0-9]+): checkpoint "
-                                                    "written to (.*); continue with --resume\n")))
+    ASSERT_TRUE(std::regex_match(err, m,
+                                 std::regex("train: stopped by " + name +
+                                            " after step ([0-9]+): checkpoint "
+                                            "written to (.*); continue with --resume\n")))
         << err;
     const int64_t step = std::stoll(m[1]);
     EXPECT_EQ(m[2], out + "/checkpoint.h5");
@@ -288,7 +303,8 @@ TEST(RunDir, SignalsStopAfterTheStepWithACheckpointAndResumeIsBitwise) {
     ASSERT_TRUE(resumed.exited(0)) << resumed.err;
     EXPECT_NE(resumed.out.find("resumed from " + out + "/checkpoint.h5 at step " + std::to_string(step)),
               std::string::npos);
-    EXPECT_TRUE(read_text(out + "/checkpoint.h5") == ref_ckpt) << name << ": the resumed run's checkpoint differs";
+    EXPECT_TRUE(read_text(out + "/checkpoint.h5") == ref_ckpt)
+        << name << ": the resumed run's checkpoint differs";
   }
 
   // A second signal while the first is handled: the process ends at once (by the signal), and
@@ -296,15 +312,16 @@ TEST(RunDir, SignalsStopAfterTheStepWithACheckpointAndResumeIsBitwise) {
   // both signals land within one step; the second is sent once the first has been delivered (no
   // longer pending), so that the two are not merged into one.
   const std::string out = dir + "/twice";
-  const pid_t pid = test::spawn_train({cfg, "--out", out, "model.d_model=256", "model.n_layers=4", "model.c_z=32",
-                                       "train.batch_size=32", "train.checkpoint_every=2"},
+  const pid_t pid = test::spawn_train({cfg, "--out", out, "model.d_model=256", "model.n_layers=4",
+                                       "model.c_z=32", "train.batch_size=32", "train.checkpoint_every=2"},
                                       dir + "/t.out", dir + "/t.err");
   ASSERT_TRUE(wait_for_text(dir + "/t.out", "checkpoint step 2 "));
   ::kill(pid, SIGINT);
   ASSERT_TRUE(wait_until_delivered(pid, SIGINT));
   ::kill(pid, SIGINT);
   const int st = test::wait_status(pid);
-  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) << "status " << st << ": " << read_text(dir + "/t.err");
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT)
+      << "status " << st << ": " << read_text(dir + "/t.err");
   const int64_t kept = H5Reader(out + "/checkpoint.h5").attr_int("/", "step");  // loads: whole
   EXPECT_TRUE(kept >= 2 && kept % 2 == 0) << kept;
   EXPECT_EQ(read_text(dir + "/t.err"), "") << "no stop line: the second signal ended it";
@@ -333,7 +350,8 @@ TEST(RunDir, InterruptsAreSharedWithForkedWorkers) {
   ASSERT_EQ(::write(go[1], "x", 1), 1);
   int st = 0;
   ASSERT_EQ(::waitpid(child, &st, 0), child);
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st << " (2: no go, 3: the parent's signal "
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st
+                                                     << " (2: no go, 3: the parent's signal "
                                                         "not seen, 4: its own signal not recorded)";
   EXPECT_EQ(pf::interrupt_signal(), SIGTERM) << "the parent's own signal comes first";
   ::close(go[0]);
@@ -346,7 +364,8 @@ TEST(RunDir, FullDiskAtACheckpointKeepsTheLastGoodOne) {
   const std::string mnt = dir + "/mnt";
   fs::create_directories(mnt);
   if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0)
-    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << "): needs root with CAP_SYS_ADMIN";
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno)
+                 << "): needs root with CAP_SYS_ADMIN";
   struct Unmount {
     std::string path;
     ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
@@ -412,13 +431,21 @@ TEST(RunDir, HostOutOfMemoryNamesTheSizeAndTheKeys) {
   ASSERT_TRUE(run_train(dir, {cfg, "--out", dir + "/warm"}).exited(0));  // the data files exist now
   // One layer's pair representation alone is 64 × 200² × 64 × 4 B = 625 MiB; under a 1 GiB limit
   // the activations of the step cannot all be had.
-  const std::vector<std::string> args = {cfg, "--out", dir + "/big", "data.n_res=200", "data.train=" + dir + "/b.h5",
-                                         "data.val=" + dir + "/bv.h5", "train.batch_size=64", "model.c_z=64",
+  const std::vector<std::string> args = {cfg,
+                                         "--out",
+                                         dir + "/big",
+                                         "data.n_res=200",
+                                         "data.train=" + dir + "/b.h5",
+                                         "data.val=" + dir + "/bv.h5",
+                                         "train.batch_size=64",
+                                         "model.c_z=64",
                                          "data.n_train=64"};
   const std::string o = dir + "/oom.out", e = dir + "/oom.err";
   const pid_t pid = ::fork();
   if (pid == 0) {  // the limit is inherited by the train process it starts; its status passed up
-    struct rlimit lim{size_t{1} << 30, size_t{1} << 30};
+    struct rlimit lim {
+      size_t{1} << 30, size_t{1} << 30
+    };
     ::setrlimit(RLIMIT_AS, &lim);
     const int s = test::wait_status(test::spawn_train(args, o, e));
     ::_exit(WIFEXITED(s) ? WEXITSTATUS(s) : 100);
@@ -426,7 +453,8 @@ TEST(RunDir, HostOutOfMemoryNamesTheSizeAndTheKeys) {
   Result r;
   r.status = test::wait_status(pid);
   r.err = read_text(e);
-  expect_one_error_line(r, {"out of host memory", "MiB", "train.batch_size × data.n_res²", "64 × 200² × (64 + 2)"});
+  expect_one_error_line(
+      r, {"out of host memory", "MiB", "train.batch_size × data.n_res²", "64 × 200² × (64 + 2)"});
   fs::remove_all(dir);
 }
 #endif

@@ -47,9 +47,7 @@ bool have_sm90() {
   return major == 9 && minor == 0;
 }
 
-__device__ char* aligned_smem(char* raw) {
-  return raw + ((1024 - (sm90::smem_addr(raw) & 1023)) & 1023);
-}
+__device__ char* aligned_smem(char* raw) { return raw + ((1024 - (sm90::smem_addr(raw) & 1023)) & 1023); }
 
 // One mbarrier expecting one arrival (plus transaction bytes), initialised by thread 0 and
 // visible to the whole block and the TMA unit.
@@ -96,7 +94,8 @@ TEST(Sm90Parts, TmaTileWithSwizzleReadsBackTheSource) {
   const uint64_t strides[3] = {uint64_t(ld) * 2, uint64_t(ld) * 2 * rows, uint64_t(ld) * 2 * rows};
   const uint32_t box[4] = {64, 128, 1, 1};
   const CUtensorMap map = pf::kernels::cuda::make_tensor_map_4d(d_src, 2, false, dims, strides, box, 128);
-  CUDA_OK(cudaFuncSetAttribute(tma_tile_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 128 * 128 + 1024));
+  CUDA_OK(
+      cudaFuncSetAttribute(tma_tile_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 128 * 128 + 1024));
   for (auto [c0, c1] : {std::pair{0, 0}, std::pair{64, 128}, std::pair{40, 100}}) {
     CUDA_OK(cudaMemset(d_out, 0xff, 128 * 64 * 2));  // NaN poison
     tma_tile_kernel<<<1, 128, 128 * 128 + 1024>>>(map, c0, c1, d_out);
@@ -121,8 +120,9 @@ TEST(Sm90Parts, TmaTileWithSwizzleReadsBackTheSource) {
 
 // q (64 × D) and k (N × D) row-major fp16 (as (B, N, H, D) with B = H = 1); s (64 × N) fp32.
 template <int D, int N>
-__global__ void __launch_bounds__(128) wgmma_ss_kernel(const __grid_constant__ CUtensorMap qmap,
-                                                       const __grid_constant__ CUtensorMap kmap, float* s_out) {
+__global__ void __launch_bounds__(128)
+    wgmma_ss_kernel(const __grid_constant__ CUtensorMap qmap, const __grid_constant__ CUtensorMap kmap,
+                    float* s_out) {
   constexpr int RB = 2 * D < 128 ? 2 * D : 128, kPanels = 2 * D / RB;
   extern __shared__ char raw[];
   char* sQ = aligned_smem(raw);
@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(128) wgmma_ss_kernel(const __grid_constant__ C
   sm90::fence_regs(s);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   for (int j = 0; j < N / 8; ++j)
-    for (int e = 0; e < 4; ++e) s_out[(16 * warp + g + 8 * (e / 2)) * N + 8 * j + 2 * t + e % 2] = s[4 * j + e];
+    for (int e = 0; e < 4; ++e)
+      s_out[(16 * warp + g + 8 * (e / 2)) * N + 8 * j + 2 * t + e % 2] = s[4 * j + e];
 }
 
 CUtensorMap rows_map(const __half* p, int rows, int D, int box_rows) {
@@ -195,7 +196,8 @@ double product_error(int m, int k, int n, size_t b_elems, Launch&& launch, BAt&&
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) {
       double ref = 0;
-      for (int kk = 0; kk < k; ++kk) ref += double(__half2float(a[size_t(i) * k + kk])) * __half2float(b_at(b, kk, j));
+      for (int kk = 0; kk < k; ++kk)
+        ref += double(__half2float(a[size_t(i) * k + kk])) * __half2float(b_at(b, kk, j));
       const double x = c[size_t(i) * n + j];
       num += (x - ref) * (x - ref);  // NaN (unwritten) makes the error NaN: fails the bound
       den += ref * ref;
@@ -206,7 +208,8 @@ double product_error(int m, int k, int n, size_t b_elems, Launch&& launch, BAt&&
 template <int D, int N>
 void check_ss() {
   const int smem = (64 + N) * D * 2 + 1024;
-  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
+  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+            cudaSuccess);
   const double err = product_error(
       64, D, N, size_t(N) * D,
       [&](__half* q, __half* k, float* s) {
@@ -228,8 +231,8 @@ TEST(Sm90Parts, WgmmaQKMatchesCpu) {
 
 // p (64 × BN) fp16 row-major, v (BN × D) fp16 row-major; o (64 × D) fp32.
 template <int D, int BN>
-__global__ void __launch_bounds__(128) wgmma_rs_kernel(const __half* p, const __grid_constant__ CUtensorMap vmap,
-                                                       float* o_out) {
+__global__ void __launch_bounds__(128)
+    wgmma_rs_kernel(const __half* p, const __grid_constant__ CUtensorMap vmap, float* o_out) {
   constexpr int RB = 2 * D < 128 ? 2 * D : 128, kPanels = 2 * D / RB;
   extern __shared__ char raw[];
   char* sV = aligned_smem(raw);
@@ -237,7 +240,8 @@ __global__ void __launch_bounds__(128) wgmma_rs_kernel(const __half* p, const __
   init_barrier(&bar);
   if (threadIdx.x == 0) {
     sm90::mbar_arrive_expect_tx(&bar, BN * D * 2);
-    for (int pn = 0; pn < kPanels; ++pn) sm90::tma_load_4d(sV + pn * BN * RB, &vmap, &bar, pn * RB / 2, 0, 0, 0);
+    for (int pn = 0; pn < kPanels; ++pn)
+      sm90::tma_load_4d(sV + pn * BN * RB, &vmap, &bar, pn * RB / 2, 0, 0, 0);
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // A fragments: k-chunk kc, registers e = 0..3: rows g / g + 8, columns 16kc + 2t (+ 8)
@@ -260,16 +264,20 @@ __global__ void __launch_bounds__(128) wgmma_rs_kernel(const __half* p, const __
   sm90::wgmma_wait<0>();
   sm90::fence_regs(o);
   for (int j = 0; j < D / 8; ++j)
-    for (int e = 0; e < 4; ++e) o_out[(16 * warp + g + 8 * (e / 2)) * D + 8 * j + 2 * t + e % 2] = o[4 * j + e];
+    for (int e = 0; e < 4; ++e)
+      o_out[(16 * warp + g + 8 * (e / 2)) * D + 8 * j + 2 * t + e % 2] = o[4 * j + e];
 }
 
 template <int D, int BN>
 void check_rs() {
   const int smem = BN * D * 2 + 1024;
-  ASSERT_EQ(cudaFuncSetAttribute(wgmma_rs_kernel<D, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
+  ASSERT_EQ(cudaFuncSetAttribute(wgmma_rs_kernel<D, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+            cudaSuccess);
   const double err = product_error(
       64, BN, D, size_t(BN) * D,
-      [&](__half* p, __half* v, float* o) { wgmma_rs_kernel<D, BN><<<1, 128, smem>>>(p, rows_map(v, BN, D, BN), o); },
+      [&](__half* p, __half* v, float* o) {
+        wgmma_rs_kernel<D, BN><<<1, 128, smem>>>(p, rows_map(v, BN, D, BN), o);
+      },
       [](const std::vector<__half>& v, int j, int d) { return v[size_t(j) * D + d]; });
   EXPECT_LE(err, 1e-5) << "D = " << D << ", BN = " << BN;
 }
@@ -287,8 +295,9 @@ TEST(Sm90Parts, WgmmaPVMatchesCpu) {
 // (MN-major B: the columns c0 … c0 + N − 1, c0 inside a swizzle panel, as the Hopper backward's dQ
 // product takes a warpgroup's part of D); dq (64 × N) fp32.
 template <int D, int N>
-__global__ void __launch_bounds__(128) wgmma_ss_mn_kernel(const __grid_constant__ CUtensorMap dsmap,
-                                                          const __grid_constant__ CUtensorMap kmap, int c0, float* out) {
+__global__ void __launch_bounds__(128)
+    wgmma_ss_mn_kernel(const __grid_constant__ CUtensorMap dsmap, const __grid_constant__ CUtensorMap kmap,
+                       int c0, float* out) {
   constexpr int RB = 2 * D < 128 ? 2 * D : 128, kPanels = 2 * D / RB;
   extern __shared__ char raw[];
   char* sDs = aligned_smem(raw);
@@ -321,11 +330,13 @@ __global__ void __launch_bounds__(128) wgmma_ss_mn_kernel(const __grid_constant_
 template <int D, int N>
 void check_ss_mn(int c0) {
   const int smem = (64 + D) * 128 * 2 + 1024;
-  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_mn_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
+  ASSERT_EQ(cudaFuncSetAttribute(wgmma_ss_mn_kernel<D, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+            cudaSuccess);
   const double err = product_error(
       64, 128, N, size_t(128) * D,
       [&](__half* ds, __half* k, float* out) {
-        wgmma_ss_mn_kernel<D, N><<<1, 128, smem>>>(rows_map(ds, 64, 128, 64), rows_map(k, 128, D, 128), c0, out);
+        wgmma_ss_mn_kernel<D, N>
+            <<<1, 128, smem>>>(rows_map(ds, 64, 128, 64), rows_map(k, 128, D, 128), c0, out);
       },
       [&](const std::vector<__half>& k, int kk, int j) { return k[size_t(kk) * D + c0 + j]; });
   EXPECT_LE(err, 1e-5) << "D = " << D << ", N = " << N << ", first column " << c0;
@@ -345,8 +356,9 @@ TEST(Sm90Parts, WgmmaDsKAtAColumnOffsetMatchesCpu) {
 // matrix (rows = the tile's columns) goes through ldmatrix_x4_trans into fragments, which are
 // written out as xt (128 × 64, fp32) and stored back transposed with stmatrix_x4_trans into a
 // second tile, which TMA stores to y (64 × 128): xt = xᵀ and y = x.
-__global__ void __launch_bounds__(128) transpose_fragments_kernel(const __grid_constant__ CUtensorMap xmap,
-                                                                  const __grid_constant__ CUtensorMap ymap, float* xt) {
+__global__ void __launch_bounds__(128)
+    transpose_fragments_kernel(const __grid_constant__ CUtensorMap xmap,
+                               const __grid_constant__ CUtensorMap ymap, float* xt) {
   extern __shared__ char raw[];
   char* sX = aligned_smem(raw);
   char* sY = sX + 64 * 128 * 2;
@@ -394,7 +406,8 @@ TEST(Sm90Parts, LdmatrixStmatrixTransposeAndTmaStoreRoundTrip) {
   CUDA_OK(cudaMemset(d_y, 0xff, x.size() * 2));  // NaN poison
   CUDA_OK(cudaMemset(d_xt, 0xff, x.size() * 4));
   const int smem = 2 * 64 * 128 * 2 + 1024;
-  CUDA_OK(cudaFuncSetAttribute(transpose_fragments_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CUDA_OK(
+      cudaFuncSetAttribute(transpose_fragments_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   transpose_fragments_kernel<<<1, 128, smem>>>(rows_map(d_x, 64, 128, 64), rows_map(d_y, 64, 128, 64), d_xt);
   CUDA_OK(cudaGetLastError());
   CUDA_OK(cudaDeviceSynchronize());
@@ -421,8 +434,9 @@ TEST(Sm90Parts, LdmatrixStmatrixTransposeAndTmaStoreRoundTrip) {
 // src (64 floats) by one bulk copy; a 64 × 32 fp32 tile v(r, c) = src[r]·(c + 1) added twice by
 // TMA reduce-add into acc (rows × cols, row pitch ld) at (c0, r0); and every thread adds
 // (tid, −tid) into pair[tid] with red_add_f32x2.
-__global__ void __launch_bounds__(128) bulk_reduce_kernel(const float* src, const __grid_constant__ CUtensorMap accmap,
-                                                          int c0, int r0, float* pair) {
+__global__ void __launch_bounds__(128)
+    bulk_reduce_kernel(const float* src, const __grid_constant__ CUtensorMap accmap, int c0, int r0,
+                       float* pair) {
   extern __shared__ char raw[];
   char* sTile = aligned_smem(raw);
   float* sSrc = reinterpret_cast<float*>(sTile + 64 * 128);

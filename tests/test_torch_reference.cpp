@@ -82,8 +82,7 @@ TEST(TorchReference, LossAndEveryGradientFloat64) {
   const double floor = gradient_floor(f.r);
   for (const auto& [name, p] : f.model->named_parameters()) {
     ASSERT_TRUE(p.grad().defined()) << name;
-    const double e =
-        rel_error(p.grad().to_vector<double>(), f.r.read_double("expected/grad/" + name), floor);
+    const double e = rel_error(p.grad().to_vector<double>(), f.r.read_double("expected/grad/" + name), floor);
     EXPECT_LT(e, 1e-10) << name;
   }
 }
@@ -97,8 +96,7 @@ TEST(TorchReference, LossAndEveryGradientFloat32) {
   loss.backward();
   const double floor = gradient_floor(f.r);
   for (const auto& [name, p] : f.model->named_parameters()) {
-    const double e =
-        rel_error(p.grad().to_vector<double>(), f.r.read_double("expected/grad/" + name), floor);
+    const double e = rel_error(p.grad().to_vector<double>(), f.r.read_double("expected/grad/" + name), floor);
     EXPECT_LT(e, 1e-4) << name;
   }
 }
@@ -111,8 +109,7 @@ TEST(TorchReference, TenAdamWStepsFloat64) {
   const int64_t warmup = f.r.attr_int("/expected", "warmup"), steps = f.r.attr_int("/expected", "steps");
   const double clip = f.r.attr_double("/expected", "grad_clip");
   const auto params = f.model->named_parameters();
-  optim::AdamW opt(params,
-                   optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
+  optim::AdamW opt(params, optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
                    {lr, f.r.attr_double("/expected", "beta1"), f.r.attr_double("/expected", "beta2"),
                     f.r.attr_double("/expected", "adam_eps"), f.r.attr_double("/expected", "weight_decay")});
   const auto losses = f.r.read_double("expected/adamw_losses");

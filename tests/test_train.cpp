@@ -26,11 +26,14 @@ Config tiny(const std::string& dir, const std::string& out) {
   return config_from_yaml_string(
       "model: {n_types: 4, d_model: 16, n_heads: 2, n_layers: 2, c_z: 8, relpos_clip: 8, "
       "dist_bins: 16, dist_max: 16.0}\n"
-      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 256, n_val: 64, "
+      "data: {train: " +
+      dir + "/train.h5, val: " + dir +
+      "/val.h5, n_train: 256, n_val: 64, "
       "n_res: 16, seed: 3}\n"
       "train: {steps: 160, batch_size: 16, lr: 1.0e-2, min_lr: 1.0e-3, warmup: 5, eval_every: 40, "
       "log_every: 10, checkpoint_every: 40, seed: 1}\n"
-      "device: cpu\nout: " + dir + "/" + out + "\n");
+      "device: cpu\nout: " +
+      dir + "/" + out + "\n");
 }
 
 TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
@@ -55,12 +58,12 @@ TEST(Train, LossFallsAndResumeEqualsAnUnbrokenRun) {
   // the log prints 6 significant digits.
   const Config c = tiny(dir, "unbroken");
   for (const auto& [step, lr] : log.series("lr")) {
-    const double want = optim::lr_at(static_cast<int64_t>(step) - 1, c.train.lr, c.train.min_lr, c.train.warmup,
-                                     c.train.steps);
+    const double want = optim::lr_at(static_cast<int64_t>(step) - 1, c.train.lr, c.train.min_lr,
+                                     c.train.warmup, c.train.steps);
     EXPECT_NEAR(lr, want, 5e-6 * want) << "step " << step;
   }
-  for (const char* f : {"config.yaml", "checkpoint.h5", "curves.svg", "bias_vs_distance.svg",
-                        "bias_vs_relpos.svg"})
+  for (const char* f :
+       {"config.yaml", "checkpoint.h5", "curves.svg", "bias_vs_distance.svg", "bias_vs_relpos.svg"})
     EXPECT_TRUE(fs::exists(dir + "/unbroken/" + f)) << f;
   for (const auto& e : fs::directory_iterator(dir + "/unbroken"))  // no temp file left behind
     EXPECT_FALSE(is_temp_path(e.path().string())) << e.path();

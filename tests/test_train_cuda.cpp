@@ -137,8 +137,8 @@ void one_step_matches_cpu(const ModelConfig& cfg, int B, int N) {
     EXPECT_LE(e, 1e-4) << names[i].first << " (gradient norm " << std::sqrt(n2) << ", floor " << rms << ")";
     worst = std::max(worst, e);
   }
-  std::printf("fp32 step: loss cpu %.9g gpu %.9g, worst gradient rel. error %.2e over %zu params\n",
-              rc.loss, rg.loss, worst, names.size());
+  std::printf("fp32 step: loss cpu %.9g gpu %.9g, worst gradient rel. error %.2e over %zu params\n", rc.loss,
+              rg.loss, worst, names.size());
 }
 
 TEST(TrainCuda, TenStepsOfLossAgreeFp32) {
@@ -206,8 +206,7 @@ TEST(TrainCuda, OneStepBf16AgreesWithFp32Cpu) {
   }
   const double e = rel_error(all_g, all_c);
   EXPECT_LE(e, 10 * u);
-  std::printf("bf16 step: loss cpu %.6f gpu %.6f; all gradients rel. error %.2e\n", rc.loss,
-              rg.loss, e);
+  std::printf("bf16 step: loss cpu %.6f gpu %.6f; all gradients rel. error %.2e\n", rc.loss, rg.loss, e);
 }
 
 // The pair features computed on the GPU (from uploaded coordinates) equal the CPU's bin for bin,
@@ -237,7 +236,8 @@ TEST(TrainCuda, PairFeaturesOnTheGpuEqualTheCpu) {
   int64_t differ = 0, on_edge = 0;
   for (size_t k = 0; k < bc.size(); ++k) differ += bc[k] != bg[k];
   for (int i = 0; i < N; ++i)  // the bins of chain 0 that sit exactly on an edge
-    for (int j = 0; j < N; ++j) on_edge += bc[static_cast<size_t>(i) * N + j] > 0 && (x[3 * i] - x[3 * j]) != 0.f;
+    for (int j = 0; j < N; ++j)
+      on_edge += bc[static_cast<size_t>(i) * N + j] > 0 && (x[3 * i] - x[3 * j]) != 0.f;
   EXPECT_EQ(differ, 0) << "of " << bc.size() << " bins";
   EXPECT_GT(on_edge, 0);
 }
@@ -252,9 +252,12 @@ TEST(TrainCuda, OutOfMemoryNamesTheSizesAndTheKeys) {
   // every card; its first allocation is that tensor (the host batch is c_z-free).
   const Config cfg = config_from_yaml_string(
       "model: {n_types: 4, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 1024, relpos_clip: 8, dist_bins: 8}\n"
-      "data: {train: " + dir + "/train.h5, val: " + dir + "/val.h5, n_train: 16, n_val: 16, n_res: 4096, seed: 1}\n"
+      "data: {train: " +
+      dir + "/train.h5, val: " + dir +
+      "/val.h5, n_train: 16, n_val: 16, n_res: 4096, seed: 1}\n"
       "train: {steps: 2, batch_size: 16, warmup: 0}\n"
-      "device: cuda\nout: " + dir + "/run\n");
+      "device: cuda\nout: " +
+      dir + "/run\n");
   std::string msg;
   testing::internal::CaptureStdout();
   try {

@@ -77,7 +77,8 @@ inline std::string error_of(const std::function<void()>& f) {
 // f throws a pf::Error whose message contains `needle`.
 inline void expect_error(const std::function<void()>& f, const std::string& needle) {
   const std::string msg = error_of(f);
-  EXPECT_NE(msg.find(needle), std::string::npos) << "expected an error containing '" << needle << "', got: " << msg;
+  EXPECT_NE(msg.find(needle), std::string::npos)
+      << "expected an error containing '" << needle << "', got: " << msg;
 }
 
 // t, marked as a leaf that wants its gradient.

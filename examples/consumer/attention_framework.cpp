@@ -27,8 +27,8 @@ int main() {
   double err = 0;
   for (int b = 0; b < B; ++b) {
     const size_t o = size_t(b) * N * D;
-    const auto ref = naive_attention(qv.data() + o, kv.data() + o, vv.data() + o, bv.data(), N, N,
-                                     D, 1.0 / std::sqrt(double(D)));
+    const auto ref = naive_attention(qv.data() + o, kv.data() + o, vv.data() + o, bv.data(), N, N, D,
+                                     1.0 / std::sqrt(double(D)));
     for (size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::abs(got[o + i] - ref[i]));
   }
   const bool grad_ok = bias.grad().defined() && bias.grad().shape() == bias.shape();

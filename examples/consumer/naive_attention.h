@@ -6,8 +6,7 @@
 #include <vector>
 
 inline std::vector<double> naive_attention(const double* q, const double* k, const double* v,
-                                           const double* bias, int Nq, int Nk, int D,
-                                           double scale) {
+                                           const double* bias, int Nq, int Nk, int D, double scale) {
   std::vector<double> out(size_t(Nq) * D, 0.0), s(Nk);
   for (int i = 0; i < Nq; ++i) {
     double mx = -INFINITY, sum = 0;

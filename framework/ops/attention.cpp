@@ -46,20 +46,19 @@ struct AttentionShape {
   int64_t bias_batch_stride = 0, bias_head_stride = 0, bias_row_stride = 0;
   int R = -1;  // relpos clip; -1 = no table
   bool packed = false;
-  int64_t Tq = 0, Tk = 0;               // packed: total query / key rows
-  std::vector<int32_t> cu_q, cu_k;      // packed: (B+1) each
-  std::vector<int64_t> bias_offsets;    // packed: (B+1), offsets of the bias blocks
+  int64_t Tq = 0, Tk = 0;             // packed: total query / key rows
+  std::vector<int32_t> cu_q, cu_k;    // packed: (B+1) each
+  std::vector<int64_t> bias_offsets;  // packed: (B+1), offsets of the bias blocks
 };
 
 // The lengths of a packed batch: (B+1) entries, [0] = 0, nondecreasing.
 void check_cu_seqlens(const std::vector<int32_t>& cu, const char* name) {
-  PF_CHECK(cu.size() >= 2, "attention: " << name << " must have B+1 >= 2 entries, got "
-                                         << cu.size());
+  PF_CHECK(cu.size() >= 2, "attention: " << name << " must have B+1 >= 2 entries, got " << cu.size());
   PF_CHECK(cu[0] == 0, "attention: " << name << "[0] must be 0, got " << cu[0]);
   for (size_t b = 0; b + 1 < cu.size(); ++b)
-    PF_CHECK(cu[b + 1] >= cu[b], "attention: " << name << " must be nondecreasing, got " << name
-                                               << "[" << b << "]=" << cu[b] << " > " << name
-                                               << "[" << b + 1 << "]=" << cu[b + 1]);
+    PF_CHECK(cu[b + 1] >= cu[b], "attention: " << name << " must be nondecreasing, got " << name << "[" << b
+                                               << "]=" << cu[b] << " > " << name << "[" << b + 1
+                                               << "]=" << cu[b + 1]);
 }
 
 void check_packed(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
@@ -78,8 +77,8 @@ void check_packed(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   PF_CHECK(q.ndim() == 3, "attention: a packed q must be (Tq,H,D), got " << q.str());
   s.H = static_cast<int>(q.size(1));
   s.D = static_cast<int>(q.size(2));
-  PF_CHECK(q.size(0) == s.Tq, "attention: q must be (Tq=" << s.Tq << ",H,D) for cu_seqlens_q, got "
-                                                          << q.str());
+  PF_CHECK(q.size(0) == s.Tq,
+           "attention: q must be (Tq=" << s.Tq << ",H,D) for cu_seqlens_q, got " << q.str());
   PF_CHECK(k.ndim() == 3 && k.size(0) == s.Tk && k.size(1) == s.H && k.size(2) == s.D,
            "attention: k must be (Tk=" << s.Tk << ",H=" << s.H << ",D=" << s.D
                                        << ") for cu_seqlens_k and q, got " << k.str());
@@ -92,25 +91,26 @@ void check_packed(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   }
   PF_CHECK(!opt.key_padding_mask.defined(),
            "attention: key_padding_mask is not supported with cu_seqlens (the lengths say which "
-           "keys exist), got " << opt.key_padding_mask.str());
+           "keys exist), got "
+               << opt.key_padding_mask.str());
   if (bias.defined()) {
     check_float(bias, "attention", "bias");
     check_same(q, "q", bias, "bias", "attention");
     s.bias_offsets.assign(s.B + 1, 0);
     for (int b = 0; b < s.B; ++b)
-      s.bias_offsets[b + 1] = s.bias_offsets[b] + int64_t{s.H} * (s.cu_q[b + 1] - s.cu_q[b]) *
-                                                      (s.cu_k[b + 1] - s.cu_k[b]);
+      s.bias_offsets[b + 1] =
+          s.bias_offsets[b] + int64_t{s.H} * (s.cu_q[b + 1] - s.cu_q[b]) * (s.cu_k[b + 1] - s.cu_k[b]);
     PF_CHECK(bias.ndim() == 1 && bias.size(0) == s.bias_offsets.back(),
-             "attention: a packed bias must be 1-D with Σ H·nq_b·nk_b = "
-                 << s.bias_offsets.back() << " elements, got " << bias.str());
+             "attention: a packed bias must be 1-D with Σ H·nq_b·nk_b = " << s.bias_offsets.back()
+                                                                          << " elements, got " << bias.str());
   }
 }
 
 void check_dense(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                  const AttentionOptions& opt, AttentionShape& s) {
   const char* op = "attention";
-  PF_CHECK(opt.cu_seqlens_k.empty(), "attention: cu_seqlens_k given without cu_seqlens_q ("
-                                         << opt.cu_seqlens_k.size() << " entries)");
+  PF_CHECK(opt.cu_seqlens_k.empty(),
+           "attention: cu_seqlens_k given without cu_seqlens_q (" << opt.cu_seqlens_k.size() << " entries)");
   PF_CHECK(q.ndim() == 4, "attention: q must be (B,Nq,H,D), got " << q.str());
   PF_CHECK(k.ndim() == 4, "attention: k must be (B,Nk,H,D), got " << k.str());
   PF_CHECK(v.shape() == k.shape(),
@@ -132,9 +132,8 @@ void check_dense(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
     const bool ok = bias.ndim() == 4 && (bias.size(0) == s.B || bias.size(0) == 1) &&
                     (bias.size(1) == s.H || bias.size(1) == 1) && bias.size(2) == s.Nq &&
                     bias.size(3) == s.Nk;
-    PF_CHECK(ok, "attention: bias must be (B|1,H|1,Nq,Nk) = (" << s.B << "|1," << s.H << "|1,"
-                                                               << s.Nq << "," << s.Nk << "), got "
-                                                               << bias.str());
+    PF_CHECK(ok, "attention: bias must be (B|1,H|1,Nq,Nk) = (" << s.B << "|1," << s.H << "|1," << s.Nq << ","
+                                                               << s.Nk << "), got " << bias.str());
     s.bias_row_stride = s.Nk;
     s.bias_head_stride = bias.size(1) == 1 ? 0 : int64_t{s.Nq} * s.Nk;
     s.bias_batch_stride = bias.size(0) == 1 ? 0 : bias.size(1) * s.Nq * s.Nk;
@@ -142,10 +141,9 @@ void check_dense(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   if (opt.key_padding_mask.defined()) {
     const Tensor& m = opt.key_padding_mask;
     PF_CHECK(m.dtype() == DType::U8, "attention: key_padding_mask must be uint8, got " << m.str());
-    PF_CHECK(m.shape() == (Shape{s.B, s.Nk}), "attention: key_padding_mask must be (B,Nk) = ("
-                                                  << s.B << "," << s.Nk << "), got " << m.str());
-    PF_CHECK(m.device() == q.device(),
-             "attention: key_padding_mask on " << m.str() << ", q on " << q.str());
+    PF_CHECK(m.shape() == (Shape{s.B, s.Nk}),
+             "attention: key_padding_mask must be (B,Nk) = (" << s.B << "," << s.Nk << "), got " << m.str());
+    PF_CHECK(m.device() == q.device(), "attention: key_padding_mask on " << m.str() << ", q on " << q.str());
   }
 }
 
@@ -153,8 +151,7 @@ void check_dense(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 void check_relpos_table(const Tensor& q, const Tensor& table, AttentionShape& s) {
   check_defined(table, "attention", "relpos_table");
   PF_CHECK(table.device() == q.device(),
-           "attention: relpos_table must be on q's device, got " << table.str() << " and q "
-                                                                 << q.str());
+           "attention: relpos_table must be on q's device, got " << table.str() << " and q " << q.str());
   if (q.device() == Device::CUDA) {
     PF_CHECK(table.dtype() == DType::F32,
              "attention: relpos_table on the GPU must be float32, got " << table.str());
@@ -163,14 +160,12 @@ void check_relpos_table(const Tensor& q, const Tensor& table, AttentionShape& s)
                                              << dtype_name(q.dtype()) << ", got " << table.str());
   }
   PF_CHECK(table.ndim() == 2 && table.size(0) == s.H && table.size(1) % 2 == 1,
-           "attention: relpos_table must be (H=" << s.H << ", 2R+1) with an odd width, got "
-                                                 << table.str());
+           "attention: relpos_table must be (H=" << s.H << ", 2R+1) with an odd width, got " << table.str());
   s.R = static_cast<int>((table.size(1) - 1) / 2);
 }
 
-AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                               const Tensor& bias, const Tensor& table,
-                               const AttentionOptions& opt) {
+AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                               const Tensor& table, const AttentionOptions& opt) {
   const char* op = "attention";
   check_float(q, op, "q");
   check_float(k, op, "k");
@@ -178,8 +173,10 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v
   check_same(q, "q", k, "k", op);
   check_same(q, "q", v, "v", op);
   AttentionShape s;
-  if (opt.cu_seqlens_q.empty()) check_dense(q, k, v, bias, opt, s);
-  else check_packed(q, k, v, bias, opt, s);
+  if (opt.cu_seqlens_q.empty())
+    check_dense(q, k, v, bias, opt, s);
+  else
+    check_packed(q, k, v, bias, opt, s);
   if (table.defined()) check_relpos_table(q, table, s);
   PF_CHECK(opt.scale >= 0 && std::isfinite(opt.scale),
            "attention: scale must be finite and >= 0 (0 = 1/sqrt(D)), got " << opt.scale);
@@ -212,8 +209,8 @@ PackedArrays packed_arrays(const AttentionShape& s, Device device) {
 // The forward problem over contiguous tensors (on either device).
 kernels::FlashBiasParams forward_params(const AttentionShape& s, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const Tensor& bias, const Tensor& table,
-                                        const Tensor& mask, const PackedArrays& arrays,
-                                        bool causal, double scale) {
+                                        const Tensor& mask, const PackedArrays& arrays, bool causal,
+                                        double scale) {
   kernels::FlashBiasParams p;
   p.B = s.B;
   p.H = s.H;
@@ -277,11 +274,9 @@ void launch_forward(const kernels::FlashBiasParams& p, Device device) {
 void launch_backward(const kernels::FlashBiasBwdParams& bp, Device device) {
 #ifdef PF_WITH_CUDA
   if (device == Device::CUDA) {
-    Tensor ws = Tensor::empty(
-        {static_cast<int64_t>(kernels::cuda::flash_bias_backward_workspace_bytes(bp))}, DType::U8,
-        device);
-    kernels::cuda::flash_bias_backward(bp, ws.data_ptr(),
-                                       static_cast<cudaStream_t>(kernels::cuda::stream()));
+    Tensor ws = Tensor::empty({static_cast<int64_t>(kernels::cuda::flash_bias_backward_workspace_bytes(bp))},
+                              DType::U8, device);
+    kernels::cuda::flash_bias_backward(bp, ws.data_ptr(), static_cast<cudaStream_t>(kernels::cuda::stream()));
     return;
   }
 #endif
@@ -311,11 +306,13 @@ Tensor attention_unfused(const Tensor& q, const Tensor& k, const Tensor& v, cons
                          const Tensor& table, const AttentionOptions& opt, const AttentionShape& s,
                          double scale) {
   PF_CHECK(!s.packed && !opt.key_padding_mask.defined() && !opt.causal,
-           "attention: head dim D = " << s.D << " is past the GPU kernels' 128; the unfused form "
-           "that runs instead takes no packed batch, key padding mask or causal mask");
+           "attention: head dim D = "
+               << s.D
+               << " is past the GPU kernels' 128; the unfused form "
+                  "that runs instead takes no packed batch, key padding mask or causal mask");
   static std::atomic<bool> said{false};
-  note_once(said, "attention: the CUDA kernels take head dims up to 128; D = " +
-                      std::to_string(s.D) + " runs unfused (matmul, softmax; the scores stored)");
+  note_once(said, "attention: the CUDA kernels take head dims up to 128; D = " + std::to_string(s.D) +
+                      " runs unfused (matmul, softmax; the scores stored)");
   auto f32 = [](const Tensor& t) { return t.dtype() == DType::F32 ? t : cast(t, DType::F32); };
   auto heads_first = [&](const Tensor& t) { return permute(f32(t), {0, 2, 1, 3}); };  // (B,H,N,D)
   Tensor scores = ops::scale(matmul(heads_first(q), heads_first(k), false, true), scale);
@@ -352,13 +349,13 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
     // A head dim the GPU kernels do not take: q, k, v zero-padded to Dp (q·kᵀ unchanged, the
     // output's extra columns zero and dropped), the scale kept at D's.
     static std::atomic<bool> said{false};
-    note_once(said, "attention: the CUDA kernels take head dims 16, 32, 64, 128; D = " +
-                        std::to_string(s.D) + " runs zero-padded to " + std::to_string(Dp));
+    note_once(said, "attention: the CUDA kernels take head dims 16, 32, 64, 128; D = " + std::to_string(s.D) +
+                        " runs zero-padded to " + std::to_string(Dp));
     AttentionOptions o = opt;
     o.scale = scale;
     const Tensor e = widening(Dp, s.D, q);
-    const Tensor out = attention(linear(q, e, Tensor()), linear(k, e, Tensor()),
-                                 linear(v, e, Tensor()), bias, relpos_table, o);
+    const Tensor out = attention(linear(q, e, Tensor()), linear(k, e, Tensor()), linear(v, e, Tensor()), bias,
+                                 relpos_table, o);
     return linear(out, transpose(e, 0, 1), Tensor());
   }
   const PackedArrays arrays = packed_arrays(s, q.device());
@@ -367,10 +364,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   // double for float64 inputs, float otherwise (float32 on the CPU; float32, bfloat16 or float16
   // on the GPU).
   const Shape lse_shape = s.packed ? Shape{s.H, s.Tq} : Shape{s.B, s.H, s.Nq};
-  Tensor lse = Tensor::empty(lse_shape, q.dtype() == DType::F64 ? DType::F64 : DType::F32,
-                             q.device());
-  kernels::FlashBiasParams p = forward_params(s, q, k, v, bias, relpos_table,
-                                              opt.key_padding_mask, arrays, opt.causal, scale);
+  Tensor lse = Tensor::empty(lse_shape, q.dtype() == DType::F64 ? DType::F64 : DType::F32, q.device());
+  kernels::FlashBiasParams p =
+      forward_params(s, q, k, v, bias, relpos_table, opt.key_padding_mask, arrays, opt.causal, scale);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   launch_forward(p, q.device());
@@ -384,8 +380,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const bool need_table = relpos_table.defined() && relpos_table.requires_grad();
   const bool causal = opt.causal, deterministic = opt.deterministic || pf::deterministic();
   return make_result(
-      out, "attention", {q, k, v, bias, relpos_table},
-      [=](const Tensor& g) -> std::vector<Tensor> {
+      out, "attention", {q, k, v, bias, relpos_table}, [=](const Tensor& g) -> std::vector<Tensor> {
         const profile::Scope ps("attention");  // backward: grad mode is off here
         kernels::FlashBiasBwdParams bp;
         static_cast<kernels::FlashBiasParams&>(bp) =

@@ -18,8 +18,8 @@ Tensor convert_raw(const Tensor& x, DType dtype) {
 #ifdef PF_WITH_CUDA
   if (x.device() == Device::CUDA) {
     Tensor out = Tensor::empty(x.shape(), dtype, x.device());
-    kernels::cuda::convert(scalar_type_of(x.dtype()), x.data_ptr(), scalar_type_of(dtype),
-                           out.data_ptr(), x.numel());
+    kernels::cuda::convert(scalar_type_of(x.dtype()), x.data_ptr(), scalar_type_of(dtype), out.data_ptr(),
+                           x.numel());
     return out;
   }
 #endif
@@ -32,13 +32,11 @@ Tensor cast(const Tensor& x, DType dtype) {
   const profile::Scope ps("cast");
   check_defined(x, "cast", "x");
   PF_CHECK(is_floating(x.dtype()) && is_floating(dtype),
-           "cast: converts between floating dtypes, got " << x.str() << " to "
-                                                         << dtype_name(dtype));
+           "cast: converts between floating dtypes, got " << x.str() << " to " << dtype_name(dtype));
   if (x.dtype() == dtype) return x;
   Tensor out = convert_raw(x, dtype);
   const DType from = x.dtype();
-  return make_result(out, "cast", {x},
-                     profile::timed([from](const Tensor& g) -> std::vector<Tensor> {
+  return make_result(out, "cast", {x}, profile::timed([from](const Tensor& g) -> std::vector<Tensor> {
                        return {convert_raw(g, from)};
                      }));
 }

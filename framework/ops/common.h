@@ -41,26 +41,20 @@ inline kernels::ScalarType scalar_type_of(DType t) {
 }
 
 // Errors unless a and b share dtype and device.
-inline void check_same(const Tensor& a, const char* an, const Tensor& b, const char* bn,
-                       const char* op) {
-  PF_CHECK(a.dtype() == b.dtype(), op << ": " << an << " and " << bn
-                                      << " must have the same dtype, got " << a.str() << " and "
-                                      << b.str());
-  PF_CHECK(a.device() == b.device(), op << ": " << an << " and " << bn
-                                        << " must be on the same device, got " << a.str() << " and "
-                                        << b.str());
+inline void check_same(const Tensor& a, const char* an, const Tensor& b, const char* bn, const char* op) {
+  PF_CHECK(a.dtype() == b.dtype(), op << ": " << an << " and " << bn << " must have the same dtype, got "
+                                      << a.str() << " and " << b.str());
+  PF_CHECK(a.device() == b.device(), op << ": " << an << " and " << bn << " must be on the same device, got "
+                                        << a.str() << " and " << b.str());
 }
 
 // Calls f(T{}) with T = float or double for a F32/F64 dtype.
 template <class F>
 decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::F32:
-      return f(float{});
-    case DType::F64:
-      return f(double{});
-    default:
-      break;
+    case DType::F32: return f(float{});
+    case DType::F64: return f(double{});
+    default: break;
   }
   PF_FAIL(op << ": no CPU kernel for dtype " << dtype_name(t) << " (float32 or float64 expected)");
 }

@@ -112,11 +112,10 @@ Tensor add(const Tensor& a, const Tensor& b) {
   Tensor out = binary_raw(kernels::cpu::BinaryOp::Add, a, b, "add");
   const Shape sa = a.shape(), sb = b.shape();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
-  return make_result(
-      out, "add", {a, b},
-      profile::timed([sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
-        return {need_a ? reduce_to(g, sa) : Tensor(), need_b ? reduce_to(g, sb) : Tensor()};
-      }));
+  return make_result(out, "add", {a, b},
+                     profile::timed([sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
+                       return {need_a ? reduce_to(g, sa) : Tensor(), need_b ? reduce_to(g, sb) : Tensor()};
+                     }));
 }
 
 // a:(...) b:(...) → broadcast shape
@@ -126,8 +125,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   const Shape sa = a.shape(), sb = b.shape();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   return make_result(out, "sub", {a, b},
-                     profile::timed([sa, sb, need_a,
-                                     need_b](const Tensor& g) -> std::vector<Tensor> {
+                     profile::timed([sa, sb, need_a, need_b](const Tensor& g) -> std::vector<Tensor> {
                        return {need_a ? reduce_to(g, sa) : Tensor(),
                                need_b ? scale_raw(reduce_to(g, sb), -1.0, "sub") : Tensor()};
                      }));
@@ -141,15 +139,14 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   const Tensor save_b = a.requires_grad() ? b.detach() : Tensor();
   const Tensor save_a = b.requires_grad() ? a.detach() : Tensor();
   const Shape sa = a.shape(), sb = b.shape();
-  return make_result(
-      out, "mul", {a, b},
-      profile::timed([save_a, save_b, sa, sb](const Tensor& g) -> std::vector<Tensor> {
-        using kernels::cpu::BinaryOp;
-        Tensor da, db;
-        if (save_b.defined()) da = reduce_to(binary_raw(BinaryOp::Mul, g, save_b, "mul"), sa);
-        if (save_a.defined()) db = reduce_to(binary_raw(BinaryOp::Mul, g, save_a, "mul"), sb);
-        return {da, db};
-      }));
+  return make_result(out, "mul", {a, b},
+                     profile::timed([save_a, save_b, sa, sb](const Tensor& g) -> std::vector<Tensor> {
+                       using kernels::cpu::BinaryOp;
+                       Tensor da, db;
+                       if (save_b.defined()) da = reduce_to(binary_raw(BinaryOp::Mul, g, save_b, "mul"), sa);
+                       if (save_a.defined()) db = reduce_to(binary_raw(BinaryOp::Mul, g, save_a, "mul"), sb);
+                       return {da, db};
+                     }));
 }
 
 // x:(...) → (...)
@@ -157,8 +154,8 @@ Tensor scale(const Tensor& x, double s) {
   const profile::Scope ps("elementwise");
   Tensor out = scale_raw(x, s, "scale");
   return make_result(out, "scale", {x}, profile::timed([s](const Tensor& g) -> std::vector<Tensor> {
-    return {scale_raw(g, s, "scale")};
-  }));
+                       return {scale_raw(g, s, "scale")};
+                     }));
 }
 
 // x:(...) → (...)

@@ -61,8 +61,8 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
   check_defined(idx, "embedding", "idx");
   PF_CHECK(weight.ndim() == 2, "embedding: weight must be (V,D), got " << weight.str());
   PF_CHECK(idx.dtype() == DType::I32, "embedding: idx must be int32, got " << idx.str());
-  PF_CHECK(idx.device() == weight.device(), "embedding: weight and idx on different devices: "
-                                                << weight.str() << " and " << idx.str());
+  PF_CHECK(idx.device() == weight.device(),
+           "embedding: weight and idx on different devices: " << weight.str() << " and " << idx.str());
   const int64_t V = weight.size(0), D = weight.size(1), n = idx.numel();
   Shape out_shape = idx.shape();
   out_shape.push_back(D);

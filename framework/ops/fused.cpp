@@ -184,10 +184,12 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
   const PairBiasDims d{B, N, M, C, w.size(0)};
 #ifdef PF_WITH_CUDA
   if (z.device() == Device::CUDA &&
-      (C > INT32_MAX || d.H > INT32_MAX || !kernels::cuda::pair_bias_fits(static_cast<int>(C), static_cast<int>(d.H)))) {
-    note_once(g_said_pair_bias, "pair_bias: the CUDA kernels do not take C = " + std::to_string(C) +
-                                    " channels with H = " + std::to_string(d.H) +
-                                    " heads (shared memory); running the unfused chain (layernorm, linear, permute)");
+      (C > INT32_MAX || d.H > INT32_MAX ||
+       !kernels::cuda::pair_bias_fits(static_cast<int>(C), static_cast<int>(d.H)))) {
+    note_once(g_said_pair_bias,
+              "pair_bias: the CUDA kernels do not take C = " + std::to_string(C) +
+                  " channels with H = " + std::to_string(d.H) +
+                  " heads (shared memory); running the unfused chain (layernorm, linear, permute)");
     return pair_bias_chain(z, gamma, beta, w, eps);
   }
 #endif
@@ -235,9 +237,11 @@ Tensor embedding_sum(const Tensor& a, const Tensor& ia, const Tensor& b, const T
 #ifdef PF_WITH_CUDA
   if (a.device() == Device::CUDA &&
       (d.D > INT32_MAX || d.Va > INT32_MAX || d.Vb > INT32_MAX ||
-       !kernels::cuda::embedding_sum_fits(static_cast<int>(d.D), static_cast<int>(d.Va), static_cast<int>(d.Vb)))) {
-    note_once(g_said_embedding_sum, "embedding_sum: the CUDA kernel does not take tables of " + std::to_string(d.Va) +
-                                        " + " + std::to_string(d.Vb) + " rows of width " + std::to_string(d.D) +
+       !kernels::cuda::embedding_sum_fits(static_cast<int>(d.D), static_cast<int>(d.Va),
+                                          static_cast<int>(d.Vb)))) {
+    note_once(g_said_embedding_sum, "embedding_sum: the CUDA kernel does not take tables of " +
+                                        std::to_string(d.Va) + " + " + std::to_string(d.Vb) +
+                                        " rows of width " + std::to_string(d.D) +
                                         "; running the unfused chain (embedding, cast, add)");
     return chain();
   }

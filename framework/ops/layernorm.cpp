@@ -70,18 +70,16 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
   check_float(b, "layernorm", "b");
   check_same(w, "w", b, "b", "layernorm");
   if (x.device() == Device::CUDA && w.dtype() == DType::F32)  // fp32 weights, any activations
-    PF_CHECK(w.device() == x.device(), "layernorm: x and w must be on the same device, got "
-                                           << x.str() << " and " << w.str());
+    PF_CHECK(w.device() == x.device(),
+             "layernorm: x and w must be on the same device, got " << x.str() << " and " << w.str());
   else
     check_same(x, "x", w, "w", "layernorm");
   PF_CHECK(x.ndim() >= 1, "layernorm: x must be (...,C), got a scalar " << x.str());
   const int64_t C = x.size(-1);
-  PF_CHECK(w.shape() == Shape{C}, "layernorm: w must be (" << C << ") to match x "
-                                                           << shape_str(x.shape()) << ", got "
-                                                           << w.str());
-  PF_CHECK(b.shape() == Shape{C}, "layernorm: b must be (" << C << ") to match x "
-                                                           << shape_str(x.shape()) << ", got "
-                                                           << b.str());
+  PF_CHECK(w.shape() == Shape{C},
+           "layernorm: w must be (" << C << ") to match x " << shape_str(x.shape()) << ", got " << w.str());
+  PF_CHECK(b.shape() == Shape{C},
+           "layernorm: b must be (" << C << ") to match x " << shape_str(x.shape()) << ", got " << b.str());
   PF_CHECK(C >= 1, "layernorm: the normalised dim of x " << x.str() << " is empty");
   PF_CHECK(eps >= 0, "layernorm: eps must be >= 0, got " << eps);
   const int64_t M = x.numel() / C;
@@ -91,16 +89,15 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) 
   launch_forward(x, w, b, y, mean, rstd, M, C, eps);
   const bool need_x = x.requires_grad(), need_w = w.requires_grad(), need_b = b.requires_grad();
   const Tensor sx = x.detach(), sw = w.detach();
-  return make_result(
-      y, "layernorm", {x, w, b},
-      profile::timed([sx, sw, mean, rstd, M, C, need_x, need_w,
-                      need_b](const Tensor& g) -> std::vector<Tensor> {
-        Tensor dx = need_x ? Tensor::empty(sx.shape(), sx.dtype(), g.device()) : Tensor();
-        Tensor dw = need_w ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
-        Tensor db = need_b ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
-        launch_backward(g, sx, sw, mean, rstd, dx, dw, db, M, C);
-        return {dx, dw, db};
-      }));
+  return make_result(y, "layernorm", {x, w, b},
+                     profile::timed([sx, sw, mean, rstd, M, C, need_x, need_w,
+                                     need_b](const Tensor& g) -> std::vector<Tensor> {
+                       Tensor dx = need_x ? Tensor::empty(sx.shape(), sx.dtype(), g.device()) : Tensor();
+                       Tensor dw = need_w ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
+                       Tensor db = need_b ? Tensor::empty({C}, sw.dtype(), g.device()) : Tensor();
+                       launch_backward(g, sx, sw, mean, rstd, dx, dw, db, M, C);
+                       return {dx, dw, db};
+                     }));
 }
 
 }  // namespace pf::ops

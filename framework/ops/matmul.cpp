@@ -37,16 +37,15 @@ MatmulDims matmul_dims(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   d.K = ta ? a0 : a1;
   d.N = tb ? b0 : b1;
   const int64_t kb = tb ? b1 : b0;
-  PF_CHECK(d.K == kb, "matmul: inner dims differ: a "
-                          << shape_str(a.shape()) << (ta ? " (transposed)" : "")
-                          << " gives K=" << d.K << ", b " << shape_str(b.shape())
-                          << (tb ? " (transposed)" : "") << " gives K=" << kb);
+  PF_CHECK(d.K == kb, "matmul: inner dims differ: a " << shape_str(a.shape()) << (ta ? " (transposed)" : "")
+                                                      << " gives K=" << d.K << ", b " << shape_str(b.shape())
+                                                      << (tb ? " (transposed)" : "") << " gives K=" << kb);
   const Shape a_batch(a.shape().begin(), a.shape().end() - 2);
   const Shape b_batch(b.shape().begin(), b.shape().end() - 2);
   d.b_batched = b.ndim() > 2;
-  PF_CHECK(!d.b_batched || a_batch == b_batch,
-           "matmul: batch dims must be equal or b must be 2-D, got a "
-               << shape_str(a.shape()) << " and b " << shape_str(b.shape()));
+  PF_CHECK(!d.b_batched || a_batch == b_batch, "matmul: batch dims must be equal or b must be 2-D, got a "
+                                                   << shape_str(a.shape()) << " and b "
+                                                   << shape_str(b.shape()));
   d.batch = shape_numel(a_batch);
   d.out_shape = a_batch;
   d.out_shape.push_back(d.M);

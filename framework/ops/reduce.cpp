@@ -64,8 +64,8 @@ Tensor scaled_total(const Tensor& x, double factor, const char* op) {
 #ifdef PF_WITH_CUDA
   if (x.device() == Device::CUDA) {  // stays on the device: no wait
     Tensor out = Tensor::empty({}, x.dtype(), x.device());
-    kernels::cuda::sum(scalar_type_of(x.dtype()), x.data_ptr(), x.numel(),
-                       scalar_type_of(x.dtype()), out.data_ptr(), factor);
+    kernels::cuda::sum(scalar_type_of(x.dtype()), x.data_ptr(), x.numel(), scalar_type_of(x.dtype()),
+                       out.data_ptr(), factor);
     return out;
   }
 #endif
@@ -96,8 +96,7 @@ Tensor sum(const Tensor& x) {
   const profile::Scope ps("elementwise");
   Tensor out = scaled_total(x, 1.0, "sum");
   const Shape shape = x.shape();
-  return make_result(out, "sum", {x},
-                     profile::timed([shape](const Tensor& g) -> std::vector<Tensor> {
+  return make_result(out, "sum", {x}, profile::timed([shape](const Tensor& g) -> std::vector<Tensor> {
                        return {broadcast_grad(g, shape, 1.0)};
                      }));
 }
@@ -110,8 +109,7 @@ Tensor mean(const Tensor& x) {
   const double inv_n = 1.0 / static_cast<double>(x.numel());
   Tensor out = scaled_total(x, inv_n, "mean");
   const Shape shape = x.shape();
-  return make_result(out, "mean", {x},
-                     profile::timed([shape, inv_n](const Tensor& g) -> std::vector<Tensor> {
+  return make_result(out, "mean", {x}, profile::timed([shape, inv_n](const Tensor& g) -> std::vector<Tensor> {
                        return {broadcast_grad(g, shape, inv_n)};
                      }));
 }
@@ -124,15 +122,14 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
            "sum_to: target " << shape_str(shape) << " has more dims than x " << x.str());
   for (size_t i = 0; i < shape.size(); ++i) {
     const int64_t xd = x.shape()[x.shape().size() - shape.size() + i];
-    PF_CHECK(shape[i] == xd || shape[i] == 1,
-             "sum_to: target " << shape_str(shape) << " does not broadcast to x's shape "
-                               << shape_str(x.shape()) << " (dim " << i << ")");
+    PF_CHECK(shape[i] == xd || shape[i] == 1, "sum_to: target "
+                                                  << shape_str(shape) << " does not broadcast to x's shape "
+                                                  << shape_str(x.shape()) << " (dim " << i << ")");
   }
   Tensor out = reduce_to(x, shape);
   if (out.impl() == x.impl()) out = x.clone();  // a new tensor even when nothing is summed
   const Shape x_shape = x.shape();
-  return make_result(out, "sum_to", {x},
-                     profile::timed([x_shape](const Tensor& g) -> std::vector<Tensor> {
+  return make_result(out, "sum_to", {x}, profile::timed([x_shape](const Tensor& g) -> std::vector<Tensor> {
                        return {expand_to(g, x_shape)};
                      }));
 }

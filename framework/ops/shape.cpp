@@ -48,13 +48,12 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
     target[infer] = x.numel() / known;
   }
   PF_CHECK(shape_numel(target) == x.numel(), "reshape: " << shape_str(shape) << " holds "
-                                                         << shape_numel(target) << " elements, x "
-                                                         << x.str() << " has " << x.numel());
+                                                         << shape_numel(target) << " elements, x " << x.str()
+                                                         << " has " << x.numel());
   Tensor out = x.view(target);
   const Shape x_shape = x.shape();
-  return make_result(out, "reshape", {x}, [x_shape](const Tensor& g) -> std::vector<Tensor> {
-    return {g.view(x_shape)};
-  });
+  return make_result(out, "reshape", {x},
+                     [x_shape](const Tensor& g) -> std::vector<Tensor> { return {g.view(x_shape)}; });
 }
 
 // x:(d0..dn−1) → (d_dims[0], ..., d_dims[n−1]); dims may count from the end (−1 = last)
@@ -77,8 +76,7 @@ Tensor permute(const Tensor& x, const std::vector<int>& dims) {
   for (int i = 0; i < n; ++i) out_shape[i] = x.shape()[perm[i]];
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   permute_raw(x, perm, out);
-  return make_result(out, "permute", {x},
-                     profile::timed([inverse](const Tensor& g) -> std::vector<Tensor> {
+  return make_result(out, "permute", {x}, profile::timed([inverse](const Tensor& g) -> std::vector<Tensor> {
                        Shape shape(g.ndim());
                        std::vector<int> p = inverse;
                        for (int i = 0; i < g.ndim(); ++i) shape[i] = g.shape()[p[i]];

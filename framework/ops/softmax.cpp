@@ -152,11 +152,10 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
   if (logits.device() == Device::CUDA) {  // waits for the count
     Tensor counts = Tensor::empty({2}, DType::I32, logits.device());
     kernels::cuda::memset_zero(counts.data_ptr(), 2 * sizeof(int32_t));
-    kernels::cuda::count_correct(scalar_type_of(logits.dtype()), logits.data_ptr(),
-                                 labels_ptr(labels), N, K, static_cast<int*>(counts.data_ptr()));
+    kernels::cuda::count_correct(scalar_type_of(logits.dtype()), logits.data_ptr(), labels_ptr(labels), N, K,
+                                 static_cast<int*>(counts.data_ptr()));
     const std::vector<int32_t> c = counts.to_vector<int32_t>();
-    PF_CHECK(c[1] == 0, "accuracy: " << c[1] << " of " << N << " labels are outside [0, " << K
-                                     << ")");
+    PF_CHECK(c[1] == 0, "accuracy: " << c[1] << " of " << N << " labels are outside [0, " << K << ")");
     return static_cast<double>(c[0]) / static_cast<double>(N);
   }
 #endif

@@ -30,7 +30,10 @@ inline float half_to_float(uint16_t h) {
       bits = sign;
     } else {  // subnormal: renormalise
       exp = 127 - 15 + 1;
-      while (!(mant & 0x400u)) { mant <<= 1; --exp; }
+      while (!(mant & 0x400u)) {
+        mant <<= 1;
+        --exp;
+      }
       bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
     }
   } else if (exp == 31) {
@@ -49,12 +52,12 @@ inline uint16_t float_to_half(float f) {
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   if (std::isnan(f)) return sign | 0x7e00;
   const float a = std::fabs(f);
-  if (a >= 65520.0f) return sign | 0x7c00;                // overflow → inf
-  if (a < 6.103515625e-05f) {                             // subnormal range: multiples of 2^-24
+  if (a >= 65520.0f) return sign | 0x7c00;  // overflow → inf
+  if (a < 6.103515625e-05f) {               // subnormal range: multiples of 2^-24
     return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));
   }
   uint32_t bits = x & 0x7fffffffu;
-  bits += 0xfffu + ((bits >> 13) & 1);                    // round to nearest even at bit 13
+  bits += 0xfffu + ((bits >> 13) & 1);  // round to nearest even at bit 13
   return sign | static_cast<uint16_t>(((bits >> 13) - ((127 - 15) << 10)) & 0x7fffu);
 }
 

@@ -66,15 +66,12 @@ void binary_impl(const T* a, const int64_t* a_stride, const T* b, const int64_t*
 }  // namespace
 
 template <class T>
-void binary(BinaryOp op, const T* a, const int64_t* a_stride, const T* b, const int64_t* b_stride,
-            T* out, const int64_t* shape, int ndim) {
+void binary(BinaryOp op, const T* a, const int64_t* a_stride, const T* b, const int64_t* b_stride, T* out,
+            const int64_t* shape, int ndim) {
   switch (op) {
-    case BinaryOp::Add:
-      return binary_impl<T, AddOp>(a, a_stride, b, b_stride, out, shape, ndim);
-    case BinaryOp::Sub:
-      return binary_impl<T, SubOp>(a, a_stride, b, b_stride, out, shape, ndim);
-    case BinaryOp::Mul:
-      return binary_impl<T, MulOp>(a, a_stride, b, b_stride, out, shape, ndim);
+    case BinaryOp::Add: return binary_impl<T, AddOp>(a, a_stride, b, b_stride, out, shape, ndim);
+    case BinaryOp::Sub: return binary_impl<T, SubOp>(a, a_stride, b, b_stride, out, shape, ndim);
+    case BinaryOp::Mul: return binary_impl<T, MulOp>(a, a_stride, b, b_stride, out, shape, ndim);
   }
 }
 
@@ -187,12 +184,12 @@ bool all_finite(const T* x, int64_t n) {
 
 // ---------------------------------------------------------------------------------------------
 
-#define PF_INSTANTIATE(T)                                                                   \
-  template void binary<T>(BinaryOp, const T*, const int64_t*, const T*, const int64_t*, T*, \
-                          const int64_t*, int);                                             \
-  template void scale<T>(const T*, T, T*, int64_t);                                         \
-  template void axpy<T>(T*, T, const T*, int64_t);                                          \
-  template double sum_of_squares<T>(const T*, int64_t);                                     \
+#define PF_INSTANTIATE(T)                                                                                   \
+  template void binary<T>(BinaryOp, const T*, const int64_t*, const T*, const int64_t*, T*, const int64_t*, \
+                          int);                                                                             \
+  template void scale<T>(const T*, T, T*, int64_t);                                                         \
+  template void axpy<T>(T*, T, const T*, int64_t);                                                          \
+  template double sum_of_squares<T>(const T*, int64_t);                                                     \
   template bool all_finite<T>(const T*, int64_t);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)

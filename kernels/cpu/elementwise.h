@@ -14,8 +14,8 @@ enum class BinaryOp : int { Add, Sub, Mul };
 // shape:(ndim)  a_stride, b_stride:(ndim) element strides of a and b over out's dims, 0 on the
 // dims where that input is broadcast.  out: contiguous, shape_numel(shape) elements.
 template <class T>
-void binary(BinaryOp op, const T* a, const int64_t* a_stride, const T* b, const int64_t* b_stride,
-            T* out, const int64_t* shape, int ndim);
+void binary(BinaryOp op, const T* a, const int64_t* a_stride, const T* b, const int64_t* b_stride, T* out,
+            const int64_t* shape, int ndim);
 
 // out = s·x.  x, out:(n); out may be x.
 template <class T>

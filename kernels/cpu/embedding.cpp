@@ -11,14 +11,13 @@ namespace pf::kernels::cpu {
 namespace {
 void check_indices(const int32_t* idx, int64_t n, int64_t V) {
   for (int64_t i = 0; i < n; ++i)
-    PF_CHECK(idx[i] >= 0 && idx[i] < V, "embedding: index " << idx[i] << " at position " << i
-                                                            << " is outside [0, " << V << ")");
+    PF_CHECK(idx[i] >= 0 && idx[i] < V,
+             "embedding: index " << idx[i] << " at position " << i << " is outside [0, " << V << ")");
 }
 }  // namespace
 
 template <class T>
-void embedding_forward(const T* weight, const int32_t* idx, T* out, int64_t n, int64_t V,
-                       int64_t D) {
+void embedding_forward(const T* weight, const int32_t* idx, T* out, int64_t n, int64_t V, int64_t D) {
   check_indices(idx, n, V);
   parallel_range(n, D, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
@@ -27,8 +26,7 @@ void embedding_forward(const T* weight, const int32_t* idx, T* out, int64_t n, i
 }
 
 template <class T>
-void embedding_backward(const T* dout, const int32_t* idx, T* dweight, int64_t n, int64_t V,
-                        int64_t D) {
+void embedding_backward(const T* dout, const int32_t* idx, T* dweight, int64_t n, int64_t V, int64_t D) {
   check_indices(idx, n, V);
   const int nt = max_threads();
   // Sums run in double (a row of the pair tables collects thousands of terms). Small tables

@@ -163,8 +163,8 @@ inline RelposRuns relpos_runs(int64_t d0, int cols, int R) {
 // (if present), for positions i, j inside the sequence.
 template <class T>
 struct BiasSource {
-  Block<const T> dense;      // null ptr = no dense bias
-  const T* rel = nullptr;    // T[h, :] (2R+1); null = no relative-position bias
+  Block<const T> dense;    // null ptr = no dense bias
+  const T* rel = nullptr;  // T[h, :] (2R+1); null = no relative-position bias
   int R = 0;
 
   bool any() const { return dense.ptr != nullptr || rel != nullptr; }
@@ -230,8 +230,8 @@ HeadProblem<T> head_problem(const FlashBiasParams& p, const Seq& s, int h, const
   hp.q = q_slice(static_cast<const T*>(p.q), p.q_stride, s, h);
   hp.k = k_slice(static_cast<const T*>(p.k), p.k_stride, s, h);
   hp.v = k_slice(static_cast<const T*>(p.v), p.v_stride, s, h);
-  hp.bias.dense = bias_block(static_cast<const T*>(p.bias), p, s, h, p.bias_batch_stride,
-                             p.bias_head_stride, p.bias_row_stride);
+  hp.bias.dense = bias_block(static_cast<const T*>(p.bias), p, s, h, p.bias_batch_stride, p.bias_head_stride,
+                             p.bias_row_stride);
   if (p.relpos_table != nullptr) {
     hp.bias.rel = static_cast<const T*>(p.relpos_table) + int64_t(h) * (2 * p.relpos_clip + 1);
     hp.bias.R = p.relpos_clip;
@@ -259,8 +259,7 @@ void score_tile(const HeadProblem<T>& hp, int i0, int rows, int j0, int cols, Ro
   tile *= hp.scale;
   if (hp.bias.any()) hp.bias.add_to(tile, i0, rows, j0, cols);
   if (hp.key_add != nullptr) {
-    for (int r = 0; r < rows; ++r)
-      tile.row(r) += Eigen::Map<const RowVec<T>>(hp.key_add + j0, cols);
+    for (int r = 0; r < rows; ++r) tile.row(r) += Eigen::Map<const RowVec<T>>(hp.key_add + j0, cols);
   }
   if (hp.causal) {
     // query i sees key j iff j <= i + (Nk − Nq)
@@ -319,7 +318,7 @@ void forward_head(const HeadProblem<T>& hp, Slice<T> out, T* lse, FwdScratch<T>&
         // row of NaN scores would pass for a fully masked one: output 0, the NaN hidden).
         const T row_max = srow.template maxCoeff<Eigen::PropagateNaN>();
         const T m_new = std::isnan(row_max) || std::isnan(w.m[r]) ? std::numeric_limits<T>::quiet_NaN()
-                                                                 : std::max(w.m[r], row_max);
+                                                                  : std::max(w.m[r], row_max);
         if (m_new == kNegInf<T>) {  // every key so far masked: nothing to add
           srow.setZero();
           continue;
@@ -357,8 +356,7 @@ void forward_impl(const FlashBiasParams& p) {
       const Seq s = sequence(p, b);
       if (s.nq == 0) continue;
       const T* key_add = key_add_row(p, b, w.key_add);
-      forward_head(head_problem<T>(p, s, h, key_add),
-                   q_slice(static_cast<T*>(p.out), p.out_stride, s, h),
+      forward_head(head_problem<T>(p, s, h, key_add), q_slice(static_cast<T*>(p.out), p.out_stride, s, h),
                    lse_row(static_cast<T*>(p.lse), p, s, h), w);
     }
   }
@@ -368,14 +366,19 @@ void forward_impl(const FlashBiasParams& p) {
 
 template <class T>
 struct BwdScratch {
-  RowMat<T> s, dp;          // (kBlockQ, kBlockK) P, then dP and dS
-  RowMat<T> dq;             // (kBlockQ, D) dQ of the row block, unscaled
-  RowMat<T> dk, dv;         // (Nk, D) dK (unscaled), dV of the whole head
+  RowMat<T> s, dp;                                // (kBlockQ, kBlockK) P, then dP and dS
+  RowMat<T> dq;                                   // (kBlockQ, D) dQ of the row block, unscaled
+  RowMat<T> dk, dv;                               // (Nk, D) dK (unscaled), dV of the whole head
   Eigen::Array<T, Eigen::Dynamic, 1> delta, lse;  // (kBlockQ)
-  std::vector<T> key_add;   // (Nk)
+  std::vector<T> key_add;                         // (Nk)
   BwdScratch(int Nk, int D)
-      : s(kBlockQ, kBlockK), dp(kBlockQ, kBlockK), dq(kBlockQ, D), dk(Nk, D), dv(Nk, D),
-        delta(kBlockQ), lse(kBlockQ) {}
+      : s(kBlockQ, kBlockK),
+        dp(kBlockQ, kBlockK),
+        dq(kBlockQ, D),
+        dk(Nk, D),
+        dv(Nk, D),
+        delta(kBlockQ),
+        lse(kBlockQ) {}
 };
 
 // Where one (b,h) task writes its gradients; null members are not wanted.
@@ -416,8 +419,7 @@ void backward_head(const HeadProblem<T>& hp, const HeadGrads<T>& g, BwdScratch<T
     const int rows = std::min(kBlockQ, hp.Nq - i0);
     const int j_end = std::max(hp.key_end(i0, rows), 0);
     const auto dO = g.dout.rows(i0, rows, D);
-    if (want_ds)
-      w.delta.head(rows) = dO.cwiseProduct(g.out.rows(i0, rows, D)).rowwise().sum().array();
+    if (want_ds) w.delta.head(rows) = dO.cwiseProduct(g.out.rows(i0, rows, D)).rowwise().sum().array();
     for (int r = 0; r < rows; ++r) {
       const T l = g.lse[i0 + r];
       w.lse[r] = l == kNegInf<T> ? T(0) : l;  // fully masked row: every score is −inf, P = 0
@@ -440,8 +442,10 @@ void backward_head(const HeadProblem<T>& hp, const HeadGrads<T>& g, BwdScratch<T
       if (want_db) {
         for (int r = 0; r < rows; ++r) {
           Eigen::Map<RowVec<T>> db(g.dbias.ptr + (i0 + r) * g.dbias.rs + j0, cols);
-          if (g.dbias_add) db += dS.row(r);
-          else db = dS.row(r);
+          if (g.dbias_add)
+            db += dS.row(r);
+          else
+            db = dS.row(r);
         }
       }
       if (want_dt) {
@@ -454,8 +458,8 @@ void backward_head(const HeadProblem<T>& hp, const HeadGrads<T>& g, BwdScratch<T
 
     if (want_db && !g.dbias_add && j_end < Nk) {  // keys hidden by the causal mask: dS = 0
       for (int r = 0; r < rows; ++r)
-        std::fill(g.dbias.ptr + (i0 + r) * g.dbias.rs + j_end,
-                  g.dbias.ptr + (i0 + r) * g.dbias.rs + Nk, T(0));
+        std::fill(g.dbias.ptr + (i0 + r) * g.dbias.rs + j_end, g.dbias.ptr + (i0 + r) * g.dbias.rs + Nk,
+                  T(0));
     }
     if (want_dq) g.dq.rows_mut(i0, rows, D) = hp.scale * dq;
   }
@@ -526,8 +530,8 @@ void backward_impl(const FlashBiasBwdParams& p) {
             g.dbias = {partial.data() + int64_t(h) * p.Nq * p.Nk, p.Nk};
             g.dbias_add = u > 0;
           } else {
-            g.dbias = bias_block(static_cast<T*>(p.dbias), p, s, h, p.dbias_batch_stride,
-                                 p.dbias_head_stride, p.dbias_row_stride);
+            g.dbias = bias_block(static_cast<T*>(p.dbias), p, s, h, p.dbias_batch_stride, p.dbias_head_stride,
+                                 p.dbias_row_stride);
             g.dbias_add = p.dbias_accumulate || u > 0;
           }
         }
@@ -583,8 +587,8 @@ void check_packed(const FlashBiasParams& p, const char* fn) {
     const char *name, *bound_name;
     int bound;
   };
-  for (const Side& side : {Side{p.cu_seqlens_q, "cu_seqlens_q", "Nq", p.Nq},
-                           Side{p.cu_seqlens_k, "cu_seqlens_k", "Nk", p.Nk}}) {
+  for (const Side& side :
+       {Side{p.cu_seqlens_q, "cu_seqlens_q", "Nq", p.Nq}, Side{p.cu_seqlens_k, "cu_seqlens_k", "Nk", p.Nk}}) {
     const int32_t* cu = side.cu;
     const char* name = side.name;
     PF_CHECK(cu[0] == 0, fn << ": " << name << "[0] must be 0, got " << cu[0]);
@@ -593,8 +597,7 @@ void check_packed(const FlashBiasParams& p, const char* fn) {
       PF_CHECK(n >= 0, fn << ": " << name << " must be nondecreasing, got " << name << "[" << b
                           << "]=" << cu[b] << " > " << name << "[" << b + 1 << "]=" << cu[b + 1]);
       PF_CHECK(n <= side.bound, fn << ": sequence " << b << " has length " << n << " in " << name
-                              << ", more than the bound " << side.bound_name << "="
-                              << side.bound);
+                                   << ", more than the bound " << side.bound_name << "=" << side.bound);
     }
   }
   if (p.bias != nullptr) {
@@ -608,8 +611,7 @@ void check_packed(const FlashBiasParams& p, const char* fn) {
       const int64_t have = p.bias_seq_offsets[b + 1] - p.bias_seq_offsets[b];
       PF_CHECK(have >= need, fn << ": bias block " << b << " needs H·nq·nk = " << need
                                 << " elements, bias_seq_offsets leaves " << have << " ("
-                                << p.bias_seq_offsets[b] << " to " << p.bias_seq_offsets[b + 1]
-                                << ")");
+                                << p.bias_seq_offsets[b] << " to " << p.bias_seq_offsets[b + 1] << ")");
     }
   }
 }
@@ -619,18 +621,16 @@ void check_common(const FlashBiasParams& p, const char* fn) {
   // A packed batch may have Nq = 0 or Nk = 0 (every sequence empty); a dense one may not.
   const int min_n = packed ? 0 : 1;
   PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= min_n && p.Nk >= min_n && p.D >= 1,
-           fn << ": sizes must all be >= 1 (Nq, Nk >= 0 when packed), got B=" << p.B << " H="
-              << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk << " D=" << p.D);
+           fn << ": sizes must all be >= 1 (Nq, Nk >= 0 when packed), got B=" << p.B << " H=" << p.H
+              << " Nq=" << p.Nq << " Nk=" << p.Nk << " D=" << p.D);
   PF_CHECK(p.dtype == ScalarType::F32 || p.dtype == ScalarType::F64,
-           fn << ": the CPU kernel takes float32 or float64 inputs, got "
-              << scalar_type_name(p.dtype));
+           fn << ": the CPU kernel takes float32 or float64 inputs, got " << scalar_type_name(p.dtype));
   check_packed(p, fn);
   // Null data is allowed only where a packed batch has no rows on that side.
   const bool has_q = !packed || p.cu_seqlens_q[p.B] > 0;
   const bool has_k = !packed || p.cu_seqlens_k[p.B] > 0;
   PF_CHECK((p.q != nullptr || !has_q) && ((p.k != nullptr && p.v != nullptr) || !has_k),
-           fn << ": q, k and v must be non-null (q=" << p.q << " k=" << p.k << " v=" << p.v
-              << ")");
+           fn << ": q, k and v must be non-null (q=" << p.q << " k=" << p.k << " v=" << p.v << ")");
   PF_CHECK((p.out != nullptr && p.lse != nullptr) || !has_q,
            fn << ": out and lse must be non-null (out=" << p.out << " lse=" << p.lse << ")");
   if (p.bias != nullptr) {
@@ -640,11 +640,10 @@ void check_common(const FlashBiasParams& p, const char* fn) {
   }
   if (p.relpos_table != nullptr) {
     PF_CHECK(p.relpos_clip >= 0 && p.relpos_clip <= kMaxRelposClip,
-             fn << ": relpos_clip R must be in [0, " << kMaxRelposClip << "], got "
-                << p.relpos_clip);
-    PF_CHECK(p.relpos_dtype == p.dtype,
-             fn << ": on the CPU the relpos table must have the inputs' dtype "
-                << scalar_type_name(p.dtype) << ", got " << scalar_type_name(p.relpos_dtype));
+             fn << ": relpos_clip R must be in [0, " << kMaxRelposClip << "], got " << p.relpos_clip);
+    PF_CHECK(p.relpos_dtype == p.dtype, fn << ": on the CPU the relpos table must have the inputs' dtype "
+                                           << scalar_type_name(p.dtype) << ", got "
+                                           << scalar_type_name(p.relpos_dtype));
   }
 }
 
@@ -652,38 +651,40 @@ void check_common(const FlashBiasParams& p, const char* fn) {
 
 void flash_bias_forward(const FlashBiasParams& p) {
   check_common(p, "flash_bias_forward");
-  if (p.dtype == ScalarType::F64) forward_impl<double>(p);
-  else forward_impl<float>(p);
+  if (p.dtype == ScalarType::F64)
+    forward_impl<double>(p);
+  else
+    forward_impl<float>(p);
 }
 
 void flash_bias_backward(const FlashBiasBwdParams& p) {
   const char* fn = "flash_bias_backward";
   check_common(p, fn);
   const bool packed = p.cu_seqlens_q != nullptr;
-  PF_CHECK(p.dout != nullptr || (packed && p.cu_seqlens_q[p.B] == 0),
-           fn << ": dout must be non-null");
+  PF_CHECK(p.dout != nullptr || (packed && p.cu_seqlens_q[p.B] == 0), fn << ": dout must be non-null");
   if (p.dbias != nullptr) {
     PF_CHECK(p.bias != nullptr, fn << ": dbias was requested but there is no bias");
     // dbias has the bias's shape: the same axes broadcast (a length-1 axis may have any stride).
     // A packed dbias uses the bias's offsets: nothing to compare.
     PF_CHECK(packed || p.B == 1 || (p.bias_batch_stride == 0) == (p.dbias_batch_stride == 0),
              fn << ": dbias must be broadcast over the batch exactly when the bias is; bias batch"
-                   " stride " << p.bias_batch_stride << ", dbias batch stride "
-                << p.dbias_batch_stride);
+                   " stride "
+                << p.bias_batch_stride << ", dbias batch stride " << p.dbias_batch_stride);
     PF_CHECK(packed || p.H == 1 || (p.bias_head_stride == 0) == (p.dbias_head_stride == 0),
              fn << ": dbias must be broadcast over heads exactly when the bias is; bias head"
-                   " stride " << p.bias_head_stride << ", dbias head stride "
-                << p.dbias_head_stride);
+                   " stride "
+                << p.bias_head_stride << ", dbias head stride " << p.dbias_head_stride);
   }
   if (p.drelpos_table != nullptr) {
-    PF_CHECK(p.relpos_table != nullptr,
-             fn << ": drelpos_table was requested but there is no relpos_table");
+    PF_CHECK(p.relpos_table != nullptr, fn << ": drelpos_table was requested but there is no relpos_table");
   }
   if (p.dq == nullptr && p.dk == nullptr && p.dv == nullptr && p.dbias == nullptr &&
       p.drelpos_table == nullptr)
     return;
-  if (p.dtype == ScalarType::F64) backward_impl<double>(p);
-  else backward_impl<float>(p);
+  if (p.dtype == ScalarType::F64)
+    backward_impl<double>(p);
+  else
+    backward_impl<float>(p);
 }
 
 }  // namespace pf::kernels::cpu

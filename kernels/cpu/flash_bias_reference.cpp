@@ -36,8 +36,7 @@ FlashBiasReferenceOutputs flash_bias_reference(const FlashBiasReferenceInputs& i
   o.dbias.assign(in.bias.size(), 0);
   o.dtable.assign(in.table.size(), 0);
   o.dtable_abs.assign(in.table.size(), 0);
-  std::vector<double> S(size_t(Nq) * Nk), P(S.size()), dP(S.size()), Brel(S.size(), 0.0),
-      dBrel(S.size());
+  std::vector<double> S(size_t(Nq) * Nk), P(S.size()), dP(S.size()), Brel(S.size(), 0.0), dBrel(S.size());
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
       const size_t boff = (size_t(in.bias_per_batch ? b : 0) * Hb + (in.bias_per_head ? h : 0)) * Nq * Nk;

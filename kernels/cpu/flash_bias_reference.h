@@ -35,8 +35,8 @@ struct FlashBiasReferenceInputs {
 };
 
 struct FlashBiasReferenceOutputs {
-  std::vector<double> out;  // (B,Nq,H,D)
-  std::vector<double> lse;  // (B,H,Nq)
+  std::vector<double> out;                        // (B,Nq,H,D)
+  std::vector<double> lse;                        // (B,H,Nq)
   std::vector<double> dq, dk, dv, dbias, dtable;  // the shapes of q, k, v, bias, table
   std::vector<double> dtable_abs;  // Σ |dS| per bin: the scale dT's rounding errors are relative to
 };

@@ -27,8 +27,8 @@ T normalise_row(const T* zr, int64_t C, double eps, T* xh) {
 }  // namespace
 
 template <class T>
-void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T* out, int64_t B,
-                       int64_t N, int64_t M, int64_t C, int64_t H, double eps) {
+void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T* out, int64_t B, int64_t N,
+                       int64_t M, int64_t C, int64_t H, double eps) {
   const int64_t NM = N * M;
   parallel_range(B * NM, 4 * C * (H + 2), [&](int64_t lo, int64_t hi) {
     std::vector<T> xh(C), n(C);
@@ -46,9 +46,8 @@ void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T*
 }
 
 template <class T>
-void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, const T* w, T* dz,
-                        T* dgamma, T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C,
-                        int64_t H, double eps) {
+void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, const T* w, T* dz, T* dgamma,
+                        T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C, int64_t H, double eps) {
   const int64_t NM = N * M;
   const int nt = max_threads();
   const bool want_params = dgamma || dbeta || dw;
@@ -104,17 +103,16 @@ void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, c
   }
 }
 
-
 namespace {
 void check_index(int32_t v, int64_t V, const char* table, int64_t at) {
-  PF_CHECK(v >= 0 && v < V, "embedding_sum: index " << v << " of table " << table << " at position "
-                                                     << at << " is outside [0, " << V << ")");
+  PF_CHECK(v >= 0 && v < V, "embedding_sum: index " << v << " of table " << table << " at position " << at
+                                                    << " is outside [0, " << V << ")");
 }
 }  // namespace
 
 template <class T>
-void embedding_sum_forward(const T* a, const int32_t* ia, const T* b, const int32_t* ib, T* out,
-                           int64_t rows, int64_t S, int64_t D, int64_t Va, int64_t Vb) {
+void embedding_sum_forward(const T* a, const int32_t* ia, const T* b, const int32_t* ib, T* out, int64_t rows,
+                           int64_t S, int64_t D, int64_t Va, int64_t Vb) {
   for (int64_t s = 0; s < S; ++s) check_index(ib[s], Vb, "b", s);
   for (int64_t r = 0; r < rows; ++r) check_index(ia[r], Va, "a", r);
   parallel_range(rows, 2 * D, [&](int64_t lo, int64_t hi) {
@@ -127,8 +125,8 @@ void embedding_sum_forward(const T* a, const int32_t* ia, const T* b, const int3
 }
 
 template <class T>
-void embedding_sum_backward(const T* g, const int32_t* ia, const int32_t* ib, T* da, T* db,
-                            int64_t rows, int64_t S, int64_t D, int64_t Va, int64_t Vb) {
+void embedding_sum_backward(const T* g, const int32_t* ia, const int32_t* ib, T* da, T* db, int64_t rows,
+                            int64_t S, int64_t D, int64_t Va, int64_t Vb) {
   const int nt = max_threads();
   const int64_t P = (Va + Vb) * D;  // per thread: dA then dB, in double
   std::vector<double> partial(static_cast<size_t>(nt) * P, 0.0);
@@ -154,16 +152,15 @@ void embedding_sum_backward(const T* g, const int32_t* ia, const int32_t* ib, T*
   }
 }
 
-#define PF_INSTANTIATE(T)                                                                          \
-  template void pair_bias_forward<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, \
-                                     int64_t, int64_t, int64_t, double);                           \
-  template void pair_bias_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*,    \
-                                      T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t,         \
-                                      double);                                                     \
-  template void embedding_sum_forward<T>(const T*, const int32_t*, const T*, const int32_t*, T*,   \
-                                         int64_t, int64_t, int64_t, int64_t, int64_t);             \
-  template void embedding_sum_backward<T>(const T*, const int32_t*, const int32_t*, T*, T*,        \
-                                          int64_t, int64_t, int64_t, int64_t, int64_t);
+#define PF_INSTANTIATE(T)                                                                                   \
+  template void pair_bias_forward<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
+                                     int64_t, int64_t, double);                                             \
+  template void pair_bias_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,     \
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, double);                 \
+  template void embedding_sum_forward<T>(const T*, const int32_t*, const T*, const int32_t*, T*, int64_t,   \
+                                         int64_t, int64_t, int64_t, int64_t);                               \
+  template void embedding_sum_backward<T>(const T*, const int32_t*, const int32_t*, T*, T*, int64_t,        \
+                                          int64_t, int64_t, int64_t, int64_t);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)
 #undef PF_INSTANTIATE

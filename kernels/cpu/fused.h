@@ -24,27 +24,26 @@ namespace pf::kernels::cpu {
 
 // z:(B,N,M,C) γ,β:(C) W:(H,C) → out:(B,H,N,M)
 template <class T>
-void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T* out, int64_t B,
-                       int64_t N, int64_t M, int64_t C, int64_t H, double eps);
+void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T* out, int64_t B, int64_t N,
+                       int64_t M, int64_t C, int64_t H, double eps);
 
 // g:(B,H,N,M) z:(B,N,M,C) γ,β:(C) W:(H,C) → dz:(B,N,M,C), dγ,dβ:(C), dW:(H,C); each written
 // (=) only if non-null. The parameter gradients are summed in double, per thread in row order,
 // then over threads in thread order (deterministic for a given thread count).
 template <class T>
-void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, const T* w, T* dz,
-                        T* dgamma, T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C,
-                        int64_t H, double eps);
+void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, const T* w, T* dz, T* dgamma,
+                        T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C, int64_t H, double eps);
 
 // a:(Va,D) ia:(rows) b:(Vb,D) ib:(S), S divides rows → out:(rows,D). An index outside its table
 // is an error naming its position.
 template <class T>
-void embedding_sum_forward(const T* a, const int32_t* ia, const T* b, const int32_t* ib, T* out,
-                           int64_t rows, int64_t S, int64_t D, int64_t Va, int64_t Vb);
+void embedding_sum_forward(const T* a, const int32_t* ia, const T* b, const int32_t* ib, T* out, int64_t rows,
+                           int64_t S, int64_t D, int64_t Va, int64_t Vb);
 
 // g:(rows,D) → da:(Va,D), db:(Vb,D) written (=), each only if non-null; summed in double, per
 // thread in row order, then over threads in thread order.
 template <class T>
-void embedding_sum_backward(const T* g, const int32_t* ia, const int32_t* ib, T* da, T* db,
-                            int64_t rows, int64_t S, int64_t D, int64_t Va, int64_t Vb);
+void embedding_sum_backward(const T* g, const int32_t* ia, const int32_t* ib, T* da, T* db, int64_t rows,
+                            int64_t S, int64_t D, int64_t Va, int64_t Vb);
 
 }  // namespace pf::kernels::cpu

@@ -44,8 +44,8 @@ constexpr int kStatBlock = 16;
 // with C ≤ a few thousand the float sums lose < C·2⁻²⁴ relative, and the two-pass variance has
 // no cancellation. `omp simd reduction` lets the row sums vectorise (a fixed reassociation).
 template <class T, int kC>
-void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M,
-                  int64_t C_runtime, double eps) {
+void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M, int64_t C_runtime,
+                  double eps) {
   const int64_t C = RowLen<kC>()(C_runtime);
   const T inv_c = T(1) / static_cast<T>(C);
   const T eps_t = static_cast<T>(eps);
@@ -85,8 +85,8 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, in
 constexpr int64_t kParamBlock = 256;
 
 template <class T, int kC>
-void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw,
-                   T* db, int64_t M, int64_t C_runtime) {
+void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw, T* db,
+                   int64_t M, int64_t C_runtime) {
   const int64_t C = RowLen<kC>()(C_runtime);
   const T inv_c = T(1) / static_cast<T>(C);
   const int nt = max_threads();
@@ -151,44 +151,33 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* mean, const T* 
 }  // namespace
 
 template <class T>
-void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M,
-                       int64_t C, double eps) {
+void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t M, int64_t C,
+                       double eps) {
   switch (C) {
-    case 16:
-      return forward_rows<T, 16>(x, w, b, y, mean, rstd, M, C, eps);
-    case 32:
-      return forward_rows<T, 32>(x, w, b, y, mean, rstd, M, C, eps);
-    case 64:
-      return forward_rows<T, 64>(x, w, b, y, mean, rstd, M, C, eps);
-    case 128:
-      return forward_rows<T, 128>(x, w, b, y, mean, rstd, M, C, eps);
-    default:
-      return forward_rows<T, 0>(x, w, b, y, mean, rstd, M, C, eps);
+    case 16: return forward_rows<T, 16>(x, w, b, y, mean, rstd, M, C, eps);
+    case 32: return forward_rows<T, 32>(x, w, b, y, mean, rstd, M, C, eps);
+    case 64: return forward_rows<T, 64>(x, w, b, y, mean, rstd, M, C, eps);
+    case 128: return forward_rows<T, 128>(x, w, b, y, mean, rstd, M, C, eps);
+    default: return forward_rows<T, 0>(x, w, b, y, mean, rstd, M, C, eps);
   }
 }
 
 template <class T>
-void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
-                        T* dw, T* db, int64_t M, int64_t C) {
+void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw,
+                        T* db, int64_t M, int64_t C) {
   switch (C) {
-    case 16:
-      return backward_rows<T, 16>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    case 32:
-      return backward_rows<T, 32>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    case 64:
-      return backward_rows<T, 64>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    case 128:
-      return backward_rows<T, 128>(dy, x, w, mean, rstd, dx, dw, db, M, C);
-    default:
-      return backward_rows<T, 0>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 16: return backward_rows<T, 16>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 32: return backward_rows<T, 32>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 64: return backward_rows<T, 64>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    case 128: return backward_rows<T, 128>(dy, x, w, mean, rstd, dx, dw, db, M, C);
+    default: return backward_rows<T, 0>(dy, x, w, mean, rstd, dx, dw, db, M, C);
   }
 }
 
-#define PF_INSTANTIATE(T)                                                                        \
-  template void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, \
-                                     double);                                                    \
-  template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*,  \
-                                      T*, int64_t, int64_t);
+#define PF_INSTANTIATE(T)                                                                                    \
+  template void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double);    \
+  template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t, \
+                                      int64_t);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)
 #undef PF_INSTANTIATE

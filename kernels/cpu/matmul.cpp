@@ -165,8 +165,8 @@ void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const T* a, bool a_bat
     if (batch >= max_threads()) {
       parallel_range(batch, M * N * K / 16, [&](int64_t lo, int64_t hi) {
         for (int64_t i = lo; i < hi; ++i)
-          gemm_serial(M, N, K, Operand<T>{a + i * sa, lda, trans_a},
-                      Operand<T>{b + i * sb, ldb, trans_b}, c + i * sc, N, accumulate);
+          gemm_serial(M, N, K, Operand<T>{a + i * sa, lda, trans_a}, Operand<T>{b + i * sb, ldb, trans_b},
+                      c + i * sc, N, accumulate);
       });
     } else {
       for (int64_t i = 0; i < batch; ++i)
@@ -209,10 +209,10 @@ void column_sums(const T* x, int64_t rows, int64_t n, T* out) {
   }
 }
 
-#define PF_INSTANTIATE(T)                                                                         \
-  template void gemm<T>(int64_t, int64_t, int64_t, int64_t, const T*, bool, bool, const T*, bool, \
-                        bool, T*, bool, bool);                                                    \
-  template void add_row_vector<T>(T*, const T*, int64_t, int64_t);                                \
+#define PF_INSTANTIATE(T)                                                                                   \
+  template void gemm<T>(int64_t, int64_t, int64_t, int64_t, const T*, bool, bool, const T*, bool, bool, T*, \
+                        bool, bool);                                                                        \
+  template void add_row_vector<T>(T*, const T*, int64_t, int64_t);                                          \
   template void column_sums<T>(const T*, int64_t, int64_t, T*);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)

@@ -84,20 +84,15 @@ void strided_copy(const void* x, const int64_t* x_stride, void* out, const int64
   const StridedIter<1> it = make_strided_iter<1>(shape, ndim, strides);
   if (it.numel() == 0) return;
   switch (elem_size) {
-    case 1:
-      return copy_typed(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), it);
-    case 2:
-      return copy_typed(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(out), it);
-    case 4:
-      return copy_typed(static_cast<const uint32_t*>(x), static_cast<uint32_t*>(out), it);
-    case 8:
-      return copy_typed(static_cast<const uint64_t*>(x), static_cast<uint64_t*>(out), it);
+    case 1: return copy_typed(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), it);
+    case 2: return copy_typed(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(out), it);
+    case 4: return copy_typed(static_cast<const uint32_t*>(x), static_cast<uint32_t*>(out), it);
+    case 8: return copy_typed(static_cast<const uint64_t*>(x), static_cast<uint64_t*>(out), it);
   }
   PF_FAIL("strided_copy: element size " << elem_size << " bytes, expected 1, 2, 4 or 8");
 }
 
-void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out,
-             size_t elem_size) {
+void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out, size_t elem_size) {
   PF_CHECK(ndim <= kMaxDims, "permute of " << ndim << " dims, at most " << kMaxDims);
   int64_t x_stride[kMaxDims], out_shape[kMaxDims], stride_of_out[kMaxDims];
   int64_t s = 1;

@@ -12,7 +12,6 @@ void strided_copy(const void* x, const int64_t* x_stride, void* out, const int64
                   size_t elem_size);
 
 // out dim i = x dim perm[i].  x:(shape[0..ndim)) contiguous → out:(shape[perm[0]], ...).
-void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out,
-             size_t elem_size);
+void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out, size_t elem_size);
 
 }  // namespace pf::kernels::cpu

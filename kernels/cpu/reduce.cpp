@@ -27,8 +27,7 @@ namespace {
 
 // acc[out offset] += x over the flat x elements [begin, end).
 template <class T>
-void accumulate_runs(const StridedIter<1>& it, const T* x, double* acc, int64_t begin,
-                     int64_t end) {
+void accumulate_runs(const StridedIter<1>& it, const T* x, double* acc, int64_t begin, int64_t end) {
   strided_runs(it, begin, end, [&](int64_t pos, const int64_t* off, int64_t n, const int64_t* st) {
     const T* px = x + pos;
     double* pa = acc + off[0];

@@ -13,7 +13,6 @@ double sum(const T* x, int64_t n);
 // x: contiguous, shape:(ndim);  out_stride:(ndim) out's element strides over x's dims, 0 on the
 // dims summed away;  out:(out_numel) contiguous, written (=).
 template <class T>
-void sum_to(const T* x, const int64_t* shape, int ndim, const int64_t* out_stride, T* out,
-            int64_t out_numel);
+void sum_to(const T* x, const int64_t* shape, int ndim, const int64_t* out_stride, T* out, int64_t out_numel);
 
 }  // namespace pf::kernels::cpu

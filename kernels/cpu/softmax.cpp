@@ -94,8 +94,8 @@ double cross_entropy_forward(const T* logits, const int32_t* labels, T* lse, int
 }
 
 template <class T>
-void cross_entropy_backward(const T* logits, const int32_t* labels, const T* lse, double g,
-                            T* dlogits, int64_t M, int64_t K) {
+void cross_entropy_backward(const T* logits, const int32_t* labels, const T* lse, double g, T* dlogits,
+                            int64_t M, int64_t K) {
   const T gm = static_cast<T>(g / static_cast<double>(M));
   parallel_range(M, 4 * K, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
@@ -121,12 +121,11 @@ int64_t count_correct(const T* logits, const int32_t* labels, int64_t M, int64_t
   return correct;
 }
 
-#define PF_INSTANTIATE(T)                                                                          \
-  template void softmax_forward<T>(const T*, T*, int64_t, int64_t);                                \
-  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);                     \
-  template double cross_entropy_forward<T>(const T*, const int32_t*, T*, int64_t, int64_t);        \
-  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, double, T*, int64_t, \
-                                          int64_t);                                                \
+#define PF_INSTANTIATE(T)                                                                                    \
+  template void softmax_forward<T>(const T*, T*, int64_t, int64_t);                                          \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);                               \
+  template double cross_entropy_forward<T>(const T*, const int32_t*, T*, int64_t, int64_t);                  \
+  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, double, T*, int64_t, int64_t); \
   template int64_t count_correct<T>(const T*, const int32_t*, int64_t, int64_t);
 PF_INSTANTIATE(float)
 PF_INSTANTIATE(double)

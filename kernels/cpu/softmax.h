@@ -22,8 +22,8 @@ template <class T>
 double cross_entropy_forward(const T* logits, const int32_t* labels, T* lse, int64_t M, int64_t K);
 // logits:(M,K) labels:(M) lse:(M), g = dL_mean → dlogits:(M,K)
 template <class T>
-void cross_entropy_backward(const T* logits, const int32_t* labels, const T* lse, double g,
-                            T* dlogits, int64_t M, int64_t K);
+void cross_entropy_backward(const T* logits, const int32_t* labels, const T* lse, double g, T* dlogits,
+                            int64_t M, int64_t K);
 
 // Rows whose argmax (the first maximum) equals the label.  logits:(M,K) labels:(M)
 template <class T>

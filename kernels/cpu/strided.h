@@ -44,8 +44,7 @@ StridedIter<K> make_strided_iter(const int64_t* shape, int ndim, const int64_t* 
     if (shape[d] == 1) continue;
     if (n > 0) {
       bool mergeable = true;
-      for (int k = 0; k < K; ++k)
-        mergeable = mergeable && strides[k][d] == st[k][n - 1] * sh[n - 1];
+      for (int k = 0; k < K; ++k) mergeable = mergeable && strides[k][d] == st[k][n - 1] * sh[n - 1];
       if (mergeable) {
         sh[n - 1] *= shape[d];
         continue;

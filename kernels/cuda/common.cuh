@@ -20,9 +20,16 @@ inline cudaStream_t cur_stream() { return static_cast<cudaStream_t>(stream()); }
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <class T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // Calls f(T{}) with T = float for F32 and bf16 for BF16; anything else fails naming `what`.
 template <class F>
@@ -32,8 +39,7 @@ void dispatch_dtype(ScalarType t, const char* what, F&& f) {
     case ScalarType::BF16: f(bf16{}); return;
     default: break;
   }
-  PF_FAIL(what << ": no CUDA kernel for dtype " << scalar_type_name(t)
-               << " (float32 or bfloat16 expected)");
+  PF_FAIL(what << ": no CUDA kernel for dtype " << scalar_type_name(t) << " (float32 or bfloat16 expected)");
 }
 
 // Grid for a grid-stride loop over n items: enough blocks to fill the GPU, never more than needed.
@@ -54,8 +60,8 @@ inline size_t max_smem_bytes() {
 template <class K>
 void allow_smem(K kernel, size_t smem) {
   if (smem > 48 * 1024)
-    PF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
+    PF_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
 }
 
 template <class A>

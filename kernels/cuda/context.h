@@ -13,9 +13,9 @@
 
 namespace pf::kernels::cuda {
 
-void* stream();          // the cudaStream_t, as void* (cast it in .cu files)
-void* cublas_handle();   // the cublasHandle_t bound to stream()
-void synchronize();      // waits for all work on stream(); surfaces asynchronous errors
+void* stream();         // the cudaStream_t, as void* (cast it in .cu files)
+void* cublas_handle();  // the cublasHandle_t bound to stream()
+void synchronize();     // waits for all work on stream(); surfaces asynchronous errors
 
 // Stream-ordered copies (host memory may be pageable; device→host synchronises).
 void copy_host_to_device(void* dst, const void* src, size_t bytes);
@@ -24,7 +24,7 @@ void copy_device_to_device(void* dst, const void* src, size_t bytes);
 void memset_zero(void* dst, size_t bytes);
 
 // Raw device memory (the framework's caching allocator sits on top of these).
-void* raw_malloc(size_t bytes);     // nullptr when the device is out of memory
+void* raw_malloc(size_t bytes);  // nullptr when the device is out of memory
 void raw_free(void* ptr);
 void memory_info(size_t* free_bytes, size_t* total_bytes);  // of the device (cudaMemGetInfo)
 

@@ -4,11 +4,10 @@
 
 #include "kernels/check.h"
 
-#define PF_CUBLAS_CHECK(call)                                                           \
-  do {                                                                                  \
-    cublasStatus_t pf_cublas_st_ = (call);                                              \
-    if (pf_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                         \
-      PF_FAIL("cuBLAS call failed: " #call ": " << cublasGetStatusName(pf_cublas_st_)   \
-                                                << " (" << cublasGetStatusString(pf_cublas_st_) \
-                                                << ")");                                \
+#define PF_CUBLAS_CHECK(call)                                                                    \
+  do {                                                                                           \
+    cublasStatus_t pf_cublas_st_ = (call);                                                       \
+    if (pf_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                  \
+      PF_FAIL("cuBLAS call failed: " #call ": " << cublasGetStatusName(pf_cublas_st_) << " ("    \
+                                                << cublasGetStatusString(pf_cublas_st_) << ")"); \
   } while (0)

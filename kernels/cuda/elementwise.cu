@@ -127,8 +127,10 @@ __global__ void scale_many_kernel(TensorBatch b, float s) {
   int k = 0;
   for (int64_t c = blockIdx.x; c < b.chunk_start[b.count]; c += gridDim.x) {
     k = b.tensor_of(c, k);
-    if (b.bf16[k]) scale_range(static_cast<bf16*>(b.x[k]), s, b.begin(c, k), b.end(c, k));
-    else scale_range(static_cast<float*>(b.x[k]), s, b.begin(c, k), b.end(c, k));
+    if (b.bf16[k])
+      scale_range(static_cast<bf16*>(b.x[k]), s, b.begin(c, k), b.end(c, k));
+    else
+      scale_range(static_cast<float*>(b.x[k]), s, b.begin(c, k), b.end(c, k));
   }
 }
 
@@ -207,8 +209,8 @@ __global__ void fill_any_kernel(ScalarType t, void* x, double value, int64_t n) 
     store_any(x, t, i, value);
 }
 
-__global__ void broadcast_scalar_kernel(ScalarType t, void* out, int64_t n, ScalarType st,
-                                        const void* scalar, double factor) {
+__global__ void broadcast_scalar_kernel(ScalarType t, void* out, int64_t n, ScalarType st, const void* scalar,
+                                        double factor) {
   const double v = load_any(scalar, st, 0) * factor;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -270,8 +272,8 @@ void gelu_forward(ScalarType t, const void* x, void* y, int64_t n) {
   if (n == 0) return;
   dispatch_dtype(t, "gelu_forward", [&](auto tag) {
     using T = decltype(tag);
-    gelu_forward_kernel<T><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(
-        static_cast<const T*>(x), static_cast<T*>(y), n);
+    gelu_forward_kernel<T><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(static_cast<const T*>(x),
+                                                                                 static_cast<T*>(y), n);
     PF_CUDA_CHECK_LAUNCH("gelu_forward");
   });
 }
@@ -332,8 +334,8 @@ void all_finite(ScalarType t, const void* x, int64_t n, int* flag) {
   if (n == 0) return;
   dispatch_dtype(t, "all_finite", [&](auto tag) {
     using T = decltype(tag);
-    all_finite_kernel<T><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(
-        static_cast<const T*>(x), n, flag);
+    all_finite_kernel<T>
+        <<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(static_cast<const T*>(x), n, flag);
     PF_CUDA_CHECK_LAUNCH("all_finite");
   });
 }
@@ -347,8 +349,8 @@ void fill(ScalarType t, void* x, double value, int64_t n) {
   }
   dispatch_dtype(t, "fill", [&](auto tag) {
     using T = decltype(tag);
-    fill_kernel<T><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(
-        static_cast<T*>(x), static_cast<float>(value), n);
+    fill_kernel<T><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(static_cast<T*>(x),
+                                                                         static_cast<float>(value), n);
     PF_CUDA_CHECK_LAUNCH("fill");
   });
 }
@@ -359,11 +361,10 @@ void convert(ScalarType st, const void* src, ScalarType dt, void* dst, int64_t n
   PF_CUDA_CHECK_LAUNCH("convert");
 }
 
-void broadcast_scalar(ScalarType t, void* out, int64_t n, ScalarType st, const void* scalar,
-                      double factor) {
+void broadcast_scalar(ScalarType t, void* out, int64_t n, ScalarType st, const void* scalar, double factor) {
   if (n == 0) return;
-  broadcast_scalar_kernel<<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(t, out, n, st,
-                                                                                 scalar, factor);
+  broadcast_scalar_kernel<<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(t, out, n, st, scalar,
+                                                                                factor);
   PF_CUDA_CHECK_LAUNCH("broadcast_scalar");
 }
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu/elementwise.h"  // BinaryOp
+#include "kernels/cpu/elementwise.h"    // BinaryOp
 #include "kernels/flash_bias_params.h"  // ScalarType
 
 namespace pf::kernels::cuda {
@@ -15,7 +15,7 @@ using cpu::BinaryOp;
 // out:(shape) = a ∘ b, a and b read through their (broadcast) strides: a:(shape|stride 0 dims)
 void binary(BinaryOp op, ScalarType t, const void* a, const int64_t* a_stride, const void* b,
             const int64_t* b_stride, void* out, const int64_t* shape, int ndim);
-void scale(ScalarType t, const void* x, double s, void* out, int64_t n);  // out = s·x
+void scale(ScalarType t, const void* x, double s, void* out, int64_t n);   // out = s·x
 void axpy(ScalarType t, void* y, double alpha, const void* x, int64_t n);  // y += alpha·x
 void gelu_forward(ScalarType t, const void* x, void* y, int64_t n);        // exact (erf) GELU
 void gelu_backward(ScalarType t, const void* x, const void* dy, void* dx, int64_t n);
@@ -38,7 +38,6 @@ void fill(ScalarType t, void* x, double value, int64_t n);
 // dst:(n) of dtype dt = src:(n) of dtype st, rounded to nearest even (F32, F64, BF16).
 void convert(ScalarType st, const void* src, ScalarType dt, void* dst, int64_t n);
 // out:(n) = factor · *scalar, scalar a device value of dtype st (the backward of sum and mean).
-void broadcast_scalar(ScalarType t, void* out, int64_t n, ScalarType st, const void* scalar,
-                      double factor);
+void broadcast_scalar(ScalarType t, void* out, int64_t n, ScalarType st, const void* scalar, double factor);
 
 }  // namespace pf::kernels::cuda

@@ -16,8 +16,8 @@ constexpr int64_t kMaxPrivate = 3072;  // floats per warp table: 4 warps × 12 K
 constexpr int kMaxBlocks = 512;
 
 template <class T>
-__global__ void embedding_forward_kernel(const T* weight, const int32_t* idx, T* out, int64_t n,
-                                         int64_t V, int64_t D) {
+__global__ void embedding_forward_kernel(const T* weight, const int32_t* idx, T* out, int64_t n, int64_t V,
+                                         int64_t D) {
   const int64_t total = n * D;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -37,8 +37,8 @@ __global__ void embedding_forward_kernel(const T* weight, const int32_t* idx, T*
 constexpr int kUnroll = 8;
 
 template <class T>
-__global__ void embedding_backward_private_kernel(const T* dout, const int32_t* idx, int64_t n,
-                                                  int64_t V, int64_t D, int64_t Dt, float* partial) {
+__global__ void embedding_backward_private_kernel(const T* dout, const int32_t* idx, int64_t n, int64_t V,
+                                                  int64_t D, int64_t Dt, float* partial) {
   extern __shared__ float table[];  // [kWarps][V*Dt], Dt ≤ 32
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t c0 = blockIdx.y * Dt, w = min(Dt, D - c0), VT = V * Dt;
@@ -93,8 +93,8 @@ __global__ void embedding_finalize_kernel(const float* partial, int blocks, int6
 }
 
 template <class T>
-__global__ void embedding_backward_atomic_kernel(const T* dout, const int32_t* idx, int64_t n,
-                                                 int64_t D, int64_t V, float* acc) {
+__global__ void embedding_backward_atomic_kernel(const T* dout, const int32_t* idx, int64_t n, int64_t D,
+                                                 int64_t V, float* acc) {
   const int64_t total = n * D;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -113,8 +113,7 @@ __global__ void embedding_backward_atomic_kernel(const T* dout, const int32_t* i
 constexpr int kChunk = 32;
 
 // Indices outside [0,V) get the key V: they sort last and belong to no segment.
-__global__ void sort_input_kernel(const int32_t* idx, int64_t n, int64_t V, uint32_t* keys,
-                                  int32_t* rows) {
+__global__ void sort_input_kernel(const int32_t* idx, int64_t n, int64_t V, uint32_t* keys, int32_t* rows) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int32_t v = idx[i];
@@ -127,8 +126,10 @@ __device__ __forceinline__ int64_t lower_bound(const uint32_t* a, int64_t n, uin
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = (lo + hi) / 2;
-    if (a[mid] < key) lo = mid + 1;
-    else hi = mid;
+    if (a[mid] < key)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return lo;
 }
@@ -136,14 +137,16 @@ __device__ __forceinline__ int64_t lower_bound(const uint32_t* a, int64_t n, uin
 // seg:(V+1) segment starts; nchunks:(V+1) chunks per segment; multi:(V+1) the same where a
 // segment has ≥ 2 chunks (they need partial rows), else 0. Entry V: seg = number of valid rows,
 // counts 0 (so that the exclusive scans end with the totals).
-__global__ void segments_kernel(const uint32_t* keys, int64_t n, int64_t V, int32_t* seg,
-                                int32_t* nchunks, int32_t* multi) {
+__global__ void segments_kernel(const uint32_t* keys, int64_t n, int64_t V, int32_t* seg, int32_t* nchunks,
+                                int32_t* multi) {
   for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v <= V;
        v += int64_t(gridDim.x) * blockDim.x) {
     const int64_t lo = lower_bound(keys, n, static_cast<uint32_t>(v));
     seg[v] = static_cast<int32_t>(lo);
     int32_t c = 0;
-    if (v < V) c = static_cast<int32_t>((lower_bound(keys, n, static_cast<uint32_t>(v + 1)) - lo + kChunk - 1) / kChunk);
+    if (v < V)
+      c = static_cast<int32_t>((lower_bound(keys, n, static_cast<uint32_t>(v + 1)) - lo + kChunk - 1) /
+                               kChunk);
     nchunks[v] = c;
     multi[v] = c >= 2 ? c : 0;
   }
@@ -153,25 +156,29 @@ __global__ void segments_kernel(const uint32_t* keys, int64_t n, int64_t V, int3
 // slot_start:(V+1) that of multi.
 template <class T>
 __global__ void chunk_sum_kernel(const T* dout, const int32_t* rows, const int32_t* seg,
-                                 const int32_t* chunk_start, const int32_t* slot_start, int64_t V,
-                                 int64_t D, int64_t max_chunks, float* partial, T* dweight) {
+                                 const int32_t* chunk_start, const int32_t* slot_start, int64_t V, int64_t D,
+                                 int64_t max_chunks, float* partial, T* dweight) {
   const int64_t chunks = chunk_start[V];
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < max_chunks * D;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t k = i / D, d = i % D;
     if (k >= chunks) return;  // i only grows
-    int64_t lo = 0, hi = V;  // v: the last index with chunk_start[v] ≤ k (a non-empty segment)
+    int64_t lo = 0, hi = V;   // v: the last index with chunk_start[v] ≤ k (a non-empty segment)
     while (lo < hi) {
       const int64_t mid = (lo + hi + 1) / 2;
-      if (chunk_start[mid] <= k) lo = mid;
-      else hi = mid - 1;
+      if (chunk_start[mid] <= k)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
     const int64_t v = lo, j = k - chunk_start[v];
     const int64_t p0 = seg[v] + j * kChunk, p1 = min(p0 + kChunk, int64_t(seg[v + 1]));
     float s = 0;
     for (int64_t p = p0; p < p1; ++p) s += to_f(dout[int64_t(rows[p]) * D + d]);
-    if (chunk_start[v + 1] - chunk_start[v] == 1) dweight[v * D + d] = from_f<T>(s);
-    else partial[(slot_start[v] + j) * D + d] = s;
+    if (chunk_start[v + 1] - chunk_start[v] == 1)
+      dweight[v * D + d] = from_f<T>(s);
+    else
+      partial[(slot_start[v] + j) * D + d] = s;
   }
 }
 
@@ -199,8 +206,8 @@ int key_bits(int64_t V) {  // keys 0..V (V = invalid)
 
 // Byte offsets of the sorted path's arrays in its workspace (each 256-byte aligned).
 struct SortedLayout {
-  size_t keys_in, keys_out, rows_in, rows_out, seg, nchunks, multi, chunk_start, slot_start,
-      partial, temp, temp_bytes, total;
+  size_t keys_in, keys_out, rows_in, rows_out, seg, nchunks, multi, chunk_start, slot_start, partial, temp,
+      temp_bytes, total;
   int64_t max_chunks;  // Σ_v ⌈c_v / kChunk⌉ ≤ ⌈n / kChunk⌉ + min(V, n)
 };
 
@@ -209,9 +216,10 @@ SortedLayout sorted_layout(int64_t n, int64_t V, int64_t D) {
            "embedding_backward (deterministic): at most 2^31-1 indices and 2^30 rows, got n = "
                << n << ", V = " << V);
   size_t sort_bytes = 0, scan_bytes = 0;
-  PF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
-                                                static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
-                                                static_cast<int32_t*>(nullptr), static_cast<int>(n), 0, key_bits(V)));
+  PF_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
+                                      static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                      static_cast<int32_t*>(nullptr), static_cast<int>(n), 0, key_bits(V)));
   PF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<const int32_t*>(nullptr),
                                               static_cast<int32_t*>(nullptr), static_cast<int>(V + 1)));
   const int64_t n_chunks = (n + kChunk - 1) / kChunk;
@@ -242,8 +250,8 @@ SortedLayout sorted_layout(int64_t n, int64_t V, int64_t D) {
 }
 
 template <class T>
-void embedding_backward_sorted(const T* dout, const int32_t* idx, T* dweight, int64_t n, int64_t V,
-                               int64_t D, char* ws) {
+void embedding_backward_sorted(const T* dout, const int32_t* idx, T* dweight, int64_t n, int64_t V, int64_t D,
+                               char* ws) {
   const SortedLayout l = sorted_layout(n, V, D);
   auto at = [ws](size_t off) { return static_cast<void*>(ws + off); };
   auto* keys_in = static_cast<uint32_t*>(at(l.keys_in));
@@ -261,21 +269,21 @@ void embedding_backward_sorted(const T* dout, const int32_t* idx, T* dweight, in
   sort_input_kernel<<<grid_for(n, 256), 256, 0, s>>>(idx, n, V, keys_in, rows_in);
   PF_CUDA_CHECK_LAUNCH("embedding_backward (sort keys)");
   size_t temp_bytes = l.temp_bytes;
-  PF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(at(l.temp), temp_bytes, keys_in, keys_out, rows_in,
-                                                rows_out, static_cast<int>(n), 0, key_bits(V), s));
+  PF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(at(l.temp), temp_bytes, keys_in, keys_out, rows_in, rows_out,
+                                                static_cast<int>(n), 0, key_bits(V), s));
   segments_kernel<<<grid_for(V + 1, 256), 256, 0, s>>>(keys_out, n, V, seg, nchunks, multi);
   PF_CUDA_CHECK_LAUNCH("embedding_backward (segments)");
   temp_bytes = l.temp_bytes;
   PF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(at(l.temp), temp_bytes, nchunks, chunk_start,
                                               static_cast<int>(V + 1), s));
   temp_bytes = l.temp_bytes;
-  PF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(at(l.temp), temp_bytes, multi, slot_start,
-                                              static_cast<int>(V + 1), s));
+  PF_CUDA_CHECK(
+      cub::DeviceScan::ExclusiveSum(at(l.temp), temp_bytes, multi, slot_start, static_cast<int>(V + 1), s));
   chunk_sum_kernel<T><<<grid_for(l.max_chunks * D, 256), 256, 0, s>>>(
       dout, rows_out, seg, chunk_start, slot_start, V, D, l.max_chunks, partial, dweight);
   PF_CUDA_CHECK_LAUNCH("embedding_backward (chunk sums)");
-  chunk_finalize_kernel<T><<<grid_for(V * D, 256), 256, 0, s>>>(partial, chunk_start, slot_start,
-                                                                V, D, dweight);
+  chunk_finalize_kernel<T>
+      <<<grid_for(V * D, 256), 256, 0, s>>>(partial, chunk_start, slot_start, V, D, dweight);
   PF_CUDA_CHECK_LAUNCH("embedding_backward (ordered sum)");
 }
 
@@ -298,8 +306,8 @@ int private_blocks(int64_t n) {
 
 }  // namespace
 
-void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, void* out, int64_t n,
-                       int64_t V, int64_t D) {
+void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, void* out, int64_t n, int64_t V,
+                       int64_t D) {
   if (n * D == 0) return;
   dispatch_dtype(t, "embedding_forward", [&](auto tag) {
     using T = decltype(tag);
@@ -315,18 +323,19 @@ size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool 
   return static_cast<size_t>(V) * D * sizeof(float);  // the fp32 accumulator of the atomic path
 }
 
-void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void* dweight,
-                        int64_t n, int64_t V, int64_t D, void* workspace, bool deterministic) {
+void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void* dweight, int64_t n,
+                        int64_t V, int64_t D, void* workspace, bool deterministic) {
   const int64_t VD = V * D;
   if (VD == 0) return;
   float* ws = static_cast<float*>(workspace);
   dispatch_dtype(t, "embedding_backward", [&](auto tag) {
     using T = decltype(tag);
     if (!private_fits(V, D) && deterministic) {
-      if (n == 0) memset_zero(dweight, VD * sizeof(T));  // empty sums (bf16 zero is all-zero bits)
+      if (n == 0)
+        memset_zero(dweight, VD * sizeof(T));  // empty sums (bf16 zero is all-zero bits)
       else
-        embedding_backward_sorted<T>(static_cast<const T*>(dout), idx, static_cast<T*>(dweight), n,
-                                     V, D, static_cast<char*>(workspace));
+        embedding_backward_sorted<T>(static_cast<const T*>(dout), idx, static_cast<T*>(dweight), n, V, D,
+                                     static_cast<char*>(workspace));
       return;
     }
     if (private_fits(V, D)) {
@@ -334,8 +343,8 @@ void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void
       const int64_t Dt = private_tile(D);
       const size_t smem = kWarps * V * Dt * sizeof(float);  // ≤ 48 KiB
       const dim3 grid(blocks, static_cast<unsigned>((D + Dt - 1) / Dt));
-      embedding_backward_private_kernel<T><<<grid, kWarps * 32, smem, cur_stream()>>>(
-          static_cast<const T*>(dout), idx, n, V, D, Dt, ws);
+      embedding_backward_private_kernel<T>
+          <<<grid, kWarps * 32, smem, cur_stream()>>>(static_cast<const T*>(dout), idx, n, V, D, Dt, ws);
       PF_CUDA_CHECK_LAUNCH("embedding_backward");
       embedding_finalize_kernel<T><<<static_cast<unsigned>((VD + 31) / 32), dim3(32, 8), 0, cur_stream()>>>(
           ws, blocks, VD, static_cast<T*>(dweight));
@@ -345,8 +354,8 @@ void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void
     float* acc = std::is_same<T, float>::value ? static_cast<float*>(dweight) : ws;
     memset_zero(acc, VD * sizeof(float));
     if (n * D > 0)
-      embedding_backward_atomic_kernel<T><<<grid_for(n * D, 256), 256, 0, cur_stream()>>>(
-          static_cast<const T*>(dout), idx, n, D, V, acc);
+      embedding_backward_atomic_kernel<T>
+          <<<grid_for(n * D, 256), 256, 0, cur_stream()>>>(static_cast<const T*>(dout), idx, n, D, V, acc);
     PF_CUDA_CHECK_LAUNCH("embedding_backward (atomic)");
     if (!std::is_same<T, float>::value) {
       f32_to_bf16_kernel<<<grid_for(VD, 256), 256, 0, cur_stream()>>>(acc, static_cast<bf16*>(dweight), VD);

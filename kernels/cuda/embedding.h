@@ -9,8 +9,8 @@
 namespace pf::kernels::cuda {
 
 // weight:(V,D) idx:(n) → out:(n,D). An index outside [0,V) gives a row of NaN.
-void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, void* out, int64_t n,
-                       int64_t V, int64_t D);
+void embedding_forward(ScalarType t, const void* weight, const int32_t* idx, void* out, int64_t n, int64_t V,
+                       int64_t D);
 
 // Scratch bytes embedding_backward needs with the same arguments.
 size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool deterministic = false);
@@ -25,7 +25,7 @@ size_t embedding_backward_workspace_bytes(int64_t n, int64_t V, int64_t D, bool 
 // - larger tables, deterministic = true: a stable radix sort of (index, row), each index's rows
 //   summed in chunks of 32 in row order, the chunk sums added in chunk order. The summation
 //   order depends only on idx: bitwise identical run to run, on any GPU.
-void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void* dweight,
-                        int64_t n, int64_t V, int64_t D, void* workspace, bool deterministic = false);
+void embedding_backward(ScalarType t, const void* dout, const int32_t* idx, void* dweight, int64_t n,
+                        int64_t V, int64_t D, void* workspace, bool deterministic = false);
 
 }  // namespace pf::kernels::cuda

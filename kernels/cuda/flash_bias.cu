@@ -23,17 +23,18 @@ using fb::DbiasMode;
 using fb::DrelMode;
 using fb::FwdArgs;
 
-
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // A (B,N,H,D) operand: 16-byte aligned base and strides (vector loads of 16 bytes per row piece).
 void check_bnhd(const char* who, const char* name, const void* ptr, const BNHDStrides& s, ScalarType dtype) {
   const int64_t per16 = 16 / scalar_type_size(dtype);
-  PF_CHECK(aligned(ptr, 16), who << ": " << name << " must be 16-byte aligned (16-byte vector loads), got address % 16 = "
+  PF_CHECK(aligned(ptr, 16), who << ": " << name
+                                 << " must be 16-byte aligned (16-byte vector loads), got address % 16 = "
                                  << reinterpret_cast<uintptr_t>(ptr) % 16);
   PF_CHECK(s.batch % per16 == 0 && s.row % per16 == 0 && s.head % per16 == 0,
-           who << ": " << name << " strides (batch, row, head) = (" << s.batch << ", " << s.row << ", " << s.head
-               << ") must be multiples of " << per16 << " elements (16 bytes of " << scalar_type_name(dtype) << ")");
+           who << ": " << name << " strides (batch, row, head) = (" << s.batch << ", " << s.row << ", "
+               << s.head << ") must be multiples of " << per16 << " elements (16 bytes of "
+               << scalar_type_name(dtype) << ")");
 }
 
 bool is_varlen(const FlashBiasParams& p) { return p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr; }
@@ -47,23 +48,28 @@ void check_common(const FlashBiasParams& p, const char* who) {
     PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 0 && p.Nk >= 0,
              who << ": packed batch: B, H must be >= 1 and Nq, Nk (the longest lengths) >= 0, got B=" << p.B
                  << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);
-    PF_CHECK(p.key_padding_mask == nullptr,
-             who << ": key_padding_mask is not supported with a packed batch (cu_seqlens already say which keys exist); "
-                    "got a mask");
-    PF_CHECK(p.bias == nullptr || p.bias_seq_offsets != nullptr,
-             who << ": a packed batch with a bias needs bias_seq_offsets (the start of each sequence's [H, nq, nk] block)");
-    PF_CHECK(aligned(p.cu_seqlens_q, 4) && aligned(p.cu_seqlens_k, 4) && aligned(p.bias_seq_offsets, 8),
-             who << ": cu_seqlens (int32) and bias_seq_offsets (int64) must be aligned to their element size");
+    PF_CHECK(
+        p.key_padding_mask == nullptr,
+        who << ": key_padding_mask is not supported with a packed batch (cu_seqlens already say which keys exist); "
+               "got a mask");
+    PF_CHECK(
+        p.bias == nullptr || p.bias_seq_offsets != nullptr,
+        who << ": a packed batch with a bias needs bias_seq_offsets (the start of each sequence's [H, nq, nk] block)");
+    PF_CHECK(
+        aligned(p.cu_seqlens_q, 4) && aligned(p.cu_seqlens_k, 4) && aligned(p.bias_seq_offsets, 8),
+        who << ": cu_seqlens (int32) and bias_seq_offsets (int64) must be aligned to their element size");
     PF_CHECK((int64_t(p.Nq) + 63) / 64 <= 65535 && (int64_t(p.Nk) + 63) / 64 <= 65535,
              who << ": packed batch: the longest sequence must be <= 65535·64 (grid limit), got Nq=" << p.Nq
                  << " Nk=" << p.Nk);
   } else {
-    PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 1 && p.Nk >= 1,
-             who << ": sizes must be >= 1, got B=" << p.B << " H=" << p.H << " Nq=" << p.Nq << " Nk=" << p.Nk);
+    PF_CHECK(p.B >= 1 && p.H >= 1 && p.Nq >= 1 && p.Nk >= 1, who << ": sizes must be >= 1, got B=" << p.B
+                                                                 << " H=" << p.H << " Nq=" << p.Nq
+                                                                 << " Nk=" << p.Nk);
   }
   if (p.relpos_table != nullptr) {
-    PF_CHECK(p.relpos_dtype == ScalarType::F32,
-             who << ": relpos_table dtype " << scalar_type_name(p.relpos_dtype) << " is not supported on CUDA; expected float32");
+    PF_CHECK(p.relpos_dtype == ScalarType::F32, who << ": relpos_table dtype "
+                                                    << scalar_type_name(p.relpos_dtype)
+                                                    << " is not supported on CUDA; expected float32");
     PF_CHECK(p.relpos_clip >= 0 && p.relpos_clip <= (1 << 29),
              who << ": relpos_clip R must be in [0, 2^29], got " << p.relpos_clip);
     PF_CHECK(aligned(p.relpos_table, 4), who << ": relpos_table (float) must be 4-byte aligned");
@@ -71,8 +77,10 @@ void check_common(const FlashBiasParams& p, const char* who) {
   PF_CHECK(p.D == 16 || p.D == 32 || p.D == 64 || p.D == 128,
            who << ": head dim D=" << p.D << " is not supported; supported: 16, 32, 64, 128");
   PF_CHECK(p.dtype == ScalarType::F16 || p.dtype == ScalarType::BF16 || p.dtype == ScalarType::F32,
-           who << ": dtype " << scalar_type_name(p.dtype) << " is not supported on CUDA; supported: float16, bfloat16, float32");
-  PF_CHECK(p.B <= 65535 && p.H <= 65535, who << ": B=" << p.B << " and H=" << p.H << " must be <= 65535 (grid limits)");
+           who << ": dtype " << scalar_type_name(p.dtype)
+               << " is not supported on CUDA; supported: float16, bfloat16, float32");
+  PF_CHECK(p.B <= 65535 && p.H <= 65535,
+           who << ": B=" << p.B << " and H=" << p.H << " must be <= 65535 (grid limits)");
   PF_CHECK(std::isfinite(p.scale), who << ": scale must be finite, got " << p.scale);
   PF_CHECK(p.q && p.k && p.v, who << ": q, k and v must not be null");
   check_bnhd(who, "q", p.q, p.q_stride, p.dtype);
@@ -82,7 +90,8 @@ void check_common(const FlashBiasParams& p, const char* who) {
   check_bnhd(who, "out", p.out, p.out_stride, p.dtype);
   PF_CHECK(aligned(p.lse, 4), who << ": lse (float) must be 4-byte aligned");
   if (p.bias != nullptr) {
-    PF_CHECK(p.bias_dtype == ScalarType::F32 || p.bias_dtype == ScalarType::F16 || p.bias_dtype == ScalarType::BF16,
+    PF_CHECK(p.bias_dtype == ScalarType::F32 || p.bias_dtype == ScalarType::F16 ||
+                 p.bias_dtype == ScalarType::BF16,
              who << ": bias dtype " << scalar_type_name(p.bias_dtype)
                  << " is not supported on CUDA; supported: float32, float16, bfloat16");
     PF_CHECK(aligned(p.bias, scalar_type_size(p.bias_dtype)),
@@ -119,7 +128,8 @@ size_t round256(size_t n) { return (n + 255) / 256 * 256; }
 // The current device's compute capability as major * 10 + minor (0 where it cannot be read).
 int device_compute_capability() {
   int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
     cudaGetLastError();
     return 0;
@@ -134,11 +144,11 @@ bool device_has_clusters() { return device_compute_capability() >= 90; }
 struct BwdPlan {
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;
-  int nsb = 0, nsh = 0;       // dB accumulator slices
-  int64_t dbias_ld = 0;       // dB accumulator row pitch (multiple of 4 floats)
-  int cluster_size = 1;       // (b, h) pairs sharing one dB slice
+  int nsb = 0, nsh = 0;  // dB accumulator slices
+  int64_t dbias_ld = 0;  // dB accumulator row pitch (multiple of 4 floats)
+  int cluster_size = 1;  // (b, h) pairs sharing one dB slice
   DrelMode drel_mode = DrelMode::kNone;
-  int64_t drel_ld = 0;        // kPartial: floats per CTA row
+  int64_t drel_ld = 0;  // kPartial: floats per CTA row
   size_t off_delta = 0, off_dq = 0, off_dbias = 0, off_drel = 0, total = 0;
   bool dq_atomic = false;
   bool hopper = false;  // the Hopper backward: Δ and lse·log2 e in rows of nq_pad
@@ -154,10 +164,11 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   plan.shared_h = !varlen && p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
   plan.cluster_size = (plan.shared_b ? p.B : 1) * (plan.shared_h ? p.H : 1);
   if (p.dbias != nullptr)
-    plan.dbias_mode = !(plan.shared_b || plan.shared_h)          ? DbiasMode::kDirect
-                      : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters() ? DbiasMode::kCluster
-                      : p.deterministic                          ? DbiasMode::kGrouped
-                                                                 : DbiasMode::kAtomic;
+    plan.dbias_mode = !(plan.shared_b || plan.shared_h) ? DbiasMode::kDirect
+                      : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
+                          ? DbiasMode::kCluster
+                      : p.deterministic ? DbiasMode::kGrouped
+                                        : DbiasMode::kAtomic;
   plan.hopper = use_hopper_backward(p);
   if (plan.hopper) {  // dQ and a broadcast dB through fp32 accumulators; row statistics padded
     plan.dbias_mode = plan.shared_b || plan.shared_h ? DbiasMode::kAtomic : DbiasMode::kDirect;
@@ -209,9 +220,7 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   return plan;
 }
 
-int grid_for(int64_t n, int threads) {
-  return int(std::min<int64_t>((n + threads - 1) / threads, 132 * 16));
-}
+int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 132 * 16)); }
 
 FlashBiasPath g_path = FlashBiasPath::kAuto;
 
@@ -249,10 +258,12 @@ const char* hopper_backward_refusal(const FlashBiasBwdParams& p) {
 #endif
 }
 bool use_hopper_backward(const FlashBiasBwdParams& p) {
-  if (g_path == FlashBiasPath::kPortable || (g_path == FlashBiasPath::kAuto && !kHopperBackwardByDefault)) return false;
+  if (g_path == FlashBiasPath::kPortable || (g_path == FlashBiasPath::kAuto && !kHopperBackwardByDefault))
+    return false;
   const char* why = hopper_backward_refusal(p);
-  PF_CHECK(why == nullptr || g_path != FlashBiasPath::kHopper,
-           "flash_bias_backward: the Hopper path was asked for (set_flash_bias_path) but cannot run: " << why);
+  PF_CHECK(
+      why == nullptr || g_path != FlashBiasPath::kHopper,
+      "flash_bias_backward: the Hopper path was asked for (set_flash_bias_path) but cannot run: " << why);
   return why == nullptr;
 }
 bool use_hopper_forward(const FlashBiasParams& p) {
@@ -278,7 +289,8 @@ bool flash_bias_hopper_covers(const FlashBiasBwdParams& p) { return hopper_backw
 
 #ifdef PF_FLASH_BIAS_SM90
 const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
-  if (p.dtype != ScalarType::F16 && p.dtype != ScalarType::BF16) return "inputs other than float16 / bfloat16";
+  if (p.dtype != ScalarType::F16 && p.dtype != ScalarType::BF16)
+    return "inputs other than float16 / bfloat16";
   if (p.D != 32 && p.D != 64 && p.D != 128) return "head dim other than 32, 64, 128";
   if (is_varlen(p)) return "a packed variable-length batch";
   if (p.relpos_table != nullptr) return "a fused relative-position table";
@@ -308,7 +320,7 @@ const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p) {
 
 void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream) {
   check_common(p, "flash_bias_forward");
-  if (p.Nq == 0) return;  // packed batch of sequences without queries
+  if (p.Nq == 0) return;        // packed batch of sequences without queries
   if (use_hopper_forward(p)) {  // true only where the Hopper kernels are built
 #ifdef PF_FLASH_BIAS_SM90
     flash_bias_fwd_sm90(p, stream);
@@ -318,7 +330,8 @@ void flash_bias_forward(const FlashBiasParams& p, cudaStream_t stream) {
   const FwdArgs args = make_fwd_args(p);
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    fb::dispatch_head_dim(p.D, [&](auto d) { fb::launch_flash_bias_fwd<T, decltype(d)::value>(args, stream); });
+    fb::dispatch_head_dim(p.D,
+                          [&](auto d) { fb::launch_flash_bias_fwd<T, decltype(d)::value>(args, stream); });
   });
 }
 
@@ -344,26 +357,28 @@ void hopper_backward(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws,
   if (plan.nsb > 0) {
     w.dbias_accum = reinterpret_cast<float*>(ws + plan.off_dbias);
     w.dbias_accum_ld = plan.dbias_ld;
-    PF_CUDA_CHECK(cudaMemsetAsync(w.dbias_accum, 0, size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float), stream));
+    PF_CUDA_CHECK(cudaMemsetAsync(
+        w.dbias_accum, 0, size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float), stream));
   }
   const float scale = float(p.scale);
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
-      fb::flash_bias_bwd_padded_stats_kernel<T><<<grid_for(int64_t(p.B) * p.H * plan.nq_pad, 8), 256, 0, stream>>>(
-          p, plan.nq_pad, delta, lse2);
+      fb::flash_bias_bwd_padded_stats_kernel<T>
+          <<<grid_for(int64_t(p.B) * p.H * plan.nq_pad, 8), 256, 0, stream>>>(p, plan.nq_pad, delta, lse2);
       PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_padded_stats_kernel");
       flash_bias_bwd_sm90(p, w, stream);
       if (plan.dq_atomic) {
-        fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, false, w.dq_accum, scale);
+        fb::flash_bias_dq_finalize_kernel<T>
+            <<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, false, w.dq_accum, scale);
         PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
       }
     }
   });
   if (w.dbias_accum != nullptr) {
     const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
-    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p, int(p.bias_dtype), w.dbias_accum,
-                                                                               plan.dbias_ld, plan.nsb, plan.nsh);
+    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
+        p, int(p.bias_dtype), w.dbias_accum, plan.dbias_ld, plan.nsb, plan.nsh);
     PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
   }
 #else
@@ -393,7 +408,8 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   }
   const BwdPlan plan = plan_backward(p);
   PF_CHECK(plan.total == 0 || workspace != nullptr,
-           who << ": workspace is null but " << plan.total << " bytes are needed (flash_bias_backward_workspace_bytes)");
+           who << ": workspace is null but " << plan.total
+               << " bytes are needed (flash_bias_backward_workspace_bytes)");
   PF_CHECK(aligned(workspace, 256), who << ": workspace must be 256-byte aligned");
   const bool want_dq = p.dq != nullptr, want_dk = p.dk != nullptr, want_dv = p.dv != nullptr;
   const bool want_drel = p.drelpos_table != nullptr;
@@ -412,11 +428,13 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   args.bias_vec = bias_vec_for(p);
   // packed: the strides are unused; the kernel checks each sequence's block offset and row length
   args.dbias_vec = p.dbias && aligned(p.dbias, 2 * scalar_type_size(p.bias_dtype)) &&
-                   (varlen || (p.dbias_batch_stride % 2 == 0 && p.dbias_head_stride % 2 == 0 && p.dbias_row_stride % 2 == 0));
-  args.dbias_from_smem =
-      plan.dbias_mode == DbiasMode::kDirect && !p.dbias_accumulate && p.bias_dtype == p.dtype &&
-      (varlen ? aligned(p.dbias, 16)
-              : bias_vec_ok(p.dbias, p.bias_dtype, p.dbias_batch_stride, p.dbias_head_stride, p.dbias_row_stride));
+                   (varlen || (p.dbias_batch_stride % 2 == 0 && p.dbias_head_stride % 2 == 0 &&
+                               p.dbias_row_stride % 2 == 0));
+  args.dbias_from_smem = plan.dbias_mode == DbiasMode::kDirect && !p.dbias_accumulate &&
+                         p.bias_dtype == p.dtype &&
+                         (varlen ? aligned(p.dbias, 16)
+                                 : bias_vec_ok(p.dbias, p.bias_dtype, p.dbias_batch_stride,
+                                               p.dbias_head_stride, p.dbias_row_stride));
   args.varlen = varlen;
   args.relpos = p.relpos_table != nullptr;
   args.drel_mode = plan.drel_mode;
@@ -451,7 +469,8 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
     using T = typename decltype(tag)::type;
     // Δ = rowsum(dO ∘ O): 8 warps per block, one warp per row
     if (rows > 0) {
-      fb::flash_bias_bwd_delta_kernel<T><<<grid_for(rows, 8), 256, 0, stream>>>(p, varlen, const_cast<float*>(args.delta));
+      fb::flash_bias_bwd_delta_kernel<T>
+          <<<grid_for(rows, 8), 256, 0, stream>>>(p, varlen, const_cast<float*>(args.delta));
       PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_delta_kernel");
     }
 
@@ -463,19 +482,20 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
     });
 
     if (plan.dq_atomic && rows > 0) {
-      fb::flash_bias_dq_finalize_kernel<T><<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, varlen, args.dq_accum,
-                                                                                           args.scale);
+      fb::flash_bias_dq_finalize_kernel<T>
+          <<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, varlen, args.dq_accum, args.scale);
       PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
     }
   });
   if (plan.drel_mode == DrelMode::kPartial) {
-    fb::flash_bias_drel_reduce_kernel<<<grid_for(n_bins, 256), 256, 0, stream>>>(p, varlen, args.drel_part, plan.drel_ld);
+    fb::flash_bias_drel_reduce_kernel<<<grid_for(n_bins, 256), 256, 0, stream>>>(p, varlen, args.drel_part,
+                                                                                 plan.drel_ld);
     PF_CUDA_CHECK_LAUNCH("flash_bias_drel_reduce_kernel");
   }
   if (args.dbias_accum) {
     const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
-    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p, args.bias_kind, args.dbias_accum,
-                                                                               plan.dbias_ld, plan.nsb, plan.nsh);
+    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
+        p, args.bias_kind, args.dbias_accum, plan.dbias_ld, plan.nsb, plan.nsh);
     PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
   }
 }

@@ -31,8 +31,8 @@ namespace pf::kernels::cuda::fb {
 
 // P and dS of a warp's scores in place: S (logits) -> P = 2^(log2 e · S − lse2), dP -> dS = P ∘ (dP − Δ).
 template <int NT>
-__device__ __forceinline__ void probs_and_ds(float (&S)[1][NT][4], float (&dP)[1][NT][4], const float (&lse2)[2],
-                                             const float (&dlt)[2]) {
+__device__ __forceinline__ void probs_and_ds(float (&S)[1][NT][4], float (&dP)[1][NT][4],
+                                             const float (&lse2)[2], const float (&dlt)[2]) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -47,8 +47,8 @@ __device__ __forceinline__ void probs_and_ds(float (&S)[1][NT][4], float (&dP)[1
 // = the dbias dtype) to dbias in 16-byte pieces (rows 16-byte aligned); pieces straddling Nk
 // element by element.
 template <typename T, int BM, int BN, int kSPitch, int kNThreads>
-__device__ __forceinline__ void store_dbias_tile(char* dbias, int64_t row_stride, const T* sdS, int m0, int n0, int Nq,
-                                                 int Nk, int tid) {
+__device__ __forceinline__ void store_dbias_tile(char* dbias, int64_t row_stride, const T* sdS, int m0,
+                                                 int n0, int Nq, int Nk, int tid) {
   constexpr int kChunk = 16 / int(sizeof(T)), kChunksPerRow = BN / kChunk;
 #pragma unroll
   for (int it = 0; it < (BM * kChunksPerRow + kNThreads - 1) / kNThreads; ++it) {
@@ -69,8 +69,8 @@ __device__ __forceinline__ void store_dbias_tile(char* dbias, int64_t row_stride
 
 // Fetches the lse and Δ of rows [m0, m0 + BM) (rows past Nq: lse = +inf so that P = 0, Δ = 0).
 template <int BM>
-__device__ __forceinline__ void load_row_stats(float* sLse, float* sDelta, const float* lse, const float* delta,
-                                               int m0, int Nq, int tid) {
+__device__ __forceinline__ void load_row_stats(float* sLse, float* sDelta, const float* lse,
+                                               const float* delta, int m0, int Nq, int tid) {
   if (tid < BM) {
     const int i = m0 + tid;
     if (i < Nq) {
@@ -90,7 +90,11 @@ __device__ __forceinline__ void store_dbias_pair(char* row, int kind, int j, int
     float* r = reinterpret_cast<float*>(row);
     if (vec && j + 1 < Nk) {
       float2 v = make_float2(x, y);
-      if (accumulate) { const float2 o = load_pair(r + j); v.x += o.x; v.y += o.y; }
+      if (accumulate) {
+        const float2 o = load_pair(r + j);
+        v.x += o.x;
+        v.y += o.y;
+      }
       *reinterpret_cast<float2*>(r + j) = v;
     } else {
       if (j < Nk) r[j] = accumulate ? r[j] + x : x;
@@ -99,7 +103,11 @@ __device__ __forceinline__ void store_dbias_pair(char* row, int kind, int j, int
   } else if (kind == int(ScalarType::F16)) {
     __half* r = reinterpret_cast<__half*>(row);
     if (vec && j + 1 < Nk) {
-      if (accumulate) { const float2 o = load_pair(r + j); x += o.x; y += o.y; }
+      if (accumulate) {
+        const float2 o = load_pair(r + j);
+        x += o.x;
+        y += o.y;
+      }
       store_pair(r + j, x, y);
     } else {
       if (j < Nk) r[j] = __float2half_rn(accumulate ? __half2float(r[j]) + x : x);
@@ -108,7 +116,11 @@ __device__ __forceinline__ void store_dbias_pair(char* row, int kind, int j, int
   } else {
     __nv_bfloat16* r = reinterpret_cast<__nv_bfloat16*>(row);
     if (vec && j + 1 < Nk) {
-      if (accumulate) { const float2 o = load_pair(r + j); x += o.x; y += o.y; }
+      if (accumulate) {
+        const float2 o = load_pair(r + j);
+        x += o.x;
+        y += o.y;
+      }
       store_pair(r + j, x, y);
     } else {
       if (j < Nk) r[j] = __float2bfloat16_rn(accumulate ? __bfloat162float(r[j]) + x : x);
@@ -145,9 +157,9 @@ __device__ __forceinline__ void cluster_wait() {
 // kCluster: this CTA (cluster rank `rank` of G) sums rows r ≡ rank (mod G) of the G fp32 dS tiles
 // in rank order and writes them to dB (bias dtype, = or +=). dbias: the shared dB slice.
 template <int BM, int BN, int kS32Pitch, int kNThreads>
-__device__ __forceinline__ void reduce_dbias_cluster(float* sdS32, int rank, int G, char* dbias, int64_t row_stride,
-                                                     int belt, int kind, int m0, int n0, int Nq, int Nk,
-                                                     bool accumulate, bool vec, int tid) {
+__device__ __forceinline__ void reduce_dbias_cluster(float* sdS32, int rank, int G, char* dbias,
+                                                     int64_t row_stride, int belt, int kind, int m0, int n0,
+                                                     int Nq, int Nk, bool accumulate, bool vec, int tid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
   constexpr int kQuads = BN / 4;
@@ -158,8 +170,12 @@ __device__ __forceinline__ void reduce_dbias_cluster(float* sdS32, int rank, int
     if (i >= Nq || j >= Nk) continue;
     float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int qr = 0; qr < G; ++qr) {
-      const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdS32 + r * kS32Pitch + c, qr));
-      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+      const float4 v =
+          *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdS32 + r * kS32Pitch + c, qr));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
     }
     char* row = dbias + int64_t(i) * row_stride * belt;
     store_dbias_pair(row, kind, j, Nk, sum.x, sum.y, accumulate, vec);
@@ -194,7 +210,8 @@ __device__ __forceinline__ void reduce_dbias_cluster(float* sdS32, int rank, int
 // Stores a warp's fp32 accumulator fragment (rows row0 + g (+8), columns col0 + 8·nt + 2t (+1)) into
 // the wrapped tile: (r, c) at r·kWrapPitch + ((c − r) & 63).
 template <int NT, int kWrapPitch>
-__device__ __forceinline__ void store_frag_wrapped(const float (&acc)[1][NT][4], float* sW, int row0, int col0) {
+__device__ __forceinline__ void store_frag_wrapped(const float (&acc)[1][NT][4], float* sW, int row0,
+                                                   int col0) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int base = col0 + 2 * t - row0 - g;
 #pragma unroll
@@ -219,8 +236,10 @@ __device__ __forceinline__ void tile_diagonal_sums(const float* sW, float* sDiag
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
     const float x = col[i * kWrapPitch];
-    if (i < split) pos += x;
-    else neg += x;
+    if (i < split)
+      pos += x;
+    else
+      neg += x;
   }
   sDiag[128 * q + w + 63] = pos;
   if (w > 0) sDiag[128 * q + w - 1] = neg;
@@ -228,7 +247,8 @@ __device__ __forceinline__ void tile_diagonal_sums(const float* sW, float* sDiag
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
-  for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);  // same value in every lane
+  for (int off = 16; off > 0; off /= 2)
+    x += __shfl_xor_sync(0xffffffffu, x, off);  // same value in every lane
   return x;
 }
 
@@ -268,13 +288,15 @@ __device__ __forceinline__ void drel_emit(const DrelSink& sink, bool valid, int 
 // Every warp after a tile (diagonal origin dc = n0 − m0): lanes 0–7 of warp w finish the diagonals
 // d = dc + δ, δ = 8w + lane ∈ [0, 63] (four quarter sums + the carry) and keep the carry of δ − 64.
 // sState[δ]: the carried sum for δ, owned by that lane.
-__device__ __forceinline__ void drel_emit_tile(const DrelSink& sink, const float* sDiag, float* sState, int dc) {
+__device__ __forceinline__ void drel_emit_tile(const DrelSink& sink, const float* sDiag, float* sState,
+                                               int dc) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool mine = lane < 8;
   const int dl = 8 * warp + (lane & 7);  // δ
   float v = 0.f;
   if (mine) {
-    v = (((sDiag[dl + 63] + sDiag[128 + dl + 63]) + sDiag[256 + dl + 63]) + sDiag[384 + dl + 63]) + sState[dl];
+    v = (((sDiag[dl + 63] + sDiag[128 + dl + 63]) + sDiag[256 + dl + 63]) + sDiag[384 + dl + 63]) +
+        sState[dl];
     const int dm = dl - 1;  // index of δ − 64 (+ 63)
     sState[dl] = dl > 0 ? ((sDiag[dm] + sDiag[128 + dm]) + sDiag[256 + dm]) + sDiag[384 + dm] : 0.f;
   }
@@ -320,7 +342,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   constexpr int kS32Pitch = Tr::kS32Pitch;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int wm = (warp % 4) * 16, wn = (warp / 4) * 32;   // S / dP piece
+  const int wm = (warp % 4) * 16, wn = (warp / 4) * 32;       // S / dP piece
   const int wk = (warp % 4) * 16, wd = (warp / 4) * (D / 2);  // dK / dV / dQ piece
   // CTA -> (key block, h, b). With dB summed by atomics, the CTAs that add into the same dB tile
   // (the sharing b and/or h) are adjacent in launch order, so their additions meet in L2.
@@ -347,8 +369,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const bool relpos = kGeneral && args.relpos;
   const int R = p.relpos_clip;
   float* sRel = reinterpret_cast<float*>(smem + rel_offset<Tr>(belt));
-  float* sDiag = sRel + kStages * kRelElems;           // [4][128], dT only
-  float* sDrelState = sDiag + 4 * Tr::kDiagElems;      // carry[64], per-warp hi, lo: dT only
+  float* sDiag = sRel + kStages * kRelElems;       // [4][128], dT only
+  float* sDrelState = sDiag + 4 * Tr::kDiagElems;  // carry[64], per-warp hi, lo: dT only
   const DrelMode drel_mode = kGeneral ? args.drel_mode : DrelMode::kNone;
   const float scale = args.scale;
   const bool want_dk = p.dk != nullptr, want_dv = p.dv != nullptr;
@@ -407,7 +429,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       const int64_t stat_row = seq.stat_row(h);
       const float* lse = static_cast<const float*>(p.lse) + stat_row;
       const float* delta = args.delta + stat_row;
-      const float* table_h = relpos ? static_cast<const float*>(p.relpos_table) + int64_t(h) * (2 * R + 1) : nullptr;
+      const float* table_h =
+          relpos ? static_cast<const float*>(p.relpos_table) + int64_t(h) * (2 * R + 1) : nullptr;
       char* dbias = nullptr;  // kDirect: this (b, h)'s dB slice; kCluster: the shared slice
       int64_t dbias_row = p.dbias_row_stride;
       bool dbias_vec = args.dbias_vec, dbias_from_smem = args.dbias_from_smem;
@@ -481,14 +504,17 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       }
 
       // dB rows that the causal skip leaves out are zero (dS = 0 there); in a cluster, rank 0 writes them.
-      const int cluster_rank = dbias_mode == DbiasMode::kCluster ? int(blockIdx.x % unsigned(args.cluster_size)) : 0;
+      const int cluster_rank =
+          dbias_mode == DbiasMode::kCluster ? int(blockIdx.x % unsigned(args.cluster_size)) : 0;
       if (dbias != nullptr && !p.dbias_accumulate && m_begin > 0 && cluster_rank == 0) {
         const int rows = min(m_begin * BM, Nq), cols = min(BN, Nk - n0);
         for (int idx = tid; idx < rows * cols; idx += kNThreads) {
           const int i = idx / cols, j = n0 + idx % cols;
           char* row = dbias + int64_t(i) * dbias_row * belt;
-          if (belt == 4) reinterpret_cast<float*>(row)[j] = 0.f;
-          else reinterpret_cast<uint16_t*>(row)[j] = 0;  // +0 in fp16 and bf16
+          if (belt == 4)
+            reinterpret_cast<float*>(row)[j] = 0.f;
+          else
+            reinterpret_cast<uint16_t*>(row)[j] = 0;  // +0 in fp16 and bf16
         }
       }
       if (tid < BN) sKeyOk[tid] = key_ok(kpm, n0 + tid, Nk);
@@ -500,22 +526,25 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       if constexpr (kGeneral) __syncthreads();  // src
       // kGeneral: the value from shared memory, else the local (a kernel parameter, or derived from them)
       auto pick = [&](auto from_src, auto local) {
-        if constexpr (kGeneral) return from_src;
-        else return local;
+        if constexpr (kGeneral)
+          return from_src;
+        else
+          return local;
       };
       auto load_q_block = [&](int mb, int stage) {
         const int m0 = mb * BM;
         const int nq = pick(src.Nq, Nq);
-        load_rows<T, D, BM, kPitch, kNThreads>(sQ + stage * BM * kPitch, pick(src.q, q), p.q_stride.row, m0, nq, tid);
-        load_rows<T, D, BM, kPitch, kNThreads>(sdO + stage * BM * kPitch, pick(src.dout, dout), p.dout_stride.row, m0,
+        load_rows<T, D, BM, kPitch, kNThreads>(sQ + stage * BM * kPitch, pick(src.q, q), p.q_stride.row, m0,
                                                nq, tid);
+        load_rows<T, D, BM, kPitch, kNThreads>(sdO + stage * BM * kPitch, pick(src.dout, dout),
+                                               p.dout_stride.row, m0, nq, tid);
         if (has_bias)
-          load_bias_tile<BM, BN, kBiasPitch, kNThreads, kGeneral>(sBias + stage * bias_tile_bytes, pick(src.bias, bias),
-                                                        pick(src.bias_row, p.bias_row_stride), args.bias_kind, m0, n0, nq,
-                                                        pick(src.Nk, Nk), pick(src.bias_vec, args.bias_vec), tid);
+          load_bias_tile<BM, BN, kBiasPitch, kNThreads, kGeneral>(
+              sBias + stage * bias_tile_bytes, pick(src.bias, bias), pick(src.bias_row, p.bias_row_stride),
+              args.bias_kind, m0, n0, nq, pick(src.Nk, Nk), pick(src.bias_vec, args.bias_vec), tid);
         if (relpos) load_rel_slice<BM, BN, kNThreads>(sRel + stage * kRelElems, src.table_h, R, m0, n0, tid);
-        load_row_stats<BM>(sLse + stage * BM, sDelta + stage * BM, pick(src.lse, lse), pick(src.delta, delta), m0, nq,
-                           tid);
+        load_row_stats<BM>(sLse + stage * BM, sDelta + stage * BM, pick(src.lse, lse), pick(src.delta, delta),
+                           m0, nq, tid);
       };
 
       const bool cluster_mode = dbias_mode == DbiasMode::kCluster;
@@ -555,10 +584,15 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
           const bool masked = tile_needs_mask<BM, BN>(kpm != nullptr, p.causal, m0, n0, Nk, causal_off);
           const float* sRel0 = sRel + stage * kRelElems + (BM - 1);
           // (the tile mode from the kernel parameters rather than a register held across the loop)
-          with_tile_mode<kGeneral>(has_bias ? args.bias_kind : relpos ? kRelOnly : kNoBias, masked, [&](auto kind, auto msk) {
-            scores_to_logits<decltype(kind)::value, decltype(msk)::value, 4, kBiasPitch>(
-                S, wm, wn, m0, n0, sBias + stage * bias_tile_bytes, sRel0, sKeyOk, p.causal, causal_off, scale);
-          });
+          with_tile_mode<kGeneral>(
+              has_bias ? args.bias_kind
+              : relpos ? kRelOnly
+                       : kNoBias,
+              masked, [&](auto kind, auto msk) {
+                scores_to_logits<decltype(kind)::value, decltype(msk)::value, 4, kBiasPitch>(
+                    S, wm, wn, m0, n0, sBias + stage * bias_tile_bytes, sRel0, sKeyOk, p.causal, causal_off,
+                    scale);
+              });
           if (relpos && has_bias) add_relpos<4>(S, sRel0, wm, wn);
           float lse2[2], dlt[2];
 #pragma unroll
@@ -582,10 +616,12 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
                 const int j = n0 + wn + 8 * nt + 2 * t;
                 const float x = dP[0][nt][2 * hf], y = dP[0][nt][2 * hf + 1];
                 if (dbias_mode == DbiasMode::kDirect) {
-                  store_dbias_pair(pick(src.dbias, dbias) + int64_t(i) * pick(src.dbias_row, p.dbias_row_stride) * belt,
-                                   args.bias_kind, j, nk, x, y, p.dbias_accumulate, pick(src.dbias_vec, args.dbias_vec));
+                  store_dbias_pair(
+                      pick(src.dbias, dbias) + int64_t(i) * pick(src.dbias_row, p.dbias_row_stride) * belt,
+                      args.bias_kind, j, nk, x, y, p.dbias_accumulate, pick(src.dbias_vec, args.dbias_vec));
                 } else {
-                  float* r = pick(src.dbias_acc, dbias_acc) + int64_t(i) * args.dbias_accum_ld + j;  // ld % 4 == 0: j even is 8-byte aligned
+                  float* r = pick(src.dbias_acc, dbias_acc) + int64_t(i) * args.dbias_accum_ld +
+                             j;  // ld % 4 == 0: j even is 8-byte aligned
                   if (dbias_mode == DbiasMode::kAtomic) {
                     if (j + 1 < nk) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -617,8 +653,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
           if (cluster_mode) cluster_arrive();  // publishes the fp32 dS tile; waited on after the products
           if (drel) tile_diagonal_sums<Tr::kWrapPitch>(sW, sDiag, tid);
           if (pick(src.dbias_from_smem, args.dbias_from_smem))
-            store_dbias_tile<T, BM, BN, kSPitch, kNThreads>(pick(src.dbias, dbias), pick(src.dbias_row, p.dbias_row_stride), sdS,
-                                                            m0, n0, pick(src.Nq, Nq), pick(src.Nk, Nk), tid);
+            store_dbias_tile<T, BM, BN, kSPitch, kNThreads>(pick(src.dbias, dbias),
+                                                            pick(src.dbias_row, p.dbias_row_stride), sdS, m0,
+                                                            n0, pick(src.Nq, Nq), pick(src.Nk, Nk), tid);
 
           if (want_dv) warp_gemm<1, kDT, BM, true, true>(acc_dv, sP + wk, kSPitch, sdOs + wd, kPitch);
           if (want_dk) warp_gemm<1, kDT, BM, true, true>(acc_dk, sdS + wk, kSPitch, sQs + wd, kPitch);
@@ -636,7 +673,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
               for (int nt = 0; nt < kDT; ++nt) {
                 float* r = dq + int64_t(i) * D + wd + 8 * nt + 2 * t;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-                atomicAdd(reinterpret_cast<float2*>(r), make_float2(acc_dq[0][nt][2 * hf], acc_dq[0][nt][2 * hf + 1]));
+                atomicAdd(reinterpret_cast<float2*>(r),
+                          make_float2(acc_dq[0][nt][2 * hf], acc_dq[0][nt][2 * hf + 1]));
 #else
                 atomicAdd(r, acc_dq[0][nt][2 * hf]);
                 atomicAdd(r + 1, acc_dq[0][nt][2 * hf + 1]);
@@ -646,10 +684,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
           }
           if (cluster_mode) {
             cluster_wait();  // all fp32 dS tiles of this query block are visible
-            reduce_dbias_cluster<BM, BN, kS32Pitch, kNThreads>(sdS32, cluster_rank, args.cluster_size,
-                                                               pick(src.dbias, dbias), p.dbias_row_stride, belt,
-                                                               args.bias_kind, m0, n0, pick(src.Nq, Nq), pick(src.Nk, Nk),
-                                                               p.dbias_accumulate, args.dbias_vec, tid);
+            reduce_dbias_cluster<BM, BN, kS32Pitch, kNThreads>(
+                sdS32, cluster_rank, args.cluster_size, pick(src.dbias, dbias), p.dbias_row_stride, belt,
+                args.bias_kind, m0, n0, pick(src.Nq, Nq), pick(src.Nk, Nk), p.dbias_accumulate,
+                args.dbias_vec, tid);
             cluster_arrive_relaxed();  // reads done (their values are consumed); no memory to publish
           }
           __syncthreads();
@@ -682,7 +720,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       }
       if (cluster_mode) cluster_wait();  // no CTA leaves while the cluster may still read its tiles
 
-      // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO for keys n0 + wk + ...
+        // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO for keys n0 + wk + ...
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int j = n0 + wk + g + 8 * hf;
@@ -692,7 +730,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
                    int64_t(j) * p.dk_stride.row;
 #pragma unroll
           for (int nt = 0; nt < kDT; ++nt)
-            store_pair(row + wd + 8 * nt + 2 * t, acc_dk[0][nt][2 * hf] * scale, acc_dk[0][nt][2 * hf + 1] * scale);
+            store_pair(row + wd + 8 * nt + 2 * t, acc_dk[0][nt][2 * hf] * scale,
+                       acc_dk[0][nt][2 * hf + 1] * scale);
         }
         if (want_dv) {
           T* row = pick(src.dv, static_cast<T*>(p.dv) + seq.k_origin(p.dv_stride) + h * p.dv_stride.head) +
@@ -747,15 +786,17 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   const int belt = has_bias ? bias_elt_size(args.bias_kind) : 0;
   const int bias_tile_bytes = Tr::kBiasTileElems * belt;
   int64_t bias_row = 0;
-  const int64_t bias_off = has_bias ? bias_slice(seq, h, p.bias_seq_offsets, p.bias_batch_stride, p.bias_head_stride,
-                                                 p.bias_row_stride, bias_row)
+  const int64_t bias_off = has_bias ? bias_slice(seq, h, p.bias_seq_offsets, p.bias_batch_stride,
+                                                 p.bias_head_stride, p.bias_row_stride, bias_row)
                                     : 0;
   const char* bias = has_bias ? static_cast<const char*>(p.bias) + bias_off * belt : nullptr;
-  const bool bias_vec = args.bias_vec && (!args.varlen || ((bias_off * belt) % 16 == 0 && (bias_row * belt) % 16 == 0));
+  const bool bias_vec =
+      args.bias_vec && (!args.varlen || ((bias_off * belt) % 16 == 0 && (bias_row * belt) % 16 == 0));
   const uint8_t* kpm = p.key_padding_mask ? p.key_padding_mask + int64_t(b) * Nk : nullptr;
   const bool relpos = args.relpos;
   const int R = p.relpos_clip;
-  const float* table_h = relpos ? static_cast<const float*>(p.relpos_table) + int64_t(h) * (2 * R + 1) : nullptr;
+  const float* table_h =
+      relpos ? static_cast<const float*>(p.relpos_table) + int64_t(h) * (2 * R + 1) : nullptr;
   float* sRel = reinterpret_cast<float*>(smem + rel_offset<Tr>(belt));
   const int tile_kind = has_bias ? args.bias_kind : relpos ? kRelOnly : kNoBias;
   const int64_t stat_row = seq.stat_row(h);
@@ -773,14 +814,15 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, k, p.k_stride.row, n0, Nk, tid);
     load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, v, p.v_stride.row, n0, Nk, tid);
     if (has_bias)
-      load_bias_tile<BM, BN, kBiasPitch, kNThreads, true>(sBias + stage * bias_tile_bytes, bias, bias_row, args.bias_kind, m0,
-                                                    n0, Nq, Nk, bias_vec, tid);
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads, true>(sBias + stage * bias_tile_bytes, bias, bias_row,
+                                                          args.bias_kind, m0, n0, Nq, Nk, bias_vec, tid);
     if (relpos) load_rel_slice<BM, BN, kNThreads>(sRel + stage * kRelElems, table_h, R, m0, n0, tid);
   };
 
   load_rows<T, D, BM, kPitch, kNThreads>(sQ, q, p.q_stride.row, m0, Nq, tid);
   load_rows<T, D, BM, kPitch, kNThreads>(sdO, dout, p.dout_stride.row, m0, Nq, tid);
-  load_row_stats<BM>(sLse, sDelta, static_cast<const float*>(p.lse) + stat_row, args.delta + stat_row, m0, Nq, tid);
+  load_row_stats<BM>(sLse, sDelta, static_cast<const float*>(p.lse) + stat_row, args.delta + stat_row, m0, Nq,
+                     tid);
   if (n_blocks > 0) {
     load_kv(0, 0);
     if (tid < BN) sKeyOk[tid] = key_ok(kpm, tid, Nk);
@@ -823,8 +865,8 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     const float* sRel0 = sRel + stage * kRelElems + (BM - 1);
     with_tile_mode(tile_kind, masked, [&](auto kind, auto msk) {
       scores_to_logits<decltype(kind)::value, decltype(msk)::value, BN / 8, kBiasPitch>(
-          S, warp * 16, 0, m0, n0, sBias + stage * bias_tile_bytes, sRel0, sKeyOk + stage * BN, p.causal, causal_off,
-          scale);
+          S, warp * 16, 0, m0, n0, sBias + stage * bias_tile_bytes, sRel0, sKeyOk + stage * BN, p.causal,
+          causal_off, scale);
     });
     if (relpos && has_bias) add_relpos<BN / 8>(S, sRel0, warp * 16, 0);
     float lse2[2], dlt[2];
@@ -872,8 +914,10 @@ void launch_flash_bias_bwd(const BwdArgs& args, cudaStream_t stream) {
   const FlashBiasBwdParams& p = args.p;
   const bool general = args.varlen || args.relpos;
   auto kernel = general ? flash_bias_bwd_kernel<Tr, true> : flash_bias_bwd_kernel<Tr, false>;
-  if (general) set_smem_limit<Tr, flash_bias_bwd_kernel<Tr, true>, Tr::kWrapBytes>();
-  else set_smem_limit<Tr, flash_bias_bwd_kernel<Tr, false>>();
+  if (general)
+    set_smem_limit<Tr, flash_bias_bwd_kernel<Tr, true>, Tr::kWrapBytes>();
+  else
+    set_smem_limit<Tr, flash_bias_bwd_kernel<Tr, false>>();
   const int n_kblocks = (p.Nk + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid = args.sharing_fastest ? dim3(unsigned(n_kblocks) * p.H * p.B, 1, 1)
                     : args.varlen        ? launch_grid(true, n_kblocks, p.H, p.B)

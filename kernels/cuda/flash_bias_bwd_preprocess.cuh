@@ -56,7 +56,8 @@ __device__ __forceinline__ float warp_row_dot(const T* o, const T* d, int D) {
 
 // out,dout:(B,Nq,H,D) -> delta:(B,H,Nq) fp32 (packed: (Tq,H,D) -> (H,Tq)). One warp per row.
 template <typename T>
-__global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen, float* delta) {
+__global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen,
+                                            float* delta) {
   const StatRows sr = stat_rows(p, varlen);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < sr.rows; r += warps) {
@@ -100,7 +101,8 @@ __global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasB
                                               const float* acc, float scale) {
   const StatRows sr = stat_rows(p, varlen);
   const int64_t n = sr.rows * p.D;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
     const int d = int(idx % p.D);
     T* dq = static_cast<T*>(p.dq) + sr.origin(idx / p.D, p.dq_stride);
     dq[d] = from_float<T>(acc[idx] * scale);
@@ -116,7 +118,8 @@ __global__ void flash_bias_drel_reduce_kernel(const __grid_constant__ FlashBiasB
   const int R = p.relpos_clip, nbins = 2 * R + 1;
   const int n_kb = (p.Nk + 63) / 64;
   const int64_t n = int64_t(p.H) * nbins;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
     const int h = int(idx / nbins), bin = int(idx % nbins);
     float sum = 0.f;
     for (int b = 0; b < p.B; ++b) {
@@ -141,15 +144,17 @@ __global__ void flash_bias_dbias_finalize_kernel(const __grid_constant__ FlashBi
                                                  const float* acc, int64_t ld, int nsb, int nsh) {
   const int64_t n = int64_t(nsb) * nsh * p.Nq * p.Nk;
   const int elt = bias_elt_size(kind);
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
     const int j = int(idx % p.Nk);
     const int64_t row = idx / p.Nk;  // (bs, hs, i)
     const int i = int(row % p.Nq);
     const int hs = int((row / p.Nq) % nsh);
     const int bs = int(row / (int64_t(p.Nq) * nsh));
     float v = acc[row * ld + j];
-    char* dst = static_cast<char*>(p.dbias) +
-                (bs * p.dbias_batch_stride + hs * p.dbias_head_stride + int64_t(i) * p.dbias_row_stride + j) * elt;
+    char* dst =
+        static_cast<char*>(p.dbias) +
+        (bs * p.dbias_batch_stride + hs * p.dbias_head_stride + int64_t(i) * p.dbias_row_stride + j) * elt;
     if (kind == int(ScalarType::F32)) {
       float* x = reinterpret_cast<float*>(dst);
       *x = p.dbias_accumulate ? *x + v : v;

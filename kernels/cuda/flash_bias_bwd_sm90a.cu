@@ -70,7 +70,8 @@ struct Shape {
 };
 
 struct Args {
-  CUtensorMap q, k, v, dout, bias, dbias;  // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
+  CUtensorMap q, k, v, dout, bias,
+      dbias;           // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
   const float* lse2;   // (B,H,nq_pad): lse·log2 e (+inf for a row without attended keys), 0 past Nq
   const float* delta;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   float* dq_accum;     // (B,H,Nq,D) fp32 Σ dS K, or null (dQ not wanted)
@@ -89,8 +90,10 @@ struct Args {
 
 template <typename T>
 __device__ __forceinline__ float2 unpack2(uint32_t x) {
-  if constexpr (std::is_same_v<T, __half>) return __half22float2(*reinterpret_cast<const __half2*>(&x));
-  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+  if constexpr (std::is_same_v<T, __half>)
+    return __half22float2(*reinterpret_cast<const __half2*>(&x));
+  else
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
 }
 
 // q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) -> dk,dv:(B,Nk,H,D), dq_accum += , dbias
@@ -160,7 +163,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
           sm90::tma_load_4d(st + kOffDo + p * BM * RB, &a.dout, bar, p * RB / 2, i0, h, b);
         }
         if (a.has_bias)
-          for (int p = 0; p < 2; ++p) sm90::tma_load_4d(st + kOffBias + p * BM * 128, &a.bias, bar, n0 + 64 * p, i0, hb, bb);
+          for (int p = 0; p < 2; ++p)
+            sm90::tma_load_4d(st + kOffBias + p * BM * 128, &a.bias, bar, n0 + 64 * p, i0, hb, bb);
         sm90::bulk_load(st + off_stats, a.lse2 + stat_row + i0, BM * 4, bar);
         sm90::bulk_load(st + off_stats + BM * 4, a.delta + stat_row + i0, BM * 4, bar);
         if (++stage == a.n_stages) {
@@ -232,7 +236,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       // the bias of (keys kr, kr + 8) × (queries 8j + 2t, + 1 and 8j + 8 + 2t, + 1), read transposed
       // from the (query × key) tile
       uint32_t bias_pairs[4] = {0, 0, 0, 0};
-      if (a.has_bias) sm90::ldmatrix_x4_trans(bias_pairs, sBias + sm90::trans_x4_offset<BM>(lane, 64 * cw + 16 * warp, 8 * j));
+      if (a.has_bias)
+        sm90::ldmatrix_x4_trans(bias_pairs,
+                                sBias + sm90::trans_x4_offset<BM>(lane, 64 * cw + 16 * warp, 8 * j));
 #pragma unroll
       for (int jj = j; jj < j + 2; ++jj) {
         const float2 l2 = *reinterpret_cast<const float2*>(lse2 + 8 * jj + 2 * t);
@@ -281,9 +287,11 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     sm90::fence_regs(dk);
     sm90::wgmma_fence();
 #pragma unroll
-    for (int kc = 0; kc < BM / 16; ++kc) sm90::Wgmma<D, kBf16>::rs(dv, pa[kc], sm90::make_desc<RB>(sDo + kc * 16 * RB, BM * RB));
+    for (int kc = 0; kc < BM / 16; ++kc)
+      sm90::Wgmma<D, kBf16>::rs(dv, pa[kc], sm90::make_desc<RB>(sDo + kc * 16 * RB, BM * RB));
 #pragma unroll
-    for (int kc = 0; kc < BM / 16; ++kc) sm90::Wgmma<D, kBf16>::rs(dk, dsa[kc], sm90::make_desc<RB>(sQ + kc * 16 * RB, BM * RB));
+    for (int kc = 0; kc < BM / 16; ++kc)
+      sm90::Wgmma<D, kBf16>::rs(dk, dsa[kc], sm90::make_desc<RB>(sQ + kc * 16 * RB, BM * RB));
     sm90::wgmma_commit();
 
     // dS into the shared tiles, once the block before is done with them: its dQ products (each
@@ -303,7 +311,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
         for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
-            *reinterpret_cast<float*>(sDs32 + sm90::panel_offset<BM>(8 * j + 2 * t + e, 4 * (kr + 8 * hf))) = dp[4 * j + 2 * hf + e];
+            *reinterpret_cast<float*>(sDs32 + sm90::panel_offset<BM>(8 * j + 2 * t + e, 4 * (kr + 8 * hf))) =
+                dp[4 * j + 2 * hf + e];
     }
     sm90::fence_proxy_async_smem();
     sm90::named_barrier<256>(2);
@@ -311,7 +320,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       if (a.dbias_mode == kStore) {
         for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, i0, hb, bb);
       } else {
-        for (int p = 0; p < 4; ++p) sm90::tma_reduce_add_4d(&a.dbias, sDs32 + p * BM * 128, n0 + 32 * p, i0, hb, bb);
+        for (int p = 0; p < 4; ++p)
+          sm90::tma_reduce_add_4d(&a.dbias, sDs32 + p * BM * 128, n0 + 32 * p, i0, hb, bb);
       }
       sm90::bulk_commit();
     }
@@ -340,7 +350,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 #pragma unroll
         for (int ks = 0; ks < BN / 16; ++ks) {
           const int byte = ks * 32;
-          const uint64_t da = sm90::desc_advance(sm90::make_desc<128>(sDs + (byte / 128) * BM * 128), byte % 128);
+          const uint64_t da =
+              sm90::desc_advance(sm90::make_desc<128>(sDs + (byte / 128) * BM * 128), byte % 128);
           const uint64_t db = sm90::make_desc<RB>(sKc + ks * 16 * RB, BN * RB);
           sm90::Wgmma<DQ, kBf16>::ss_mn(dq, da, db, ks > 0);
         }
@@ -353,7 +364,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
           if (i0 + r < Nq)
 #pragma unroll
             for (int j = 0; j < DQ / 8; ++j)
-              sm90::red_add_f32x2(acc + int64_t(r) * D + c0 + 8 * j + 2 * t, dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+              sm90::red_add_f32x2(acc + int64_t(r) * D + c0 + 8 * j + 2 * t, dq[4 * j + 2 * hf],
+                                  dq[4 * j + 2 * hf + 1]);
         }
       }
     }
@@ -363,18 +375,20 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   if (a.causal && a.dbias_mode == kStore && qb_first > 0) {
     if (leader) sm90::bulk_wait_read<0>();
     sm90::named_barrier<256>(1);
-    for (int i = ctid; i < Sh::kDsBytes / 16; i += 256) reinterpret_cast<uint4*>(sDs)[i] = make_uint4(0, 0, 0, 0);
+    for (int i = ctid; i < Sh::kDsBytes / 16; i += 256)
+      reinterpret_cast<uint4*>(sDs)[i] = make_uint4(0, 0, 0, 0);
     sm90::fence_proxy_async_smem();
     sm90::named_barrier<256>(2);
     if (leader) {
       for (int qb = 0; qb < qb_first; ++qb)
-        for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, qb * BM, hb, bb);
+        for (int p = 0; p < 2; ++p)
+          sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, qb * BM, hb, bb);
       sm90::bulk_commit();
     }
   }
   if (leader) sm90::bulk_wait<0>();  // every store done before the CTA's shared memory goes
 
-  // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO
+    // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const int key = n0 + kr + 8 * hf;
@@ -390,7 +404,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       T* row = static_cast<T*>(a.dv) + int64_t(b) * a.dv_stride.batch + int64_t(key) * a.dv_stride.row +
                int64_t(h) * a.dv_stride.head;
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) fb::store_pair(row + 8 * j + 2 * t, dv[4 * j + 2 * hf], dv[4 * j + 2 * hf + 1]);
+      for (int j = 0; j < D / 8; ++j)
+        fb::store_pair(row + 8 * j + 2 * t, dv[4 * j + 2 * hf], dv[4 * j + 2 * hf + 1]);
     }
   }
 }
@@ -415,12 +430,13 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
   if (p.dbias != nullptr && ws.dbias_accum != nullptr) {  // broadcast bias: fp32 (nsb, nsh, Nq, ld)
     a.dbias_mode = kReduceAdd;
     const int64_t ld = ws.dbias_accum_ld;
-    a.dbias = fb90::pair_map(ws.dbias_accum, 4, false, p.B, p.H, p.Nq, p.Nk, a.bias_shared_b ? 0 : (a.bias_shared_h ? 1 : p.H) * p.Nq * ld,
+    a.dbias = fb90::pair_map(ws.dbias_accum, 4, false, p.B, p.H, p.Nq, p.Nk,
+                             a.bias_shared_b ? 0 : (a.bias_shared_h ? 1 : p.H) * p.Nq * ld,
                              a.bias_shared_h ? 0 : p.Nq * ld, ld, BM);
   } else if (p.dbias != nullptr) {
     a.dbias_mode = kStore;
-    a.dbias = fb90::pair_map(p.dbias, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.dbias_batch_stride, p.dbias_head_stride,
-                             p.dbias_row_stride, BM);
+    a.dbias = fb90::pair_map(p.dbias, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.dbias_batch_stride,
+                             p.dbias_head_stride, p.dbias_row_stride, BM);
   }
   a.lse2 = ws.lse2;
   a.delta = ws.delta;
@@ -441,14 +457,16 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
   const int smem_optin = fb90::smem_optin_bytes();
   a.stage_tx = 2 * Sh::kQBytes + (a.has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
   a.stage_bytes = (a.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
-  const int fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0) +
-                    (2 * kMaxStages + 1) * 8;
+  const int fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes +
+                    (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 1) * 8;
   a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
-  PF_CHECK(a.n_stages >= 2, "flash_bias_bwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
-                                                    << a.stage_bytes << "-byte stages beside " << fixed << " fixed bytes");
+  PF_CHECK(a.n_stages >= 2,
+           "flash_bias_bwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
+                                   << a.stage_bytes << "-byte stages beside " << fixed << " fixed bytes");
   const int smem = fixed + a.n_stages * a.stage_bytes;
   auto kernel = flash_bias_bwd_sm90_kernel<T, D>;
-  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
   const dim3 grid((p.Nk + BN - 1) / BN, p.H, p.B);
   kernel<<<grid, kThreads, smem, stream>>>(a);
@@ -457,12 +475,20 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
 
 }  // namespace fb90_bwd
 
-void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cudaStream_t stream) {
+void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws,
+                         cudaStream_t stream) {
   const bool bf16 = p.dtype == ScalarType::BF16;
   switch (p.D) {
-    case 32: bf16 ? fb90_bwd::launch<__nv_bfloat16, 32>(p, ws, stream) : fb90_bwd::launch<__half, 32>(p, ws, stream); return;
-    case 64: bf16 ? fb90_bwd::launch<__nv_bfloat16, 64>(p, ws, stream) : fb90_bwd::launch<__half, 64>(p, ws, stream); return;
-    case 128: bf16 ? fb90_bwd::launch<__nv_bfloat16, 128>(p, ws, stream) : fb90_bwd::launch<__half, 128>(p, ws, stream); return;
+    case 32:
+      bf16 ? fb90_bwd::launch<__nv_bfloat16, 32>(p, ws, stream) : fb90_bwd::launch<__half, 32>(p, ws, stream);
+      return;
+    case 64:
+      bf16 ? fb90_bwd::launch<__nv_bfloat16, 64>(p, ws, stream) : fb90_bwd::launch<__half, 64>(p, ws, stream);
+      return;
+    case 128:
+      bf16 ? fb90_bwd::launch<__nv_bfloat16, 128>(p, ws, stream)
+           : fb90_bwd::launch<__half, 128>(p, ws, stream);
+      return;
     default: break;
   }
   PF_FAIL("flash_bias_bwd_sm90: head dim " << p.D << " is not supported; supported: 32, 64, 128");

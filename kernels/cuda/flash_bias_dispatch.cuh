@@ -59,20 +59,20 @@ void dispatch_head_dim(int D, F&& f) {
 }
 
 // Instantiates the three launchers of one element type for every head dim.
-#define PF_FLASH_BIAS_INSTANTIATE_FWD(T)                                            \
-  template void launch_flash_bias_fwd<T, 16>(const FwdArgs&, cudaStream_t);        \
-  template void launch_flash_bias_fwd<T, 32>(const FwdArgs&, cudaStream_t);        \
-  template void launch_flash_bias_fwd<T, 64>(const FwdArgs&, cudaStream_t);        \
+#define PF_FLASH_BIAS_INSTANTIATE_FWD(T)                                    \
+  template void launch_flash_bias_fwd<T, 16>(const FwdArgs&, cudaStream_t); \
+  template void launch_flash_bias_fwd<T, 32>(const FwdArgs&, cudaStream_t); \
+  template void launch_flash_bias_fwd<T, 64>(const FwdArgs&, cudaStream_t); \
   template void launch_flash_bias_fwd<T, 128>(const FwdArgs&, cudaStream_t);
 
-#define PF_FLASH_BIAS_INSTANTIATE_BWD(T)                                            \
-  template void launch_flash_bias_bwd<T, 16>(const BwdArgs&, cudaStream_t);        \
-  template void launch_flash_bias_bwd<T, 32>(const BwdArgs&, cudaStream_t);        \
-  template void launch_flash_bias_bwd<T, 64>(const BwdArgs&, cudaStream_t);        \
-  template void launch_flash_bias_bwd<T, 128>(const BwdArgs&, cudaStream_t);       \
-  template void launch_flash_bias_bwd_dq<T, 16>(const BwdArgs&, cudaStream_t);     \
-  template void launch_flash_bias_bwd_dq<T, 32>(const BwdArgs&, cudaStream_t);     \
-  template void launch_flash_bias_bwd_dq<T, 64>(const BwdArgs&, cudaStream_t);     \
+#define PF_FLASH_BIAS_INSTANTIATE_BWD(T)                                       \
+  template void launch_flash_bias_bwd<T, 16>(const BwdArgs&, cudaStream_t);    \
+  template void launch_flash_bias_bwd<T, 32>(const BwdArgs&, cudaStream_t);    \
+  template void launch_flash_bias_bwd<T, 64>(const BwdArgs&, cudaStream_t);    \
+  template void launch_flash_bias_bwd<T, 128>(const BwdArgs&, cudaStream_t);   \
+  template void launch_flash_bias_bwd_dq<T, 16>(const BwdArgs&, cudaStream_t); \
+  template void launch_flash_bias_bwd_dq<T, 32>(const BwdArgs&, cudaStream_t); \
+  template void launch_flash_bias_bwd_dq<T, 64>(const BwdArgs&, cudaStream_t); \
   template void launch_flash_bias_bwd_dq<T, 128>(const BwdArgs&, cudaStream_t);
 
 }  // namespace pf::kernels::cuda::fb

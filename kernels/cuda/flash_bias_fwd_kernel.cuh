@@ -60,16 +60,18 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const int belt = has_bias ? bias_elt_size(args.bias_kind) : 0;
   const int bias_tile_bytes = Tr::kBiasTileElems * belt;
   int64_t bias_row = 0;
-  const int64_t bias_off = has_bias ? bias_slice(seq, h, p.bias_seq_offsets, p.bias_batch_stride, p.bias_head_stride,
-                                                 p.bias_row_stride, bias_row)
+  const int64_t bias_off = has_bias ? bias_slice(seq, h, p.bias_seq_offsets, p.bias_batch_stride,
+                                                 p.bias_head_stride, p.bias_row_stride, bias_row)
                                     : 0;
   const char* bias = has_bias ? static_cast<const char*>(p.bias) + bias_off * belt : nullptr;
   // packed: 16-byte pieces need the sequence's block and rows aligned too
-  const bool bias_vec = args.bias_vec && (!varlen || ((bias_off * belt) % 16 == 0 && (bias_row * belt) % 16 == 0));
+  const bool bias_vec =
+      args.bias_vec && (!varlen || ((bias_off * belt) % 16 == 0 && (bias_row * belt) % 16 == 0));
   const uint8_t* kpm = p.key_padding_mask ? p.key_padding_mask + int64_t(b) * Nk : nullptr;
   const bool relpos = kGeneral && args.relpos;
   const int R = p.relpos_clip;
-  const float* table_h = relpos ? static_cast<const float*>(p.relpos_table) + int64_t(h) * (2 * R + 1) : nullptr;
+  const float* table_h =
+      relpos ? static_cast<const float*>(p.relpos_table) + int64_t(h) * (2 * R + 1) : nullptr;
   float* sRel = reinterpret_cast<float*>(smem + rel_offset<Tr>(belt));
   const int tile_kind = has_bias ? args.bias_kind : relpos ? kRelOnly : kNoBias;
   const int causal_off = Nk - Nq;
@@ -104,8 +106,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   if constexpr (kGeneral) __syncthreads();
   // kGeneral: the value from shared memory, else the local (a kernel parameter, or derived from them)
   auto pick = [&](auto from_src, auto local) {
-    if constexpr (kGeneral) return from_src;
-    else return local;
+    if constexpr (kGeneral)
+      return from_src;
+    else
+      return local;
   };
 
   // Key blocks this query block can see (causal: up to the diagonal of its last row).
@@ -118,12 +122,14 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   auto load_kv = [&](int n_block, int stage) {
     const int n0 = n_block * BN;
     const int nk = pick(src.Nk, Nk);
-    load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, pick(src.k, k), p.k_stride.row, n0, nk, tid);
-    load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, pick(src.v, v), p.v_stride.row, n0, nk, tid);
+    load_rows<T, D, BN, kPitch, kNThreads>(sK + stage * BN * kPitch, pick(src.k, k), p.k_stride.row, n0, nk,
+                                           tid);
+    load_rows<T, D, BN, kPitch, kNThreads>(sV + stage * BN * kPitch, pick(src.v, v), p.v_stride.row, n0, nk,
+                                           tid);
     if (has_bias)
-      load_bias_tile<BM, BN, kBiasPitch, kNThreads, kGeneral>(sBias + stage * bias_tile_bytes, pick(src.bias, bias),
-                                                    pick(src.bias_row, bias_row), args.bias_kind, m0, n0,
-                                                    pick(src.Nq, Nq), nk, pick(src.bias_vec, bias_vec), tid);
+      load_bias_tile<BM, BN, kBiasPitch, kNThreads, kGeneral>(
+          sBias + stage * bias_tile_bytes, pick(src.bias, bias), pick(src.bias_row, bias_row), args.bias_kind,
+          m0, n0, pick(src.Nq, Nq), nk, pick(src.bias_vec, bias_vec), tid);
     if (relpos) load_rel_slice<BM, BN, kNThreads>(sRel + stage * kRelElems, src.table_h, R, m0, n0, tid);
   };
 
@@ -185,8 +191,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     const float* sRel0 = sRel + stage * kRelElems + (BM - 1);
     with_tile_mode<kGeneral>(tile_kind, masked, [&](auto kind, auto msk) {
       scores_to_logits<decltype(kind)::value, decltype(msk)::value, BN / 8, kBiasPitch>(
-          S, warp * 16, 0, m0, n0, sBias + stage * bias_tile_bytes, sRel0, sKeyOk + stage * BN, p.causal, causal_off,
-          scale);
+          S, warp * 16, 0, m0, n0, sBias + stage * bias_tile_bytes, sRel0, sKeyOk + stage * BN, p.causal,
+          causal_off, scale);
     });
     if (relpos && has_bias) add_relpos<BN / 8>(S, sRel0, warp * 16, 0);
 
@@ -233,7 +239,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     }
 
     if constexpr (kStages > 2) {
-      if (nb + kStages - 1 < n_blocks && tid < BN) sKeyOk[((nb + kStages - 1) % kStages) * BN + tid] = key_ok_next;
+      if (nb + kStages - 1 < n_blocks && tid < BN)
+        sKeyOk[((nb + kStages - 1) % kStages) * BN + tid] = key_ok_next;
     } else {
       if constexpr (kStages > 1) {
         if (nb + 1 < n_blocks && tid < BN) sKeyOk[((nb + 1) % kStages) * BN + tid] = key_ok_next;
@@ -256,7 +263,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 #pragma unroll
       for (int nt = 0; nt < D / 8; ++nt)
         store_pair(orow + 8 * nt + 2 * t, acc_o[0][nt][2 * hf] * inv, acc_o[0][nt][2 * hf + 1] * inv);
-      if (t == 0) lse[i] = l == 0.f ? -INFINITY : m_row[hf] + log2f(l) * kLn2;  // NaN l (a NaN score) stays NaN
+      if (t == 0)
+        lse[i] = l == 0.f ? -INFINITY : m_row[hf] + log2f(l) * kLn2;  // NaN l (a NaN score) stays NaN
     }
   }
 }
@@ -268,7 +276,8 @@ template <typename Tr, auto kKernel, int kExtra = 0>
 inline void set_smem_limit() {
   constexpr int kMax = smem_bytes<Tr>(4, true) + kExtra;
   if constexpr (kMax > 48 * 1024) {
-    static const cudaError_t err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
+    static const cudaError_t err =
+        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
     PF_CUDA_CHECK(err);
   }
 }
@@ -281,8 +290,10 @@ void launch_flash_bias_fwd(const FwdArgs& args, cudaStream_t stream) {
   const FlashBiasParams& p = args.p;
   const bool general = args.varlen || args.relpos;
   auto kernel = general ? flash_bias_fwd_kernel<Tr, true> : flash_bias_fwd_kernel<Tr, false>;
-  if (general) set_smem_limit<Tr, flash_bias_fwd_kernel<Tr, true>>();
-  else set_smem_limit<Tr, flash_bias_fwd_kernel<Tr, false>>();
+  if (general)
+    set_smem_limit<Tr, flash_bias_fwd_kernel<Tr, true>>();
+  else
+    set_smem_limit<Tr, flash_bias_fwd_kernel<Tr, false>>();
   const dim3 grid = launch_grid(args.varlen, (p.Nq + Tr::kBlockM - 1) / Tr::kBlockM, p.H, p.B);
   if (grid.x == 0 || grid.z == 0) return;  // packed batch of empty sequences
   kernel<<<grid, Tr::kNThreads, smem_bytes<Tr>(launch_bias_elt(args.bias_kind), args.relpos), stream>>>(args);

@@ -44,7 +44,7 @@ using fb::kLn2;
 using fb::kLog2e;
 
 constexpr int kMaxStages = 4;
-constexpr int kThreads = 384;                 // producer warpgroup + two consumer warpgroups
+constexpr int kThreads = 384;                           // producer warpgroup + two consumer warpgroups
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128·24 + 256·240 <= 65536
 
 enum BiasKind : int { kNone = 0, kF16 = 1, kBF16 = 2, kF32 = 3 };
@@ -76,9 +76,12 @@ struct Args {
 
 template <int kBias>
 __device__ __forceinline__ float2 load_bias2(const char* p) {
-  if constexpr (kBias == kF16) return __half22float2(*reinterpret_cast<const __half2*>(p));
-  else if constexpr (kBias == kBF16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-  else return *reinterpret_cast<const float2*>(p);
+  if constexpr (kBias == kF16)
+    return __half22float2(*reinterpret_cast<const __half2*>(p));
+  else if constexpr (kBias == kBF16)
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+  else
+    return *reinterpret_cast<const float2*>(p);
 }
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
@@ -123,7 +126,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       if (a.bias_kind != kNone) sm90::tma_prefetch_descriptor(&a.bias);
       sm90::mbar_arrive_expect_tx(q_full, Sh::kQBytes);
 #pragma unroll
-      for (int p = 0; p < Sh::kPanels; ++p) sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, m0, h, b);
+      for (int p = 0; p < Sh::kPanels; ++p)
+        sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, m0, h, b);
       const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
       const int bias_panels = BN * a.bias_elt / 128, bias_cols = a.bias_elt ? 128 / a.bias_elt : 0;
       int stage = 0;
@@ -140,7 +144,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
           sm90::tma_load_4d(st + Sh::kKBytes + p * BN * RB, &a.v, bar, p * RB / 2, n0, h, b);
         }
         for (int p = 0; p < bias_panels; ++p)
-          sm90::tma_load_4d(st + 2 * Sh::kKBytes + p * BM * 128, &a.bias, bar, n0 + p * bias_cols, m0, hb, bb);
+          sm90::tma_load_4d(st + 2 * Sh::kKBytes + p * BM * 128, &a.bias, bar, n0 + p * bias_cols, m0, hb,
+                            bb);
         if (++stage == a.n_stages) {
           stage = 0;
           phase ^= 1;
@@ -187,7 +192,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
     sm90::fence_regs(s);
 
     // logits in log2 units: x = S·scale·log2 e + bias·log2 e; keys outside the row's view −inf
-    const bool masked = kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
+    const bool masked =
+        kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
     const char* sb = st + 2 * Sh::kKBytes;
     auto logits = [&](auto kind, auto mask) {
       constexpr int kBias = decltype(kind)::value;
@@ -201,7 +207,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
           float x0 = s[4 * j + 2 * hf] * scale_log2, x1 = s[4 * j + 2 * hf + 1] * scale_log2;
           if constexpr (kBias != kNone) {
             const int byte = col * kElt;
-            const float2 bv = load_bias2<kBias>(sb + (byte / 128) * BM * 128 + sm90::swizzled_offset<128>(r, byte % 128));
+            const float2 bv =
+                load_bias2<kBias>(sb + (byte / 128) * BM * 128 + sm90::swizzled_offset<128>(r, byte % 128));
             x0 = fmaf(bv.x, kLog2e, x0);
             x1 = fmaf(bv.y, kLog2e, x1);
           }
@@ -217,8 +224,10 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       }
     };
     auto with_mask = [&](auto kind) {
-      if (masked) logits(kind, std::true_type{});
-      else logits(kind, std::false_type{});
+      if (masked)
+        logits(kind, std::true_type{});
+      else
+        logits(kind, std::false_type{});
     };
     switch (a.bias_kind) {
       case kF16: with_mask(std::integral_constant<int, kF16>{}); break;
@@ -227,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       default: with_mask(std::integral_constant<int, kNone>{}); break;
     }
 
-    // online softmax over this key block
+      // online softmax over this key block
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       float mx = m_row[hf];
@@ -288,7 +297,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
     if (i < Nq) {
       T* orow = out + int64_t(i) * a.out_stride.row;
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) fb::store_pair(orow + 8 * j + 2 * t, o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      for (int j = 0; j < D / 8; ++j)
+        fb::store_pair(orow + 8 * j + 2 * t, o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
       if (t == 0) lse[i] = l == 0.f ? -INFINITY : (m_row[hf] + log2f(l)) * kLn2;
     }
   }
@@ -326,11 +336,13 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   a.stage_bytes = 2 * Sh::kKBytes + Sh::BM * Sh::BN * a.bias_elt;
   const int fixed = 1024 /* alignment */ + Sh::kQBytes + (2 * kMaxStages + 1) * 8;
   a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
-  PF_CHECK(a.n_stages >= 2, "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
-                                                    << a.stage_bytes << "-byte stages");
+  PF_CHECK(a.n_stages >= 2,
+           "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
+                                   << a.stage_bytes << "-byte stages");
   const int smem = fixed + a.n_stages * a.stage_bytes;
   auto kernel = flash_bias_fwd_sm90_kernel<T, D>;
-  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
   const dim3 grid((p.Nq + Sh::BM - 1) / Sh::BM, p.H, p.B);
   kernel<<<grid, kThreads, smem, stream>>>(a);
@@ -344,7 +356,9 @@ void flash_bias_fwd_sm90(const FlashBiasParams& p, cudaStream_t stream) {
   switch (p.D) {
     case 32: bf16 ? fb90::launch<__nv_bfloat16, 32>(p, stream) : fb90::launch<__half, 32>(p, stream); return;
     case 64: bf16 ? fb90::launch<__nv_bfloat16, 64>(p, stream) : fb90::launch<__half, 64>(p, stream); return;
-    case 128: bf16 ? fb90::launch<__nv_bfloat16, 128>(p, stream) : fb90::launch<__half, 128>(p, stream); return;
+    case 128:
+      bf16 ? fb90::launch<__nv_bfloat16, 128>(p, stream) : fb90::launch<__half, 128>(p, stream);
+      return;
     default: break;
   }
   PF_FAIL("flash_bias_fwd_sm90: head dim " << p.D << " is not supported; supported: 32, 64, 128");

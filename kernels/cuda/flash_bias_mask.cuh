@@ -41,8 +41,8 @@ __host__ __device__ __forceinline__ int bias_elt_size(int kind) {
 // Off in the dense kernels: the extra registers of the batch cost them spills (ptxas, fp16
 // dK/dV kernel at D = 64: 72 -> 104 bytes stored) and 4–11% of their time (H100).
 template <int kElt, int BM, int BN, int kBiasPitch, int kNThreads, bool kBatch>
-__device__ __forceinline__ void load_bias_tile_t(char* s, const char* g, int64_t row_stride, int m0, int n0, int Nq,
-                                                 int Nk, bool vec, int tid) {
+__device__ __forceinline__ void load_bias_tile_t(char* s, const char* g, int64_t row_stride, int m0, int n0,
+                                                 int Nq, int Nk, bool vec, int tid) {
   constexpr int kChunk = 16 / kElt;  // elements per 16-byte piece
   constexpr int kChunksPerRow = BN / kChunk;
   static_assert(kNThreads % kChunksPerRow == 0, "load_bias_tile: threads must cover whole rows");
@@ -82,8 +82,8 @@ __device__ __forceinline__ void load_bias_tile_t(char* s, const char* g, int64_t
 }
 
 template <int BM, int BN, int kBiasPitch, int kNThreads, bool kBatch>
-__device__ __forceinline__ void load_bias_tile(char* s, const char* g, int64_t row_stride, int kind, int m0, int n0,
-                                               int Nq, int Nk, bool vec, int tid) {
+__device__ __forceinline__ void load_bias_tile(char* s, const char* g, int64_t row_stride, int kind, int m0,
+                                               int n0, int Nq, int Nk, bool vec, int tid) {
   if (kind == int(ScalarType::F32))
     load_bias_tile_t<4, BM, BN, kBiasPitch, kNThreads, kBatch>(s, g, row_stride, m0, n0, Nq, Nk, vec, tid);
   else
@@ -93,16 +93,20 @@ __device__ __forceinline__ void load_bias_tile(char* s, const char* g, int64_t r
 // Bias elements idx, idx + 1 of a shared tile (idx even), as floats; kKind = int(ScalarType).
 template <int kKind>
 __device__ __forceinline__ float2 read_bias_pair(const char* s, int idx) {
-  if constexpr (kKind == int(ScalarType::F32)) return *reinterpret_cast<const float2*>(s + idx * 4);
-  else if constexpr (kKind == int(ScalarType::F16)) return __half22float2(*reinterpret_cast<const __half2*>(s + idx * 2));
-  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s + idx * 2));
+  if constexpr (kKind == int(ScalarType::F32))
+    return *reinterpret_cast<const float2*>(s + idx * 4);
+  else if constexpr (kKind == int(ScalarType::F16))
+    return __half22float2(*reinterpret_cast<const __half2*>(s + idx * 2));
+  else
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s + idx * 2));
 }
 
 // Stages the table entries of the diagonals of the tile rows [m0, m0 + BM) × keys [n0, n0 + BN):
 // s[k] = T[clip(n0 − m0 − (BM − 1) + k, −R, R) + R] for k < BM + BN − 1, so that element (r, c)
 // of the tile reads s[c − r + BM − 1]. table_h: T's row of head h (fp32, contiguous).
 template <int BM, int BN, int kNThreads>
-__device__ __forceinline__ void load_rel_slice(float* s, const float* table_h, int R, int m0, int n0, int tid) {
+__device__ __forceinline__ void load_rel_slice(float* s, const float* table_h, int R, int m0, int n0,
+                                               int tid) {
   constexpr int kN = BM + BN - 1;
   const int d0 = n0 - m0 - (BM - 1);
 #pragma unroll
@@ -149,7 +153,8 @@ __device__ __forceinline__ uint8_t key_ok(const uint8_t* kpm_row, int j, int Nk)
 // padding mask, keys past Nk, or (causal) a key past the first row's diagonal. Most tiles of a
 // large problem need none, and skip the per-element checks entirely.
 template <int BM, int BN>
-__device__ __forceinline__ bool tile_needs_mask(bool has_kpm, bool causal, int m0, int n0, int Nk, int causal_off) {
+__device__ __forceinline__ bool tile_needs_mask(bool has_kpm, bool causal, int m0, int n0, int Nk,
+                                                int causal_off) {
   return has_kpm || n0 + BN > Nk || (causal && n0 + BN - 1 > m0 + causal_off);
 }
 
@@ -165,9 +170,12 @@ __device__ __forceinline__ void with_tile_mode(int kind, bool masked, F&& f) {
   using None = std::integral_constant<int, kNoBias>;
   using Rel = std::integral_constant<int, kRelOnly>;
   auto for_kind = [&](auto msk) {
-    if (kind == F16::value) f(F16{}, msk);
-    else if (kind == F32::value) f(F32{}, msk);
-    else if (kind == BF16::value) f(BF16{}, msk);
+    if (kind == F16::value)
+      f(F16{}, msk);
+    else if (kind == F32::value)
+      f(F32{}, msk);
+    else if (kind == BF16::value)
+      f(BF16{}, msk);
     else {
       if constexpr (kAllowRel) {
         if (kind == Rel::value) {
@@ -178,8 +186,10 @@ __device__ __forceinline__ void with_tile_mode(int kind, bool masked, F&& f) {
       f(None{}, msk);
     }
   };
-  if (masked) for_kind(std::true_type{});
-  else for_kind(std::false_type{});
+  if (masked)
+    for_kind(std::true_type{});
+  else
+    for_kind(std::false_type{});
 }
 
 // Turns a warp's raw scores S = q·k (16 rows × 8·NT columns, fragment layout) into logits in
@@ -201,8 +211,10 @@ __device__ __forceinline__ void scores_to_logits(float (&S)[1][NT][4], int row0,
       const int r = row0 + g + 8 * hf;
       const int c = col0 + 8 * nt + 2 * t;
       float2 bias = make_float2(0.f, 0.f);
-      if constexpr (kKind == kRelOnly) bias = make_float2(rel[8 * (nt - hf)], rel[8 * (nt - hf) + 1]);
-      else if constexpr (kKind != kNoBias) bias = read_bias_pair<kKind>(sBias, r * kBiasPitch + c);
+      if constexpr (kKind == kRelOnly)
+        bias = make_float2(rel[8 * (nt - hf)], rel[8 * (nt - hf) + 1]);
+      else if constexpr (kKind != kNoBias)
+        bias = read_bias_pair<kKind>(sBias, r * kBiasPitch + c);
       float& x0 = S[0][nt][2 * hf];
       float& x1 = S[0][nt][2 * hf + 1];
       x0 = fmaf(x0, scale, bias.x);

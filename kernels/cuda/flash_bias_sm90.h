@@ -42,6 +42,7 @@ const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p);
 
 // Queues the Hopper backward's main kernel (p validated, the workspace's row statistics written
 // and its accumulators zeroed; the device must be sm_90).
-void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cudaStream_t stream);
+void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws,
+                         cudaStream_t stream);
 
 }  // namespace pf::kernels::cuda

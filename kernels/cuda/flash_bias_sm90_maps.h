@@ -29,12 +29,13 @@ inline CUtensorMap bnhd_map(const void* ptr, const BNHDStrides& s, int B, int N,
 // A (B|1, H|1, Nq, Nk) tensor — a bias, its gradient or an fp32 accumulator of it — as the 4-d map
 // {Nk, Nq, H|1, B|1} (a zero batch or head stride broadcasts: that dim has extent 1); a box is
 // 128 bytes of a row (128-byte swizzle) × `box_rows` rows.
-inline CUtensorMap pair_map(const void* ptr, int elt, bool bf16, int B, int H, int Nq, int Nk, int64_t batch_stride,
-                            int64_t head_stride, int64_t row_stride, int box_rows) {
+inline CUtensorMap pair_map(const void* ptr, int elt, bool bf16, int B, int H, int Nq, int Nk,
+                            int64_t batch_stride, int64_t head_stride, int64_t row_stride, int box_rows) {
   const bool shared_b = batch_stride == 0, shared_h = head_stride == 0;
   // a broadcast dim has extent 1: its stride is never used (any valid value)
   const uint64_t plane = uint64_t(row_stride) * elt * uint64_t(Nq);
-  const uint64_t dims[4] = {uint64_t(Nk), uint64_t(Nq), shared_h ? 1u : uint64_t(H), shared_b ? 1u : uint64_t(B)};
+  const uint64_t dims[4] = {uint64_t(Nk), uint64_t(Nq), shared_h ? 1u : uint64_t(H),
+                            shared_b ? 1u : uint64_t(B)};
   const uint64_t strides[3] = {uint64_t(row_stride) * elt, shared_h ? plane : uint64_t(head_stride) * elt,
                                shared_b ? plane : uint64_t(batch_stride) * elt};
   const uint32_t box[4] = {uint32_t(128 / elt), uint32_t(box_rows), 1, 1};

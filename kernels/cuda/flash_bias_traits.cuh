@@ -48,7 +48,8 @@ struct TileShape {
   static constexpr int kKTileBytes = kBlockN * kPitch * int(sizeof(T));
   static constexpr int kSTileBytes = BM * kSPitch * int(sizeof(T));
   static constexpr int kBiasTileElems = BM * kBiasPitch;  // × the bias's element size, at run time
-  static constexpr int kRelSliceElems = BM + kBlockN;     // table entries of the tile's BM + BN − 1 diagonals (fp32)
+  static constexpr int kRelSliceElems =
+      BM + kBlockN;  // table entries of the tile's BM + BN − 1 diagonals (fp32)
   static_assert(D % 16 == 0 && D >= 16 && D <= 128, "head dim must be 16, 32, 64 or 128");
 };
 
@@ -113,7 +114,8 @@ struct BwdTraits : TileShape<T, D, 64> {
   static constexpr int kWrapPitch = 73;
   static constexpr int kWrapBytes = S::kBlockM * kWrapPitch * 4;
   static constexpr int kOffdS32 = kOffKeyOk + 128;
-  static constexpr int kOffBias = kOffdS32 + (kWrapBytes > S::kBlockM * kS32Pitch * 4 ? kWrapBytes : S::kBlockM * kS32Pitch * 4);
+  static constexpr int kOffBias =
+      kOffdS32 + (kWrapBytes > S::kBlockM * kS32Pitch * 4 ? kWrapBytes : S::kBlockM * kS32Pitch * 4);
   // relative-position slices, then the four quarter-row partial sums of the tile's 127 diagonals
   // of dS (4 × 128 floats), then the dT walk state (64 carried sums, each warp's two end-bin sums;
   // 128 floats); in the cluster mode the wrapped dS tile after that (kWrapBytes, added at launch)
@@ -143,32 +145,36 @@ struct DqTraits : TileShape<T, D, 64> {
 
 // ---- kernel arguments (built and validated by flash_bias.cu) ----------------------------------
 
-constexpr int kNoBias = -1;  // bias_kind when there is no bias; else int(ScalarType) of the bias
-constexpr int kRelOnly = -2; // tile mode (not a bias_kind): no dense bias, the relative-position slice alone
+constexpr int kNoBias = -1;   // bias_kind when there is no bias; else int(ScalarType) of the bias
+constexpr int kRelOnly = -2;  // tile mode (not a bias_kind): no dense bias, the relative-position slice alone
 
 struct FwdArgs {
   FlashBiasParams p;
-  float scale = 0.f;       // p.scale narrowed to float
+  float scale = 0.f;  // p.scale narrowed to float
   int bias_kind = kNoBias;
-  bool bias_vec = false;   // bias rows may be fetched in aligned 16-byte pieces (packed: the base
-                           // pointer is 16-byte aligned; each sequence's block is checked in the kernel)
-  bool varlen = false;     // packed variable-length batch (p.cu_seqlens_q/k)
-  bool relpos = false;     // fused relative-position table (p.relpos_table, R = p.relpos_clip)
+  bool bias_vec = false;  // bias rows may be fetched in aligned 16-byte pieces (packed: the base
+                          // pointer is 16-byte aligned; each sequence's block is checked in the kernel)
+  bool varlen = false;    // packed variable-length batch (p.cu_seqlens_q/k)
+  bool relpos = false;    // fused relative-position table (p.relpos_table, R = p.relpos_clip)
 };
 
 // The sequence (b) a CTA works on: its lengths and where its rows start. Dense batches: every
 // sequence has Nq, Nk and starts at row 0 of its batch slice; packed: cu_seqlens say.
 struct SeqInfo {
-  int Nq = 0, Nk = 0;   // this sequence's query and key counts
-  int q0 = 0, k0 = 0;   // packed: first row of the sequence in q/out/dout/dq and k/v/dk/dv
+  int Nq = 0, Nk = 0;  // this sequence's query and key counts
+  int q0 = 0, k0 = 0;  // packed: first row of the sequence in q/out/dout/dq and k/v/dk/dv
   int b = 0;
   bool varlen = false;
-  int64_t stat0 = 0;    // lse / delta index of (b, h = 0, i = 0); heads are stat_stride apart
+  int64_t stat0 = 0;  // lse / delta index of (b, h = 0, i = 0); heads are stat_stride apart
   int64_t stat_stride = 0;
 
   // element offset of the sequence's row 0 (head 0) in a (B,N,H,D) / packed (T,H,D) tensor
-  __host__ __device__ int64_t q_origin(const BNHDStrides& s) const { return varlen ? int64_t(q0) * s.row : int64_t(b) * s.batch; }
-  __host__ __device__ int64_t k_origin(const BNHDStrides& s) const { return varlen ? int64_t(k0) * s.row : int64_t(b) * s.batch; }
+  __host__ __device__ int64_t q_origin(const BNHDStrides& s) const {
+    return varlen ? int64_t(q0) * s.row : int64_t(b) * s.batch;
+  }
+  __host__ __device__ int64_t k_origin(const BNHDStrides& s) const {
+    return varlen ? int64_t(k0) * s.row : int64_t(b) * s.batch;
+  }
   // lse / delta (B,H,Nq) dense or (H,Tq) packed: index of (h, i = 0)
   __host__ __device__ int64_t stat_row(int h) const { return stat0 + int64_t(h) * stat_stride; }
 };
@@ -207,13 +213,15 @@ __device__ __forceinline__ GridPos grid_pos(bool varlen) {
   return GridPos{int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
 }
 inline dim3 launch_grid(bool varlen, int blocks, int H, int B) {
-  return varlen ? dim3(unsigned(B), unsigned(H), unsigned(blocks)) : dim3(unsigned(blocks), unsigned(H), unsigned(B));
+  return varlen ? dim3(unsigned(B), unsigned(H), unsigned(blocks))
+                : dim3(unsigned(blocks), unsigned(H), unsigned(B));
 }
 
 // Element offset and row stride of the (b, h) slice of a bias-shaped tensor: dense strides, or
 // the packed block [H, Nq_b, Nk_b] of sequence b at seq_offsets[b].
-__device__ __forceinline__ int64_t bias_slice(const SeqInfo& s, int h, const int64_t* seq_offsets, int64_t batch_stride,
-                                              int64_t head_stride, int64_t row_stride, int64_t& row_stride_out) {
+__device__ __forceinline__ int64_t bias_slice(const SeqInfo& s, int h, const int64_t* seq_offsets,
+                                              int64_t batch_stride, int64_t head_stride, int64_t row_stride,
+                                              int64_t& row_stride_out) {
   if (s.varlen) {
     row_stride_out = s.Nk;
     return seq_offsets[s.b] + int64_t(h) * s.Nq * s.Nk;
@@ -243,15 +251,15 @@ constexpr int kMaxClusterSize = 8;  // portable cluster size
 
 struct BwdArgs {
   FlashBiasBwdParams p;
-  float scale = 0.f;                 // p.scale narrowed to float
+  float scale = 0.f;  // p.scale narrowed to float
   int bias_kind = kNoBias;
   bool bias_vec = false;
-  bool dbias_vec = false;            // dbias pairs may be stored as one aligned 2-element access
-  bool dbias_from_smem = false;      // kDirect, =, dbias dtype == element type, 16-byte aligned rows:
-                                     // dB leaves from the dS tile in 16-byte stores
-  const float* delta = nullptr;      // (B,H,Nq) rowsum(dO∘O)
-  float* dq_accum = nullptr;         // (B,H,Nq,D) fp32, unscaled; non-null = dQ by atomics
-  float* dbias_accum = nullptr;      // (B|1,H|1,Nq,dbias_accum_ld) fp32, kAtomic / kGrouped
+  bool dbias_vec = false;        // dbias pairs may be stored as one aligned 2-element access
+  bool dbias_from_smem = false;  // kDirect, =, dbias dtype == element type, 16-byte aligned rows:
+                                 // dB leaves from the dS tile in 16-byte stores
+  const float* delta = nullptr;  // (B,H,Nq) rowsum(dO∘O)
+  float* dq_accum = nullptr;     // (B,H,Nq,D) fp32, unscaled; non-null = dQ by atomics
+  float* dbias_accum = nullptr;  // (B|1,H|1,Nq,dbias_accum_ld) fp32, kAtomic / kGrouped
   int64_t dbias_accum_ld = 0;
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;  // the bias is shared over the batch / heads
@@ -261,8 +269,8 @@ struct BwdArgs {
   bool varlen = false;                      // packed variable-length batch
   bool relpos = false;                      // fused relative-position table
   DrelMode drel_mode = DrelMode::kNone;
-  float* drel_part = nullptr;               // kPartial: (B,H,ceil(Nk/64), drel_part_ld) fp32
-  int64_t drel_part_ld = 0;                 // min(2R+1, 64·ceil(Nq/64) + 63)
+  float* drel_part = nullptr;  // kPartial: (B,H,ceil(Nk/64), drel_part_ld) fp32
+  int64_t drel_part_ld = 0;    // min(2R+1, 64·ceil(Nq/64) + 63)
 };
 
 }  // namespace pf::kernels::cuda::fb

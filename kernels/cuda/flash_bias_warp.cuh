@@ -14,7 +14,8 @@
 #include <type_traits>
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "the flash-bias kernels need sm_80 or newer (cp.async, ldmatrix, bf16 mma.sync): set CMAKE_CUDA_ARCHITECTURES"
+#error \
+    "the flash-bias kernels need sm_80 or newer (cp.async, ldmatrix, bf16 mma.sync): set CMAKE_CUDA_ARCHITECTURES"
 #endif
 
 namespace pf::kernels::cuda::fb {
@@ -23,31 +24,43 @@ namespace pf::kernels::cuda::fb {
 
 template <typename T>
 __device__ __forceinline__ float to_float(T x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(x);
-  else return __bfloat162float(x);
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else if constexpr (std::is_same_v<T, __half>)
+    return __half2float(x);
+  else
+    return __bfloat162float(x);
 }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
-  else return __float2bfloat16_rn(x);
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else if constexpr (std::is_same_v<T, __half>)
+    return __float2half_rn(x);
+  else
+    return __float2bfloat16_rn(x);
 }
 
 // Stores (x, y) at p[0], p[1] as one access (p must be aligned to two elements).
 template <typename T>
 __device__ __forceinline__ void store_pair(T* p, float x, float y) {
-  if constexpr (std::is_same_v<T, float>) *reinterpret_cast<float2*>(p) = make_float2(x, y);
-  else if constexpr (std::is_same_v<T, __half>) *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y);
-  else *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
+  if constexpr (std::is_same_v<T, float>)
+    *reinterpret_cast<float2*>(p) = make_float2(x, y);
+  else if constexpr (std::is_same_v<T, __half>)
+    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y);
+  else
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
 }
 
 template <typename T>
 __device__ __forceinline__ float2 load_pair(const T* p) {
-  if constexpr (std::is_same_v<T, float>) return *reinterpret_cast<const float2*>(p);
-  else if constexpr (std::is_same_v<T, __half>) return __half22float2(*reinterpret_cast<const __half2*>(p));
-  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+  if constexpr (std::is_same_v<T, float>)
+    return *reinterpret_cast<const float2*>(p);
+  else if constexpr (std::is_same_v<T, __half>)
+    return __half22float2(*reinterpret_cast<const __half2*>(p));
+  else
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
 }
 
 // Sum / max over the four threads of a quad (lanes 4g … 4g + 3), which hold one fragment row.
@@ -110,8 +123,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // per-piece cost is one address add and one cp.async.
 // g: row 0 of the matrix, 16-byte aligned, row_stride a multiple of 16 bytes.
 template <typename T, int D, int ROWS, int kPitch, int kNThreads>
-__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int r0, int n_rows,
-                                          int tid) {
+__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int r0, int n_rows, int tid) {
   constexpr int kChunk = 16 / int(sizeof(T));
   constexpr int kChunksPerRow = D / kChunk;
   static_assert(kNThreads % kChunksPerRow == 0, "load_rows: threads must cover whole rows");
@@ -125,8 +137,10 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, 
   for (int ps = 0; ps < kPasses; ++ps) {
     const int r = rr + ps * kRowsPerPass;
     if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
-    if (r0 + r < n_rows) cp_async_16(dst + ps * kRowsPerPass * kPitch, src + ps * step);
-    else *reinterpret_cast<uint4*>(dst + ps * kRowsPerPass * kPitch) = make_uint4(0u, 0u, 0u, 0u);
+    if (r0 + r < n_rows)
+      cp_async_16(dst + ps * kRowsPerPass * kPitch, src + ps * step);
+    else
+      *reinterpret_cast<uint4*>(dst + ps * kRowsPerPass * kPitch) = make_uint4(0u, 0u, 0u, 0u);
   }
 }
 
@@ -250,8 +264,10 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* sA, 
         constexpr int n0 = 8 * (NT - 1);
         const int mk = (lane >> 3) & 1;
         uint32_t bf[2];
-        if constexpr (!kBT) ldsm_x2(bf, sB + (n0 + lr) * ldb + 16 * kk + mk * 8);
-        else ldsm_x2_t(bf, sB + (16 * kk + mk * 8 + lr) * ldb + n0);
+        if constexpr (!kBT)
+          ldsm_x2(bf, sB + (n0 + lr) * ldb + 16 * kk + mk * 8);
+        else
+          ldsm_x2_t(bf, sB + (16 * kk + mk * 8 + lr) * ldb + n0);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) mma_16816<T>(acc[mt][NT - 1], a[mt], bf[0], bf[1]);
       }
@@ -264,8 +280,8 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* sA, 
 // 16-bit T only: this is how P (forward) and dS (dQ kernel) feed the tensor cores without a trip
 // through shared memory.
 template <int NT, int K, bool kBT, typename T>
-__device__ __forceinline__ void warp_gemm_rA(float (&acc)[1][NT][4], const uint32_t (&a)[K / 16][4], const T* sB,
-                                             int ldb) {
+__device__ __forceinline__ void warp_gemm_rA(float (&acc)[1][NT][4], const uint32_t (&a)[K / 16][4],
+                                             const T* sB, int ldb) {
   static_assert(!std::is_same_v<T, float>, "warp_gemm_rA: tensor-core element types only");
   const int lane = threadIdx.x & 31, lr = lane & 7, mi = lane >> 3;
 #pragma unroll
@@ -273,8 +289,10 @@ __device__ __forceinline__ void warp_gemm_rA(float (&acc)[1][NT][4], const uint3
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       uint32_t bf[4];
-      if constexpr (!kBT) ldsm_x4(bf, sB + (16 * np + (mi >> 1) * 8 + lr) * ldb + 16 * kk + (mi & 1) * 8);
-      else ldsm_x4_t(bf, sB + (16 * kk + (mi & 1) * 8 + lr) * ldb + 16 * np + (mi >> 1) * 8);
+      if constexpr (!kBT)
+        ldsm_x4(bf, sB + (16 * np + (mi >> 1) * 8 + lr) * ldb + 16 * kk + (mi & 1) * 8);
+      else
+        ldsm_x4_t(bf, sB + (16 * kk + (mi & 1) * 8 + lr) * ldb + 16 * np + (mi >> 1) * 8);
       mma_16816<T>(acc[0][2 * np], a[kk], bf[0], bf[1]);
       mma_16816<T>(acc[0][2 * np + 1], a[kk], bf[2], bf[3]);
     }
@@ -282,8 +300,10 @@ __device__ __forceinline__ void warp_gemm_rA(float (&acc)[1][NT][4], const uint3
       constexpr int n0 = 8 * (NT - 1);
       const int mk = (lane >> 3) & 1;
       uint32_t bf[2];
-      if constexpr (!kBT) ldsm_x2(bf, sB + (n0 + lr) * ldb + 16 * kk + mk * 8);
-      else ldsm_x2_t(bf, sB + (16 * kk + mk * 8 + lr) * ldb + n0);
+      if constexpr (!kBT)
+        ldsm_x2(bf, sB + (n0 + lr) * ldb + 16 * kk + mk * 8);
+      else
+        ldsm_x2_t(bf, sB + (16 * kk + mk * 8 + lr) * ldb + n0);
       mma_16816<T>(acc[0][NT - 1], a[kk], bf[0], bf[1]);
     }
   }

@@ -79,8 +79,8 @@ __device__ __forceinline__ float normalise(float (&x)[CM], int C, float eps) {
 // out[b,h,i,j] = Σ_c (W[h,c]·γ[c])·x̂[c] + Σ_c W[h,c]·β[c]   (= Σ_c W[h,c]·n[c])
 template <class T, int CM, int HM>
 __global__ void __launch_bounds__(kThreads)
-    pair_bias_forward_kernel(const T* z, const void* gamma, const void* beta, const void* w,
-                             bool pbf, T* out, int64_t rows, int64_t NM, int C, int H, float eps) {
+    pair_bias_forward_kernel(const T* z, const void* gamma, const void* beta, const void* w, bool pbf, T* out,
+                             int64_t rows, int64_t NM, int C, int H, float eps) {
   __shared__ __align__(16) float wg[HM][CM];  // W·γ, zero past (H, C)
   __shared__ float wb[HM];                    // W·β
   for (int i = threadIdx.x; i < HM * CM; i += blockDim.x) {
@@ -90,8 +90,7 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x < HM) {
     float s = 0;
     if (static_cast<int>(threadIdx.x) < H)
-      for (int c = 0; c < C; ++c)
-        s += load_param(w, pbf, threadIdx.x * C + c) * load_param(beta, pbf, c);
+      for (int c = 0; c < C; ++c) s += load_param(w, pbf, threadIdx.x * C + c) * load_param(beta, pbf, c);
     wb[threadIdx.x] = s;
   }
   __syncthreads();
@@ -123,9 +122,9 @@ __global__ void __launch_bounds__(kThreads)
 //  3. at the end the groups' sums are added in group order: one partial row per block.
 template <class T, int CM, int HM>
 __global__ void __launch_bounds__(kThreads)
-    pair_bias_backward_kernel(const T* g, const T* z, const void* gamma, const void* beta,
-                              const void* w, bool pbf, T* dz, float* partial, int64_t rows,
-                              int64_t NM, int C, int H, float eps) {
+    pair_bias_backward_kernel(const T* g, const T* z, const void* gamma, const void* beta, const void* w,
+                              bool pbf, T* dz, float* partial, int64_t rows, int64_t NM, int C, int H,
+                              float eps) {
   __shared__ __align__(16) float s_w[HM][CM];  // zero past (H, C)
   __shared__ float s_gam[CM], s_bet[CM];
   extern __shared__ float smem[];
@@ -146,8 +145,7 @@ __global__ void __launch_bounds__(kThreads)
   float aw[HM], ag = 0, ab = 0;
 #pragma unroll
   for (int h = 0; h < HM; ++h) aw[h] = 0;
-  for (int64_t base = blockIdx.x * int64_t(kThreads); base < rows;
-       base += int64_t(gridDim.x) * kThreads) {
+  for (int64_t base = blockIdx.x * int64_t(kThreads); base < rows; base += int64_t(gridDim.x) * kThreads) {
     asm volatile("" ::: "memory");  // keeps the weight reads in the loop (as in the forward)
     const int64_t row = base + threadIdx.x;
     float x[CM], dn[CM], dy[HM], r = 0;
@@ -233,8 +231,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // dW, dγ, dβ: output o is the fixed-order sum over the blocks' partial rows (one block per o).
 template <class P>
-__global__ void pair_bias_param_sum_kernel(const float* partial, int blocks, int H, int C, P* dw,
-                                           P* dgamma, P* dbeta) {
+__global__ void pair_bias_param_sum_kernel(const float* partial, int blocks, int H, int C, P* dw, P* dgamma,
+                                           P* dbeta) {
   const int NP = H * C + 2 * C, o = blockIdx.x;
   double s = 0;
   for (int k = threadIdx.x; k < blocks; k += blockDim.x) s += partial[int64_t(k) * NP + o];
@@ -294,22 +292,21 @@ size_t chunked(int C) { return (size_t(C) + kChunk - 1) / kChunk * kChunk; }
 size_t wide_forward_smem_floats(int C, int H) { return size_t(H) * chunked(C) + H; }
 size_t wide_backward_smem_floats(int C, int H) {
   const size_t Cp = chunked(C);
-  return size_t(H) * Cp + 2 * Cp                    // W, γ, β
-         + size_t(kThreads) * (H | 1)                // dy of the tile's rows
-         + 2 * size_t(kThreads) * (kChunk + 1)       // x̂ and dn of the tile's rows, one chunk
-         + size_t(H) * C + 2 * size_t(C);            // the block's sums of dW, dγ, dβ
+  return size_t(H) * Cp + 2 * Cp                // W, γ, β
+         + size_t(kThreads) * (H | 1)           // dy of the tile's rows
+         + 2 * size_t(kThreads) * (kChunk + 1)  // x̂ and dn of the tile's rows, one chunk
+         + size_t(H) * C + 2 * size_t(C);       // the block's sums of dW, dγ, dβ
 }
 
 // out[b,h,i,j] = Σ_c (W[h,c]·γ[c])·x̂[c] + Σ_c W[h,c]·β[c], as pair_bias_forward_kernel.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    pair_bias_forward_wide_kernel(const T* z, const void* gamma, const void* beta, const void* w,
-                                  bool pbf, T* out, int64_t rows, int64_t NM, int C, int H,
-                                  float eps) {
+    pair_bias_forward_wide_kernel(const T* z, const void* gamma, const void* beta, const void* w, bool pbf,
+                                  T* out, int64_t rows, int64_t NM, int C, int H, float eps) {
   extern __shared__ __align__(16) float smem[];
   const int Cp = round_up(C, kChunk);
-  float* wg = smem;          // [H][Cp]: W·γ, zero past C
-  float* wb = wg + H * Cp;   // [H]: W·β
+  float* wg = smem;         // [H][Cp]: W·γ, zero past C
+  float* wb = wg + H * Cp;  // [H]: W·β
   for (int i = threadIdx.x; i < H * Cp; i += blockDim.x) {
     const int h = i / Cp, c = i % Cp;
     wg[i] = c < C ? load_param(w, pbf, h * C + c) * load_param(gamma, pbf, c) : 0.f;
@@ -362,19 +359,19 @@ __global__ void __launch_bounds__(kThreads)
 // At the end the block's sums are its partial row (pair_bias_param_sum_kernel adds the blocks).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    pair_bias_backward_wide_kernel(const T* g, const T* z, const void* gamma, const void* beta,
-                                   const void* w, bool pbf, T* dz, float* partial, int64_t rows,
-                                   int64_t NM, int C, int H, float eps) {
+    pair_bias_backward_wide_kernel(const T* g, const T* z, const void* gamma, const void* beta, const void* w,
+                                   bool pbf, T* dz, float* partial, int64_t rows, int64_t NM, int C, int H,
+                                   float eps) {
   extern __shared__ __align__(16) float smem[];
   const int Cp = round_up(C, kChunk), Hs = H | 1;  // Hs odd: thread t's s_dy row, no conflicts
   constexpr int Xs = kChunk + 1;
-  float* s_w = smem;                    // [H][Cp], zero past C
-  float* s_gam = s_w + H * Cp;          // [Cp]
-  float* s_bet = s_gam + Cp;            // [Cp]
-  float* s_dy = s_bet + Cp;             // [kThreads][Hs]
-  float* s_xh = s_dy + kThreads * Hs;   // [kThreads][Xs]
-  float* s_dn = s_xh + kThreads * Xs;   // [kThreads][Xs]
-  float* acc = s_dn + kThreads * Xs;    // [H·C | C | C]: dW, dγ, dβ of this block
+  float* s_w = smem;                   // [H][Cp], zero past C
+  float* s_gam = s_w + H * Cp;         // [Cp]
+  float* s_bet = s_gam + Cp;           // [Cp]
+  float* s_dy = s_bet + Cp;            // [kThreads][Hs]
+  float* s_xh = s_dy + kThreads * Hs;  // [kThreads][Xs]
+  float* s_dn = s_xh + kThreads * Xs;  // [kThreads][Xs]
+  float* acc = s_dn + kThreads * Xs;   // [H·C | C | C]: dW, dγ, dβ of this block
   const int P = H * C + 2 * C;
   const bool want_params = partial != nullptr;
   for (int i = threadIdx.x; i < H * Cp; i += blockDim.x) {
@@ -400,8 +397,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = 0; c < kChunk; ++c) dn[c] += d * wr[c];
     }
   };
-  for (int64_t base = blockIdx.x * int64_t(kThreads); base < rows;
-       base += int64_t(gridDim.x) * kThreads) {
+  for (int64_t base = blockIdx.x * int64_t(kThreads); base < rows; base += int64_t(gridDim.x) * kThreads) {
     const int64_t row = base + threadIdx.x;
     const bool valid = row < rows;
     const T* zr = z + (valid ? row : 0) * C;
@@ -444,8 +440,7 @@ __global__ void __launch_bounds__(kThreads)
         float s = 0;
         if (k < H) {
           const float gam = s_gam[c], bet = s_bet[c];
-          for (int rr = 0; rr < kThreads; ++rr)
-            s += s_dy[rr * Hs + k] * (s_xh[rr * Xs + cc] * gam + bet);
+          for (int rr = 0; rr < kThreads; ++rr) s += s_dy[rr * Hs + k] * (s_xh[rr * Xs + cc] * gam + bet);
           acc[k * C + c] += s;
         } else if (k == H) {
           for (int rr = 0; rr < kThreads; ++rr) s += s_dn[rr * Xs + cc] * s_xh[rr * Xs + cc];
@@ -484,11 +479,11 @@ size_t pair_bias_smem_bytes(int C, int H) {
 }
 
 void check_sizes(int C, int H, const char* what) {
-  PF_CHECK(C >= 1 && H >= 1, what << ": needs C >= 1 channels and H >= 1 heads, got C = " << C
-                                  << ", H = " << H);
+  PF_CHECK(C >= 1 && H >= 1,
+           what << ": needs C >= 1 channels and H >= 1 heads, got C = " << C << ", H = " << H);
   PF_CHECK(pair_bias_fits(C, H),
-           what << ": C = " << C << " channels and H = " << H << " heads need "
-                << pair_bias_smem_bytes(C, H) << " bytes of shared memory per block, the device "
+           what << ": C = " << C << " channels and H = " << H << " heads need " << pair_bias_smem_bytes(C, H)
+                << " bytes of shared memory per block, the device "
                 << "allows " << max_smem_bytes() << " (ops::pair_bias runs the unfused chain)");
 }
 
@@ -497,12 +492,17 @@ void check_sizes(int C, int H, const char* what) {
 template <class F>
 void dispatch_width(int C, int H, F&& f) {
   auto with_h = [&](auto cm) {
-    if (H <= 8) f(cm, std::integral_constant<int, 8>{});
-    else f(cm, std::integral_constant<int, 16>{});
+    if (H <= 8)
+      f(cm, std::integral_constant<int, 8>{});
+    else
+      f(cm, std::integral_constant<int, 16>{});
   };
-  if (C <= 16) with_h(std::integral_constant<int, 16>{});
-  else if (C <= 32) with_h(std::integral_constant<int, 32>{});
-  else with_h(std::integral_constant<int, 64>{});
+  if (C <= 16)
+    with_h(std::integral_constant<int, 16>{});
+  else if (C <= 32)
+    with_h(std::integral_constant<int, 32>{});
+  else
+    with_h(std::integral_constant<int, 64>{});
 }
 
 bool param_is_bf16(ScalarType pt, const char* what) {
@@ -511,10 +511,9 @@ bool param_is_bf16(ScalarType pt, const char* what) {
   return pt == ScalarType::BF16;
 }
 
-
 // ---- embedding_sum ---------------------------------------------------------------------------
 
-constexpr int kEsMaxTableFloats = 12288;   // a warp's tile of the tables: 48 KB of shared memory
+constexpr int kEsMaxTableFloats = 12288;  // a warp's tile of the tables: 48 KB of shared memory
 // 3 per SM on H100 (12 warps with the large config's 16.5 KB tables; 2 per SM left its backward
 // latency-bound at 8 rows in flight per warp); the partial tables to add stay few.
 constexpr int kEsMaxBlocks = 396;
@@ -522,16 +521,17 @@ constexpr int64_t kEsMaxPartialFloats = int64_t{1} << 25;  // 128 MiB of per-blo
 // The backward re-reads g once per row tile: past 8 row tiles of 32 columns (3072 table rows)
 // the unfused chain (ops::embedding's backward, made for large tables) is the better tool.
 constexpr int kEsMaxRows = 8 * (kEsMaxTableFloats / 32);
-constexpr int kEsRowsPerStep = 16;         // rows a warp loads before adding them (loads in flight)
+constexpr int kEsRowsPerStep = 16;  // rows a warp loads before adding them (loads in flight)
 
 template <class T>
-__device__ __forceinline__ float load_any(const T* p, int64_t i) { return to_f(p[i]); }
+__device__ __forceinline__ float load_any(const T* p, int64_t i) {
+  return to_f(p[i]);
+}
 
 // One output element per thread: out[r, c] = A[ia[r], c] + B[ib[r mod S], c].
 template <class TT, class OT>
-__global__ void embedding_sum_forward_kernel(const TT* a, const int32_t* ia, const TT* b,
-                                             const int32_t* ib, OT* out, int64_t rows, int64_t S,
-                                             int D, int Va, int Vb) {
+__global__ void embedding_sum_forward_kernel(const TT* a, const int32_t* ia, const TT* b, const int32_t* ib,
+                                             OT* out, int64_t rows, int64_t S, int D, int Va, int Vb) {
   const int64_t n = rows * D;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
        e += int64_t(gridDim.x) * blockDim.x) {
@@ -553,9 +553,8 @@ __global__ void embedding_sum_forward_kernel(const TT* a, const int32_t* ia, con
 // tiles. Tables of the pair-bias model are one tile (Vt = Va + Vb, Dt = D).
 template <class GT>
 __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, const int32_t* ib,
-                                              float* partial, int64_t rows, int64_t S, int D,
-                                              int Va, int Vb, int64_t rows_per_block, int Vt,
-                                              int Dt) {
+                                              float* partial, int64_t rows, int64_t S, int D, int Va, int Vb,
+                                              int64_t rows_per_block, int Vt, int Dt) {
   extern __shared__ float tables[];  // [warps][Vt·Dt]
   const int V = Va + Vb, col_tiles = (D + Dt - 1) / Dt;
   const int v0 = (blockIdx.y / col_tiles) * Vt, d0 = (blockIdx.y % col_tiles) * Dt;
@@ -568,10 +567,9 @@ __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, co
   const int64_t begin = blockIdx.x * rows_per_block;
   const int64_t end = min(rows, begin + rows_per_block);
   // Warp w takes steps of kEsRowsPerStep consecutive rows, every warps-th step.
-  for (int64_t r0 = begin + int64_t(warp) * kEsRowsPerStep; r0 < end;
-       r0 += int64_t(warps) * kEsRowsPerStep) {
+  for (int64_t r0 = begin + int64_t(warp) * kEsRowsPerStep; r0 < end; r0 += int64_t(warps) * kEsRowsPerStep) {
     int va[kEsRowsPerStep], vb[kEsRowsPerStep];  // rows of the tile, −1 = none
-    int64_t rb = r0 % S;                          // row r0 + k reads ib[(r0 + k) mod S]
+    int64_t rb = r0 % S;                         // row r0 + k reads ib[(r0 + k) mod S]
 #pragma unroll
     for (int k = 0; k < kEsRowsPerStep; ++k) {
       const int64_t r = r0 + k;
@@ -584,8 +582,7 @@ __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, co
     for (int c = lane; c < dn; c += 32) {
       float v[kEsRowsPerStep];
 #pragma unroll
-      for (int k = 0; k < kEsRowsPerStep; ++k)
-        v[k] = r0 + k < end ? load_any(g, (r0 + k) * D + d0 + c) : 0.f;
+      for (int k = 0; k < kEsRowsPerStep; ++k) v[k] = r0 + k < end ? load_any(g, (r0 + k) * D + d0 + c) : 0.f;
 #pragma unroll
       for (int k = 0; k < kEsRowsPerStep; ++k) {  // in row order
         if (va[k] >= 0) acc[va[k] * Dt + c] += v[k];
@@ -604,8 +601,8 @@ __global__ void embedding_sum_backward_kernel(const GT* g, const int32_t* ia, co
 
 // dA, dB: output o is the fixed-order sum over the blocks' partial tables (one block per o).
 template <class TT>
-__global__ void embedding_sum_table_sum_kernel(const float* partial, int blocks, int Va, int D,
-                                               TT* da, TT* db) {
+__global__ void embedding_sum_table_sum_kernel(const float* partial, int blocks, int Va, int D, TT* da,
+                                               TT* db) {
   const int P = gridDim.x, o = blockIdx.x;
   double s = 0;
   for (int k = threadIdx.x; k < blocks; k += blockDim.x) s += partial[int64_t(k) * P + o];
@@ -651,9 +648,8 @@ int es_blocks(int64_t rows, int D, int Va, int Vb) {
 }
 
 void es_check(int D, int Va, int Vb, const char* what) {
-  PF_CHECK(D >= 1 && Va >= 1 && Vb >= 1,
-           what << ": needs D >= 1 and tables of >= 1 row, got Va = " << Va << ", Vb = " << Vb
-                << ", D = " << D);
+  PF_CHECK(D >= 1 && Va >= 1 && Vb >= 1, what << ": needs D >= 1 and tables of >= 1 row, got Va = " << Va
+                                              << ", Vb = " << Vb << ", D = " << D);
 }
 }  // namespace
 
@@ -661,15 +657,14 @@ bool pair_bias_fits(int C, int H) {
   return C >= 1 && H >= 1 && (is_narrow(C, H) || pair_bias_smem_bytes(C, H) <= max_smem_bytes());
 }
 
-void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* gamma,
-                       const void* beta, const void* w, void* out, int64_t B, int64_t N, int64_t M,
-                       int C, int H, double eps) {
+void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* gamma, const void* beta,
+                       const void* w, void* out, int64_t B, int64_t N, int64_t M, int C, int H, double eps) {
   check_sizes(C, H, "pair_bias_forward");
   const bool pbf = param_is_bf16(pt, "pair_bias_forward");
   const int64_t rows = B * N * M;
   if (rows == 0) return;
-  const unsigned grid = static_cast<unsigned>(
-      std::min<int64_t>((rows + kThreads - 1) / kThreads, kMaxBlocksFwd));
+  const unsigned grid =
+      static_cast<unsigned>(std::min<int64_t>((rows + kThreads - 1) / kThreads, kMaxBlocksFwd));
   dispatch_dtype(zt, "pair_bias_forward", [&](auto t) {
     using T = decltype(t);
     if (!is_narrow(C, H)) {
@@ -696,10 +691,9 @@ size_t pair_bias_backward_workspace_bytes(int64_t B, int64_t N, int64_t M, int C
   return static_cast<size_t>(backward_blocks(B * N * M)) * (H * C + 2 * C) * sizeof(float);
 }
 
-void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void* z,
-                        const void* gamma, const void* beta, const void* w, void* dz, void* dgamma,
-                        void* dbeta, void* dw, int64_t B, int64_t N, int64_t M, int C, int H,
-                        double eps, void* workspace) {
+void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void* z, const void* gamma,
+                        const void* beta, const void* w, void* dz, void* dgamma, void* dbeta, void* dw,
+                        int64_t B, int64_t N, int64_t M, int C, int H, double eps, void* workspace) {
   check_sizes(C, H, "pair_bias_backward");
   const bool pbf = param_is_bf16(pt, "pair_bias_backward");
   const int64_t rows = B * N * M;
@@ -719,9 +713,9 @@ void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void*
       auto kernel = pair_bias_backward_wide_kernel<T>;
       const size_t smem = pair_bias_smem_bytes(C, H);
       allow_smem(kernel, smem);
-      kernel<<<blocks, kThreads, smem, cur_stream()>>>(
-          static_cast<const T*>(g), static_cast<const T*>(z), gamma, beta, w, pbf,
-          static_cast<T*>(dz), partial, rows, N * M, C, H, static_cast<float>(eps));
+      kernel<<<blocks, kThreads, smem, cur_stream()>>>(static_cast<const T*>(g), static_cast<const T*>(z),
+                                                       gamma, beta, w, pbf, static_cast<T*>(dz), partial,
+                                                       rows, N * M, C, H, static_cast<float>(eps));
       PF_CUDA_CHECK_LAUNCH("pair_bias_backward_wide_kernel");
       return;
     }
@@ -730,41 +724,39 @@ void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void*
       auto kernel = pair_bias_backward_kernel<T, CM, HM>;
       const size_t smem = sizeof(float) * (size_t(kThreads) * HM + 2 * size_t(kThreads) * (C + 1));
       allow_smem(kernel, smem);
-      kernel<<<blocks, kThreads, smem, cur_stream()>>>(
-          static_cast<const T*>(g), static_cast<const T*>(z), gamma, beta, w, pbf,
-          static_cast<T*>(dz), partial, rows, N * M, C, H, static_cast<float>(eps));
+      kernel<<<blocks, kThreads, smem, cur_stream()>>>(static_cast<const T*>(g), static_cast<const T*>(z),
+                                                       gamma, beta, w, pbf, static_cast<T*>(dz), partial,
+                                                       rows, N * M, C, H, static_cast<float>(eps));
       PF_CUDA_CHECK_LAUNCH("pair_bias_backward_kernel");
     });
   });
   if (!want_params) return;
   auto sum = [&](auto p) {
     using P = decltype(p);
-    pair_bias_param_sum_kernel<P>
-        <<<NP, 128, 0, cur_stream()>>>(partial, blocks, H, C, static_cast<P*>(dw),
-                                       static_cast<P*>(dgamma), static_cast<P*>(dbeta));
+    pair_bias_param_sum_kernel<P><<<NP, 128, 0, cur_stream()>>>(
+        partial, blocks, H, C, static_cast<P*>(dw), static_cast<P*>(dgamma), static_cast<P*>(dbeta));
     PF_CUDA_CHECK_LAUNCH("pair_bias_param_sum_kernel");
   };
-  if (pbf) sum(bf16{});
-  else sum(float{});
+  if (pbf)
+    sum(bf16{});
+  else
+    sum(float{});
 }
 
-
-void embedding_sum_forward(ScalarType tt, ScalarType ot, const void* a, const int32_t* ia,
-                           const void* b, const int32_t* ib, void* out, int64_t rows, int64_t S,
-                           int D, int Va, int Vb) {
+void embedding_sum_forward(ScalarType tt, ScalarType ot, const void* a, const int32_t* ia, const void* b,
+                           const int32_t* ib, void* out, int64_t rows, int64_t S, int D, int Va, int Vb) {
   es_check(D, Va, Vb, "embedding_sum_forward");
-  PF_CHECK(S >= 1 && rows % S == 0, "embedding_sum_forward: " << S
-                                                              << " broadcast indices do not divide "
-                                                              << rows << " rows");
+  PF_CHECK(S >= 1 && rows % S == 0,
+           "embedding_sum_forward: " << S << " broadcast indices do not divide " << rows << " rows");
   if (rows == 0) return;
   const unsigned grid = grid_for(rows * D, 256);
   dispatch_dtype(tt, "embedding_sum_forward (tables)", [&](auto t) {
     using TT = decltype(t);
     dispatch_dtype(ot, "embedding_sum_forward (output)", [&](auto o) {
       using OT = decltype(o);
-      embedding_sum_forward_kernel<TT, OT><<<grid, 256, 0, cur_stream()>>>(
-          static_cast<const TT*>(a), ia, static_cast<const TT*>(b), ib, static_cast<OT*>(out),
-          rows, S, D, Va, Vb);
+      embedding_sum_forward_kernel<TT, OT>
+          <<<grid, 256, 0, cur_stream()>>>(static_cast<const TT*>(a), ia, static_cast<const TT*>(b), ib,
+                                           static_cast<OT*>(out), rows, S, D, Va, Vb);
       PF_CUDA_CHECK_LAUNCH("embedding_sum_forward_kernel");
     });
   });
@@ -779,17 +771,16 @@ size_t embedding_sum_backward_workspace_bytes(int64_t rows, int D, int Va, int V
   return static_cast<size_t>(es_blocks(rows, D, Va, Vb)) * (int64_t(Va) + Vb) * D * sizeof(float);
 }
 
-void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia,
-                            const int32_t* ib, void* da, void* db, int64_t rows, int64_t S, int D,
-                            int Va, int Vb, void* workspace) {
+void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia, const int32_t* ib,
+                            void* da, void* db, int64_t rows, int64_t S, int D, int Va, int Vb,
+                            void* workspace) {
   es_check(D, Va, Vb, "embedding_sum_backward");
-  PF_CHECK(embedding_sum_fits(D, Va, Vb),
-           "embedding_sum_backward: tables of Va + Vb = " << int64_t(Va) + Vb << " rows of D = " << D
-               << " are past the kernel's " << kEsMaxRows
-               << " rows (ops::embedding_sum runs the unfused chain)");
-  PF_CHECK(
-      S >= 1 && rows % S == 0,
-      "embedding_sum_backward: " << S << " broadcast indices do not divide " << rows << " rows");
+  PF_CHECK(embedding_sum_fits(D, Va, Vb), "embedding_sum_backward: tables of Va + Vb = "
+                                              << int64_t(Va) + Vb << " rows of D = " << D
+                                              << " are past the kernel's " << kEsMaxRows
+                                              << " rows (ops::embedding_sum runs the unfused chain)");
+  PF_CHECK(S >= 1 && rows % S == 0,
+           "embedding_sum_backward: " << S << " broadcast indices do not divide " << rows << " rows");
   const int P = (Va + Vb) * D;
   const EsTile tile = es_tile(D, Va, Vb);
   const int blocks = es_blocks(rows, D, Va, Vb);
@@ -804,14 +795,13 @@ void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const i
     auto kernel = embedding_sum_backward_kernel<GT>;
     allow_smem(kernel, smem);
     kernel<<<dim3(blocks, tile.tiles), warps * 32, smem, cur_stream()>>>(
-        static_cast<const GT*>(g), ia, ib, partial, rows, S, D, Va, Vb, per_block, tile.Vt,
-        tile.Dt);
+        static_cast<const GT*>(g), ia, ib, partial, rows, S, D, Va, Vb, per_block, tile.Vt, tile.Dt);
     PF_CUDA_CHECK_LAUNCH("embedding_sum_backward_kernel");
   });
   dispatch_dtype(tt, "embedding_sum_backward (tables)", [&](auto t) {
     using TT = decltype(t);
-    embedding_sum_table_sum_kernel<TT><<<P, 128, 0, cur_stream()>>>(
-        partial, blocks, Va, D, static_cast<TT*>(da), static_cast<TT*>(db));
+    embedding_sum_table_sum_kernel<TT>
+        <<<P, 128, 0, cur_stream()>>>(partial, blocks, Va, D, static_cast<TT*>(da), static_cast<TT*>(db));
     PF_CUDA_CHECK_LAUNCH("embedding_sum_table_sum_kernel");
   });
 }

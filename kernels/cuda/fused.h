@@ -21,26 +21,23 @@ constexpr int kPairBiasMaxH = 16;
 bool pair_bias_fits(int C, int H);
 
 // z:(B,N,M,C) γ,β:(C) W:(H,C) → out:(B,H,N,M).  Requires pair_bias_fits(C, H).
-void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* gamma,
-                       const void* beta, const void* w, void* out, int64_t B, int64_t N, int64_t M,
-                       int C, int H, double eps);
+void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* gamma, const void* beta,
+                       const void* w, void* out, int64_t B, int64_t N, int64_t M, int C, int H, double eps);
 
 // Bytes of scratch pair_bias_backward needs (per-block partial sums of dW, dγ, dβ, fp32).
 size_t pair_bias_backward_workspace_bytes(int64_t B, int64_t N, int64_t M, int C, int H);
 
 // g:(B,H,N,M) z:(B,N,M,C) → dz:(B,N,M,C), dγ,dβ:(C), dW:(H,C) (each written with =; null = not
 // wanted). The parameter gradients are summed in a fixed order (deterministic).
-void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void* z,
-                        const void* gamma, const void* beta, const void* w, void* dz, void* dgamma,
-                        void* dbeta, void* dw, int64_t B, int64_t N, int64_t M, int C, int H,
-                        double eps, void* workspace);
+void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void* z, const void* gamma,
+                        const void* beta, const void* w, void* dz, void* dgamma, void* dbeta, void* dw,
+                        int64_t B, int64_t N, int64_t M, int C, int H, double eps, void* workspace);
 
 // embedding_sum (kernels/cpu/fused.h): out[r] = A[ia[r]] + B[ib[r mod S]] in dtype ot (F32 or
 // BF16), tables of dtype tt (F32 or BF16). An index outside its table reads NaN (forward) and
 // adds nothing (backward).  a:(Va,D) ia:(rows) b:(Vb,D) ib:(S) → out:(rows,D)
-void embedding_sum_forward(ScalarType tt, ScalarType ot, const void* a, const int32_t* ia,
-                           const void* b, const int32_t* ib, void* out, int64_t rows, int64_t S,
-                           int D, int Va, int Vb);
+void embedding_sum_forward(ScalarType tt, ScalarType ot, const void* a, const int32_t* ia, const void* b,
+                           const int32_t* ib, void* out, int64_t rows, int64_t S, int D, int Va, int Vb);
 
 // Whether embedding_sum_backward takes tables of Va + Vb rows of width D: it adds into tiles of
 // the stacked table [A; B] in shared memory (columns, then rows, tiled), up to 3072 rows.
@@ -52,8 +49,8 @@ size_t embedding_sum_backward_workspace_bytes(int64_t rows, int D, int Va, int V
 // g:(rows,D) of dtype gt → da:(Va,D), db:(Vb,D) of dtype tt, written (=), each only if non-null.
 // Per-warp tiles of the tables in shared memory (≤ 12288 floats), rows in order, then warps and
 // blocks in order: deterministic. Requires embedding_sum_fits(D, Va, Vb).
-void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia,
-                            const int32_t* ib, void* da, void* db, int64_t rows, int64_t S, int D,
-                            int Va, int Vb, void* workspace);
+void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia, const int32_t* ib,
+                            void* da, void* db, int64_t rows, int64_t S, int D, int Va, int Vb,
+                            void* workspace);
 
 }  // namespace pf::kernels::cuda

@@ -12,8 +12,8 @@ constexpr int kMaxBlocks = 264;  // 2 per SM on H100: enough to stream, few part
 // G lanes per row (G = 32 for C ≥ 32, 16 for C ≥ 16, else 8): a warp normalises
 // 32/G rows at once. Lane l of a row handles columns l, l+G, ...
 template <class T, class W, int G>
-__global__ void layernorm_forward_kernel(const T* x, const W* w, const W* b, T* y, float* mean,
-                                         float* rstd, int64_t M, int C, float eps) {
+__global__ void layernorm_forward_kernel(const T* x, const W* w, const W* b, T* y, float* mean, float* rstd,
+                                         int64_t M, int C, float eps) {
   const int lane = threadIdx.x % G;
   const int64_t groups = int64_t(gridDim.x) * (blockDim.x / G);
   // The loop runs while the warp's first row exists, so every lane of a warp joins each shuffle;
@@ -35,8 +35,7 @@ __global__ void layernorm_forward_kernel(const T* x, const W* w, const W* b, T* 
     const float r = rsqrtf(warp_sum(v, G) / C + eps);
     if (!active) continue;
     T* yr = y + row * C;
-    for (int c = lane; c < C; c += G)
-      yr[c] = from_f<T>((to_f(xr[c]) - mu) * r * to_f(w[c]) + to_f(b[c]));
+    for (int c = lane; c < C; c += G) yr[c] = from_f<T>((to_f(xr[c]) - mu) * r * to_f(w[c]) + to_f(b[c]));
     if (lane == 0) {
       mean[row] = mu;
       rstd[row] = r;
@@ -49,8 +48,8 @@ __global__ void layernorm_forward_kernel(const T* x, const W* w, const W* b, T* 
 // the block adds its groups in order and writes one partial row per block to the workspace.
 template <class T, class W, int G>
 __global__ void layernorm_backward_kernel(const T* dy, const T* x, const W* w, const float* mean,
-                                          const float* rstd, T* dx, float* partial, int64_t M,
-                                          int C, bool want_dwdb) {
+                                          const float* rstd, T* dx, float* partial, int64_t M, int C,
+                                          bool want_dwdb) {
   extern __shared__ float acc[];  // [groups][2][C]
   const int ngroups = blockDim.x / G, group = threadIdx.x / G, lane = threadIdx.x % G;
   float* dw_acc = acc + group * 2 * C;
@@ -101,8 +100,7 @@ __global__ void layernorm_backward_kernel(const T* dy, const T* x, const W* w, c
 // 36 µs per call, latency-bound (kernels/cuda/NOTES.md).
 constexpr int kFinalizeWarps = 8;
 template <class W>
-__global__ void layernorm_dwdb_finalize_kernel(const float* partial, int blocks, int C, W* dw,
-                                               W* db) {
+__global__ void layernorm_dwdb_finalize_kernel(const float* partial, int blocks, int C, W* dw, W* db) {
   const int c = blockIdx.x * kFinalizeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (c >= C) return;  // whole warps leave together
   float sw = 0, sb = 0;
@@ -119,21 +117,26 @@ __global__ void layernorm_dwdb_finalize_kernel(const float* partial, int blocks,
 
 template <class F>
 void dispatch_lanes(int64_t C, F&& f) {
-  if (C >= 32) f(std::integral_constant<int, 32>{});
-  else if (C >= 16) f(std::integral_constant<int, 16>{});
-  else f(std::integral_constant<int, 8>{});
+  if (C >= 32)
+    f(std::integral_constant<int, 32>{});
+  else if (C >= 16)
+    f(std::integral_constant<int, 16>{});
+  else
+    f(std::integral_constant<int, 8>{});
 }
 
 // (xt, wt) ∈ {(F32,F32), (BF16,F32), (BF16,BF16)}
 template <class F>
 void dispatch_xw(ScalarType xt, ScalarType wt, const char* what, F&& f) {
-  PF_CHECK(wt == xt || wt == ScalarType::F32,
-           what << ": weights must be float32 or have x's dtype " << scalar_type_name(xt)
-                << ", got " << scalar_type_name(wt));
+  PF_CHECK(wt == xt || wt == ScalarType::F32, what << ": weights must be float32 or have x's dtype "
+                                                   << scalar_type_name(xt) << ", got "
+                                                   << scalar_type_name(wt));
   dispatch_dtype(xt, what, [&](auto xtag) {
     using T = decltype(xtag);
-    if (wt == ScalarType::F32) f(T{}, float{});
-    else f(T{}, T{});
+    if (wt == ScalarType::F32)
+      f(T{}, float{});
+    else
+      f(T{}, T{});
   });
 }
 
@@ -143,8 +146,8 @@ int backward_blocks(int64_t M) {
 
 }  // namespace
 
-void layernorm_forward(ScalarType xt, ScalarType wt, const void* x, const void* w, const void* b,
-                       void* y, float* mean, float* rstd, int64_t M, int64_t C, double eps) {
+void layernorm_forward(ScalarType xt, ScalarType wt, const void* x, const void* w, const void* b, void* y,
+                       float* mean, float* rstd, int64_t M, int64_t C, double eps) {
   PF_CHECK(C >= 1 && C <= INT32_MAX, "layernorm_forward: C must be in [1, 2^31), got " << C);
   if (M == 0) return;
   dispatch_xw(xt, wt, "layernorm_forward", [&](auto xtag, auto wtag) {
@@ -153,11 +156,11 @@ void layernorm_forward(ScalarType xt, ScalarType wt, const void* x, const void* 
     dispatch_lanes(C, [&](auto g) {
       constexpr int G = decltype(g)::value;
       const int64_t rows_per_block = kThreads / G;
-      const unsigned grid = static_cast<unsigned>(
-          std::min<int64_t>((M + rows_per_block - 1) / rows_per_block, 65535));
+      const unsigned grid =
+          static_cast<unsigned>(std::min<int64_t>((M + rows_per_block - 1) / rows_per_block, 65535));
       layernorm_forward_kernel<T, W, G><<<grid, kThreads, 0, cur_stream()>>>(
-          static_cast<const T*>(x), static_cast<const W*>(w), static_cast<const W*>(b),
-          static_cast<T*>(y), mean, rstd, M, static_cast<int>(C), static_cast<float>(eps));
+          static_cast<const T*>(x), static_cast<const W*>(w), static_cast<const W*>(b), static_cast<T*>(y),
+          mean, rstd, M, static_cast<int>(C), static_cast<float>(eps));
     });
     PF_CUDA_CHECK_LAUNCH("layernorm_forward");
   });
@@ -168,8 +171,8 @@ size_t layernorm_backward_workspace_bytes(int64_t M, int64_t C) {
 }
 
 void layernorm_backward(ScalarType xt, ScalarType wt, const void* dy, const void* x, const void* w,
-                        const float* mean, const float* rstd, void* dx, void* dw, void* db,
-                        int64_t M, int64_t C, void* workspace) {
+                        const float* mean, const float* rstd, void* dx, void* dw, void* db, int64_t M,
+                        int64_t C, void* workspace) {
   PF_CHECK(C >= 1 && C <= INT32_MAX, "layernorm_backward: C must be in [1, 2^31), got " << C);
   const bool want_dwdb = dw != nullptr || db != nullptr;
   dispatch_xw(xt, wt, "layernorm_backward", [&](auto xtag, auto wtag) {
@@ -188,22 +191,21 @@ void layernorm_backward(ScalarType xt, ScalarType wt, const void* dy, const void
       const size_t group_smem = want_dwdb ? 2 * size_t(C) * sizeof(float) : 0;
       const int threads = size_t(kThreads / G) * group_smem <= max_smem_bytes() ? kThreads : G;
       const size_t smem = size_t(threads / G) * group_smem;
-      PF_CHECK(smem <= max_smem_bytes(),
-               "layernorm_backward: the sums of dw and db over C = "
-                   << C << " columns need " << smem << " bytes of shared memory, the device allows "
-                   << max_smem_bytes());
+      PF_CHECK(smem <= max_smem_bytes(), "layernorm_backward: the sums of dw and db over C = "
+                                             << C << " columns need " << smem
+                                             << " bytes of shared memory, the device allows "
+                                             << max_smem_bytes());
       allow_smem(layernorm_backward_kernel<T, W, G>, smem);
       layernorm_backward_kernel<T, W, G><<<blocks, threads, smem, cur_stream()>>>(
-          static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const W*>(w), mean,
-          rstd, static_cast<T*>(dx), static_cast<float*>(workspace), M, static_cast<int>(C),
-          want_dwdb);
+          static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const W*>(w), mean, rstd,
+          static_cast<T*>(dx), static_cast<float*>(workspace), M, static_cast<int>(C), want_dwdb);
     });
     PF_CUDA_CHECK_LAUNCH("layernorm_backward");
     if (want_dwdb) {
-      layernorm_dwdb_finalize_kernel<W><<<static_cast<unsigned>((C + kFinalizeWarps - 1) / kFinalizeWarps),
-                                          kFinalizeWarps * 32, 0, cur_stream()>>>(
-          static_cast<const float*>(workspace), blocks, static_cast<int>(C), static_cast<W*>(dw),
-          static_cast<W*>(db));
+      layernorm_dwdb_finalize_kernel<W>
+          <<<static_cast<unsigned>((C + kFinalizeWarps - 1) / kFinalizeWarps), kFinalizeWarps * 32, 0,
+             cur_stream()>>>(static_cast<const float*>(workspace), blocks, static_cast<int>(C),
+                             static_cast<W*>(dw), static_cast<W*>(db));
       PF_CUDA_CHECK_LAUNCH("layernorm_dwdb_finalize");
     }
   });

@@ -12,8 +12,8 @@
 namespace pf::kernels::cuda {
 
 // x:(M,C) w,b:(C) → y:(M,C) mean,rstd:(M) fp32
-void layernorm_forward(ScalarType xt, ScalarType wt, const void* x, const void* w, const void* b,
-                       void* y, float* mean, float* rstd, int64_t M, int64_t C, double eps);
+void layernorm_forward(ScalarType xt, ScalarType wt, const void* x, const void* w, const void* b, void* y,
+                       float* mean, float* rstd, int64_t M, int64_t C, double eps);
 
 // Bytes of scratch layernorm_backward needs (per-block partial sums of dw and db, fp32).
 size_t layernorm_backward_workspace_bytes(int64_t M, int64_t C);
@@ -21,7 +21,7 @@ size_t layernorm_backward_workspace_bytes(int64_t M, int64_t C);
 // dy,x:(M,C) w:(C) mean,rstd:(M) → dx:(M,C) dw,db:(C) (each written with =; null = not wanted).
 // dw and db are summed in a fixed order (deterministic).
 void layernorm_backward(ScalarType xt, ScalarType wt, const void* dy, const void* x, const void* w,
-                        const float* mean, const float* rstd, void* dx, void* dw, void* db,
-                        int64_t M, int64_t C, void* workspace);
+                        const float* mean, const float* rstd, void* dx, void* dw, void* db, int64_t M,
+                        int64_t C, void* workspace);
 
 }  // namespace pf::kernels::cuda

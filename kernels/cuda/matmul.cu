@@ -16,8 +16,7 @@ cudaDataType_t cuda_type(ScalarType t) {
     case ScalarType::F16: return CUDA_R_16F;
     default: break;
   }
-  PF_FAIL("gemm: no cuBLAS path for dtype " << scalar_type_name(t)
-                                            << " (float32 or bfloat16 expected)");
+  PF_FAIL("gemm: no cuBLAS path for dtype " << scalar_type_name(t) << " (float32 or bfloat16 expected)");
 }
 
 template <class T>
@@ -31,28 +30,26 @@ __global__ void add_row_vector_kernel(T* out, const T* bias, int64_t rows, int64
 // One strided-batched call. Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, and a
 // row-major X is the column-major Xᵀ in memory: so cuBLAS gets B first, then A, untransposed
 // when the row-major operand is, and m = N, n = M.
-void gemm_call(ScalarType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* a,
-               int64_t stride_a, bool trans_a, const void* b, int64_t stride_b, bool trans_b,
-               void* c, int64_t stride_c, float beta) {
+void gemm_call(ScalarType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* a, int64_t stride_a,
+               bool trans_a, const void* b, int64_t stride_b, bool trans_b, void* c, int64_t stride_c,
+               float beta) {
   const cudaDataType_t type = cuda_type(t);
   const float alpha = 1.0f;
   const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
   PF_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX && batch <= INT32_MAX,
-           "gemm: sizes beyond int32 (batch " << batch << ", M " << M << ", N " << N << ", K " << K
-                                              << ")");
+           "gemm: sizes beyond int32 (batch " << batch << ", M " << M << ", N " << N << ", K " << K << ")");
   PF_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       static_cast<cublasHandle_t>(cublas_handle()), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-      trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M),
-      static_cast<int>(K), &alpha, b, type, static_cast<int>(ldb), stride_b, a, type,
-      static_cast<int>(lda), stride_a, &beta, c, type, static_cast<int>(N), stride_c,
-      static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
+      &alpha, b, type, static_cast<int>(ldb), stride_b, a, type, static_cast<int>(lda), stride_a, &beta, c,
+      type, static_cast<int>(N), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace
 
-void gemm(ScalarType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* a,
-          bool a_batched, bool trans_a, const void* b, bool b_batched, bool trans_b, void* c,
-          bool c_batched, bool accumulate) {
+void gemm(ScalarType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* a, bool a_batched,
+          bool trans_a, const void* b, bool b_batched, bool trans_b, void* c, bool c_batched,
+          bool accumulate) {
   if (M == 0 || N == 0 || batch == 0) return;
   const size_t es = t == ScalarType::F32 ? 4 : 2;
   if (K == 0) {  // empty sums
@@ -76,8 +73,7 @@ void gemm(ScalarType t, int64_t batch, int64_t M, int64_t N, int64_t K, const vo
   for (int64_t i = 0; i < batch; ++i) {
     const char* ai = static_cast<const char*>(a) + static_cast<size_t>(i * sa) * es;
     const char* bi = static_cast<const char*>(b) + static_cast<size_t>(i * sb) * es;
-    gemm_call(t, 1, M, N, K, ai, 0, trans_a, bi, 0, trans_b, c, 0,
-              (accumulate || i > 0) ? 1.0f : 0.0f);
+    gemm_call(t, 1, M, N, K, ai, 0, trans_a, bi, 0, trans_b, c, 0, (accumulate || i > 0) ? 1.0f : 0.0f);
   }
 }
 

@@ -8,7 +8,8 @@ namespace {
 
 __global__ void relative_positions_kernel(int N, int R, int32_t* rel) {
   const int64_t n = int64_t{N} * N;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x) {
     const int i = static_cast<int>(k / N), j = static_cast<int>(k % N);
     rel[k] = min(max(j - i, -R), R) + R;
   }
@@ -19,7 +20,8 @@ __global__ void relative_positions_kernel(int N, int R, int32_t* rel) {
 __global__ void distance_bins_kernel(const float* __restrict__ coords, int B, int N, double dist_max,
                                      int n_bins, int32_t* __restrict__ bins) {
   const int64_t n = int64_t{B} * N * N;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = k / (int64_t{N} * N), r = k % (int64_t{N} * N);
     const int i = static_cast<int>(r / N), j = static_cast<int>(r % N);
     const float* xi = coords + (b * N + i) * 3;

@@ -89,14 +89,13 @@ void strided_copy(const void* x, const int64_t* x_stride, void* out, const int64
   }
   dispatch_elem(elem_size, [&](auto tag) {
     using E = decltype(tag);
-    strided_copy_kernel<E><<<grid_for(n, 256), 256, 0, cur_stream()>>>(
-        static_cast<const E*>(x), static_cast<E*>(out), g, n);
+    strided_copy_kernel<E>
+        <<<grid_for(n, 256), 256, 0, cur_stream()>>>(static_cast<const E*>(x), static_cast<E*>(out), g, n);
     PF_CUDA_CHECK_LAUNCH("strided_copy");
   });
 }
 
-void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out,
-             size_t elem_size) {
+void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out, size_t elem_size) {
   PF_CHECK(ndim <= cpu::kMaxDims, "permute of " << ndim << " dims, at most " << cpu::kMaxDims);
   int64_t n = 1, xs[cpu::kMaxDims], oshape[cpu::kMaxDims], ostride[cpu::kMaxDims];
   int64_t s = 1;
@@ -137,8 +136,8 @@ void permute(const void* x, const int64_t* shape, int ndim, const int* perm, voi
       const dim3 grid(static_cast<unsigned>(std::min<int64_t>((R + 31) / 32, 2147483647)),
                       static_cast<unsigned>(std::min<int64_t>((C + 31) / 32, 65535)),
                       static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
-      transpose_kernel<E><<<grid, dim3(32, 8), 0, cur_stream()>>>(
-          static_cast<const E*>(x), static_cast<E*>(out), batch, R, C);
+      transpose_kernel<E><<<grid, dim3(32, 8), 0, cur_stream()>>>(static_cast<const E*>(x),
+                                                                  static_cast<E*>(out), batch, R, C);
     } else {
       CopyGeom g{};
       g.ndim = ndim;
@@ -146,8 +145,8 @@ void permute(const void* x, const int64_t* shape, int ndim, const int* perm, voi
         g.shape[d] = oshape[d];
         g.stride[d] = ostride[d];
       }
-      strided_copy_kernel<E><<<grid_for(n, 256), 256, 0, cur_stream()>>>(
-          static_cast<const E*>(x), static_cast<E*>(out), g, n);
+      strided_copy_kernel<E>
+          <<<grid_for(n, 256), 256, 0, cur_stream()>>>(static_cast<const E*>(x), static_cast<E*>(out), g, n);
     }
     PF_CUDA_CHECK_LAUNCH("permute");
   });

@@ -11,7 +11,6 @@ void strided_copy(const void* x, const int64_t* x_stride, void* out, const int64
                   size_t elem_size);
 
 // x:(shape) contiguous → out with out dim i = x dim perm[i], contiguous.
-void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out,
-             size_t elem_size);
+void permute(const void* x, const int64_t* shape, int ndim, const int* perm, void* out, size_t elem_size);
 
 }  // namespace pf::kernels::cuda

@@ -66,7 +66,7 @@ __global__ void sum_to_kernel(const T* x, T* out, int64_t out_numel, SumToGeom g
 // The sizes alone fix the order: deterministic. One chunk per block column left 8 blocks
 // walking 4096 rows each for 256 columns: 34 µs for 2 MB (kernels/cuda/NOTES.md). The slots
 // and counters are one static set per process: calls are ordered on the one stream.
-constexpr int kSumRowsSlots = 1 << 20;     // floats of partial sums (4 MiB)
+constexpr int kSumRowsSlots = 1 << 20;  // floats of partial sums (4 MiB)
 constexpr int kSumRowsMaxChunks = 64;
 constexpr int kSumRowsRowsPerChunk = 256;  // rows a chunk takes at least
 constexpr int64_t kSumRowsMaxCols = 65536;
@@ -74,8 +74,7 @@ __device__ float g_sumrows_partial[kSumRowsSlots];
 __device__ unsigned g_sumrows_arrived[kSumRowsMaxCols / 32];
 
 template <class T>
-__global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols,
-                                int64_t rows_per_chunk) {
+__global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols, int64_t rows_per_chunk) {
   __shared__ float part[8][33];
   __shared__ bool last;
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
@@ -110,21 +109,21 @@ void sum(ScalarType t, const void* x, int64_t n, ScalarType out_t, void* out, do
   dispatch_dtype(t, "sum", [&](auto tag) {
     using T = decltype(tag);
     if (out_t == ScalarType::F64) {
-      sum_kernel_f64<T><<<1, 1024, 0, cur_stream()>>>(static_cast<const T*>(x), n,
-                                                      static_cast<double*>(out), factor);
+      sum_kernel_f64<T>
+          <<<1, 1024, 0, cur_stream()>>>(static_cast<const T*>(x), n, static_cast<double*>(out), factor);
     } else {
       dispatch_dtype(out_t, "sum (output)", [&](auto otag) {
         using O = decltype(otag);
-        sum_kernel<T, O><<<1, 1024, 0, cur_stream()>>>(static_cast<const T*>(x), n,
-                                                       static_cast<O*>(out), factor);
+        sum_kernel<T, O>
+            <<<1, 1024, 0, cur_stream()>>>(static_cast<const T*>(x), n, static_cast<O*>(out), factor);
       });
     }
     PF_CUDA_CHECK_LAUNCH("sum");
   });
 }
 
-void sum_to(ScalarType t, const void* x, const int64_t* shape, int ndim, const int64_t* out_stride,
-            void* out, int64_t out_numel) {
+void sum_to(ScalarType t, const void* x, const int64_t* shape, int ndim, const int64_t* out_stride, void* out,
+            int64_t out_numel) {
   if (out_numel == 0) return;
   PF_CHECK(ndim <= kMaxDims, "sum_to over " << ndim << " dims, at most " << kMaxDims);
   SumToGeom g;
@@ -150,16 +149,18 @@ void sum_to(ScalarType t, const void* x, const int64_t* shape, int ndim, const i
   bool leading = true;
   for (int d = 0, seen_kept = 0; d < ndim; ++d) {
     if (shape[d] == 1) continue;
-    if (out_stride[d] != 0) seen_kept = 1;
-    else if (seen_kept) leading = false;
+    if (out_stride[d] != 0)
+      seen_kept = 1;
+    else if (seen_kept)
+      leading = false;
   }
   dispatch_dtype(t, "sum_to", [&](auto tag) {
     using T = decltype(tag);
     if (leading && out_numel < kSumRowsMaxCols) {
       const int64_t rows = g.reduce_count;
-      const int64_t chunks = std::max<int64_t>(
-          1, std::min({(rows + kSumRowsRowsPerChunk - 1) / kSumRowsRowsPerChunk,
-                       int64_t{kSumRowsMaxChunks}, kSumRowsSlots / out_numel}));
+      const int64_t chunks =
+          std::max<int64_t>(1, std::min({(rows + kSumRowsRowsPerChunk - 1) / kSumRowsRowsPerChunk,
+                                         int64_t{kSumRowsMaxChunks}, kSumRowsSlots / out_numel}));
       const int64_t per_chunk = std::max<int64_t>(1, (rows + chunks - 1) / chunks);
       const dim3 grid(static_cast<unsigned>((out_numel + 31) / 32), static_cast<unsigned>(chunks));
       sum_rows_kernel<T><<<grid, dim3(32, 8), 0, cur_stream()>>>(

@@ -12,7 +12,7 @@ void sum(ScalarType t, const void* x, int64_t n, ScalarType out_t, void* out, do
 
 // x:(shape) contiguous → out:(out_numel) contiguous, summed over the dims where out_stride is 0
 // (out_stride: out's strides read as x's shape, 0 on the broadcast dims, as kernels/cpu/reduce.h).
-void sum_to(ScalarType t, const void* x, const int64_t* shape, int ndim, const int64_t* out_stride,
-            void* out, int64_t out_numel);
+void sum_to(ScalarType t, const void* x, const int64_t* shape, int ndim, const int64_t* out_stride, void* out,
+            int64_t out_numel);
 
 }  // namespace pf::kernels::cuda

@@ -63,15 +63,15 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* lab
 }
 
 __device__ __forceinline__ float load_scalar(const void* p, ScalarType t) {
-  return t == ScalarType::F64 ? static_cast<float>(*static_cast<const double*>(p))
+  return t == ScalarType::F64    ? static_cast<float>(*static_cast<const double*>(p))
          : t == ScalarType::BF16 ? __bfloat162float(*static_cast<const bf16*>(p))
                                  : *static_cast<const float*>(p);
 }
 
 template <class T>
-__global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* labels,
-                                              const float* lse, ScalarType g_t, const void* g,
-                                              T* dlogits, int64_t M, int64_t K) {
+__global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* labels, const float* lse,
+                                              ScalarType g_t, const void* g, T* dlogits, int64_t M,
+                                              int64_t K) {
   const float scale = load_scalar(g, g_t) / static_cast<float>(M);
   const int64_t n = M * K;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -115,8 +115,8 @@ void softmax_forward(ScalarType t, const void* x, void* y, int64_t M, int64_t C)
   if (M == 0 || C == 0) return;
   dispatch_dtype(t, "softmax_forward", [&](auto tag) {
     using T = decltype(tag);
-    softmax_forward_kernel<T><<<row_grid(M), kThreads, 0, cur_stream()>>>(
-        static_cast<const T*>(x), static_cast<T*>(y), M, C);
+    softmax_forward_kernel<T>
+        <<<row_grid(M), kThreads, 0, cur_stream()>>>(static_cast<const T*>(x), static_cast<T*>(y), M, C);
     PF_CUDA_CHECK_LAUNCH("softmax_forward");
   });
 }
@@ -135,16 +135,15 @@ void cross_entropy_forward(ScalarType t, const void* logits, const int32_t* labe
                            float* row_loss, ScalarType loss_t, void* loss, int64_t M, int64_t K) {
   dispatch_dtype(t, "cross_entropy_forward", [&](auto tag) {
     using T = decltype(tag);
-    cross_entropy_forward_kernel<T><<<row_grid(M), kThreads, 0, cur_stream()>>>(
-        static_cast<const T*>(logits), labels, lse, row_loss, M, K);
+    cross_entropy_forward_kernel<T><<<row_grid(M), kThreads, 0, cur_stream()>>>(static_cast<const T*>(logits),
+                                                                                labels, lse, row_loss, M, K);
     PF_CUDA_CHECK_LAUNCH("cross_entropy_forward");
   });
   sum(ScalarType::F32, row_loss, M, loss_t, loss, 1.0 / static_cast<double>(M));
 }
 
-void cross_entropy_backward(ScalarType t, const void* logits, const int32_t* labels,
-                            const float* lse, ScalarType g_t, const void* g, void* dlogits,
-                            int64_t M, int64_t K) {
+void cross_entropy_backward(ScalarType t, const void* logits, const int32_t* labels, const float* lse,
+                            ScalarType g_t, const void* g, void* dlogits, int64_t M, int64_t K) {
   dispatch_dtype(t, "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     cross_entropy_backward_kernel<T><<<grid_for(M * K, 256), 256, 0, cur_stream()>>>(
@@ -157,8 +156,8 @@ void count_correct(ScalarType t, const void* logits, const int32_t* labels, int6
                    int* counts) {
   dispatch_dtype(t, "count_correct", [&](auto tag) {
     using T = decltype(tag);
-    count_correct_kernel<T><<<grid_for(M, 256), 256, 0, cur_stream()>>>(
-        static_cast<const T*>(logits), labels, M, K, counts);
+    count_correct_kernel<T>
+        <<<grid_for(M, 256), 256, 0, cur_stream()>>>(static_cast<const T*>(logits), labels, M, K, counts);
     PF_CUDA_CHECK_LAUNCH("count_correct");
   });
 }

@@ -21,9 +21,8 @@ void softmax_backward(ScalarType t, const void* y, const void* dy, void* dx, int
 void cross_entropy_forward(ScalarType t, const void* logits, const int32_t* labels, float* lse,
                            float* row_loss, ScalarType loss_t, void* loss, int64_t M, int64_t K);
 // dlogits:(M,K) = g/M·(softmax(logits) − onehot(label)), g the device scalar *g of dtype g_t.
-void cross_entropy_backward(ScalarType t, const void* logits, const int32_t* labels,
-                            const float* lse, ScalarType g_t, const void* g, void* dlogits,
-                            int64_t M, int64_t K);
+void cross_entropy_backward(ScalarType t, const void* logits, const int32_t* labels, const float* lse,
+                            ScalarType g_t, const void* g, void* dlogits, int64_t M, int64_t K);
 // counts[0] += rows whose first argmax is the label; counts[1] += rows with a label outside [0,K).
 void count_correct(ScalarType t, const void* logits, const int32_t* labels, int64_t M, int64_t K,
                    int* counts);

@@ -28,7 +28,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 
 CUtensorMap make_tensor_map_4d(const void* base, int elem_bytes, bool bf16, const uint64_t dims[4],
                                const uint64_t byte_strides[3], const uint32_t box[4], int swizzle_bytes) {
-  PF_CHECK(elem_bytes == 2 || elem_bytes == 4, "make_tensor_map_4d: element size 2 or 4 bytes, got " << elem_bytes);
+  PF_CHECK(elem_bytes == 2 || elem_bytes == 4,
+           "make_tensor_map_4d: element size 2 or 4 bytes, got " << elem_bytes);
   const CUtensorMapDataType type = elem_bytes == 4 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
                                    : bf16          ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                                    : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -38,14 +39,15 @@ CUtensorMap make_tensor_map_4d(const void* base, int elem_bytes, bool bf16, cons
                                                            : CU_TENSOR_MAP_SWIZZLE_NONE;
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   CUtensorMap map{};
-  const CUresult r = encode_fn()(&map, type, 4, const_cast<void*>(base), dims, byte_strides, box, elem_strides,
-                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = encode_fn()(&map, type, 4, const_cast<void*>(base), dims, byte_strides, box,
+                                 elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   PF_CHECK(r == CUDA_SUCCESS, "make_tensor_map_4d: the driver refused the tensor map (CUresult "
-                                  << int(r) << "): base " << base << ", dims (" << dims[0] << ", " << dims[1] << ", "
-                                  << dims[2] << ", " << dims[3] << "), byte strides (" << byte_strides[0] << ", "
-                                  << byte_strides[1] << ", " << byte_strides[2] << "), box (" << box[0] << ", " << box[1]
-                                  << ", " << box[2] << ", " << box[3] << "), swizzle " << swizzle_bytes);
+                                  << int(r) << "): base " << base << ", dims (" << dims[0] << ", " << dims[1]
+                                  << ", " << dims[2] << ", " << dims[3] << "), byte strides ("
+                                  << byte_strides[0] << ", " << byte_strides[1] << ", " << byte_strides[2]
+                                  << "), box (" << box[0] << ", " << box[1] << ", " << box[2] << ", "
+                                  << box[3] << "), swizzle " << swizzle_bytes);
   return map;
 }
 

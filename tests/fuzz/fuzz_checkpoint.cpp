@@ -25,9 +25,12 @@ const std::string& dir() {
 const pf::Config& config() {
   static const pf::Config cfg = pf::config_from_yaml_string(
       "model: {n_types: 2, d_model: 2, n_heads: 1, n_layers: 1, d_ff: 2, c_z: 1, relpos_clip: 1, dist_bins: 2}\n"
-      "data: {train: " + dir() + "/train.h5, val: " + dir() + "/val.h5, n_train: 2, n_val: 1, n_res: 6, seed: 1}\n"
+      "data: {train: " +
+      dir() + "/train.h5, val: " + dir() +
+      "/val.h5, n_train: 2, n_val: 1, n_res: 6, seed: 1}\n"
       "train: {steps: 1, batch_size: 1, warmup: 0, seed: 1}\n"
-      "device: cpu\nout: " + dir() + "/run\n");
+      "device: cpu\nout: " +
+      dir() + "/run\n");
   return cfg;
 }
 
