@@ -10,9 +10,9 @@
 //   (bytes read + written). Forward: Q, K, V, O and the bias once. Forward+backward adds the
 //   bias again, dB, dO, dQ, dK and dV.
 // - Peers: bench/flash_bias_peers.py run as a subprocess (PyTorch SDPA with a float mask that
-//   requires grad, FlexAttention with the bias captured in score_mod, naive PyTorch, and where
-//   PF_TRITON_FLASH_BIAS names its file the Triton flash-attention-with-bias kernel of the
-//   flash-attention repository, whose backward computes no dB); it prints
+//   requires grad, FlexAttention with the bias captured in score_mod, naive PyTorch, and the
+//   public Triton flash-attention-with-bias kernels whose files PF_TRITON_FLASH_BIAS names
+//   (':'-separated; flash_bias_peers.py says which compute dB); it prints
 //   `PEER impl B H N D shared fwd_ms fwdbwd_ms` lines (nan where a peer cannot run a shape).
 // - Relative-position section (B=4, H=8, N=2048, D=64, R=N−1, fp16 inputs, fp32 table): ours with
 //   the fused table, forward and forward+backward with dQ, dK, dV and dT; ours with no bias at all

@@ -7,11 +7,14 @@ forward and forward+backward (median, triton.testing.do_bench) of:
   sdpa   torch.nn.functional.scaled_dot_product_attention with the bias as a float attn_mask
   flex   torch.compile(flex_attention) with the bias captured in score_mod
   naive  softmax(scale * q k^T + bias) v in plain PyTorch ops
-  triton the Triton flash-attention-with-bias kernel of the flash-attention repository
-         (flash_attn/flash_attn_triton.py, not part of pairflash: give its path with
-         --triton-flash-bias or PF_TRITON_FLASH_BIAS); on (B,N,H,D) tensors, and its backward
-         computes no bias gradient (the bias does not require grad there), so its forward+backward
-         does less work than the others'
+  triton, triton2, …  public Triton flash-attention-with-bias kernels, not part of pairflash: the
+         files named by --triton-flash-bias or PF_TRITON_FLASH_BIAS (paths separated by ':'), each
+         exposing flash_attn_w_bias, attention_with_bias or flash_attn_func(q, k, v, bias, causal,
+         softmax_scale) on (B,N,H,D) tensors — e.g. flash_attn_w_bias.py of
+         Flash-Attention-with-Bias-Triton (computes dB) and flash_attn/flash_attn_triton.py of
+         flash-attention (its backward computes no dB: timed with a bias that does not require
+         grad, so its forward+backward does less work than the others'). Each is checked against
+         SDPA's output on stderr.
 and prints one line per (impl, shape):
   PEER impl B H N D shared fwd_ms fwdbwd_ms        (nan where the impl cannot run the shape)
 
@@ -50,6 +53,39 @@ def qkv_dout(B, H, N, D, gen):
     return draw(True), draw(True), draw(True), draw(False)
 
 
+def load_triton_peer(name, path):
+    """The attention function of the Triton module at `path` (its folder on sys.path, for a module
+    that imports itself by name), or None."""
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[stem] = mod
+        spec.loader.exec_module(mod)
+        for attr in ("flash_attn_w_bias", "attention_with_bias", "flash_attn_func"):
+            if hasattr(mod, attr):
+                log(f"{name} peer: {path} ({attr})")
+                return getattr(mod, attr)
+        log(f"{name} peer: {path} has none of flash_attn_w_bias, attention_with_bias, flash_attn_func")
+    except Exception as e:
+        log(f"{name} peer unavailable ({path}): {type(e).__name__}: {e}")
+    return None
+
+
+def peer_bias(attn, q, k, v, bias, scale, dout):
+    """A copy of bias for a Triton peer: requiring grad if the peer's backward computes dB."""
+    b = bias.detach().clone().requires_grad_()
+    try:
+        attn(q, k, v, b, False, scale).backward(dout)
+        ok = b.grad is not None
+    except Exception:
+        ok = False
+    for t in (q, k, v):
+        t.grad = None
+    return b if ok else bias.detach()
+
+
 def time_fwd_fwdbwd(bench, fn, dout, grads):
     """Median ms of fn() under no_grad, and of fn().backward(dout) (grads reset each run)."""
     import torch
@@ -65,7 +101,7 @@ def main():
     ap.add_argument("--relpos", default="", help="B,H,N,D,R: the relative-position table mode")
     ap.add_argument("--impls", default="sdpa,flex,naive,triton")
     ap.add_argument("--triton-flash-bias", default=os.environ.get("PF_TRITON_FLASH_BIAS", ""),
-                    help="path of a module with flash_attn_func(q, k, v, bias, causal, softmax_scale)")
+                    help="paths (':'-separated) of Triton flash-attention-with-bias modules")
     args = ap.parse_args()
 
     import torch
@@ -83,16 +119,10 @@ def main():
     def bench(fn, grads):
         return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
 
-    triton_attn = None
-    if args.triton_flash_bias:
-        try:
-            spec_ = importlib.util.spec_from_file_location("triton_flash_bias", args.triton_flash_bias)
-            mod = importlib.util.module_from_spec(spec_)
-            spec_.loader.exec_module(mod)
-            triton_attn = mod.flash_attn_func
-            log(f"triton peer: {args.triton_flash_bias}")
-        except Exception as e:
-            log(f"triton peer unavailable ({args.triton_flash_bias}): {type(e).__name__}: {e}")
+    tritons = {}  # impl name -> the module's attention function (None: could not be loaded)
+    for i, path in enumerate(filter(None, args.triton_flash_bias.split(":"))):
+        name = "triton" if i == 0 else f"triton{i + 1}"
+        tritons[name] = load_triton_peer(name, path)
 
     if args.relpos:
         relpos(args.relpos, flex, bench)
@@ -118,25 +148,26 @@ def main():
             s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias
             return torch.matmul(torch.softmax(s, dim=-1), v)
 
-        # the Triton peer's layout: (B,N,H,D) copies, made outside the timed region
+        impls = {"sdpa": sdpa, "flex": flex_fn if flex is not None else None, "naive": naive}
+        inputs = {}  # impl -> (dout, the tensors whose gradients are reset) where not the common ones
+        # the Triton peers' layout: (B,N,H,D) copies, made outside the timed region; the bias
+        # requires grad where the peer's backward computes dB
         qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
         dout_t = dout.transpose(1, 2).contiguous()
-        bias_t = bias.detach()
-
-        def triton_fn():
-            return triton_attn(qt, kt, vt, bias_t, False, scale)
-
-        impls = {"sdpa": sdpa, "flex": flex_fn if flex is not None else None, "naive": naive,
-                 "triton": triton_fn if triton_attn is not None else None}
-        if triton_attn is not None:  # the same attention as SDPA's (fp16 rounding apart)?
-            with torch.no_grad():
-                err = (triton_fn().transpose(1, 2).float() - sdpa().float()).abs().max().item()
-            log(f"  triton {spec}: max |out - sdpa out| = {err:.2e}")
-        for name in args.impls.split(","):
-            if name == "triton" and not args.triton_flash_bias:
-                continue  # not given: no column
+        for name, attn in tritons.items():
+            if attn is None:
+                impls[name] = None
+                continue
+            bias_t = peer_bias(attn, qt, kt, vt, bias, scale, dout_t)
+            impls[name] = (lambda a, b: lambda: a(qt, kt, vt, b, False, scale))(attn, bias_t)
+            inputs[name] = (dout_t, [qt, kt, vt] + ([bias_t] if bias_t.requires_grad else []))
+            with torch.no_grad():  # the same attention as SDPA's (fp16 rounding apart)?
+                err = (impls[name]().transpose(1, 2).float() - sdpa().float()).abs().max().item()
+            log(f"  {name} {spec}: max |out - sdpa out| = {err:.2e}; dB {'computed' if bias_t.requires_grad else 'not computed'}")
+        names = [n for n in args.impls.split(",") if n != "triton"] + (list(tritons) if "triton" in args.impls else [])
+        for name in names:
             fn = impls.get(name)
-            impl_dout, impl_grads = (dout_t, [qt, kt, vt]) if name == "triton" else (dout, grads)
+            impl_dout, impl_grads = inputs.get(name, (dout, grads))
             t_f = t_fb = float("nan")
             if fn is not None:
                 try:
