@@ -4,7 +4,7 @@
 //   bias tile), read back element by element through swizzled_offset: must equal the source,
 //   with zeros past the tensor's edge.
 // - wgmma ss: S (64 × N) = Q (64 × D) · K (N × D)ᵀ, both K-major tiles written by TMA (64-byte
-//   swizzle for D = 32, 128-byte panels otherwise), D / 16 K-steps through desc_advance.
+//   swizzle for D = 32, 128-byte panels otherwise), D / 16 K-steps (sm90::wgmma_ss_kmajor).
 // - wgmma rs: O (64 × D) = P (64 × BN) · V (BN × D), P from registers in the accumulator layout,
 //   V an MN-major tile written by TMA.
 // The backward's parts:
@@ -139,13 +139,7 @@ __global__ void __launch_bounds__(128)
   sm90::mbar_wait(&bar, 0);
   float s[N / 2];
   sm90::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    const int byte = ks * 32, panel = byte / RB, off = byte % RB;
-    const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sQ + panel * 64 * RB), off);
-    const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(sK + panel * N * RB), off);
-    sm90::Wgmma<N, false>::ss(s, da, db, ks > 0);
-  }
+  sm90::wgmma_ss_kmajor<N, false, RB, D>(s, sQ, 64 * RB, sK, N * RB);
   sm90::wgmma_commit();
   sm90::wgmma_wait<0>();
   sm90::fence_regs(s);

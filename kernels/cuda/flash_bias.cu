@@ -339,28 +339,59 @@ size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p) { return
 
 namespace {
 
-// The Hopper backward: padded row statistics, the main kernel, then the accumulators' conversion
-// by the portable finalize kernels.
-void hopper_backward(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws, cudaStream_t stream) {
-#ifdef PF_FLASH_BIAS_SM90
-  FlashBiasBwdSm90Workspace w;
-  w.nq_pad = plan.nq_pad;
-  float* delta = reinterpret_cast<float*>(ws + plan.off_delta);
-  float* lse2 = reinterpret_cast<float*>(ws + plan.off_lse2);
-  w.delta = delta;
-  w.lse2 = lse2;
-  const int64_t rows = int64_t(p.B) * p.H * p.Nq;
+// The plan's fp32 accumulators in the workspace (dQ of the atomic mode, dB of a bias shared by
+// more (b, h) pairs than a cluster takes), zeroed on the stream; null where the plan has none.
+struct Accumulators {
+  float* dq = nullptr;
+  float* dbias = nullptr;
+};
+Accumulators zeroed_accumulators(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws,
+                                 cudaStream_t stream) {
+  Accumulators acc;
   if (plan.dq_atomic) {
-    w.dq_accum = reinterpret_cast<float*>(ws + plan.off_dq);
-    PF_CUDA_CHECK(cudaMemsetAsync(w.dq_accum, 0, size_t(rows) * p.D * sizeof(float), stream));
+    acc.dq = reinterpret_cast<float*>(ws + plan.off_dq);
+    PF_CUDA_CHECK(cudaMemsetAsync(acc.dq, 0, size_t(p.B) * p.H * p.Nq * p.D * sizeof(float), stream));
   }
   if (plan.nsb > 0) {
-    w.dbias_accum = reinterpret_cast<float*>(ws + plan.off_dbias);
-    w.dbias_accum_ld = plan.dbias_ld;
+    acc.dbias = reinterpret_cast<float*>(ws + plan.off_dbias);
     PF_CUDA_CHECK(cudaMemsetAsync(
-        w.dbias_accum, 0, size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float), stream));
+        acc.dbias, 0, size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float), stream));
   }
-  const float scale = float(p.scale);
+  return acc;
+}
+
+// The accumulators into the gradients' dtypes and strides: dq = scale · Σ dS K, dbias = (or +=) Σ dS.
+void finalize_accumulators(const FlashBiasBwdParams& p, const BwdPlan& plan, bool varlen,
+                           const Accumulators& acc, cudaStream_t stream) {
+  const int64_t rows = int64_t(p.B) * p.H * p.Nq;
+  if (acc.dq != nullptr && rows > 0)
+    fb::dispatch_dtype(p.dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      fb::flash_bias_dq_finalize_kernel<T>
+          <<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, varlen, acc.dq, float(p.scale));
+      PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
+    });
+  if (acc.dbias != nullptr) {
+    const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
+    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
+        p, int(p.bias_dtype), acc.dbias, plan.dbias_ld, plan.nsb, plan.nsh);
+    PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
+  }
+}
+
+// The Hopper backward: padded row statistics, the main kernel, then the accumulators' conversion.
+void hopper_backward(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws, cudaStream_t stream) {
+#ifdef PF_FLASH_BIAS_SM90
+  const Accumulators acc = zeroed_accumulators(p, plan, ws, stream);
+  float* delta = reinterpret_cast<float*>(ws + plan.off_delta);
+  float* lse2 = reinterpret_cast<float*>(ws + plan.off_lse2);
+  FlashBiasBwdSm90Workspace w;
+  w.nq_pad = plan.nq_pad;
+  w.delta = delta;
+  w.lse2 = lse2;
+  w.dq_accum = acc.dq;
+  w.dbias_accum = acc.dbias;
+  w.dbias_accum_ld = plan.dbias_ld;
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
@@ -368,19 +399,9 @@ void hopper_backward(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws,
           <<<grid_for(int64_t(p.B) * p.H * plan.nq_pad, 8), 256, 0, stream>>>(p, plan.nq_pad, delta, lse2);
       PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_padded_stats_kernel");
       flash_bias_bwd_sm90(p, w, stream);
-      if (plan.dq_atomic) {
-        fb::flash_bias_dq_finalize_kernel<T>
-            <<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, false, w.dq_accum, scale);
-        PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
-      }
     }
   });
-  if (w.dbias_accum != nullptr) {
-    const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
-    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
-        p, int(p.bias_dtype), w.dbias_accum, plan.dbias_ld, plan.nsb, plan.nsh);
-    PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
-  }
+  finalize_accumulators(p, plan, false, acc, stream);
 #else
   (void)p, (void)plan, (void)ws, (void)stream;
   PF_FAIL("flash_bias_backward: this build has no Hopper kernels");
@@ -442,25 +463,20 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
     args.drel_part = reinterpret_cast<float*>(ws + plan.off_drel);
     args.drel_part_ld = plan.drel_ld;
   }
+  const Accumulators acc = zeroed_accumulators(p, plan, ws, stream);
   args.delta = reinterpret_cast<float*>(ws + plan.off_delta);
-  args.dq_accum = plan.dq_atomic ? reinterpret_cast<float*>(ws + plan.off_dq) : nullptr;
+  args.dq_accum = acc.dq;
   args.dbias_mode = plan.dbias_mode;
   args.shared_b = plan.shared_b;
   args.shared_h = plan.shared_h;
-  if (plan.nsb > 0) {
-    args.dbias_accum = reinterpret_cast<float*>(ws + plan.off_dbias);
-    args.dbias_accum_ld = plan.dbias_ld;
-  }
+  args.dbias_accum = acc.dbias;
+  args.dbias_accum_ld = plan.dbias_ld;
   args.group_b = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_b;
   args.group_h = plan.dbias_mode == DbiasMode::kGrouped && plan.shared_h;
   args.sharing_fastest = plan.dbias_mode == DbiasMode::kAtomic || plan.dbias_mode == DbiasMode::kCluster;
   args.cluster_size = plan.dbias_mode == DbiasMode::kCluster ? plan.cluster_size : 1;
 
   const int64_t rows = int64_t(p.B) * p.H * p.Nq;
-  const size_t accum_dq_bytes = size_t(rows) * p.D * sizeof(float);
-  const size_t accum_db_bytes = size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float);
-  if (args.dq_accum) PF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, accum_dq_bytes, stream));
-  if (args.dbias_accum) PF_CUDA_CHECK(cudaMemsetAsync(args.dbias_accum, 0, accum_db_bytes, stream));
   const int64_t n_bins = int64_t(p.H) * (2 * int64_t(p.relpos_clip) + 1);
   if (plan.drel_mode == DrelMode::kAtomic && !p.dbias_accumulate)
     PF_CUDA_CHECK(cudaMemsetAsync(p.drelpos_table, 0, size_t(n_bins) * sizeof(float), stream));
@@ -480,24 +496,13 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
         fb::launch_flash_bias_bwd<T, D>(args, stream);
       if (want_dq && !plan.dq_atomic) fb::launch_flash_bias_bwd_dq<T, D>(args, stream);
     });
-
-    if (plan.dq_atomic && rows > 0) {
-      fb::flash_bias_dq_finalize_kernel<T>
-          <<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, varlen, args.dq_accum, args.scale);
-      PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
-    }
   });
   if (plan.drel_mode == DrelMode::kPartial) {
     fb::flash_bias_drel_reduce_kernel<<<grid_for(n_bins, 256), 256, 0, stream>>>(p, varlen, args.drel_part,
                                                                                  plan.drel_ld);
     PF_CUDA_CHECK_LAUNCH("flash_bias_drel_reduce_kernel");
   }
-  if (args.dbias_accum) {
-    const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
-    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
-        p, args.bias_kind, args.dbias_accum, plan.dbias_ld, plan.nsb, plan.nsh);
-    PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
-  }
+  finalize_accumulators(p, plan, varlen, acc, stream);
 }
 
 }  // namespace pf::kernels::cuda

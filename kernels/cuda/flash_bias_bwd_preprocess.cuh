@@ -74,18 +74,17 @@ __global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwd
 template <typename T>
 __global__ void flash_bias_bwd_padded_stats_kernel(const __grid_constant__ FlashBiasBwdParams p, int nq_pad,
                                                    float* delta, float* lse2) {
+  const StatRows sr = stat_rows(p, false);
   const int64_t rows = int64_t(p.B) * p.H * nq_pad;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
     const int i = int(r % nq_pad);
-    const int64_t bh = r / nq_pad;
     float s = 0.f, l2 = 0.f;
     if (i < p.Nq) {
-      const int h = int(bh % p.H), b = int(bh / p.H);
-      const int64_t o = b * p.out_stride.batch + int64_t(i) * p.out_stride.row + h * p.out_stride.head;
-      const int64_t d = b * p.dout_stride.batch + int64_t(i) * p.dout_stride.row + h * p.dout_stride.head;
-      s = warp_row_dot(static_cast<const T*>(p.out) + o, static_cast<const T*>(p.dout) + d, p.D);
-      l2 = lse_to_log2(static_cast<const float*>(p.lse)[bh * p.Nq + i]);
+      const int64_t stat = r / nq_pad * p.Nq + i;  // the unpadded stat row
+      s = warp_row_dot(static_cast<const T*>(p.out) + sr.origin(stat, p.out_stride),
+                       static_cast<const T*>(p.dout) + sr.origin(stat, p.dout_stride), p.D);
+      l2 = lse_to_log2(static_cast<const float*>(p.lse)[stat]);
     }
     if (threadIdx.x % 32 == 0) {
       delta[r] = s;

@@ -209,21 +209,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     // Sᵀ = K_w Q_iᵀ and dPᵀ = V_w dO_iᵀ (64 keys × 64 queries each)
     float s[BM / 2], dp[BM / 2];
     sm90::wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const int byte = ks * 32, panel = byte / RB, off = byte % RB;
-      const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sK + panel * BN * RB + 64 * cw * RB), off);
-      const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(sQ + panel * BM * RB), off);
-      sm90::Wgmma<BM, kBf16>::ss(s, da, db, ks > 0);
-    }
+    sm90::wgmma_ss_kmajor<BM, kBf16, RB, D>(s, sK + 64 * cw * RB, BN * RB, sQ, BM * RB);
     sm90::wgmma_commit();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const int byte = ks * 32, panel = byte / RB, off = byte % RB;
-      const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sV + panel * BN * RB + 64 * cw * RB), off);
-      const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(sDo + panel * BM * RB), off);
-      sm90::Wgmma<BM, kBf16>::ss(dp, da, db, ks > 0);
-    }
+    sm90::wgmma_ss_kmajor<BM, kBf16, RB, D>(dp, sV + 64 * cw * RB, BN * RB, sDo, BM * RB);
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>();
     sm90::fence_regs(s);

@@ -180,13 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
     // S = Q K_jᵀ
     float s[BN / 2];
     sm90::wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const int byte = ks * 32, panel = byte / RB, off = byte % RB;
-      const uint64_t da = sm90::desc_advance(sm90::make_desc<RB>(sQ + panel * BM * RB + 64 * cw * RB), off);
-      const uint64_t db = sm90::desc_advance(sm90::make_desc<RB>(st + panel * BN * RB), off);
-      sm90::Wgmma<BN, kBf16>::ss(s, da, db, ks > 0);
-    }
+    sm90::wgmma_ss_kmajor<BN, kBf16, RB, D>(s, sQ + 64 * cw * RB, BM * RB, st, BN * RB);
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::fence_regs(s);

@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/sm90_wgmma.cuh"
+
 namespace pf::kernels::cuda::sm90 {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -152,6 +154,20 @@ __device__ __forceinline__ void wgmma_commit() {
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// d (64 × N) = A · Bᵀ over K (a multiple of 16): A (64 rows) and B (N rows) 16-bit tiles stored
+// K-major as TMA writes them — rows of kSwizzle bytes, K = 128 as two such panels side by side,
+// a_panel / b_panel bytes apart. Issued (one wgmma per 16 of K), not committed nor waited for.
+template <int N, bool kBf16, int kSwizzle, int K>
+__device__ __forceinline__ void wgmma_ss_kmajor(float (&d)[N / 2], const char* a, int a_panel, const char* b,
+                                                int b_panel) {
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    const int byte = ks * 32, panel = byte / kSwizzle, off = byte % kSwizzle;
+    Wgmma<N, kBf16>::ss(d, desc_advance(make_desc<kSwizzle>(a + panel * a_panel), off),
+                        desc_advance(make_desc<kSwizzle>(b + panel * b_panel), off), ks > 0);
+  }
 }
 
 // Keeps the compiler from moving reads or writes of accumulator registers across wgmma fences.
