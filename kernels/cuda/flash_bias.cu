@@ -152,7 +152,7 @@ struct BwdPlan {
   size_t off_delta = 0, off_dq = 0, off_dbias = 0, off_drel = 0, total = 0;
   bool dq_atomic = false;
   bool hopper = false;  // the Hopper backward: Δ and lse·log2 e in rows of nq_pad
-  int nq_pad = 0;
+  int nq_pad = 0;       // Nq, or rounded up to 64 for the Hopper backward
   size_t off_lse2 = 0;
 };
 bool use_hopper_backward(const FlashBiasBwdParams& p);
@@ -163,38 +163,26 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   plan.shared_b = !varlen && p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
   plan.shared_h = !varlen && p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
   plan.cluster_size = (plan.shared_b ? p.B : 1) * (plan.shared_h ? p.H : 1);
+  // The Hopper backward (never deterministic) sums a broadcast dB in its fp32 accumulator.
+  plan.hopper = use_hopper_backward(p);
   if (p.dbias != nullptr)
     plan.dbias_mode = !(plan.shared_b || plan.shared_h) ? DbiasMode::kDirect
-                      : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
+                      : !plan.hopper && plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
                           ? DbiasMode::kCluster
                       : p.deterministic ? DbiasMode::kGrouped
                                         : DbiasMode::kAtomic;
-  plan.hopper = use_hopper_backward(p);
-  if (plan.hopper) {  // dQ and a broadcast dB through fp32 accumulators; row statistics padded
-    plan.dbias_mode = plan.shared_b || plan.shared_h ? DbiasMode::kAtomic : DbiasMode::kDirect;
-    plan.nq_pad = (p.Nq + 63) / 64 * 64;
-    plan.off_lse2 = round256(size_t(p.B) * p.H * plan.nq_pad * sizeof(float));
-    size_t off = 2 * plan.off_lse2;
-    if (p.dq != nullptr) {
-      plan.dq_atomic = true;
-      plan.off_dq = off;
-      off += round256(size_t(p.B) * p.H * p.Nq * p.D * sizeof(float));
-    }
-    if (p.dbias != nullptr && plan.dbias_mode == DbiasMode::kAtomic) {
-      plan.nsb = plan.shared_b ? 1 : p.B;
-      plan.nsh = plan.shared_h ? 1 : p.H;
-      plan.dbias_ld = (int64_t(p.Nk) + 3) / 4 * 4;
-      plan.off_dbias = off;
-      off += round256(size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float));
-    }
-    plan.total = off;
-    return plan;
-  }
   plan.dq_atomic = p.dq != nullptr && !p.deterministic;
-  // row statistics and the dQ accumulator: (B,H,Nq), or (H,Tq) packed with Tq <= B·Nq
+  // row statistics and the dQ accumulator: (B,H,Nq), or (H,Tq) packed with Tq <= B·Nq; the Hopper
+  // backward's Δ and lse·log2 e in rows padded to its 64-row query blocks
   const size_t rows = size_t(p.B) * p.H * p.Nq;
+  plan.nq_pad = plan.hopper ? (p.Nq + 63) / 64 * 64 : p.Nq;
+  const size_t stat_bytes = round256(size_t(p.B) * p.H * plan.nq_pad * sizeof(float));
   plan.off_delta = 0;
-  size_t off = round256(rows * sizeof(float));
+  size_t off = stat_bytes;
+  if (plan.hopper) {
+    plan.off_lse2 = off;
+    off += stat_bytes;
+  }
   if (plan.dq_atomic) {
     plan.off_dq = off;
     off += round256(rows * p.D * sizeof(float));
