@@ -14,6 +14,7 @@
 #include "framework/optim.h"
 #include "framework/run_dir.h"
 #include "run/modes.h"
+#include "run/train_step.h"
 #include "tests/run_record.h"
 
 namespace pf {
@@ -129,6 +130,67 @@ TEST(Train, BadInputGivesOneClearError) {
   // Resume without a checkpoint.
   Config fresh = tiny(dir, "nothing_here");
   EXPECT_THROW(run::train(fresh, true), Error);
+  fs::remove_all(dir);
+}
+
+// train.cuda_graph: why a run's steps cannot be captured in a CUDA graph, each reason alone
+// (host logic: no GPU needed), and `on` with a reason is one clear error before any step.
+TEST(Train, CudaGraphBlockersNameTheReason) {
+  const Config dense = tiny("d", "r");
+  EXPECT_EQ(run::cuda_graph_blocker(dense, Device::CUDA, false), "");
+  const auto blocker = [&](Config c, Device device, bool data_parallel) {
+    return run::cuda_graph_blocker(c, device, data_parallel);
+  };
+  Config off = dense;
+  off.train.cuda_graph = "off";
+  EXPECT_EQ(blocker(off, Device::CUDA, false), "train.cuda_graph is off");
+  EXPECT_EQ(blocker(dense, Device::CPU, false), "the device is the CPU");
+  EXPECT_NE(blocker(dense, Device::CUDA, true).find("data-parallel training"), std::string::npos);
+  Config varlen = dense;
+  varlen.data.n_res_min = 8;
+  EXPECT_NE(blocker(varlen, Device::CUDA, false).find("packed batches"), std::string::npos);
+  Config by_tokens = dense;
+  by_tokens.train.batch_tokens = 64;
+  EXPECT_NE(blocker(by_tokens, Device::CUDA, false).find("packed batches"), std::string::npos);
+  Config anomaly = dense;
+  anomaly.train.detect_anomaly = true;
+  EXPECT_NE(blocker(anomaly, Device::CUDA, false).find("train.detect_anomaly"), std::string::npos);
+  // auto and on name the same reasons; off wins over all of them
+  Config on = anomaly;
+  on.train.cuda_graph = "on";
+  EXPECT_EQ(blocker(on, Device::CUDA, false), blocker(anomaly, Device::CUDA, false));
+  off.train.detect_anomaly = true;
+  EXPECT_EQ(blocker(off, Device::CPU, true), "train.cuda_graph is off");
+}
+
+TEST(Train, CudaGraphOnWhereTheStepCannotBeCapturedIsOneClearError) {
+  const std::string dir = temp_dir("graph_on");
+  Config cfg = tiny(dir, "run");  // device cpu
+  cfg.train.cuda_graph = "on";
+  std::string msg;
+  testing::internal::CaptureStdout();
+  try {
+    run::train(cfg, false);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  testing::internal::GetCapturedStdout();
+  EXPECT_NE(msg.find("train.cuda_graph is on, but the training step cannot be captured in a CUDA graph: "
+                     "the device is the CPU"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+  // auto on the CPU: the run trains eagerly and says once why graphs are off
+  cfg.train.cuda_graph = "auto";
+  cfg.train.steps = 3;
+  cfg.train.warmup = 1;
+  cfg.out = dir + "/auto";
+  testing::internal::CaptureStdout();
+  ASSERT_EQ(run::train(cfg, false), 0);
+  const std::string log = testing::internal::GetCapturedStdout();
+  const std::string said = "cuda graph: off (the device is the CPU); the steps run eagerly\n";
+  EXPECT_NE(log.find(said), std::string::npos) << log;
+  EXPECT_EQ(log.find(said), log.rfind(said)) << "said once: " << log;
   fs::remove_all(dir);
 }
 
