@@ -66,8 +66,8 @@ run::BatchTensors to_device(const run::BatchTensors& b, Device device) {
 
 // --graph: the training loop's step, eager and/or replayed from a CUDA graph, on the first 4
 // batches of `set`; ms per step (wall time, the step's one read-back included) of each.
-int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& graph_mode, int warmup, int steps,
-                     const char* config_path) {
+int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& graph_mode, int warmup,
+                     int steps, const char* config_path) {
   const auto& t = cfg.train;
   const int B = t.batch_size, N = cfg.data.n_res;
   std::vector<run::HostBatch> batches;
@@ -88,7 +88,8 @@ int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& 
     models::PairBiasModel model(c.model, t.seed);
     model.to(Device::CUDA);
     const auto params = model.named_parameters();
-    optim::AdamW opt(params, optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
+    optim::AdamW opt(params,
+                     optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
                      {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
     run::TrainStep step(model, opt, c, Device::CUDA);
     Timing r;
@@ -115,8 +116,9 @@ int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& 
       "\"eager_tokens_per_s\": %.1f, \"graph_tokens_per_s\": %.1f, \"eager_peak_mib\": %.1f, "
       "\"graph_peak_mib\": %.1f, \"eager_loss\": %.6f, \"graph_loss\": %.6f, \"graph_replays\": %lld, "
       "\"B\": %d, \"N\": %d, \"precision\": \"%s\", \"steps\": %d}\n",
-      1e3 * tokens / main_run.ms, main_run.ms, main_run.peak_mib, graph_mode.c_str(), e.ms, g.ms, eager ? 1e3 * tokens / e.ms : 0.0, graph ? 1e3 * tokens / g.ms : 0.0,
-      e.peak_mib, g.peak_mib, e.loss, g.loss, static_cast<long long>(g.replays), B, N, t.precision.c_str(), steps);
+      1e3 * tokens / main_run.ms, main_run.ms, main_run.peak_mib, graph_mode.c_str(), e.ms, g.ms,
+      eager ? 1e3 * tokens / e.ms : 0.0, graph ? 1e3 * tokens / g.ms : 0.0, e.peak_mib, g.peak_mib, e.loss,
+      g.loss, static_cast<long long>(g.replays), B, N, t.precision.c_str(), steps);
   return 0;
 }
 

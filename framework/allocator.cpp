@@ -78,7 +78,7 @@ struct CachingAllocator {
     void* p = pop(pool ? pools[pool] : free_blocks, cls);
     if (!p) {
       p = kernels::cuda::raw_malloc(cls);
-      if (!p && !pool) {  // out of memory: give the cache back and try once more (not in a
+      if (!p && !pool) {          // out of memory: give the cache back and try once more (not in a
         release_cached_locked();  // capture: cudaFree would synchronise the captured stream)
         p = kernels::cuda::raw_malloc(cls);
       }
@@ -226,7 +226,9 @@ void cuda_empty_cache() {}
 int cuda_graph_pool_open() { PF_FAIL("a CUDA graph pool was requested but this build has no CUDA support"); }
 void cuda_graph_pool_close() {}
 void cuda_graph_pool_release(int) {}
-void* pinned_host_alloc(size_t) { PF_FAIL("pinned host memory was requested but this build has no CUDA support"); }
+void* pinned_host_alloc(size_t) {
+  PF_FAIL("pinned host memory was requested but this build has no CUDA support");
+}
 void pinned_host_free(void*) {}
 
 #endif

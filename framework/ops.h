@@ -128,8 +128,8 @@ double accuracy(const Tensor& logits, const Tensor& labels);
 Tensor count_correct(const Tensor& logits, const Tensor& labels);
 // count_correct's counts → the fraction right; a label outside [0,K) is an error naming them.
 double accuracy_of(int64_t correct, int64_t bad_labels, int64_t N, int64_t K);
-// Scalars (one element each, float32, float64 or int32) → (n) F64 on their device, in one launch
-// on the GPU: several results read back by one copy.
+// Tensors of one device (float32, float64 or int32) → (Σ numel) F64 there, their elements in
+// order, in one launch on the GPU (at most 16 elements): several results read back by one copy.
 Tensor stack_scalars(const std::vector<Tensor>& xs);
 bool all_finite(const Tensor& x);
 

@@ -122,7 +122,7 @@ void AdamW::step(const Tensor& lr, const Tensor& go) {
   PF_CHECK(lr.device() == Device::CUDA && lr.dtype() == DType::F64 && lr.numel() == 1 &&
                go.device() == Device::CUDA && go.dtype() == DType::I32 && go.numel() == 1,
            "AdamW::step: lr must be a float64 and go an int32 scalar on the GPU, got " << lr.str() << " and "
-                                                                                     << go.str());
+                                                                                       << go.str());
 #ifdef PF_WITH_CUDA
   std::vector<kernels::cuda::AdamWTensor> ts;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -143,9 +143,7 @@ void AdamW::step(const Tensor& lr, const Tensor& go) {
 #endif
 }
 
-int64_t AdamW::steps_taken() const {
-  return t_dev_.defined() ? static_cast<int64_t>(t_dev_.item()) : t_;
-}
+int64_t AdamW::steps_taken() const { return t_dev_.defined() ? static_cast<int64_t>(t_dev_.item()) : t_; }
 
 void AdamW::set_steps_taken(int64_t t) {
   t_ = t;
@@ -199,7 +197,7 @@ Tensor finite_flag(const Tensor& loss, const Tensor& norm) {
   PF_CHECK(loss.device() == Device::CUDA && loss.dtype() == DType::F32 && loss.numel() == 1 &&
                norm.device() == Device::CUDA && norm.dtype() == DType::F64,
            "finite_flag: a float32 loss and a float64 norm on the GPU, got " << loss.str() << " and "
-                                                                              << norm.str());
+                                                                             << norm.str());
   Tensor go = Tensor::empty({}, DType::I32, Device::CUDA);
 #ifdef PF_WITH_CUDA
   kernels::cuda::finite_flag(static_cast<const float*>(loss.data_ptr()),

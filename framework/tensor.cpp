@@ -323,7 +323,7 @@ void Tensor::fill_(double value) {
     return;
   }
   const auto kernel_type = [](DType t) {
-    return t == DType::F32 ? kernels::ScalarType::F32
+    return t == DType::F32   ? kernels::ScalarType::F32
            : t == DType::F64 ? kernels::ScalarType::F64
                              : kernels::ScalarType::BF16;
   };

@@ -51,7 +51,6 @@ class TrainStep {
   // blocker is an error naming it.
   TrainStep(models::PairBiasModel& model, optim::AdamW& opt, const Config& cfg, Device device,
             dist::GradientSync* grad_sync = nullptr, dist::Communicator* comm = nullptr);
-  ~TrainStep();
 
   // One step on `batch` at learning rate lr. A non-finite loss or gradient norm gets no update:
   // weights, moments and the update count stay as they were.
@@ -77,7 +76,7 @@ class TrainStep {
   dist::Communicator* comm_;
   Tensor lr_;  // () F64 on the GPU: the device steps' learning rate
   bool use_graph_ = false, warmed_ = false;
-  std::unique_ptr<Graph> graph_;
+  std::shared_ptr<Graph> graph_;  // shared_ptr: Graph is complete only in train_step_gpu.cpp
   int64_t replays_ = 0;
 };
 

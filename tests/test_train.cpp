@@ -4,13 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <unistd.h>
 
+#include "framework/allocator.h"
 #include "framework/config.h"
+#include "framework/cuda_graph.h"
 #include "framework/files.h"
 #include "framework/h5io.h"
+#include "framework/ops.h"
 #include "framework/optim.h"
 #include "framework/run_dir.h"
 #include "run/modes.h"
@@ -192,6 +196,42 @@ TEST(Train, CudaGraphOnWhereTheStepCannotBeCapturedIsOneClearError) {
   EXPECT_NE(log.find(said), std::string::npos) << log;
   EXPECT_EQ(log.find(said), log.rfind(said)) << "said once: " << log;
   fs::remove_all(dir);
+}
+
+// The pieces of the one-GPU step on the CPU: stack_scalars gathers elements in order;
+// the device-only calls give one clear error instead of running on host memory.
+TEST(Train, DeviceStepPiecesOnTheCpu) {
+  const Tensor a = Tensor::full({}, 1.5, DType::F32, Device::CPU);
+  const Tensor b = Tensor::from_vector(std::vector<int32_t>{3, -4}, {2}, DType::I32, Device::CPU);
+  const Tensor c = Tensor::from_vector(std::vector<double>{0.25}, {1}, DType::F64, Device::CPU);
+  EXPECT_EQ(ops::stack_scalars({a, b, c}).to_vector<double>(), (std::vector<double>{1.5, 3, -4, 0.25}));
+  EXPECT_THROW(ops::stack_scalars({a, Tensor::zeros({1}, DType::BF16, Device::CPU)}), Error);
+  Tensor w = Tensor::zeros({3}, DType::F32, Device::CPU);
+  w.requires_grad_();
+  w.set_grad(Tensor::full({3}, 2.0, DType::F32, Device::CPU));
+  optim::AdamW opt({{"w", w}}, {false}, {});
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message([&] {
+              opt.step(Tensor::zeros({}, DType::F64, Device::CPU), Tensor());
+            }).find("AdamW::step(lr, go) takes GPU parameters"),
+            std::string::npos);
+  EXPECT_NE(message([&] { optim::clip_grad_norm_on_device({w}, 1.0); }).find("takes GPU parameters"),
+            std::string::npos);
+  EXPECT_NE(message([&] { optim::finite_flag(a, c); }).find("on the GPU"), std::string::npos);
+  EXPECT_EQ(opt.steps_taken(), 0);
+  if (!cuda_available()) {
+    CudaGraph graph;
+    EXPECT_NE(message([&] { graph.capture([] {}); }).find("CUDA"), std::string::npos);
+    EXPECT_FALSE(graph.captured());
+    EXPECT_THROW(graph.replay(), Error);
+  }
 }
 
 }  // namespace

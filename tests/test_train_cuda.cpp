@@ -343,7 +343,8 @@ TEST(TrainCuda, GraphReplayGivesTheEagerLossesAndWeightsBitwise) {
   const ChainSet set = generate_chains(B * K, N, small_model().n_types, test_seed() + 11, "test");
   const Config eager_cfg = graph_config(B, N, "off"), graph_cfg = graph_config(B, N, "on");
   Trainer eager(eager_cfg, test_seed()), graphed(graph_cfg, test_seed());
-  ASSERT_EQ(snapshot(eager.model(), eager.opt()), snapshot(graphed.model(), graphed.opt())) << "same seed, same init";
+  ASSERT_EQ(snapshot(eager.model(), eager.opt()), snapshot(graphed.model(), graphed.opt()))
+      << "same seed, same init";
   for (int k = 0; k < K; ++k) {
     std::vector<int> idx;
     for (int i = 0; i < B; ++i) idx.push_back(k * B + i);
@@ -396,7 +397,8 @@ TEST(TrainCuda, GraphReplayOfANonFiniteStepChangesNothing) {
     saved.push_back(w.to(Device::CPU));
     w.fill_(std::nan(""));
   }
-  const auto before_e = snapshot(eager.model(), eager.opt()), before_g = snapshot(graphed.model(), graphed.opt());
+  const auto before_e = snapshot(eager.model(), eager.opt()),
+             before_g = snapshot(graphed.model(), graphed.opt());
   const auto batch = batch_of(2);
   const run::StepResult a = eager.step()(batch, 1e-3), b = graphed.step()(batch, 1e-3);
   EXPECT_EQ(graphed.step().replays(), 2);
@@ -404,7 +406,8 @@ TEST(TrainCuda, GraphReplayOfANonFiniteStepChangesNothing) {
   EXPECT_FALSE(b.updated);
   EXPECT_TRUE(std::isnan(a.loss));
   EXPECT_TRUE(std::isnan(b.loss));
-  EXPECT_TRUE(snapshot(eager.model(), eager.opt()) == before_e) << "eager: a skipped step changed weights or moments";
+  EXPECT_TRUE(snapshot(eager.model(), eager.opt()) == before_e)
+      << "eager: a skipped step changed weights or moments";
   EXPECT_TRUE(snapshot(graphed.model(), graphed.opt()) == before_g)
       << "replay: a skipped step changed weights or moments";
   EXPECT_EQ(eager.opt().steps_taken(), 2);
@@ -466,7 +469,8 @@ TEST(TrainCuda, GraphPoolKeepsItsBlocksFromOtherAllocations) {
     const CudaMemoryStats after = cuda_memory_stats();
     EXPECT_GE(after.graph_reserved, start.graph_reserved + 2 * n * sizeof(float));
     cuda_empty_cache();
-    EXPECT_EQ(cuda_memory_stats().graph_reserved, after.graph_reserved) << "empty_cache keeps the graph's pool";
+    EXPECT_EQ(cuda_memory_stats().graph_reserved, after.graph_reserved)
+        << "empty_cache keeps the graph's pool";
     std::vector<Tensor> outside;
     for (int i = 0; i < 8; ++i) {
       outside.push_back(Tensor::full({n}, 7.0, DType::F32, Device::CUDA));

@@ -166,7 +166,8 @@ Tensor count_correct(const Tensor& logits, const Tensor& labels) {
 }
 
 double accuracy_of(int64_t correct, int64_t bad_labels, int64_t N, int64_t K) {
-  PF_CHECK(bad_labels == 0, "accuracy: " << bad_labels << " of " << N << " labels are outside [0, " << K << ")");
+  PF_CHECK(bad_labels == 0,
+           "accuracy: " << bad_labels << " of " << N << " labels are outside [0, " << K << ")");
   return static_cast<double>(correct) / static_cast<double>(N);
 }
 

@@ -52,7 +52,9 @@ bool capturing() {
   return status != cudaStreamCaptureStatusNone;
 }
 
-void capture_begin() { PF_CUDA_CHECK(cudaStreamBeginCapture(ctx().stream, cudaStreamCaptureModeThreadLocal)); }
+void capture_begin() {
+  PF_CUDA_CHECK(cudaStreamBeginCapture(ctx().stream, cudaStreamCaptureModeThreadLocal));
+}
 
 void* capture_end() {
   cudaGraph_t graph = nullptr;
