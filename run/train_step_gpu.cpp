@@ -88,6 +88,9 @@ StepResult TrainStep::device_step(const HostBatch& batch, double lr) {
     Graph& g = *graph_;
     g.stage(batch.dense);
     if (!g.graph.captured()) {
+      // The warm-up step's freed blocks go back to the device: the graph's pool takes fresh
+      // ones, and the shared cache is left to what runs between replays (evaluation).
+      cuda_empty_cache();
       try {
         g.graph.capture([&] {
           model_.zero_grad();

@@ -509,5 +509,39 @@ TEST(TrainCuda, GraphCaptureOfAHostReadFailsAndCleansUp) {
   EXPECT_EQ(ops::sum(x).item(), 150.0) << "eager work after the failed capture";
 }
 
+// The whole training loop with the graph: evaluation and checkpoints between replays (tensors made
+// outside the graph while it lives), the lr schedule, the counters. With train.deterministic
+// a run that replays equals an eager run bitwise: metrics, final line and every checkpoint
+// dataset (moments and weights).
+TEST(TrainCuda, TrainingRunWithGraphReplayEqualsEagerRunBitwise) {
+  PF_REQUIRE_GPU();
+  const std::string dir = temp_dir("graph_run");
+  auto config = [&](const std::string& out, const std::string& graph) {
+    return config_from_yaml_string(
+        "model: {n_types: 8, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, c_z: 8, relpos_clip: 6, "
+        "dist_bins: 11}\n"
+        "data: {train: " +
+        dir + "/train.h5, val: " + dir +
+        "/val.h5, n_train: 40, n_val: 12, n_res: 19, seed: " + std::to_string(test_seed()) +
+        "}\n"
+        "train: {steps: 14, batch_size: 6, warmup: 3, eval_every: 5, log_every: 1, checkpoint_every: 4, "
+        "seed: 5, deterministic: true, cuda_graph: " +
+        graph + "}\ndevice: cuda\nout: " + dir + "/" + out + "\n");
+  };
+  const Config eager_cfg = config("eager", "off"), graph_cfg = config("graph", "on");
+  testing::internal::CaptureStdout();
+  ASSERT_EQ(run::train(graph_cfg, false), 0);
+  const std::string graph_log = testing::internal::GetCapturedStdout();
+  EXPECT_NE(graph_log.find("cuda graph: the training step is captured (B 6, N 19)"), std::string::npos)
+      << graph_log;
+  const RunRecord g = read_run(graph_cfg, graph_log), e = run_once(eager_cfg);
+  ASSERT_GE(e.metrics.size(), 14u);
+  EXPECT_EQ(e.metrics, g.metrics);
+  EXPECT_EQ(e.final_line, g.final_line);
+  EXPECT_EQ(e.attrs, g.attrs);
+  EXPECT_TRUE(bitwise_equal(e, g)) << "the checkpoints of the eager and the replayed run differ";
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace pf
