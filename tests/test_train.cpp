@@ -171,14 +171,7 @@ TEST(Train, CudaGraphOnWhereTheStepCannotBeCapturedIsOneClearError) {
   const std::string dir = temp_dir("graph_on");
   Config cfg = tiny(dir, "run");  // device cpu
   cfg.train.cuda_graph = "on";
-  std::string msg;
-  testing::internal::CaptureStdout();
-  try {
-    run::train(cfg, false);
-  } catch (const Error& e) {
-    msg = e.what();
-  }
-  testing::internal::GetCapturedStdout();
+  const std::string msg = train_error(cfg);
   EXPECT_NE(msg.find("train.cuda_graph is on, but the training step cannot be captured in a CUDA graph: "
                      "the device is the CPU"),
             std::string::npos)

@@ -264,14 +264,7 @@ TEST(TrainCuda, OutOfMemoryNamesTheSizesAndTheKeys) {
       "train: {steps: 2, batch_size: 16, warmup: 0}\n"
       "device: cuda\nout: " +
       dir + "/run\n");
-  std::string msg;
-  testing::internal::CaptureStdout();
-  try {
-    run::train(cfg, false);
-  } catch (const Error& e) {
-    msg = e.what();
-  }
-  testing::internal::GetCapturedStdout();
+  const std::string msg = train_error(cfg);
   ASSERT_FALSE(msg.empty()) << "the run should not fit in GPU memory";
   EXPECT_NE(msg.find("GPU out of memory"), std::string::npos) << msg;
   EXPECT_NE(msg.find("MiB was asked for"), std::string::npos) << msg;
