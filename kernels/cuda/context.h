@@ -32,7 +32,7 @@ void memory_info(size_t* free_bytes, size_t* total_bytes);  // of the device (cu
 
 // Page-locked host memory (cudaHostAlloc): copies from it to the device are asynchronous.
 void* pinned_malloc(size_t bytes);
-void pinned_free(void* ptr);
+void pinned_free(void* ptr);  // never throws (destructors call it)
 
 // CUDA graphs of the work queued on stream() (framework/cuda_graph.h holds one; its memory pool
 // is the framework allocator's). capture_begin starts capturing stream() (thread-local mode:
@@ -45,7 +45,7 @@ bool capturing();
 void capture_begin();
 void* capture_end();
 void capture_abort();
-void graph_launch(void* exec);  // queued on stream()
-void graph_destroy(void* exec);
+void graph_launch(void* exec);   // queued on stream()
+void graph_destroy(void* exec);  // never throws (destructors call it)
 
 }  // namespace pf::kernels::cuda
