@@ -64,6 +64,7 @@ bool TrainStep::replayable(const HostBatch& batch) {
     if (!graph_->said_profile)
       std::printf(
           "cuda graph: steps run eagerly while the profiler is on (it records events inside the step)\n");
+    std::fflush(stdout);
     graph_->said_profile = true;
     return false;
   }
@@ -72,6 +73,7 @@ bool TrainStep::replayable(const HostBatch& batch) {
       std::printf(
           "cuda graph: a batch of (B, N) = (%d, %d) runs eagerly: the graph was captured at (%d, %d)\n",
           batch.dense.B, batch.dense.N, graph_->B, graph_->N);
+    std::fflush(stdout);
     graph_->said_shape = true;
     return false;
   }
