@@ -5,7 +5,7 @@
 // ratios.
 //
 //   bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] [--unfused[=OPS]] [--data=MODE]
-//                   [key=value overrides ...]
+//                   [--graph=MODE] [key=value overrides ...]
 //
 //   --profile     after the timed steps, as many again with the profile on; prints the split
 //                 (ms per step per category, % of the profiled step) before the JSON line.
@@ -21,8 +21,15 @@
 //                    it before the forward, as run/train_loop.cpp's training loop does
 //   --data=prefetch  a worker thread makes the next batch on the host while the current step
 //                    runs; the step only uploads it
+//   --graph=off|on|compare  times the training loop's own step (run/train_step.h: the batch
+//                    uploaded, loss, accuracy, norm and update flag read back once) on 4 host
+//                    batches: eager (off), captured in a CUDA graph and replayed (on), or both
+//                    one after the other from the same initial weights (compare), printing
+//                    eager and replay ms per step and their ratio (tokens_per_s, ms_per_step
+//                    and peak_mib of the JSON line are the replay's where it ran)
 //
 // Prints one JSON line last: {"tokens_per_s": ..., "ms_per_step": ..., "peak_mib": ..., ...}
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <future>
@@ -33,6 +40,7 @@
 #include "framework/allocator.h"
 #include "framework/autograd.h"
 #include "framework/config.h"
+#include "framework/deterministic.h"
 #include "framework/ops.h"
 #include "framework/optim.h"
 #include "framework/precision.h"
@@ -40,6 +48,7 @@
 #include "kernels/cuda/context.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
+#include "run/train_step.h"
 
 namespace {
 
@@ -55,6 +64,69 @@ run::BatchTensors to_device(const run::BatchTensors& b, Device device) {
   return out;
 }
 
+// The optimizer of the training loop (run/train_loop.cpp) for a model on its device.
+optim::AdamW adamw_for(const models::PairBiasModel& model, const TrainConfig& t) {
+  const auto params = model.named_parameters();
+  return optim::AdamW(params,
+                      optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
+                      {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+}
+
+// --graph: the training loop's step, eager and/or replayed from a CUDA graph, on the first 4
+// batches of `set`; ms per step (wall time, the step's one read-back included) of each.
+int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& graph_mode, int warmup,
+                     int steps, const char* config_path) {
+  const auto& t = cfg.train;
+  const int B = t.batch_size, N = cfg.data.n_res;
+  std::vector<run::HostBatch> batches;
+  for (int k = 0; k < 4; ++k) {
+    std::vector<int> idx;
+    for (int i = 0; i < B; ++i) idx.push_back(k * B + i);
+    batches.push_back(run::gather_host(set, idx, false, 1, 0));
+  }
+  const AutocastGuard autocast(t.precision == "bf16" ? DType::BF16 : DType::F32);
+  const DeterministicGuard deterministic(t.deterministic);
+  struct Timing {
+    double ms = 0, peak_mib = 0, loss = 0;
+    int64_t replays = 0;
+  };
+  auto time_mode = [&](const std::string& mode) {
+    Config c = cfg;
+    c.train.cuda_graph = mode;
+    models::PairBiasModel model(c.model, t.seed);
+    model.to(Device::CUDA);
+    optim::AdamW opt = adamw_for(model, t);
+    run::TrainStep step(model, opt, c, Device::CUDA);
+    Timing r;
+    for (int s = 0; s < std::max(warmup, 2); ++s) step(batches[s % 4], t.lr);  // warm-up, capture
+    kernels::cuda::synchronize();
+    cuda_reset_peak_memory();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int s = 0; s < steps; ++s) r.loss = step(batches[s % 4], t.lr).loss;
+    r.ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+    r.peak_mib = cuda_memory_stats().peak_allocated / 1048576.0;
+    r.replays = step.replays();
+    return r;
+  };
+  const bool eager = graph_mode != "on", graph = graph_mode != "off";
+  const Timing e = eager ? time_mode("off") : Timing{}, g = graph ? time_mode("on") : Timing{};
+  if (eager && graph)
+    std::printf("# %s, %s, B %d N %d: eager %.3f ms/step, graph replay %.3f ms/step (%.2fx)\n", config_path,
+                t.precision.c_str(), B, N, e.ms, g.ms, e.ms / g.ms);
+  const double tokens = double(B) * N;
+  const Timing& main_run = graph ? g : e;  // the keys bench_train_gpu.py's table reads
+  std::printf(
+      "{\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"peak_mib\": %.1f, "
+      "\"graph\": \"%s\", \"eager_ms_per_step\": %.3f, \"graph_ms_per_step\": %.3f, "
+      "\"eager_tokens_per_s\": %.1f, \"graph_tokens_per_s\": %.1f, \"eager_peak_mib\": %.1f, "
+      "\"graph_peak_mib\": %.1f, \"eager_loss\": %.6f, \"graph_loss\": %.6f, \"graph_replays\": %lld, "
+      "\"B\": %d, \"N\": %d, \"precision\": \"%s\", \"steps\": %d}\n",
+      1e3 * tokens / main_run.ms, main_run.ms, main_run.peak_mib, graph_mode.c_str(), e.ms, g.ms,
+      eager ? 1e3 * tokens / e.ms : 0.0, graph ? 1e3 * tokens / g.ms : 0.0, e.peak_mib, g.peak_mib, e.loss,
+      g.loss, static_cast<long long>(g.replays), B, N, t.precision.c_str(), steps);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,7 +137,7 @@ int main(int argc, char** argv) {
              "[--unfused] [--data=fixed|sync|prefetch] [key=value ...]");
     int warmup = 5, steps = 30;
     bool profile_on = false;
-    std::string data_mode = "fixed";
+    std::string data_mode = "fixed", graph_mode;
     std::vector<std::string> overrides, unfused;
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
@@ -81,6 +153,8 @@ int main(int argc, char** argv) {
         unfused = {a.substr(10)};
       else if (a.rfind("--data=", 0) == 0)
         data_mode = a.substr(7);
+      else if (a.rfind("--graph=", 0) == 0)
+        graph_mode = a.substr(8);
       else
         overrides.push_back(a);
     }
@@ -91,6 +165,8 @@ int main(int argc, char** argv) {
     }
     PF_CHECK(data_mode == "fixed" || data_mode == "sync" || data_mode == "prefetch",
              "--data must be fixed, sync or prefetch, got '" << data_mode << "'");
+    PF_CHECK(graph_mode.empty() || graph_mode == "off" || graph_mode == "on" || graph_mode == "compare",
+             "--graph must be off, on or compare, got '" << graph_mode << "'");
     PF_CHECK(steps >= 1 && warmup >= 0,
              "steps must be >= 1 and warmup >= 0, got steps=" << steps << " warmup=" << warmup);
     const Config cfg = load_config(argv[1], overrides);
@@ -100,12 +176,10 @@ int main(int argc, char** argv) {
     // Random chains in memory (docs/DESIGN.md §3): enough for distinct batches, no files.
     const int n_batches = data_mode == "fixed" ? 4 : 16;
     const ChainSet set = generate_chains(n_batches * B, N, cfg.model.n_types, cfg.data.seed, "bench");
+    if (!graph_mode.empty()) return bench_train_step(cfg, set, graph_mode, warmup, steps, argv[1]);
     models::PairBiasModel model(cfg.model, t.seed);
     model.to(Device::CUDA);
-    const auto params = model.named_parameters();
-    optim::AdamW opt(params,
-                     optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
-                     {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+    optim::AdamW opt = adamw_for(model, t);
     const AutocastGuard autocast(t.precision == "bf16" ? DType::BF16 : DType::F32);
     // Batch k on the host: gather + pair features (what run/batches.cpp's to_tensors does).
     auto host_batch = [&](int k) {

@@ -13,11 +13,13 @@ copy bandwidth next to each achieved time.
   python3 bench/bench_train_gpu.py --bin build/bench/bench_train_gpu [--steps 30 --warmup 5]
       [--configs large,af,demo,relpos] [--variants eager,compile,compile-cudagraphs,compile-max-autotune]
       [--torch-precisions bf16,fp32] [--unfused-too] [--profile]
-      [--data fixed|sync|prefetch] [--no-torch]
+      [--data fixed|sync|prefetch] [--graph] [--no-torch]
 
 --unfused-too adds our runs with every fused op unfused (ops::set_fused: the chains of ops they
 replace) and with ops::pair_bias alone fused, same run; --profile prints each of our runs' time split per op
-category (framework/profile.h); --data picks how our steps get their batches (bench_train_gpu.cpp).
+category (framework/profile.h); --data picks how our steps get their batches (bench_train_gpu.cpp);
+--graph adds, per precision, the training loop's step timed eagerly and replayed from a CUDA graph
+(bench_train_gpu --graph=compare: the row is the replay, eager_ms_per_step the eager step).
 """
 import argparse
 import json
@@ -120,6 +122,8 @@ def main():
                     help="also our runs with the pair bias unfused (layernorm, linear, permute)")
     ap.add_argument("--profile", action="store_true", help="print our runs' time split")
     ap.add_argument("--data", default="fixed", choices=["fixed", "sync", "prefetch"])
+    ap.add_argument("--graph", action="store_true",
+                    help="also the training step eager vs replayed from a CUDA graph")
     args = ap.parse_args()
     try:
         import torch
@@ -145,6 +149,12 @@ def main():
                     args.bin, config, prec, args.warmup, args.steps,
                     extra + ["--unfused=embedding_sum"])
             res["ours " + prec] = run_ours(args.bin, config, prec, args.warmup, args.steps, extra)
+            if args.graph:
+                r = run_ours(args.bin, config, prec, args.warmup, args.steps, ["--graph=compare"])
+                res["ours " + prec + " graph"] = r
+                if "eager_ms_per_step" in r:
+                    print(f"# {name} {prec}: train step eager {r['eager_ms_per_step']:.3f} ms, "
+                          f"graph replay {r['graph_ms_per_step']:.3f} ms")
         best = {}  # precision -> (run name, result) of the fastest PyTorch variant
         if torch is not None and not args.no_torch and mcfg.get("attn_bias", "pair") == "pair":
             for prec in args.torch_precisions.split(","):

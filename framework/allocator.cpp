@@ -49,24 +49,37 @@ size_t size_class(size_t bytes) {
   return (bytes + step - 1) / step * step;
 }
 
+using FreeLists = std::unordered_map<size_t, std::vector<void*>>;  // class → cached blocks
+
 struct CachingAllocator {
   std::mutex mu;
-  std::unordered_map<size_t, std::vector<void*>> free_blocks;  // class → cached blocks
-  std::unordered_map<void*, size_t> live;                      // block → its class
+  FreeLists free_blocks;  // the shared cache
+  struct Block {
+    size_t cls;
+    int pool;  // 0: the shared cache; else the graph pool that owns the block
+  };
+  std::unordered_map<void*, Block> live;
+  std::unordered_map<int, FreeLists> pools;  // the living graph pools' cached blocks
+  int open_pool = 0, next_pool = 1;
   CudaMemoryStats stats;
+
+  static void* pop(FreeLists& lists, size_t cls) {
+    auto it = lists.find(cls);
+    if (it == lists.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
 
   void* alloc(size_t bytes) {
     const size_t cls = size_class(bytes);
     std::lock_guard<std::mutex> lock(mu);
-    void* p = nullptr;
-    auto it = free_blocks.find(cls);
-    if (it != free_blocks.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
-    } else {
+    const int pool = open_pool;
+    void* p = pop(pool ? pools[pool] : free_blocks, cls);
+    if (!p) {
       p = kernels::cuda::raw_malloc(cls);
-      if (!p) {  // out of memory: give the cache back and try once more
-        release_cached_locked();
+      if (!p && !pool) {          // out of memory: give the cache back and try once more (not in a
+        release_cached_locked();  // capture: cudaFree would synchronise the captured stream)
         p = kernels::cuda::raw_malloc(cls);
       }
       if (!p) {
@@ -84,8 +97,9 @@ struct CachingAllocator {
       ++stats.device_mallocs;
       stats.reserved += cls;
       stats.peak_reserved = std::max(stats.peak_reserved, stats.reserved);
+      if (pool) stats.graph_reserved += cls;
     }
-    live[p] = cls;
+    live[p] = {cls, pool};
     stats.allocated += cls;
     stats.peak_allocated = std::max(stats.peak_allocated, stats.allocated);
     return p;
@@ -95,8 +109,15 @@ struct CachingAllocator {
     std::lock_guard<std::mutex> lock(mu);
     auto it = live.find(p);
     PF_CHECK(it != live.end(), "device_free of a pointer the CUDA allocator did not hand out");
-    stats.allocated -= it->second;
-    free_blocks[it->second].push_back(p);
+    const Block b = it->second;
+    stats.allocated -= b.cls;
+    auto pool = b.pool ? pools.find(b.pool) : pools.end();
+    if (pool != pools.end()) {
+      pool->second[b.cls].push_back(p);
+    } else {
+      if (b.pool) stats.graph_reserved -= b.cls;  // its pool was released: it joins the cache
+      free_blocks[b.cls].push_back(p);
+    }
     live.erase(it);
   }
 
@@ -108,6 +129,31 @@ struct CachingAllocator {
       }
       blocks.clear();
     }
+  }
+
+  int pool_open() {
+    std::lock_guard<std::mutex> lock(mu);
+    PF_CHECK(open_pool == 0, "a CUDA graph pool is already open (captures do not nest)");
+    open_pool = next_pool++;
+    pools[open_pool];
+    return open_pool;
+  }
+
+  void pool_close() {
+    std::lock_guard<std::mutex> lock(mu);
+    open_pool = 0;
+  }
+
+  void pool_release(int pool) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = pools.find(pool);
+    if (it == pools.end()) return;
+    if (open_pool == pool) open_pool = 0;
+    for (auto& [cls, blocks] : it->second) {
+      for (void* p : blocks) free_blocks[cls].push_back(p);
+      stats.graph_reserved -= cls * blocks.size();
+    }
+    pools.erase(it);
   }
 };
 
@@ -156,6 +202,13 @@ void cuda_empty_cache() {
   a.release_cached_locked();
 }
 
+int cuda_graph_pool_open() { return cuda_allocator().pool_open(); }
+void cuda_graph_pool_close() { cuda_allocator().pool_close(); }
+void cuda_graph_pool_release(int pool) { cuda_allocator().pool_release(pool); }
+
+void* pinned_host_alloc(size_t bytes) { return kernels::cuda::pinned_malloc(bytes == 0 ? 1 : bytes); }
+void pinned_host_free(void* ptr) { kernels::cuda::pinned_free(ptr); }
+
 #else  // a build without CUDA
 
 namespace {
@@ -170,6 +223,13 @@ bool cuda_available() { return false; }
 CudaMemoryStats cuda_memory_stats() { return {}; }
 void cuda_reset_peak_memory() {}
 void cuda_empty_cache() {}
+int cuda_graph_pool_open() { PF_FAIL("a CUDA graph pool was requested but this build has no CUDA support"); }
+void cuda_graph_pool_close() {}
+void cuda_graph_pool_release(int) {}
+void* pinned_host_alloc(size_t) {
+  PF_FAIL("pinned host memory was requested but this build has no CUDA support");
+}
+void pinned_host_free(void*) {}
 
 #endif
 

@@ -36,9 +36,24 @@ struct CudaMemoryStats {
   size_t allocated = 0, peak_allocated = 0;  // bytes held by live tensors (size-class rounded)
   size_t reserved = 0, peak_reserved = 0;    // bytes obtained from cudaMalloc (live + cached)
   int64_t device_mallocs = 0;                // cudaMalloc calls so far
+  size_t graph_reserved = 0;                 // of reserved: blocks of the living graph pools
 };
 CudaMemoryStats cuda_memory_stats();
 void cuda_reset_peak_memory();  // peaks := current values
-void cuda_empty_cache();        // returns every cached (free) block to the device
+void cuda_empty_cache();        // returns every cached (free) block to the device (graph pools: kept)
+
+// Graph pools, for CUDA graphs (framework/cuda_graph.h), as PyTorch's graph memory pools: while
+// a pool is open, every CUDA allocation is served from that pool's own blocks (new ones from
+// cudaMalloc); a block of the pool, freed during the capture or after it, goes back to the pool
+// and nowhere else, and cuda_empty_cache keeps it. So a tensor made between two replays can never
+// alias memory the replays write. cuda_graph_pool_release (the graph is gone) hands the pool's
+// cached blocks to the shared cache, and its live blocks join it when they are freed.
+int cuda_graph_pool_open();  // a new pool, open until cuda_graph_pool_close; returns its id
+void cuda_graph_pool_close();
+void cuda_graph_pool_release(int pool);
+
+// Page-locked host memory (CUDA builds; asynchronous uploads from it), for staging buffers.
+void* pinned_host_alloc(size_t bytes);
+void pinned_host_free(void* ptr);
 
 }  // namespace pf

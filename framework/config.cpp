@@ -82,7 +82,8 @@ std::vector<Section> key_table(Config& c) {
         {"precision", Kind::String, &t.precision},
         {"max_bad_steps", Kind::Int, &t.max_bad_steps},
         {"detect_anomaly", Kind::Bool, &t.detect_anomaly},
-        {"deterministic", Kind::Bool, &t.deterministic}}},
+        {"deterministic", Kind::Bool, &t.deterministic},
+        {"cuda_graph", Kind::String, &t.cuda_graph}}},
       {"", {{"device", Kind::String, &c.device}, {"out", Kind::String, &c.out}}},
   };
 }
@@ -485,6 +486,8 @@ void validate_config(const Config& c) {
                     "'train.checkpoint_every' must be at least 1, found " << t.checkpoint_every);
   PF_CONFIG_REQUIRE(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp64",
                     "'train.precision' must be one of fp32, bf16, fp64, found '" << echo(t.precision) << "'");
+  PF_CONFIG_REQUIRE(t.cuda_graph == "auto" || t.cuda_graph == "on" || t.cuda_graph == "off",
+                    "'train.cuda_graph' must be one of auto, on, off, found '" << echo(t.cuda_graph) << "'");
   PF_CONFIG_REQUIRE(t.max_bad_steps >= 1,
                     "'train.max_bad_steps' must be at least 1, found " << t.max_bad_steps);
 

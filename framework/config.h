@@ -71,6 +71,10 @@ struct TrainConfig {
   // Deterministic mode on the GPU: bitwise-identical runs for the same seed and config
   // (framework/deterministic.h; the CPU always is). Not part of config_hash.
   bool deterministic = false;
+  // The training step captured once in a CUDA graph and replayed (run/train_step.h): auto = where
+  // the step can be captured (one GPU, dense batches, no anomaly mode), on = that or an error
+  // naming why not, off = every step eager. Not part of config_hash.
+  std::string cuda_graph = "auto";
 };
 
 struct Config {

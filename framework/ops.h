@@ -123,6 +123,14 @@ void axpy_(Tensor& y, double alpha, const Tensor& x);  // y += alpha·x (same sh
 double sum_of_squares(const Tensor& x);                // Σ x², accumulated in double
 // Fraction of rows whose argmax equals the label. logits:(N,K) labels:(N) I32
 double accuracy(const Tensor& logits, const Tensor& labels);
+// The same as counts left on logits' device (nothing read back): (2) I32, [0] the rows right,
+// [1] the labels outside [0,K) (on the CPU such a label is an error at once).
+Tensor count_correct(const Tensor& logits, const Tensor& labels);
+// count_correct's counts → the fraction right; a label outside [0,K) is an error naming them.
+double accuracy_of(int64_t correct, int64_t bad_labels, int64_t N, int64_t K);
+// Tensors of one device (float32, float64 or int32) → (Σ numel) F64 there, their elements in
+// order, in one launch on the GPU (at most 16 elements): several results read back by one copy.
+Tensor stack_scalars(const std::vector<Tensor>& xs);
 bool all_finite(const Tensor& x);
 
 }  // namespace pf::ops

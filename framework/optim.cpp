@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 
 #include "framework/profile.h"
 #include "kernels/cpu/adamw.h"
@@ -23,28 +22,9 @@ struct AdamWSlot {
   double weight_decay;
 };
 
-// ---- the kernels of the parameters' device: CPU float32/float64, CUDA float32 (bfloat16 grads) --
-
-// One update of every slot (all on `device`) at step s; s.weight_decay is unused (each slot has
-// its own). On the GPU, one launch updates many tensors.
-void launch_adamw(std::vector<AdamWSlot>& slots, Device device, const kernels::cpu::AdamWStep& s) {
-#ifdef PF_WITH_CUDA
-  if (device == Device::CUDA) {
-    std::vector<kernels::cuda::AdamWTensor> ts;
-    for (AdamWSlot& a : slots) {
-      PF_CHECK(a.p.dtype() == DType::F32 && a.g.dtype() == DType::F32,
-               "AdamW: parameter '" << a.name << "' on the GPU must be float32 master "
-                                    << "weights with a float32 gradient, got " << a.p.str()
-                                    << " and gradient " << a.g.str());
-      ts.push_back({static_cast<float*>(a.p.data_ptr()), static_cast<const float*>(a.g.data_ptr()),
-                    static_cast<float*>(a.m.data_ptr()), static_cast<float*>(a.v.data_ptr()), a.p.numel(),
-                    a.weight_decay});
-    }
-    kernels::cuda::adamw_update_many(ts, s);
-    return;
-  }
-#endif
-  (void)device;
+// One update of every slot (on the CPU) at step s; s.weight_decay is unused (each slot has its
+// own).
+void launch_adamw_cpu(std::vector<AdamWSlot>& slots, const kernels::cpu::AdamWStep& s) {
   for (AdamWSlot& a : slots) {
     kernels::cpu::AdamWStep sa = s;
     sa.weight_decay = a.weight_decay;
@@ -61,11 +41,11 @@ void launch_adamw(std::vector<AdamWSlot>& slots, Device device, const kernels::c
   }
 }
 
-#ifdef PF_WITH_CUDA
 bool on_gpu(const std::vector<Tensor>& params) {
   return !params.empty() && params[0].device() == Device::CUDA;
 }
 
+#ifdef PF_WITH_CUDA
 // The defined gradients of params, for the kernels that take many tensors in one launch.
 std::vector<kernels::cuda::TensorRef> gpu_grads(const std::vector<Tensor>& params) {
   std::vector<kernels::cuda::TensorRef> out;
@@ -81,30 +61,16 @@ std::vector<kernels::cuda::TensorRef> gpu_grads(const std::vector<Tensor>& param
 }
 #endif
 
-// Σ‖g‖² over the gradients; on the GPU summed into one device value and read back once.
+// Σ‖g‖² over the gradients (CPU).
 double total_sum_of_squares(const std::vector<Tensor>& params) {
-#ifdef PF_WITH_CUDA
-  if (on_gpu(params)) {
-    Tensor acc = Tensor::empty({}, DType::F64, Device::CUDA);
-    kernels::cuda::memset_zero(acc.data_ptr(), sizeof(double));
-    kernels::cuda::sum_of_squares_many(gpu_grads(params), static_cast<double*>(acc.data_ptr()));
-    return acc.item();
-  }
-#endif
   double sq = 0;
   for (const Tensor& p : params)
     if (p.grad().defined()) sq += ops::sum_of_squares(p.grad());
   return sq;
 }
 
-// g ← g·coef for every gradient; on the GPU in one launch for many tensors.
+// g ← g·coef for every gradient (CPU).
 void scale_grads(const std::vector<Tensor>& params, double coef) {
-#ifdef PF_WITH_CUDA
-  if (on_gpu(params)) {
-    kernels::cuda::scale_many(gpu_grads(params), coef);
-    return;
-  }
-#endif
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (g.defined()) ops::scale_(g, coef);
@@ -121,22 +87,67 @@ AdamW::AdamW(nn::NamedTensors params, std::vector<bool> decay, AdamWOptions opt)
     m_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
     v_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
   }
+  if (!params_.empty() && params_[0].second.device() == Device::CUDA) {
+    t_dev_ = Tensor::zeros({}, DType::F64, Device::CUDA);
+    scratch_ = Tensor::zeros({64}, DType::U8, Device::CUDA);
+    host_lr_ = Tensor::zeros({}, DType::F64, Device::CUDA);
+    go_one_ = Tensor::full({}, 1.0, DType::I32, Device::CUDA);
+  }
 }
 
 void AdamW::step(double lr) {
+  if (t_dev_.defined()) {  // GPU: the device update with this lr and go = 1
+    host_lr_.fill_(lr);
+    step(host_lr_, go_one_);
+    return;
+  }
   const profile::Scope ps("optimizer");
   ++t_;
-  // The parameters with a gradient, by device: each device updates its share together.
-  std::map<Device, std::vector<AdamWSlot>> by_device;
+  std::vector<AdamWSlot> slots;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& p = params_[i].second;
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    by_device[p.device()].push_back(
-        {params_[i].first, p, g, m_[i], v_[i], decay_[i] ? opt_.weight_decay : 0.0});
+    PF_CHECK(p.device() == Device::CPU, "AdamW: parameter '" << params_[i].first << "' is on "
+                                                             << device_name(p.device())
+                                                             << ", the optimizer was made for the CPU");
+    slots.push_back({params_[i].first, p, g, m_[i], v_[i], decay_[i] ? opt_.weight_decay : 0.0});
   }
-  for (auto& [device, slots] : by_device)
-    launch_adamw(slots, device, {lr, opt_.beta1, opt_.beta2, opt_.eps, 0.0, t_});
+  launch_adamw_cpu(slots, {lr, opt_.beta1, opt_.beta2, opt_.eps, 0.0, t_});
+}
+
+void AdamW::step(const Tensor& lr, const Tensor& go) {
+  const profile::Scope ps("optimizer");
+  PF_CHECK(t_dev_.defined(), "AdamW::step(lr, go) takes GPU parameters; these are on the CPU");
+  PF_CHECK(lr.device() == Device::CUDA && lr.dtype() == DType::F64 && lr.numel() == 1 &&
+               go.device() == Device::CUDA && go.dtype() == DType::I32 && go.numel() == 1,
+           "AdamW::step: lr must be a float64 and go an int32 scalar on the GPU, got " << lr.str() << " and "
+                                                                                       << go.str());
+#ifdef PF_WITH_CUDA
+  std::vector<kernels::cuda::AdamWTensor> ts;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor p = params_[i].second;
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    PF_CHECK(p.dtype() == DType::F32 && g.dtype() == DType::F32 && p.device() == Device::CUDA,
+             "AdamW: parameter '" << params_[i].first << "' on the GPU must be float32 master "
+                                  << "weights with a float32 gradient, got " << p.str() << " and gradient "
+                                  << g.str());
+    ts.push_back({static_cast<float*>(p.data_ptr()), static_cast<const float*>(g.data_ptr()),
+                  static_cast<float*>(m_[i].data_ptr()), static_cast<float*>(v_[i].data_ptr()), p.numel(),
+                  decay_[i] ? opt_.weight_decay : 0.0});
+  }
+  kernels::cuda::adamw_update_many(
+      ts, {static_cast<const double*>(lr.data_ptr()), static_cast<const int*>(go.data_ptr()),
+           static_cast<double*>(t_dev_.data_ptr()), scratch_.data_ptr(), opt_.beta1, opt_.beta2, opt_.eps});
+#endif
+}
+
+int64_t AdamW::steps_taken() const { return t_dev_.defined() ? static_cast<int64_t>(t_dev_.item()) : t_; }
+
+void AdamW::set_steps_taken(int64_t t) {
+  t_ = t;
+  if (t_dev_.defined()) t_dev_.fill_(static_cast<double>(t));
 }
 
 nn::NamedTensors AdamW::state() const {
@@ -157,12 +168,42 @@ std::vector<bool> decay_mask(const nn::NamedTensors& params, const std::vector<s
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  if (on_gpu(params)) return clip_grad_norm_on_device(params, max_norm).to_vector<double>()[0];
   const profile::Scope ps("optimizer");
   const double sq = total_sum_of_squares(params);
   const double norm = std::sqrt(sq);
   const double coef = max_norm / (norm + 1e-6);
   if (max_norm > 0 && coef < 1.0) scale_grads(params, coef);
   return norm;
+}
+
+Tensor clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm) {
+  const profile::Scope ps("optimizer");
+  PF_CHECK(on_gpu(params), "clip_grad_norm_on_device takes GPU parameters");
+  Tensor norm_coef = Tensor::zeros({2}, DType::F64, Device::CUDA);
+#ifdef PF_WITH_CUDA
+  double* nc = static_cast<double*>(norm_coef.data_ptr());
+  const std::vector<kernels::cuda::TensorRef> grads = gpu_grads(params);
+  kernels::cuda::sum_of_squares_many(grads, nc);
+  kernels::cuda::clip_coefficient(nc, max_norm);
+  if (max_norm > 0) kernels::cuda::scale_many(grads, 1.0, nc + 1);
+#else
+  (void)max_norm;
+#endif
+  return norm_coef;
+}
+
+Tensor finite_flag(const Tensor& loss, const Tensor& norm) {
+  PF_CHECK(loss.device() == Device::CUDA && loss.dtype() == DType::F32 && loss.numel() == 1 &&
+               norm.device() == Device::CUDA && norm.dtype() == DType::F64,
+           "finite_flag: a float32 loss and a float64 norm on the GPU, got " << loss.str() << " and "
+                                                                             << norm.str());
+  Tensor go = Tensor::empty({}, DType::I32, Device::CUDA);
+#ifdef PF_WITH_CUDA
+  kernels::cuda::finite_flag(static_cast<const float*>(loss.data_ptr()),
+                             static_cast<const double*>(norm.data_ptr()), static_cast<int*>(go.data_ptr()));
+#endif
+  return go;
 }
 
 double lr_at(int64_t step, double lr, double min_lr, int64_t warmup, int64_t total) {

@@ -7,6 +7,10 @@
 #include "framework/allocator.h"
 #include "framework/autograd.h"
 #include "kernels/cpu/convert.h"
+#ifdef PF_WITH_CUDA
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/elementwise.h"
+#endif
 
 namespace pf {
 
@@ -311,6 +315,23 @@ void Tensor::fill_(double value) {
     }
     return;
   }
+#ifdef PF_WITH_CUDA
+  // On the device, without an upload (so that a fill can be captured in a CUDA graph): zeros by
+  // memset, float values by the fill kernel, which rounds as the host conversion does.
+  if (value == 0.0 && !std::signbit(value)) {
+    kernels::cuda::memset_zero(data_ptr(), nbytes());
+    return;
+  }
+  const auto kernel_type = [](DType t) {
+    return t == DType::F32   ? kernels::ScalarType::F32
+           : t == DType::F64 ? kernels::ScalarType::F64
+                             : kernels::ScalarType::BF16;
+  };
+  if (dtype() == DType::F32 || dtype() == DType::F64 || dtype() == DType::BF16) {
+    kernels::cuda::fill(kernel_type(dtype()), data_ptr(), value, numel());
+    return;
+  }
+#endif
   Tensor host = full(shape(), value, dtype(), Device::CPU);
   copy_bytes(data_ptr(), device(), host.data_ptr(), Device::CPU, nbytes());
 }

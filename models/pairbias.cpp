@@ -19,11 +19,15 @@ int distance_bin(double d, const ModelConfig& cfg) {
 // The features are computed on `device` (ops::relative_positions, ops::distance_bins): on the GPU
 // from the uploaded coordinates, with the CPU's bins exactly (models/NOTES.md says why).
 PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg, Device device) {
+  return pair_features(Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3},
+                                           DType::F32, device),
+                       cfg);
+}
+
+PairFeatures pair_features(const Tensor& coords, const ModelConfig& cfg) {
   PairFeatures f;
-  f.rel_idx = ops::relative_positions(N, cfg.relpos_clip, device);
-  const Tensor x = Tensor::from_vector(std::vector<float>(coords, coords + int64_t{B} * N * 3), {B, N, 3},
-                                       DType::F32, device);
-  f.dist_bin = ops::distance_bins(x, cfg.dist_max, cfg.dist_bins);
+  f.rel_idx = ops::relative_positions(static_cast<int>(coords.size(1)), cfg.relpos_clip, coords.device());
+  f.dist_bin = ops::distance_bins(coords, cfg.dist_max, cfg.dist_bins);
   return f;
 }
 
@@ -238,19 +242,20 @@ LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const Pa
   const int64_t rows = logits.size(0) * logits.size(1);
   Tensor flat = ops::reshape(logits, {rows, logits.size(2)});
   Tensor flat_labels = ops::reshape(labels, {rows});
-  LossResult r;
-  r.loss = ops::cross_entropy(flat, flat_labels);
-  r.accuracy = ops::accuracy(flat.detach(), flat_labels);
-  return r;
+  return {ops::cross_entropy(flat, flat_labels), ops::count_correct(flat.detach(), flat_labels), rows,
+          flat.size(1)};
 }
 
 LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const Packing& packing,
                       const Tensor& labels) {
   const Tensor logits = model.forward(tokens, packing);  // (T,K): real residues only
-  LossResult r;
-  r.loss = ops::cross_entropy(logits, labels);
-  r.accuracy = ops::accuracy(logits.detach(), labels);
-  return r;
+  return {ops::cross_entropy(logits, labels), ops::count_correct(logits.detach(), labels), logits.size(0),
+          logits.size(1)};
+}
+
+double LossResult::accuracy() const {
+  const std::vector<int32_t> c = correct.to_vector<int32_t>();
+  return ops::accuracy_of(c[0], c[1], rows, classes);
 }
 
 }  // namespace pf::models

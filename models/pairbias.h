@@ -35,6 +35,8 @@ struct PairFeatures {
 // coords: B·N·3 floats, row-major (B,N,3). Distances are computed in double.
 PairFeatures pair_features(const float* coords, int B, int N, const ModelConfig& cfg,
                            Device device = Device::CPU);
+// The same from coordinates already on their device: coords (B,N,3) F32.
+PairFeatures pair_features(const Tensor& coords, const ModelConfig& cfg);
 int distance_bin(double d, const ModelConfig& cfg);
 
 // The pair features of a packed batch, per chain (no gradient flows into them).
@@ -117,10 +119,13 @@ class PairBiasModel : public nn::Module {
   ModelConfig cfg_;
 };
 
-// Mean cross-entropy over all residues and the fraction predicted right.
+// Mean cross-entropy over all residues and the count predicted right, both left on the device
+// (a training step reads them back once, at its end).
 struct LossResult {
-  Tensor loss;      // shape {}
-  double accuracy;  // no grad
+  Tensor loss;     // shape {}
+  Tensor correct;  // (2) I32, no grad: ops::count_correct's rows right and labels out of range
+  int64_t rows = 0, classes = 0;
+  double accuracy() const;  // the fraction right (reads the counts back)
 };
 // tokens/labels:(B,N) I32
 LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const PairFeatures& f,

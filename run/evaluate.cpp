@@ -35,7 +35,7 @@ EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set,
       int64_t T = 0;
       const auto r = batch_loss(model, set, idx, true, device, &T);
       sums[0] += r.loss.item() * T;
-      sums[1] += r.accuracy * T;
+      sums[1] += r.accuracy() * T;
       sums[2] += T;
       start += static_cast<int>(idx.size());
     }
@@ -53,7 +53,7 @@ EvalResult evaluate_set(const models::PairBiasModel& model, const ChainSet& set,
     const BatchTensors b = to_tensors(gather_batch(set, idx), model.config(), device);
     const auto r = models::model_loss(model, b.tokens, b.pair, b.labels);
     loss_sum += r.loss.item() * idx.size();
-    correct += r.accuracy * idx.size();
+    correct += r.accuracy() * idx.size();
   }
   if (comm) {
     std::vector<double> sums{loss_sum, correct};

@@ -1,6 +1,7 @@
-// Training, top to bottom: train_step (one optimisation step, every stage one call), the parts of
-// the loop in the order a step uses them (batches, counters, logs, checkpoints), then train_run:
-// the set-up and the loop with its log / eval / checkpoint cadence.
+// Training, top to bottom: the parts of the loop in the order a step uses them (batches,
+// counters, logs, checkpoints), then train_run: the set-up and the loop with its log / eval /
+// checkpoint cadence. The step itself (every stage one call, eager or replayed from a CUDA
+// graph) is run/train_step.h's.
 #include "run/train_loop.h"
 
 #include <signal.h>
@@ -29,6 +30,7 @@
 #include "run/evaluate.h"
 #include "run/launch.h"
 #include "run/plots.h"
+#include "run/train_step.h"
 
 namespace pf::run {
 
@@ -38,45 +40,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 const std::vector<std::string> kEmbeddings = {"embed.weight", "pair.rel.weight", "pair.dist.weight"};
-
-// What one step reports: the batch's loss and accuracy (with comm, the means over the ranks), the
-// gradient norm before clipping, and whether the weights were updated.
-struct StepResult {
-  double loss = 0, accuracy = 0, grad_norm = 0;
-  bool updated = false;
-  // SIGINT / SIGTERM received (framework/interrupt.h): the run stops after this step. The ranks
-  // of data-parallel training decide together, with the step's metrics.
-  int stop_signal = 0;
-};
-
-// One optimisation step on one batch, every stage one call: forward and loss, backward (with
-// grad_sync, the ranks' gradients averaged while it runs), gradient clipping, and the AdamW update
-// at learning rate lr. A non-finite loss or gradient norm gets no update: weights and moments stay
-// as they were.
-StepResult train_step(models::PairBiasModel& model, optim::AdamW& opt, const HostBatch& batch, bool packed,
-                      Device device, double lr, double grad_clip, dist::GradientSync* grad_sync,
-                      dist::Communicator* comm) {
-  model.zero_grad();
-  const auto r = host_batch_loss(model, batch, packed, device);
-  if (grad_sync) {
-    grad_sync->backward(r.loss);  // the mean of the ranks' gradients = the global batch's
-  } else {
-    r.loss.backward();
-  }
-  const double grad_norm = optim::clip_grad_norm(model.parameters(), grad_clip);
-  double loss = r.loss.item(), acc = r.accuracy;
-  int stop_signal = interrupt_signal();
-  if (comm) {  // every rank has the same number of residues: the global means are the means
-    std::vector<double> m{loss, acc, static_cast<double>(stop_signal)};
-    comm->all_reduce_sum(m);
-    loss = m[0] / comm->world();
-    acc = m[1] / comm->world();
-    if (m[2] > 0 && stop_signal == 0) stop_signal = SIGTERM;  // another rank's
-  }
-  const bool good = std::isfinite(loss) && std::isfinite(grad_norm);
-  if (good) opt.step(lr);
-  return {loss, acc, grad_norm, good, stop_signal};
-}
 
 // ---- the loop's parts, in the order one step uses them ------------------------------------------
 
@@ -320,6 +283,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   std::unique_ptr<dist::GradientSync> grad_sync;
   if (comm) grad_sync = std::make_unique<dist::GradientSync>(*comm, model.parameters());
   print_run_summary(cfg, params, dtype, device, train_set, val_set, packed);
+  TrainStep train_step(model, opt, cfg, device, grad_sync.get(), comm);
 
   BatchQueue batches(train_set, sampler, packed, world, rank);
   Throughput speed;
@@ -329,8 +293,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
     const auto t0 = Clock::now();
     const HostBatch batch = batches.next(/*more_to_come=*/st.step + 1 < last_step);
     const double lr = optim::lr_at(st.step, t.lr, t.min_lr, t.warmup, t.steps);
-    const StepResult r =
-        train_step(model, opt, batch, packed, device, lr, t.grad_clip, grad_sync.get(), comm);
+    const StepResult r = train_step(batch, lr);
     count_step(st, r, batch);
     speed.add(train_set, batch, t0);
 

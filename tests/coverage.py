@@ -27,6 +27,7 @@ FOLDERS = ("kernels/cpu", "framework", "models", "data", "run")
 GPU_ONLY = {
     "run/launch.cpp": "one process per GPU for --gpus N: needs NCCL and that many GPUs",
     "framework/distributed.cpp": "the NCCL communicator and gradient all-reduce: needs NCCL and GPUs",
+    "run/train_step_gpu.cpp": "the one-GPU training step, eager and replayed from a CUDA graph: needs a GPU",
 }
 
 

@@ -63,6 +63,19 @@ inline RunRecord run_once(const Config& cfg, dist::Communicator* comm = nullptr)
   return read_run(cfg, printed);
 }
 
+// The error message of training per cfg in this process ("" if it ran), its stdout captured.
+inline std::string train_error(const Config& cfg) {
+  testing::internal::CaptureStdout();
+  std::string msg;
+  try {
+    run::train(cfg, false);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  testing::internal::GetCapturedStdout();
+  return msg;
+}
+
 // Every numeric field of metrics.jsonl except the timing ones, in order ("loss@20=0.71…").
 inline std::vector<std::string> metric_values(const std::string& path) {
   std::vector<std::string> out;

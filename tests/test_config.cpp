@@ -54,6 +54,7 @@ void expect_same(const pf::Config& a, const pf::Config& b) {
   EXPECT_EQ(a.train.log_every, b.train.log_every);
   EXPECT_EQ(a.train.checkpoint_every, b.train.checkpoint_every);
   EXPECT_EQ(a.train.precision, b.train.precision);
+  EXPECT_EQ(a.train.cuda_graph, b.train.cuda_graph);
   EXPECT_EQ(a.device, b.device);
   EXPECT_EQ(a.out, b.out);
 }
@@ -146,6 +147,7 @@ TEST(Config, DefaultsAndDffResolution) {
   EXPECT_EQ(c.model.d_ff, 256);
   EXPECT_EQ(c.data.train, "data/chain_train.h5");
   EXPECT_EQ(c.train.precision, "fp32");
+  EXPECT_EQ(c.train.cuda_graph, "auto");
   EXPECT_EQ(c.device, "auto");
   // empty sections are allowed and keep the defaults
   expect_same(pf::config_from_yaml_string("model:\ndata:\ntrain:\n"), want);
@@ -318,6 +320,7 @@ TEST_F(ConfigFile, ResolvedYamlRoundTrips) {
     c.train.log_every = pick(1, 1000);
     c.train.checkpoint_every = pick(1, 1000);
     c.train.precision = std::vector<std::string>{"fp32", "bf16", "fp64"}[rng() % 3];
+    c.train.cuda_graph = std::vector<std::string>{"auto", "on", "off"}[rng() % 3];
     c.device = std::vector<std::string>{"auto", "cpu", "cuda"}[rng() % 3];
     c.out = odd_strings[rng() % odd_strings.size()];
     const std::string yaml = pf::config_to_yaml(c);
@@ -364,6 +367,7 @@ TEST_F(ConfigFile, YamlNamesEveryKey) {
                         "log_every:",
                         "checkpoint_every:",
                         "precision:",
+                        "cuda_graph:",
                         "device:",
                         "out:"})
     EXPECT_NE(yaml.find(k), std::string::npos) << k << " missing from:\n" << yaml;
@@ -482,6 +486,9 @@ TEST(Config, ImpossibleValues) {
                  {std::string("'train.") + k + "' must be at least 1"});
   expect_error("train: {precision: fp16}\n", {},
                {"'train.precision' must be one of fp32, bf16, fp64, found 'fp16'"});
+  expect_error("train: {cuda_graph: yes}\n", {},
+               {"'train.cuda_graph' must be one of auto, on, off, found 'yes'"});
+  expect_error("", {"train.cuda_graph=On"}, {"'train.cuda_graph' must be one of auto, on, off, found 'On'"});
   expect_error("device: gpu\n", {}, {"'device' must be one of auto, cpu, cuda, found 'gpu'"});
   expect_error("model: {attn_bias: distance}\n", {},
                {"'model.attn_bias' must be one of pair, relpos, found 'distance'"});

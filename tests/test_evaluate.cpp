@@ -40,7 +40,7 @@ Means per_residue_reference(const models::PairBiasModel& model, const ChainSet& 
     const run::BatchTensors t = run::to_tensors(b, model.config(), Device::CPU);
     const auto r = models::model_loss(model, t.tokens, t.pair, t.labels);
     loss += r.loss.item() * n;
-    correct += r.accuracy * n;
+    correct += r.accuracy() * n;
     total += n;
   }
   return {loss / total, correct / total};

@@ -4,16 +4,21 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <unistd.h>
 
+#include "framework/allocator.h"
 #include "framework/config.h"
+#include "framework/cuda_graph.h"
 #include "framework/files.h"
 #include "framework/h5io.h"
+#include "framework/ops.h"
 #include "framework/optim.h"
 #include "framework/run_dir.h"
 #include "run/modes.h"
+#include "run/train_step.h"
 #include "tests/run_record.h"
 
 namespace pf {
@@ -130,6 +135,96 @@ TEST(Train, BadInputGivesOneClearError) {
   Config fresh = tiny(dir, "nothing_here");
   EXPECT_THROW(run::train(fresh, true), Error);
   fs::remove_all(dir);
+}
+
+// train.cuda_graph: why a run's steps cannot be captured in a CUDA graph, each reason alone
+// (host logic: no GPU needed), and `on` with a reason is one clear error before any step.
+TEST(Train, CudaGraphBlockersNameTheReason) {
+  const Config dense = tiny("d", "r");
+  EXPECT_EQ(run::cuda_graph_blocker(dense, Device::CUDA, false), "");
+  const auto blocker = [&](Config c, Device device, bool data_parallel) {
+    return run::cuda_graph_blocker(c, device, data_parallel);
+  };
+  Config off = dense;
+  off.train.cuda_graph = "off";
+  EXPECT_EQ(blocker(off, Device::CUDA, false), "train.cuda_graph is off");
+  EXPECT_EQ(blocker(dense, Device::CPU, false), "the device is the CPU");
+  EXPECT_NE(blocker(dense, Device::CUDA, true).find("data-parallel training"), std::string::npos);
+  Config varlen = dense;
+  varlen.data.n_res_min = 8;
+  EXPECT_NE(blocker(varlen, Device::CUDA, false).find("packed batches"), std::string::npos);
+  Config by_tokens = dense;
+  by_tokens.train.batch_tokens = 64;
+  EXPECT_NE(blocker(by_tokens, Device::CUDA, false).find("packed batches"), std::string::npos);
+  Config anomaly = dense;
+  anomaly.train.detect_anomaly = true;
+  EXPECT_NE(blocker(anomaly, Device::CUDA, false).find("train.detect_anomaly"), std::string::npos);
+  // auto and on name the same reasons; off wins over all of them
+  Config on = anomaly;
+  on.train.cuda_graph = "on";
+  EXPECT_EQ(blocker(on, Device::CUDA, false), blocker(anomaly, Device::CUDA, false));
+  off.train.detect_anomaly = true;
+  EXPECT_EQ(blocker(off, Device::CPU, true), "train.cuda_graph is off");
+}
+
+TEST(Train, CudaGraphOnWhereTheStepCannotBeCapturedIsOneClearError) {
+  const std::string dir = temp_dir("graph_on");
+  Config cfg = tiny(dir, "run");  // device cpu
+  cfg.train.cuda_graph = "on";
+  const std::string msg = train_error(cfg);
+  EXPECT_NE(msg.find("train.cuda_graph is on, but the training step cannot be captured in a CUDA graph: "
+                     "the device is the CPU"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+  // auto on the CPU: the run trains eagerly and says once why graphs are off
+  cfg.train.cuda_graph = "auto";
+  cfg.train.steps = 3;
+  cfg.train.warmup = 1;
+  cfg.out = dir + "/auto";
+  testing::internal::CaptureStdout();
+  ASSERT_EQ(run::train(cfg, false), 0);
+  const std::string log = testing::internal::GetCapturedStdout();
+  const std::string said = "cuda graph: off (the device is the CPU); the steps run eagerly\n";
+  EXPECT_NE(log.find(said), std::string::npos) << log;
+  EXPECT_EQ(log.find(said), log.rfind(said)) << "said once: " << log;
+  fs::remove_all(dir);
+}
+
+// The pieces of the one-GPU step on the CPU: stack_scalars gathers elements in order;
+// the device-only calls give one clear error instead of running on host memory.
+TEST(Train, DeviceStepPiecesOnTheCpu) {
+  const Tensor a = Tensor::full({}, 1.5, DType::F32, Device::CPU);
+  const Tensor b = Tensor::from_vector(std::vector<int32_t>{3, -4}, {2}, DType::I32, Device::CPU);
+  const Tensor c = Tensor::from_vector(std::vector<double>{0.25}, {1}, DType::F64, Device::CPU);
+  EXPECT_EQ(ops::stack_scalars({a, b, c}).to_vector<double>(), (std::vector<double>{1.5, 3, -4, 0.25}));
+  EXPECT_THROW(ops::stack_scalars({a, Tensor::zeros({1}, DType::BF16, Device::CPU)}), Error);
+  Tensor w = Tensor::zeros({3}, DType::F32, Device::CPU);
+  w.requires_grad_();
+  w.set_grad(Tensor::full({3}, 2.0, DType::F32, Device::CPU));
+  optim::AdamW opt({{"w", w}}, {false}, {});
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message([&] {
+              opt.step(Tensor::zeros({}, DType::F64, Device::CPU), Tensor());
+            }).find("AdamW::step(lr, go) takes GPU parameters"),
+            std::string::npos);
+  EXPECT_NE(message([&] { optim::clip_grad_norm_on_device({w}, 1.0); }).find("takes GPU parameters"),
+            std::string::npos);
+  EXPECT_NE(message([&] { optim::finite_flag(a, c); }).find("on the GPU"), std::string::npos);
+  EXPECT_EQ(opt.steps_taken(), 0);
+  if (!cuda_available()) {
+    CudaGraph graph;
+    EXPECT_NE(message([&] { graph.capture([] {}); }).find("CUDA"), std::string::npos);
+    EXPECT_FALSE(graph.captured());
+    EXPECT_THROW(graph.replay(), Error);
+  }
 }
 
 }  // namespace

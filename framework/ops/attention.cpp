@@ -21,7 +21,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "framework/allocator.h"
@@ -294,10 +297,19 @@ int64_t padded_head_dim(int64_t D) {
 
 // (Dp, D) of x's dtype and device with ones on the diagonal: linear(x, E) widens (…,D) to (…,Dp)
 // with zero columns, linear(y, Eᵀ) keeps y's first D columns (exact: one product by 1 per value).
+// Made once per (Dp, D, dtype, device) and kept: a training step then uploads nothing, so that
+// it can be captured in a CUDA graph (run/train_step.h) after its first, eager run.
 Tensor widening(int64_t Dp, int64_t D, const Tensor& like) {
-  Tensor e = Tensor::zeros({Dp, D}, DType::F32, Device::CPU);
-  for (int64_t i = 0; i < D; ++i) e.data<float>()[i * D + i] = 1.f;
-  return e.to(like.dtype()).to(like.device());
+  static std::mutex mu;
+  static std::map<std::tuple<int64_t, int64_t, DType, Device>, Tensor> made;
+  const std::lock_guard<std::mutex> lock(mu);
+  Tensor& e = made[{Dp, D, like.dtype(), like.device()}];
+  if (!e.defined()) {
+    Tensor host = Tensor::zeros({Dp, D}, DType::F32, Device::CPU);
+    for (int64_t i = 0; i < D; ++i) host.data<float>()[i * D + i] = 1.f;
+    e = host.to(like.dtype()).to(like.device());
+  }
+  return e;
 }
 // Head dims past the GPU kernels' 128: softmax(scale·q·kᵀ + bias + T[h, clip(j−i)+R])·v as a
 // chain of ops in float32 (matmul, softmax: the (B,H,Nq,Nk) scores are materialised), the result

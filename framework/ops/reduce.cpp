@@ -134,4 +134,37 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
                      }));
 }
 
+// xs: tensors of one device → (Σ numel) F64, their elements in order
+Tensor stack_scalars(const std::vector<Tensor>& xs) {
+  PF_CHECK(!xs.empty(), "stack_scalars: no tensors");
+  const Device device = xs[0].device();
+  int64_t n = 0;
+  for (const Tensor& x : xs) {
+    PF_CHECK(x.defined() && x.device() == device &&
+                 (x.dtype() == DType::F32 || x.dtype() == DType::F64 || x.dtype() == DType::I32),
+             "stack_scalars: float32, float64 or int32 tensors on "
+                 << device_name(device) << " expected, got " << (x.defined() ? x.str() : "none"));
+    n += x.numel();
+  }
+  Tensor out = Tensor::empty({n}, DType::F64, device);
+#ifdef PF_WITH_CUDA
+  if (device == Device::CUDA) {
+    std::vector<kernels::cuda::ScalarRef> refs;
+    for (const Tensor& x : xs) {
+      const auto kind = x.dtype() == DType::F32   ? kernels::cuda::ScalarRef::F32
+                        : x.dtype() == DType::F64 ? kernels::cuda::ScalarRef::F64
+                                                  : kernels::cuda::ScalarRef::I32;
+      for (int64_t i = 0; i < x.numel(); ++i)
+        refs.push_back({kind, static_cast<const char*>(x.data_ptr()) + i * dtype_size(x.dtype())});
+    }
+    kernels::cuda::gather_scalars(refs, static_cast<double*>(out.data_ptr()));
+    return out;
+  }
+#endif
+  int64_t k = 0;
+  for (const Tensor& x : xs)
+    for (double v : x.to_vector<double>()) out.data<double>()[k++] = v;
+  return out;
+}
+
 }  // namespace pf::ops

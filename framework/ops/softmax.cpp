@@ -143,20 +143,17 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
                      }));
 }
 
-// logits:(N,K) labels:(N) I32 → fraction of rows whose argmax is the label
-double accuracy(const Tensor& logits, const Tensor& labels) {
+// logits:(N,K) labels:(N) I32 → (2) I32: rows whose argmax is the label, labels outside [0,K)
+Tensor count_correct(const Tensor& logits, const Tensor& labels) {
   const profile::Scope ps("softmax_loss");
   check_logits_labels(logits, labels, "accuracy");
   const int64_t N = logits.size(0), K = logits.size(1);
+  Tensor counts = Tensor::zeros({2}, DType::I32, logits.device());
 #ifdef PF_WITH_CUDA
-  if (logits.device() == Device::CUDA) {  // waits for the count
-    Tensor counts = Tensor::empty({2}, DType::I32, logits.device());
-    kernels::cuda::memset_zero(counts.data_ptr(), 2 * sizeof(int32_t));
+  if (logits.device() == Device::CUDA) {
     kernels::cuda::count_correct(scalar_type_of(logits.dtype()), logits.data_ptr(), labels_ptr(labels), N, K,
                                  static_cast<int*>(counts.data_ptr()));
-    const std::vector<int32_t> c = counts.to_vector<int32_t>();
-    PF_CHECK(c[1] == 0, "accuracy: " << c[1] << " of " << N << " labels are outside [0, " << K << ")");
-    return static_cast<double>(c[0]) / static_cast<double>(N);
+    return counts;
   }
 #endif
   kernels::cpu::check_labels(labels.data<int32_t>(), N, K, "accuracy");
@@ -164,7 +161,20 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
     using T = decltype(t);
     return kernels::cpu::count_correct(logits.data<T>(), labels.data<int32_t>(), N, K);
   });
+  counts.data<int32_t>()[0] = static_cast<int32_t>(correct);
+  return counts;
+}
+
+double accuracy_of(int64_t correct, int64_t bad_labels, int64_t N, int64_t K) {
+  PF_CHECK(bad_labels == 0,
+           "accuracy: " << bad_labels << " of " << N << " labels are outside [0, " << K << ")");
   return static_cast<double>(correct) / static_cast<double>(N);
+}
+
+// logits:(N,K) labels:(N) I32 → fraction of rows whose argmax is the label (waits for the count)
+double accuracy(const Tensor& logits, const Tensor& labels) {
+  const std::vector<int32_t> c = count_correct(logits, labels).to_vector<int32_t>();
+  return accuracy_of(c[0], c[1], logits.size(0), logits.size(1));
 }
 
 }  // namespace pf::ops

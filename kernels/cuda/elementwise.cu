@@ -123,7 +123,14 @@ __device__ __forceinline__ void scale_range(T* x, float s, int64_t begin, int64_
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) x[i] = from_f<T>(s * to_f(x[i]));
 }
 
-__global__ void scale_many_kernel(TensorBatch b, float s) {
+// s_dev (when given): the factor is *s_dev read on the device, and nothing is scaled unless
+// *s_dev < 1 (a gradient clip's coefficient; NaN scales nothing).
+__global__ void scale_many_kernel(TensorBatch b, float s, const double* s_dev) {
+  if (s_dev) {
+    const double c = *s_dev;
+    if (!(c < 1.0)) return;
+    s = static_cast<float>(c);
+  }
   int k = 0;
   for (int64_t c = blockIdx.x; c < b.chunk_start[b.count]; c += gridDim.x) {
     k = b.tensor_of(c, k);
@@ -322,10 +329,10 @@ void sum_of_squares(ScalarType t, const void* x, int64_t n, double* acc) {
   sum_of_squares_many({TensorRef{t, const_cast<void*>(x), n}}, acc);
 }
 
-void scale_many(const std::vector<TensorRef>& ts, double s) {
+void scale_many(const std::vector<TensorRef>& ts, double s, const double* s_dev) {
   for_each_batch(ts, "scale_many", [&](const TensorBatch& b, int64_t chunks) {
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(chunks, 4096));
-    scale_many_kernel<<<grid, kThreads, 0, cur_stream()>>>(b, static_cast<float>(s));
+    scale_many_kernel<<<grid, kThreads, 0, cur_stream()>>>(b, static_cast<float>(s), s_dev);
     PF_CUDA_CHECK_LAUNCH("scale_many");
   });
 }

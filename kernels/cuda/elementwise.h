@@ -30,8 +30,10 @@ struct TensorRef {
 };
 // sum_of_squares over several tensors, one launch per 24 of them.
 void sum_of_squares_many(const std::vector<TensorRef>& ts, double* acc);
-// x ← s·x for each tensor (as scale), one launch per 24 of them.
-void scale_many(const std::vector<TensorRef>& ts, double s);
+// x ← s·x for each tensor (as scale), one launch per 24 of them. With s_dev (a device double),
+// s is unused and the factor c = *s_dev is read on the device: x ← c·x where c < 1, nothing
+// otherwise (NaN: nothing) — gradient clipping without a host round trip.
+void scale_many(const std::vector<TensorRef>& ts, double s, const double* s_dev = nullptr);
 // *flag (device int) is set to 0 if x holds a NaN or an infinity (left alone otherwise).
 void all_finite(ScalarType t, const void* x, int64_t n, int* flag);
 void fill(ScalarType t, void* x, double value, int64_t n);

@@ -103,7 +103,31 @@ __global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols, 
   if (threadIdx.x == 0) g_sumrows_arrived[blockIdx.x] = 0;
 }
 
+struct ScalarList {
+  ScalarRef s[kMaxGatherScalars];
+  int n;
+};
+
+__global__ void gather_scalars_kernel(ScalarList in, double* out) {
+  const int i = threadIdx.x;
+  if (i >= in.n) return;
+  const ScalarRef r = in.s[i];
+  out[i] = r.kind == ScalarRef::F32   ? static_cast<double>(*static_cast<const float*>(r.p))
+           : r.kind == ScalarRef::F64 ? *static_cast<const double*>(r.p)
+                                      : static_cast<double>(*static_cast<const int*>(r.p));
+}
+
 }  // namespace
+
+void gather_scalars(const std::vector<ScalarRef>& in, double* out) {
+  PF_CHECK(!in.empty() && in.size() <= kMaxGatherScalars,
+           "gather_scalars: 1 to " << kMaxGatherScalars << " scalars, got " << in.size());
+  ScalarList l{};
+  for (size_t i = 0; i < in.size(); ++i) l.s[i] = in[i];
+  l.n = static_cast<int>(in.size());
+  gather_scalars_kernel<<<1, 32, 0, cur_stream()>>>(l, out);
+  PF_CUDA_CHECK_LAUNCH("gather_scalars");
+}
 
 void sum(ScalarType t, const void* x, int64_t n, ScalarType out_t, void* out, double factor) {
   dispatch_dtype(t, "sum", [&](auto tag) {
