@@ -761,16 +761,16 @@ struct PathScope {
 };
 
 // Which cases a path's test runs: all; only those the default path runs on the Hopper forward
-// (elsewhere the default run already was the portable kernel); only those the Hopper forward and
-// backward both cover.
-enum class Only { kAll, kHopperByDefault, kHopperCovers };
+// (elsewhere the default run already was the portable kernel).
+enum class Only { kAll, kHopperByDefault };
 
 // Runs case c on the kernel path `path` (forward and backward).
 void check_case(const Case& c, FlashBiasPath path, Only only);
 
 class FlashBiasCuda : public ::testing::TestWithParam<Case> {};
 
-// The default path: on an H100/H200 the Hopper forward wherever it covers the case.
+// The default path: on an H100/H200 the Hopper forward and backward wherever they cover the case
+// (and the dispatcher must then take them), the portable kernels elsewhere.
 TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
   check_case(GetParam(), FlashBiasPath::kAuto, Only::kAll);
@@ -781,13 +781,6 @@ TEST_P(FlashBiasCuda, MatchesFloat64Reference) {
 TEST_P(FlashBiasCuda, PortablePathMatchesFloat64Reference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
   check_case(GetParam(), FlashBiasPath::kPortable, Only::kHopperByDefault);
-}
-
-// The Hopper forward and backward together on every case they cover (the backward is not yet
-// the default: kHopperBackwardByDefault in kernels/cuda/flash_bias.cu).
-TEST_P(FlashBiasCuda, HopperPathMatchesFloat64Reference) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << pf::kernels::cuda::device_info().reason;
-  check_case(GetParam(), FlashBiasPath::kHopper, Only::kHopperCovers);
 }
 
 void check_case(const Case& c, FlashBiasPath path, Only only) {
@@ -920,12 +913,13 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
   if (only == Only::kHopperByDefault &&
       std::string(pf::kernels::cuda::flash_bias_forward_kernel(p)) != "hopper")
     GTEST_SKIP() << "the default path runs the portable forward for this case";
-  if (only == Only::kHopperCovers && !pf::kernels::cuda::flash_bias_hopper_covers(p))
-    GTEST_SKIP() << "the Hopper kernels do not cover this case on this device";
   const PathScope scope(path);
   const std::string kernel = pf::kernels::cuda::flash_bias_forward_kernel(p);
   const std::string bwd_kernel = pf::kernels::cuda::flash_bias_backward_kernel(p);
   SCOPED_TRACE("forward kernel " + kernel + ", backward kernel " + bwd_kernel);
+  if (path == FlashBiasPath::kAuto && pf::kernels::cuda::flash_bias_hopper_covers(p))
+    EXPECT_EQ(bwd_kernel, "hopper")
+        << "the default path must take the Hopper backward where it covers the case";
   pf::kernels::cuda::flash_bias_forward(p, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
   const size_t ws_bytes = pf::kernels::cuda::flash_bias_backward_workspace_bytes(p);

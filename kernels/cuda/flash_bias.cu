@@ -232,10 +232,6 @@ const char* hopper_forward_refusal(const FlashBiasParams& p) {
 #endif
 }
 
-// The Hopper backward runs under kAuto only once it has passed test_flash_bias_cuda on a GPU
-// (kernels/cuda/NOTES.md); until then kHopper selects it.
-constexpr bool kHopperBackwardByDefault = false;
-
 // nullptr: the Hopper backward runs `p`; else why not.
 const char* hopper_backward_refusal(const FlashBiasBwdParams& p) {
   if (const char* why = hopper_forward_refusal(p)) return why;
@@ -246,8 +242,7 @@ const char* hopper_backward_refusal(const FlashBiasBwdParams& p) {
 #endif
 }
 bool use_hopper_backward(const FlashBiasBwdParams& p) {
-  if (g_path == FlashBiasPath::kPortable || (g_path == FlashBiasPath::kAuto && !kHopperBackwardByDefault))
-    return false;
+  if (g_path == FlashBiasPath::kPortable) return false;
   const char* why = hopper_backward_refusal(p);
   PF_CHECK(
       why == nullptr || g_path != FlashBiasPath::kHopper,

@@ -34,9 +34,8 @@
 namespace pf::kernels::cuda {
 
 // Which kernels run. kAuto (the default): the Hopper forward (flash_bias_sm90.h) on a compute
-// capability 9.0 device for the problems it covers, the portable kernels otherwise; the Hopper
-// backward only once it is enabled by default (kHopperBackwardByDefault in flash_bias.cu: after
-// its first runs on a GPU). kPortable: always the portable kernels. kHopper: the Hopper forward
+// capability 9.0 device for the problems it covers, likewise the Hopper backward, the portable
+// kernels otherwise. kPortable: always the portable kernels. kHopper: the Hopper forward
 // and backward, or a pf::Error saying why one cannot run. Process-wide; for tests and benchmarks
 // that compare the paths.
 enum class FlashBiasPath { kAuto, kPortable, kHopper };

@@ -79,7 +79,8 @@ struct Args {
   BNHDStrides dk_stride;
   void* dv;
   BNHDStrides dv_stride;
-  const uint8_t* kpm;  // (B, Nk) or null
+  const uint8_t* kpm;    // (B, Nk) or null
+  fb90::CtaOrder order;  // over (key block, h, b)
   int H, Nq, Nk, nq_pad;
   int has_bias, dbias_mode;
   int bias_shared_b, bias_shared_h;
@@ -97,7 +98,7 @@ __device__ __forceinline__ float2 unpack2(uint32_t x) {
 }
 
 // q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) -> dk,dv:(B,Nk,H,D), dq_accum += , dbias
-// grid (ceil(Nk/128), H, B), 384 threads, dynamic shared memory as launch() computes.
+// grid: one CTA per (128 keys, h, b) in a.order, 384 threads, dynamic shared memory as launch() computes.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const __grid_constant__ Args a) {
   using Sh = Shape<D>;
@@ -117,7 +118,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   constexpr int kOffDo = Sh::kQBytes, kOffBias = 2 * Sh::kQBytes;
   const int off_stats = kOffBias + (a.has_bias ? Sh::kDsBytes : 0);  // lse2[64], then delta[64]
 
-  const int n0 = blockIdx.x * BN, h = blockIdx.y, b = blockIdx.z;
+  int kb, h, b;
+  a.order.decode(blockIdx.x, kb, h, b);
+  const int n0 = kb * BN;
   const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;  // query i sees keys <= i + causal_off
   const int n_qb = (Nq + BM - 1) / BM;
   // causal: query blocks before the first query that sees key n0 contribute nothing (n0 − off <= Nq − 1)
@@ -456,8 +459,8 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
-  const dim3 grid((p.Nk + BN - 1) / BN, p.H, p.B);
-  kernel<<<grid, kThreads, smem, stream>>>(a);
+  a.order = fb90::cta_order((p.Nk + BN - 1) / BN, p.H, p.B, a.has_bias, a.bias_shared_b, a.bias_shared_h);
+  kernel<<<a.order.ctas(), kThreads, smem, stream>>>(a);
   PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_sm90_kernel");
 }
 

@@ -65,7 +65,8 @@ struct Args {
   void* out;
   BNHDStrides out_stride;
   float* lse;
-  const uint8_t* kpm;  // (B, Nk) or null
+  const uint8_t* kpm;    // (B, Nk) or null
+  fb90::CtaOrder order;  // over (query tile, h, b)
   int H, Nq, Nk;
   int bias_kind, bias_elt;  // BiasKind and its element size (0 without a bias)
   int bias_shared_b, bias_shared_h;
@@ -85,7 +86,7 @@ __device__ __forceinline__ float2 load_bias2(const char* p) {
 }
 
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
-// grid (ceil(Nq/128), H, B), 384 threads, dynamic shared memory smem_bytes().
+// grid: one CTA per (128 query rows, h, b) in a.order, 384 threads, dynamic shared memory smem_bytes().
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const __grid_constant__ Args a) {
   using Sh = Shape<D>;
@@ -99,7 +100,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   uint64_t* empty = full + kMaxStages;
   uint64_t* q_full = empty + kMaxStages;
 
-  const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z;
+  int tile, h, b;
+  a.order.decode(blockIdx.x, tile, h, b);
+  const int m0 = tile * BM;
   const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;
   int n_blocks = (Nk + BN - 1) / BN;
   if (a.causal) {  // key blocks up to the diagonal of the tile's last row
@@ -338,8 +341,9 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
-  const dim3 grid((p.Nq + Sh::BM - 1) / Sh::BM, p.H, p.B);
-  kernel<<<grid, kThreads, smem, stream>>>(a);
+  a.order = fb90::cta_order((p.Nq + Sh::BM - 1) / Sh::BM, p.H, p.B, a.bias_kind != kNone, a.bias_shared_b,
+                            a.bias_shared_h);
+  kernel<<<a.order.ctas(), kThreads, smem, stream>>>(a);
   PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_sm90_kernel");
 }
 

@@ -42,6 +42,44 @@ inline CUtensorMap pair_map(const void* ptr, int elt, bool bf16, int B, int H, i
   return make_tensor_map_4d(ptr, elt, bf16, dims, strides, box, 128);
 }
 
+// The order of a Hopper kernel's CTAs over (tile, h, b) in a one-dimensional grid. The dims a bias
+// is shared over vary fastest, so the CTAs that read the same bias tile (and, in the backward, add
+// into the same dB accumulator tile) run at the same time and meet in L2 instead of each going to
+// DRAM; then the tiles of one (b, h), which share their Q, K, V and dO; then the other dims.
+struct CtaOrder {
+  int n_tiles = 0, H = 0, B = 0;
+  int inner_b = 0, inner_h = 0;  // the bias is shared over the batch / the heads
+
+  int ctas() const { return n_tiles * H * B; }
+  __device__ __forceinline__ void decode(int lin, int& tile, int& h, int& b) const {
+    if (inner_b) {
+      b = lin % B;
+      lin /= B;
+    }
+    if (inner_h) {
+      h = lin % H;
+      lin /= H;
+    }
+    tile = lin % n_tiles;
+    lin /= n_tiles;
+    if (!inner_h) {
+      h = lin % H;
+      lin /= H;
+    }
+    if (!inner_b) b = lin;
+  }
+};
+
+inline CtaOrder cta_order(int n_tiles, int H, int B, bool has_bias, bool shared_b, bool shared_h) {
+  CtaOrder o;
+  o.n_tiles = n_tiles;
+  o.H = H;
+  o.B = B;
+  o.inner_b = has_bias && shared_b && B > 1;
+  o.inner_h = has_bias && shared_h && H > 1;
+  return o;
+}
+
 // The dynamic shared memory one block of the current device may opt into.
 inline int smem_optin_bytes() {
   int dev = 0, bytes = 0;
