@@ -14,7 +14,9 @@ forward and forward+backward (median, triton.testing.do_bench) of:
          Flash-Attention-with-Bias-Triton (computes dB) and flash_attn/flash_attn_triton.py of
          flash-attention (its backward computes no dB: timed with a bias that does not require
          grad, so its forward+backward does less work than the others'). Each is checked against
-         SDPA's output on stderr.
+         SDPA's output on stderr, and each runs every shape in a child process of its own: a peer
+         that faults (an illegal address leaves the CUDA context unusable) costs only its own
+         entries (nan), not the other implementations'.
 and prints one line per (impl, shape):
   PEER impl B H N D shared fwd_ms fwdbwd_ms        (nan where the impl cannot run the shape)
 
@@ -34,6 +36,7 @@ import argparse
 import importlib.util
 import math
 import os
+import subprocess
 import sys
 import traceback
 
@@ -102,7 +105,16 @@ def main():
     ap.add_argument("--impls", default="sdpa,flex,naive,triton")
     ap.add_argument("--triton-flash-bias", default=os.environ.get("PF_TRITON_FLASH_BIAS", ""),
                     help="paths (':'-separated) of Triton flash-attention-with-bias modules")
+    ap.add_argument("--triton-child", default="", help=argparse.SUPPRESS)  # NAME=PATH: this process times one peer
     args = ap.parse_args()
+    if args.shapes and args.triton_flash_bias and not args.triton_child:
+        # the Triton peers in child processes (one per peer and shape), the PyTorch ones here
+        for spec in filter(None, args.shapes.split(";")):
+            for i, path in enumerate(filter(None, args.triton_flash_bias.split(":"))):
+                if "triton" in args.impls:
+                    run_triton_child("triton" if i == 0 else f"triton{i + 1}", path, spec)
+        args.impls = ",".join(n for n in args.impls.split(",") if n != "triton")
+        args.triton_flash_bias = ""
 
     import torch
     import torch.nn.functional as F
@@ -120,9 +132,10 @@ def main():
         return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
 
     tritons = {}  # impl name -> the module's attention function (None: could not be loaded)
-    for i, path in enumerate(filter(None, args.triton_flash_bias.split(":"))):
-        name = "triton" if i == 0 else f"triton{i + 1}"
+    if args.triton_child:
+        name, path = args.triton_child.split("=", 1)
         tritons[name] = load_triton_peer(name, path)
+        args.impls = "triton"
 
     if args.relpos:
         relpos(args.relpos, flex, bench)
@@ -161,9 +174,13 @@ def main():
             bias_t = peer_bias(attn, qt, kt, vt, bias, scale, dout_t)
             impls[name] = (lambda a, b: lambda: a(qt, kt, vt, b, False, scale))(attn, bias_t)
             inputs[name] = (dout_t, [qt, kt, vt] + ([bias_t] if bias_t.requires_grad else []))
-            with torch.no_grad():  # the same attention as SDPA's (fp16 rounding apart)?
-                err = (impls[name]().transpose(1, 2).float() - sdpa().float()).abs().max().item()
-            log(f"  {name} {spec}: max |out - sdpa out| = {err:.2e}; dB {'computed' if bias_t.requires_grad else 'not computed'}")
+            try:
+                with torch.no_grad():  # the same attention as SDPA's (fp16 rounding apart)?
+                    err = (impls[name]().transpose(1, 2).float() - sdpa().float()).abs().max().item()
+                log(f"  {name} {spec}: max |out - sdpa out| = {err:.2e}; dB {'computed' if bias_t.requires_grad else 'not computed'}")
+            except Exception as e:
+                log(f"{name} cannot run {spec}: {type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
+                impls[name] = None
         names = [n for n in args.impls.split(",") if n != "triton"] + (list(tritons) if "triton" in args.impls else [])
         for name in names:
             fn = impls.get(name)
@@ -178,6 +195,24 @@ def main():
                 torch.cuda.empty_cache()
             print(f"PEER {name} {B} {H} {N} {D} {shared} {t_f:.4f} {t_fb:.4f}", flush=True)
             log(f"  {name:6s} {spec}: fwd {t_f:.3f} ms, fwd+bwd {t_fb:.3f} ms")
+
+
+def run_triton_child(name, path, spec):
+    """Times Triton peer `name` (the module at `path`) on one shape in a child process and passes on
+    its PEER line; nan where the child did not print one (it failed, or faulted the GPU)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--shapes", spec, "--triton-child", f"{name}={path}"]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [l for l in r.stdout.splitlines() if l.startswith(f"PEER {name} ")]
+    for l in r.stderr.splitlines():
+        if not l.startswith("peers: torch"):
+            log(l)
+    if lines:
+        print(lines[-1], flush=True)
+        return
+    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    log(f"{name} failed at {spec} in its child process (exit {r.returncode}): {tail}")
+    B, H, N, D, shared = spec.split(",")
+    print(f"PEER {name} {B} {H} {N} {D} {shared} nan nan", flush=True)
 
 
 def relpos(spec, flex, bench):
