@@ -76,6 +76,7 @@ struct CachingAllocator {
     std::lock_guard<std::mutex> lock(mu);
     const int pool = open_pool;
     void* p = pop(pool ? pools[pool] : free_blocks, cls);
+    if (p && pool) stats.graph_cached -= cls;
     if (!p) {
       p = kernels::cuda::raw_malloc(cls);
       if (!p && !pool) {          // out of memory: give the cache back and try once more (not in a
@@ -114,6 +115,7 @@ struct CachingAllocator {
     auto pool = b.pool ? pools.find(b.pool) : pools.end();
     if (pool != pools.end()) {
       pool->second[b.cls].push_back(p);
+      stats.graph_cached += b.cls;
     } else {
       if (b.pool) stats.graph_reserved -= b.cls;  // its pool was released: it joins the cache
       free_blocks[b.cls].push_back(p);
@@ -152,6 +154,7 @@ struct CachingAllocator {
     for (auto& [cls, blocks] : it->second) {
       for (void* p : blocks) free_blocks[cls].push_back(p);
       stats.graph_reserved -= cls * blocks.size();
+      stats.graph_cached -= cls * blocks.size();
     }
     pools.erase(it);
   }

@@ -37,6 +37,9 @@ struct CudaMemoryStats {
   size_t reserved = 0, peak_reserved = 0;    // bytes obtained from cudaMalloc (live + cached)
   int64_t device_mallocs = 0;                // cudaMalloc calls so far
   size_t graph_reserved = 0;                 // of reserved: blocks of the living graph pools
+  // of graph_reserved: the blocks no live tensor holds — the memory a replay's temporaries use
+  // (a graph's footprint is the live tensors plus this)
+  size_t graph_cached = 0;
 };
 CudaMemoryStats cuda_memory_stats();
 void cuda_reset_peak_memory();  // peaks := current values

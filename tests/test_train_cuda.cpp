@@ -477,6 +477,8 @@ TEST(TrainCuda, GraphPoolKeepsItsBlocksFromOtherAllocations) {
     ASSERT_TRUE(graph.captured());
     const CudaMemoryStats after = cuda_memory_stats();
     EXPECT_GE(after.graph_reserved, start.graph_reserved + 2 * n * sizeof(float));
+    EXPECT_GE(after.graph_cached, start.graph_cached + 2 * n * sizeof(float))
+        << "the capture's two temporaries wait in the pool, counted as its cached bytes";
     cuda_empty_cache();
     EXPECT_EQ(cuda_memory_stats().graph_reserved, after.graph_reserved)
         << "empty_cache keeps the graph's pool";
@@ -492,6 +494,7 @@ TEST(TrainCuda, GraphPoolKeepsItsBlocksFromOtherAllocations) {
   }
   const CudaMemoryStats end = cuda_memory_stats();
   EXPECT_EQ(end.graph_reserved, start.graph_reserved) << "the pool goes back when the graph does";
+  EXPECT_EQ(end.graph_cached, start.graph_cached);
   EXPECT_EQ(end.allocated, start.allocated) << "every tensor of the test was freed";
 }
 
