@@ -1,6 +1,8 @@
 # Sourced by .ci/gpu and .ci/gpu-flash-bias. unpack_prebuilt FILE: the programs packed by
 # .ci/pack-gpu-binaries into build-gpu/, and the source and build paths compiled into them
 # (prebuilt.txt) linked to this checkout and to build-gpu/ where they do not exist here.
+# The packed system libraries (build-gpu/prebuilt-lib) for every program run after sourcing this.
+export LD_LIBRARY_PATH="$PWD/build-gpu/prebuilt-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 unpack_prebuilt() {
   mkdir -p build-gpu && tar xJf "$1" -C build-gpu || { echo "cannot unpack $1"; return 1; }
   local src bld
