@@ -54,6 +54,8 @@ using fb::kLog2e;
 constexpr int kMaxStages = 4;
 constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * sm90::launch_regs<kThreads>(),
+              "the warpgroups' registers after setmaxnreg must fit the CTA's at launch");
 constexpr int BM = 64, BN = 128;  // query rows per block, keys per CTA (64 per consumer warpgroup)
 
 enum DbiasMode : int { kNoDbias = 0, kStore = 1, kReduceAdd = 2 };

@@ -44,8 +44,10 @@ using fb::kLn2;
 using fb::kLog2e;
 
 constexpr int kMaxStages = 4;
-constexpr int kThreads = 384;                           // producer warpgroup + two consumer warpgroups
-constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128·24 + 256·240 <= 65536
+constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * sm90::launch_regs<kThreads>(),
+              "the warpgroups' registers after setmaxnreg must fit the CTA's at launch");
 
 enum BiasKind : int { kNone = 0, kF16 = 1, kBF16 = 2, kF32 = 3 };
 

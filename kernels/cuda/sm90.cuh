@@ -216,6 +216,15 @@ __device__ __forceinline__ void red_add_f32x2(float* p, float x, float y) {
 
 // ---- registers ----------------------------------------------------------------------------------
 
+// Registers per thread that a CTA of kThreads threads holds at launch under
+// __launch_bounds__(kThreads, 1): the 64K register file in the allocation's granule of 8 per
+// thread. setmaxnreg only moves registers between the CTA's warpgroups, so the counts after it must
+// fit in kThreads · launch_regs — an .inc that asks for more than the .dec freed waits forever.
+template <int kThreads>
+constexpr int launch_regs() {
+  return 65536 / kThreads / 8 * 8;
+}
+
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegs));
