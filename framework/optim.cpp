@@ -90,15 +90,15 @@ AdamW::AdamW(nn::NamedTensors params, std::vector<bool> decay, AdamWOptions opt)
   if (!params_.empty() && params_[0].second.device() == Device::CUDA) {
     t_dev_ = Tensor::zeros({}, DType::F64, Device::CUDA);
     scratch_ = Tensor::zeros({64}, DType::U8, Device::CUDA);
-    host_lr_ = Tensor::zeros({}, DType::F64, Device::CUDA);
+    step_lr_ = Tensor::zeros({}, DType::F64, Device::CUDA);
     go_one_ = Tensor::full({}, 1.0, DType::I32, Device::CUDA);
   }
 }
 
 void AdamW::step(double lr) {
   if (t_dev_.defined()) {  // GPU: the device update with this lr and go = 1
-    host_lr_.fill_(lr);
-    step(host_lr_, go_one_);
+    step_lr_.fill_(lr);
+    step(step_lr_, go_one_);
     return;
   }
   const profile::Scope ps("optimizer");

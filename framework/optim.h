@@ -44,7 +44,7 @@ class AdamW {
   int64_t t_ = 0;  // CPU parameters
   // GPU parameters: t () float64, the scratch of the derived scalars, and step(lr)'s device lr
   // and go = 1
-  Tensor t_dev_, scratch_, host_lr_, go_one_;
+  Tensor t_dev_, scratch_, step_lr_, go_one_;
 };
 
 // Weight decay applies to the Linear weight matrices only: 2-D ".weight" parameters that are not

@@ -8,6 +8,7 @@
 #include "framework/autograd.h"
 #include "kernels/cpu/convert.h"
 #ifdef PF_WITH_CUDA
+#include "framework/ops/common.h"  // scalar_type_of
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/elementwise.h"
 #endif
@@ -322,13 +323,8 @@ void Tensor::fill_(double value) {
     kernels::cuda::memset_zero(data_ptr(), nbytes());
     return;
   }
-  const auto kernel_type = [](DType t) {
-    return t == DType::F32   ? kernels::ScalarType::F32
-           : t == DType::F64 ? kernels::ScalarType::F64
-                             : kernels::ScalarType::BF16;
-  };
   if (dtype() == DType::F32 || dtype() == DType::F64 || dtype() == DType::BF16) {
-    kernels::cuda::fill(kernel_type(dtype()), data_ptr(), value, numel());
+    kernels::cuda::fill(ops::detail::scalar_type_of(dtype()), data_ptr(), value, numel());
     return;
   }
 #endif
