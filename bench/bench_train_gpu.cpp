@@ -64,14 +64,6 @@ run::BatchTensors to_device(const run::BatchTensors& b, Device device) {
   return out;
 }
 
-// The optimizer of the training loop (run/train_loop.cpp) for a model on its device.
-optim::AdamW adamw_for(const models::PairBiasModel& model, const TrainConfig& t) {
-  const auto params = model.named_parameters();
-  return optim::AdamW(params,
-                      optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
-                      {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
-}
-
 // --graph: the training loop's step, eager and/or replayed from a CUDA graph, on the first 4
 // batches of `set`; ms per step (wall time, the step's one read-back included) of each.
 int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& graph_mode, int warmup,
@@ -95,7 +87,7 @@ int bench_train_step(const Config& cfg, const ChainSet& set, const std::string& 
     c.train.cuda_graph = mode;
     models::PairBiasModel model(c.model, t.seed);
     model.to(Device::CUDA);
-    optim::AdamW opt = adamw_for(model, t);
+    optim::AdamW opt = run::training_optimizer(model, t);
     run::TrainStep step(model, opt, c, Device::CUDA);
     Timing r;
     for (int s = 0; s < std::max(warmup, 2); ++s) step(batches[s % 4], t.lr);  // warm-up, capture
@@ -182,7 +174,7 @@ int main(int argc, char** argv) {
     if (!graph_mode.empty()) return bench_train_step(cfg, set, graph_mode, warmup, steps, argv[1]);
     models::PairBiasModel model(cfg.model, t.seed);
     model.to(Device::CUDA);
-    optim::AdamW opt = adamw_for(model, t);
+    optim::AdamW opt = run::training_optimizer(model, t);
     const AutocastGuard autocast(t.precision == "bf16" ? DType::BF16 : DType::F32);
     // Batch k on the host: gather + pair features (what run/batches.cpp's to_tensors does).
     auto host_batch = [&](int k) {

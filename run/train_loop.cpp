@@ -39,8 +39,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const std::vector<std::string> kEmbeddings = {"embed.weight", "pair.rel.weight", "pair.dist.weight"};
-
 // ---- the loop's parts, in the order one step uses them ------------------------------------------
 
 // The batches of the run. The next batch is drawn and gathered on a worker thread while the
@@ -263,7 +261,7 @@ int train_run(const Config& cfg, bool resume, int64_t stop_at, dist::Communicato
   model.to(dtype);
   model.to(device);
   const auto params = model.named_parameters();
-  optim::AdamW opt(params, optim::decay_mask(params, kEmbeddings), {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+  optim::AdamW opt = training_optimizer(model, t);
   BatchSampler sampler = t.batch_tokens > 0 ? BatchSampler(train_set.lengths, t.batch_tokens, t.seed)
                                             : BatchSampler(train_set.S, t.batch_size, t.seed);
 

@@ -12,6 +12,13 @@
 
 namespace pf::run {
 
+optim::AdamW training_optimizer(const models::PairBiasModel& model, const TrainConfig& t) {
+  const auto params = model.named_parameters();
+  return optim::AdamW(params,
+                      optim::decay_mask(params, {"embed.weight", "pair.rel.weight", "pair.dist.weight"}),
+                      {t.lr, 0.9, 0.999, 1e-8, t.weight_decay});
+}
+
 std::string cuda_graph_blocker(const Config& cfg, Device device, bool data_parallel) {
   const auto& t = cfg.train;
   if (t.cuda_graph == "off") return "train.cuda_graph is off";

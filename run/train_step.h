@@ -41,6 +41,10 @@ struct StepResult {
   int stop_signal = 0;
 };
 
+// The training loop's AdamW for `model` (on its device): lr and weight decay from t, decay on the
+// Linear weights only (optim::decay_mask; the embedding tables excluded).
+optim::AdamW training_optimizer(const models::PairBiasModel& model, const TrainConfig& t);
+
 // Why the training steps of cfg on `device` cannot be captured in a CUDA graph, or "" where they
 // can (train.cuda_graph off, the CPU, data parallel, packed batches, anomaly mode).
 std::string cuda_graph_blocker(const Config& cfg, Device device, bool data_parallel);
