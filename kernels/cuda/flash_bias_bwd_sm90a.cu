@@ -39,7 +39,8 @@
 // most kSm90RelposMaxBins bins, not deterministic.
 //
 // Shared memory: K, V (128 × D each), the dS tile (64 × 128, two 128-byte-swizzled panels of 64
-// keys), the table window (rel_bytes: a multiple of 1024, 0 without a table), the fp32 dS tile (only with a broadcast bias: four panels of 32 keys), then n_stages ×
+// keys), the table window (rel_bytes: a multiple of 1024, 0 without a table), the fp32 dS tile
+// (only with a broadcast bias: four panels of 32 keys), then n_stages ×
 // {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats each)}, then the mbarriers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -86,7 +87,7 @@ struct Shape {
 struct Args {
   CUtensorMap q, k, v, dout, bias,
       dbias;           // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
-  const float* lse2;   // (B,H,nq_pad): lse·log2 e (+inf for a row without attended keys), 0 past Nq
+  const float* lse2;   // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   float* dq_accum;     // (B,H,Nq,D) fp32 Σ dS K, or null (dQ not wanted)
   void* dk;

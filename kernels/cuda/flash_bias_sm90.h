@@ -37,7 +37,7 @@ void flash_bias_fwd_sm90(const FlashBiasParams& p, cudaStream_t stream);
 // from the kernel; dQ (and dB of a broadcast bias) through fp32 accumulators that the portable
 // finalize kernels convert. The row statistics it reads are padded to whole 64-row blocks.
 struct FlashBiasBwdSm90Workspace {
-  const float* lse2 = nullptr;   // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys, 0 past Nq
+  const float* lse2 = nullptr;  // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta = nullptr;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   int nq_pad = 0;                // Nq rounded up to 64
   float* dq_accum = nullptr;     // (B,H,Nq,D), zeroed; used when dq is wanted
