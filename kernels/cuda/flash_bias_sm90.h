@@ -25,8 +25,9 @@ inline int relpos_window_bins(int R, int n) {
 
 // nullptr if the Hopper forward covers `p` (device aside), else what it does not cover:
 // float16 / bfloat16 inputs, head dim 32, 64 or 128, the dense layout (no packed batch), a fused
-// relative-position table (if any, alone or with a bias) whose window relpos_window_bins(R, Nk)
-// is at most kSm90RelposMaxBins, and a bias (if any) whose base is 16-byte aligned and whose row,
+// relative-position table (if any, alone or with a bias) whose window
+// relpos_window_bins(R, max(Nq, Nk)) is at most kSm90RelposMaxBins (the same bound serves the
+// backward), and a bias (if any) whose base is 16-byte aligned and whose row,
 // head and batch strides are multiples of 16 bytes or zero (broadcast). Masks and causal: all.
 const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p);
 
