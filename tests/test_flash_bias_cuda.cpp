@@ -549,7 +549,8 @@ std::vector<Case> all_cases() {
       }
   }
   // Fused relative-position table: alone and on top of every dense bias form, every dtype and
-  // head dim; R = 0 (one bin), small, = N − 1 and > N; Nq ≠ Nk; masks and causal; N = 1.
+  // head dim; R = 0 (one bin), 1, small, = N − 1 and > N; Nq ≠ Nk (also far apart, so that whole
+  // tiles see only clipped bins); masks and causal; N = 1.
   struct Rel {
     int D, Nq, Nk, R;
     BiasForm bias;
@@ -564,6 +565,10 @@ std::vector<Case> all_cases() {
       {32, 130, 97, 16, BiasForm::kSharedH, true, true},
       {64, 65, 150, 40, BiasForm::kSharedBH, false, false},
       {16, 1, 1, 2, BiasForm::kNone, false, false},
+      {128, 130, 200, 1, BiasForm::kNone, true, true},  // R = 1, D = 128, table alone
+      {32, 300, 9, 2, BiasForm::kNone, false, false},   // query tiles far past every key: clipped bins only
+      {64, 9, 300, 2, BiasForm::kFull, false, false},   // key blocks far past every query
+      {128, 70, 190, 300, BiasForm::kSharedH, true, false},  // R > N at D = 128, with a broadcast dB
   };
   for (ScalarType dt : dts) {
     for (const Rel& r : rels) {

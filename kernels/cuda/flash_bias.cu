@@ -276,7 +276,11 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
     return "inputs other than float16 / bfloat16";
   if (p.D != 32 && p.D != 64 && p.D != 128) return "head dim other than 32, 64, 128";
   if (is_varlen(p)) return "a packed variable-length batch";
-  if (p.relpos_table != nullptr) return "a fused relative-position table";
+  static_assert(kSm90RelposMaxBins == 4096, "the refusal below names the bound");
+  if (p.relpos_table != nullptr &&
+      relpos_window_bins(p.relpos_clip, std::max(p.Nq, p.Nk)) > kSm90RelposMaxBins)
+    return "a relative-position table whose shared-memory window min(2R + 1, max(Nq, Nk) + 254) exceeds 4096 "
+           "bins";
   if (p.bias != nullptr) {
     const int e = scalar_type_size(p.bias_dtype);
     if (!aligned(p.bias, 16) || (p.bias_row_stride * e) % 16 != 0 || (p.bias_head_stride * e) % 16 != 0 ||
@@ -287,7 +291,8 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p) {
 }
 const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p) {
   if (const char* why = flash_bias_fwd_sm90_unsupported(p)) return why;
-  if (p.deterministic) return "the deterministic mode (the Hopper backward adds dQ with fp32 atomics)";
+  if (p.deterministic)
+    return "the deterministic mode (the Hopper backward adds dQ, a broadcast dB and dT with fp32 atomics)";
   if (p.bias != nullptr && p.bias_dtype != p.dtype) return "a bias of another dtype than q, k, v";
   const bool broadcast = (p.bias_batch_stride == 0 && p.B > 1) || (p.bias_head_stride == 0 && p.H > 1);
   if (p.dbias != nullptr && !broadcast) {
@@ -297,6 +302,9 @@ const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p) {
         (p.dbias_batch_stride * e) % 16 != 0 || p.dbias_row_stride <= 0)
       return "a dbias whose base or row / head / batch strides are not 16-byte multiples";
   }
+  if (p.relpos_table != nullptr && flash_bias_bwd_sm90_stages(p) < 2)
+    return "a relative-position table window that leaves shared memory for fewer than two pipeline stages "
+           "beside a broadcast dbias's fp32 tile (head dim 128)";
   return nullptr;
 }
 #endif
@@ -421,6 +429,9 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   const bool varlen = is_varlen(p);
 
   char* ws = static_cast<char*>(workspace);
+  const int64_t n_bins = int64_t(p.H) * (2 * int64_t(p.relpos_clip) + 1);
+  if (plan.drel_mode == DrelMode::kAtomic && !p.dbias_accumulate)  // both paths add dT atomically
+    PF_CUDA_CHECK(cudaMemsetAsync(p.drelpos_table, 0, size_t(n_bins) * sizeof(float), stream));
   if (plan.hopper) {
     hopper_backward(p, plan, ws, stream);
     return;
@@ -460,9 +471,6 @@ void flash_bias_backward(const FlashBiasBwdParams& p, void* workspace, cudaStrea
   args.cluster_size = plan.dbias_mode == DbiasMode::kCluster ? plan.cluster_size : 1;
 
   const int64_t rows = int64_t(p.B) * p.H * p.Nq;
-  const int64_t n_bins = int64_t(p.H) * (2 * int64_t(p.relpos_clip) + 1);
-  if (plan.drel_mode == DrelMode::kAtomic && !p.dbias_accumulate)
-    PF_CUDA_CHECK(cudaMemsetAsync(p.drelpos_table, 0, size_t(n_bins) * sizeof(float), stream));
 
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -10,6 +10,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/cuda/flash_bias_mask.cuh"
@@ -70,7 +71,8 @@ __global__ void flash_bias_bwd_delta_kernel(const __grid_constant__ FlashBiasBwd
 // The row statistics of the Hopper backward (dense batches), in rows padded to nq_pad (a multiple
 // of its 64-row query blocks, so that each block's 64 values are one aligned bulk copy):
 // delta:(B,H,nq_pad) = rowsum(dO ∘ O), lse2:(B,H,nq_pad) = lse·log2 e (+inf for lse = −inf: P = 0);
-// both 0 past Nq (zero-filled Q and dO rows then give P·dO = 0 and dS = 0). One warp per row.
+// past Nq delta = 0 and lse2 = +inf: a padding row attends nothing (P = 0, dS = 0, whatever the
+// bias or relative-position table adds to its zero-filled Q row's scores). One warp per row.
 template <typename T>
 __global__ void flash_bias_bwd_padded_stats_kernel(const __grid_constant__ FlashBiasBwdParams p, int nq_pad,
                                                    float* delta, float* lse2) {
@@ -79,7 +81,7 @@ __global__ void flash_bias_bwd_padded_stats_kernel(const __grid_constant__ Flash
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
     const int i = int(r % nq_pad);
-    float s = 0.f, l2 = 0.f;
+    float s = 0.f, l2 = INFINITY;
     if (i < p.Nq) {
       const int64_t stat = r / nq_pad * p.Nq + i;  // the unpadded stat row
       s = warp_row_dot(static_cast<const T*>(p.out) + sr.origin(stat, p.out_stride),

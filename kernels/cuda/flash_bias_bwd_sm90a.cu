@@ -8,7 +8,9 @@
 //   warpgroups 1 and 2, the consumers: keys 64w … 64w + 63 each (w = 0, 1). Per query block, in
 //   the transposed orientation (rows = keys), so that dK and dV accumulate in place:
 //     Sᵀ = K_w Q_iᵀ,  dPᵀ = V_w dO_iᵀ                       wgmma, both operands from shared memory
-//     Pᵀ = 2^(Sᵀ·scale·log2 e + biasᵀ·log2 e − lse·log2 e)  (the bias read transposed, ldmatrix)
+//     Pᵀ = 2^(Sᵀ·scale·log2 e + biasᵀ·log2 e + T·log2 e − lse·log2 e)
+//                                                         (the bias read transposed, ldmatrix;
+//                                                          T[h, clip(j − i) + R] from shared memory)
 //     dSᵀ = Pᵀ ∘ (dPᵀ − Δ)                                  masked entries exactly 0
 //     dV_w += Pᵀ dO_i,  dK_w += dSᵀ Q_i                      wgmma, A from registers
 //     dS → shared memory (stmatrix, transposed back: the 64 × 128 tile of this query block)
@@ -22,12 +24,23 @@
 // At the end dK = scale · Σ dSᵀ Q and dV are stored from registers; dQ = scale · accumulator is
 // written by flash_bias_dq_finalize_kernel.
 //
+// A relative-position table (alone or with a bias): the CTA keeps the window of its head's table
+// row that its keys can touch — the bins clip(j − i, −R, R) + R for the diagonals key − query from
+// n0 − (last computed query) to n0 + 127 − (first query), at most relpos_window_bins(R, Nq) — in
+// shared memory as pairs {T·log2 e, dT} (loaded and zeroed by all threads before the warpgroups
+// part). Each thread sums its dS entries of one diagonal (its fragment holds each diagonal twice)
+// and adds them to the pair's dT with a shared atomic; at the CTA's end the window's dT is added
+// into drelpos_table with global atomics (zeroed before unless dbias_accumulate). Not
+// deterministic (the order of the atomics).
+//
 // Preconditions (flash_bias_bwd_sm90_unsupported): fp16 / bf16, D 32 / 64 / 128, a dense batch,
-// no relative-position table, a bias (if any) of the inputs' dtype with 16-byte rows, dbias either
-// broadcast (then accumulated in fp32) or written whole (=, 16-byte rows), not deterministic.
+// a bias (if any) of the inputs' dtype with 16-byte rows, dbias either broadcast (then
+// accumulated in fp32) or written whole (=, 16-byte rows), a relative-position table window of at
+// most kSm90RelposMaxBins bins, not deterministic.
 //
 // Shared memory: K, V (128 × D each), the dS tile (64 × 128, two 128-byte-swizzled panels of 64
-// keys), the fp32 dS tile (only with a broadcast bias: four panels of 32 keys), then n_stages ×
+// keys), the table window (rel_bytes: a multiple of 1024, 0 without a table), the fp32 dS tile
+// (only with a broadcast bias: four panels of 32 keys), then n_stages ×
 // {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats each)}, then the mbarriers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -74,7 +87,7 @@ struct Shape {
 struct Args {
   CUtensorMap q, k, v, dout, bias,
       dbias;           // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
-  const float* lse2;   // (B,H,nq_pad): lse·log2 e (+inf for a row without attended keys), 0 past Nq
+  const float* lse2;   // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   float* dq_accum;     // (B,H,Nq,D) fp32 Σ dS K, or null (dQ not wanted)
   void* dk;
@@ -89,6 +102,11 @@ struct Args {
   int causal;
   int n_stages, stage_bytes, stage_tx;
   float scale, scale_log2;
+  const float* relpos;  // (H, 2R+1) or null
+  float* drelpos;       // (H, 2R+1) fp32, += ; null = dT not wanted
+  int rel_clip;         // R
+  int rel_last;         // 2R: the table row's last bin
+  int rel_bytes;        // shared memory of the table window (0 without a table)
 };
 
 template <typename T>
@@ -111,7 +129,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   char* sK = smem;
   char* sV = sK + Sh::kKBytes;
   char* sDs = sV + Sh::kKBytes;
-  char* sDs32 = sDs + Sh::kDsBytes;  // only with kReduceAdd
+  constexpr int kOffRel = 2 * Sh::kKBytes + Sh::kDsBytes;  // the table window: float2 {T·log2 e, dT}
+  char* sDs32 = smem + kOffRel + a.rel_bytes;              // only with kReduceAdd
   char* sStages = sDs32 + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0);
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
@@ -136,6 +155,16 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     }
     sm90::mbar_init(kv_full, 1);
     sm90::fence_barrier_init();
+  }
+  // the table window: bins rel_w0 … rel_w1 of the head's row, the clamps to [0, 2R] of
+  // key − query + R at the extreme diagonals n0 − (n_qb·64 − 1) and n0 + 127 − qb_first·64
+  const int rel_w0 = min(max(a.rel_clip + n0 - (n_qb * BM - 1), 0), a.rel_last);
+  const int rel_w1 = max(min(a.rel_clip + n0 + BN - 1 - qb_first * BM, a.rel_last), 0);
+  if (a.relpos != nullptr) {
+    const float* trow = a.relpos + int64_t(h) * (a.rel_last + 1);
+    float2* win = reinterpret_cast<float2*>(smem + kOffRel);
+    for (int k = rel_w0 + int(threadIdx.x); k <= rel_w1; k += kThreads)
+      win[k - rel_w0] = make_float2(trow[k] * kLog2e, 0.f);
   }
   __syncthreads();
 
@@ -195,6 +224,14 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   }
   const float scale_log2 = a.scale_log2;
 
+  // the pair of table bin clamp(key − query + R, 0, 2R): a 32-bit offset from smem (a 64-bit
+  // pointer would hold two more registers through the loop)
+  const int rel_off = kOffRel - 8 * rel_w0;
+  auto rel_pair = [&](int d) { return smem + rel_off + 8 * min(max(d, 0), a.rel_last); };
+  // key − query + R of the thread's entry (hf, jj, e) = (0, 0, 0) of the query block at i0
+  // (recomputed where used, with R read from the parameters: fewer registers through the loop)
+  auto rel_d0 = [&](int i0) { return n0 + kr - i0 - 2 * t + a.rel_clip; };
+
   float dk[D / 2], dv[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
@@ -224,6 +261,22 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     // Pᵀ; entries (key, query i) with i < key − causal_off are masked where the block crosses the diagonal
     const bool diag = a.causal && n0 + 64 * cw + 63 > i0 + causal_off;
     const char* sBias = st + kOffBias;
+    // the table: Sᵀ·scale·log2 e + T·log2 e first (then scaled by s_mul = 1 below). Entry
+    // (hf, jj, e) lies on diagonal key − query = d0 − e − 8(jj − hf): (0, k, e) and (1, k + 1, e)
+    // share a bin, one shared load per diagonal k = jj − hf ∈ [−1, 7]
+    const int d0 = rel_d0(i0);
+    float s_mul = scale_log2;
+    if (a.relpos != nullptr) {
+#pragma unroll
+      for (int k = -1; k < BM / 8; ++k)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float v = *reinterpret_cast<const float*>(rel_pair(d0 - e - 8 * k));
+          if (k >= 0) s[4 * k + e] = fmaf(s[4 * k + e], scale_log2, v);
+          if (k + 1 < BM / 8) s[4 * (k + 1) + 2 + e] = fmaf(s[4 * (k + 1) + 2 + e], scale_log2, v);
+        }
+      s_mul = 1.f;
+    }
 #pragma unroll
     for (int j = 0; j < BM / 8; j += 2) {
       // the bias of (keys kr, kr + 8) × (queries 8j + 2t, + 1 and 8j + 8 + 2t, + 1), read transposed
@@ -238,8 +291,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const float2 bv = unpack2<T>(bias_pairs[2 * (jj - j) + hf]);
-          const float x0 = fmaf(s[4 * jj + 2 * hf], scale_log2, fmaf(bv.x, kLog2e, -l2.x));
-          const float x1 = fmaf(s[4 * jj + 2 * hf + 1], scale_log2, fmaf(bv.y, kLog2e, -l2.y));
+          const float c0 = fmaf(bv.x, kLog2e, -l2.x), c1 = fmaf(bv.y, kLog2e, -l2.y);
+          const float x0 = fmaf(s[4 * jj + 2 * hf], s_mul, c0);
+          const float x1 = fmaf(s[4 * jj + 2 * hf + 1], s_mul, c1);
           float p0 = fast_exp2(x0), p1 = fast_exp2(x1);
           if (key_dead[hf]) p0 = p1 = 0.f;
           if (diag) {
@@ -264,6 +318,19 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
         dp[4 * j + 2 * hf] = p0 == 0.f ? 0.f : p0 * (dp[4 * j + 2 * hf] - dl.x);
         dp[4 * j + 2 * hf + 1] = p1 == 0.f ? 0.f : p1 * (dp[4 * j + 2 * hf + 1] - dl.y);
       }
+    }
+    // dT: one shared atomic per diagonal k = jj − hf of the thread's entries (as for T above)
+    if (a.drelpos != nullptr) {
+      const int d0 = rel_d0(i0);
+#pragma unroll
+      for (int k = -1; k < BM / 8; ++k)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float sum = 0.f;
+          if (k >= 0) sum += dp[4 * k + e];
+          if (k + 1 < BM / 8) sum += dp[4 * (k + 1) + 2 + e];
+          if (sum != 0.f) atomicAdd(reinterpret_cast<float*>(rel_pair(d0 - e - 8 * k) + 4), sum);
+        }
     }
 
     // dV_w += Pᵀ dO_i, dK_w += dSᵀ Q_i: Pᵀ and dSᵀ rounded to T in the A-fragment layout (k-chunk
@@ -381,7 +448,18 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   }
   if (leader) sm90::bulk_wait<0>();  // every store done before the CTA's shared memory goes
 
-    // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO
+  // dT: the window's sums into drelpos_table
+  if (a.drelpos != nullptr) {
+    sm90::named_barrier<256>(3);  // both consumer warpgroups' shared atomics done
+    float* drow = a.drelpos + int64_t(h) * (a.rel_last + 1);
+    const float2* win = reinterpret_cast<const float2*>(smem + kOffRel);
+    for (int k = rel_w0 + ctid; k <= rel_w1; k += 256) {
+      const float v = win[k - rel_w0].y;
+      if (v != 0.f) atomicAdd(&drow[k], v);
+    }
+  }
+
+  // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const int key = n0 + kr + 8 * hf;
@@ -401,6 +479,25 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
         fb::store_pair(row + 8 * j + 2 * t, dv[4 * j + 2 * hf], dv[4 * j + 2 * hf + 1]);
     }
   }
+}
+
+// The shared-memory layout's sizes: a stage's transaction bytes and its 1024-aligned size, the
+// fixed part (alignment slack, K, V, the dS tiles, the table window, the mbarriers) and as many
+// stages (up to kMaxStages) as fit beside it in `smem_optin` bytes.
+struct SmemPlan {
+  int stage_tx = 0, stage_bytes = 0, rel_bytes = 0, fixed = 0, n_stages = 0;
+};
+template <int D>
+SmemPlan smem_plan(bool has_bias, bool reduce_add, bool relpos, int rel_bins, int smem_optin) {
+  using Sh = Shape<D>;
+  SmemPlan m;
+  m.stage_tx = 2 * Sh::kQBytes + (has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
+  m.stage_bytes = (m.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
+  m.rel_bytes = relpos ? (rel_bins * 8 + 1023) / 1024 * 1024 : 0;  // float2 per bin
+  m.fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + m.rel_bytes +
+            (reduce_add ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 1) * 8;
+  m.n_stages = std::min(kMaxStages, (smem_optin - m.fixed) / m.stage_bytes);
+  return m;
 }
 
 template <typename T, int D>
@@ -446,17 +543,26 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
   a.causal = p.causal;
   a.scale = float(p.scale);
   a.scale_log2 = float(p.scale * double(kLog2e));
+  a.relpos = static_cast<const float*>(p.relpos_table);
+  a.drelpos = static_cast<float*>(p.drelpos_table);
+  a.rel_clip = p.relpos_clip;
+  a.rel_last = 2 * p.relpos_clip;
+  const int rel_bins = relpos_window_bins(p.relpos_clip, p.Nq);
+  PF_CHECK(p.relpos_table == nullptr || rel_bins <= kSm90RelposMaxBins,
+           "flash_bias_bwd_sm90: the relative-position table window of " << rel_bins << " bins exceeds "
+                                                                         << kSm90RelposMaxBins);
 
   const int smem_optin = fb90::smem_optin_bytes();
-  a.stage_tx = 2 * Sh::kQBytes + (a.has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
-  a.stage_bytes = (a.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
-  const int fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes +
-                    (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 1) * 8;
-  a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
+  const SmemPlan m =
+      smem_plan<D>(a.has_bias, a.dbias_mode == kReduceAdd, p.relpos_table != nullptr, rel_bins, smem_optin);
+  a.stage_tx = m.stage_tx;
+  a.stage_bytes = m.stage_bytes;
+  a.rel_bytes = m.rel_bytes;
+  a.n_stages = m.n_stages;
   PF_CHECK(a.n_stages >= 2,
            "flash_bias_bwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
-                                   << a.stage_bytes << "-byte stages beside " << fixed << " fixed bytes");
-  const int smem = fixed + a.n_stages * a.stage_bytes;
+                                   << a.stage_bytes << "-byte stages beside " << m.fixed << " fixed bytes");
+  const int smem = m.fixed + a.n_stages * a.stage_bytes;
   auto kernel = flash_bias_bwd_sm90_kernel<T, D>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
@@ -467,6 +573,20 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
 }
 
 }  // namespace fb90_bwd
+
+int flash_bias_bwd_sm90_stages(const FlashBiasBwdParams& p) {
+  const bool broadcast = (p.bias_batch_stride == 0 && p.B > 1) || (p.bias_head_stride == 0 && p.H > 1);
+  const bool has_bias = p.bias != nullptr, reduce_add = p.dbias != nullptr && has_bias && broadcast;
+  const bool relpos = p.relpos_table != nullptr;
+  const int bins = relpos_window_bins(p.relpos_clip, p.Nq), optin = fb90::smem_optin_bytes();
+  switch (p.D) {
+    case 32: return fb90_bwd::smem_plan<32>(has_bias, reduce_add, relpos, bins, optin).n_stages;
+    case 64: return fb90_bwd::smem_plan<64>(has_bias, reduce_add, relpos, bins, optin).n_stages;
+    case 128: return fb90_bwd::smem_plan<128>(has_bias, reduce_add, relpos, bins, optin).n_stages;
+    default: break;
+  }
+  return 0;
+}
 
 void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws,
                          cudaStream_t stream) {

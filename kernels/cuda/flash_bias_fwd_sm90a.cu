@@ -8,17 +8,24 @@
 //     producer keeps 24 registers (setmaxnreg) and hands the rest to the consumers.
 //   warpgroups 1 and 2, the consumers: 64 query rows each. Per key block:
 //     S = Q K_jᵀ          wgmma, A and B from shared memory (K-major), fp32 accumulators
-//     x = S·scale·log2 e + bias·log2 e, masked keys −inf   (bias read from the swizzled tile)
+//     x = S·scale·log2 e + bias·log2 e + T[h, clip(j − i) + R]·log2 e, masked keys −inf
+//                          (bias read from the swizzled tile, the table from shared memory)
 //     m' = max(m, rowmax x)   P = 2^(x − m')   l' = 2^(m − m')·l + rowsum P   O' = 2^(m − m')·O
 //     O' += P V_j          wgmma, P from registers (the accumulator layout is the A fragment),
 //                          V from shared memory (MN-major)
 //     and release the stage. At the end out = O / l and lse = (m + log2 l)·ln 2.
 // The two consumer warpgroups run independently, so one's softmax overlaps the other's GEMMs.
 //
-// Shared memory: Q (128 × D), then n_stages × {K (BN × D), V (BN × D), bias (128 × BN)}, then
-// the mbarriers; every tile 1024-byte aligned and stored as TMA writes it (swizzled rows of
+// Shared memory: Q (128 × D), [the table window,] then n_stages × {K (BN × D), V (BN × D),
+// bias (128 × BN)}, then the mbarriers; every tile 1024-byte aligned and stored as TMA writes it (swizzled rows of
 // min(2D, 128) bytes for Q/K/V, 128 bytes for the bias; D = 128 tiles as two 64-column panels).
 // n_stages (2 to 4) is as many as fit in the opt-in shared memory for the bias's element size.
+// With a relative-position table, Q is followed by the window (rel_bytes, a multiple of 1024) of
+// the table row of the CTA's head that its tile can touch: the table bins
+// clip(j − i, −R, R) + R for the diagonals j − i from −(m0 + 127) to n_blocks·BN − 1 − m0 (the
+// computed columns past Nk included, so that every read lies inside the window), at most
+// relpos_window_bins(R, Nk) ≤ kSm90RelposMaxBins floats, loaded by all threads before the
+// warpgroups part and pre-multiplied by log2 e.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -74,7 +81,10 @@ struct Args {
   int bias_shared_b, bias_shared_h;
   int causal;
   int n_stages, stage_bytes;
-  float scale_log2;  // scale · log2 e
+  float scale_log2;     // scale · log2 e
+  const float* relpos;  // (H, 2R+1) or null
+  int rel_last;         // 2R: the table row's last bin
+  int rel_bytes;        // shared memory of the table window after Q (0 without a table)
 };
 
 template <int kBias>
@@ -97,7 +107,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   extern __shared__ char smem_raw[];
   char* smem = smem_raw + ((1024 - (sm90::smem_addr(smem_raw) & 1023)) & 1023);
   char* sQ = smem;
-  char* sStages = smem + Sh::kQBytes;
+  float* sRel = reinterpret_cast<float*>(smem + Sh::kQBytes);  // the table window (with a table)
+  char* sStages = smem + Sh::kQBytes + a.rel_bytes;
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
   uint64_t* q_full = empty + kMaxStages;
@@ -119,6 +130,14 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
     }
     sm90::mbar_init(q_full, 1);
     sm90::fence_barrier_init();
+  }
+  // the table window, times log2 e: bins rel_w0 … rel_w1 of the head's row, the clamps to [0, 2R]
+  // of j − i + R at the tile's extreme diagonals j − i = −(m0 + 127) and n_blocks·BN − 1 − m0
+  const int rel_w0 = min(max(a.rel_last / 2 - (m0 + BM - 1), 0), a.rel_last);
+  if (a.relpos != nullptr) {
+    const int rel_w1 = max(min(a.rel_last / 2 + n_blocks * BN - 1 - m0, a.rel_last), 0);
+    const float* trow = a.relpos + int64_t(h) * (a.rel_last + 1);
+    for (int k = rel_w0 + int(threadIdx.x); k <= rel_w1; k += kThreads) sRel[k - rel_w0] = trow[k] * kLog2e;
   }
   __syncthreads();
 
@@ -167,6 +186,11 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   const int r0 = 64 * cw + 16 * warp + g;  // tile row of d[4j], d[4j + 1]; r0 + 8 for d[4j + 2], d[4j + 3]
   const uint8_t* kpm = a.kpm ? a.kpm + int64_t(b) * Nk : nullptr;
   const float scale_log2 = a.scale_log2;
+
+  // entry (i, j) of the tile reads bin clamp(j − i + R, 0, 2R) of the window, a 32-bit offset from
+  // smem (a 64-bit pointer would hold two more registers through the loop)
+  const int rel_off = Sh::kQBytes - 4 * rel_w0;
+  const int R = a.rel_last / 2;
 
   float o[D / 2];
 #pragma unroll
@@ -234,8 +258,22 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       case kF32: with_mask(std::integral_constant<int, kF32>{}); break;
       default: with_mask(std::integral_constant<int, kNone>{}); break;
     }
+    if (a.relpos != nullptr) {  // + T[h, clip(j − i) + R]·log2 e (a masked −inf stays −inf)
+      // entry (hf, j, e) lies on diagonal j − i = base + 8(j − hf) + e: (0, k, e) and (1, k + 1, e)
+      // read the same bin
+      const int base = n0 + 2 * t - (m0 + r0) + R;
+#pragma unroll
+      for (int k = -1; k < BN / 8; ++k)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float v =
+              *reinterpret_cast<const float*>(smem + rel_off + 4 * min(max(base + 8 * k + e, 0), a.rel_last));
+          if (k >= 0) s[4 * k + e] += v;
+          if (k + 1 < BN / 8) s[4 * (k + 1) + 2 + e] += v;
+        }
+    }
 
-      // online softmax over this key block
+    // online softmax over this key block
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       float mx = m_row[hf];
@@ -330,10 +368,17 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   a.Nk = p.Nk;
   a.causal = p.causal;
   a.scale_log2 = float(p.scale * double(kLog2e));
+  a.relpos = static_cast<const float*>(p.relpos_table);
+  a.rel_last = 2 * p.relpos_clip;
+  const int rel_bins = relpos_window_bins(p.relpos_clip, p.Nk);
+  PF_CHECK(p.relpos_table == nullptr || rel_bins <= kSm90RelposMaxBins,
+           "flash_bias_fwd_sm90: the relative-position table window of " << rel_bins << " bins exceeds "
+                                                                         << kSm90RelposMaxBins);
 
   const int smem_optin = smem_optin_bytes();
   a.stage_bytes = 2 * Sh::kKBytes + Sh::BM * Sh::BN * a.bias_elt;
-  const int fixed = 1024 /* alignment */ + Sh::kQBytes + (2 * kMaxStages + 1) * 8;
+  a.rel_bytes = p.relpos_table != nullptr ? (rel_bins * 4 + 1023) / 1024 * 1024 : 0;  // stages stay aligned
+  const int fixed = 1024 /* alignment */ + Sh::kQBytes + a.rel_bytes + (2 * kMaxStages + 1) * 8;
   a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
   PF_CHECK(a.n_stages >= 2,
            "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
