@@ -18,7 +18,12 @@ scratch copy, default build), --cmake-args "..." (extra configure arguments), --
 needs a CUDA build and a GPU), --no-baseline (skip the unmutated suite run, e.g. right after CI
 ran it on the same tree), --in-place (mutate the repository itself and build in its
 --build-dir, which must be configured already: for CI on a throw-away clone, reusing its build;
-every file is restored after each mutant).
+every file is restored after each mutant), --pack DIR (build each chosen mutant's `tests:`
+suites in the scratch copy and keep the programs in DIR/<mutant>/, no test run: for a GPU
+machine whose time should go to running, not compiling; with --gpu), --prebuilt DIR (run the
+programs --pack kept, each suite alone: killed when one fails; a mutant they all pass counts
+as survived by its named suites only, without the full suite's verdict; GoogleTest programs,
+stopped at their first failure).
 
 Each mutant is first tried against the suites its `tests:` line names (built and run alone,
 stopping at the first failure); only if they all pass is the whole tree built and the whole
@@ -160,6 +165,8 @@ def main():
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--in-place", action="store_true")
+    ap.add_argument("--pack", metavar="DIR")
+    ap.add_argument("--prebuilt", metavar="DIR")
     args = ap.parse_args()
 
     try:
@@ -181,6 +188,8 @@ def main():
             chosen.append(by_name[name])
     else:
         chosen = [m for m in everything if args.gpu or args.check_applies or not m["gpu"]]
+    if args.prebuilt:
+        return run_prebuilt(Path(args.prebuilt).resolve(), chosen if args.mutants else None, args.timeout)
     if args.check_applies:  # against the repository itself; the GPU mutants too
         try:
             check_applies(chosen, REPO)
@@ -218,6 +227,8 @@ def main():
     build_all = ["cmake", "--build", args.build_dir, f"-j{args.jobs}"]
     ctest = ["ctest", "--test-dir", args.build_dir, f"-j{args.jobs}", "--timeout", str(args.timeout)]
     print(f"mutants: {'the repository itself' if args.in_place else 'scratch tree'} {src} (CCACHE_BASEDIR={env_cc}), log {log}", flush=True)
+    if args.pack:  # only the named suites, each built with its mutant
+        return pack(chosen, originals, src, args, Path(args.pack).resolve(), log)
     rc, t = sh(build_all, src, log=log)
     if rc:
         sys.exit(f"mutants: the unmutated tree does not build (see {log})")
@@ -272,6 +283,64 @@ def main():
           + (f", {equivalent} documented equivalent" if equivalent else "")
           + (f"; FAILING: {' '.join(bad)}" if bad else ""))
     return 1 if bad else 0
+
+
+def pack(chosen, originals, src, args, out, log):
+    """--pack: each mutant's named suites built with the mutant in place, kept in out/<name>/."""
+    bad = []
+    for m in chosen:
+        hint = [t for t in m["tests"] if t]
+        if not hint:
+            sys.exit(f"mutants: --pack needs a 'tests:' line, {m['name']} has none")
+        f = src / m["file"]
+        f.write_text(mutate(originals[m["file"]], m))
+        try:
+            rc, dt = sh(["cmake", "--build", args.build_dir, f"-j{args.jobs}", "--target"] + hint, src, log=log)
+        finally:
+            f.write_text(originals[m["file"]])
+        if rc:
+            bad.append(m["name"])
+            print(f"no-build  {m['name']:32s} {dt:6.0f} s", flush=True)
+            continue
+        d = out / m["name"]
+        d.mkdir(parents=True, exist_ok=True)
+        for t in hint:
+            shutil.copy2(src / args.build_dir / "tests" / t, d / t)
+        print(f"packed    {m['name']:32s} {dt:6.0f} s  {' '.join(hint)}", flush=True)
+    # the tree's own build is left unmutated: its next build recompiles what the mutants touched
+    rc, _ = sh(["cmake", "--build", args.build_dir, f"-j{args.jobs}", "--target"] +
+               sorted({t for m in chosen for t in m["tests"] if t}), src, log=log)
+    print(f"mutants: {len(chosen) - len(bad)} packed in {out}" + (f"; FAILING: {' '.join(bad)}" if bad else ""))
+    return 1 if bad or rc else 0
+
+
+def run_prebuilt(d, chosen, timeout):
+    """--prebuilt: the suites --pack kept, run one mutant after another; each program alone."""
+    names = [m["name"] for m in chosen] if chosen else sorted(p.name for p in d.iterdir() if p.is_dir())
+    if not names:
+        sys.exit(f"mutants: no packed mutants in {d}")
+    killed, survived = 0, []
+    for name in names:
+        progs = sorted((d / name).glob("*")) if (d / name).is_dir() else []
+        if not progs:
+            sys.exit(f"mutants: {d / name} holds no programs (--pack them first)")
+        verdict, by, t0 = "survived", "", time.time()
+        for prog in progs:
+            logf = d / f"{name}.{prog.name}.log"
+            rc, _ = sh([str(prog), "--gtest_fail_fast"], d, timeout=timeout, log=logf)  # the first failure is the kill
+            if rc:
+                fails = re.findall(r"^\[  FAILED  \] (\S+)", logf.read_text(errors="replace"), re.M)
+                verdict = "killed"
+                by = f"{prog.name} (rc {rc}): " + (" ".join(fails[:3]) + (f" (+{len(fails) - 3})" if len(fails) > 3 else "")
+                                                   if fails else "no failed test listed (crash or timeout)")
+                break
+        killed += verdict == "killed"
+        if verdict == "survived":
+            survived.append(name)
+        print(f"{verdict:9s} {name:32s} {time.time() - t0:6.0f} s  {by}", flush=True)
+    print(f"mutants: {killed} killed of {len(names)} ({100.0 * killed / len(names):.0f}%), prebuilt suites only"
+          + (f"; SURVIVED its named suites: {' '.join(survived)}" if survived else ""))
+    return 1 if survived else 0
 
 
 if __name__ == "__main__":
