@@ -163,12 +163,11 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   plan.shared_b = !varlen && p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
   plan.shared_h = !varlen && p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
   plan.cluster_size = (plan.shared_b ? p.B : 1) * (plan.shared_h ? p.H : 1);
-  // A broadcast dB: summed over a cluster of the CTAs sharing it where they fit one (both paths),
-  // else in an fp32 accumulator.
+  // The Hopper backward (never deterministic) sums a broadcast dB in its fp32 accumulator.
   plan.hopper = use_hopper_backward(p);
   if (p.dbias != nullptr)
     plan.dbias_mode = !(plan.shared_b || plan.shared_h) ? DbiasMode::kDirect
-                      : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
+                      : !plan.hopper && plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
                           ? DbiasMode::kCluster
                       : p.deterministic ? DbiasMode::kGrouped
                                         : DbiasMode::kAtomic;

@@ -22,7 +22,6 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/flash_bias_dbias.cuh"
 #include "kernels/cuda/flash_bias_fwd_kernel.cuh"
 #include "kernels/cuda/flash_bias_mask.cuh"
 #include "kernels/cuda/flash_bias_traits.cuh"
@@ -82,6 +81,109 @@ __device__ __forceinline__ void load_row_stats(float* sLse, float* sDelta, const
       sDelta[tid] = 0.f;
     }
   }
+}
+
+// Writes (or adds) one pair of dB values (dS at columns j, j + 1 of row i) of the bias's dtype.
+__device__ __forceinline__ void store_dbias_pair(char* row, int kind, int j, int Nk, float x, float y,
+                                                 bool accumulate, bool vec) {
+  if (kind == int(ScalarType::F32)) {
+    float* r = reinterpret_cast<float*>(row);
+    if (vec && j + 1 < Nk) {
+      float2 v = make_float2(x, y);
+      if (accumulate) {
+        const float2 o = load_pair(r + j);
+        v.x += o.x;
+        v.y += o.y;
+      }
+      *reinterpret_cast<float2*>(r + j) = v;
+    } else {
+      if (j < Nk) r[j] = accumulate ? r[j] + x : x;
+      if (j + 1 < Nk) r[j + 1] = accumulate ? r[j + 1] + y : y;
+    }
+  } else if (kind == int(ScalarType::F16)) {
+    __half* r = reinterpret_cast<__half*>(row);
+    if (vec && j + 1 < Nk) {
+      if (accumulate) {
+        const float2 o = load_pair(r + j);
+        x += o.x;
+        y += o.y;
+      }
+      store_pair(r + j, x, y);
+    } else {
+      if (j < Nk) r[j] = __float2half_rn(accumulate ? __half2float(r[j]) + x : x);
+      if (j + 1 < Nk) r[j + 1] = __float2half_rn(accumulate ? __half2float(r[j + 1]) + y : y);
+    }
+  } else {
+    __nv_bfloat16* r = reinterpret_cast<__nv_bfloat16*>(row);
+    if (vec && j + 1 < Nk) {
+      if (accumulate) {
+        const float2 o = load_pair(r + j);
+        x += o.x;
+        y += o.y;
+      }
+      store_pair(r + j, x, y);
+    } else {
+      if (j < Nk) r[j] = __float2bfloat16_rn(accumulate ? __bfloat162float(r[j]) + x : x);
+      if (j + 1 < Nk) r[j + 1] = __float2bfloat16_rn(accumulate ? __bfloat162float(r[j + 1]) + y : y);
+    }
+  }
+}
+
+// Split cluster barrier (sm_90): arrive publishes this thread's shared-memory writes to the
+// cluster, wait blocks until every thread of every CTA in the cluster has arrived.
+// The host picks kCluster only on devices of compute capability 9.0 or newer.
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// kCluster: this CTA (cluster rank `rank` of G) sums rows r ≡ rank (mod G) of the G fp32 dS tiles
+// in rank order and writes them to dB (bias dtype, = or +=). dbias: the shared dB slice.
+template <int BM, int BN, int kS32Pitch, int kNThreads>
+__device__ __forceinline__ void reduce_dbias_cluster(float* sdS32, int rank, int G, char* dbias,
+                                                     int64_t row_stride, int belt, int kind, int m0, int n0,
+                                                     int Nq, int Nk, bool accumulate, bool vec, int tid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  constexpr int kQuads = BN / 4;
+  const int rows = (BM - rank + G - 1) / G;
+  for (int idx = tid; idx < rows * kQuads; idx += kNThreads) {
+    const int r = rank + (idx / kQuads) * G, c = (idx % kQuads) * 4;
+    const int i = m0 + r, j = n0 + c;
+    if (i >= Nq || j >= Nk) continue;
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int qr = 0; qr < G; ++qr) {
+      const float4 v =
+          *reinterpret_cast<const float4*>(cluster.map_shared_rank(sdS32 + r * kS32Pitch + c, qr));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    char* row = dbias + int64_t(i) * row_stride * belt;
+    store_dbias_pair(row, kind, j, Nk, sum.x, sum.y, accumulate, vec);
+    store_dbias_pair(row, kind, j + 2, Nk, sum.z, sum.w, accumulate, vec);
+  }
+#else
+  __trap();
+#endif
 }
 
 // ---- dT, the relative-position table's gradient ------------------------------------------------
@@ -582,10 +684,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
           }
           if (cluster_mode) {
             cluster_wait();  // all fp32 dS tiles of this query block are visible
-            reduce_dbias_cluster<BM, BN, kNThreads>(
-                [&](int r, int c) { return sdS32 + r * kS32Pitch + c; }, cluster_rank, args.cluster_size,
-                pick(src.dbias, dbias), p.dbias_row_stride, belt, args.bias_kind, m0, n0, pick(src.Nq, Nq),
-                pick(src.Nk, Nk), p.dbias_accumulate, args.dbias_vec, tid);
+            reduce_dbias_cluster<BM, BN, kS32Pitch, kNThreads>(
+                sdS32, cluster_rank, args.cluster_size, pick(src.dbias, dbias), p.dbias_row_stride, belt,
+                args.bias_kind, m0, n0, pick(src.Nq, Nq), pick(src.Nk, Nk), p.dbias_accumulate,
+                args.dbias_vec, tid);
             cluster_arrive_relaxed();  // reads done (their values are consumed); no memory to publish
           }
           __syncthreads();

@@ -51,7 +51,6 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/flash_bias_dbias.cuh"
 #include "kernels/cuda/flash_bias_sm90.h"
 #include "kernels/cuda/flash_bias_sm90_maps.h"
 #include "kernels/cuda/flash_bias_traits.cuh"
@@ -73,10 +72,7 @@ static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * sm90::laun
               "the warpgroups' registers after setmaxnreg must fit the CTA's at launch");
 constexpr int BM = 64, BN = 128;  // query rows per block, keys per CTA (64 per consumer warpgroup)
 
-// kStore: dB tiles written whole by TMA; kReduceAdd: a broadcast bias's dB added into an fp32
-// accumulator by TMA reduce-adds; kClusterSum: a broadcast bias's dB summed over a cluster of the
-// CTAs that share it (through distributed shared memory) and written once.
-enum DbiasMode : int { kNoDbias = 0, kStore = 1, kReduceAdd = 2, kClusterSum = 3 };
+enum DbiasMode : int { kNoDbias = 0, kStore = 1, kReduceAdd = 2 };
 
 template <int D>
 struct Shape {
@@ -91,11 +87,7 @@ struct Shape {
 
 struct Args {
   CUtensorMap q, k, v, dout, bias,
-      dbias;         // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
-  char* dbias_base;  // kClusterSum: dB (bias dtype) and its strides in elements
-  int64_t dbias_batch_stride, dbias_head_stride, dbias_row_stride;
-  int dbias_kind, dbias_vec, dbias_accumulate;
-  int cluster;         // kClusterSum: CTAs per cluster, the (b, h) pairs sharing one dB slice
+      dbias;           // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
   const float* lse2;   // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   float* dq_accum;     // (B,H,Nq,D) fp32 Σ dS K, or null (dQ not wanted)
@@ -139,16 +131,11 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   char* sV = sK + Sh::kKBytes;
   char* sDs = sV + Sh::kKBytes;
   constexpr int kOffRel = 2 * Sh::kKBytes + Sh::kDsBytes;  // the table window: float2 {T·log2 e, dT}
-  char* sDs32 = smem + kOffRel + a.rel_bytes;              // only with kReduceAdd or kClusterSum
-  char* sStages = sDs32 + (a.dbias_mode >= kReduceAdd ? Sh::kDs32Bytes : 0);
+  char* sDs32 = smem + kOffRel + a.rel_bytes;              // only with kReduceAdd
+  char* sStages = sDs32 + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0);
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
   uint64_t* kv_full = empty + kMaxStages;
-  // kClusterSum: ds_full completes when every CTA of the cluster has written its fp32 dS tile of
-  // the query block, ds_empty when every CTA has read this CTA's tile (one arrival per CTA each)
-  uint64_t* ds_full = kv_full + 1;
-  uint64_t* ds_empty = ds_full + 1;
-  const bool cluster_sum = a.dbias_mode == kClusterSum;
   // offsets inside a stage
   constexpr int kOffDo = Sh::kQBytes, kOffBias = 2 * Sh::kQBytes;
   const int off_stats = kOffBias + (a.has_bias ? Sh::kDsBytes : 0);  // lse2[64], then delta[64]
@@ -161,9 +148,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   // causal: query blocks before the first query that sees key n0 contribute nothing (n0 − off <= Nq − 1)
   const int qb_first = a.causal ? max(0, n0 - causal_off) / BM : 0;
   const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
-  char* const dbias_slice =  // kClusterSum: the dB slice this CTA's cluster shares
-      a.dbias_base +
-      (int64_t(bb) * a.dbias_batch_stride + int64_t(hb) * a.dbias_head_stride) * int64_t(sizeof(T));
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < a.n_stages; ++s) {
@@ -171,15 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       sm90::mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
     sm90::mbar_init(kv_full, 1);
-    if (cluster_sum) {
-      sm90::mbar_init(ds_full, a.cluster);
-      sm90::mbar_init(ds_empty, a.cluster);
-    }
     sm90::fence_barrier_init();
-  }
-  if (cluster_sum) {  // no CTA arrives on another's barriers before they are initialised
-    fb::cluster_arrive();
-    fb::cluster_wait();
   }
   // the table window: bins rel_w0 … rel_w1 of the head's row, the clamps to [0, 2R] of
   // key − query + R at the extreme diagonals n0 − (n_qb·64 − 1) and n0 + 127 − qb_first·64
@@ -398,9 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       // stored transposed: dS[query][key]
       sm90::stmatrix_x4_trans(sDs + sm90::trans_x4_offset<BM>(lane, 64 * cw + 16 * warp, 8 * j), dsa[j / 2]);
     }
-    if (a.dbias_mode >= kReduceAdd) {  // fp32 copy for the reduce-add or the cluster: four panels of 32 keys
-      // the cluster: every CTA has read this CTA's tile of the block before
-      if (cluster_sum && qb > qb_first) sm90::mbar_wait_cluster(ds_empty, (qb - qb_first - 1) & 1);
+    if (a.dbias_mode == kReduceAdd) {  // fp32 copy for the reduce-add: four panels of 32 keys
 #pragma unroll
       for (int j = 0; j < BM / 8; ++j)
 #pragma unroll
@@ -412,10 +386,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     }
     sm90::fence_proxy_async_smem();
     sm90::named_barrier<256>(2);
-    if (leader &&
-        cluster_sum) {  // this CTA's fp32 dS tile is written (the barrier orders every thread's part)
-      for (int r = 0; r < a.cluster; ++r) sm90::mbar_arrive_cluster(ds_full, r);
-    } else if (leader && a.dbias_mode != kNoDbias) {
+    if (leader && a.dbias_mode != kNoDbias) {
       if (a.dbias_mode == kStore) {
         for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, i0, hb, bb);
       } else {
@@ -468,31 +439,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
         }
       }
     }
-
-    // the cluster's dB of this query block: this CTA's rows of the sum of every CTA's fp32 dS tile
-    if (cluster_sum) {
-      sm90::mbar_wait_cluster(ds_full, (qb - qb_first) & 1);
-      const int rank = int(blockIdx.x % unsigned(a.cluster));
-      fb::reduce_dbias_cluster<BM, BN, 256>(
-          [&](int r, int c) { return reinterpret_cast<float*>(sDs32 + sm90::panel_offset<BM>(r, 4 * c)); },
-          rank, a.cluster, dbias_slice, a.dbias_row_stride, sizeof(T), a.dbias_kind, i0, n0, Nq, Nk,
-          a.dbias_accumulate, a.dbias_vec, ctid);
-      sm90::named_barrier<256>(4);  // every thread's reads of the cluster's tiles are done
-      if (leader)
-        for (int r = 0; r < a.cluster; ++r) sm90::mbar_arrive_cluster(ds_empty, r);
-    }
-  }
-  if (cluster_sum) {
-    // the query blocks before qb_first (causal) see none of these keys: dB = 0 there, this CTA's rows
-    if (!a.dbias_accumulate) {
-      const int rank = int(blockIdx.x % unsigned(a.cluster)), cols = min(BN, Nk - n0);
-      for (int r = rank; r < min(qb_first * BM, Nq); r += a.cluster)
-        for (int c = ctid; c < cols; c += 256)
-          reinterpret_cast<T*>(dbias_slice + (int64_t(r) * a.dbias_row_stride + n0 + c) * sizeof(T))[0] =
-              T(0.f);
-    }
-    // no CTA leaves while another may still read its tile or arrive on its barriers
-    if (n_qb > qb_first) sm90::mbar_wait_cluster(ds_empty, (n_qb - 1 - qb_first) & 1);
   }
 
   // causal, dB stored whole: the query blocks before qb_first see none of these keys, dB = 0 there
@@ -552,14 +498,14 @@ struct SmemPlan {
   int stage_tx = 0, stage_bytes = 0, rel_bytes = 0, fixed = 0, n_stages = 0;
 };
 template <int D>
-SmemPlan smem_plan(bool has_bias, bool broadcast_dbias, bool relpos, int rel_bins, int smem_optin) {
+SmemPlan smem_plan(bool has_bias, bool reduce_add, bool relpos, int rel_bins, int smem_optin) {
   using Sh = Shape<D>;
   SmemPlan m;
   m.stage_tx = 2 * Sh::kQBytes + (has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
   m.stage_bytes = (m.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
   m.rel_bytes = relpos ? (rel_bins * 8 + 1023) / 1024 * 1024 : 0;  // float2 per bin
   m.fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + m.rel_bytes +
-            (broadcast_dbias ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 3) * 8;
+            (reduce_add ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 1) * 8;
   m.n_stages = std::min(kMaxStages, (smem_optin - m.fixed) / m.stage_bytes);
   return m;
 }
@@ -581,25 +527,7 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
                             p.bias_row_stride, BM);
   }
   a.dbias_mode = kNoDbias;
-  const bool broadcast = a.has_bias && ((a.bias_shared_b && p.B > 1) || (a.bias_shared_h && p.H > 1));
-  a.cluster = 1;
-  if (p.dbias != nullptr && broadcast && ws.dbias_accum == nullptr) {  // summed in a cluster
-    a.dbias_mode = kClusterSum;
-    a.cluster = (a.bias_shared_b ? p.B : 1) * (a.bias_shared_h ? p.H : 1);
-    PF_CHECK(a.cluster <= fb::kMaxClusterSize, "flash_bias_bwd_sm90: a dB shared by "
-                                                   << a.cluster
-                                                   << " (b, h) pairs needs the fp32 accumulator (at most "
-                                                   << fb::kMaxClusterSize << " per cluster)");
-    a.dbias_base = static_cast<char*>(p.dbias);
-    a.dbias_batch_stride = p.dbias_batch_stride;
-    a.dbias_head_stride = p.dbias_head_stride;
-    a.dbias_row_stride = p.dbias_row_stride;
-    a.dbias_kind = int(p.bias_dtype);
-    const int e = scalar_type_size(p.bias_dtype);
-    a.dbias_vec = reinterpret_cast<uintptr_t>(p.dbias) % (2 * e) == 0 && p.dbias_row_stride % 2 == 0 &&
-                  p.dbias_head_stride % 2 == 0 && p.dbias_batch_stride % 2 == 0;
-    a.dbias_accumulate = p.dbias_accumulate;
-  } else if (p.dbias != nullptr && ws.dbias_accum != nullptr) {  // broadcast bias: fp32 (nsb, nsh, Nq, ld)
+  if (p.dbias != nullptr && ws.dbias_accum != nullptr) {  // broadcast bias: fp32 (nsb, nsh, Nq, ld)
     a.dbias_mode = kReduceAdd;
     const int64_t ld = ws.dbias_accum_ld;
     a.dbias = fb90::pair_map(ws.dbias_accum, 4, false, p.B, p.H, p.Nq, p.Nk,
@@ -636,7 +564,7 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
 
   const int smem_optin = fb90::smem_optin_bytes();
   const SmemPlan m =
-      smem_plan<D>(a.has_bias, a.dbias_mode >= kReduceAdd, p.relpos_table != nullptr, rel_bins, smem_optin);
+      smem_plan<D>(a.has_bias, a.dbias_mode == kReduceAdd, p.relpos_table != nullptr, rel_bins, smem_optin);
   a.stage_tx = m.stage_tx;
   a.stage_bytes = m.stage_bytes;
   a.rel_bytes = m.rel_bytes;
@@ -650,19 +578,7 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
   a.order = fb90::cta_order((p.Nk + BN - 1) / BN, p.H, p.B, a.has_bias, a.bias_shared_b, a.bias_shared_h);
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(a.order.ctas());  // the cluster's CTAs are consecutive: the shared dims run fastest
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute cluster_attr[1];
-  cluster_attr[0].id = cudaLaunchAttributeClusterDimension;
-  cluster_attr[0].val.clusterDim.x = unsigned(a.cluster);
-  cluster_attr[0].val.clusterDim.y = 1;
-  cluster_attr[0].val.clusterDim.z = 1;
-  cfg.attrs = cluster_attr;
-  cfg.numAttrs = a.dbias_mode == kClusterSum ? 1 : 0;
-  PF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  kernel<<<a.order.ctas(), kThreads, smem, stream>>>(a);
   PF_CUDA_CHECK_LAUNCH("flash_bias_bwd_sm90_kernel");
 }
 
@@ -670,13 +586,13 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
 
 int flash_bias_bwd_sm90_stages(const FlashBiasBwdParams& p) {
   const bool broadcast = (p.bias_batch_stride == 0 && p.B > 1) || (p.bias_head_stride == 0 && p.H > 1);
-  const bool has_bias = p.bias != nullptr, broadcast_dbias = p.dbias != nullptr && has_bias && broadcast;
+  const bool has_bias = p.bias != nullptr, reduce_add = p.dbias != nullptr && has_bias && broadcast;
   const bool relpos = p.relpos_table != nullptr;
   const int bins = relpos_window_bins(p.relpos_clip, p.Nq), optin = fb90::smem_optin_bytes();
   switch (p.D) {
-    case 32: return fb90_bwd::smem_plan<32>(has_bias, broadcast_dbias, relpos, bins, optin).n_stages;
-    case 64: return fb90_bwd::smem_plan<64>(has_bias, broadcast_dbias, relpos, bins, optin).n_stages;
-    case 128: return fb90_bwd::smem_plan<128>(has_bias, broadcast_dbias, relpos, bins, optin).n_stages;
+    case 32: return fb90_bwd::smem_plan<32>(has_bias, reduce_add, relpos, bins, optin).n_stages;
+    case 64: return fb90_bwd::smem_plan<64>(has_bias, reduce_add, relpos, bins, optin).n_stages;
+    case 128: return fb90_bwd::smem_plan<128>(has_bias, reduce_add, relpos, bins, optin).n_stages;
     default: break;
   }
   return 0;

@@ -34,18 +34,16 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p);
 // Queues the Hopper forward of `p` on `stream` (p already validated; the device must be sm_90).
 void flash_bias_fwd_sm90(const FlashBiasParams& p, cudaStream_t stream);
 
-// The Hopper backward (flash_bias_bwd_sm90a.cu): dK, dV and dB straight from the kernel — a
-// broadcast bias's dB summed over a thread-block cluster of the CTAs sharing it, where at most 8
-// (b, h) pairs share it; dQ (and dB of a bias shared by more) through fp32 accumulators that the
-// portable finalize kernels convert. The row statistics it reads are padded to whole 64-row blocks.
+// The Hopper backward (flash_bias_bwd_sm90a.cu): dK, dV and dB (a bias not broadcast) straight
+// from the kernel; dQ (and dB of a broadcast bias) through fp32 accumulators that the portable
+// finalize kernels convert. The row statistics it reads are padded to whole 64-row blocks.
 struct FlashBiasBwdSm90Workspace {
   const float* lse2 = nullptr;  // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta = nullptr;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   int nq_pad = 0;                // Nq rounded up to 64
   float* dq_accum = nullptr;     // (B,H,Nq,D), zeroed; used when dq is wanted
-  float* dbias_accum =
-      nullptr;                 // (B|1,H|1,Nq,ld), zeroed: dB of a bias shared by > 8 (b, h) pairs; else null
-  int64_t dbias_accum_ld = 0;  // a multiple of 4 floats
+  float* dbias_accum = nullptr;  // (B|1,H|1,Nq,ld), zeroed: dB of a broadcast bias; null otherwise
+  int64_t dbias_accum_ld = 0;    // a multiple of 4 floats
 };
 
 // nullptr if the Hopper backward covers `p` (device aside), else what it does not cover: what

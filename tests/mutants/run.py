@@ -23,7 +23,8 @@ suites in the scratch copy and keep the programs in DIR/<mutant>/, no test run: 
 machine whose time should go to running, not compiling; with --gpu), --prebuilt DIR (run the
 programs --pack kept, each suite alone: killed when one fails; a mutant they all pass counts
 as survived by its named suites only, without the full suite's verdict; GoogleTest programs,
-stopped at their first failure).
+stopped at their first failure; a mutant's `sanitizer:` line (memcheck, racecheck, …) runs them
+under compute-sanitizer, its `filter:` line passes a --gtest_filter).
 
 Each mutant is first tried against the suites its `tests:` line names (built and run alone,
 stopping at the first failure); only if they all pass is the whole tree built and the whole
@@ -40,7 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-KEYS = ("file", "bug", "tests", "gpu", "check", "equivalent")
+KEYS = ("file", "bug", "tests", "gpu", "check", "equivalent", "sanitizer", "filter")
 
 
 class MutantError(Exception):
@@ -316,6 +317,7 @@ def pack(chosen, originals, src, args, out, log):
 
 def run_prebuilt(d, chosen, timeout):
     """--prebuilt: the suites --pack kept, run one mutant after another; each program alone."""
+    by_name = {m["name"]: m for m in load_all()}
     names = [m["name"] for m in chosen] if chosen else sorted(p.name for p in d.iterdir() if p.is_dir())
     if not names:
         sys.exit(f"mutants: no packed mutants in {d}")
@@ -325,9 +327,15 @@ def run_prebuilt(d, chosen, timeout):
         if not progs:
             sys.exit(f"mutants: {d / name} holds no programs (--pack them first)")
         verdict, by, t0 = "survived", "", time.time()
+        m = by_name.get(name, {})
         for prog in progs:
             logf = d / f"{name}.{prog.name}.log"
-            rc, _ = sh([str(prog), "--gtest_fail_fast"], d, timeout=timeout, log=logf)  # the first failure is the kill
+            cmd = [str(prog), "--gtest_fail_fast"]  # the first failure is the kill
+            if m.get("filter"):
+                cmd.append(f"--gtest_filter={m['filter']}")
+            if m.get("sanitizer"):  # a bug whose values never reach a result (an out-of-bounds read)
+                cmd = ["compute-sanitizer", "--tool", m["sanitizer"], "--error-exitcode", "9"] + cmd
+            rc, _ = sh(cmd, d, timeout=timeout, log=logf)
             if rc:
                 fails = re.findall(r"^\[  FAILED  \] (\S+)", logf.read_text(errors="replace"), re.M)
                 verdict = "killed"
