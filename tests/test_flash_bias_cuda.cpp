@@ -1024,6 +1024,7 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
   };
   std::vector<double> r_out(in.q.size()), r_lse(lse_h.size()), r_dq(in.q.size()), r_dk(in.k.size()),
       r_dv(in.v.size());
+  std::vector<double> out_stored = out_h.dense();  // (the reference backward reads it)
   std::vector<double> r_db =
       has_bias ? dbias.dense() : std::vector<double>();  // initial values when accumulating
   std::vector<double> r_dt(dtable0.begin(), dtable0.end());
@@ -1062,6 +1063,12 @@ void check_case(const Case& c, FlashBiasPath path, Only only) {
     r.key_padding_mask = c.mask ? mask.data() : nullptr;
     r.causal = c.causal;
     pf::kernels::cpu::flash_bias_forward(r);
+    // The backward's reference takes the output as the kernel stored it (rounded to the dtype),
+    // the input the kernel's backward reads: Δ = rowsum(dO ∘ O) then differs from the kernel's
+    // only by the kernel's own arithmetic. With the exact O, O's rounding would add the residue
+    // Σ_j P_ij · Σ_d dO_id (O_stored − O)_id to every gradient, and dT's clipped bins, which sum
+    // it over hundreds of rows, would be measured mostly on that residue.
+    r.out = out_stored.data();
     r.dout = in.dout.data();
     r.dout_stride = r.q_stride;
     r.dq = r_dq.data();
@@ -1530,7 +1537,7 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
   // references: every sequence alone (float64 dense reference; naive yardstick for fp16 / bf16)
   const bool low = dt != ScalarType::F32;
   const std::vector<double> qd = q.dense(), kd = k.dense(), vd = v.dense(), dod = dout.dense(),
-                            bd = bias.dense();
+                            bd = bias.dense(), stored_out = out_h.dense();
   std::vector<double> r_out(qd.size(), 0), r_dq(qd.size(), 0), r_dk(kd.size(), 0), r_dv(vd.size(), 0);
   std::vector<double> r_lse(lse_h.size(), -INFINITY), r_db = dbias0.dense(),
                                                       r_dt(dtable0.begin(), dtable0.end());
@@ -1587,6 +1594,9 @@ TEST_P(FlashBiasCudaVarlen, MatchesEachSequenceAlone) {
     }
     r.causal = c.causal;
     pf::kernels::cpu::flash_bias_forward(r);
+    // the output as the kernel stored it, for the backward (as in the dense test)
+    std::vector<double> o_stored(stored_out.begin() + q0 * H * D, stored_out.begin() + (q0 + nq) * H * D);
+    r.out = o_stored.data();
     r.dout = in.dout.data();
     r.dout_stride = r.q_stride;
     r.dq = gq.data();
