@@ -630,20 +630,22 @@ __global__ void __launch_bounds__(kPbLaneThreads)
                                    T* out, int64_t rows, int64_t NM, int C, int H, float eps) {
   constexpr int R = 32 / L, kWarps = kPbLaneThreads / 32;
   __shared__ float s_out[kWarps][HM][33];  // a warp's 32 rows of output, per head
+  __shared__ float s_wb[HM];                // W·β (zero past H)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, q = lane % L;
   const int c0 = q * K, n = max(0, min(K, C - c0));  // this lane's channels
-  float wg[HM][K], wb[HM];                          // W·γ (zero past (H, C)), W·β
-#pragma unroll
-  for (int h = 0; h < HM; ++h) {
+  for (int h = threadIdx.x; h < HM; h += blockDim.x) {
     float s = 0;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const bool in = h < H && k < n;
-      wg[h][k] = in ? load_param(w, pbf, h * C + c0 + k) * load_param(gamma, pbf, c0 + k) : 0.f;
-      s += in ? load_param(w, pbf, h * C + c0 + k) * load_param(beta, pbf, c0 + k) : 0.f;
-    }
-    wb[h] = warp_sum(s, L);
+    if (h < H)
+      for (int c = 0; c < C; ++c) s += load_param(w, pbf, h * C + c) * load_param(beta, pbf, c);
+    s_wb[h] = s;
   }
+  float wg[HM][K];  // W·γ, zero past (H, C)
+#pragma unroll
+  for (int h = 0; h < HM; ++h)
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      wg[h][k] = h < H && k < n ? load_param(w, pbf, h * C + c0 + k) * load_param(gamma, pbf, c0 + k) : 0.f;
+  __syncthreads();
   const int64_t step = int64_t(gridDim.x) * kWarps * 32;
   for (int64_t base = (int64_t(blockIdx.x) * kWarps + warp) * 32; base < rows; base += step) {
     float xn[K];  // the next row's z: one row's loads stay in flight while one is computed
@@ -659,7 +661,7 @@ __global__ void __launch_bounds__(kPbLaneThreads)
       float acc[HM];  // W·β enters once per group, through its first lane
 #pragma unroll
       for (int h = 0; h < HM; ++h) {
-        float s = q == 0 ? wb[h] : 0.f;
+        float s = q == 0 ? s_wb[h] : 0.f;
 #pragma unroll
         for (int k = 0; k < K; ++k) s += wg[h][k] * x[k];
         acc[h] = s;
