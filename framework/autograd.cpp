@@ -2,6 +2,7 @@
 
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "framework/anomaly.h"
 #include "framework/ops.h"
@@ -40,9 +41,8 @@ Tensor attach_node(Tensor out, const char* name, std::vector<Tensor> inputs, Set
 }  // namespace
 
 Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs, Node::BackwardFn backward) {
-  return attach_node(std::move(out), name, std::move(inputs), [&](Node& n) {
-    n.backward = anomaly::checked_backward(std::move(backward), name);
-  });
+  return attach_node(std::move(out), name, std::move(inputs),
+                     [&](Node& n) { n.backward = anomaly::checked_backward(std::move(backward), name); });
 }
 
 Tensor make_result_into(Tensor out, const char* name, std::vector<Tensor> inputs,
@@ -94,15 +94,13 @@ struct Flow {
 // further arrivals in place. `g_owned`: g is a fresh gradient of a make_result_into op. A leaf's
 // gradient is its own buffer (cloned on first arrival) so that += across backward calls and
 // in-place updates such as clipping never touch another tensor.
-void accumulate_flow(Flow& slot, const Tensor& g, bool g_owned) {
+void accumulate_flow(Flow& slot, Tensor g, bool g_owned) {
   if (!slot.sum.defined()) {
-    slot = {g, g_owned};
-  } else if (slot.owned) {
+    slot = {std::move(g), g_owned};
+  } else if (slot.owned || g_owned) {  // add into the one autograd owns
+    if (!slot.owned) std::swap(slot.sum, g);
     ops::add_(slot.sum, g);
-    ++t_sums.in_place;
-  } else if (g_owned) {
-    ops::add_(const_cast<Tensor&>(g), slot.sum);
-    slot = {g, true};
+    slot.owned = true;
     ++t_sums.in_place;
   } else {
     slot = {ops::add(slot.sum, g), true};
@@ -181,8 +179,9 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     }
     Tensor g = std::move(it->second.sum);
     grads.erase(it);
-    PF_CHECK(node->backward != nullptr || node->backward_into != nullptr,
-             "backward through '" << node->name << "' a second time: its saved tensors were freed by the first");
+    PF_CHECK(
+        node->backward != nullptr || node->backward_into != nullptr,
+        "backward through '" << node->name << "' a second time: its saved tensors were freed by the first");
     // For a make_result_into op: the sums it may add into (owned ones only).
     std::vector<Tensor> into;
     if (node->backward_into) {

@@ -46,10 +46,10 @@ struct Node {
   // into: one per input, the gradient sum the closure may add into (see the rules above).
   using BackwardIntoFn =
       std::function<std::vector<Tensor>(const Tensor& grad_out, const std::vector<Tensor>& into)>;
-  std::string name;             // the op, for messages ("layernorm", "attention", ...)
-  std::vector<Tensor> inputs;   // edges to the inputs, in the order the closure returns grads
-  BackwardFn backward;          // one of the two is set; both null once it has run (saved
-  BackwardIntoFn backward_into; // tensors freed)
+  std::string name;              // the op, for messages ("layernorm", "attention", ...)
+  std::vector<Tensor> inputs;    // edges to the inputs, in the order the closure returns grads
+  BackwardFn backward;           // one of the two is set; both null once it has run (saved
+  BackwardIntoFn backward_into;  // tensors freed)
 };
 
 bool grad_enabled();

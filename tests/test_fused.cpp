@@ -195,7 +195,8 @@ TEST(FusedPairBias, AnAliasedFirstGradientIsNotAddedInto) {
   Rng rng = make_rng("alias");
   const std::vector<Tensor> in = pair_inputs(s, rng, DType::F64);
   const Tensor r = randn({s.B, s.H, s.N, s.M}, rng, DType::F64);
-  const Tensor ry = randn({s.B, s.N, s.M, s.C}, rng, DType::F64), ru = randn({s.B, s.N, s.M, s.C}, rng, DType::F64);
+  const Tensor ry = randn({s.B, s.N, s.M, s.C}, rng, DType::F64),
+               ru = randn({s.B, s.N, s.M, s.C}, rng, DType::F64);
   const Tensor v0 = randn({s.B, s.N, s.M, s.C}, rng, DType::F64);
   for (bool add_last : {true, false}) {
     SCOPED_TRACE(add_last ? "add term last" : "add term first");
@@ -207,8 +208,9 @@ TEST(FusedPairBias, AnAliasedFirstGradientIsNotAddedInto) {
       Tensor v = v0.clone().requires_grad_(true);
       const Tensor z = ops::scale(x[0], 1.5), u = ops::scale(v, 2.0);
       const Tensor added = ops::sum(ops::mul(ops::add(z, u), ry));  // add hands one tensor to z and u
-      const Tensor pairs = ops::add(ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], x[3]), r)),
-                                    ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], ops::scale(x[3], 0.3)), r)));
+      const Tensor pairs =
+          ops::add(ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], x[3]), r)),
+                   ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], ops::scale(x[3], 0.3)), r)));
       const Tensor rest = ops::add(ops::sum(ops::mul(u, ru)), pairs);
       (add_last ? ops::add(rest, added) : ops::add(added, rest)).backward();
       dx.push_back(x[0].grad());

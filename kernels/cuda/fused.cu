@@ -499,8 +499,10 @@ __global__ void __launch_bounds__(kThreads)
 // W (·γ in the forward) for a lane's channels stays in registers (H·K values); in the backward,
 // where H·K passes kPbLaneWRegs, W is read from shared memory (one 16-byte read per head and row)
 // and only dW stays in registers.
-constexpr int kPbLaneThreads = 256;  // 8 warps, each taking 32 consecutive rows at a time
-constexpr int kPbLaneWRegs = 64;     // W values per lane kept in registers by the backward
+// 4 warps, each taking 32 consecutive rows at a time: with the forward's ~150 registers 3 blocks
+// (12 warps) fit an SM where 2 of 8 warps would not; the backward (~250) runs 2 (8 warps).
+constexpr int kPbLaneThreads = 128;
+constexpr int kPbLaneWRegs = 64;  // W values per lane kept in registers by the backward
 
 template <int B>
 struct VecOf;
@@ -528,22 +530,51 @@ __host__ __device__ constexpr int lane_vec_bytes() {
   return b % 16 == 0 ? 16 : b % 8 == 0 ? 8 : b % 4 == 0 ? 4 : int(sizeof(T));
 }
 
-// v[0..K) = p[0..n) in fp32, zero past n (n = the lane's channels inside the row, 0..K).
+// A lane's K elements of T as loaded, in 32-bit words (bf16: element k in the low or high half of
+// word k/2): the prefetch buffers hold these, for bf16 half the registers of the fp32 values.
 template <class T, int K>
-__device__ __forceinline__ void load_lane(const T* p, int n, float (&v)[K]) {
-  constexpr int V = lane_vec_bytes<T, K>(), kPer = V / int(sizeof(T));
+struct LaneRaw {
+  static_assert(K * sizeof(T) % 8 == 0, "a lane loads 8 or 16 bytes at a time");
+  unsigned w[K * sizeof(T) / 4];
+};
+
+__device__ __forceinline__ unsigned elem_bits(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ unsigned elem_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+
+// p[0..n) as loaded, zero past n (n = the lane's channels inside the row, 0..K).
+template <class T, int K>
+__device__ __forceinline__ LaneRaw<T, K> load_raw(const T* p, int n) {
+  constexpr int V = lane_vec_bytes<T, K>(), kWordsPerVec = V / 4;
   using Vec = typename VecOf<V>::type;
+  LaneRaw<T, K> r;
   if (n == K && reinterpret_cast<uintptr_t>(p) % V == 0) {
 #pragma unroll
-    for (int k = 0; k < K / kPer; ++k) {
-      const Vec u = reinterpret_cast<const Vec*>(p)[k];
-      const T* e = reinterpret_cast<const T*>(&u);
+    for (int i = 0; i < K * int(sizeof(T)) / V; ++i) {
+      const Vec u = reinterpret_cast<const Vec*>(p)[i];
 #pragma unroll
-      for (int q = 0; q < kPer; ++q) v[k * kPer + q] = to_f(e[q]);
+      for (int j = 0; j < kWordsPerVec; ++j)
+        r.w[i * kWordsPerVec + j] = reinterpret_cast<const unsigned*>(&u)[j];
     }
   } else {
+    constexpr int kPerWord = 4 / int(sizeof(T));
 #pragma unroll
-    for (int k = 0; k < K; ++k) v[k] = k < n ? to_f(p[k]) : 0.f;
+    for (int j = 0; j < K / kPerWord; ++j) r.w[j] = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (k < n) r.w[k / kPerWord] |= elem_bits(p[k]) << (32 / kPerWord * (k % kPerWord));
+  }
+  return r;
+}
+
+// x[0..K) = the values of r in fp32.
+template <class T, int K>
+__device__ __forceinline__ void unpack(const LaneRaw<T, K>& r, float (&x)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if constexpr (sizeof(T) == 4)
+      x[k] = __uint_as_float(r.w[k]);
+    else
+      x[k] = __uint_as_float(k % 2 == 0 ? r.w[k / 2] << 16 : r.w[k / 2] & 0xffff0000u);
   }
 }
 
@@ -586,16 +617,69 @@ __device__ __forceinline__ float normalise_lanes(float (&x)[K], int n, int C, fl
   return r;
 }
 
-// x = this lane's part of row base + it·(32/L) + lane/L of a warp's batch (zero past the rows).
-template <class T, int L, int K>
-__device__ __forceinline__ void load_row_of_batch(const T* z, int64_t rows, int64_t base, int it, int lane,
-                                                  int c0, int n, int C, float (&x)[K]) {
-  const int64_t row = base + it * (32 / L) + lane / L;
-  if (row < rows) {
-    load_lane<T, K>(z + row * C + c0, n, x);
+// Runs a warp over its rows: batches of 32 consecutive rows at base = (block·warps + warp)·32,
+// + grid·warps·32, ...; in each batch, iteration it gives the lane's group row
+// base + it·(32/L) + lane/L. Calls begin(base), row(base, it, x) for every iteration with x this
+// lane's K values of z (zero past the rows and past C), end(base). z is loaded D iterations ahead
+// (across batches too): D rows per group stay in flight while one is computed.
+template <class T, int L, int K, int D, class Begin, class Row, class End>
+__device__ __forceinline__ void for_each_warp_row(const T* z, int64_t rows, int C, int c0, int n,
+                                                  Begin&& begin, Row&& row, End&& end) {
+  constexpr int kWarps = kPbLaneThreads / 32, NIT = L;  // iterations per batch: 32 rows, 32/L a time
+  static_assert(NIT % D == 0, "the prefetch depth divides a batch");
+  const int lane = threadIdx.x % 32;
+  const int64_t step = int64_t(gridDim.x) * kWarps * 32;
+  const int64_t first = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * 32;
+  auto fetch = [&](int64_t base, int it) {
+    const int64_t r = base + it * (32 / L) + lane / L;
+    return r < rows ? load_raw<T, K>(z + r * C + c0, n) : LaneRaw<T, K>{};
+  };
+  LaneRaw<T, K> buf[D];  // buf[p]: iteration ≡ p (mod D)
+#pragma unroll
+  for (int p = 0; p < D; ++p) buf[p] = fetch(first, p);
+  for (int64_t base = first; base < rows; base += step) {
+    begin(base);
+#pragma unroll 1
+    for (int it0 = 0; it0 < NIT; it0 += D) {
+#pragma unroll
+      for (int p = 0; p < D; ++p) {
+        const int it = it0 + p;
+        float x[K];
+        unpack(buf[p], x);
+        buf[p] = it + D < NIT ? fetch(base, it + D) : fetch(base + step, it + D - NIT);
+        row(base, it, x);
+      }
+    }
+    end(base);
+  }
+}
+
+// The prefetch depth: 64 bytes of z per lane in flight (4 rows of bf16 at C = 128), fewer where
+// the registers are short.
+template <class T, int K>
+__host__ __device__ constexpr int lane_prefetch(int bytes = 64) {
+  const int d = bytes / (K * int(sizeof(T)));
+  return d >= 4 ? 4 : d >= 2 ? 2 : 1;
+}
+
+// One exchange step of reduce_scatter: lanes whose bit O is set keep a[N/2..N), the others
+// a[0..N/2); each sends the other half to its partner (lane ^ O) and adds what it receives.
+// Templates rather than loops: every index stays a compile-time constant (registers, no stack).
+template <int N, int O, int HM>
+__device__ __forceinline__ void scatter_step(float (&a)[HM], int lane, int& mine) {
+  if constexpr (N > 1) {
+    const bool upper = (lane & O) != 0;
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) {
+      const float send = upper ? a[j] : a[j + N / 2];
+      const float keep = upper ? a[j + N / 2] : a[j];
+      a[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    if (upper) mine += N / 2;
+    scatter_step<N / 2, O / 2>(a, lane, mine);
   } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k) x[k] = 0;
+    for (int o = O; o > 0; o /= 2) a[0] += __shfl_xor_sync(0xffffffffu, a[0], o);  // plain sums
   }
 }
 
@@ -604,22 +688,8 @@ __device__ __forceinline__ void load_row_of_batch(const T* z, int64_t rows, int6
 template <int L, int HM>
 __device__ __forceinline__ void reduce_scatter(float (&a)[HM], int lane, int* h) {
   static_assert(HM <= L && (HM & (HM - 1)) == 0 && (L & (L - 1)) == 0, "powers of two, HM <= L");
-  constexpr int kSteps = __builtin_ctz(HM), kPlain = __builtin_ctz(L / HM);
   int mine = 0;
-#pragma unroll
-  for (int st = 0; st < kSteps; ++st) {  // keep one half of the values, send the other
-    const int n = HM >> st, o = L >> (st + 1);
-    const bool upper = (lane & o) != 0;
-#pragma unroll
-    for (int j = 0; j < n / 2; ++j) {
-      const float send = upper ? a[j] : a[j + n / 2];
-      const float keep = upper ? a[j + n / 2] : a[j];
-      a[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-    }
-    if (upper) mine += n / 2;
-  }
-#pragma unroll
-  for (int st = 0; st < kPlain; ++st) a[0] += __shfl_xor_sync(0xffffffffu, a[0], (L / HM) >> (st + 1));
+  scatter_step<HM, L / 2>(a, lane, mine);
   *h = mine;
 }
 
@@ -630,7 +700,7 @@ __global__ void __launch_bounds__(kPbLaneThreads)
                                    T* out, int64_t rows, int64_t NM, int C, int H, float eps) {
   constexpr int R = 32 / L, kWarps = kPbLaneThreads / 32;
   __shared__ float s_out[kWarps][HM][33];  // a warp's 32 rows of output, per head
-  __shared__ float s_wb[HM];                // W·β (zero past H)
+  __shared__ float s_wb[HM];               // W·β (zero past H)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, q = lane % L;
   const int c0 = q * K, n = max(0, min(K, C - c0));  // this lane's channels
   for (int h = threadIdx.x; h < HM; h += blockDim.x) {
@@ -646,39 +716,33 @@ __global__ void __launch_bounds__(kPbLaneThreads)
     for (int k = 0; k < K; ++k)
       wg[h][k] = h < H && k < n ? load_param(w, pbf, h * C + c0 + k) * load_param(gamma, pbf, c0 + k) : 0.f;
   __syncthreads();
-  const int64_t step = int64_t(gridDim.x) * kWarps * 32;
-  for (int64_t base = (int64_t(blockIdx.x) * kWarps + warp) * 32; base < rows; base += step) {
-    float xn[K];  // the next row's z: one row's loads stay in flight while one is computed
-    load_row_of_batch<T, L, K>(z, rows, base, 0, lane, c0, n, C, xn);
-#pragma unroll 1
-    for (int it = 0; it < 32 / R; ++it) {
-      const int t = it * R + lane / L;  // the row of the batch this lane's group takes
-      float x[K];
+  for_each_warp_row<T, L, K, lane_prefetch<T, K>()>(
+      z, rows, C, c0, n, [](int64_t) {},
+      [&](int64_t, int it, float(&x)[K]) {
+        const int t = it * R + lane / L;  // the row of the batch this lane's group takes
+        normalise_lanes<L, K>(x, n, C, eps);
+        float acc[HM];  // W·β enters once per group, through its first lane
 #pragma unroll
-      for (int k = 0; k < K; ++k) x[k] = xn[k];
-      if (it + 1 < 32 / R) load_row_of_batch<T, L, K>(z, rows, base, it + 1, lane, c0, n, C, xn);
-      normalise_lanes<L, K>(x, n, C, eps);
-      float acc[HM];  // W·β enters once per group, through its first lane
+        for (int h = 0; h < HM; ++h) {
+          float s = q == 0 ? s_wb[h] : 0.f;
 #pragma unroll
-      for (int h = 0; h < HM; ++h) {
-        float s = q == 0 ? s_wb[h] : 0.f;
-#pragma unroll
-        for (int k = 0; k < K; ++k) s += wg[h][k] * x[k];
-        acc[h] = s;
-      }
-      int h;
-      reduce_scatter<L, HM>(acc, lane, &h);
-      if ((lane & (L / HM - 1)) == 0) s_out[warp][h][t] = acc[0];
-    }
-    __syncwarp();
-    const int64_t row = base + lane;
-    if (row < rows) {
-      const int64_t b = row / NM, ij = row - b * NM;
-      T* o = out + b * H * NM + ij;
-      for (int h = 0; h < H; ++h) o[h * NM] = from_f<T>(s_out[warp][h][lane]);
-    }
-    __syncwarp();  // s_out is read before the next batch writes it
-  }
+          for (int k = 0; k < K; ++k) s += wg[h][k] * x[k];
+          acc[h] = s;
+        }
+        int h;
+        reduce_scatter<L, HM>(acc, lane, &h);
+        if ((lane & (L / HM - 1)) == 0) s_out[warp][h][t] = acc[0];
+      },
+      [&](int64_t base) {
+        __syncwarp();
+        const int64_t row = base + lane;
+        if (row < rows) {
+          const int64_t b = row / NM, ij = row - b * NM;
+          T* o = out + b * H * NM + ij;
+          for (int h = 0; h < H; ++h) o[h * NM] = from_f<T>(s_out[warp][h][lane]);
+        }
+        __syncwarp();  // s_out is read before the next batch writes it
+      });
 }
 
 // The backward (kernels/cpu/fused.h derives it). Per row, in its group: x̂, r; dy by shuffle;
@@ -688,9 +752,9 @@ __global__ void __launch_bounds__(kPbLaneThreads)
 // WS: W in shared memory (H·K past kPbLaneWRegs), else in registers.
 template <class T, int L, int K, int HM, bool WS>
 __global__ void __launch_bounds__(kPbLaneThreads)
-    pair_bias_backward_lanes_kernel(const T* g, const T* z, const void* gamma, const void* beta, const void* w,
-                                    bool pbf, T* dz, bool accumulate, float* partial, int64_t rows,
-                                    int64_t NM, int C, int H, float eps) {
+    pair_bias_backward_lanes_kernel(const T* g, const T* z, const void* gamma, const void* beta,
+                                    const void* w, bool pbf, T* dz, bool accumulate, float* partial,
+                                    int64_t rows, int64_t NM, int C, int H, float eps) {
   constexpr int R = 32 / L, kWarps = kPbLaneThreads / 32, CP = L * K;
   static_assert(WS || HM * K <= kPbLaneWRegs, "W past the register budget belongs in shared memory");
   extern __shared__ __align__(16) float smem[];  // WS: W, γ, β; at the end: the block's sums
@@ -731,91 +795,84 @@ __global__ void __launch_bounds__(kPbLaneThreads)
 #pragma unroll
     for (int h = 0; h < HM; ++h) aw[h][k] = 0;
   }
-  const int64_t step = int64_t(gridDim.x) * kWarps * 32;
-  for (int64_t base = (int64_t(blockIdx.x) * kWarps + warp) * 32; base < rows; base += step) {
-    float dyl[HM];  // dy of row base + lane (zero past H and past the rows)
-    {
-      const int64_t row = base + lane;
-      const int64_t b = row / NM, ij = row - b * NM;
-      const T* gr = g + b * H * NM + ij;
+  float dyl[HM];  // dy of row base + lane of the current batch (zero past H and past the rows)
+  constexpr int kDepth = lane_prefetch<T, K>(WS ? 32 : 64);
+  for_each_warp_row<T, L, K, kDepth>(
+      z, rows, C, c0, n,
+      [&](int64_t base) {
+        const int64_t row = base + lane;
+        const int64_t b = row / NM, ij = row - b * NM;
+        const T* gr = g + b * H * NM + ij;
 #pragma unroll
-      for (int h = 0; h < HM; ++h) dyl[h] = h < H && row < rows ? to_f(gr[h * NM]) : 0.f;
-    }
-    float xn[K];  // the next row's z (as in the forward)
-    load_row_of_batch<T, L, K>(z, rows, base, 0, lane, c0, n, C, xn);
-#pragma unroll 1
-    for (int it = 0; it < 32 / R; ++it) {
-      const int t = it * R + lane / L;
-      const int64_t row = base + t;
-      const bool valid = row < rows;
-      float x[K], dn[K], old[K];
+        for (int h = 0; h < HM; ++h) dyl[h] = h < H && row < rows ? to_f(gr[h * NM]) : 0.f;
+      },
+      [&](int64_t base, int it, float(&x)[K]) {
+        const int t = it * R + lane / L;
+        const int64_t row = base + t;
+        const bool valid = row < rows;
+        // The old dz (accumulate), issued first: its latency hides behind the maths.
+        const LaneRaw<T, K> old =
+            dz && accumulate && valid ? load_raw<T, K>(dz + row * C + c0, n) : LaneRaw<T, K>{};
+        float r = normalise_lanes<L, K>(x, n, C, eps);
+        if (!valid) {  // past the rows: x̂ = 0 and dy = 0 add nothing (even with eps = 0)
+          r = 0;
 #pragma unroll
-      for (int k = 0; k < K; ++k) x[k] = xn[k];
-      if (it + 1 < 32 / R) load_row_of_batch<T, L, K>(z, rows, base, it + 1, lane, c0, n, C, xn);
-      if (dz && accumulate && valid) {  // issued early: its latency hides behind the maths
-        load_lane<T, K>(dz + row * C + c0, n, old);
-      } else {
-#pragma unroll
-        for (int k = 0; k < K; ++k) old[k] = 0;
-      }
-      float r = normalise_lanes<L, K>(x, n, C, eps);
-      if (!valid) {  // past the rows: x̂ = 0 and dy = 0 add nothing (even with eps = 0)
-        r = 0;
-#pragma unroll
-        for (int k = 0; k < K; ++k) x[k] = 0;
-      }
-      float nk[K];  // n = x̂·γ + β
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        dn[k] = 0;
-        nk[k] = x[k] * gam(k) + bet(k);
-      }
-#pragma unroll
-      for (int h = 0; h < HM; ++h) {
-        const float dyh = __shfl_sync(0xffffffffu, dyl[h], t);  // dy[h] of the group's row
-        if (want_params)
-#pragma unroll
-          for (int k = 0; k < K; ++k) aw[h][k] += dyh * nk[k];
-        if (WS) {
-          static_assert(!WS || K % 4 == 0, "W rows in shared memory are read 4 channels at a time");
-#pragma unroll
-          for (int k = 0; k < K; k += 4) {
-            const float4 v = *reinterpret_cast<const float4*>(smem + h * CP + c0 + k);
-            dn[k] += dyh * v.x;
-            dn[k + 1] += dyh * v.y;
-            dn[k + 2] += dyh * v.z;
-            dn[k + 3] += dyh * v.w;
-          }
-        } else {
-#pragma unroll
-          for (int k = 0; k < K; ++k) dn[k] += dyh * wr[WS ? 0 : h][k];
+          for (int k = 0; k < K; ++k) x[k] = 0;
         }
-      }
-      if (want_params)
+        float dn[K], nk[K];  // dn = Wᵀ·dy, n = x̂·γ + β
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-          ag[k] += dn[k] * x[k];
-          ab[k] += dn[k];
+          dn[k] = 0;
+          nk[k] = x[k] * gam(k) + bet(k);
         }
-      if (!dz) continue;
-      // dx̂ = dn·γ rounded once (no FMA into the subtraction: with C = 1, dz is exactly 0).
-      float s1 = 0, s2 = 0;
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        dn[k] = __fmul_rn(dn[k], gam(k));  // zero past C
-        s1 += dn[k];
-        s2 += dn[k] * x[k];
-      }
-      const float m1 = warp_sum(s1, L) / C, m2 = warp_sum(s2, L) / C;
-      if (!valid) continue;
+        for (int h = 0; h < HM; ++h) {
+          const float dyh = __shfl_sync(0xffffffffu, dyl[h], t);  // dy[h] of the group's row
+          if (want_params)
 #pragma unroll
-      for (int k = 0; k < K; ++k) dn[k] = old[k] + r * (dn[k] - m1 - x[k] * m2);
-      store_lane<T, K>(dz + row * C + c0, n, dn);
-    }
-  }
+            for (int k = 0; k < K; ++k) aw[h][k] += dyh * nk[k];
+          if (WS) {
+            static_assert(!WS || K % 4 == 0, "W rows in shared memory are read 4 channels at a time");
+#pragma unroll
+            for (int k = 0; k < K; k += 4) {
+              const float4 v = *reinterpret_cast<const float4*>(smem + h * CP + c0 + k);
+              dn[k] += dyh * v.x;
+              dn[k + 1] += dyh * v.y;
+              dn[k + 2] += dyh * v.z;
+              dn[k + 3] += dyh * v.w;
+            }
+          } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) dn[k] += dyh * wr[WS ? 0 : h][k];
+          }
+        }
+        if (want_params)
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            ag[k] += dn[k] * x[k];
+            ab[k] += dn[k];
+          }
+        if (!dz) return;
+        // dx̂ = dn·γ rounded once (no FMA into the subtraction: with C = 1, dz is exactly 0).
+        float s1 = 0, s2 = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          dn[k] = __fmul_rn(dn[k], gam(k));  // zero past C
+          s1 += dn[k];
+          s2 += dn[k] * x[k];
+        }
+        const float m1 = warp_sum(s1, L) / C, m2 = warp_sum(s2, L) / C;
+        if (!valid) return;
+        float o[K];
+        unpack(old, o);
+#pragma unroll
+        for (int k = 0; k < K; ++k) dn[k] = o[k] + r * (dn[k] - m1 - x[k] * m2);
+        store_lane<T, K>(dz + row * C + c0, n, dn);
+      },
+      [](int64_t) {});
   if (!want_params) return;
-  // The R lanes of a warp that hold the same channels add up (lane q first), then the warps in
-  // order: red[o], o over (dW (H·C) | dγ (C) | dβ (C)).
+    // The R lanes of a warp that hold the same channels add up (lane q first), then the warps in
+    // order: red[o], o over (dW (H·C) | dγ (C) | dβ (C)).
 #pragma unroll
   for (int o = L; o < 32; o *= 2)
 #pragma unroll
@@ -852,8 +909,8 @@ struct LaneShape {
   int L, K, HM;
   bool ws;
 };
-constexpr LaneShape kLaneShapes[] = {{16, 8, 8, false}, {32, 4, 16, false}, {32, 8, 8, false},
-                                     {32, 4, 32, true},  {32, 8, 16, true}};
+constexpr LaneShape kLaneShapes[] = {
+    {16, 8, 8, false}, {32, 4, 16, false}, {32, 8, 8, false}, {32, 4, 32, true}, {32, 8, 16, true}};
 LaneShape lane_shape(int C, int H) {
   for (const LaneShape& s : kLaneShapes)
     if (C <= s.L * s.K && H <= s.HM) return s;
@@ -1096,12 +1153,18 @@ void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* 
     if (takes_lanes(C, H)) {
       dispatch_lanes(C, H, [&](auto l, auto k, auto hm, auto) {
         constexpr int L = decltype(l)::value, K = decltype(k)::value, HM = decltype(hm)::value;
-        const unsigned lgrid = static_cast<unsigned>(
-            std::min<int64_t>((rows + kPbLaneThreads - 1) / kPbLaneThreads, kMaxBlocksFwd));
-        pair_bias_forward_lanes_kernel<T, L, K, HM>
-            <<<lgrid, kPbLaneThreads, 0, cur_stream()>>>(static_cast<const T*>(z), gamma, beta, w, pbf,
-                                                         static_cast<T*>(out), rows, N * M, C, H,
-                                                         static_cast<float>(eps));
+        auto kernel = pair_bias_forward_lanes_kernel<T, L, K, HM>;
+        // As many blocks as run at once (each warp then takes an even share of the batches and
+        // prefetches across them), fewer for few rows.
+        int dev = 0, sms = 0, per_sm = 0;
+        PF_CUDA_CHECK(cudaGetDevice(&dev));
+        PF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        PF_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPbLaneThreads, 0));
+        const unsigned lgrid = static_cast<unsigned>(std::max<int64_t>(
+            1, std::min<int64_t>((rows + kPbLaneThreads - 1) / kPbLaneThreads, int64_t(sms) * per_sm)));
+        kernel<<<lgrid, kPbLaneThreads, 0, cur_stream()>>>(static_cast<const T*>(z), gamma, beta, w, pbf,
+                                                           static_cast<T*>(out), rows, N * M, C, H,
+                                                           static_cast<float>(eps));
         PF_CUDA_CHECK_LAUNCH("pair_bias_forward_lanes_kernel");
       });
       return;
