@@ -11,9 +11,10 @@
 namespace pf::kernels::cuda {
 
 // The widest pair_bias whose row (C values) and H outputs stay in per-thread registers. Wider
-// ones run kernels that take the channels in chunks of 32 and the heads in groups of 64, with
-// W in shared memory: they take any (C, H) whose shared memory fits (pair_bias_fits), which
-// includes C ≤ 256 with H ≤ 64 on sm_80 and later.
+// ones up to C = 256 run kernels that give a row to 16 or 32 lanes of a warp (C ≤ 128 with
+// H ≤ 32, C ≤ 256 with H ≤ 16); past those, kernels that take the channels in chunks of 32 and
+// the heads in groups of 64, with W in shared memory: they take any (C, H) whose shared memory
+// fits (pair_bias_fits), which includes C ≤ 256 with H ≤ 64 on sm_80 and later.
 constexpr int kPairBiasMaxC = 64;
 constexpr int kPairBiasMaxH = 16;
 
