@@ -703,11 +703,12 @@ __global__ void __launch_bounds__(kPbLaneThreads)
   __shared__ float s_wb[HM];               // W·β (zero past H)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, q = lane % L;
   const int c0 = q * K, n = max(0, min(K, C - c0));  // this lane's channels
-  for (int h = threadIdx.x; h < HM; h += blockDim.x) {
+  for (int h = warp; h < HM; h += kWarps) {          // a warp per head: C/32 loads per lane, not C
     float s = 0;
     if (h < H)
-      for (int c = 0; c < C; ++c) s += load_param(w, pbf, h * C + c) * load_param(beta, pbf, c);
-    s_wb[h] = s;
+      for (int c = lane; c < C; c += 32) s += load_param(w, pbf, h * C + c) * load_param(beta, pbf, c);
+    s = warp_sum(s);
+    if (lane == 0) s_wb[h] = s;
   }
   float wg[HM][K];  // W·γ, zero past (H, C)
 #pragma unroll
