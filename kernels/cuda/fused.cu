@@ -255,9 +255,10 @@ __global__ void pair_bias_param_sum_kernel(const float* partial, int blocks, int
 // ---- pair_bias of any width: channels in chunks of kChunk, heads in groups of kHeadGroup ------
 //
 // The kernels above keep a whole row (C values) and its H outputs in registers, which caps them
-// at kPairBiasMaxC / kPairBiasMaxH. Past that the same maths runs with the row in chunks of
-// kChunk channels (re-read from z, which a block's 128 rows keep in L1) and the weights for all
-// (H, C) in dynamic shared memory; shared memory is then the only limit (pair_bias_fits).
+// at kPairBiasMaxC / kPairBiasMaxH. Past that, up to C = 256, the lane-group kernels below take
+// a row per 16 or 32 lanes. Past those the same maths runs with the row in chunks of kChunk
+// channels (re-read from z, which a block's 128 rows keep in L1) and the weights for all (H, C)
+// in dynamic shared memory; shared memory is then the only limit (pair_bias_fits).
 constexpr int kChunk = 32;
 constexpr int kHeadGroup = 64;  // forward accumulators per thread (one pass over z per group)
 
