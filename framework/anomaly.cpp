@@ -73,10 +73,13 @@ void check_forward(const Tensor& out, const char* op) {
                                  << " (first at flat index " << at << ")");
 }
 
-Node::BackwardFn checked_backward(Node::BackwardFn fn, const char* op) {
+namespace {
+// fn (a Node::BackwardFn or BackwardIntoFn) wrapped so that its gradients are checked.
+template <class Fn>
+Fn checked(Fn fn, const char* op) {
   if (!enabled()) return fn;
-  return [fn = std::move(fn), op, scope = current_scope()](const Tensor& grad_out) {
-    std::vector<Tensor> grads = fn(grad_out);
+  return [fn = std::move(fn), op, scope = current_scope()](const auto&... args) {
+    std::vector<Tensor> grads = fn(args...);
     for (size_t i = 0; i < grads.size(); ++i) {
       std::string what;
       const int64_t at = first_non_finite(grads[i], &what);
@@ -87,6 +90,12 @@ Node::BackwardFn checked_backward(Node::BackwardFn fn, const char* op) {
     }
     return grads;
   };
+}
+}  // namespace
+
+Node::BackwardFn checked_backward(Node::BackwardFn fn, const char* op) { return checked(std::move(fn), op); }
+Node::BackwardIntoFn checked_backward(Node::BackwardIntoFn fn, const char* op) {
+  return checked(std::move(fn), op);
 }
 
 }  // namespace pf::anomaly

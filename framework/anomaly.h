@@ -71,6 +71,7 @@ void check_forward(const Tensor& out, const char* op);
 // If the mode is on: `fn` wrapped so that each gradient it returns is checked, naming the op,
 // the input, its shape and the scope of the forward (captured now). Otherwise `fn` itself.
 Node::BackwardFn checked_backward(Node::BackwardFn fn, const char* op);
+Node::BackwardIntoFn checked_backward(Node::BackwardIntoFn fn, const char* op);
 
 // The first non-finite element of a floating tensor: its flat index, or -1 if all are finite
 // (and for non-floating tensors). `what` receives "nan" or "inf".

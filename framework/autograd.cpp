@@ -2,6 +2,7 @@
 
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "framework/anomaly.h"
 #include "framework/ops.h"
@@ -24,15 +25,31 @@ bool needs_grad(const std::vector<Tensor>& inputs) {
   return false;
 }
 
-Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs, Node::BackwardFn backward) {
+namespace {
+// out with a Node of `name` over `inputs` whose closure `set` installs, if needs_grad(inputs).
+template <class Set>
+Tensor attach_node(Tensor out, const char* name, std::vector<Tensor> inputs, Set&& set) {
   anomaly::check_forward(out, name);  // anomaly mode only (framework/anomaly.h)
   if (!needs_grad(inputs)) return out;
   auto node = std::make_shared<Node>();
   node->name = name;
   node->inputs = std::move(inputs);
-  node->backward = anomaly::checked_backward(std::move(backward), name);
+  set(*node);
   out.set_grad_fn(std::move(node));
   return out;
+}
+}  // namespace
+
+Tensor make_result(Tensor out, const char* name, std::vector<Tensor> inputs, Node::BackwardFn backward) {
+  return attach_node(std::move(out), name, std::move(inputs),
+                     [&](Node& n) { n.backward = anomaly::checked_backward(std::move(backward), name); });
+}
+
+Tensor make_result_into(Tensor out, const char* name, std::vector<Tensor> inputs,
+                        Node::BackwardIntoFn backward) {
+  return attach_node(std::move(out), name, std::move(inputs), [&](Node& n) {
+    n.backward_into = anomaly::checked_backward(std::move(backward), name);
+  });
 }
 
 namespace {
@@ -62,11 +79,34 @@ std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>
   return {order.rbegin(), order.rend()};  // root first
 }
 
+thread_local BackwardSums t_sums;
+
+// The gradient sum of one graph tensor (the output of a node) while the backward runs. `owned`:
+// nothing else refers to `sum` (autograd made it, or a make_result_into op returned it fresh),
+// so later arrivals are added into it in place and make_result_into ops may add into it.
+struct Flow {
+  Tensor sum;
+  bool owned = false;
+};
+
 // Gradients flowing through the graph may alias each other (add's backward hands the same
-// tensor to both inputs), so sums of them are fresh tensors. A leaf's gradient is its own
-// buffer (cloned on first arrival) so that += across backward calls and in-place updates such
-// as clipping never touch another tensor.
-void accumulate_flow(Tensor& slot, const Tensor& g) { slot = slot.defined() ? ops::add(slot, g) : g; }
+// tensor to both inputs), so a sum of two of them is a fresh tensor; a sum autograd owns takes
+// further arrivals in place. `g_owned`: g is a fresh gradient of a make_result_into op. A leaf's
+// gradient is its own buffer (cloned on first arrival) so that += across backward calls and
+// in-place updates such as clipping never touch another tensor.
+void accumulate_flow(Flow& slot, Tensor g, bool g_owned) {
+  if (!slot.sum.defined()) {
+    slot = {std::move(g), g_owned};
+  } else if (slot.owned || g_owned) {  // add into the one autograd owns
+    if (!slot.owned) std::swap(slot.sum, g);
+    ops::add_(slot.sum, g);
+    slot.owned = true;
+    ++t_sums.in_place;
+  } else {
+    slot = {ops::add(slot.sum, g), true};
+    ++t_sums.fresh;
+  }
+}
 
 LeafGradHook& leaf_hook() {
   thread_local LeafGradHook hook;
@@ -119,8 +159,9 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     return;
   }
   NoGradGuard no_grad;  // gradients are not themselves differentiated
-  std::unordered_map<Node*, Tensor> grads;
-  grads[root.grad_fn().get()] = seed;
+  t_sums = {};
+  std::unordered_map<Node*, Flow> grads;
+  grads[root.grad_fn().get()] = {seed, false};
   const std::vector<std::shared_ptr<Node>> order = topological_order(root.grad_fn());
   // With a leaf hook: the leaves whose last consumer is node k, reported once k has run.
   std::vector<std::vector<Tensor>> finished_after;
@@ -136,13 +177,25 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
       report_leaves();
       continue;
     }
-    Tensor g = std::move(it->second);
+    Tensor g = std::move(it->second.sum);
     grads.erase(it);
-    PF_CHECK(node->backward != nullptr, "backward through '"
-                                            << node->name
-                                            << "' a second time: its saved tensors were freed by the first");
-    std::vector<Tensor> in_grads = node->backward(g);
+    PF_CHECK(
+        node->backward != nullptr || node->backward_into != nullptr,
+        "backward through '" << node->name << "' a second time: its saved tensors were freed by the first");
+    // For a make_result_into op: the sums it may add into (owned ones only).
+    std::vector<Tensor> into;
+    if (node->backward_into) {
+      into.resize(node->inputs.size());
+      for (size_t i = 0; i < into.size(); ++i) {
+        const Tensor& input = node->inputs[i];
+        if (!input.defined() || !input.grad_fn() || !input.requires_grad()) continue;
+        auto at = grads.find(input.grad_fn().get());
+        if (at != grads.end() && at->second.owned) into[i] = at->second.sum;
+      }
+    }
+    std::vector<Tensor> in_grads = node->backward_into ? node->backward_into(g, into) : node->backward(g);
     node->backward = nullptr;  // frees the saved activations
+    node->backward_into = nullptr;
     PF_CHECK(in_grads.size() == node->inputs.size(), "op '" << node->name << "' returned " << in_grads.size()
                                                             << " gradients for " << node->inputs.size()
                                                             << " inputs");
@@ -154,7 +207,11 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
                                                    << shape_str(gi.shape()) << " for input " << i
                                                    << " of shape " << shape_str(input.shape()));
       if (input.grad_fn()) {
-        accumulate_flow(grads[input.grad_fn().get()], gi);
+        if (!into.empty() && into[i].defined() && gi.impl() == into[i].impl()) {
+          ++t_sums.by_op;  // the op added into the sum itself
+          continue;
+        }
+        accumulate_flow(grads[input.grad_fn().get()], gi, !into.empty());
       } else {
         Tensor leaf_grad = input.grad();
         accumulate_leaf(leaf_grad, gi);
@@ -165,6 +222,8 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     report_leaves();
   }
 }
+
+BackwardSums last_backward_sums() { return t_sums; }
 
 LeafGradHookGuard::LeafGradHookGuard(LeafGradHook hook) : previous_(std::move(leaf_hook())) {
   leaf_hook() = std::move(hook);

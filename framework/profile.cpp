@@ -196,14 +196,21 @@ Scope::~Scope() {
   if (record_ >= 0) close_record(record_);
 }
 
-Node::BackwardFn timed(Node::BackwardFn fn) {
+namespace {
+// fn (a Node::BackwardFn or BackwardIntoFn) timed as timed() says.
+template <class Fn>
+Fn timed_closure(Fn fn) {
   if (!g_on.load(std::memory_order_relaxed) || t_state.depth == 0) return fn;
   const char* category = t_state.category;
-  return [fn = std::move(fn), category](const Tensor& g) {
+  return [fn = std::move(fn), category](const auto&... args) {
     BackwardScope s(category);
-    return fn(g);
+    return fn(args...);
   };
 }
+}  // namespace
+
+Node::BackwardFn timed(Node::BackwardFn fn) { return timed_closure(std::move(fn)); }
+Node::BackwardIntoFn timed(Node::BackwardIntoFn fn) { return timed_closure(std::move(fn)); }
 
 void collect() {
   State& s = state();

@@ -52,6 +52,7 @@ class Scope {
 // category that the current (outermost) forward scope resolved; `fn` itself when off or when
 // no scope is open.
 Node::BackwardFn timed(Node::BackwardFn fn);
+Node::BackwardIntoFn timed(Node::BackwardIntoFn fn);
 
 // Waits for the recorded work and adds it into the totals (cheap when nothing is pending).
 void collect();

@@ -142,6 +142,86 @@ TEST(FusedPairBias, Float32MatchesFloat64) {
   }
 }
 
+// z read by several ops, as the pair representation is by every layer: its gradient is the sum
+// of theirs. The pair_bias calls that find a sum autograd owns add dz into it (make_result_into,
+// framework/autograd.h; the kernel's accumulate path) instead of returning a fresh tensor. The
+// sum equals the one the unfused chain (ordinary ops, fresh gradients) gives, in float64 to
+// rounding, for every input; last_backward_sums says how the sums were made. z is made by an op
+// (its gradient flows through the graph; a leaf's is summed apart) and read by three pair_bias
+// calls and by mul(z, z) (two more arrivals, whose first is not autograd's to add into), in
+// both orders of the loss's terms.
+TEST(FusedPairBias, GradientOfASharedInputIsSummedInPlace) {
+  const PairShape s{2, 5, 7, 6, 3};
+  Rng rng = make_rng("into");
+  const std::vector<Tensor> in = pair_inputs(s, rng, DType::F64);
+  const Tensor w3 = randn({s.H, s.C}, rng, DType::F64);
+  const Tensor r = randn({s.B, s.H, s.N, s.M}, rng, DType::F64);
+  const Tensor rz = randn({s.B, s.N, s.M, s.C}, rng, DType::F64);
+  for (bool pair_first : {true, false}) {
+    SCOPED_TRACE(pair_first ? "pair_bias terms first" : "mul term first");
+    std::vector<std::vector<Tensor>> grads;  // [fused, chain] → dx, dγ, dβ, dW
+    std::vector<BackwardSums> sums;
+    for (bool fused : {true, false}) {
+      const FuseGuard guard("pair_bias", fused);
+      std::vector<Tensor> x;
+      for (const Tensor& t : in) x.push_back(t.clone().requires_grad_(true));
+      const Tensor z = ops::scale(x[0], 1.5);
+      auto term = [&](const Tensor& w) { return ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], w), r)); };
+      const Tensor pairs = ops::add(ops::add(term(x[3]), term(ops::scale(x[3], -0.5))), term(w3));
+      const Tensor other = ops::sum(ops::mul(ops::mul(z, z), rz));
+      (pair_first ? ops::add(pairs, other) : ops::add(other, pairs)).backward();
+      grads.push_back({x[0].grad(), x[1].grad(), x[2].grad(), x[3].grad()});
+      sums.push_back(last_backward_sums());
+    }
+    const char* names[] = {"dx", "dgamma", "dbeta", "dw"};
+    for (int k = 0; k < 4; ++k) EXPECT_LE(rel_error(grads[0][k], grads[1][k]), kChainTol) << names[k];
+    // Five arrivals at z make four additions; whatever the order, at least the second and third
+    // pair_bias calls find a sum that autograd owns (the first call's fresh dz, or the sum
+    // autograd made of mul's two) and add into it; the chain's ops never do.
+    EXPECT_GE(sums[0].by_op, 2);
+    EXPECT_EQ(sums[0].fresh + sums[0].in_place + sums[0].by_op, 4);
+    EXPECT_EQ(sums[1].by_op, 0);
+  }
+}
+
+// A gradient an op hands on may alias another: add's backward gives its one gradient tensor to
+// both inputs, z and u. When that tensor is the first to reach z, it is not a sum autograd owns,
+// so no pair_bias call may add into it: that would also change u's gradient, which u's node
+// (run last: u is read first, by a term the graph search meets before the others) sums later.
+// In the order "add term last" the add node runs before the pair_bias calls; the other order
+// runs them first. u's gradient stays exactly what add and mul passed it; z's is the chain's.
+TEST(FusedPairBias, AnAliasedFirstGradientIsNotAddedInto) {
+  const PairShape s{1, 4, 5, 7, 2};
+  Rng rng = make_rng("alias");
+  const std::vector<Tensor> in = pair_inputs(s, rng, DType::F64);
+  const Tensor r = randn({s.B, s.H, s.N, s.M}, rng, DType::F64);
+  const Tensor ry = randn({s.B, s.N, s.M, s.C}, rng, DType::F64),
+               ru = randn({s.B, s.N, s.M, s.C}, rng, DType::F64);
+  const Tensor v0 = randn({s.B, s.N, s.M, s.C}, rng, DType::F64);
+  for (bool add_last : {true, false}) {
+    SCOPED_TRACE(add_last ? "add term last" : "add term first");
+    std::vector<Tensor> dx, dv;  // [fused, chain]
+    for (bool fused : {true, false}) {
+      const FuseGuard guard("pair_bias", fused);
+      std::vector<Tensor> x;
+      for (const Tensor& t : in) x.push_back(t.clone().requires_grad_(true));
+      Tensor v = v0.clone().requires_grad_(true);
+      const Tensor z = ops::scale(x[0], 1.5), u = ops::scale(v, 2.0);
+      const Tensor added = ops::sum(ops::mul(ops::add(z, u), ry));  // add hands one tensor to z and u
+      const Tensor pairs =
+          ops::add(ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], x[3]), r)),
+                   ops::sum(ops::mul(ops::pair_bias(z, x[1], x[2], ops::scale(x[3], 0.3)), r)));
+      const Tensor rest = ops::add(ops::sum(ops::mul(u, ru)), pairs);
+      (add_last ? ops::add(rest, added) : ops::add(added, rest)).backward();
+      dx.push_back(x[0].grad());
+      dv.push_back(v.grad());
+    }
+    EXPECT_LE(rel_error(dx[0], dx[1]), kChainTol);
+    // v's gradient is 2·(ry + ru) exactly (one rounding in the sum, scaling by 2 is exact).
+    EXPECT_EQ(dv[0].to_vector<double>(), ops::scale(ops::add(ry, ru), 2.0).to_vector<double>());
+  }
+}
+
 // Only the inputs that require grad get one; the others are left alone.
 TEST(FusedPairBias, GradientsOnlyWhereWanted) {
   Rng rng = make_rng("wanted");

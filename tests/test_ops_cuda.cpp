@@ -22,6 +22,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "framework/allocator.h"
@@ -386,21 +387,26 @@ TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
 // harness's 3u bound holds with room; dW, dγ, dβ are fp32 sums over up to 180k pairs, within
 // the fp32 bound of the header. Sizes: awkward C and H (1, odd, at and past 16/32, the largest
 // of the register kernels 64 and 16), N ≠ M, and 180k pairs so that every block of the backward
-// takes several tiles. The chunked kernels (C > 64 or H > 16): one channel or one head past the
-// register kernels (65, 17), channels ending inside a 32-chunk (100) with an odd H, the
-// AlphaFold width (128, 8) at 180k pairs (1407 tiles on 528 blocks), the widest named
-// in the kernel's header (256, 64) and a second head group (65 heads). Outputs and gradients
-// start from NaN-poisoned blocks.
+// takes several tiles. The lane-group kernels (past the register kernels, C ≤ 256): one channel
+// or one head past the register kernels (65, 1) and (64, 17), the AlphaFold width (128, 8) at
+// 180k pairs (each warp several batches of 32 rows, the prefetch crossing them), and each of
+// their shapes — (128, 8) half a warp per row, (128, 16), (256, 8), (128, 32) and (256, 16) (W in
+// shared memory) a warp per row — with rows not a multiple of a warp's 32, and C = 203 (a lane
+// ending inside the row, lanes past its end, rows not 16-byte aligned). The chunked kernels
+// (past those): channels ending inside a 32-chunk (100) with an odd H (33), the widest named in
+// the kernel's header (256, 64) and a second head group (65 heads). Outputs and gradients start
+// from NaN-poisoned blocks.
 TEST(OpsCuda, FusedPairBiasMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 7);
   struct S {
     int64_t B, N, M, C, H;
   };
-  for (const S& s :
-       {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9}, S{2, 33, 31, 32, 8},
-        S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8}, S{1, 5, 3, 65, 1}, S{1, 7, 9, 64, 17},
-        S{2, 13, 11, 100, 33}, S{2, 300, 300, 128, 8}, S{1, 17, 19, 256, 64}, S{1, 9, 7, 33, 65}}) {
+  for (const S& s : {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9},
+                     S{2, 33, 31, 32, 8}, S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8},
+                     S{1, 5, 3, 65, 1}, S{1, 7, 9, 64, 17}, S{2, 13, 11, 100, 33}, S{2, 300, 300, 128, 8},
+                     S{1, 17, 19, 256, 64}, S{1, 9, 7, 33, 65}, S{1, 9, 11, 128, 16}, S{1, 7, 9, 256, 8},
+                     S{1, 13, 11, 128, 32}, S{1, 7, 9, 256, 16}, S{1, 9, 7, 203, 5}}) {
     const std::string name = "pair_bias B" + std::to_string(s.B) + " N" + std::to_string(s.N) + " M" +
                              std::to_string(s.M) + " C" + std::to_string(s.C) + " H" + std::to_string(s.H);
     auto inputs = [s](Rng& r) {
@@ -419,26 +425,79 @@ TEST(OpsCuda, FusedPairBiasMatchesCpu) {
   }
 }
 
-// The parameter gradients of pair_bias are summed in a fixed order: bitwise equal run to run.
+// The parameter gradients of pair_bias are summed in a fixed order: bitwise equal run to run
+// (the register kernels at C = 32, the lane-group ones at C = 128 and, W in shared memory, 256).
 TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 8);
-  const Tensor z = randn({2, 97, 97, 32}, rng).to(Device::CUDA);
-  const Tensor g = randn({2, 8, 97, 97}, rng).to(Device::CUDA);
-  const Tensor gamma = uniform({32}, 0.5, 1.5, rng).to(Device::CUDA);
-  const Tensor beta = randn({32}, rng).to(Device::CUDA), w = randn({8, 32}, rng).to(Device::CUDA);
-  std::vector<std::vector<float>> first;
-  for (int rep = 0; rep < 3; ++rep) {
-    std::vector<Tensor> p{z.detach().requires_grad_(true), gamma.detach().requires_grad_(true),
-                          beta.detach().requires_grad_(true), w.detach().requires_grad_(true)};
-    ops::pair_bias(p[0], p[1], p[2], p[3]).backward(g);
-    for (size_t i = 0; i < p.size(); ++i) {
-      const std::vector<float> v = p[i].grad().to_vector<float>();
-      if (rep == 0)
-        first.push_back(v);
-      else
-        EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
+  for (const auto& [C, H] : {std::pair<int64_t, int64_t>{32, 8}, {128, 8}, {256, 16}}) {
+    SCOPED_TRACE("C " + std::to_string(C) + " H " + std::to_string(H));
+    const Tensor z = randn({2, 97, 97, C}, rng).to(Device::CUDA);
+    const Tensor g = randn({2, H, 97, 97}, rng).to(Device::CUDA);
+    const Tensor gamma = uniform({C}, 0.5, 1.5, rng).to(Device::CUDA);
+    const Tensor beta = randn({C}, rng).to(Device::CUDA), w = randn({H, C}, rng).to(Device::CUDA);
+    std::vector<std::vector<float>> first;
+    for (int rep = 0; rep < 3; ++rep) {
+      std::vector<Tensor> p{z.detach().requires_grad_(true), gamma.detach().requires_grad_(true),
+                            beta.detach().requires_grad_(true), w.detach().requires_grad_(true)};
+      ops::pair_bias(p[0], p[1], p[2], p[3]).backward(g);
+      for (size_t i = 0; i < p.size(); ++i) {
+        const std::vector<float> v = p[i].grad().to_vector<float>();
+        if (rep == 0)
+          first.push_back(v);
+        else
+          EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
+      }
     }
+  }
+}
+
+// pair_bias adding dz into the gradient sum autograd holds for z (make_result_into,
+// framework/autograd.h): z = 2x comes from an op (so autograd sums its gradient) and is read by
+// two pair_bias calls; the second to run finds the first's fresh dz and adds into it (the
+// kernels' accumulate path). In fp32 a third reader, mul(z, z), makes two more arrivals in an
+// order the graph decides (a pair_bias call may then add into a sum autograd made). Against the
+// CPU (whose kernel adds likewise; tests/test_fused.cpp checks it against the unfused chain in
+// float64). bf16 runs the two pair_bias calls alone: ×2 and ×(−0.5) are exact, so each value
+// carries at most three roundings in sequence (a term, the sum, the upstream gradient), the
+// harness's 3u argument. Sizes: each kernel family — the register kernels (32, 8), the
+// lane-group ones (128, 8) and (256, 16) at rows not a multiple of 32, C = 100 (a lane ending
+// inside the row, lanes past it) with one head, and the chunked kernels (65, 33) — and 90300
+// rows at (128, 8). The outputs and the sum start from NaN-poisoned blocks, so a dz written
+// where it should be added (or added where it should be written) fails.
+TEST(OpsCuda, FusedPairBiasAddsIntoTheGradientSum) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 11);
+  struct S {
+    int64_t B, N, M, C, H;
+  };
+  for (const S& s : {S{2, 7, 9, 32, 8}, S{2, 7, 9, 128, 8}, S{1, 13, 11, 256, 16}, S{1, 9, 7, 100, 1},
+                     S{2, 5, 7, 65, 33}, S{1, 300, 301, 128, 8}}) {
+    const std::string name = "pair_bias into B" + std::to_string(s.B) + " N" + std::to_string(s.N) + " M" +
+                             std::to_string(s.M) + " C" + std::to_string(s.C) + " H" + std::to_string(s.H);
+    auto inputs = [s](Rng& r) {
+      return std::vector<Tensor>{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7)),
+                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r), randn({s.H, s.C}, r)};
+    };
+    auto pairs = [](const std::vector<Tensor>& x, const Tensor& z) {
+      return ops::add(ops::pair_bias(z, x[1], x[2], x[3]),
+                      ops::pair_bias(z, x[1], x[2], ops::scale(x[3], -0.5)));
+    };
+    auto with_mul = [pairs](const std::vector<Tensor>& x) {
+      const Tensor z = ops::scale(x[0], 2.0);
+      return ops::add(pairs(x, z), ops::pair_bias(ops::mul(z, z), x[1], x[2], x[3]));
+    };
+    auto two_calls = [pairs](const std::vector<Tensor>& x) { return pairs(x, ops::scale(x[0], 2.0)); };
+    const Shape zs{s.B, s.N, s.M, s.C}, os{s.B, s.H, s.N, s.M};
+    poison_cache({zs, zs, zs, os, os});
+    check_case({name, inputs, with_mul, {true, true, true, true}}, DType::F32, rng);
+    // The GPU run is check_case's last backward: at least one pair_bias call added into the sum.
+    EXPECT_GE(last_backward_sums().by_op, 1) << name;
+    poison_cache({zs, zs, os, os});
+    check_case(
+        {name + " fp32 params", inputs, two_calls, {true, true, true, true}, {false, true, true, true}},
+        DType::BF16, rng);
+    EXPECT_EQ(last_backward_sums().by_op, 1) << name;
   }
 }
 

@@ -4,7 +4,9 @@
 // pair_bias = permute(linear(layernorm(z, γ, β), W), (0,3,1,2)) in one pass over z, with its
 // backward in one more (kernels/cpu/fused.h derives it). The chain keeps the normalised copy of
 // z for the projection's dW and moves z's size through memory seven times in the forward and
-// backward together; the fused op keeps only z (its saved input) and reads it twice.
+// backward together; the fused op keeps only z (its saved input) and reads it twice. Its
+// backward adds dz into the gradient sum of z that autograd holds (make_result_into), so the
+// layers that read one z leave one buffer, not one per layer plus their sums.
 //
 // embedding_sum = cast(embedding(a, ia)) + cast(embedding(b, ib)) (ib broadcast over ia's
 // leading dims) in one pass that writes the sum once in the activations' dtype: the chain writes
@@ -74,10 +76,10 @@ void launch_pair_bias_forward(const Tensor& z, const Tensor& gamma, const Tensor
   });
 }
 
-// dz, dgamma, dbeta, dw: each undefined when not wanted.
+// dz, dgamma, dbeta, dw: each undefined when not wanted; accumulate_dz: dz += instead of =.
 void launch_pair_bias_backward(const Tensor& g, const Tensor& z, const Tensor& gamma, const Tensor& beta,
                                const Tensor& w, Tensor& dz, Tensor& dgamma, Tensor& dbeta, Tensor& dw,
-                               const PairBiasDims& d, double eps) {
+                               const PairBiasDims& d, double eps, bool accumulate_dz) {
 #ifdef PF_WITH_CUDA
   if (g.device() == Device::CUDA) {
     auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
@@ -87,7 +89,7 @@ void launch_pair_bias_backward(const Tensor& g, const Tensor& z, const Tensor& g
     kernels::cuda::pair_bias_backward(scalar_type_of(z.dtype()), scalar_type_of(w.dtype()), g.data_ptr(),
                                       z.data_ptr(), gamma.data_ptr(), beta.data_ptr(), w.data_ptr(), ptr(dz),
                                       ptr(dgamma), ptr(dbeta), ptr(dw), d.B, d.N, d.M, static_cast<int>(d.C),
-                                      static_cast<int>(d.H), eps, ws.data_ptr());
+                                      static_cast<int>(d.H), eps, accumulate_dz, ws.data_ptr());
     return;
   }
 #endif
@@ -95,7 +97,8 @@ void launch_pair_bias_backward(const Tensor& g, const Tensor& z, const Tensor& g
     using T = decltype(t);
     auto p = [](Tensor& x) { return x.defined() ? x.data<T>() : nullptr; };
     kernels::cpu::pair_bias_backward(g.data<T>(), z.data<T>(), gamma.data<T>(), beta.data<T>(), w.data<T>(),
-                                     p(dz), p(dgamma), p(dbeta), p(dw), d.B, d.N, d.M, d.C, d.H, eps);
+                                     p(dz), p(dgamma), p(dbeta), p(dw), d.B, d.N, d.M, d.C, d.H, eps,
+                                     accumulate_dz);
   });
 }
 
@@ -198,15 +201,19 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
   const bool need_z = z.requires_grad(), need_g = gamma.requires_grad(), need_b = beta.requires_grad(),
              need_w = w.requires_grad();
   const Tensor sz = z.detach(), sg = gamma.detach(), sb = beta.detach(), sw = w.detach();
-  return make_result(out, "pair_bias", {z, gamma, beta, w},
-                     profile::timed([=](const Tensor& g) -> std::vector<Tensor> {
-                       Tensor dz = need_z ? Tensor::empty(sz.shape(), sz.dtype(), g.device()) : Tensor();
-                       Tensor dg = need_g ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
-                       Tensor db = need_b ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
-                       Tensor dw = need_w ? Tensor::empty(sw.shape(), sw.dtype(), g.device()) : Tensor();
-                       launch_pair_bias_backward(g, sz, sg, sb, sw, dz, dg, db, dw, d, eps);
-                       return {dz, dg, db, dw};
-                     }));
+  // z's gradient is added into the sum autograd holds for z when it has one (z read by every
+  // layer: one pass over dz per layer instead of two); else written to a fresh tensor.
+  return make_result_into(
+      out, "pair_bias", {z, gamma, beta, w},
+      profile::timed([=](const Tensor& g, const std::vector<Tensor>& into) -> std::vector<Tensor> {
+        const bool add_dz = need_z && into[0].defined();
+        Tensor dz = add_dz ? into[0] : need_z ? Tensor::empty(sz.shape(), sz.dtype(), g.device()) : Tensor();
+        Tensor dg = need_g ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
+        Tensor db = need_b ? Tensor::empty({C}, sg.dtype(), g.device()) : Tensor();
+        Tensor dw = need_w ? Tensor::empty(sw.shape(), sw.dtype(), g.device()) : Tensor();
+        launch_pair_bias_backward(g, sz, sg, sb, sw, dz, dg, db, dw, d, eps, add_dz);
+        return {dz, dg, db, dw};
+      }));
 }
 
 // a:(Va,D) ia:(...,S...) I32 b:(Vb,D) ib:(S...) I32 → (...,S...,D) of out_dtype

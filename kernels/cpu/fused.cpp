@@ -47,7 +47,8 @@ void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T*
 
 template <class T>
 void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, const T* w, T* dz, T* dgamma,
-                        T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C, int64_t H, double eps) {
+                        T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C, int64_t H, double eps,
+                        bool accumulate_dz) {
   const int64_t NM = N * M;
   const int nt = max_threads();
   const bool want_params = dgamma || dbeta || dw;
@@ -86,7 +87,10 @@ void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, c
       }
       const T m1 = s1 / static_cast<T>(C), m2 = s2 / static_cast<T>(C);
       T* dzr = dz + row * C;
-      for (int64_t c = 0; c < C; ++c) dzr[c] = r * (n[c] - m1 - xh[c] * m2);
+      if (accumulate_dz)
+        for (int64_t c = 0; c < C; ++c) dzr[c] += r * (n[c] - m1 - xh[c] * m2);
+      else
+        for (int64_t c = 0; c < C; ++c) dzr[c] = r * (n[c] - m1 - xh[c] * m2);
     }
   });
   if (!want_params) return;
@@ -156,7 +160,7 @@ void embedding_sum_backward(const T* g, const int32_t* ia, const int32_t* ib, T*
   template void pair_bias_forward<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
                                      int64_t, int64_t, double);                                             \
   template void pair_bias_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,     \
-                                      int64_t, int64_t, int64_t, int64_t, int64_t, double);                 \
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, double, bool);           \
   template void embedding_sum_forward<T>(const T*, const int32_t*, const T*, const int32_t*, T*, int64_t,   \
                                          int64_t, int64_t, int64_t, int64_t);                               \
   template void embedding_sum_backward<T>(const T*, const int32_t*, const int32_t*, T*, T*, int64_t,        \

@@ -27,12 +27,15 @@ template <class T>
 void pair_bias_forward(const T* z, const T* gamma, const T* beta, const T* w, T* out, int64_t B, int64_t N,
                        int64_t M, int64_t C, int64_t H, double eps);
 
-// g:(B,H,N,M) z:(B,N,M,C) γ,β:(C) W:(H,C) → dz:(B,N,M,C), dγ,dβ:(C), dW:(H,C); each written
-// (=) only if non-null. The parameter gradients are summed in double, per thread in row order,
-// then over threads in thread order (deterministic for a given thread count).
+// g:(B,H,N,M) z:(B,N,M,C) γ,β:(C) W:(H,C) → dz:(B,N,M,C), dγ,dβ:(C), dW:(H,C); each only if
+// non-null. dγ, dβ, dW are written (=); dz is written, or added to (+=) with accumulate_dz (the
+// sum of z's gradients over the ops that read it, framework/autograd.h). The parameter gradients
+// are summed in double, per thread in row order, then over threads in thread order
+// (deterministic for a given thread count).
 template <class T>
 void pair_bias_backward(const T* g, const T* z, const T* gamma, const T* beta, const T* w, T* dz, T* dgamma,
-                        T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C, int64_t H, double eps);
+                        T* dbeta, T* dw, int64_t B, int64_t N, int64_t M, int64_t C, int64_t H, double eps,
+                        bool accumulate_dz);
 
 // a:(Va,D) ia:(rows) b:(Vb,D) ib:(S), S divides rows → out:(rows,D). An index outside its table
 // is an error naming its position.

@@ -123,8 +123,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class T, int CM, int HM>
 __global__ void __launch_bounds__(kThreads)
     pair_bias_backward_kernel(const T* g, const T* z, const void* gamma, const void* beta, const void* w,
-                              bool pbf, T* dz, float* partial, int64_t rows, int64_t NM, int C, int H,
-                              float eps) {
+                              bool pbf, T* dz, bool accumulate, float* partial, int64_t rows, int64_t NM,
+                              int C, int H, float eps) {
   __shared__ __align__(16) float s_w[HM][CM];  // zero past (H, C)
   __shared__ float s_gam[CM], s_bet[CM];
   extern __shared__ float smem[];
@@ -192,6 +192,11 @@ __global__ void __launch_bounds__(kThreads)
       const float m1 = s1 / C, m2 = s2 / C;
 #pragma unroll
       for (int c = 0; c < CM; ++c) dn[c] = r * (dn[c] - m1 - x[c] * m2);
+      if (accumulate) {  // dz += (x is no longer needed)
+        load_row<T, CM>(dz + row * C, C, x);
+#pragma unroll
+        for (int c = 0; c < CM; ++c) dn[c] += x[c];
+      }
       store_row<T, CM>(dz + row * C, C, dn);
     }
     if (!want_params) continue;
@@ -250,9 +255,10 @@ __global__ void pair_bias_param_sum_kernel(const float* partial, int blocks, int
 // ---- pair_bias of any width: channels in chunks of kChunk, heads in groups of kHeadGroup ------
 //
 // The kernels above keep a whole row (C values) and its H outputs in registers, which caps them
-// at kPairBiasMaxC / kPairBiasMaxH. Past that the same maths runs with the row in chunks of
-// kChunk channels (re-read from z, which a block's 128 rows keep in L1) and the weights for all
-// (H, C) in dynamic shared memory; shared memory is then the only limit (pair_bias_fits).
+// at kPairBiasMaxC / kPairBiasMaxH. Past that, up to C = 256, the lane-group kernels below take
+// a row per 16 or 32 lanes. Past those the same maths runs with the row in chunks of kChunk
+// channels (re-read from z, which a block's 128 rows keep in L1) and the weights for all (H, C)
+// in dynamic shared memory; shared memory is then the only limit (pair_bias_fits).
 constexpr int kChunk = 32;
 constexpr int kHeadGroup = 64;  // forward accumulators per thread (one pass over z per group)
 
@@ -360,8 +366,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     pair_bias_backward_wide_kernel(const T* g, const T* z, const void* gamma, const void* beta, const void* w,
-                                   bool pbf, T* dz, float* partial, int64_t rows, int64_t NM, int C, int H,
-                                   float eps) {
+                                   bool pbf, T* dz, bool accumulate, float* partial, int64_t rows, int64_t NM,
+                                   int C, int H, float eps) {
   extern __shared__ __align__(16) float smem[];
   const int Cp = round_up(C, kChunk), Hs = H | 1;  // Hs odd: thread t's s_dy row, no conflicts
   constexpr int Xs = kChunk + 1;
@@ -460,6 +466,11 @@ __global__ void __launch_bounds__(kThreads)
       project(c0, dn);
 #pragma unroll
       for (int c = 0; c < kChunk; ++c) dn[c] = r * (__fmul_rn(dn[c], s_gam[c0 + c]) - m1 - x[c] * m2);
+      if (accumulate) {  // dz += (x is no longer needed)
+        load_row<T, kChunk>(dz + row * C + c0, min(kChunk, C - c0), x);
+#pragma unroll
+        for (int c = 0; c < kChunk; ++c) dn[c] += x[c];
+      }
       store_row<T, kChunk>(dz + row * C + c0, min(kChunk, C - c0), dn);
     }
   }
@@ -468,14 +479,488 @@ __global__ void __launch_bounds__(kThreads)
   for (int o = threadIdx.x; o < P; o += blockDim.x) partial[int64_t(blockIdx.x) * P + o] = acc[o];
 }
 
+// ---- pair_bias with a group of L lanes per row (C up to 256) ----------------------------------
+//
+// The wide kernels above give a row of C > 64 channels to one thread: z is re-read chunk by
+// chunk (3–4 times per call) and the parameter sums go through shared memory entry by entry.
+// These give a row to L = 16 or 32 lanes of a warp instead; lane q of its group holds the K
+// channels qK .. qK + K − 1 (one coalesced 8/16-byte load per lane: the group reads the row in
+// one go), so z is read once per call, forward and backward:
+//  - μ, 1/σ (two-pass) and the backward's s1 = Σ dx̂, s2 = Σ dx̂·x̂ are sums over the group's lanes
+//    (shuffles, log₂L steps each);
+//  - the forward's H dot products Σ_c W[h,c]·n[c] are reduced over the group by a
+//    reduce-scatter (log₂H exchange steps halving the values each lane holds, then log₂(L/H)
+//    plain steps: H − 1 + log₂(L/H) shuffles instead of H·log₂L), leaving head h in lanes whose
+//    bits say h; the results of a warp's 32 rows go through shared memory and leave as H
+//    coalesced stores;
+//  - the backward loads dy (H values per row, strided by N·M in g) for 32 consecutive rows at
+//    once, lane l taking row base + l, and broadcasts them to the row's group by shuffles; each
+//    lane adds dW[h, its channels] += dy[h]·n, dγ += dn·x̂, dβ += dn in registers over every row
+//    its group takes, and the block leaves one partial row as the other kernels do.
+// W (·γ in the forward) for a lane's channels stays in registers (H·K values); in the backward,
+// where H·K passes kPbLaneWRegs, W is read from shared memory (one 16-byte read per head and row)
+// and only dW stays in registers.
+// 4 warps, each taking 32 consecutive rows at a time: with the forward's ~150 registers 3 blocks
+// (12 warps) fit an SM where 2 of 8 warps would not; the backward (~250) runs 2 (8 warps).
+constexpr int kPbLaneThreads = 128;
+constexpr int kPbLaneWRegs = 64;  // W values per lane kept in registers by the backward
+
+template <int B>
+struct VecOf;
+template <>
+struct VecOf<16> {
+  using type = uint4;
+};
+template <>
+struct VecOf<8> {
+  using type = uint2;
+};
+template <>
+struct VecOf<4> {
+  using type = unsigned;
+};
+template <>
+struct VecOf<2> {
+  using type = unsigned short;
+};
+
+// The widest load (≤ 16 bytes) that splits K elements of T evenly.
+template <class T, int K>
+__host__ __device__ constexpr int lane_vec_bytes() {
+  constexpr int b = K * int(sizeof(T));
+  return b % 16 == 0 ? 16 : b % 8 == 0 ? 8 : b % 4 == 0 ? 4 : int(sizeof(T));
+}
+
+// A lane's K elements of T as loaded, in 32-bit words (bf16: element k in the low or high half of
+// word k/2): the prefetch buffers hold these, for bf16 half the registers of the fp32 values.
+template <class T, int K>
+struct LaneRaw {
+  static_assert(K * sizeof(T) % 8 == 0, "a lane loads 8 or 16 bytes at a time");
+  unsigned w[K * sizeof(T) / 4];
+};
+
+__device__ __forceinline__ unsigned elem_bits(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ unsigned elem_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+
+// p[0..n) as loaded, zero past n (n = the lane's channels inside the row, 0..K).
+template <class T, int K>
+__device__ __forceinline__ LaneRaw<T, K> load_raw(const T* p, int n) {
+  constexpr int V = lane_vec_bytes<T, K>(), kWordsPerVec = V / 4;
+  using Vec = typename VecOf<V>::type;
+  LaneRaw<T, K> r;
+  if (n == K && reinterpret_cast<uintptr_t>(p) % V == 0) {
+#pragma unroll
+    for (int i = 0; i < K * int(sizeof(T)) / V; ++i) {
+      const Vec u = reinterpret_cast<const Vec*>(p)[i];
+#pragma unroll
+      for (int j = 0; j < kWordsPerVec; ++j)
+        r.w[i * kWordsPerVec + j] = reinterpret_cast<const unsigned*>(&u)[j];
+    }
+  } else {
+    constexpr int kPerWord = 4 / int(sizeof(T));
+#pragma unroll
+    for (int j = 0; j < K / kPerWord; ++j) r.w[j] = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (k < n) r.w[k / kPerWord] |= elem_bits(p[k]) << (32 / kPerWord * (k % kPerWord));
+  }
+  return r;
+}
+
+// x[0..K) = the values of r in fp32.
+template <class T, int K>
+__device__ __forceinline__ void unpack(const LaneRaw<T, K>& r, float (&x)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if constexpr (sizeof(T) == 4)
+      x[k] = __uint_as_float(r.w[k]);
+    else
+      x[k] = __uint_as_float(k % 2 == 0 ? r.w[k / 2] << 16 : r.w[k / 2] & 0xffff0000u);
+  }
+}
+
+// p[0..n) = v[0..n), one rounding to T.
+template <class T, int K>
+__device__ __forceinline__ void store_lane(T* p, int n, const float (&v)[K]) {
+  constexpr int V = lane_vec_bytes<T, K>(), kPer = V / int(sizeof(T));
+  using Vec = typename VecOf<V>::type;
+  if (n == K && reinterpret_cast<uintptr_t>(p) % V == 0) {
+#pragma unroll
+    for (int k = 0; k < K / kPer; ++k) {
+      Vec u;
+      T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) e[q] = from_f<T>(v[k * kPer + q]);
+      reinterpret_cast<Vec*>(p)[k] = u;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (k < n) p[k] = from_f<T>(v[k]);
+  }
+}
+
+// x ← x̂ of one row held by an L-lane group (K channels per lane, n of them inside the row, the
+// rest zero); returns r = 1/σ. Two-pass statistics (as normalise above); x̂ is zero past C.
+template <int L, int K>
+__device__ __forceinline__ float normalise_lanes(float (&x)[K], int n, int C, float eps) {
+  float s = 0;
+#pragma unroll
+  for (int k = 0; k < K; ++k) s += x[k];
+  const float mu = warp_sum(s, L) / C;
+  float v = 0;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (k < n) v += (x[k] - mu) * (x[k] - mu);
+  const float r = rsqrtf(warp_sum(v, L) / C + eps);
+#pragma unroll
+  for (int k = 0; k < K; ++k) x[k] = k < n ? (x[k] - mu) * r : 0.f;
+  return r;
+}
+
+// Runs a warp over its rows: batches of 32 consecutive rows at base = (block·warps + warp)·32,
+// + grid·warps·32, ...; in each batch, iteration it gives the lane's group row
+// base + it·(32/L) + lane/L. Calls begin(base), row(base, it, x) for every iteration with x this
+// lane's K values of z (zero past the rows and past C), end(base). z is loaded D iterations ahead
+// (across batches too): D rows per group stay in flight while one is computed.
+template <class T, int L, int K, int D, class Begin, class Row, class End>
+__device__ __forceinline__ void for_each_warp_row(const T* z, int64_t rows, int C, int c0, int n,
+                                                  Begin&& begin, Row&& row, End&& end) {
+  constexpr int kWarps = kPbLaneThreads / 32, NIT = L;  // iterations per batch: 32 rows, 32/L a time
+  static_assert(NIT % D == 0, "the prefetch depth divides a batch");
+  const int lane = threadIdx.x % 32;
+  const int64_t step = int64_t(gridDim.x) * kWarps * 32;
+  const int64_t first = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * 32;
+  auto fetch = [&](int64_t base, int it) {
+    const int64_t r = base + it * (32 / L) + lane / L;
+    return r < rows ? load_raw<T, K>(z + r * C + c0, n) : LaneRaw<T, K>{};
+  };
+  LaneRaw<T, K> buf[D];  // buf[p]: iteration ≡ p (mod D)
+#pragma unroll
+  for (int p = 0; p < D; ++p) buf[p] = fetch(first, p);
+  for (int64_t base = first; base < rows; base += step) {
+    begin(base);
+#pragma unroll 1
+    for (int it0 = 0; it0 < NIT; it0 += D) {
+#pragma unroll
+      for (int p = 0; p < D; ++p) {
+        const int it = it0 + p;
+        float x[K];
+        unpack(buf[p], x);
+        buf[p] = it + D < NIT ? fetch(base, it + D) : fetch(base + step, it + D - NIT);
+        row(base, it, x);
+      }
+    }
+    end(base);
+  }
+}
+
+// The prefetch depth: 64 bytes of z per lane in flight (4 rows of bf16 at C = 128), fewer where
+// the registers are short.
+template <class T, int K>
+__host__ __device__ constexpr int lane_prefetch(int bytes = 64) {
+  const int d = bytes / (K * int(sizeof(T)));
+  return d >= 4 ? 4 : d >= 2 ? 2 : 1;
+}
+
+// One exchange step of reduce_scatter: lanes whose bit O is set keep a[N/2..N), the others
+// a[0..N/2); each sends the other half to its partner (lane ^ O) and adds what it receives.
+// Templates rather than loops: every index stays a compile-time constant (registers, no stack).
+template <int N, int O, int HM>
+__device__ __forceinline__ void scatter_step(float (&a)[HM], int lane, int& mine) {
+  if constexpr (N > 1) {
+    const bool upper = (lane & O) != 0;
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) {
+      const float send = upper ? a[j] : a[j + N / 2];
+      const float keep = upper ? a[j + N / 2] : a[j];
+      a[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    if (upper) mine += N / 2;
+    scatter_step<N / 2, O / 2>(a, lane, mine);
+  } else {
+#pragma unroll
+    for (int o = O; o > 0; o /= 2) a[0] += __shfl_xor_sync(0xffffffffu, a[0], o);  // plain sums
+  }
+}
+
+// Sums a[0..HM) over the L lanes of each group: on return a[0] holds the group's sum of head
+// *h, the same in the L/HM lanes whose low bits are the group's (HM ≤ L, both powers of two).
+template <int L, int HM>
+__device__ __forceinline__ void reduce_scatter(float (&a)[HM], int lane, int* h) {
+  static_assert(HM <= L && (HM & (HM - 1)) == 0 && (L & (L - 1)) == 0, "powers of two, HM <= L");
+  int mine = 0;
+  scatter_step<HM, L / 2>(a, lane, mine);
+  *h = mine;
+}
+
+// out[b,h,i,j] = Σ_c (W[h,c]·γ[c])·x̂[c] + Σ_c W[h,c]·β[c]   (as pair_bias_forward_kernel)
+template <class T, int L, int K, int HM>
+__global__ void __launch_bounds__(kPbLaneThreads)
+    pair_bias_forward_lanes_kernel(const T* z, const void* gamma, const void* beta, const void* w, bool pbf,
+                                   T* out, int64_t rows, int64_t NM, int C, int H, float eps) {
+  constexpr int R = 32 / L, kWarps = kPbLaneThreads / 32;
+  __shared__ float s_out[kWarps][HM][33];  // a warp's 32 rows of output, per head
+  __shared__ float s_wb[HM];               // W·β (zero past H)
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, q = lane % L;
+  const int c0 = q * K, n = max(0, min(K, C - c0));  // this lane's channels
+  for (int h = warp; h < HM; h += kWarps) {          // a warp per head: C/32 loads per lane, not C
+    float s = 0;
+    if (h < H)
+      for (int c = lane; c < C; c += 32) s += load_param(w, pbf, h * C + c) * load_param(beta, pbf, c);
+    s = warp_sum(s);
+    if (lane == 0) s_wb[h] = s;
+  }
+  float wg[HM][K];  // W·γ, zero past (H, C)
+#pragma unroll
+  for (int h = 0; h < HM; ++h)
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      wg[h][k] = h < H && k < n ? load_param(w, pbf, h * C + c0 + k) * load_param(gamma, pbf, c0 + k) : 0.f;
+  __syncthreads();
+  for_each_warp_row<T, L, K, lane_prefetch<T, K>()>(
+      z, rows, C, c0, n, [](int64_t) {},
+      [&](int64_t, int it, float(&x)[K]) {
+        const int t = it * R + lane / L;  // the row of the batch this lane's group takes
+        normalise_lanes<L, K>(x, n, C, eps);
+        float acc[HM];  // W·β enters once per group, through its first lane
+#pragma unroll
+        for (int h = 0; h < HM; ++h) {
+          float s = q == 0 ? s_wb[h] : 0.f;
+#pragma unroll
+          for (int k = 0; k < K; ++k) s += wg[h][k] * x[k];
+          acc[h] = s;
+        }
+        int h;
+        reduce_scatter<L, HM>(acc, lane, &h);
+        if ((lane & (L / HM - 1)) == 0) s_out[warp][h][t] = acc[0];
+      },
+      [&](int64_t base) {
+        __syncwarp();
+        const int64_t row = base + lane;
+        if (row < rows) {
+          const int64_t b = row / NM, ij = row - b * NM;
+          T* o = out + b * H * NM + ij;
+          for (int h = 0; h < H; ++h) o[h * NM] = from_f<T>(s_out[warp][h][lane]);
+        }
+        __syncwarp();  // s_out is read before the next batch writes it
+      });
+}
+
+// The backward (kernels/cpu/fused.h derives it). Per row, in its group: x̂, r; dy by shuffle;
+// dn = Wᵀ·dy; dW += dy ⊗ n, dγ += dn·x̂, dβ += dn in the lanes' registers; dz = r·(dx̂ − mean(dx̂)
+// − x̂·mean(dx̂·x̂)), dx̂ = dn·γ, written or added (accumulate). At the end the lanes that hold the
+// same channels, then the warps, add their sums in a fixed order into the block's partial row.
+// WS: W in shared memory (H·K past kPbLaneWRegs), else in registers.
+template <class T, int L, int K, int HM, bool WS>
+__global__ void __launch_bounds__(kPbLaneThreads)
+    pair_bias_backward_lanes_kernel(const T* g, const T* z, const void* gamma, const void* beta,
+                                    const void* w, bool pbf, T* dz, bool accumulate, float* partial,
+                                    int64_t rows, int64_t NM, int C, int H, float eps) {
+  constexpr int R = 32 / L, kWarps = kPbLaneThreads / 32, CP = L * K;
+  static_assert(WS || HM * K <= kPbLaneWRegs, "W past the register budget belongs in shared memory");
+  extern __shared__ __align__(16) float smem[];  // WS: W, γ, β; at the end: the block's sums
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, q = lane % L;
+  const int c0 = q * K, n = max(0, min(K, C - c0));
+  const bool want_params = partial != nullptr;
+  // W[h, c0 + k], γ, β (zero past (H, C)): registers, or (WS) shared memory [HM][CP] | γ | β.
+  float wr[WS ? 1 : HM][K], gam_r[WS ? 1 : K], bet_r[WS ? 1 : K];
+  const float* s_gam = smem + HM * CP;
+  const float* s_bet = s_gam + CP;
+  if (WS) {
+    for (int i = threadIdx.x; i < HM * CP; i += blockDim.x) {
+      const int h = i / CP, c = i % CP;
+      smem[i] = h < H && c < C ? load_param(w, pbf, h * C + c) : 0.f;
+    }
+    for (int c = threadIdx.x; c < CP; c += blockDim.x) {
+      smem[HM * CP + c] = c < C ? load_param(gamma, pbf, c) : 0.f;
+      smem[HM * CP + CP + c] = c < C ? load_param(beta, pbf, c) : 0.f;
+    }
+    __syncthreads();
+  } else {
+#pragma unroll
+    for (int h = 0; h < (WS ? 1 : HM); ++h)
+#pragma unroll
+      for (int k = 0; k < K; ++k) wr[h][k] = h < H && k < n ? load_param(w, pbf, h * C + c0 + k) : 0.f;
+#pragma unroll
+    for (int k = 0; k < (WS ? 1 : K); ++k) {
+      gam_r[k] = k < n ? load_param(gamma, pbf, c0 + k) : 0.f;
+      bet_r[k] = k < n ? load_param(beta, pbf, c0 + k) : 0.f;
+    }
+  }
+  auto gam = [&](int k) { return WS ? s_gam[c0 + k] : gam_r[WS ? 0 : k]; };
+  auto bet = [&](int k) { return WS ? s_bet[c0 + k] : bet_r[WS ? 0 : k]; };
+  float aw[HM][K], ag[K], ab[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    ag[k] = ab[k] = 0;
+#pragma unroll
+    for (int h = 0; h < HM; ++h) aw[h][k] = 0;
+  }
+  float dyl[HM];  // dy of row base + lane of the current batch (zero past H and past the rows)
+  constexpr int kDepth = lane_prefetch<T, K>(WS ? 32 : 64);
+  for_each_warp_row<T, L, K, kDepth>(
+      z, rows, C, c0, n,
+      [&](int64_t base) {
+        const int64_t row = base + lane;
+        const int64_t b = row / NM, ij = row - b * NM;
+        const T* gr = g + b * H * NM + ij;
+#pragma unroll
+        for (int h = 0; h < HM; ++h) dyl[h] = h < H && row < rows ? to_f(gr[h * NM]) : 0.f;
+      },
+      [&](int64_t base, int it, float(&x)[K]) {
+        const int t = it * R + lane / L;
+        const int64_t row = base + t;
+        const bool valid = row < rows;
+        // The old dz (accumulate), issued first: its latency hides behind the maths.
+        const LaneRaw<T, K> old =
+            dz && accumulate && valid ? load_raw<T, K>(dz + row * C + c0, n) : LaneRaw<T, K>{};
+        float r = normalise_lanes<L, K>(x, n, C, eps);
+        if (!valid) {  // past the rows: x̂ = 0 and dy = 0 add nothing (even with eps = 0)
+          r = 0;
+#pragma unroll
+          for (int k = 0; k < K; ++k) x[k] = 0;
+        }
+        float dn[K], nk[K];  // dn = Wᵀ·dy, n = x̂·γ + β
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          dn[k] = 0;
+          nk[k] = x[k] * gam(k) + bet(k);
+        }
+#pragma unroll
+        for (int h = 0; h < HM; ++h) {
+          const float dyh = __shfl_sync(0xffffffffu, dyl[h], t);  // dy[h] of the group's row
+          if (want_params)
+#pragma unroll
+            for (int k = 0; k < K; ++k) aw[h][k] += dyh * nk[k];
+          if (WS) {
+            static_assert(!WS || K % 4 == 0, "W rows in shared memory are read 4 channels at a time");
+#pragma unroll
+            for (int k = 0; k < K; k += 4) {
+              const float4 v = *reinterpret_cast<const float4*>(smem + h * CP + c0 + k);
+              dn[k] += dyh * v.x;
+              dn[k + 1] += dyh * v.y;
+              dn[k + 2] += dyh * v.z;
+              dn[k + 3] += dyh * v.w;
+            }
+          } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) dn[k] += dyh * wr[WS ? 0 : h][k];
+          }
+        }
+        if (want_params)
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            ag[k] += dn[k] * x[k];
+            ab[k] += dn[k];
+          }
+        if (!dz) return;
+        // dx̂ = dn·γ rounded once (no FMA into the subtraction: with C = 1, dz is exactly 0).
+        float s1 = 0, s2 = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          dn[k] = __fmul_rn(dn[k], gam(k));  // zero past C
+          s1 += dn[k];
+          s2 += dn[k] * x[k];
+        }
+        const float m1 = warp_sum(s1, L) / C, m2 = warp_sum(s2, L) / C;
+        if (!valid) return;
+        float o[K];
+        unpack(old, o);
+#pragma unroll
+        for (int k = 0; k < K; ++k) dn[k] = o[k] + r * (dn[k] - m1 - x[k] * m2);
+        store_lane<T, K>(dz + row * C + c0, n, dn);
+      },
+      [](int64_t) {});
+  if (!want_params) return;
+    // The R lanes of a warp that hold the same channels add up (lane q first), then the warps in
+    // order: red[o], o over (dW (H·C) | dγ (C) | dβ (C)).
+#pragma unroll
+  for (int o = L; o < 32; o *= 2)
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      ag[k] += __shfl_down_sync(0xffffffffu, ag[k], o);
+      ab[k] += __shfl_down_sync(0xffffffffu, ab[k], o);
+#pragma unroll
+      for (int h = 0; h < HM; ++h) aw[h][k] += __shfl_down_sync(0xffffffffu, aw[h][k], o);
+    }
+  const int P = H * C + 2 * C;
+  float* red = smem;
+  __syncthreads();  // (WS: every warp is done reading W)
+  for (int v = 0; v < kWarps; ++v) {
+    if (warp == v && lane < L)
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (k >= n) break;
+        const int c = c0 + k;
+        red[H * C + c] = v == 0 ? ag[k] : red[H * C + c] + ag[k];
+        red[H * C + C + c] = v == 0 ? ab[k] : red[H * C + C + c] + ab[k];
+#pragma unroll
+        for (int h = 0; h < HM; ++h)
+          if (h < H) red[h * C + c] = v == 0 ? aw[h][k] : red[h * C + c] + aw[h][k];
+      }
+    __syncthreads();
+  }
+  for (int o = threadIdx.x; o < P; o += blockDim.x) partial[int64_t(blockIdx.x) * P + o] = red[o];
+}
+
+// The lane-group kernels' shape for (C, H): L lanes per row, K channels per lane, HM heads, W in
+// shared memory (ws); L = 0 where none takes (C, H). The first that fits, fewest lanes first (fewer
+// shuffles per row), H·K ≤ kPbLaneWRegs before W in shared memory.
+struct LaneShape {
+  int L, K, HM;
+  bool ws;
+};
+constexpr LaneShape kLaneShapes[] = {
+    {16, 8, 8, false}, {32, 4, 16, false}, {32, 8, 8, false}, {32, 4, 32, true}, {32, 8, 16, true}};
+LaneShape lane_shape(int C, int H) {
+  for (const LaneShape& s : kLaneShapes)
+    if (C <= s.L * s.K && H <= s.HM) return s;
+  return {0, 0, 0, false};
+}
+
+// Calls f(integral constants L, K, HM, WS) for lane_shape(C, H) (which must take (C, H)).
+template <class F>
+void dispatch_lanes(int C, int H, F&& f) {
+  const LaneShape s = lane_shape(C, H);
+  using std::integral_constant;
+  if (s.L == 16)
+    f(integral_constant<int, 16>{}, integral_constant<int, 8>{}, integral_constant<int, 8>{},
+      integral_constant<bool, false>{});
+  else if (s.K == 4 && s.HM == 16)
+    f(integral_constant<int, 32>{}, integral_constant<int, 4>{}, integral_constant<int, 16>{},
+      integral_constant<bool, false>{});
+  else if (s.K == 8 && s.HM == 8)
+    f(integral_constant<int, 32>{}, integral_constant<int, 8>{}, integral_constant<int, 8>{},
+      integral_constant<bool, false>{});
+  else if (s.K == 4)
+    f(integral_constant<int, 32>{}, integral_constant<int, 4>{}, integral_constant<int, 32>{},
+      integral_constant<bool, true>{});
+  else
+    f(integral_constant<int, 32>{}, integral_constant<int, 8>{}, integral_constant<int, 16>{},
+      integral_constant<bool, true>{});
+}
+
+// Dynamic shared memory of the lane-group backward: W (ws) and the block's sums, in bytes.
+size_t lanes_backward_smem_bytes(int C, int H) {
+  const LaneShape s = lane_shape(C, H);
+  const size_t w = s.ws ? size_t(s.HM + 2) * s.L * s.K : 0;  // W, γ, β
+  return std::max(w, size_t(H) * C + 2 * size_t(C)) * sizeof(float);
+}
+
 bool is_narrow(int C, int H) { return C <= kPairBiasMaxC && H <= kPairBiasMaxH; }
 
 int64_t backward_blocks(int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>((rows + kThreads - 1) / kThreads, kMaxBlocksBwd));
 }
 
+// Which kernels take (C, H): the register kernels, the lane-group kernels, else the wide ones.
+bool takes_lanes(int C, int H) { return !is_narrow(C, H) && lane_shape(C, H).L != 0; }
+
 size_t pair_bias_smem_bytes(int C, int H) {
-  return is_narrow(C, H) ? 0 : wide_backward_smem_floats(C, H) * sizeof(float);
+  return is_narrow(C, H)     ? 0
+         : takes_lanes(C, H) ? lanes_backward_smem_bytes(C, H)
+                             : wide_backward_smem_floats(C, H) * sizeof(float);
 }
 
 void check_sizes(int C, int H, const char* what) {
@@ -667,6 +1152,25 @@ void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* 
       static_cast<unsigned>(std::min<int64_t>((rows + kThreads - 1) / kThreads, kMaxBlocksFwd));
   dispatch_dtype(zt, "pair_bias_forward", [&](auto t) {
     using T = decltype(t);
+    if (takes_lanes(C, H)) {
+      dispatch_lanes(C, H, [&](auto l, auto k, auto hm, auto) {
+        constexpr int L = decltype(l)::value, K = decltype(k)::value, HM = decltype(hm)::value;
+        auto kernel = pair_bias_forward_lanes_kernel<T, L, K, HM>;
+        // As many blocks as run at once (each warp then takes an even share of the batches and
+        // prefetches across them), fewer for few rows.
+        int dev = 0, sms = 0, per_sm = 0;
+        PF_CUDA_CHECK(cudaGetDevice(&dev));
+        PF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        PF_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPbLaneThreads, 0));
+        const unsigned lgrid = static_cast<unsigned>(std::max<int64_t>(
+            1, std::min<int64_t>((rows + kPbLaneThreads - 1) / kPbLaneThreads, int64_t(sms) * per_sm)));
+        kernel<<<lgrid, kPbLaneThreads, 0, cur_stream()>>>(static_cast<const T*>(z), gamma, beta, w, pbf,
+                                                           static_cast<T*>(out), rows, N * M, C, H,
+                                                           static_cast<float>(eps));
+        PF_CUDA_CHECK_LAUNCH("pair_bias_forward_lanes_kernel");
+      });
+      return;
+    }
     if (!is_narrow(C, H)) {
       auto kernel = pair_bias_forward_wide_kernel<T>;
       const size_t smem = wide_forward_smem_floats(C, H) * sizeof(float);
@@ -693,7 +1197,8 @@ size_t pair_bias_backward_workspace_bytes(int64_t B, int64_t N, int64_t M, int C
 
 void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void* z, const void* gamma,
                         const void* beta, const void* w, void* dz, void* dgamma, void* dbeta, void* dw,
-                        int64_t B, int64_t N, int64_t M, int C, int H, double eps, void* workspace) {
+                        int64_t B, int64_t N, int64_t M, int C, int H, double eps, bool accumulate_dz,
+                        void* workspace) {
   check_sizes(C, H, "pair_bias_backward");
   const bool pbf = param_is_bf16(pt, "pair_bias_backward");
   const int64_t rows = B * N * M;
@@ -709,12 +1214,26 @@ void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void*
   float* partial = want_params ? static_cast<float*>(workspace) : nullptr;
   dispatch_dtype(zt, "pair_bias_backward", [&](auto t) {
     using T = decltype(t);
+    const bool acc = dz != nullptr && accumulate_dz;
+    if (takes_lanes(C, H)) {
+      dispatch_lanes(C, H, [&](auto l, auto k, auto hm, auto ws) {
+        auto kernel = pair_bias_backward_lanes_kernel<T, decltype(l)::value, decltype(k)::value,
+                                                      decltype(hm)::value, decltype(ws)::value>;
+        const size_t smem = pair_bias_smem_bytes(C, H);
+        allow_smem(kernel, smem);
+        kernel<<<blocks, kPbLaneThreads, smem, cur_stream()>>>(
+            static_cast<const T*>(g), static_cast<const T*>(z), gamma, beta, w, pbf, static_cast<T*>(dz), acc,
+            partial, rows, N * M, C, H, static_cast<float>(eps));
+        PF_CUDA_CHECK_LAUNCH("pair_bias_backward_lanes_kernel");
+      });
+      return;
+    }
     if (!is_narrow(C, H)) {
       auto kernel = pair_bias_backward_wide_kernel<T>;
       const size_t smem = pair_bias_smem_bytes(C, H);
       allow_smem(kernel, smem);
       kernel<<<blocks, kThreads, smem, cur_stream()>>>(static_cast<const T*>(g), static_cast<const T*>(z),
-                                                       gamma, beta, w, pbf, static_cast<T*>(dz), partial,
+                                                       gamma, beta, w, pbf, static_cast<T*>(dz), acc, partial,
                                                        rows, N * M, C, H, static_cast<float>(eps));
       PF_CUDA_CHECK_LAUNCH("pair_bias_backward_wide_kernel");
       return;
@@ -725,7 +1244,7 @@ void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void*
       const size_t smem = sizeof(float) * (size_t(kThreads) * HM + 2 * size_t(kThreads) * (C + 1));
       allow_smem(kernel, smem);
       kernel<<<blocks, kThreads, smem, cur_stream()>>>(static_cast<const T*>(g), static_cast<const T*>(z),
-                                                       gamma, beta, w, pbf, static_cast<T*>(dz), partial,
+                                                       gamma, beta, w, pbf, static_cast<T*>(dz), acc, partial,
                                                        rows, N * M, C, H, static_cast<float>(eps));
       PF_CUDA_CHECK_LAUNCH("pair_bias_backward_kernel");
     });

@@ -11,9 +11,10 @@
 namespace pf::kernels::cuda {
 
 // The widest pair_bias whose row (C values) and H outputs stay in per-thread registers. Wider
-// ones run kernels that take the channels in chunks of 32 and the heads in groups of 64, with
-// W in shared memory: they take any (C, H) whose shared memory fits (pair_bias_fits), which
-// includes C ≤ 256 with H ≤ 64 on sm_80 and later.
+// ones up to C = 256 run kernels that give a row to 16 or 32 lanes of a warp (C ≤ 128 with
+// H ≤ 32, C ≤ 256 with H ≤ 16); past those, kernels that take the channels in chunks of 32 and
+// the heads in groups of 64, with W in shared memory: they take any (C, H) whose shared memory
+// fits (pair_bias_fits), which includes C ≤ 256 with H ≤ 64 on sm_80 and later.
 constexpr int kPairBiasMaxC = 64;
 constexpr int kPairBiasMaxH = 16;
 
@@ -27,11 +28,13 @@ void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* 
 // Bytes of scratch pair_bias_backward needs (per-block partial sums of dW, dγ, dβ, fp32).
 size_t pair_bias_backward_workspace_bytes(int64_t B, int64_t N, int64_t M, int C, int H);
 
-// g:(B,H,N,M) z:(B,N,M,C) → dz:(B,N,M,C), dγ,dβ:(C), dW:(H,C) (each written with =; null = not
-// wanted). The parameter gradients are summed in a fixed order (deterministic).
+// g:(B,H,N,M) z:(B,N,M,C) → dz:(B,N,M,C), dγ,dβ:(C), dW:(H,C) (null = not wanted). dγ, dβ, dW
+// are written (=); dz is written, or added to (+=, one rounding to zt) with accumulate_dz. The
+// parameter gradients are summed in a fixed order (deterministic).
 void pair_bias_backward(ScalarType zt, ScalarType pt, const void* g, const void* z, const void* gamma,
                         const void* beta, const void* w, void* dz, void* dgamma, void* dbeta, void* dw,
-                        int64_t B, int64_t N, int64_t M, int C, int H, double eps, void* workspace);
+                        int64_t B, int64_t N, int64_t M, int C, int H, double eps, bool accumulate_dz,
+                        void* workspace);
 
 // embedding_sum (kernels/cpu/fused.h): out[r] = A[ia[r]] + B[ib[r mod S]] in dtype ot (F32 or
 // BF16), tables of dtype tt (F32 or BF16). An index outside its table reads NaN (forward) and
