@@ -58,18 +58,21 @@ struct ThreadState {
 };
 thread_local ThreadState t_state;
 
-// A scope inside a module scope whose name starts with "pair" (PairRepresentation "pair",
-// the layers' "pair_norm" and "pair_proj") belongs to the pair bias.
-bool in_pair_module() {
+// A scope inside the pair representation's module scope ("pair": its lookups and sums) belongs
+// to "pair_features", one inside a layer's "pair_norm" or "pair_proj" to "pair_bias"; null
+// outside both.
+const char* pair_module_category() {
   const std::string path = anomaly::current_scope();
   size_t begin = 0;
   while (begin <= path.size()) {
     size_t end = path.find('.', begin);
     if (end == std::string::npos) end = path.size();
-    if (std::string_view(path).substr(begin, end - begin).rfind("pair", 0) == 0) return true;
+    const std::string_view part = std::string_view(path).substr(begin, end - begin);
+    if (part == "pair") return "pair_features";
+    if (part.rfind("pair_", 0) == 0) return "pair_bias";
     begin = end + 1;
   }
-  return false;
+  return nullptr;
 }
 
 // ---- the marks of the device's clock: CUDA events on the GPU, host time on the CPU -------------
@@ -185,7 +188,8 @@ Scope::Scope(const char* category) {
     record_ = -2;
     return;
   }
-  const char* cat = in_pair_module() ? "pair_bias" : category;
+  const char* pair = pair_module_category();
+  const char* cat = pair ? pair : category;
   t_state.category = cat;
   record_ = open_record(cat, !grad_enabled());
 }

@@ -12,9 +12,10 @@
 //   outermost category. The span between the two GPU marks is stream time: it includes time the
 //   GPU waited for the host to queue the scope's work, so launch-bound steps show up as such.
 // - Categories are short names chosen by the caller ("attention", "gemm", "layernorm",
-//   "elementwise", "softmax_loss", "pair_bias", "optimizer", "data", ...). A scope opened inside a
-//   module scope named pair* (framework/anomaly.h: "pair", "pair_norm", "pair_proj") is charged
-//   to "pair_bias" whatever its op is: the pair representation's lookups count as pair bias.
+//   "elementwise", "softmax_loss", "pair_bias", "optimizer", "data", ...). A scope opened inside
+//   the pair representation's module scope (framework/anomaly.h: "pair") is charged to
+//   "pair_features", one inside a layer's "pair_norm" or "pair_proj" to "pair_bias", whatever its
+//   op is: the pair tensors' costs stand apart from the rest of the step, and from each other.
 // - Each record goes to the forward or the backward column: backward when it runs inside a
 //   closure wrapped by timed() (the closure is charged to the category its forward resolved),
 //   or when grad mode is off (in a training step: the gradient sums of run_backward).

@@ -18,6 +18,7 @@
 
 #include "framework/allocator.h"
 #include "framework/ops.h"
+#include "framework/anomaly.h"
 #include "framework/profile.h"
 #include "framework/random.h"
 #include "framework/tensor.h"
@@ -192,6 +193,42 @@ TEST(Profile, CpuScopesChargeTheOutermostCategory) {
     EXPECT_NE(table.find(part), std::string::npos) << table;
   profile::reset();
   EXPECT_TRUE(profile::report().empty());
+}
+
+// The pair tensors' work is charged by module, whatever the op: inside the pair representation's
+// scope ("pair") to pair_features, inside a layer's pair_norm / pair_proj to pair_bias; a module
+// whose name only starts with "pair" without the underscore is not one of them.
+TEST(Profile, PairModulesHaveTheirOwnCategories) {
+  Rng rng = make_rng("profile pair");
+  const Tensor a = randn({8, 4}, rng, DType::F64), b = randn({4, 3}, rng, DType::F64);
+  profile::set_enabled(true, Device::CPU);
+  profile::reset();
+  {
+    const anomaly::Scope m("pair");
+    ops::matmul(a, b);
+  }
+  {
+    const anomaly::Scope layer("layers", 2);
+    const anomaly::Scope m("pair_proj");
+    ops::matmul(a, b);
+    ops::matmul(a, b);
+  }
+  {
+    const anomaly::Scope m("pairwise");
+    ops::matmul(a, b);
+  }
+  const std::vector<profile::Row> rows = profile::report();
+  const std::string table = profile::table(rows, 1, 1000.0);
+  profile::set_enabled(false);
+  profile::reset();
+  auto calls = [&](const std::string& name) {
+    for (const auto& r : rows)
+      if (r.category == name) return r.fwd_calls + r.bwd_calls;
+    return int64_t{0};
+  };
+  EXPECT_EQ(calls("pair_features"), 1) << table;
+  EXPECT_EQ(calls("pair_bias"), 2) << table;
+  EXPECT_EQ(calls("gemm"), 1) << table;
 }
 
 }  // namespace
