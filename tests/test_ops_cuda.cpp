@@ -381,6 +381,22 @@ TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
 
 // ---- fused ops (framework/ops/fused.cpp) ------------------------------------------------------
 
+// A pair_bias case of the tests below: z (B,N,M,C) shifted off zero mean, γ near 1, β, W (H,C).
+struct PairBiasSize {
+  int64_t B, N, M, C, H;
+  std::string name(const std::string& what) const {
+    return what + " B" + std::to_string(B) + " N" + std::to_string(N) + " M" + std::to_string(M) + " C" +
+           std::to_string(C) + " H" + std::to_string(H);
+  }
+  std::function<std::vector<Tensor>(Rng&)> inputs() const {
+    const PairBiasSize s = *this;
+    return [s](Rng& r) {
+      return std::vector<Tensor>{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7)),
+                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r), randn({s.H, s.C}, r)};
+    };
+  }
+};
+
 // pair_bias on the GPU against the CPU kernel. bf16: z, the output and the upstream gradient in
 // bf16, the parameters fp32 (as in training; their gradients fp32) and in one case bf16 too. The
 // kernel computes each value in fp32 from bf16-exact inputs and rounds it once, so the
@@ -399,20 +415,14 @@ TEST(OpsCuda, LayernormFp32WeightsBf16Activations) {
 TEST(OpsCuda, FusedPairBiasMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 7);
-  struct S {
-    int64_t B, N, M, C, H;
-  };
+  using S = PairBiasSize;
   for (const S& s : {S{1, 1, 1, 1, 1}, S{2, 17, 19, 5, 3}, S{2, 9, 9, 16, 4}, S{1, 13, 11, 17, 9},
                      S{2, 33, 31, 32, 8}, S{1, 7, 5, 33, 16}, S{1, 6, 8, 64, 1}, S{2, 300, 300, 32, 8},
                      S{1, 5, 3, 65, 1}, S{1, 7, 9, 64, 17}, S{2, 13, 11, 100, 33}, S{2, 300, 300, 128, 8},
                      S{1, 17, 19, 256, 64}, S{1, 9, 7, 33, 65}, S{1, 9, 11, 128, 16}, S{1, 7, 9, 256, 8},
                      S{1, 13, 11, 128, 32}, S{1, 7, 9, 256, 16}, S{1, 9, 7, 203, 5}}) {
-    const std::string name = "pair_bias B" + std::to_string(s.B) + " N" + std::to_string(s.N) + " M" +
-                             std::to_string(s.M) + " C" + std::to_string(s.C) + " H" + std::to_string(s.H);
-    auto inputs = [s](Rng& r) {
-      return std::vector<Tensor>{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7)),
-                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r), randn({s.H, s.C}, r)};
-    };
+    const std::string name = s.name("pair_bias");
+    const auto inputs = s.inputs();
     auto fn = [](const std::vector<Tensor>& x) { return ops::pair_bias(x[0], x[1], x[2], x[3]); };
     const Shape zs{s.B, s.N, s.M, s.C}, os{s.B, s.H, s.N, s.M};
     poison_cache({zs, zs, os});
@@ -468,17 +478,11 @@ TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
 TEST(OpsCuda, FusedPairBiasAddsIntoTheGradientSum) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 11);
-  struct S {
-    int64_t B, N, M, C, H;
-  };
+  using S = PairBiasSize;
   for (const S& s : {S{2, 7, 9, 32, 8}, S{2, 7, 9, 128, 8}, S{1, 13, 11, 256, 16}, S{1, 9, 7, 100, 1},
                      S{2, 5, 7, 65, 33}, S{1, 300, 301, 128, 8}}) {
-    const std::string name = "pair_bias into B" + std::to_string(s.B) + " N" + std::to_string(s.N) + " M" +
-                             std::to_string(s.M) + " C" + std::to_string(s.C) + " H" + std::to_string(s.H);
-    auto inputs = [s](Rng& r) {
-      return std::vector<Tensor>{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7)),
-                                 uniform({s.C}, 0.5, 1.5, r), randn({s.C}, r), randn({s.H, s.C}, r)};
-    };
+    const std::string name = s.name("pair_bias into");
+    const auto inputs = s.inputs();
     auto pairs = [](const std::vector<Tensor>& x, const Tensor& z) {
       return ops::add(ops::pair_bias(z, x[1], x[2], x[3]),
                       ops::pair_bias(z, x[1], x[2], ops::scale(x[3], -0.5)));
