@@ -63,6 +63,21 @@ int64_t first_non_finite(const Tensor& t, std::string* what) {
   return scan(host.data(), static_cast<int64_t>(host.size()), what);
 }
 
+namespace {
+// " (first at flat index k, [i0, i1, …])": the multi-index names the slice (a stacked op's
+// leading dim is its layer)
+std::string first_at(const Shape& shape, int64_t at) {
+  std::string idx;
+  int64_t rest = at;
+  for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {
+    const int64_t n = shape[d] > 0 ? shape[d] : 1;
+    idx = std::to_string(rest % n) + (idx.empty() ? "" : ", ") + idx;
+    rest /= n;
+  }
+  return " (first at flat index " + std::to_string(at) + (shape.size() > 1 ? ", [" + idx + "]" : "") + ")";
+}
+}  // namespace
+
 void check_forward(const Tensor& out, const char* op) {
   if (!enabled()) return;
   std::string what;
@@ -70,7 +85,7 @@ void check_forward(const Tensor& out, const char* op) {
   if (at >= 0)
     PF_FAIL("non-finite value (" << what << ") in the forward of '" << op << "': output "
                                  << shape_str(out.shape()) << " " << scope_text(current_scope())
-                                 << " (first at flat index " << at << ")");
+                                 << first_at(out.shape(), at));
 }
 
 namespace {
@@ -86,7 +101,7 @@ Fn checked(Fn fn, const char* op) {
       if (at >= 0)
         PF_FAIL("non-finite value (" << what << ") in the backward of '" << op << "': gradient of input " << i
                                      << " " << shape_str(grads[i].shape()) << " " << scope_text(scope)
-                                     << " (first at flat index " << at << ")");
+                                     << first_at(grads[i].shape(), at));
     }
     return grads;
   };

@@ -55,6 +55,8 @@ Tensor cast(const Tensor& x, DType dtype);
 Tensor reshape(const Tensor& x, const Shape& shape);            // shares storage; one dim may be −1
 Tensor permute(const Tensor& x, const std::vector<int>& dims);  // copy; out dim i = x dim dims[i]
 Tensor transpose(const Tensor& x, int d0, int d1);              // permute swapping two dims
+// x:(n,...) → the n tensors x[i]:(...), views of x's storage; their gradients add into x's
+std::vector<Tensor> unbind(const Tensor& x);
 
 // ---- attention with an additive bias (the flash-bias layer) ----------------------------------
 struct AttentionOptions {
@@ -90,6 +92,13 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 // memory does not hold W, past C = 256 with H = 64, the op runs the chain and says so once).
 Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
                  double eps = 1e-5);
+// The biases of L layers that read one z (the pair-bias model's layers): pair_bias(z, gammas[l],
+// betas[l], ws[l], eps) for each l. On the CPU one op over L views of one (L,B,H,N,M) result
+// (the single layer's kernel per layer, z's gradient summed over the layers inside it); on the
+// GPU, and unfused, one pair_bias per layer.
+std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>& gammas,
+                                     const std::vector<Tensor>& betas, const std::vector<Tensor>& ws,
+                                     double eps = 1e-5);
 // The pair representation's two lookups in one op: cast(a[ia]) + cast(b[ib]) with ib's dims the
 // trailing dims of ia's (broadcast over the rest), written once in out_dtype (on the CPU the
 // tables' dtype; on the GPU float32 or bfloat16; past Va + Vb = 3072 rows the GPU runs the chain

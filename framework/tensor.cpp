@@ -293,6 +293,15 @@ Tensor Tensor::view(const Shape& new_shape) const {
   return out;
 }
 
+Tensor Tensor::select(int64_t i) const {
+  PF_CHECK(ndim() >= 1 && i >= 0 && i < size(0),
+           "select " << i << " of a tensor of shape " << shape_str(shape()));
+  Tensor out = detach();
+  out.impl_->shape.erase(out.impl_->shape.begin());
+  out.impl_->offset += static_cast<size_t>(i) * out.nbytes();
+  return out;
+}
+
 void Tensor::copy_(const Tensor& src) {
   PF_CHECK(src.numel() == numel(), "copy_ of " << src.str() << " into " << str());
   if (src.dtype() == dtype()) {

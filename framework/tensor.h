@@ -106,6 +106,7 @@ class Tensor {
   Tensor clone() const;
   Tensor detach() const;                  // shares storage, no grad_fn, no requires_grad
   Tensor view(const Shape& shape) const;  // shares storage; same numel; no autograd
+  Tensor select(int64_t i) const;         // x[i] along dim 0: shares storage; no autograd
   void copy_(const Tensor& src);          // element-wise copy (same numel), converting dtype
   void fill_(double value);
   // Replaces this tensor's data (storage, shape, dtype, device) with src's, keeping its identity:

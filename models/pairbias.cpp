@@ -172,29 +172,9 @@ PairBiasLayer::PairBiasLayer(const ModelConfig& cfg, Rng& rng) {
   mlp = register_module("mlp", std::make_shared<nn::MLP>(cfg.d_model, cfg.d_ff, rng));
 }
 
-// The fused pair bias does the work of two modules: an anomaly inside it names both.
-constexpr const char* kPairBiasScope = "pair_norm+pair_proj";
-
-Tensor PairBiasLayer::bias(const Tensor& z, const Packing* packing) const {
-  PF_CHECK(pair_proj, "PairBiasLayer::bias: this layer has no pair bias (model.attn_bias is relpos)");
-  if (!packing)  // LN_z(z)·W_b permuted to (B,H,N,N) in one op: no normalised copy of z
-    return anomaly::in_scope(kPairBiasScope, [&] {
-      return ops::pair_bias(z, pair_norm->weight, pair_norm->bias, pair_proj->weight, pair_norm->eps);
-    });
-  // z (P,c_z) as (1,1,P,c_z): the fused op gives (1,H,1,P), each head's row over all pairs; the
-  // attention op wants chain by chain [H,n_b,n_b].
-  const int64_t P = z.size(0);
-  const Tensor b = anomaly::in_scope(kPairBiasScope, [&] {
-    return ops::pair_bias(ops::reshape(z, {1, 1, P, z.size(1)}), pair_norm->weight, pair_norm->bias,
-                          pair_proj->weight, pair_norm->eps);
-  });
-  return pack_blocks(ops::reshape(b, {b.size(1), P}), packing->pair.pair_start);
-}
-
-Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& z, const Packing* packing) const {
+Tensor PairBiasLayer::forward(const Tensor& x, const Tensor& b, const Packing* packing) const {
   const anomaly::Scope in_module = scope();
   const Tensor x1 = norm1->forward(x);
-  const Tensor b = pair_proj ? bias(z, packing) : Tensor();
   const Tensor h = ops::add(x, attn->forward(x1, b, packing ? packing->cu_seqlens : std::vector<int32_t>{}));
   return ops::add(h, mlp->forward(norm2->forward(h)));
 }
@@ -232,8 +212,33 @@ Tensor PairBiasModel::forward(const Tensor& tokens, const Packing& packing) cons
 }
 
 Tensor PairBiasModel::layers_and_head(Tensor x, const Tensor& z, const Packing* packing) const {
-  for (const auto& layer : layers) x = layer->forward(x, z, packing);
+  const std::vector<Tensor> biases =
+      z.defined() ? pair_biases(z, packing) : std::vector<Tensor>(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) x = layers[l]->forward(x, biases[l], packing);
   return head->forward(final_norm->forward(x));
+}
+
+// The fused pair bias does the work of two modules in every layer: an anomaly inside it names
+// both ("layers.pair_norm+pair_proj", the layer being the first index of the value it names).
+std::vector<Tensor> PairBiasModel::pair_biases(const Tensor& z, const Packing* packing) const {
+  std::vector<Tensor> gammas, betas, ws;
+  for (const auto& layer : layers) {
+    PF_CHECK(layer->pair_proj, "PairBiasModel: a layer without a pair bias in a pair model");
+    gammas.push_back(layer->pair_norm->weight);
+    betas.push_back(layer->pair_norm->bias);
+    ws.push_back(layer->pair_proj->weight);
+  }
+  const double eps = layers.front()->pair_norm->eps;  // every layer's (nn::LayerNorm's 1e-5)
+  const anomaly::Scope in_layers("layers"), in_modules("pair_norm+pair_proj");
+  if (!packing)  // LN_z(z)·W_b permuted to (B,H,N,N) per layer: no normalised copy of z
+    return ops::pair_bias_layers(z, gammas, betas, ws, eps);
+  // z (P,c_z) as (1,1,P,c_z): each layer's (1,H,1,P), each head's row over all pairs; the
+  // attention op wants chain by chain [H,n_b,n_b].
+  const int64_t P = z.size(0);
+  std::vector<Tensor> biases =
+      ops::pair_bias_layers(ops::reshape(z, {1, 1, P, z.size(1)}), gammas, betas, ws, eps);
+  for (Tensor& b : biases) b = pack_blocks(ops::reshape(b, {b.size(1), P}), packing->pair.pair_start);
+  return biases;
 }
 
 LossResult model_loss(const PairBiasModel& model, const Tensor& tokens, const PairFeatures& f,

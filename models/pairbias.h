@@ -88,9 +88,9 @@ class Attention : public nn::BiasedSelfAttention {
 class PairBiasLayer : public nn::Module {
  public:
   PairBiasLayer(const ModelConfig& cfg, Rng& rng);
-  Tensor forward(const Tensor& x, const Tensor& z, const Packing* packing = nullptr) const;
-  // LN_z(z)·W_b permuted to (B,H,N,N), or packed into the 1-D [H,n_b,n_b] blocks; pair models only
-  Tensor bias(const Tensor& z, const Packing* packing = nullptr) const;
+  // b: this layer's attention bias, LN_z(z)·W_b as (B,H,N,N) or packed into the 1-D [H,n_b,n_b]
+  // blocks (PairBiasModel computes every layer's in one op); undefined for relpos models
+  Tensor forward(const Tensor& x, const Tensor& b, const Packing* packing = nullptr) const;
   std::shared_ptr<nn::LayerNorm> pair_norm, norm1, norm2;  // pair_norm: pair models only
   std::shared_ptr<nn::Linear> pair_proj;                   // pair models only
   std::shared_ptr<Attention> attn;
@@ -116,6 +116,8 @@ class PairBiasModel : public nn::Module {
  private:
   // x: the embedded tokens; z: the pair representation (undefined for relpos models)
   Tensor layers_and_head(Tensor x, const Tensor& z, const Packing* packing) const;
+  // Every layer's attention bias from z in one op (ops::pair_bias_layers): z is read once each way
+  std::vector<Tensor> pair_biases(const Tensor& z, const Packing* packing) const;
   ModelConfig cfg_;
 };
 

@@ -72,13 +72,17 @@ TEST(Anomaly, ForwardNamesTheFirstNonFiniteOpWithShapeAndLayer) {
     const char* op;
     const char* where;
     const char* shape;
+    const char* at = "(first at flat index ";  // the index of the first non-finite value
   };
   const Case cases[] = {
       {"embed.weight", kInf, "'embedding'", "in embed ", "[3, 7, 12]"},
-      // the pair representation and the pair bias are fused ops (framework/ops.h)
+      // the pair representation and the pair bias are fused ops (framework/ops.h); one op makes
+      // every layer's bias, its output's first index the layer
       {"pair.dist.weight", kNaN, "'embedding_sum'", "in pair ", "[3, 7, 7, 6]"},
-      {"layers.1.pair_norm.weight", kNaN, "'pair_bias'", "in layers.1.pair_norm+pair_proj ", "[3, 3, 7, 7]"},
-      {"layers.0.pair_proj.weight", kInf, "'pair_bias'", "in layers.0.pair_norm+pair_proj ", "[3, 3, 7, 7]"},
+      {"layers.1.pair_norm.weight", kNaN, "'pair_bias'", "in layers.pair_norm+pair_proj ", "[2, 3, 3, 7, 7]",
+       ", [1, 0, 0, 0, 0])"},
+      {"layers.0.pair_proj.weight", kInf, "'pair_bias'", "in layers.pair_norm+pair_proj ", "[2, 3, 3, 7, 7]",
+       ", [0, 0, 0, 0, 0])"},
       {"layers.0.attn.k.bias", kNaN, "'linear'", "in layers.0.attn.k ", "[3, 7, 12]"},
       {"layers.1.mlp.fc1.weight", -kInf, "'linear'", "in layers.1.mlp.fc1 ", "[3, 7, 17]"},
       {"final_norm.bias", kNaN, "'layernorm'", "in final_norm ", "[3, 7, 12]"},
@@ -95,7 +99,7 @@ TEST(Anomaly, ForwardNamesTheFirstNonFiniteOpWithShapeAndLayer) {
     }
     anomaly::EnableGuard on(true);
     expect_contains(error_of([&] { f.loss(); }),
-                    {"in the forward of " + std::string(c.op), c.where, c.shape});
+                    {"in the forward of " + std::string(c.op), c.where, c.shape, c.at});
   }
   EXPECT_FALSE(anomaly::enabled()) << "the guard restores the previous setting";
 }

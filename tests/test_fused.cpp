@@ -248,6 +248,156 @@ TEST(FusedPairBias, ErrorsNameWhatIsWrong) {
   expect_error([&] { ops::pair_bias(in[0].to(DType::F64), in[1], in[2], in[3]); }, "same dtype");
 }
 
+// ---- pair_bias_layers ---------------------------------------------------------------------------
+
+// L layers' parameters for one z: γ_l around 1, β_l and W_l of either sign.
+struct Layers {
+  std::vector<Tensor> gammas, betas, ws;
+};
+Layers layer_inputs(const PairShape& s, int64_t L, Rng& rng, DType dtype) {
+  Layers p;
+  for (int64_t l = 0; l < L; ++l) {
+    p.gammas.push_back(uniform({s.C}, 0.5, 1.5, rng, DType::F64).to(dtype));
+    p.betas.push_back(randn({s.C}, rng, DType::F64).to(dtype));
+    p.ws.push_back(randn({s.H, s.C}, rng, DType::F64).to(dtype));
+  }
+  return p;
+}
+
+// The stacked op is pair_bias per layer: each slice's value and every input's gradient equal the
+// per-layer ops' (float64: the same kernel per layer; z's gradient is summed in another order),
+// with one layer's slice left out of the loss (its parameters' gradients zero), and the slices
+// are views of one (L,B,H,N,M) tensor in layer order.
+TEST(FusedPairBiasLayers, MatchesPairBiasPerLayer) {
+  for (const PairShape& s : kShapes) {
+    for (int64_t L : {1, 3}) {
+      SCOPED_TRACE(s.str() + " L" + std::to_string(L));
+      Rng rng = make_rng("layers" + s.str() + std::to_string(L));
+      const Tensor z0 = pair_inputs(s, rng, DType::F64)[0];
+      const Layers p0 = layer_inputs(s, L, rng, DType::F64);
+      std::vector<Tensor> r;
+      for (int64_t l = 0; l < L; ++l) r.push_back(randn({s.B, s.H, s.N, s.M}, rng, DType::F64));
+      std::vector<std::vector<Tensor>> results;  // [stacked, per layer] → slices, dz, dγ…, dβ…, dW…
+      for (bool stacked : {true, false}) {
+        const Tensor z = z0.clone().requires_grad_(true);
+        Layers p;
+        for (int64_t l = 0; l < L; ++l) {
+          p.gammas.push_back(p0.gammas[l].clone().requires_grad_(true));
+          p.betas.push_back(p0.betas[l].clone().requires_grad_(true));
+          p.ws.push_back(p0.ws[l].clone().requires_grad_(true));
+        }
+        std::vector<Tensor> ys;
+        if (stacked) {
+          ys = ops::pair_bias_layers(z, p.gammas, p.betas, p.ws);
+        } else {
+          for (int64_t l = 0; l < L; ++l) ys.push_back(ops::pair_bias(z, p.gammas[l], p.betas[l], p.ws[l]));
+        }
+        ASSERT_EQ(static_cast<int64_t>(ys.size()), L);
+        Tensor loss;
+        for (int64_t l = 0; l < L; ++l) {
+          ASSERT_EQ(ys[l].shape(), (Shape{s.B, s.H, s.N, s.M}));
+          if (stacked && l > 0)  // one storage, layer after layer
+            EXPECT_EQ(static_cast<const char*>(ys[l].data_ptr()),
+                      static_cast<const char*>(ys[l - 1].data_ptr()) + ys[l].nbytes());
+          if (L > 1 && l == 1) continue;  // left out: zero gradients for its parameters
+          const Tensor t = ops::sum(ops::mul(ys[l], r[l]));
+          loss = loss.defined() ? ops::add(loss, t) : t;
+        }
+        loss.backward();
+        std::vector<Tensor> res(ys.begin(), ys.end());
+        res.push_back(z.grad());
+        for (const auto* v : {&p.gammas, &p.betas, &p.ws})
+          for (const Tensor& t : *v)
+            res.push_back(t.grad().defined() ? t.grad() : Tensor::zeros(t.shape(), t.dtype()));
+        results.push_back(res);
+      }
+      for (size_t k = 0; k < results[0].size(); ++k) {
+        SCOPED_TRACE("result " + std::to_string(k));
+        const bool zero_in_exact = s.C == 1 && k >= static_cast<size_t>(L);  // one channel: x̂ ≡ 0
+        const double e = zero_in_exact
+                             ? std::sqrt(ops::sum_of_squares(ops::sub(results[0][k], results[1][k])))
+                             : rel_error(results[0][k], results[1][k]);
+        EXPECT_LE(e, kChainTol);
+      }
+      if (L > 1) EXPECT_EQ(ops::sum_of_squares(results[0][L + 1 + 1]), 0.0) << "dγ of the unused layer";
+    }
+  }
+}
+
+TEST(FusedPairBiasLayers, GradcheckFloat64) {
+  const PairShape s{2, 3, 4, 5, 2};
+  Rng rng = make_rng("layers grad");
+  Tensor z = pair_inputs(s, rng, DType::F64)[0].requires_grad_(true);
+  Layers p = layer_inputs(s, 2, rng, DType::F64);
+  std::vector<std::pair<std::string, Tensor>> named{{"z", z}};
+  for (int64_t l = 0; l < 2; ++l) {
+    named.emplace_back("gamma" + std::to_string(l), p.gammas[l].requires_grad_(true));
+    named.emplace_back("beta" + std::to_string(l), p.betas[l].requires_grad_(true));
+    named.emplace_back("w" + std::to_string(l), p.ws[l].requires_grad_(true));
+  }
+  const Tensor r0 = randn({s.B, s.H, s.N, s.M}, rng, DType::F64),
+               r1 = randn({s.B, s.H, s.N, s.M}, rng, DType::F64);
+  GradcheckOptions opt;
+  opt.max_elements = 200;
+  opt.seed = test_seed();
+  const auto entries = gradcheck(
+      [&] {
+        const std::vector<Tensor> ys = ops::pair_bias_layers(z, p.gammas, p.betas, p.ws);
+        return ops::add(ops::sum(ops::mul(ys[0], r0)), ops::sum(ops::mul(ys[1], r1)));
+      },
+      named, opt);
+  for (const GradcheckEntry& e : entries) {
+    EXPECT_LE(e.rel_error, kGradTol) << e.name << " (" << e.checked << " elements)";
+    EXPECT_GT(e.checked, 0) << e.name;
+  }
+}
+
+TEST(FusedPairBiasLayers, ErrorsNameWhatIsWrong) {
+  Rng rng = make_rng("layers errors");
+  const PairShape s{1, 2, 2, 4, 3};
+  const Tensor z = pair_inputs(s, rng, DType::F32)[0];
+  const Layers p = layer_inputs(s, 2, rng, DType::F32);
+  expect_error([&] { ops::pair_bias_layers(z, p.gammas, {p.betas[0]}, p.ws); },
+               "one gamma, beta and w per layer expected, got 2, 1 and 2");
+  expect_error([&] { ops::pair_bias_layers(z, {}, {}, {}); }, "one gamma, beta and w per layer expected");
+  expect_error(
+      [&] {
+        ops::pair_bias_layers(z, p.gammas, p.betas, {p.ws[0], randn({2, 4}, rng)});
+      },
+      "every layer's w must be [3, 4], layer 1 has");
+  expect_error(
+      [&] {
+        ops::pair_bias_layers(z, p.gammas, p.betas, {p.ws[0], randn({3, 5}, rng)});
+      },
+      "w must be (H,4)");
+}
+
+// unbind: views of x's slices; their gradients land in x's slices, zero where none arrives.
+TEST(Unbind, SlicesShareStorageAndTheirGradientsFillXsSlices) {
+  Rng rng = make_rng("unbind");
+  const Tensor x0 = randn({3, 2, 5}, rng, DType::F64);
+  const Tensor x = ops::scale(x0.clone().requires_grad_(true), 1.0);  // an op's output: a sum autograd owns
+  const std::vector<Tensor> parts = ops::unbind(x);
+  ASSERT_EQ(parts.size(), 3u);
+  for (int64_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(parts[i].shape(), (Shape{2, 5}));
+    EXPECT_EQ(parts[i].to_vector<double>(), x0.select(i).clone().to_vector<double>());
+  }
+  Tensor leaf = x0.clone().requires_grad_(true);
+  const std::vector<Tensor> lp = ops::unbind(leaf);
+  const Tensor r0 = randn({2, 5}, rng, DType::F64), r2 = randn({2, 5}, rng, DType::F64);
+  ops::add(ops::sum(ops::mul(lp[2], r2)), ops::sum(ops::mul(lp[0], r0))).backward();
+  const std::vector<double> g = leaf.grad().to_vector<double>(), a = r0.to_vector<double>(),
+                            c = r2.to_vector<double>();
+  ASSERT_EQ(g.size(), 30u);
+  for (size_t k = 0; k < 10; ++k) {
+    EXPECT_EQ(g[k], a[k]);
+    EXPECT_EQ(g[10 + k], 0.0) << "slice 1 got no gradient";
+    EXPECT_EQ(g[20 + k], c[k]);
+  }
+  expect_error([&] { ops::unbind(Tensor::full({}, 1.0)); }, "unbind: x must have a leading dim");
+}
+
 // ---- embedding_sum ----------------------------------------------------------------------------
 
 struct SumShape {

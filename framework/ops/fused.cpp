@@ -102,6 +102,60 @@ void launch_pair_bias_backward(const Tensor& g, const Tensor& z, const Tensor& g
   });
 }
 
+// The sizes of pair_bias(z, γ, β, w) after checking its arguments (`op` names the caller).
+PairBiasDims check_pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
+                             double eps, const char* op) {
+  check_float(z, op, "z");
+  check_float(gamma, op, "gamma");
+  check_float(beta, op, "beta");
+  check_float(w, op, "w");
+  check_same(gamma, "gamma", beta, "beta", op);
+  check_same(gamma, "gamma", w, "w", op);
+  if (z.device() == Device::CUDA && gamma.dtype() == DType::F32)  // fp32 parameters, any z
+    PF_CHECK(gamma.device() == z.device(), op << ": z and the parameters must be on the same device, got "
+                                              << z.str() << " and " << gamma.str());
+  else
+    check_same(z, "z", gamma, "gamma", op);
+  PF_CHECK(z.ndim() == 4, op << ": z must be (B,N,M,C), got " << z.str());
+  const int64_t B = z.size(0), N = z.size(1), M = z.size(2), C = z.size(3);
+  PF_CHECK(C >= 1, op << ": z " << z.str() << " has no channels");
+  PF_CHECK(gamma.shape() == Shape{C} && beta.shape() == Shape{C},
+           op << ": gamma and beta must be (" << C << ") to match z " << shape_str(z.shape()) << ", got "
+              << gamma.str() << " and " << beta.str());
+  PF_CHECK(w.ndim() == 2 && w.size(1) == C && w.size(0) >= 1,
+           op << ": w must be (H," << C << ") to match z " << shape_str(z.shape()) << ", got " << w.str());
+  PF_CHECK(eps >= 0, op << ": eps must be >= 0, got " << eps);
+  return {B, N, M, C, w.size(0)};
+}
+
+// The layers of pair_bias_layers: γ_l, β_l, w_l of one dtype and device, one H.
+struct PairBiasLayers {
+  const std::vector<Tensor>& gammas;
+  const std::vector<Tensor>& betas;
+  const std::vector<Tensor>& ws;
+  int64_t L() const { return static_cast<int64_t>(ws.size()); }
+};
+
+// out:(L,B,H,N,M) on the CPU: the single layer's kernel per layer.
+void launch_pair_bias_layers_forward(const Tensor& z, const PairBiasLayers& p, Tensor& out,
+                                     const PairBiasDims& d, double eps) {
+  for (int64_t l = 0; l < p.L(); ++l) {
+    Tensor out_l = out.select(l);
+    launch_pair_bias_forward(z, p.gammas[l], p.betas[l], p.ws[l], out_l, d, eps);
+  }
+}
+
+// g:(L,B,H,N,M) → dz (undefined: not wanted; add_dz: +=) and the layers' gradients (entries
+// undefined where not wanted), on the CPU.
+void launch_pair_bias_layers_backward(const Tensor& g, const Tensor& z, const PairBiasLayers& p, Tensor& dz,
+                                      std::vector<Tensor>& dgammas, std::vector<Tensor>& dbetas,
+                                      std::vector<Tensor>& dws, const PairBiasDims& d, double eps,
+                                      bool add_dz) {
+  for (int64_t l = 0; l < p.L(); ++l)  // the layers' dz summed in layer order
+    launch_pair_bias_backward(g.select(l), z, p.gammas[l], p.betas[l], p.ws[l], dz, dgammas[l], dbetas[l],
+                              dws[l], d, eps, add_dz || l > 0);
+}
+
 // The sizes of one embedding_sum call.  a:(Va,D) b:(Vb,D), rows = ia.numel(), S = ib.numel()
 struct EmbeddingSumDims {
   int64_t Va, Vb, D, rows, S;
@@ -161,30 +215,9 @@ bool fused(const char* op) { return switch_of(op).load(std::memory_order_relaxed
 // z:(B,N,M,C) γ,β:(C) w:(H,C) → (B,H,N,M)
 Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w, double eps) {
   const profile::Scope ps("pair_bias");
-  check_float(z, "pair_bias", "z");
-  check_float(gamma, "pair_bias", "gamma");
-  check_float(beta, "pair_bias", "beta");
-  check_float(w, "pair_bias", "w");
-  check_same(gamma, "gamma", beta, "beta", "pair_bias");
-  check_same(gamma, "gamma", w, "w", "pair_bias");
-  if (z.device() == Device::CUDA && gamma.dtype() == DType::F32)  // fp32 parameters, any z
-    PF_CHECK(gamma.device() == z.device(),
-             "pair_bias: z and the parameters must be on the same "
-             "device, got "
-                 << z.str() << " and " << gamma.str());
-  else
-    check_same(z, "z", gamma, "gamma", "pair_bias");
-  PF_CHECK(z.ndim() == 4, "pair_bias: z must be (B,N,M,C), got " << z.str());
-  const int64_t B = z.size(0), N = z.size(1), M = z.size(2), C = z.size(3);
-  PF_CHECK(C >= 1, "pair_bias: z " << z.str() << " has no channels");
-  PF_CHECK(gamma.shape() == Shape{C} && beta.shape() == Shape{C},
-           "pair_bias: gamma and beta must be (" << C << ") to match z " << shape_str(z.shape()) << ", got "
-                                                 << gamma.str() << " and " << beta.str());
-  PF_CHECK(w.ndim() == 2 && w.size(1) == C && w.size(0) >= 1,
-           "pair_bias: w must be (H," << C << ") to match z " << shape_str(z.shape()) << ", got " << w.str());
-  PF_CHECK(eps >= 0, "pair_bias: eps must be >= 0, got " << eps);
+  const PairBiasDims d = check_pair_bias(z, gamma, beta, w, eps, "pair_bias");
+  const int64_t B = d.B, N = d.N, M = d.M, C = d.C;
   if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return pair_bias_chain(z, gamma, beta, w, eps);
-  const PairBiasDims d{B, N, M, C, w.size(0)};
 #ifdef PF_WITH_CUDA
   if (z.device() == Device::CUDA &&
       (C > INT32_MAX || d.H > INT32_MAX ||
@@ -214,6 +247,69 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
         launch_pair_bias_backward(g, sz, sg, sb, sw, dz, dg, db, dw, d, eps, add_dz);
         return {dz, dg, db, dw};
       }));
+}
+
+// z:(B,N,M,C) γ_l,β_l:(C) w_l:(H,C), l < L → L tensors (B,H,N,M): views of one (L,B,H,N,M) result
+std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>& gammas,
+                                     const std::vector<Tensor>& betas, const std::vector<Tensor>& ws,
+                                     double eps) {
+  const profile::Scope ps("pair_bias");
+  PF_CHECK(!ws.empty() && gammas.size() == ws.size() && betas.size() == ws.size(),
+           "pair_bias_layers: one gamma, beta and w per layer expected, got "
+               << gammas.size() << ", " << betas.size() << " and " << ws.size());
+  const PairBiasDims d = check_pair_bias(z, gammas[0], betas[0], ws[0], eps, "pair_bias_layers");
+  for (size_t l = 1; l < ws.size(); ++l) {
+    check_pair_bias(z, gammas[l], betas[l], ws[l], eps, "pair_bias_layers");
+    check_same(ws[0], "the first layer's w", ws[l], "another layer's w", "pair_bias_layers");
+    PF_CHECK(ws[l].shape() == ws[0].shape(), "pair_bias_layers: every layer's w must be "
+                                                 << shape_str(ws[0].shape()) << ", layer " << l << " has "
+                                                 << ws[l].str());
+  }
+  const int64_t L = static_cast<int64_t>(ws.size());
+  auto per_layer = [&] {
+    std::vector<Tensor> out;
+    for (int64_t l = 0; l < L; ++l) out.push_back(pair_bias(z, gammas[l], betas[l], ws[l], eps));
+    return out;
+  };
+  if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return per_layer();  // the chains
+  // on the GPU each layer's own pair_bias (the one-pass kernels: kernels/cuda/NOTES.md)
+  if (z.device() == Device::CUDA) return per_layer();
+  Tensor out = Tensor::empty({L, d.B, d.H, d.N, d.M}, z.dtype(), z.device());
+  launch_pair_bias_layers_forward(z, PairBiasLayers{gammas, betas, ws}, out, d, eps);
+  std::vector<Tensor> inputs{z};
+  inputs.insert(inputs.end(), gammas.begin(), gammas.end());
+  inputs.insert(inputs.end(), betas.begin(), betas.end());
+  inputs.insert(inputs.end(), ws.begin(), ws.end());
+  const bool need_z = z.requires_grad();
+  std::vector<bool> need(inputs.size());
+  std::vector<Tensor> saved;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    need[i] = inputs[i].requires_grad();
+    saved.push_back(inputs[i].detach());
+  }
+  // z's gradient is added into the sum autograd holds for z when it has one, as pair_bias does
+  const Tensor stacked = make_result_into(
+      out, "pair_bias", inputs,
+      profile::timed([=](const Tensor& g, const std::vector<Tensor>& into) -> std::vector<Tensor> {
+        const Tensor& sz = saved[0];
+        const std::vector<Tensor> sg(saved.begin() + 1, saved.begin() + 1 + L),
+            sb(saved.begin() + 1 + L, saved.begin() + 1 + 2 * L), sw(saved.begin() + 1 + 2 * L, saved.end());
+        const bool add_dz = need_z && into[0].defined();
+        Tensor dz = add_dz ? into[0] : need_z ? Tensor::empty(sz.shape(), sz.dtype(), g.device()) : Tensor();
+        std::vector<Tensor> dg(L), db(L), dw(L);
+        for (int64_t l = 0; l < L; ++l) {
+          if (need[1 + l]) dg[l] = Tensor::empty({d.C}, sg[l].dtype(), g.device());
+          if (need[1 + L + l]) db[l] = Tensor::empty({d.C}, sb[l].dtype(), g.device());
+          if (need[1 + 2 * L + l]) dw[l] = Tensor::empty(sw[l].shape(), sw[l].dtype(), g.device());
+        }
+        launch_pair_bias_layers_backward(g, sz, PairBiasLayers{sg, sb, sw}, dz, dg, db, dw, d, eps, add_dz);
+        std::vector<Tensor> grads{dz};
+        grads.insert(grads.end(), dg.begin(), dg.end());
+        grads.insert(grads.end(), db.begin(), db.end());
+        grads.insert(grads.end(), dw.begin(), dw.end());
+        return grads;
+      }));
+  return unbind(stacked);
 }
 
 // a:(Va,D) ia:(...,S...) I32 b:(Vb,D) ib:(S...) I32 → (...,S...,D) of out_dtype

@@ -1,6 +1,7 @@
-// Shape ops: reshape (shares storage), permute and transpose (copy).
+// Shape ops: reshape and unbind (share storage), permute and transpose (copy).
 //
 //   reshape: dx = g viewed as x's shape;   permute by p: dx = permute(g, p⁻¹)
+//   unbind:  dx[i] = g_i (the slices' gradients, zero where none arrives)
 #include "framework/ops/common.h"
 #include "framework/profile.h"
 #include "kernels/cpu/permute.h"
@@ -97,6 +98,31 @@ Tensor transpose(const Tensor& x, int d0, int d1) {
   for (int i = 0; i < n; ++i) perm[i] = i;
   std::swap(perm[a], perm[b]);
   return permute(x, perm);
+}
+
+// x:(n,...) → x[0], …, x[n − 1]
+std::vector<Tensor> unbind(const Tensor& x) {
+  check_defined(x, "unbind", "x");
+  PF_CHECK(x.ndim() >= 1, "unbind: x must have a leading dim, got " << x.str());
+  const Shape shape = x.shape();
+  const DType dtype = x.dtype();
+  const Device device = x.device();
+  std::vector<Tensor> out;
+  for (int64_t i = 0; i < x.size(0); ++i)
+    out.push_back(make_result_into(
+        x.select(i), "unbind", {x},
+        profile::timed([=](const Tensor& g, const std::vector<Tensor>& into) -> std::vector<Tensor> {
+          // slice i of x's gradient sum: added into where autograd holds one, else a fresh zero sum
+          if (into[0].defined()) {
+            Tensor part = into[0].select(i);
+            add_(part, g);
+            return {into[0]};
+          }
+          Tensor sum = Tensor::zeros(shape, dtype, device);
+          sum.select(i).copy_(g);
+          return {sum};
+        })));
+  return out;
 }
 
 }  // namespace pf::ops
