@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < a.n_stages; ++s) {
-      sm90::mbar_init(&full[s], 1);   // the producer's arrive (+ the stage's transaction bytes)
+      sm90::mbar_init(&full[s], 1);     // the producer's arrive (+ the stage's transaction bytes)
       sm90::mbar_init(&empty[s], 256);  // one arrive per consumer thread (see the release below)
     }
     sm90::mbar_init(kv_full, 1);
