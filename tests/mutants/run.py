@@ -335,7 +335,11 @@ def run_prebuilt(d, chosen, timeout):
                 cmd.append(f"--gtest_filter={m['filter']}")
             if m.get("sanitizer"):  # a bug whose values never reach a result (an out-of-bounds read)
                 cmd = ["compute-sanitizer", "--tool", m["sanitizer"], "--error-exitcode", "9"] + cmd
+            start = logf.stat().st_size if logf.exists() else 0
             rc, _ = sh(cmd, d, timeout=timeout, log=logf)
+            if not re.search(r"^\[ RUN      \]", logf.read_text(errors="replace")[start:], re.M):
+                verdict, by = "no-tests", f"{prog.name}: the filter {m.get('filter', '')!r} ran no test"
+                break
             if rc:
                 fails = re.findall(r"^\[  FAILED  \] (\S+)", logf.read_text(errors="replace"), re.M)
                 verdict = "killed"
@@ -343,11 +347,11 @@ def run_prebuilt(d, chosen, timeout):
                                                    if fails else "no failed test listed (crash or timeout)")
                 break
         killed += verdict == "killed"
-        if verdict == "survived":
+        if verdict in ("survived", "no-tests"):
             survived.append(name)
         print(f"{verdict:9s} {name:32s} {time.time() - t0:6.0f} s  {by}", flush=True)
     print(f"mutants: {killed} killed of {len(names)} ({100.0 * killed / len(names):.0f}%), prebuilt suites only"
-          + (f"; SURVIVED its named suites: {' '.join(survived)}" if survived else ""))
+          + (f"; SURVIVED (or ran no test) its named suites: {' '.join(survived)}" if survived else ""))
     return 1 if survived else 0
 
 
