@@ -39,22 +39,51 @@ __device__ __forceinline__ void load_row(const T* p, int C, float (&v)[CM]) {
   }
 }
 
-template <class T, int CM>
-__device__ __forceinline__ void store_row(T* p, int C, const float (&v)[CM]) {
-  constexpr int kPer = 16 / sizeof(T);
-  if (C == CM && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+template <int B>
+struct VecOf;
+template <>
+struct VecOf<16> {
+  using type = uint4;
+};
+template <>
+struct VecOf<8> {
+  using type = uint2;
+};
+template <>
+struct VecOf<4> {
+  using type = unsigned;
+};
+template <>
+struct VecOf<2> {
+  using type = unsigned short;
+};
+
+// The widest load (≤ 16 bytes) that splits K elements of T evenly.
+template <class T, int K>
+__host__ __device__ constexpr int lane_vec_bytes() {
+  constexpr int b = K * int(sizeof(T));
+  return b % 16 == 0 ? 16 : b % 8 == 0 ? 8 : b % 4 == 0 ? 4 : int(sizeof(T));
+}
+
+// p[0..n) = v[0..n), one rounding to T; the widest stores (≤ 16 bytes) that split K evenly when
+// the row is exactly K wide and aligned.
+template <class T, int K>
+__device__ __forceinline__ void store_row(T* p, int n, const float (&v)[K]) {
+  constexpr int V = lane_vec_bytes<T, K>(), kPer = V / int(sizeof(T));
+  using Vec = typename VecOf<V>::type;
+  if (n == K && reinterpret_cast<uintptr_t>(p) % V == 0) {
 #pragma unroll
-    for (int k = 0; k < CM / kPer; ++k) {
-      uint4 u;
+    for (int k = 0; k < K / kPer; ++k) {
+      Vec u;
       T* e = reinterpret_cast<T*>(&u);
 #pragma unroll
       for (int q = 0; q < kPer; ++q) e[q] = from_f<T>(v[k * kPer + q]);
-      reinterpret_cast<uint4*>(p)[k] = u;
+      reinterpret_cast<Vec*>(p)[k] = u;
     }
   } else {
 #pragma unroll
-    for (int c = 0; c < CM; ++c)
-      if (c < C) p[c] = from_f<T>(v[c]);
+    for (int k = 0; k < K; ++k)
+      if (k < n) p[k] = from_f<T>(v[k]);
   }
 }
 
@@ -505,32 +534,6 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kPbLaneThreads = 128;
 constexpr int kPbLaneWRegs = 64;  // W values per lane kept in registers by the backward
 
-template <int B>
-struct VecOf;
-template <>
-struct VecOf<16> {
-  using type = uint4;
-};
-template <>
-struct VecOf<8> {
-  using type = uint2;
-};
-template <>
-struct VecOf<4> {
-  using type = unsigned;
-};
-template <>
-struct VecOf<2> {
-  using type = unsigned short;
-};
-
-// The widest load (≤ 16 bytes) that splits K elements of T evenly.
-template <class T, int K>
-__host__ __device__ constexpr int lane_vec_bytes() {
-  constexpr int b = K * int(sizeof(T));
-  return b % 16 == 0 ? 16 : b % 8 == 0 ? 8 : b % 4 == 0 ? 4 : int(sizeof(T));
-}
-
 // A lane's K elements of T as loaded, in 32-bit words (bf16: element k in the low or high half of
 // word k/2): the prefetch buffers hold these, for bf16 half the registers of the fp32 values.
 template <class T, int K>
@@ -576,27 +579,6 @@ __device__ __forceinline__ void unpack(const LaneRaw<T, K>& r, float (&x)[K]) {
       x[k] = __uint_as_float(r.w[k]);
     else
       x[k] = __uint_as_float(k % 2 == 0 ? r.w[k / 2] << 16 : r.w[k / 2] & 0xffff0000u);
-  }
-}
-
-// p[0..n) = v[0..n), one rounding to T.
-template <class T, int K>
-__device__ __forceinline__ void store_lane(T* p, int n, const float (&v)[K]) {
-  constexpr int V = lane_vec_bytes<T, K>(), kPer = V / int(sizeof(T));
-  using Vec = typename VecOf<V>::type;
-  if (n == K && reinterpret_cast<uintptr_t>(p) % V == 0) {
-#pragma unroll
-    for (int k = 0; k < K / kPer; ++k) {
-      Vec u;
-      T* e = reinterpret_cast<T*>(&u);
-#pragma unroll
-      for (int q = 0; q < kPer; ++q) e[q] = from_f<T>(v[k * kPer + q]);
-      reinterpret_cast<Vec*>(p)[k] = u;
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < K; ++k)
-      if (k < n) p[k] = from_f<T>(v[k]);
   }
 }
 
@@ -869,7 +851,7 @@ __global__ void __launch_bounds__(kPbLaneThreads)
         unpack(old, o);
 #pragma unroll
         for (int k = 0; k < K; ++k) dn[k] = o[k] + r * (dn[k] - m1 - x[k] * m2);
-        store_lane<T, K>(dz + row * C + c0, n, dn);
+        store_row<T, K>(dz + row * C + c0, n, dn);
       },
       [](int64_t) {});
   if (!want_params) return;
