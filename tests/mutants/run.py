@@ -337,8 +337,10 @@ def run_prebuilt(d, chosen, timeout):
                 cmd = ["compute-sanitizer", "--tool", m["sanitizer"], "--error-exitcode", "9"] + cmd
             start = logf.stat().st_size if logf.exists() else 0
             rc, _ = sh(cmd, d, timeout=timeout, log=logf)
-            if not re.search(r"^\[ RUN      \]", logf.read_text(errors="replace")[start:], re.M):
-                verdict, by = "no-tests", f"{prog.name}: the filter {m.get('filter', '')!r} ran no test"
+            out = logf.read_text(errors="replace")[start:]
+            ran = len(re.findall(r"^\[ RUN      \]", out, re.M))
+            if ran == len(re.findall(r"^\[  SKIPPED \] \S+ \(\d+ ms\)", out, re.M)):  # none, or every one skipped
+                verdict, by = "no-tests", f"{prog.name}: the filter {m.get('filter', '')!r} ran no test ({ran} skipped)"
                 break
             if rc:
                 fails = re.findall(r"^\[  FAILED  \] (\S+)", logf.read_text(errors="replace"), re.M)
