@@ -569,6 +569,10 @@ std::vector<Case> all_cases() {
       {32, 300, 9, 2, BiasForm::kNone, false, false},   // query tiles far past every key: clipped bins only
       {64, 9, 300, 2, BiasForm::kFull, false, false},   // key blocks far past every query
       {128, 70, 190, 300, BiasForm::kSharedH, true, false},  // R > N at D = 128, with a broadcast dB
+      // fewer bins than a 64-query block's 191 diagonals, over many query blocks: both clipped bins
+      // take sums from most diagonals of every block (Hopper backward: its per-block dT pass)
+      {64, 333, 333, 3, BiasForm::kNone, true, true},
+      {32, 520, 130, 20, BiasForm::kSharedB, false, false},
   };
   for (ScalarType dt : dts) {
     for (const Rel& r : rels) {

@@ -28,11 +28,14 @@
 // row that its keys can touch — the bins clip(j − i, −R, R) + R for the diagonals key − query from
 // n0 − (last computed query) to n0 + 127 − (first query), at most relpos_window_bins(R, Nq) — in
 // shared memory as pairs {T·log2 e, dT} (loaded and zeroed by all threads before the warpgroups
-// part). Each thread sums its dS entries of one diagonal (its fragment holds each diagonal twice),
-// the lanes of a warp on one diagonal sum theirs by shuffles, and one of them adds the total to
-// the pair's dT with a shared atomic; at the CTA's end the window's dT is added
-// into drelpos_table with global atomics (zeroed before unless dbias_accumulate). Not
-// deterministic (the order of the atomics).
+// part). dT per query block: each warp sums its dS over each of its 79 diagonals in registers
+// (warp_diagonal_sums: 18 shuffles), stores the sums to its 80-float strip (plain stores; two sets
+// of strips, by the block's parity), and after the block's second named barrier one thread per
+// diagonal of the block (191) adds the up to 5 warps' entries into the window's dT — interior
+// bins by one owner without atomics, the clipped end bins 0 and 2R summed over the warp and added
+// with one shared atomic each. At the CTA's end the window's dT is added into drelpos_table with
+// global atomics (zeroed before unless dbias_accumulate). Not deterministic (the order of the
+// global atomics and of the end bins' shared ones).
 //
 // Preconditions (flash_bias_bwd_sm90_unsupported): fp16 / bf16, D 32 / 64 / 128, a dense batch,
 // a bias (if any) of the inputs' dtype with 16-byte rows, dbias either broadcast (then
@@ -40,9 +43,10 @@
 // most kSm90RelposMaxBins bins, not deterministic.
 //
 // Shared memory: K, V (128 × D each), the dS tile (64 × 128, two 128-byte-swizzled panels of 64
-// keys), the table window (rel_bytes: a multiple of 1024, 0 without a table), the fp32 dS tile
-// (only with a broadcast bias: four panels of 32 keys), then n_stages ×
-// {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats each)}, then the mbarriers.
+// keys), the table part (rel_bytes: a multiple of 1024, 0 without a table: two sets of 8 dT
+// strips, then the window), the fp32 dS tile (only with a broadcast bias: four panels of 32
+// keys), then n_stages × {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats
+// each)}, then the mbarriers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -71,6 +75,8 @@ constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * sm90::launch_regs<kThreads>(),
               "the warpgroups' registers after setmaxnreg must fit the CTA's at launch");
 constexpr int BM = 64, BN = 128;  // query rows per block, keys per CTA (64 per consumer warpgroup)
+// dT: each consumer warp's 80 diagonal sums of a query block, staged for the block's pass
+constexpr int kStripLen = 80, kStripBytes = 2 * 8 * kStripLen * 4;  // two sets: by the block's parity
 
 enum DbiasMode : int { kNoDbias = 0, kStore = 1, kReduceAdd = 2 };
 
@@ -118,6 +124,60 @@ __device__ __forceinline__ float2 unpack2(uint32_t x) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
 }
 
+// dT of one 64-query block: a warp's 16 keys × 64 queries of dS lie on the 79 diagonals
+// key − query = (the warp's first key − the block's first query) + δ, δ = −63 … 15; lane (g, t)
+// holds entry (hf, jj, e) on δ = g − 2t − e − 8(jj − hf). warp_diagonal_sums returns the warp's
+// sum over each δ, spread over the lanes: lane l's sums[m] is that of strip position (δ + 64)
+// r + 72 − 8(4m + q), with π = 25 l mod 32 (9π ≡ l), r = π / 4, q = π mod 4, for 4m + q ≤ 9
+// (m = 2 of lanes with q ≥ 2 holds 0); the 80 positions 0 … 79 are each held once and each m's
+// positions fall in 32 distinct banks.
+//  1. x_e[k] = the thread's two entries of e and k = jj − hf ∈ [−1, 7] (on δ = c − e − 8k, c = g − 2t).
+//  2. Lane (g + 1, t)'s e = 1 entries lie on lane (g, t)'s e = 0 diagonals (lane (0, t)'s on
+//     lane (7, t)'s, one k further): one rotation by 4 lanes adds them. Lanes with c < 0 then
+//     shift their registers by one, so that register i = κ + 1 of every lane holds δ = r + 8 − 8κ
+//     with r = c mod 8, κ ∈ [−1, 8]. The lanes sharing r are the four π = 4r … 4r + 3 (lane + 9
+//     is π + 1).
+//  3. Those four lanes reduce-scatter their 10 registers: with lane π ^ 1 (5 shuffles, keeping
+//     the registers of parity π mod 2), then with π ^ 2 (3 shuffles, keeping i ≡ π mod 4).
+// 18 shuffles and 18 adds (plus 16 for step 1) per thread; every shuffle of a step is independent.
+__device__ __forceinline__ void warp_diagonal_sums(const float (&ds)[BM / 2], int lane, float (&sums)[3]) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const int g = lane / 4, t = lane % 4;
+  float x[2][BM / 8 + 1];  // x[e][k + 1]
+#pragma unroll
+  for (int k = -1; k < BM / 8; ++k)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = 0.f;
+      if (k >= 0) v += ds[4 * k + e];
+      if (k + 1 < BM / 8) v += ds[4 * (k + 1) + 2 + e];
+      x[e][k + 1] = v;
+    }
+  auto xv = [&](int e, int k) { return k >= -1 && k < BM / 8 ? x[e][k + 1] : 0.f; };
+  // own e = 0 registers shifted when c < 0; the e = 1 registers sent to lane − 4 shifted when that
+  // lane has c < 0 or wraps to g = 7: (g − 1) − 2t < 0 or g = 0, i.e. g ≤ 2t
+  const bool own_shift = g < 2 * t, send_shift = g <= 2 * t;
+  float z[10];
+#pragma unroll
+  for (int i = 0; i < 10; ++i) {
+    const int kap = i - 1;
+    const float own = own_shift ? xv(0, kap - 1) : xv(0, kap);
+    const float send = send_shift ? xv(1, kap - 1) : xv(1, kap);
+    z[i] = own + __shfl_sync(kAll, send, (lane + 4) & 31);
+  }
+  const int pi = (25 * lane) & 31;
+  const bool odd = pi & 1, two = pi & 2;
+  const int src1 = (9 * (pi ^ 1)) & 31, src2 = (9 * (pi ^ 2)) & 31;
+  float w[6];
+#pragma unroll
+  for (int j = 0; j < 5; ++j)
+    w[j] = (odd ? z[2 * j + 1] : z[2 * j]) + __shfl_sync(kAll, odd ? z[2 * j] : z[2 * j + 1], src1);
+  w[5] = 0.f;
+#pragma unroll
+  for (int m = 0; m < 3; ++m)
+    sums[m] = (two ? w[2 * m + 1] : w[2 * m]) + __shfl_sync(kAll, two ? w[2 * m] : w[2 * m + 1], src2);
+}
+
 // q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) -> dk,dv:(B,Nk,H,D), dq_accum += , dbias
 // grid: one CTA per (128 keys, h, b) in a.order, 384 threads, dynamic shared memory as launch() computes.
 template <typename T, int D>
@@ -130,8 +190,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   char* sK = smem;
   char* sV = sK + Sh::kKBytes;
   char* sDs = sV + Sh::kKBytes;
-  constexpr int kOffRel = 2 * Sh::kKBytes + Sh::kDsBytes;  // the table window: float2 {T·log2 e, dT}
-  char* sDs32 = smem + kOffRel + a.rel_bytes;              // only with kReduceAdd
+  // the table part: the dT strips, then the window of float2 {T·log2 e, dT}
+  constexpr int kOffRel = 2 * Sh::kKBytes + Sh::kDsBytes, kOffWin = kOffRel + kStripBytes;
+  char* sDs32 = smem + kOffRel + a.rel_bytes;  // only with kReduceAdd
   char* sStages = sDs32 + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0);
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
@@ -163,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   const int rel_w1 = max(min(a.rel_clip + n0 + BN - 1 - qb_first * BM, a.rel_last), 0);
   if (a.relpos != nullptr) {
     const float* trow = a.relpos + int64_t(h) * (a.rel_last + 1);
-    float2* win = reinterpret_cast<float2*>(smem + kOffRel);
+    float2* win = reinterpret_cast<float2*>(smem + kOffWin);
     for (int k = rel_w0 + int(threadIdx.x); k <= rel_w1; k += kThreads)
       win[k - rel_w0] = make_float2(trow[k] * kLog2e, 0.f);
   }
@@ -227,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 
   // the pair of table bin clamp(key − query + R, 0, 2R): a 32-bit offset from smem (a 64-bit
   // pointer would hold two more registers through the loop)
-  const int rel_off = kOffRel - 8 * rel_w0;
+  const int rel_off = kOffWin - 8 * rel_w0;
   auto rel_pair = [&](int d) { return smem + rel_off + 8 * min(max(d, 0), a.rel_last); };
   // key − query + R of the thread's entry (hf, jj, e) = (0, 0, 0) of the query block at i0
   // (recomputed where used, with R read from the parameters: fewer registers through the loop)
@@ -320,27 +381,17 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
         dp[4 * j + 2 * hf + 1] = p1 == 0.f ? 0.f : p1 * (dp[4 * j + 2 * hf + 1] - dl.y);
       }
     }
-    // dT: the thread's two entries of each diagonal k = jj − hf (as for T above) summed, then
-    // summed over the lanes on the same diagonal — lane (g, t) shares g − 2t with (g + 2, t + 1),
-    // 9 lanes on: chains of up to 4 lanes, added in two shuffle steps — and the chain's first lane
-    // adds the total with a shared atomic. Within one atomic the 14 chain heads hold 14 distinct
-    // diagonals: no two lanes of a warp wait on one address.
+    // dT: the warp's dS summed per diagonal into its strip of this block's parity. The pass of the
+    // block before reads the other set; this set's pass (after barrier 2 below) comes before every
+    // thread's barrier 1 of the next block, so the block after next can store into it again.
     if (a.drelpos != nullptr) {
-      const int d0 = rel_d0(i0);
-      const bool next9 = g <= 5 && t <= 2, next18 = g <= 3 && t <= 1, head = g < 2 || t == 0;
+      float dt_sum[3];
+      warp_diagonal_sums(dp, lane, dt_sum);
+      const int pi = (25 * lane) & 31, pos0 = (pi >> 2) + 72 - 8 * (pi & 3);
+      float* strip = reinterpret_cast<float*>(smem + kOffRel) + kStripLen * (8 * (qb & 1) + (ctid >> 5));
 #pragma unroll
-      for (int k = -1; k < BM / 8; ++k)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float sum = 0.f;
-          if (k >= 0) sum += dp[4 * k + e];
-          if (k + 1 < BM / 8) sum += dp[4 * (k + 1) + 2 + e];
-          const float s9 = __shfl_down_sync(0xffffffffu, sum, 9);
-          sum += next9 ? s9 : 0.f;
-          const float s18 = __shfl_down_sync(0xffffffffu, sum, 18);
-          sum += next18 ? s18 : 0.f;
-          if (head && sum != 0.f) atomicAdd(reinterpret_cast<float*>(rel_pair(d0 - e - 8 * k) + 4), sum);
-        }
+      for (int m = 0; m < 3; ++m)
+        if (m < 2 || (pi & 3) < 2) strip[pos0 - 32 * m] = dt_sum[m];
     }
 
     // dV_w += Pᵀ dO_i, dK_w += dSᵀ Q_i: Pᵀ and dSᵀ rounded to T in the A-fragment layout (k-chunk
@@ -394,6 +445,34 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
           sm90::tma_reduce_add_4d(&a.dbias, sDs32 + p * BM * 128, n0 + 32 * p, i0, hb, bb);
       }
       sm90::bulk_commit();
+    }
+    // dT: the block's 191 diagonals n0 − i0 − 63 … n0 − i0 + 127, one per thread of the first six
+    // warps (slot s = key − query − (n0 − i0 − 64); warp wi's strip entry p is slot 16 wi + p):
+    // the up to 5 warps' entries summed and added into the window's dT. An interior bin has one
+    // owner here (plain read-add-write; the next block's pass comes after its barriers 1 and 2);
+    // the clipped bins 0 and 2R, which many diagonals may share, are summed over the warp and
+    // added with one shared atomic each (R = 0: bin 0 takes both).
+    if (a.drelpos != nullptr && ctid < 192) {
+      const int slot = ctid, bin = a.rel_clip + n0 - i0 - 64 + slot;  // slot 0 (δ = −64 of warp 0) is empty
+      const float* strips = reinterpret_cast<const float*>(smem + kOffRel) + kStripLen * 8 * (qb & 1);
+      float v = 0.f;
+#pragma unroll
+      for (int dw = 0; dw < 5; ++dw) {  // warp wi's strip entry slot − 16 wi, if in 0 … 79
+        const int wi = (slot >> 4) - dw;
+        if (wi >= 0 && wi < 8) v += strips[kStripLen * wi + (slot & 15) + 16 * dw];
+      }
+      const bool lo = slot > 0 && bin <= 0, hi = slot > 0 && !lo && bin >= a.rel_last;
+      if (slot > 0 && !lo && !hi) *reinterpret_cast<float*>(smem + rel_off + 8 * bin + 4) += v;
+      if (__any_sync(0xffffffffu, lo || hi)) {
+        float vl = lo ? v : 0.f, vh = hi ? v : 0.f;
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) {
+          vl += __shfl_xor_sync(0xffffffffu, vl, o);
+          vh += __shfl_xor_sync(0xffffffffu, vh, o);
+        }
+        if (lane == 0 && vl != 0.f) atomicAdd(reinterpret_cast<float*>(rel_pair(0) + 4), vl);
+        if (lane == 0 && vh != 0.f) atomicAdd(reinterpret_cast<float*>(rel_pair(a.rel_last) + 4), vh);
+      }
     }
 
     // dV, dK and the stage are done with; the stage goes back to the producer
@@ -462,9 +541,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 
   // dT: the window's sums into drelpos_table
   if (a.drelpos != nullptr) {
-    sm90::named_barrier<256>(3);  // both consumer warpgroups' shared atomics done
+    sm90::named_barrier<256>(3);  // both consumer warpgroups' last pass done
     float* drow = a.drelpos + int64_t(h) * (a.rel_last + 1);
-    const float2* win = reinterpret_cast<const float2*>(smem + kOffRel);
+    const float2* win = reinterpret_cast<const float2*>(smem + kOffWin);
     for (int k = rel_w0 + ctid; k <= rel_w1; k += 256) {
       const float v = win[k - rel_w0].y;
       if (v != 0.f) atomicAdd(&drow[k], v);
@@ -505,7 +584,8 @@ SmemPlan smem_plan(bool has_bias, bool reduce_add, bool relpos, int rel_bins, in
   SmemPlan m;
   m.stage_tx = 2 * Sh::kQBytes + (has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
   m.stage_bytes = (m.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
-  m.rel_bytes = relpos ? (rel_bins * 8 + 1023) / 1024 * 1024 : 0;  // float2 per bin
+  // the dT strips, then a float2 per bin
+  m.rel_bytes = relpos ? (rel_bins * 8 + kStripBytes + 1023) / 1024 * 1024 : 0;
   m.fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + m.rel_bytes +
             (reduce_add ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 1) * 8;
   m.n_stages = std::min(kMaxStages, (smem_optin - m.fixed) / m.stage_bytes);
