@@ -140,6 +140,7 @@ __device__ __forceinline__ float2 unpack2(uint32_t x) {
 //  3. Those four lanes reduce-scatter their 10 registers: with lane π ^ 1 (5 shuffles, keeping
 //     the registers of parity π mod 2), then with π ^ 2 (3 shuffles, keeping i ≡ π mod 4).
 // 18 shuffles and 18 adds (plus 16 for step 1) per thread; every shuffle of a step is independent.
+__device__ __forceinline__ int diag_pi(int lane) { return (25 * lane) & 31; }  // π of lane 9π mod 32
 __device__ __forceinline__ void warp_diagonal_sums(const float (&ds)[BM / 2], int lane, float (&sums)[3]) {
   constexpr unsigned kAll = 0xffffffffu;
   const int g = lane / 4, t = lane % 4;
@@ -165,7 +166,7 @@ __device__ __forceinline__ void warp_diagonal_sums(const float (&ds)[BM / 2], in
     const float send = send_shift ? xv(1, kap - 1) : xv(1, kap);
     z[i] = own + __shfl_sync(kAll, send, (lane + 4) & 31);
   }
-  const int pi = (25 * lane) & 31;
+  const int pi = diag_pi(lane);
   const bool odd = pi & 1, two = pi & 2;
   const int src1 = (9 * (pi ^ 1)) & 31, src2 = (9 * (pi ^ 2)) & 31;
   float w[6];
@@ -387,7 +388,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     if (a.drelpos != nullptr) {
       float dt_sum[3];
       warp_diagonal_sums(dp, lane, dt_sum);
-      const int pi = (25 * lane) & 31, pos0 = (pi >> 2) + 72 - 8 * (pi & 3);
+      const int pi = diag_pi(lane), pos0 = (pi >> 2) + 72 - 8 * (pi & 3);  // position of sums[0]
+      // strip 4 cw + warp = ctid / 32 of the set (the form that ptxas fits without spilling at D = 128)
       float* strip = reinterpret_cast<float*>(smem + kOffRel) + kStripLen * (8 * (qb & 1) + (ctid >> 5));
 #pragma unroll
       for (int m = 0; m < 3; ++m)
