@@ -148,6 +148,15 @@ kernels::cuda::PairBiasLayerParams layer_params(const PairBiasLayers& p) {
   return k;
 }
 
+// Whether the one-pass CUDA kernels take these sizes (else each layer's own kernels run, inside
+// the same op: same result, same gradients).
+bool pair_bias_layers_one_pass(const Tensor& z, const PairBiasDims& d, int64_t L) {
+  return z.device() == Device::CUDA && d.C <= INT32_MAX && d.H * L <= INT32_MAX &&
+         reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 == 0 &&
+         kernels::cuda::pair_bias_layers_fits(scalar_type_of(z.dtype()), static_cast<int>(d.C),
+                                              static_cast<int>(d.H), static_cast<int>(L));
+}
+
 Tensor pair_bias_layers_workspace(const Tensor& z) {
   return Tensor::empty({static_cast<int64_t>(kernels::cuda::pair_bias_layers_workspace_bytes(
                            scalar_type_of(z.dtype()), static_cast<int>(z.size(3))))},
@@ -155,11 +164,12 @@ Tensor pair_bias_layers_workspace(const Tensor& z) {
 }
 #endif
 
-// out:(L,B,H,N,M): CUDA one pass (kernels/cuda/fused.h), CPU the single layer's kernel per layer.
+// out:(L,B,H,N,M): CUDA one pass (kernels/cuda/fused.h) where it takes the sizes, else (and on
+// the CPU) the single layer's kernel per layer.
 void launch_pair_bias_layers_forward(const Tensor& z, const PairBiasLayers& p, Tensor& out,
                                      const PairBiasDims& d, double eps) {
 #ifdef PF_WITH_CUDA
-  if (z.device() == Device::CUDA) {
+  if (pair_bias_layers_one_pass(z, d, p.L())) {
     Tensor ws = pair_bias_layers_workspace(z);
     kernels::cuda::pair_bias_layers_forward(scalar_type_of(z.dtype()), scalar_type_of(p.ws[0].dtype()),
                                             z.data_ptr(), layer_params(p), out.data_ptr(), d.B, d.N, d.M,
@@ -180,7 +190,7 @@ void launch_pair_bias_layers_backward(const Tensor& g, const Tensor& z, const Pa
                                       std::vector<Tensor>& dws, const PairBiasDims& d, double eps,
                                       bool add_dz) {
 #ifdef PF_WITH_CUDA
-  if (g.device() == Device::CUDA) {
+  if (pair_bias_layers_one_pass(z, d, p.L())) {
     kernels::cuda::PairBiasLayerGrads k;
     auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
     for (int64_t l = 0; l < p.L(); ++l) {
@@ -311,20 +321,18 @@ std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>&
                                                  << ws[l].str());
   }
   const int64_t L = static_cast<int64_t>(ws.size());
-  auto per_layer = [&] {
+  bool per_layer_ops = !g_fuse_pair_bias.load(std::memory_order_relaxed);  // the chains
+#ifdef PF_WITH_CUDA
+  // sizes that neither the one-pass nor the single-layer kernels take: pair_bias's own fallback
+  per_layer_ops = per_layer_ops || (z.device() == Device::CUDA && !pair_bias_layers_one_pass(z, d, L) &&
+                                    (d.C > INT32_MAX || d.H > INT32_MAX ||
+                                     !kernels::cuda::pair_bias_fits(static_cast<int>(d.C), static_cast<int>(d.H))));
+#endif
+  if (per_layer_ops) {
     std::vector<Tensor> out;
     for (int64_t l = 0; l < L; ++l) out.push_back(pair_bias(z, gammas[l], betas[l], ws[l], eps));
     return out;
-  };
-  if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return per_layer();  // the chains
-#ifdef PF_WITH_CUDA
-  // where the one-pass kernels do not take the sizes, each layer's own kernels (same result)
-  if (z.device() == Device::CUDA &&
-      (d.C > INT32_MAX || d.H * L > INT32_MAX || reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 != 0 ||
-       !kernels::cuda::pair_bias_layers_fits(scalar_type_of(z.dtype()), static_cast<int>(d.C),
-                                             static_cast<int>(d.H), static_cast<int>(L))))
-    return per_layer();
-#endif
+  }
   Tensor out = Tensor::empty({L, d.B, d.H, d.N, d.M}, z.dtype(), z.device());
   launch_pair_bias_layers_forward(z, PairBiasLayers{gammas, betas, ws}, out, d, eps);
   std::vector<Tensor> inputs{z};
