@@ -93,9 +93,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& w,
                  double eps = 1e-5);
 // The biases of L layers that read one z (the pair-bias model's layers): pair_bias(z, gammas[l],
-// betas[l], ws[l], eps) for each l. On the CPU one op over L views of one (L,B,H,N,M) result
-// (the single layer's kernel per layer, z's gradient summed over the layers inside it); on the
-// GPU, and unfused, one pair_bias per layer.
+// betas[l], ws[l], eps) for each l, as L views of one (L,B,H,N,M) result. One pass over z forward
+// and one backward where a kernel takes the sizes (GPU: C in {16, 32, 64, 128} and L·H <= 64,
+// kernels/cuda/fused.h; CPU: the single layer's kernel per layer in one op), with z's gradient
+// summed over the layers inside it; elsewhere (and unfused) one pair_bias per layer.
 std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>& gammas,
                                      const std::vector<Tensor>& betas, const std::vector<Tensor>& ws,
                                      double eps = 1e-5);

@@ -16,9 +16,11 @@
 // Inputs are drawn fresh each run; the seed is printed and PF_TEST_SEED=<n> replays a run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -505,6 +507,115 @@ TEST(OpsCuda, FusedPairBiasAddsIntoTheGradientSum) {
   }
 }
 
+// pair_bias_layers: L layers' biases from one z (the model's call). The op's result is checked
+// through Σ_l ys[l]/(l + 1) (distinct weights: a layer's slice written to another's place, or a
+// layer's parameters used for another, fails), and every parameter's gradient. bf16: the
+// one-pass kernels round the normalised z and the folded weights W_l·γ_l to bf16 before the
+// tensor cores' fp32 sums, and the result once more: three roundings per value, the harness's 3u
+// bound (the CPU reference computes the same bf16-exact inputs in fp32). Sizes: each C the
+// kernels take (16, 32, 64, 128) with O = L·H of 8, 15 (not a multiple of 16), 32 and 64;
+// N·M not a multiple of 8 (scalar plane stores) and a multiple (16-byte stores); rows not a
+// multiple of a warp's 16 or a block's 64, and 180k rows (each backward block several steps);
+// layers left out of the sum (their slices' gradient zero); past the kernels (C = 48; L·H = 80),
+// where each layer runs its own pair_bias. Outputs and gradients start from NaN-poisoned blocks.
+struct PairBiasLayersSize {
+  int64_t B, N, M, C, H, L;
+  std::string name() const {
+    return "pair_bias_layers B" + std::to_string(B) + " N" + std::to_string(N) + " M" + std::to_string(M) +
+           " C" + std::to_string(C) + " H" + std::to_string(H) + " L" + std::to_string(L);
+  }
+};
+
+TEST(OpsCuda, PairBiasLayersMatchesCpu) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 12);
+  using S = PairBiasLayersSize;
+  for (const S& s : {S{1, 1, 1, 16, 1, 1}, S{2, 5, 7, 16, 4, 2}, S{2, 9, 9, 32, 8, 4}, S{1, 13, 11, 64, 3, 5},
+                     S{2, 24, 24, 128, 8, 8}, S{1, 37, 41, 128, 16, 4}, S{1, 40, 40, 32, 8, 8},
+                     S{2, 300, 300, 128, 8, 8}, S{1, 9, 7, 48, 4, 2}, S{1, 5, 5, 32, 16, 5}}) {
+    const int64_t L = s.L;
+    auto inputs = [s](Rng& r) {
+      std::vector<Tensor> x{ops::add(randn({s.B, s.N, s.M, s.C}, r), Tensor::full({1}, 0.7))};
+      for (int64_t l = 0; l < s.L; ++l) x.push_back(uniform({s.C}, 0.5, 1.5, r));
+      for (int64_t l = 0; l < s.L; ++l) x.push_back(randn({s.C}, r));
+      for (int64_t l = 0; l < s.L; ++l) x.push_back(randn({s.H, s.C}, r));
+      return x;
+    };
+    // every layer, or (L >= 3) every layer but the second
+    auto fn = [L](const std::vector<Tensor>& x, bool skip) {
+      const std::vector<Tensor> g(x.begin() + 1, x.begin() + 1 + L),
+          b(x.begin() + 1 + L, x.begin() + 1 + 2 * L), w(x.begin() + 1 + 2 * L, x.end());
+      const std::vector<Tensor> ys = ops::pair_bias_layers(x[0], g, b, w);
+      Tensor out;
+      for (int64_t l = 0; l < L; ++l) {
+        if (skip && l == 1) continue;
+        const Tensor y = ops::scale(ys[l], 1.0 / double(l + 1));
+        out = out.defined() ? ops::add(out, y) : y;
+      }
+      return out;
+    };
+    std::vector<bool> grad(1 + 3 * L, true), params(1 + 3 * L, true);
+    params[0] = false;
+    const Shape zs{s.B, s.N, s.M, s.C}, os{L, s.B, s.H, s.N, s.M};
+    for (bool skip : {false, true}) {
+      if (skip && L < 3) continue;
+      const std::string name = s.name() + (skip ? " (layer 1 unused)" : "");
+      auto f = [fn, skip](const std::vector<Tensor>& x) { return fn(x, skip); };
+      poison_cache({zs, zs, os, os});
+      check_case({name, inputs, f, grad}, DType::F32, rng);
+      poison_cache({zs, zs, os, os});
+      check_case({name + " fp32 params", inputs, f, grad, params}, DType::BF16, rng);
+    }
+  }
+}
+
+// The one-pass backward sums in a fixed order: bitwise equal run to run; and where z's gradient
+// sum is autograd's (z = 2x read by two pair_bias_layers calls), the second call adds into it.
+TEST(OpsCuda, PairBiasLayersBackwardIsDeterministicAndAddsIntoTheSum) {
+  PF_REQUIRE_GPU();
+  Rng rng(test_seed() + 13);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const int64_t B = 2, N = 97, M = 97, C = 128, H = 8, L = 8;
+    const Tensor x = randn({B, N, M, C}, rng).to(dt).to(Device::CUDA);
+    const Tensor r = randn({L, B, H, N, M}, rng).to(dt).to(Device::CUDA);
+    std::vector<Tensor> gs, bs, ws;
+    for (int64_t l = 0; l < L; ++l) {
+      gs.push_back(uniform({C}, 0.5, 1.5, rng).to(Device::CUDA));
+      bs.push_back(randn({C}, rng).to(Device::CUDA));
+      ws.push_back(randn({H, C}, rng).to(Device::CUDA));
+    }
+    std::vector<std::vector<float>> first;
+    for (int rep = 0; rep < 3; ++rep) {
+      std::vector<Tensor> p{x.detach().requires_grad_(true)};
+      for (const auto* v : {&gs, &bs, &ws})
+        for (const Tensor& t : *v) p.push_back(t.detach().requires_grad_(true));
+      const std::vector<Tensor> g(p.begin() + 1, p.begin() + 1 + L),
+          b(p.begin() + 1 + L, p.begin() + 1 + 2 * L), w(p.begin() + 1 + 2 * L, p.end());
+      const Tensor z = ops::scale(p[0], 2.0);
+      Tensor loss;
+      for (int call = 0; call < 2; ++call) {
+        const std::vector<Tensor> ys = ops::pair_bias_layers(z, g, b, w);
+        for (int64_t l = 0; l < L; ++l) {
+          const Tensor y = ops::sum(ops::mul(ys[l], r.select(l)));
+          loss = loss.defined() ? ops::add(loss, y) : y;
+        }
+      }
+      loss.backward();
+      // per call, 7 of the 8 slices' gradients added into the stacked sum (unbind), and the
+      // second call's dz into the first's
+      EXPECT_EQ(last_backward_sums().by_op, 2 * (L - 1) + 1);
+      for (size_t i = 0; i < p.size(); ++i) {
+        const std::vector<float> v = p[i].grad().to_vector<float>();
+        if (rep == 0)
+          first.push_back(v);
+        else
+          EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
+      }
+    }
+  }
+}
+
 // embedding_sum on the GPU against the CPU: fp32 tables with fp32 output, and (the bf16 training
 // mode) fp32 tables with a bf16 output, its upstream gradient bf16 and the table gradients fp32
 // sums of it. Sizes: one row, a one-row table (every row adds into it), the pair representation
@@ -513,7 +624,9 @@ TEST(OpsCuda, FusedPairBiasAddsIntoTheGradientSum) {
 // Tiles of the backward ((Va + Vb)·D past 12288 floats): the AlphaFold tables (64 + 65 rows of
 // 128: two column tiles of 64), a width ending inside the second tile (97 = 64 + 33), one row
 // past the column-only tiling (385 rows of 40: row tiles of 384 × column tiles of 32 and 8),
-// the most rows the kernel takes (3072: 8 row tiles) and one more, which runs the chain.
+// the most rows the kernel takes (3072: 8 row tiles) and one more, which runs the chain. In the
+// bf16 run the shapes with D a multiple of 8 and Va + Vb <= 144 take the tensor-core backward
+// instead (EmbeddingSumBackwardTensorCoresMatchFloat64 tests its edges).
 TEST(OpsCuda, FusedEmbeddingSumMatchesCpu) {
   PF_REQUIRE_GPU();
   Rng rng(test_seed() + 9);
@@ -555,6 +668,142 @@ TEST(OpsCuda, FusedEmbeddingSumMatchesCpu) {
                 {true, false, true, false}},
                DType::BF16, rng);
   }
+}
+
+// The embedding_sum backward kernels called directly with 16-bit g, against a float64 reference,
+// at the edges of the tensor-core kernel (embedding_sum_backward_on_tensor_cores): widths 8, 16,
+// 32, 128, 136 (a column tile of one n8 tile: 8 columns), 256 (two column tiles) and 20 (not a
+// multiple of 8: the shared-memory kernel); stacked tables of V = 5, 127, 128, 129, 144 (the most
+// the kernel takes) and 145 (the shared-memory kernel); rows fewer than one 64-row tile, a
+// multiple of it and neither; broadcast indices S = 1, S dividing rows, S = rows; indices drawn
+// uniformly (every m-tile touched) and like the model's (distance bins and relative positions of
+// an N × N grid: consecutive rows touch few m-tiles); ~4% of the indices out of their table (−1,
+// Va or Vb: they add nothing). Each case runs with bf16 g (fp16 g for two) into fp32 and bf16
+// tables, outputs and scratch NaN-poisoned, twice: the two results must have the same bits.
+//
+// Tolerance, per element e (n_e terms, A_e = Σ|g| over them, r_e the float64 sum): every product
+// is an exact g value (the one-hot operand is 1 or 0). The tensor cores add each mma's products
+// to the fp32 accumulator aligned to the largest exponent and truncated, not rounded per add:
+// at most (t + 1)·2⁻²³·max|addend| for a step with t nonzero terms, max|addend| ≤ A_e. Over the
+// ≤ n_e steps that touch e, Σ (t + 1) ≤ 2·n_e: |fp32 − r_e| ≤ n_e·2⁻²²·A_e (the float64 sum of
+// the blocks' partials adds ≤ 264·2⁻⁵³·A_e, inside it). The output rounding adds u·(|r_e| + that),
+// u = 2⁻²⁴ (fp32) or 2⁻⁸ (bf16, as above). Cases keep n_e small (≲ 30), so a lost or doubled row
+// (|g| ~ 1) is far outside the bound.
+TEST(OpsCuda, EmbeddingSumBackwardTensorCoresMatchFloat64) {
+  PF_REQUIRE_GPU();
+#ifdef PF_WITH_CUDA
+  using kernels::ScalarType;
+  Rng rng(test_seed() + 13);
+  struct C {
+    int64_t rows, S;
+    int Va, Vb, D;
+    bool pairs;  // indices like the model's (rows = B·N·N, S = N·N, N = pair_n)
+    int pair_n;
+    ScalarType gt;
+    bool tensor_cores;  // the kernel expected to run
+  };
+  const ScalarType BF = ScalarType::BF16, H = ScalarType::F16;
+  const std::vector<C> cases{
+      {5, 1, 3, 2, 8, false, 0, BF, true},                      // fewer rows than a tile, S = 1
+      {1000, 40, 64, 65, 16, false, 0, BF, true},               // V = 129, rows 15 tiles + 40
+      {969, 323, 64, 65, 128, false, 0, BF, true},              // the AF tables
+      {2 * 41 * 41, 41 * 41, 64, 65, 128, true, 41, BF, true},  // the AF tables, model-like indices
+      {1000, 8, 100, 44, 256, false, 0, BF, true},              // V = 144: the most; two column tiles
+      {777, 7, 63, 64, 136, false, 0, BF, true},                // V = 127; 136 = 128 + one n8 tile
+      {320, 320, 1, 127, 32, false, 0, BF, true},               // V = 128, rows 5 tiles, S = rows
+      {3 * 23 * 23, 23 * 23, 64, 65, 64, true, 23, H, true},    // fp16 g, model-like indices
+      {640, 10, 70, 74, 256, false, 0, H, true},                // fp16 g, V = 144, D = 256
+      {500, 5, 80, 65, 64, false, 0, BF, false},                // V = 145: the shared-memory kernel
+      {300, 3, 64, 65, 20, false, 0, BF, false},                // D = 20: the shared-memory kernel
+  };
+  for (const C& c : cases) {
+    const std::string name = "embedding_sum backward rows " + std::to_string(c.rows) + " S " +
+                             std::to_string(c.S) + " Va " + std::to_string(c.Va) + " Vb " +
+                             std::to_string(c.Vb) + " D " + std::to_string(c.D) +
+                             (c.gt == H ? " fp16 g" : " bf16 g") + (c.pairs ? " pair indices" : "");
+    SCOPED_TRACE(name);
+    ASSERT_EQ(c.rows % c.S, 0);
+    EXPECT_EQ(kernels::cuda::embedding_sum_backward_on_tensor_cores(c.gt, c.D, c.Va, c.Vb), c.tensor_cores);
+    ASSERT_TRUE(kernels::cuda::embedding_sum_fits(c.D, c.Va, c.Vb));
+    // Indices: in range, then ~4% moved out of it (−1 or the table's size).
+    auto outside = [&](int v, int size) {
+      const int64_t u = rng.randint(0, 50);
+      return u == 0 ? -1 : u == 1 ? size : v;
+    };
+    std::vector<int32_t> ia(c.rows), ib(c.S);
+    if (c.pairs) {
+      const int n = c.pair_n, R = (c.Vb - 1) / 2;
+      for (int64_t r = 0; r < c.rows; ++r) {  // a smooth distance: |i − j| scaled, with noise
+        const int64_t i = (r / n) % n, j = r % n;
+        const int bin = static_cast<int>(std::abs(i - j) * 3 / 2 + rng.randint(0, 3));
+        ia[r] = outside(std::min(bin, c.Va - 1), c.Va);
+      }
+      for (int64_t s = 0; s < c.S; ++s) {
+        const int64_t i = s / n, j = s % n;
+        ib[s] = outside(static_cast<int>(std::clamp<int64_t>(j - i, -R, R) + R), c.Vb);
+      }
+    } else {
+      for (auto& v : ia) v = outside(static_cast<int>(rng.randint(0, c.Va)), c.Va);
+      for (auto& v : ib) v = outside(static_cast<int>(rng.randint(0, c.Vb)), c.Vb);
+    }
+    const DType gd = c.gt == H ? DType::F16 : DType::BF16;
+    const Tensor g = randn({c.rows, c.D}, rng).to(gd);
+    const std::vector<double> gv = g.to_vector<double>();  // the values as rounded to 16 bits
+    // The float64 reference of the stacked table [dA; dB], Σ|g| and the number of terms.
+    const int V = c.Va + c.Vb;
+    std::vector<double> ref(size_t(V) * c.D, 0.0), mag(ref.size(), 0.0);
+    std::vector<int64_t> terms(V, 0);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const int a = ia[r], b = ib[r % c.S];
+      for (int v : {a >= 0 && a < c.Va ? a : -1, b >= 0 && b < c.Vb ? c.Va + b : -1}) {
+        if (v < 0) continue;
+        ++terms[v];
+        for (int d = 0; d < c.D; ++d) {
+          ref[size_t(v) * c.D + d] += gv[r * c.D + d];
+          mag[size_t(v) * c.D + d] += std::abs(gv[r * c.D + d]);
+        }
+      }
+    }
+    const Tensor gg = g.to(Device::CUDA);
+    const Tensor iag = Tensor::from_vector(ia, {c.rows}, DType::I32, Device::CUDA);
+    const Tensor ibg = Tensor::from_vector(ib, {c.S}, DType::I32, Device::CUDA);
+    const size_t ws_bytes = kernels::cuda::embedding_sum_backward_workspace_bytes(c.rows, c.D, c.Va, c.Vb);
+    for (DType td : {DType::F32, DType::BF16}) {
+      const ScalarType tt = td == DType::F32 ? ScalarType::F32 : ScalarType::BF16;
+      const double u = td == DType::F32 ? std::ldexp(1.0, -24) : kBF16Tol / 3;
+      std::vector<float> first;
+      for (int run = 0; run < 2; ++run) {
+        Tensor da = Tensor::full({c.Va, c.D}, std::nan(""), td, Device::CUDA);
+        Tensor db = Tensor::full({c.Vb, c.D}, std::nan(""), td, Device::CUDA);
+        Tensor ws =
+            Tensor::full({static_cast<int64_t>(ws_bytes / 4)}, std::nan(""), DType::F32, Device::CUDA);
+        kernels::cuda::embedding_sum_backward(c.gt, tt, gg.data_ptr(),
+                                              static_cast<const int32_t*>(iag.data_ptr()),
+                                              static_cast<const int32_t*>(ibg.data_ptr()), da.data_ptr(),
+                                              db.data_ptr(), c.rows, c.S, c.D, c.Va, c.Vb, ws.data_ptr());
+        std::vector<float> got = da.to_vector<float>();
+        const std::vector<float> gb = db.to_vector<float>();
+        got.insert(got.end(), gb.begin(), gb.end());
+        if (run == 1) {
+          EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * sizeof(float)), 0)
+              << "two runs differ in their bits (" << dtype_name(td) << " tables)";
+          break;
+        }
+        first = got;
+        int bad = 0;
+        for (size_t e = 0; e < ref.size(); ++e) {
+          const double acc = double(terms[e / c.D]) * std::ldexp(1.0, -22) * mag[e];
+          const double bound = acc + u * (std::abs(ref[e]) + acc);
+          if (!(std::abs(got[e] - ref[e]) <= bound) && ++bad <= 5)
+            ADD_FAILURE() << dtype_name(td) << " tables: entry (" << e / c.D << ", " << e % c.D
+                          << ") = " << got[e] << ", float64 " << ref[e] << ", bound " << bound << " ("
+                          << terms[e / c.D] << " terms)";
+        }
+        EXPECT_EQ(bad, 0) << dtype_name(td) << " tables";
+      }
+    }
+  }
+#endif
 }
 
 // A width the kernels cannot take ((300, 70) needs more shared memory than any current GPU gives

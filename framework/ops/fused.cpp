@@ -136,9 +136,47 @@ struct PairBiasLayers {
   int64_t L() const { return static_cast<int64_t>(ws.size()); }
 };
 
-// out:(L,B,H,N,M) on the CPU: the single layer's kernel per layer.
+#ifdef PF_WITH_CUDA
+kernels::cuda::PairBiasLayerParams layer_params(const PairBiasLayers& p) {
+  kernels::cuda::PairBiasLayerParams k;
+  k.L = static_cast<int>(p.L());
+  for (int64_t l = 0; l < p.L(); ++l) {
+    k.gamma[l] = p.gammas[l].data_ptr();
+    k.beta[l] = p.betas[l].data_ptr();
+    k.w[l] = p.ws[l].data_ptr();
+  }
+  return k;
+}
+
+// Whether the one-pass CUDA kernels take these sizes (else each layer's own kernels run, inside
+// the same op: same result, same gradients).
+bool pair_bias_layers_one_pass(const Tensor& z, const PairBiasDims& d, int64_t L) {
+  return z.device() == Device::CUDA && d.C <= INT32_MAX && d.H * L <= INT32_MAX &&
+         reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 == 0 &&
+         kernels::cuda::pair_bias_layers_fits(scalar_type_of(z.dtype()), static_cast<int>(d.C),
+                                              static_cast<int>(d.H), static_cast<int>(L));
+}
+
+Tensor pair_bias_layers_workspace(const Tensor& z) {
+  return Tensor::empty({static_cast<int64_t>(kernels::cuda::pair_bias_layers_workspace_bytes(
+                           scalar_type_of(z.dtype()), static_cast<int>(z.size(3))))},
+                       DType::U8, z.device());
+}
+#endif
+
+// out:(L,B,H,N,M): CUDA one pass (kernels/cuda/fused.h) where it takes the sizes, else (and on
+// the CPU) the single layer's kernel per layer.
 void launch_pair_bias_layers_forward(const Tensor& z, const PairBiasLayers& p, Tensor& out,
                                      const PairBiasDims& d, double eps) {
+#ifdef PF_WITH_CUDA
+  if (pair_bias_layers_one_pass(z, d, p.L())) {
+    Tensor ws = pair_bias_layers_workspace(z);
+    kernels::cuda::pair_bias_layers_forward(scalar_type_of(z.dtype()), scalar_type_of(p.ws[0].dtype()),
+                                            z.data_ptr(), layer_params(p), out.data_ptr(), d.B, d.N, d.M,
+                                            static_cast<int>(d.C), static_cast<int>(d.H), eps, ws.data_ptr());
+    return;
+  }
+#endif
   for (int64_t l = 0; l < p.L(); ++l) {
     Tensor out_l = out.select(l);
     launch_pair_bias_forward(z, p.gammas[l], p.betas[l], p.ws[l], out_l, d, eps);
@@ -146,11 +184,28 @@ void launch_pair_bias_layers_forward(const Tensor& z, const PairBiasLayers& p, T
 }
 
 // g:(L,B,H,N,M) → dz (undefined: not wanted; add_dz: +=) and the layers' gradients (entries
-// undefined where not wanted), on the CPU.
+// undefined where not wanted).
 void launch_pair_bias_layers_backward(const Tensor& g, const Tensor& z, const PairBiasLayers& p, Tensor& dz,
                                       std::vector<Tensor>& dgammas, std::vector<Tensor>& dbetas,
                                       std::vector<Tensor>& dws, const PairBiasDims& d, double eps,
                                       bool add_dz) {
+#ifdef PF_WITH_CUDA
+  if (pair_bias_layers_one_pass(z, d, p.L())) {
+    kernels::cuda::PairBiasLayerGrads k;
+    auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+    for (int64_t l = 0; l < p.L(); ++l) {
+      k.gamma[l] = ptr(dgammas[l]);
+      k.beta[l] = ptr(dbetas[l]);
+      k.w[l] = ptr(dws[l]);
+    }
+    Tensor ws = pair_bias_layers_workspace(z);
+    kernels::cuda::pair_bias_layers_backward(scalar_type_of(z.dtype()), scalar_type_of(p.ws[0].dtype()),
+                                             g.data_ptr(), z.data_ptr(), layer_params(p), k, ptr(dz), d.B,
+                                             d.N, d.M, static_cast<int>(d.C), static_cast<int>(d.H), eps,
+                                             add_dz, ws.data_ptr());
+    return;
+  }
+#endif
   for (int64_t l = 0; l < p.L(); ++l)  // the layers' dz summed in layer order
     launch_pair_bias_backward(g.select(l), z, p.gammas[l], p.betas[l], p.ws[l], dz, dgammas[l], dbetas[l],
                               dws[l], d, eps, add_dz || l > 0);
@@ -266,14 +321,18 @@ std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>&
                                                  << ws[l].str());
   }
   const int64_t L = static_cast<int64_t>(ws.size());
-  auto per_layer = [&] {
+  bool per_layer_ops = !g_fuse_pair_bias.load(std::memory_order_relaxed);  // the chains
+#ifdef PF_WITH_CUDA
+  // sizes that neither the one-pass nor the single-layer kernels take: pair_bias's own fallback
+  per_layer_ops = per_layer_ops || (z.device() == Device::CUDA && !pair_bias_layers_one_pass(z, d, L) &&
+                                    (d.C > INT32_MAX || d.H > INT32_MAX ||
+                                     !kernels::cuda::pair_bias_fits(static_cast<int>(d.C), static_cast<int>(d.H))));
+#endif
+  if (per_layer_ops) {
     std::vector<Tensor> out;
     for (int64_t l = 0; l < L; ++l) out.push_back(pair_bias(z, gammas[l], betas[l], ws[l], eps));
     return out;
-  };
-  if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return per_layer();  // the chains
-  // on the GPU each layer's own pair_bias (the one-pass kernels: kernels/cuda/NOTES.md)
-  if (z.device() == Device::CUDA) return per_layer();
+  }
   Tensor out = Tensor::empty({L, d.B, d.H, d.N, d.M}, z.dtype(), z.device());
   launch_pair_bias_layers_forward(z, PairBiasLayers{gammas, betas, ws}, out, d, eps);
   std::vector<Tensor> inputs{z};

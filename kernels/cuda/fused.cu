@@ -1,6 +1,7 @@
 #include "kernels/cuda/fused.h"
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/flash_bias_warp.cuh"  // cp.async, ldmatrix, mma.sync (embedding_sum backward)
 
 namespace pf::kernels::cuda {
 
@@ -1118,6 +1119,179 @@ void es_check(int D, int Va, int Vb, const char* what) {
   PF_CHECK(D >= 1 && Va >= 1 && Vb >= 1, what << ": needs D >= 1 and tables of >= 1 row, got Va = " << Va
                                               << ", Vb = " << Vb << ", D = " << D);
 }
+
+// ---- embedding_sum backward on the tensor cores (16-bit g) -----------------------------------
+//
+// The stacked table gradient is a one-hot GEMM: with E the (V × rows) matrix whose column r has
+// ones at rows ia[r] and Va + ib[r mod S] (V = Va + Vb; an index outside its table gives no one),
+//   [dA; dB] = E · g    M = V, N = D, K = rows.
+// E is never stored: each warp builds its m16n8k16 A fragments from the step's 16 indices in
+// registers (1.0 and 0.0 are exact in bf16 and fp16, so every product is an exact g value) and
+// takes g, the B operand, from shared memory with ldmatrix.trans. A block streams consecutive
+// 64-row tiles of g (128 columns, blockIdx.y picks them) through a kEsMmaStages-deep cp.async
+// ring; warp w owns columns 16w … 16w + 15 and holds the accumulators of every m-tile of them.
+// Consecutive rows have neighbouring distances and relative positions, so a 16-row step touches
+// a few m-tiles of the table; the warp skips the others (a warp-uniform mask of the step's rows).
+// Each block writes its fp32 partial table; embedding_sum_table_sum_kernel adds them in order.
+constexpr int kEsMmaRows = 64;   // rows of g per stage (4 k-steps of 16)
+constexpr int kEsMmaCols = 128;  // columns of g per block: 8 warps of 16
+constexpr int kEsMmaThreads = kEsMmaCols / 16 * 32;
+constexpr int kEsMmaStages = 4;              // 3 tiles (48 KB) in flight per block, 2 blocks per SM
+constexpr int kEsMmaPitch = kEsMmaCols + 8;  // ldmatrix rows 272 bytes apart: no bank conflicts
+constexpr int kEsMmaMaxTiles = 9;            // m-tiles of 16 table rows a warp keeps: 72 accumulators
+constexpr int kEsMmaMaxRows = 16 * kEsMmaMaxTiles;
+// 2 blocks per SM on H100 and H200 (132 SMs): a constant, so the sums' order (and the result's
+// bits) does not depend on the card.
+constexpr int kEsMmaBlocks = 264;
+constexpr size_t kEsMmaSmemBytes =
+    size_t(kEsMmaStages) * (size_t(kEsMmaRows) * kEsMmaPitch * 2 + 2 * kEsMmaRows * sizeof(int32_t));
+
+// The bits of 1.0 in the mma operand type.
+template <class GT>
+constexpr uint32_t es_one() {
+  return std::is_same_v<GT, bf16> ? 0x3F80u : 0x3C00u;
+}
+
+// g:(rows, D) 16-byte aligned, D a multiple of 8, Va + Vb ≤ 16·MT → partial:(gridDim.x, Va + Vb, D)
+template <class GT, int MT>
+__global__ void __launch_bounds__(kEsMmaThreads, 2)
+    embedding_sum_backward_mma_kernel(const GT* g, const int32_t* ia, const int32_t* ib, float* partial,
+                                      int64_t rows, int64_t S, int D, int Va, int Vb,
+                                      int64_t tiles_per_block) {
+  extern __shared__ __align__(16) unsigned char es_smem[];
+  GT* s_g = reinterpret_cast<GT*>(es_smem);  // [stage][kEsMmaRows][kEsMmaPitch]
+  int32_t* s_idx =
+      reinterpret_cast<int32_t*>(s_g + kEsMmaStages * kEsMmaRows * kEsMmaPitch);  // [stage][a|b][row]
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int V = Va + Vb, d0 = blockIdx.y * kEsMmaCols, dn = min(kEsMmaCols, D - d0);
+  const int64_t n_tiles = (rows + kEsMmaRows - 1) / kEsMmaRows;
+  const int64_t t0 = blockIdx.x * tiles_per_block;
+  const int64_t count = max(int64_t{0}, min(n_tiles, t0 + tiles_per_block) - t0);
+
+  // Tile t into stage st: thread (row group tid / 16, chunk tid % 16) copies 8 columns of 4 rows;
+  // rows past the end become zeros with index −1 (they add nothing). Columns past D stay stale:
+  // they meet only the accumulators of columns that are never written out.
+  auto load = [&](int64_t t, int st) {
+    const int64_t r0 = t * kEsMmaRows;
+    GT* s = s_g + st * kEsMmaRows * kEsMmaPitch;
+    const int chunk = tid % 16;
+    if (chunk * 8 < dn) {
+#pragma unroll
+      for (int p = 0; p < kEsMmaRows / 16; ++p) {
+        const int r = tid / 16 + 16 * p;
+        GT* dst = s + r * kEsMmaPitch + chunk * 8;
+        if (r0 + r < rows)
+          fb::cp_async_16(dst, g + (r0 + r) * D + d0 + chunk * 8);
+        else
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+    if (tid < 2 * kEsMmaRows) {
+      const int64_t r = r0 + tid % kEsMmaRows;
+      int32_t* dst = s_idx + st * 2 * kEsMmaRows + tid;
+      if (r >= rows)
+        *dst = -1;
+      else if (tid < kEsMmaRows)
+        fb::cp_async_4(dst, ia + r);
+      else
+        fb::cp_async_4(dst, ib + r % S);
+    }
+  };
+
+  float acc[MT][2][4] = {};
+  const bool active = warp * 16 < dn;  // a warp whose 16 columns all lie past D only copies
+  const int gq = lane / 4, tq = lane % 4;
+  constexpr uint32_t one = es_one<GT>();
+#pragma unroll
+  for (int st = 0; st < kEsMmaStages - 1; ++st) {
+    if (st < count) load(t0 + st, st);
+    fb::cp_async_commit();
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    fb::cp_async_wait<kEsMmaStages - 2>();
+    __syncthreads();  // tile i is in; every warp is done with tile i − 1, whose stage is refilled
+    if (i + kEsMmaStages - 1 < count) load(t0 + i + kEsMmaStages - 1, (i + kEsMmaStages - 1) % kEsMmaStages);
+    fb::cp_async_commit();
+    if (!active) continue;
+    const int st = static_cast<int>(i % kEsMmaStages);
+    const GT* s = s_g + st * kEsMmaRows * kEsMmaPitch;
+    const int32_t* si = s_idx + st * 2 * kEsMmaRows;
+#pragma unroll
+    for (int ks = 0; ks < kEsMmaRows / 16; ++ks) {
+      // This lane's A fragment rows are k = 2tq, 2tq + 1, 2tq + 8, 2tq + 9 of the step: their
+      // stacked table rows (−1: none) and the m-tiles any row of the step touches.
+      int ra[4], rb[4];
+      uint32_t mask = 0;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int k = 16 * ks + 2 * tq + (q & 1) + 8 * (q >> 1);
+        const int a = si[k], b = si[kEsMmaRows + k];
+        ra[q] = static_cast<unsigned>(a) < static_cast<unsigned>(Va) ? a : -1;
+        rb[q] = static_cast<unsigned>(b) < static_cast<unsigned>(Vb) ? Va + b : -1;
+        if (ra[q] >= 0) mask |= 1u << (ra[q] / 16);
+        if (rb[q] >= 0) mask |= 1u << (rb[q] / 16);
+      }
+      mask = __reduce_or_sync(0xffffffffu, mask);
+      // B fragments of both n8 tiles: matrices (k 0-7 | 8-15) × (n 0-7 | 8-15), rows of g.
+      uint32_t bf[4];
+      fb::ldsm_x4_t(bf, s + (16 * ks + lane % 16) * kEsMmaPitch + 16 * warp + (lane / 16) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (!(mask >> mt & 1u)) continue;
+        const int m = 16 * mt + gq;
+        auto e = [&](int q, int row) { return ra[q] == row || rb[q] == row ? one : 0u; };
+        // A[m][k] = E[m][k]: a0 (m, k 2tq..+1), a1 (m + 8, same k), a2 (m, k + 8), a3 (m + 8, k + 8)
+        const uint32_t a[4] = {e(0, m) | e(1, m) << 16, e(0, m + 8) | e(1, m + 8) << 16,
+                               e(2, m) | e(3, m) << 16, e(2, m + 8) | e(3, m + 8) << 16};
+        fb::mma_16816<GT>(acc[mt][0], a, bf[0], bf[1]);
+        fb::mma_16816<GT>(acc[mt][1], a, bf[2], bf[3]);
+      }
+    }
+  }
+  if (!active) return;
+  // Accumulator (m-tile mt, n-tile nt): rows 16mt + gq (+ 8), columns 8nt + 2tq, + 1.
+  float* out = partial + int64_t(blockIdx.x) * V * D;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int c = d0 + 16 * warp + 8 * nt + 2 * tq;
+      if (c >= D) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = 16 * mt + gq + 8 * h;
+        if (m < V)
+          *reinterpret_cast<float2*>(out + int64_t(m) * D + c) =
+              make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+      }
+    }
+}
+
+// The tensor-core backward's grid: blockIdx.x takes consecutive runs of tiles_per_block row tiles
+// (kEsMmaBlocks / column tiles of them, fewer where the partial tables would pass
+// kEsMaxPartialFloats), blockIdx.y the column tiles of kEsMmaCols.
+struct EsMmaGrid {
+  int blocks, col_tiles;
+  int64_t tiles_per_block;
+};
+EsMmaGrid es_mma_grid(int64_t rows, int D, int Va, int Vb) {
+  const int col_tiles = (D + kEsMmaCols - 1) / kEsMmaCols;
+  const int64_t n_tiles = std::max<int64_t>(1, (rows + kEsMmaRows - 1) / kEsMmaRows);
+  const int64_t table = (int64_t(Va) + Vb) * D;
+  const int64_t want = std::min<int64_t>(
+      {n_tiles, std::max(1, kEsMmaBlocks / col_tiles), std::max<int64_t>(1, kEsMaxPartialFloats / table)});
+  const int64_t per = (n_tiles + want - 1) / want;
+  return {static_cast<int>((n_tiles + per - 1) / per), col_tiles, per};
+}
+
+// Calls f(T{}) with the mma operand type of 16-bit g: bf16 for BF16, __half for F16.
+template <class F>
+void dispatch_16bit(ScalarType t, F&& f) {
+  if (t == ScalarType::BF16)
+    f(bf16{});
+  else
+    f(__half{});
+}
 }  // namespace
 
 bool pair_bias_fits(int C, int H) {
@@ -1268,8 +1442,17 @@ bool embedding_sum_fits(int D, int Va, int Vb) {
          (int64_t(Va) + Vb) * D <= INT32_MAX && es_tile(D, Va, Vb).tiles <= 65535;
 }
 
+bool embedding_sum_backward_on_tensor_cores(ScalarType gt, int D, int Va, int Vb) {
+  return (gt == ScalarType::BF16 || gt == ScalarType::F16) && embedding_sum_fits(D, Va, Vb) && D % 8 == 0 &&
+         int64_t(Va) + Vb <= kEsMmaMaxRows && (D + kEsMmaCols - 1) / kEsMmaCols <= 65535;
+}
+
+// The larger of the two kernels' partial tables: the dtype of g is not known here.
 size_t embedding_sum_backward_workspace_bytes(int64_t rows, int D, int Va, int Vb) {
-  return static_cast<size_t>(es_blocks(rows, D, Va, Vb)) * (int64_t(Va) + Vb) * D * sizeof(float);
+  int64_t blocks = es_blocks(rows, D, Va, Vb);
+  if (embedding_sum_backward_on_tensor_cores(ScalarType::BF16, D, Va, Vb))
+    blocks = std::max<int64_t>(blocks, es_mma_grid(rows, D, Va, Vb).blocks);
+  return static_cast<size_t>(blocks) * (int64_t(Va) + Vb) * D * sizeof(float);
 }
 
 void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const int32_t* ia, const int32_t* ib,
@@ -1283,22 +1466,36 @@ void embedding_sum_backward(ScalarType gt, ScalarType tt, const void* g, const i
   PF_CHECK(S >= 1 && rows % S == 0,
            "embedding_sum_backward: " << S << " broadcast indices do not divide " << rows << " rows");
   const int P = (Va + Vb) * D;
-  const EsTile tile = es_tile(D, Va, Vb);
-  const int blocks = es_blocks(rows, D, Va, Vb);
-  const int64_t tile_floats = int64_t(tile.Vt) * tile.Dt;
-  // As many warps (≤ 4) as the shared memory holds tiles for.
-  const int warps = static_cast<int>(std::min<int64_t>(4, (192 * 1024) / (tile_floats * 4)));
-  const size_t smem = size_t(warps) * tile_floats * sizeof(float);
   float* partial = static_cast<float*>(workspace);
-  const int64_t per_block = (rows + blocks - 1) / blocks;
-  dispatch_dtype(gt, "embedding_sum_backward", [&](auto t) {
-    using GT = decltype(t);
-    auto kernel = embedding_sum_backward_kernel<GT>;
-    allow_smem(kernel, smem);
-    kernel<<<dim3(blocks, tile.tiles), warps * 32, smem, cur_stream()>>>(
-        static_cast<const GT*>(g), ia, ib, partial, rows, S, D, Va, Vb, per_block, tile.Vt, tile.Dt);
-    PF_CUDA_CHECK_LAUNCH("embedding_sum_backward_kernel");
-  });
+  int blocks = 0;
+  if (embedding_sum_backward_on_tensor_cores(gt, D, Va, Vb) && reinterpret_cast<uintptr_t>(g) % 16 == 0) {
+    const EsMmaGrid grid = es_mma_grid(rows, D, Va, Vb);
+    blocks = grid.blocks;
+    dispatch_16bit(gt, [&](auto t) {
+      using GT = decltype(t);
+      auto kernel = embedding_sum_backward_mma_kernel<GT, kEsMmaMaxTiles>;
+      allow_smem(kernel, kEsMmaSmemBytes);
+      kernel<<<dim3(grid.blocks, grid.col_tiles), kEsMmaThreads, kEsMmaSmemBytes, cur_stream()>>>(
+          static_cast<const GT*>(g), ia, ib, partial, rows, S, D, Va, Vb, grid.tiles_per_block);
+      PF_CUDA_CHECK_LAUNCH("embedding_sum_backward_mma_kernel");
+    });
+  } else {
+    const EsTile tile = es_tile(D, Va, Vb);
+    blocks = es_blocks(rows, D, Va, Vb);
+    const int64_t tile_floats = int64_t(tile.Vt) * tile.Dt;
+    // As many warps (≤ 4) as the shared memory holds tiles for.
+    const int warps = static_cast<int>(std::min<int64_t>(4, (192 * 1024) / (tile_floats * 4)));
+    const size_t smem = size_t(warps) * tile_floats * sizeof(float);
+    const int64_t per_block = (rows + blocks - 1) / blocks;
+    dispatch_dtype(gt, "embedding_sum_backward", [&](auto t) {
+      using GT = decltype(t);
+      auto kernel = embedding_sum_backward_kernel<GT>;
+      allow_smem(kernel, smem);
+      kernel<<<dim3(blocks, tile.tiles), warps * 32, smem, cur_stream()>>>(
+          static_cast<const GT*>(g), ia, ib, partial, rows, S, D, Va, Vb, per_block, tile.Vt, tile.Dt);
+      PF_CUDA_CHECK_LAUNCH("embedding_sum_backward_kernel");
+    });
+  }
   dispatch_dtype(tt, "embedding_sum_backward (tables)", [&](auto t) {
     using TT = decltype(t);
     embedding_sum_table_sum_kernel<TT>
