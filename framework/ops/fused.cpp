@@ -324,9 +324,10 @@ std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>&
   bool per_layer_ops = !g_fuse_pair_bias.load(std::memory_order_relaxed);  // the chains
 #ifdef PF_WITH_CUDA
   // sizes that neither the one-pass nor the single-layer kernels take: pair_bias's own fallback
-  per_layer_ops = per_layer_ops || (z.device() == Device::CUDA && !pair_bias_layers_one_pass(z, d, L) &&
-                                    (d.C > INT32_MAX || d.H > INT32_MAX ||
-                                     !kernels::cuda::pair_bias_fits(static_cast<int>(d.C), static_cast<int>(d.H))));
+  per_layer_ops =
+      per_layer_ops || (z.device() == Device::CUDA && !pair_bias_layers_one_pass(z, d, L) &&
+                        (d.C > INT32_MAX || d.H > INT32_MAX ||
+                         !kernels::cuda::pair_bias_fits(static_cast<int>(d.C), static_cast<int>(d.H))));
 #endif
   if (per_layer_ops) {
     std::vector<Tensor> out;
