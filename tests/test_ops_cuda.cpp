@@ -437,6 +437,19 @@ TEST(OpsCuda, FusedPairBiasMatchesCpu) {
   }
 }
 
+// Repeat rep of a backward: the gradients of p kept from the first run (rep 0), bitwise equal
+// to them afterwards.
+void expect_same_grads_as_first(const std::vector<Tensor>& p, int rep,
+                                std::vector<std::vector<float>>& first) {
+  for (size_t i = 0; i < p.size(); ++i) {
+    const std::vector<float> v = p[i].grad().to_vector<float>();
+    if (rep == 0)
+      first.push_back(v);
+    else
+      EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
+  }
+}
+
 // The parameter gradients of pair_bias are summed in a fixed order: bitwise equal run to run
 // (the register kernels at C = 32, the lane-group ones at C = 128 and, W in shared memory, 256).
 TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
@@ -453,13 +466,7 @@ TEST(OpsCuda, FusedPairBiasBackwardIsDeterministic) {
       std::vector<Tensor> p{z.detach().requires_grad_(true), gamma.detach().requires_grad_(true),
                             beta.detach().requires_grad_(true), w.detach().requires_grad_(true)};
       ops::pair_bias(p[0], p[1], p[2], p[3]).backward(g);
-      for (size_t i = 0; i < p.size(); ++i) {
-        const std::vector<float> v = p[i].grad().to_vector<float>();
-        if (rep == 0)
-          first.push_back(v);
-        else
-          EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
-      }
+      expect_same_grads_as_first(p, rep, first);
     }
   }
 }
@@ -605,13 +612,7 @@ TEST(OpsCuda, PairBiasLayersBackwardIsDeterministicAndAddsIntoTheSum) {
       // per call, 7 of the 8 slices' gradients added into the stacked sum (unbind), and the
       // second call's dz into the first's
       EXPECT_EQ(last_backward_sums().by_op, 2 * (L - 1) + 1);
-      for (size_t i = 0; i < p.size(); ++i) {
-        const std::vector<float> v = p[i].grad().to_vector<float>();
-        if (rep == 0)
-          first.push_back(v);
-        else
-          EXPECT_EQ(v, first[i]) << "input " << i << ", repeat " << rep;
-      }
+      expect_same_grads_as_first(p, rep, first);
     }
   }
 }

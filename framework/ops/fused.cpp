@@ -148,6 +148,12 @@ kernels::cuda::PairBiasLayerParams layer_params(const PairBiasLayers& p) {
   return k;
 }
 
+// Whether the single-layer CUDA kernels (pair_bias) take these sizes.
+bool pair_bias_kernels_fit(const PairBiasDims& d) {
+  return d.C <= INT32_MAX && d.H <= INT32_MAX &&
+         kernels::cuda::pair_bias_fits(static_cast<int>(d.C), static_cast<int>(d.H));
+}
+
 // Whether the one-pass CUDA kernels take these sizes (else each layer's own kernels run, inside
 // the same op: same result, same gradients).
 bool pair_bias_layers_one_pass(const Tensor& z, const PairBiasDims& d, int64_t L) {
@@ -274,9 +280,7 @@ Tensor pair_bias(const Tensor& z, const Tensor& gamma, const Tensor& beta, const
   const int64_t B = d.B, N = d.N, M = d.M, C = d.C;
   if (!g_fuse_pair_bias.load(std::memory_order_relaxed)) return pair_bias_chain(z, gamma, beta, w, eps);
 #ifdef PF_WITH_CUDA
-  if (z.device() == Device::CUDA &&
-      (C > INT32_MAX || d.H > INT32_MAX ||
-       !kernels::cuda::pair_bias_fits(static_cast<int>(C), static_cast<int>(d.H)))) {
+  if (z.device() == Device::CUDA && !pair_bias_kernels_fit(d)) {
     note_once(g_said_pair_bias,
               "pair_bias: the CUDA kernels do not take C = " + std::to_string(C) +
                   " channels with H = " + std::to_string(d.H) +
@@ -324,10 +328,8 @@ std::vector<Tensor> pair_bias_layers(const Tensor& z, const std::vector<Tensor>&
   bool per_layer_ops = !g_fuse_pair_bias.load(std::memory_order_relaxed);  // the chains
 #ifdef PF_WITH_CUDA
   // sizes that neither the one-pass nor the single-layer kernels take: pair_bias's own fallback
-  per_layer_ops =
-      per_layer_ops || (z.device() == Device::CUDA && !pair_bias_layers_one_pass(z, d, L) &&
-                        (d.C > INT32_MAX || d.H > INT32_MAX ||
-                         !kernels::cuda::pair_bias_fits(static_cast<int>(d.C), static_cast<int>(d.H))));
+  per_layer_ops = per_layer_ops || (z.device() == Device::CUDA && !pair_bias_layers_one_pass(z, d, L) &&
+                                    !pair_bias_kernels_fit(d));
 #endif
   if (per_layer_ops) {
     std::vector<Tensor> out;
