@@ -1,9 +1,9 @@
 // The Hopper flash-bias forward (flash_bias_sm90.h): compiled for sm_90a only.
 //
 // A persistent grid of min(tiles, SMs) CTAs walks the work tiles (128 query rows, h, b) in
-// a.order's order, round-robin: CTA c takes tiles c, c + gridDim.x, … (so the CTAs running at one
-// time are the same group of consecutive tiles, in CtaOrder, that one wave of a CTA per tile
-// would run). Three warpgroups:
+// a.order's order, round-robin: CTA c takes tiles c, c + gridDim.x, … (so the tiles in flight
+// together are consecutive in CtaOrder, as a wave of one CTA per tile would be, and the CTAs that
+// share a broadcast bias tile still meet in L2). Three warpgroups:
 //   warpgroup 0, the producer: one thread issues every TMA copy — per tile the Q tile, then per key
 //     block j the K_j and V_j tiles and the 128 × BN bias tile into the next stage of a shared-
 //     memory ring. A stage is refilled only after the consumers have released it (mbarrier
