@@ -651,6 +651,38 @@ std::vector<Case> all_cases() {
     c.deterministic = true;
     cs.push_back(c);
   }
+  // More query tiles (128 rows, h, b) than an H100 or H200 has SMs (132): the Hopper forward's
+  // persistent CTAs walk two or three tiles each, loading the next tile's Q and first stages (of
+  // another m0, often another head or batch) while they finish the current one and reloading the
+  // table window per tile; causal with Nq > Nk gives tiles with no key block at all.
+  struct Walk {
+    ScalarType dt;
+    int D, B, H, Nq, Nk, R;
+    BiasForm bias;
+    bool mask, causal;
+  };
+  const Walk walks[] = {
+      {ScalarType::F16, 64, 4, 12, 777, 150, 40, BiasForm::kSharedB, true, true},    // 336 tiles
+      {ScalarType::BF16, 128, 3, 12, 700, 300, 5, BiasForm::kSharedH, true, false},  // 216 tiles
+      {ScalarType::BF16, 32, 4, 10, 520, 200, -1, BiasForm::kFull, false, true},     // 200, no table
+      {ScalarType::F16, 64, 2, 16, 1100, 130, 200, BiasForm::kNone, false, false},   // 288, table alone
+  };
+  for (const Walk& w : walks) {
+    Case c;
+    c.dtype = c.bias_dtype = w.dt;
+    c.D = w.D;
+    c.B = w.B;
+    c.H = w.H;
+    c.Nq = w.Nq;
+    c.Nk = w.Nk;
+    c.relpos = w.R;
+    c.bias = w.bias;
+    c.mask = w.mask;
+    c.causal = w.causal;
+    c.grads = kDq;
+    c.tag = "walk";
+    cs.push_back(c);
+  }
   return cs;
 }
 

@@ -1,11 +1,16 @@
 // The Hopper flash-bias forward (flash_bias_sm90.h): compiled for sm_90a only.
 //
-// One CTA per (128 query rows, h, b), three warpgroups:
-//   warpgroup 0, the producer: one thread issues every TMA copy — the Q tile once, then per key
-//     block j the K_j and V_j tiles and the 128 × BN bias tile into stage j % n_stages of a shared-
+// A persistent grid of min(tiles, SMs) CTAs walks the work tiles (128 query rows, h, b) in
+// a.order's order, round-robin: CTA c takes tiles c, c + gridDim.x, … (so the tiles in flight
+// together are consecutive in CtaOrder, as a wave of one CTA per tile would be, and the CTAs that
+// share a broadcast bias tile still meet in L2). Three warpgroups:
+//   warpgroup 0, the producer: one thread issues every TMA copy — per tile the Q tile, then per key
+//     block j the K_j and V_j tiles and the 128 × BN bias tile into the next stage of a shared-
 //     memory ring. A stage is refilled only after the consumers have released it (mbarrier
-//     `empty`); the copies complete as transaction bytes on the stage's `full` mbarrier. The
-//     producer keeps 24 registers (setmaxnreg) and hands the rest to the consumers.
+//     `empty`), the Q tile only after the consumers' last QKᵀ of the previous tile (`q_empty`), so
+//     the next tile's Q and first stages load during this tile's last blocks and epilogue; the
+//     copies complete as transaction bytes on the `full` / `q_full` mbarriers. The producer keeps
+//     24 registers (setmaxnreg) and hands the rest to the consumers.
 //   warpgroups 1 and 2, the consumers: 64 query rows each. Per key block:
 //     S = Q K_jᵀ          wgmma, A and B from shared memory (K-major), fp32 accumulators
 //     x = S·scale·log2 e + bias·log2 e + T[h, clip(j − i) + R]·log2 e, masked keys −inf
@@ -13,7 +18,7 @@
 //     m' = max(m, rowmax x)   P = 2^(x − m')   l' = 2^(m − m')·l + rowsum P   O' = 2^(m − m')·O
 //     O' += P V_j          wgmma, P from registers (the accumulator layout is the A fragment),
 //                          V from shared memory (MN-major)
-//     and release the stage. At the end out = O / l and lse = (m + log2 l)·ln 2.
+//     and release the stage. At the end of the tile out = O / l and lse = (m + log2 l)·ln 2.
 // The two consumer warpgroups run independently, so one's softmax overlaps the other's GEMMs.
 //
 // Shared memory: Q (128 × D), [the table window,] then n_stages × {K (BN × D), V (BN × D),
@@ -21,16 +26,29 @@
 // min(2D, 128) bytes for Q/K/V, 128 bytes for the bias; D = 128 tiles as two 64-column panels).
 // n_stages (2 to 4) is as many as fit in the opt-in shared memory for the bias's element size.
 // With a relative-position table, Q is followed by the window (rel_bytes, a multiple of 1024) of
-// the table row of the CTA's head that its tile can touch: the table bins
+// the table row of the tile's head that the tile can touch: the table bins
 // clip(j − i, −R, R) + R for the diagonals j − i from −(m0 + 127) to n_blocks·BN − 1 − m0 (the
 // computed columns past Nk included, so that every read lies inside the window), at most
-// relpos_window_bins(R, Nk) ≤ kSm90RelposMaxBins floats, loaded by all threads before the
-// warpgroups part and pre-multiplied by log2 e.
+// relpos_window_bins(R, Nk) ≤ kSm90RelposMaxBins floats, pre-multiplied by log2 e. The window
+// changes with the tile (h, m0), and only the consumers read it, so they reload it per tile:
+//   named barrier kRelBarrier over the 256 consumer threads (both warpgroups are past the previous
+//   tile's last read of the window) → the 256 load the new window → kRelBarrier again (it is
+//   complete) → the tile's key blocks read it.
+// Without a table there is no window and no barrier. The producer never joins these barriers, and
+// after the warpgroups part nothing waits for the whole CTA.
+//
+// Measurement switch: PF_FWD_SM90_TILES=1 in the environment (read once per process) launches the
+// same kernel with one CTA per tile (grid = all tiles, each CTA walks one), the pre-persistent
+// schedule, so that one binary can time both.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/check.h"
@@ -51,7 +69,8 @@ using fb::kLn2;
 using fb::kLog2e;
 
 constexpr int kMaxStages = 4;
-constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kThreads = 384;   // producer warpgroup + two consumer warpgroups
+constexpr int kRelBarrier = 1;  // named barrier of the 256 consumer threads around the window's reload
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * sm90::launch_regs<kThreads>(),
               "the warpgroups' registers after setmaxnreg must fit the CTA's at launch");
@@ -76,6 +95,7 @@ struct Args {
   float* lse;
   const uint8_t* kpm;    // (B, Nk) or null
   fb90::CtaOrder order;  // over (query tile, h, b)
+  int n_tiles;           // order.ctas(): the tiles the grid walks
   int H, Nq, Nk;
   int bias_kind, bias_elt;  // BiasKind and its element size (0 without a bias)
   int bias_shared_b, bias_shared_h;
@@ -97,8 +117,33 @@ __device__ __forceinline__ float2 load_bias2(const char* p) {
     return *reinterpret_cast<const float2*>(p);
 }
 
+// One tile of a CTA's walk: its query rows m0 … m0 + 127 of head h, batch b, and the key blocks
+// it computes (under causal masking, those up to the diagonal of its last row).
+struct Tile {
+  int m0, h, b, n_blocks;
+};
+template <int BM, int BN>
+__device__ __forceinline__ Tile tile_at(const Args& a, int lin) {
+  Tile x;
+  int tile;
+  a.order.decode(lin, tile, x.h, x.b);
+  x.m0 = tile * BM;
+  x.n_blocks = (a.Nk + BN - 1) / BN;
+  if (a.causal) {
+    const int last_key = min(x.m0 + BM, a.Nq) - 1 + a.Nk - a.Nq;
+    x.n_blocks = last_key < 0 ? 0 : min(x.n_blocks, last_key / BN + 1);
+  }
+  return x;
+}
+
+// The parity of tile lin's place in this CTA's walk: the phase of q_full / q_empty that it uses.
+__device__ __forceinline__ uint32_t walk_parity(int lin) {
+  return uint32_t(lin - int(blockIdx.x)) / gridDim.x & 1;
+}
+
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
-// grid: one CTA per (128 query rows, h, b) in a.order, 384 threads, dynamic shared memory smem_bytes().
+// grid: min(a.n_tiles, SMs) CTAs (a.n_tiles with PF_FWD_SM90_TILES=1), each walking the tiles
+// blockIdx.x + k·gridDim.x of a.order; 384 threads, dynamic shared memory as launch() sets.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const __grid_constant__ Args a) {
   using Sh = Shape<D>;
@@ -112,16 +157,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
   uint64_t* q_full = empty + kMaxStages;
-
-  int tile, h, b;
-  a.order.decode(blockIdx.x, tile, h, b);
-  const int m0 = tile * BM;
-  const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;
-  int n_blocks = (Nk + BN - 1) / BN;
-  if (a.causal) {  // key blocks up to the diagonal of the tile's last row
-    const int last_key = min(m0 + BM, Nq) - 1 + causal_off;
-    n_blocks = last_key < 0 ? 0 : min(n_blocks, last_key / BN + 1);
-  }
+  uint64_t* q_empty = q_full + 1;
+  const int n_tiles = a.n_tiles;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < a.n_stages; ++s) {
@@ -129,15 +166,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       sm90::mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
     sm90::mbar_init(q_full, 1);
+    sm90::mbar_init(q_empty, 8);
     sm90::fence_barrier_init();
-  }
-  // the table window, times log2 e: bins rel_w0 … rel_w1 of the head's row, the clamps to [0, 2R]
-  // of j − i + R at the tile's extreme diagonals j − i = −(m0 + 127) and n_blocks·BN − 1 − m0
-  const int rel_w0 = min(max(a.rel_last / 2 - (m0 + BM - 1), 0), a.rel_last);
-  if (a.relpos != nullptr) {
-    const int rel_w1 = max(min(a.rel_last / 2 + n_blocks * BN - 1 - m0, a.rel_last), 0);
-    const float* trow = a.relpos + int64_t(h) * (a.rel_last + 1);
-    for (int k = rel_w0 + int(threadIdx.x); k <= rel_w1; k += kThreads) sRel[k - rel_w0] = trow[k] * kLog2e;
   }
   __syncthreads();
 
@@ -148,31 +178,35 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       sm90::tma_prefetch_descriptor(&a.k);
       sm90::tma_prefetch_descriptor(&a.v);
       if (a.bias_kind != kNone) sm90::tma_prefetch_descriptor(&a.bias);
-      sm90::mbar_arrive_expect_tx(q_full, Sh::kQBytes);
-#pragma unroll
-      for (int p = 0; p < Sh::kPanels; ++p)
-        sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, m0, h, b);
-      const int hb = a.bias_shared_h ? 0 : h, bb = a.bias_shared_b ? 0 : b;
       const int bias_panels = BN * a.bias_elt / 128, bias_cols = a.bias_elt ? 128 / a.bias_elt : 0;
       int stage = 0;
       uint32_t phase = 0;
-      for (int nb = 0; nb < n_blocks; ++nb) {
-        sm90::mbar_wait(&empty[stage], phase ^ 1);
-        char* st = sStages + stage * a.stage_bytes;
-        uint64_t* bar = &full[stage];
-        sm90::mbar_arrive_expect_tx(bar, a.stage_bytes);
-        const int n0 = nb * BN;
+      for (int lin = blockIdx.x; lin < n_tiles; lin += gridDim.x) {
+        const Tile x = tile_at<BM, BN>(a, lin);
+        sm90::mbar_wait(q_empty, walk_parity(lin) ^ 1);  // the previous tile's last QKᵀ is done
+        sm90::mbar_arrive_expect_tx(q_full, Sh::kQBytes);
 #pragma unroll
-        for (int p = 0; p < Sh::kPanels; ++p) {
-          sm90::tma_load_4d(st + p * BN * RB, &a.k, bar, p * RB / 2, n0, h, b);
-          sm90::tma_load_4d(st + Sh::kKBytes + p * BN * RB, &a.v, bar, p * RB / 2, n0, h, b);
-        }
-        for (int p = 0; p < bias_panels; ++p)
-          sm90::tma_load_4d(st + 2 * Sh::kKBytes + p * BM * 128, &a.bias, bar, n0 + p * bias_cols, m0, hb,
-                            bb);
-        if (++stage == a.n_stages) {
-          stage = 0;
-          phase ^= 1;
+        for (int p = 0; p < Sh::kPanels; ++p)
+          sm90::tma_load_4d(sQ + p * BM * RB, &a.q, q_full, p * RB / 2, x.m0, x.h, x.b);
+        const int hb = a.bias_shared_h ? 0 : x.h, bb = a.bias_shared_b ? 0 : x.b;
+        for (int nb = 0; nb < x.n_blocks; ++nb) {
+          sm90::mbar_wait(&empty[stage], phase ^ 1);
+          char* st = sStages + stage * a.stage_bytes;
+          uint64_t* bar = &full[stage];
+          sm90::mbar_arrive_expect_tx(bar, a.stage_bytes);
+          const int n0 = nb * BN;
+#pragma unroll
+          for (int p = 0; p < Sh::kPanels; ++p) {
+            sm90::tma_load_4d(st + p * BN * RB, &a.k, bar, p * RB / 2, n0, x.h, x.b);
+            sm90::tma_load_4d(st + Sh::kKBytes + p * BN * RB, &a.v, bar, p * RB / 2, n0, x.h, x.b);
+          }
+          for (int p = 0; p < bias_panels; ++p)
+            sm90::tma_load_4d(st + 2 * Sh::kKBytes + p * BM * 128, &a.bias, bar, n0 + p * bias_cols, x.m0, hb,
+                              bb);
+          if (++stage == a.n_stages) {
+            stage = 0;
+            phase ^= 1;
+          }
         }
       }
     }
@@ -184,161 +218,213 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
   const int ctid = threadIdx.x - 128, cw = ctid / 128;  // consumer warpgroup 0 or 1
   const int warp = (ctid / 32) % 4, lane = ctid % 32, g = lane / 4, t = lane % 4;
   const int r0 = 64 * cw + 16 * warp + g;  // tile row of d[4j], d[4j + 1]; r0 + 8 for d[4j + 2], d[4j + 3]
-  const uint8_t* kpm = a.kpm ? a.kpm + int64_t(b) * Nk : nullptr;
+  const int Nq = a.Nq, Nk = a.Nk, causal_off = Nk - Nq;
   const float scale_log2 = a.scale_log2;
-
-  // entry (i, j) of the tile reads bin clamp(j − i + R, 0, 2R) of the window, a 32-bit offset from
-  // smem (a 64-bit pointer would hold two more registers through the loop)
-  const int rel_off = Sh::kQBytes - 4 * rel_w0;
   const int R = a.rel_last / 2;
+  auto release_q = [&] {  // this warp's last read of the tile's Q is done
+    __syncwarp();
+    if (lane == 0) sm90::mbar_arrive(q_empty);
+  };
 
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m_row[2] = {-INFINITY, -INFINITY};  // running row max (log2 units) of rows r0, r0 + 8
-  float l_row[2] = {0.f, 0.f};              // this thread's part of the running row sums
-
-  sm90::mbar_wait(q_full, 0);
   int stage = 0;
   uint32_t phase = 0;
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    sm90::mbar_wait(&full[stage], phase);
-    const char* st = sStages + stage * a.stage_bytes;
-    const int n0 = nb * BN;
+  for (int lin = blockIdx.x; lin < n_tiles; lin += gridDim.x) {
+    const Tile x = tile_at<BM, BN>(a, lin);
+    const int m0 = x.m0, n_blocks = x.n_blocks;
+    const uint8_t* kpm = a.kpm ? a.kpm + int64_t(x.b) * Nk : nullptr;
 
-    // S = Q K_jᵀ
-    float s[BN / 2];
-    sm90::wgmma_fence();
-    sm90::wgmma_ss_kmajor<BN, kBf16, RB, D>(s, sQ + 64 * cw * RB, BM * RB, st, BN * RB);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_regs(s);
+    // the table window, times log2 e: bins rel_w0 … rel_w1 of the head's row, the clamps to [0, 2R]
+    // of j − i + R at the tile's extreme diagonals j − i = −(m0 + 127) and n_blocks·BN − 1 − m0
+    const int rel_w0 = min(max(R - (m0 + BM - 1), 0), a.rel_last);
+    if (a.relpos != nullptr) {
+      sm90::named_barrier<256>(kRelBarrier);  // both warpgroups are past the previous tile's window
+      const int rel_w1 = max(min(R + n_blocks * BN - 1 - m0, a.rel_last), 0);
+      const float* trow = a.relpos + int64_t(x.h) * (a.rel_last + 1);
+      for (int k = rel_w0 + ctid; k <= rel_w1; k += 256) sRel[k - rel_w0] = trow[k] * kLog2e;
+      sm90::named_barrier<256>(kRelBarrier);  // the window is complete
+    }
+    // entry (i, j) of the tile reads bin clamp(j − i + R, 0, 2R) of the window, a 32-bit offset from
+    // smem (a 64-bit pointer would hold two more registers through the loop)
+    const int rel_off = Sh::kQBytes - 4 * rel_w0;
 
-    // logits in log2 units: x = S·scale·log2 e + bias·log2 e; keys outside the row's view −inf
-    const bool masked =
-        kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
-    const char* sb = st + 2 * Sh::kKBytes;
-    auto logits = [&](auto kind, auto mask) {
-      constexpr int kBias = decltype(kind)::value;
-      constexpr int kElt = kBias == kF32 ? 4 : 2;
+    float o[D / 2];
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const int col = 8 * j + 2 * t;
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m_row[2] = {-INFINITY, -INFINITY};  // running row max (log2 units) of rows r0, r0 + 8
+    float l_row[2] = {0.f, 0.f};              // this thread's part of the running row sums
+
+    sm90::mbar_wait(q_full, walk_parity(lin));
+    if (n_blocks == 0) release_q();
+    for (int nb = 0; nb < n_blocks; ++nb) {
+      sm90::mbar_wait(&full[stage], phase);
+      const char* st = sStages + stage * a.stage_bytes;
+      const int n0 = nb * BN;
+
+      // S = Q K_jᵀ
+      float s[BN / 2];
+      sm90::wgmma_fence();
+      sm90::wgmma_ss_kmajor<BN, kBf16, RB, D>(s, sQ + 64 * cw * RB, BM * RB, st, BN * RB);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(s);
+      if (nb == n_blocks - 1) release_q();  // the producer may load the next tile's Q
+
+      // logits in log2 units: x = S·scale·log2 e + bias·log2 e; keys outside the row's view −inf
+      const bool masked =
+          kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
+      const char* sb = st + 2 * Sh::kKBytes;
+      auto logits = [&](auto kind, auto mask) {
+        constexpr int kBias = decltype(kind)::value;
+        constexpr int kElt = kBias == kF32 ? 4 : 2;
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int r = r0 + 8 * hf;
-          float x0 = s[4 * j + 2 * hf] * scale_log2, x1 = s[4 * j + 2 * hf + 1] * scale_log2;
-          if constexpr (kBias != kNone) {
-            const int byte = col * kElt;
-            const float2 bv =
-                load_bias2<kBias>(sb + (byte / 128) * BM * 128 + sm90::swizzled_offset<128>(r, byte % 128));
-            x0 = fmaf(bv.x, kLog2e, x0);
-            x1 = fmaf(bv.y, kLog2e, x1);
+        for (int j = 0; j < BN / 8; ++j) {
+          const int col = 8 * j + 2 * t;
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int r = r0 + 8 * hf;
+            float x0 = s[4 * j + 2 * hf] * scale_log2, x1 = s[4 * j + 2 * hf + 1] * scale_log2;
+            if constexpr (kBias != kNone) {
+              const int byte = col * kElt;
+              const float2 bv =
+                  load_bias2<kBias>(sb + (byte / 128) * BM * 128 + sm90::swizzled_offset<128>(r, byte % 128));
+              x0 = fmaf(bv.x, kLog2e, x0);
+              x1 = fmaf(bv.y, kLog2e, x1);
+            }
+            if constexpr (decltype(mask)::value) {
+              const int i = m0 + r, jg = n0 + col;
+              const int last = a.causal ? min(Nk - 1, i + causal_off) : Nk - 1;
+              if (jg > last || (kpm && kpm[jg])) x0 = -INFINITY;
+              if (jg + 1 > last || (kpm && kpm[jg + 1])) x1 = -INFINITY;
+            }
+            s[4 * j + 2 * hf] = x0;
+            s[4 * j + 2 * hf + 1] = x1;
           }
-          if constexpr (decltype(mask)::value) {
-            const int i = m0 + r, jg = n0 + col;
-            const int last = a.causal ? min(Nk - 1, i + causal_off) : Nk - 1;
-            if (jg > last || (kpm && kpm[jg])) x0 = -INFINITY;
-            if (jg + 1 > last || (kpm && kpm[jg + 1])) x1 = -INFINITY;
+        }
+      };
+      auto with_mask = [&](auto kind) {
+        if (masked)
+          logits(kind, std::true_type{});
+        else
+          logits(kind, std::false_type{});
+      };
+      switch (a.bias_kind) {
+        case kF16: with_mask(std::integral_constant<int, kF16>{}); break;
+        case kBF16: with_mask(std::integral_constant<int, kBF16>{}); break;
+        case kF32: with_mask(std::integral_constant<int, kF32>{}); break;
+        default: with_mask(std::integral_constant<int, kNone>{}); break;
+      }
+      if (a.relpos != nullptr) {  // + T[h, clip(j − i) + R]·log2 e (a masked −inf stays −inf)
+        // entry (hf, j, e) lies on diagonal j − i = base + 8(j − hf) + e: (0, k, e) and (1, k + 1, e)
+        // read the same bin
+        const int base = n0 + 2 * t - (m0 + r0) + R;
+#pragma unroll
+        for (int k = -1; k < BN / 8; ++k)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float v = *reinterpret_cast<const float*>(smem + rel_off +
+                                                            4 * min(max(base + 8 * k + e, 0), a.rel_last));
+            if (k >= 0) s[4 * k + e] += v;
+            if (k + 1 < BN / 8) s[4 * (k + 1) + 2 + e] += v;
           }
-          s[4 * j + 2 * hf] = x0;
-          s[4 * j + 2 * hf + 1] = x1;
+      }
+
+      // online softmax over this key block
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = m_row[hf];
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+        mx = fb::quad_max(mx);
+        const float m_use = mx == -INFINITY ? 0.f : mx;  // all −inf so far: P = 0, not NaN
+        const float alpha = fast_exp2(m_row[hf] - m_use);
+        m_row[hf] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          s[4 * j + 2 * hf] = fast_exp2(s[4 * j + 2 * hf] - m_use);
+          s[4 * j + 2 * hf + 1] = fast_exp2(s[4 * j + 2 * hf + 1] - m_use);
+          sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
+        }
+        l_row[hf] = l_row[hf] * alpha + sum;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o[4 * j + 2 * hf] *= alpha;
+          o[4 * j + 2 * hf + 1] *= alpha;
         }
       }
-    };
-    auto with_mask = [&](auto kind) {
-      if (masked)
-        logits(kind, std::true_type{});
-      else
-        logits(kind, std::false_type{});
-    };
-    switch (a.bias_kind) {
-      case kF16: with_mask(std::integral_constant<int, kF16>{}); break;
-      case kBF16: with_mask(std::integral_constant<int, kBF16>{}); break;
-      case kF32: with_mask(std::integral_constant<int, kF32>{}); break;
-      default: with_mask(std::integral_constant<int, kNone>{}); break;
-    }
-    if (a.relpos != nullptr) {  // + T[h, clip(j − i) + R]·log2 e (a masked −inf stays −inf)
-      // entry (hf, j, e) lies on diagonal j − i = base + 8(j − hf) + e: (0, k, e) and (1, k + 1, e)
-      // read the same bin
-      const int base = n0 + 2 * t - (m0 + r0) + R;
+
+      // O += P V_j: P rounded to T, in the A-fragment layout (k-chunk kc = key columns 16kc … 16kc + 15)
+      uint32_t pa[BN / 16][4];
 #pragma unroll
-      for (int k = -1; k < BN / 8; ++k)
+      for (int kc = 0; kc < BN / 16; ++kc)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float v =
-              *reinterpret_cast<const float*>(smem + rel_off + 4 * min(max(base + 8 * k + e, 0), a.rel_last));
-          if (k >= 0) s[4 * k + e] += v;
-          if (k + 1 < BN / 8) s[4 * (k + 1) + 2 + e] += v;
-        }
+        for (int e = 0; e < 4; ++e) pa[kc][e] = fb::pack2<T>(s[8 * kc + 2 * e], s[8 * kc + 2 * e + 1]);
+      sm90::fence_regs(o);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc) {
+        const uint64_t dv = sm90::make_desc<RB>(st + Sh::kKBytes + kc * 16 * RB, BN * RB);
+        sm90::Wgmma<D, kBf16>::rs(o, pa[kc], dv);
+      }
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(o);
+
+      __syncwarp();
+      if (lane == 0) sm90::mbar_arrive(&empty[stage]);
+      if (++stage == a.n_stages) {
+        stage = 0;
+        phase ^= 1;
+      }
     }
 
-    // online softmax over this key block
+    // epilogue: out = O / l, lse = (m + log2 l)·ln 2 (−inf for a row with no attended key; NaN stays NaN)
+    const Tile y =
+        tile_at<BM, BN>(a, lin);  // decoded again: h and b need no registers through the key blocks
+    const int h = y.h, b = y.b;
+    T* out = static_cast<T*>(a.out) + int64_t(b) * a.out_stride.batch + int64_t(h) * a.out_stride.head;
+    float* lse = a.lse + (int64_t(b) * a.H + h) * Nq;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float mx = m_row[hf];
+      const float l = fb::quad_sum(l_row[hf]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int i = m0 + r0 + 8 * hf;
+      if (i < Nq) {
+        T* orow = out + int64_t(i) * a.out_stride.row;
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
-      mx = fb::quad_max(mx);
-      const float m_use = mx == -INFINITY ? 0.f : mx;  // all −inf so far: P = 0, not NaN
-      const float alpha = fast_exp2(m_row[hf] - m_use);
-      m_row[hf] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        s[4 * j + 2 * hf] = fast_exp2(s[4 * j + 2 * hf] - m_use);
-        s[4 * j + 2 * hf + 1] = fast_exp2(s[4 * j + 2 * hf + 1] - m_use);
-        sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
-      }
-      l_row[hf] = l_row[hf] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[4 * j + 2 * hf] *= alpha;
-        o[4 * j + 2 * hf + 1] *= alpha;
+        for (int j = 0; j < D / 8; ++j)
+          fb::store_pair(orow + 8 * j + 2 * t, o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+        if (t == 0) lse[i] = l == 0.f ? -INFINITY : (m_row[hf] + log2f(l)) * kLn2;
       }
     }
-
-    // O += P V_j: P rounded to T, in the A-fragment layout (k-chunk kc = key columns 16kc … 16kc + 15)
-    uint32_t pa[BN / 16][4];
-#pragma unroll
-    for (int kc = 0; kc < BN / 16; ++kc)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pa[kc][e] = fb::pack2<T>(s[8 * kc + 2 * e], s[8 * kc + 2 * e + 1]);
-    sm90::fence_regs(o);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kc = 0; kc < BN / 16; ++kc) {
-      const uint64_t dv = sm90::make_desc<RB>(st + Sh::kKBytes + kc * 16 * RB, BN * RB);
-      sm90::Wgmma<D, kBf16>::rs(o, pa[kc], dv);
-    }
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_regs(o);
-
-    __syncwarp();
-    if (lane == 0) sm90::mbar_arrive(&empty[stage]);
-    if (++stage == a.n_stages) {
-      stage = 0;
-      phase ^= 1;
-    }
   }
+}
 
-  // epilogue: out = O / l, lse = (m + log2 l)·ln 2 (−inf for a row with no attended key; NaN stays NaN)
-  T* out = static_cast<T*>(a.out) + int64_t(b) * a.out_stride.batch + int64_t(h) * a.out_stride.head;
-  float* lse = a.lse + (int64_t(b) * a.H + h) * Nq;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const float l = fb::quad_sum(l_row[hf]);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int i = m0 + r0 + 8 * hf;
-    if (i < Nq) {
-      T* orow = out + int64_t(i) * a.out_stride.row;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-        fb::store_pair(orow + 8 * j + 2 * t, o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
-      if (t == 0) lse[i] = l == 0.f ? -INFINITY : (m_row[hf] + log2f(l)) * kLn2;
-    }
+// The current device's SM count, queried once per device.
+static int sm_count() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cached[kDevices] = {};
+  int dev = 0;
+  PF_CUDA_CHECK(cudaGetDevice(&dev));
+  int n = dev < kDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    PF_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    if (dev < kDevices) cached[dev].store(n, std::memory_order_relaxed);
   }
+  return n;
+}
+
+// The measurement switch PF_FWD_SM90_TILES (file header): "1" = one CTA per tile, unset or "0" =
+// the persistent grid; read once per process.
+static bool one_tile_per_cta() {
+  static const bool on = [] {
+    const char* e = std::getenv("PF_FWD_SM90_TILES");
+    const std::string v = e ? e : "";
+    PF_CHECK(v.empty() || v == "0" || v == "1",
+             "PF_FWD_SM90_TILES: expected 0 or 1 (one CTA per tile), found '" << v << "'");
+    return v == "1";
+  }();
+  return on;
 }
 
 template <typename T, int D>
@@ -378,7 +464,7 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   const int smem_optin = smem_optin_bytes();
   a.stage_bytes = 2 * Sh::kKBytes + Sh::BM * Sh::BN * a.bias_elt;
   a.rel_bytes = p.relpos_table != nullptr ? (rel_bins * 4 + 1023) / 1024 * 1024 : 0;  // stages stay aligned
-  const int fixed = 1024 /* alignment */ + Sh::kQBytes + a.rel_bytes + (2 * kMaxStages + 1) * 8;
+  const int fixed = 1024 /* alignment */ + Sh::kQBytes + a.rel_bytes + (2 * kMaxStages + 2) * 8;
   a.n_stages = std::min(kMaxStages, (smem_optin - fixed) / a.stage_bytes);
   PF_CHECK(a.n_stages >= 2,
            "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
@@ -388,9 +474,14 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   PF_CUDA_CHECK(attr);
-  a.order = fb90::cta_order((p.Nq + Sh::BM - 1) / Sh::BM, p.H, p.B, a.bias_kind != kNone, a.bias_shared_b,
-                            a.bias_shared_h);
-  kernel<<<a.order.ctas(), kThreads, smem, stream>>>(a);
+  const int q_tiles = (p.Nq + Sh::BM - 1) / Sh::BM, n_sm = sm_count();
+  const int64_t n_tiles = int64_t(q_tiles) * p.H * p.B;
+  PF_CHECK(n_tiles + n_sm <= INT32_MAX,
+           "flash_bias_fwd_sm90: " << n_tiles << " query tiles exceed the int range of the tile walk");
+  a.order = fb90::cta_order(q_tiles, p.H, p.B, a.bias_kind != kNone, a.bias_shared_b, a.bias_shared_h);
+  a.n_tiles = int(n_tiles);
+  const int grid = one_tile_per_cta() ? a.n_tiles : std::min(a.n_tiles, n_sm);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
   PF_CUDA_CHECK_LAUNCH("flash_bias_fwd_sm90_kernel");
 }
 
