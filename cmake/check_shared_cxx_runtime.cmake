@@ -12,6 +12,6 @@ endif()
 if(syms MATCHES "_ZNSt6locale7classicEv|_ZNSt6locale2id")
   message(FATAL_ERROR
     "${LIB} holds its own copy of libstdc++ (it defines std::locale), expected it to link the shared "
-    "libstdc++.so.6 that PyTorch uses; look for -static-libstdc++ in LDFLAGS, CXXFLAGS or the "
-    "CMAKE_*_LINKER_FLAGS of this build")
+    "libstdc++.so.6 that PyTorch uses; look for a link line that reaches libstdc++.a (a compiler "
+    "that ships only the static library, -static-libstdc++ in the flags)")
 endif()

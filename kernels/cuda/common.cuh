@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_attr.h"
 #include "kernels/flash_bias_params.h"
 
 namespace pf::kernels::cuda {
@@ -49,12 +50,7 @@ inline unsigned grid_for(int64_t n, int threads) {
 }
 
 // The most dynamic shared memory a block of the current device may opt in to (227 KB on sm_90).
-inline size_t max_smem_bytes() {
-  int dev = 0, bytes = 0;
-  PF_CUDA_CHECK(cudaGetDevice(&dev));
-  PF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return static_cast<size_t>(bytes);
-}
+inline size_t max_smem_bytes() { return static_cast<size_t>(smem_optin_bytes()); }
 
 // Lets `kernel` launch with smem bytes of dynamic shared memory (opting in past 48 KB).
 template <class K>

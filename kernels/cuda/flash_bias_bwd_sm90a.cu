@@ -646,7 +646,7 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
            "flash_bias_bwd_sm90: the relative-position table window of " << rel_bins << " bins exceeds "
                                                                          << kSm90RelposMaxBins);
 
-  const int smem_optin = fb90::smem_optin_bytes();
+  const int smem_optin = smem_optin_bytes();
   const SmemPlan m =
       smem_plan<D>(a.has_bias, a.dbias_mode == kReduceAdd, p.relpos_table != nullptr, rel_bins, smem_optin);
   a.stage_tx = m.stage_tx;
@@ -672,7 +672,7 @@ int flash_bias_bwd_sm90_stages(const FlashBiasBwdParams& p) {
   const bool broadcast = (p.bias_batch_stride == 0 && p.B > 1) || (p.bias_head_stride == 0 && p.H > 1);
   const bool has_bias = p.bias != nullptr, reduce_add = p.dbias != nullptr && has_bias && broadcast;
   const bool relpos = p.relpos_table != nullptr;
-  const int bins = relpos_window_bins(p.relpos_clip, p.Nq), optin = fb90::smem_optin_bytes();
+  const int bins = relpos_window_bins(p.relpos_clip, p.Nq), optin = smem_optin_bytes();
   switch (p.D) {
     case 32: return fb90_bwd::smem_plan<32>(has_bias, reduce_add, relpos, bins, optin).n_stages;
     case 64: return fb90_bwd::smem_plan<64>(has_bias, reduce_add, relpos, bins, optin).n_stages;

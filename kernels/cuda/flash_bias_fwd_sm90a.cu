@@ -44,7 +44,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -398,20 +397,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       }
     }
   }
-}
-
-// The current device's SM count, queried once per device.
-static int sm_count() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> cached[kDevices] = {};
-  int dev = 0;
-  PF_CUDA_CHECK(cudaGetDevice(&dev));
-  int n = dev < kDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
-  if (n == 0) {
-    PF_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    if (dev < kDevices) cached[dev].store(n, std::memory_order_relaxed);
-  }
-  return n;
 }
 
 // The measurement switch PF_FWD_SM90_TILES (file header): "1" = one CTA per tile, unset or "0" =

@@ -7,6 +7,7 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_attr.h"
 #include "kernels/cuda/tma.h"
 #include "kernels/flash_bias_params.h"
 
@@ -78,14 +79,6 @@ inline CtaOrder cta_order(int n_tiles, int H, int B, bool has_bias, bool shared_
   o.inner_b = has_bias && shared_b && B > 1;
   o.inner_h = has_bias && shared_h && H > 1;
   return o;
-}
-
-// The dynamic shared memory one block of the current device may opt into.
-inline int smem_optin_bytes() {
-  int dev = 0, bytes = 0;
-  PF_CUDA_CHECK(cudaGetDevice(&dev));
-  PF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return bytes;
 }
 
 }  // namespace pf::kernels::cuda::fb90

@@ -1314,9 +1314,8 @@ void pair_bias_forward(ScalarType zt, ScalarType pt, const void* z, const void* 
         auto kernel = pair_bias_forward_lanes_kernel<T, L, K, HM>;
         // As many blocks as run at once (each warp then takes an even share of the batches and
         // prefetches across them), fewer for few rows.
-        int dev = 0, sms = 0, per_sm = 0;
-        PF_CUDA_CHECK(cudaGetDevice(&dev));
-        PF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        const int sms = sm_count();
+        int per_sm = 0;
         PF_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPbLaneThreads, 0));
         const unsigned lgrid = static_cast<unsigned>(std::max<int64_t>(
             1, std::min<int64_t>((rows + kPbLaneThreads - 1) / kPbLaneThreads, int64_t(sms) * per_sm)));

@@ -405,9 +405,7 @@ void pair_bias_layers_forward(ScalarType zt, ScalarType pt, const void* z, const
       int per_sm = 0;
       PF_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kPbWarps, smem));
       const int64_t tiles = (rows + 15) / 16;
-      int dev = 0, sms = 0;
-      PF_CUDA_CHECK(cudaGetDevice(&dev));
-      PF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      const int sms = sm_count();
       const int64_t blocks =
           std::min<int64_t>((tiles + kPbWarps - 1) / kPbWarps, int64_t(std::max(per_sm, 1)) * sms);
       kernel<<<static_cast<unsigned>(blocks), 32 * kPbWarps, smem, cur_stream()>>>(
