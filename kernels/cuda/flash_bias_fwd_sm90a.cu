@@ -19,7 +19,15 @@
 //     O' += P V_j          wgmma, P from registers (the accumulator layout is the A fragment),
 //                          V from shared memory (MN-major)
 //     and release the stage. At the end of the tile out = O / l and lse = (m + log2 l)·ln 2.
-// The two consumer warpgroups run independently, so one's softmax overlaps the other's GEMMs.
+//   The products are issued in turns (the schedule of FlashAttention-3): a consumer's step j issues
+//   S_j = Q K_jᵀ and O += P_{j−1} V_{j−1} together (the first step S_0 alone, a last step the final
+//   PV alone), waits for S_j only, computes the softmax of block j while its PV runs, then waits for
+//   the PV, releases stage j − 1 and rescales O. The two warpgroups take turns issuing a step's
+//   products (named barriers kTurnBarrier + w: warpgroup w waits on its own, then arrives on the
+//   other's), so that one's softmax runs under the other's products instead of both competing for
+//   the tensor cores at once. Both take n_blocks + 1 turns per tile (the same for both: n_blocks is
+//   the tile's), warpgroup 1 hands warpgroup 0 the first turn at the start and warpgroup 0 takes
+//   the last handover at the end, so every barrier phase completes.
 //
 // Shared memory: Q (128 × D), [the table window,] then n_stages × {K (BN × D), V (BN × D),
 // bias (128 × BN)}, then the mbarriers; every tile 1024-byte aligned and stored as TMA writes it (swizzled rows of
@@ -37,9 +45,14 @@
 // Without a table there is no window and no barrier. The producer never joins these barriers, and
 // after the warpgroups part nothing waits for the whole CTA.
 //
-// Measurement switch: PF_FWD_SM90_TILES=1 in the environment (read once per process) launches the
-// same kernel with one CTA per tile (grid = all tiles, each CTA walks one), the pre-persistent
-// schedule, so that one binary can time both.
+// Measurement switches, read once per process, so that one binary can time both schedules:
+// PF_FWD_SM90_TILES=1 launches the same kernel with one CTA per tile (grid = all tiles, each CTA
+// walks one), the pre-persistent schedule; PF_FWD_SM90_PINGPONG=0 lets the consumer warpgroups issue
+// their products without taking turns (the steps' order inside a warpgroup unchanged).
+//
+// The kernel is compiled twice per (T, D): for an fp32 bias and for the 16-bit ones (and none). In
+// one kernel the fp32 variant's loop-invariant bias offsets beside the 16-bit variants' made ptxas
+// spill the consumers' registers (120–208 bytes at D = 32 / 64); apart, none spills.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -68,8 +81,9 @@ using fb::kLn2;
 using fb::kLog2e;
 
 constexpr int kMaxStages = 4;
-constexpr int kThreads = 384;   // producer warpgroup + two consumer warpgroups
-constexpr int kRelBarrier = 1;  // named barrier of the 256 consumer threads around the window's reload
+constexpr int kThreads = 384;    // producer warpgroup + two consumer warpgroups
+constexpr int kRelBarrier = 1;   // named barrier of the 256 consumer threads around the window's reload
+constexpr int kTurnBarrier = 2;  // 2 + w: consumer warpgroup w's turn to issue its products (file header)
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * sm90::launch_regs<kThreads>(),
               "the warpgroups' registers after setmaxnreg must fit the CTA's at launch");
@@ -104,6 +118,7 @@ struct Args {
   const float* relpos;  // (H, 2R+1) or null
   int rel_last;         // 2R: the table row's last bin
   int rel_bytes;        // shared memory of the table window after Q (0 without a table)
+  int pingpong;         // the consumer warpgroups take turns issuing their products
 };
 
 template <int kBias>
@@ -143,7 +158,7 @@ __device__ __forceinline__ uint32_t walk_parity(int lin) {
 // q:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) mask:(B,Nk) -> out:(B,Nq,H,D) lse:(B,H,Nq)
 // grid: min(a.n_tiles, SMs) CTAs (a.n_tiles with PF_FWD_SM90_TILES=1), each walking the tiles
 // blockIdx.x + k·gridDim.x of a.order; 384 threads, dynamic shared memory as launch() sets.
-template <typename T, int D>
+template <typename T, int D, bool kF32Bias>
 __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const __grid_constant__ Args a) {
   using Sh = Shape<D>;
   constexpr int BM = Sh::BM, BN = Sh::BN, RB = Sh::kRowBytes;
@@ -225,6 +240,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
     if (lane == 0) sm90::mbar_arrive(q_empty);
   };
 
+  // warpgroup 0 takes the first turn: warpgroup 1 hands it over before its own first turn
+  if (a.pingpong && cw == 1) sm90::named_barrier_arrive<256>(kTurnBarrier);
   int stage = 0;
   uint32_t phase = 0;
   for (int lin = blockIdx.x; lin < n_tiles; lin += gridDim.x) {
@@ -252,22 +269,12 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
     float m_row[2] = {-INFINITY, -INFINITY};  // running row max (log2 units) of rows r0, r0 + 8
     float l_row[2] = {0.f, 0.f};              // this thread's part of the running row sums
 
-    sm90::mbar_wait(q_full, walk_parity(lin));
-    if (n_blocks == 0) release_q();
-    for (int nb = 0; nb < n_blocks; ++nb) {
-      sm90::mbar_wait(&full[stage], phase);
-      const char* st = sStages + stage * a.stage_bytes;
+    // Block nb's scores s → its probabilities, in place: the logits, the running max and sums,
+    // and the factor alpha_row by which O (once the block before's PV has landed) is rescaled.
+    float s[BN / 2];
+    float alpha_row[2];
+    auto softmax_block = [&](int nb, const char* st, auto kind) {
       const int n0 = nb * BN;
-
-      // S = Q K_jᵀ
-      float s[BN / 2];
-      sm90::wgmma_fence();
-      sm90::wgmma_ss_kmajor<BN, kBf16, RB, D>(s, sQ + 64 * cw * RB, BM * RB, st, BN * RB);
-      sm90::wgmma_commit();
-      sm90::wgmma_wait<0>();
-      sm90::fence_regs(s);
-      if (nb == n_blocks - 1) release_q();  // the producer may load the next tile's Q
-
       // logits in log2 units: x = S·scale·log2 e + bias·log2 e; keys outside the row's view −inf
       const bool masked =
           kpm != nullptr || n0 + BN > Nk || (a.causal && n0 + BN - 1 > m0 + 64 * cw + causal_off);
@@ -306,12 +313,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
         else
           logits(kind, std::false_type{});
       };
-      switch (a.bias_kind) {
-        case kF16: with_mask(std::integral_constant<int, kF16>{}); break;
-        case kBF16: with_mask(std::integral_constant<int, kBF16>{}); break;
-        case kF32: with_mask(std::integral_constant<int, kF32>{}); break;
-        default: with_mask(std::integral_constant<int, kNone>{}); break;
-      }
+      with_mask(kind);
       if (a.relpos != nullptr) {  // + T[h, clip(j − i) + R]·log2 e (a masked −inf stays −inf)
         // entry (hf, j, e) lies on diagonal j − i = base + 8(j − hf) + e: (0, k, e) and (1, k + 1, e)
         // read the same bin
@@ -345,35 +347,105 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
           sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
         }
         l_row[hf] = l_row[hf] * alpha + sum;
+        alpha_row[hf] = alpha;
+      }
+    };
+    // P of the block before, rounded to T in the A-fragment layout (k-chunk kc = key columns
+    // 16kc … 16kc + 15), and the stage that holds its V
+    uint32_t pa[BN / 16][4];
+    int pv_stage = 0;
+    auto issue_s = [&](const char* st) {
+      sm90::wgmma_ss_kmajor<BN, kBf16, RB, D>(s, sQ + 64 * cw * RB, BM * RB, st, BN * RB);
+      sm90::wgmma_commit();
+    };
+    auto issue_pv = [&] {
+      const char* sv = sStages + pv_stage * a.stage_bytes + Sh::kKBytes;
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc)
+        sm90::Wgmma<D, kBf16>::rs(o, pa[kc], sm90::make_desc<RB>(sv + kc * 16 * RB, BN * RB));
+      sm90::wgmma_commit();
+    };
+    auto release_pv_stage = [&] {  // this warp's reads of the stage (K, V, bias) are done
+      __syncwarp();
+      if (lane == 0) sm90::mbar_arrive(&empty[pv_stage]);
+    };
+    // O rescaled by the block's alpha (after the PV before it landed), its P packed for the next PV
+    auto finish_block = [&] {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
-          o[4 * j + 2 * hf] *= alpha;
-          o[4 * j + 2 * hf + 1] *= alpha;
+          o[4 * j + 2 * hf] *= alpha_row[hf];
+          o[4 * j + 2 * hf + 1] *= alpha_row[hf];
         }
-      }
-
-      // O += P V_j: P rounded to T, in the A-fragment layout (k-chunk kc = key columns 16kc … 16kc + 15)
-      uint32_t pa[BN / 16][4];
 #pragma unroll
       for (int kc = 0; kc < BN / 16; ++kc)
 #pragma unroll
         for (int e = 0; e < 4; ++e) pa[kc][e] = fb::pack2<T>(s[8 * kc + 2 * e], s[8 * kc + 2 * e + 1]);
-      sm90::fence_regs(o);
-      sm90::wgmma_fence();
-#pragma unroll
-      for (int kc = 0; kc < BN / 16; ++kc) {
-        const uint64_t dv = sm90::make_desc<RB>(st + Sh::kKBytes + kc * 16 * RB, BN * RB);
-        sm90::Wgmma<D, kBf16>::rs(o, pa[kc], dv);
-      }
-      sm90::wgmma_commit();
-      sm90::wgmma_wait<0>();
-      sm90::fence_regs(o);
-
-      __syncwarp();
-      if (lane == 0) sm90::mbar_arrive(&empty[stage]);
+      pv_stage = stage;
       if (++stage == a.n_stages) {
         stage = 0;
         phase ^= 1;
+      }
+    };
+    auto turn_begin = [&] {  // this warpgroup's turn to issue products
+      if (a.pingpong) sm90::named_barrier<256>(kTurnBarrier + cw);
+      sm90::fence_regs(o);
+      sm90::wgmma_fence();
+    };
+    auto turn_end = [&] {  // the other warpgroup's turn
+      if (a.pingpong) sm90::named_barrier_arrive<256>(kTurnBarrier + (cw ^ 1));
+    };
+
+    sm90::mbar_wait(q_full, walk_parity(lin));
+    if (n_blocks == 0) release_q();
+    // the key blocks, compiled once per bias element type (an fp32 bias in a kernel of its own:
+    // beside the 16-bit variants, ptxas spills the consumers' registers)
+    auto key_blocks = [&](auto kind) {
+      // block 0: S alone
+      sm90::mbar_wait(&full[stage], phase);
+      const char* st = sStages + stage * a.stage_bytes;
+      turn_begin();
+      issue_s(st);
+      turn_end();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(s);
+      if (n_blocks == 1) release_q();  // the producer may load the next tile's Q
+      softmax_block(0, st, kind);
+      finish_block();
+      // block nb: S = Q K_nbᵀ and O += P_{nb−1} V_{nb−1} in one turn, the softmax of nb under the PV
+      for (int nb = 1; nb < n_blocks; ++nb) {
+        sm90::mbar_wait(&full[stage], phase);
+        const char* st = sStages + stage * a.stage_bytes;
+        turn_begin();
+        issue_s(st);
+        issue_pv();
+        turn_end();
+        sm90::wgmma_wait<1>();  // S has landed, the PV may still run
+        sm90::fence_regs(s);
+        if (nb == n_blocks - 1) release_q();
+        softmax_block(nb, st, kind);
+        sm90::wgmma_wait<0>();
+        sm90::fence_regs(o);
+        release_pv_stage();
+        finish_block();
+      }
+      // the last block's PV
+      turn_begin();
+      issue_pv();
+      turn_end();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(o);
+      release_pv_stage();
+    };
+    if (n_blocks == 0) {
+    } else if constexpr (kF32Bias) {
+      key_blocks(std::integral_constant<int, kF32>{});
+    } else {
+      switch (a.bias_kind) {
+        case kF16: key_blocks(std::integral_constant<int, kF16>{}); break;
+        case kBF16: key_blocks(std::integral_constant<int, kBF16>{}); break;
+        default: key_blocks(std::integral_constant<int, kNone>{}); break;
       }
     }
 
@@ -397,18 +469,25 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       }
     }
   }
+  // warpgroup 1's last handover, so that no barrier is left half-arrived when the CTA ends
+  if (a.pingpong && cw == 0) sm90::named_barrier<256>(kTurnBarrier);
 }
 
-// The measurement switch PF_FWD_SM90_TILES (file header): "1" = one CTA per tile, unset or "0" =
-// the persistent grid; read once per process.
+// The measurement switches (file header), read once per process: an unset variable is its default.
+static bool env_switch(const char* name, bool fallback) {
+  const char* e = std::getenv(name);
+  const std::string v = e ? e : "";
+  PF_CHECK(v.empty() || v == "0" || v == "1", name << ": expected 0 or 1, found '" << v << "'");
+  return v.empty() ? fallback : v == "1";
+}
+// PF_FWD_SM90_TILES=1: one CTA per tile instead of the persistent grid.
 static bool one_tile_per_cta() {
-  static const bool on = [] {
-    const char* e = std::getenv("PF_FWD_SM90_TILES");
-    const std::string v = e ? e : "";
-    PF_CHECK(v.empty() || v == "0" || v == "1",
-             "PF_FWD_SM90_TILES: expected 0 or 1 (one CTA per tile), found '" << v << "'");
-    return v == "1";
-  }();
+  static const bool on = env_switch("PF_FWD_SM90_TILES", false);
+  return on;
+}
+// PF_FWD_SM90_PINGPONG=0: the consumer warpgroups issue their products without taking turns.
+static bool take_turns() {
+  static const bool on = env_switch("PF_FWD_SM90_PINGPONG", true);
   return on;
 }
 
@@ -441,6 +520,7 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
   a.scale_log2 = float(p.scale * double(kLog2e));
   a.relpos = static_cast<const float*>(p.relpos_table);
   a.rel_last = 2 * p.relpos_clip;
+  a.pingpong = take_turns();
   const int rel_bins = relpos_window_bins(p.relpos_clip, p.Nk);
   PF_CHECK(p.relpos_table == nullptr || rel_bins <= kSm90RelposMaxBins,
            "flash_bias_fwd_sm90: the relative-position table window of " << rel_bins << " bins exceeds "
@@ -455,10 +535,15 @@ void launch(const FlashBiasParams& p, cudaStream_t stream) {
            "flash_bias_fwd_sm90: " << smem_optin << " bytes of shared memory per block hold fewer than two "
                                    << a.stage_bytes << "-byte stages");
   const int smem = fixed + a.n_stages * a.stage_bytes;
-  auto kernel = flash_bias_fwd_sm90_kernel<T, D>;
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
-  PF_CUDA_CHECK(attr);
+  auto kernel =
+      a.bias_kind == kF32 ? flash_bias_fwd_sm90_kernel<T, D, true> : flash_bias_fwd_sm90_kernel<T, D, false>;
+  static const cudaError_t attr[2] = {
+      cudaFuncSetAttribute(flash_bias_fwd_sm90_kernel<T, D, false>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin),
+      cudaFuncSetAttribute(flash_bias_fwd_sm90_kernel<T, D, true>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin)};
+  PF_CUDA_CHECK(attr[0]);
+  PF_CUDA_CHECK(attr[1]);
   const int q_tiles = (p.Nq + Sh::BM - 1) / Sh::BM, n_sm = sm_count();
   const int64_t n_tiles = int64_t(q_tiles) * p.H * p.B;
   PF_CHECK(n_tiles + n_sm <= INT32_MAX,

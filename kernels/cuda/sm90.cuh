@@ -209,6 +209,13 @@ __device__ __forceinline__ void named_barrier(int id) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(kThreads) : "memory");
 }
 
+// Arrives on hardware barrier `id` of `kThreads` threads without waiting: the other side of a
+// named_barrier<kThreads>(id) (a producer-consumer handoff between warpgroups).
+template <int kThreads>
+__device__ __forceinline__ void named_barrier_arrive(int id) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(kThreads) : "memory");
+}
+
 // p[0] += x, p[1] += y in one global reduction (p 8-byte aligned).
 __device__ __forceinline__ void red_add_f32x2(float* p, float x, float y) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(x), "f"(y) : "memory");
