@@ -438,14 +438,15 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_fwd_sm90_kernel(const 
       sm90::fence_regs(o);
       release_pv_stage();
     };
-    if (n_blocks == 0) {
-    } else if constexpr (kF32Bias) {
-      key_blocks(std::integral_constant<int, kF32>{});
-    } else {
-      switch (a.bias_kind) {
-        case kF16: key_blocks(std::integral_constant<int, kF16>{}); break;
-        case kBF16: key_blocks(std::integral_constant<int, kBF16>{}); break;
-        default: key_blocks(std::integral_constant<int, kNone>{}); break;
+    if (n_blocks > 0) {
+      if constexpr (kF32Bias) {
+        key_blocks(std::integral_constant<int, kF32>{});
+      } else {
+        switch (a.bias_kind) {
+          case kF16: key_blocks(std::integral_constant<int, kF16>{}); break;
+          case kBF16: key_blocks(std::integral_constant<int, kBF16>{}); break;
+          default: key_blocks(std::integral_constant<int, kNone>{}); break;
+        }
       }
     }
 
