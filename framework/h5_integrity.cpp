@@ -98,9 +98,19 @@ ssize_t read_full(int fd, unsigned char* p, size_t n) {
   return static_cast<ssize_t>(got);
 }
 
-// Files that start with our magic line must be exactly as written: length and hash are checked
-// here, before HDF5 parses a byte (HDF5 1.10 does not check its own metadata and can crash on a
-// corrupt file). Files without the magic (h5py, other tools) are left to HDF5 as before.
+// How many of the first kMagicLen bytes of `head` differ from the magic line.
+size_t magic_differences(const unsigned char* head, size_t n) {
+  size_t differ = 0;
+  for (size_t i = 0; i < kMagicLen; ++i) differ += i >= n || head[i] != static_cast<unsigned char>(kMagic[i]);
+  return differ;
+}
+
+// Files whose first line is our magic line must be exactly as written: length and hash are
+// checked here, before HDF5 parses a byte (HDF5 1.10 does not check its own metadata and can
+// crash on a corrupt file). A first line that differs from the magic in fewer than half of its
+// bytes is ours with a damaged header (another tool's user block does not come that close by
+// chance), refused too: otherwise a flip in the magic line would hand a corrupt file to HDF5.
+// Other files (h5py, other tools) are left to HDF5 as before.
 void check_integrity(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;  // HDF5's open below reports it
@@ -111,7 +121,14 @@ void check_integrity(const std::string& path) {
   unsigned char head[kUserBlock];
   ssize_t got = read_full(fd, head, kUserBlock);
   PF_CHECK(got >= 0, "cannot read HDF5 file " << path << ": " << std::strerror(errno));
-  if (static_cast<size_t>(got) < kMagicLen || std::memcmp(head, kMagic, kMagicLen) != 0) return;
+  if (static_cast<size_t>(got) < kMagicLen) return;
+  const size_t differ = magic_differences(head, static_cast<size_t>(got));
+  if (2 * differ >= kMagicLen) return;  // not ours
+  if (differ > 0)
+    PF_FAIL(
+        path
+        << ": corrupt or truncated HDF5 file: the first line of its pairflash integrity header is damaged ("
+        << differ << " of its " << kMagicLen << " bytes differ from 'pairflash-h5 integrity v1')");
 
   // The header: "bytes N\nhash X\n" after the magic, then NULs up to the end of the user block.
   const std::string block(reinterpret_cast<const char*>(head), static_cast<size_t>(got));

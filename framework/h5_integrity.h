@@ -25,8 +25,9 @@ void fill_header(unsigned char* image, size_t length);
 
 // A file that starts with the magic line must be exactly as written: its length and hash are
 // checked (a whole read of the file); a mismatch is a pf::Error "<path>: corrupt or truncated
-// HDF5 file: expected N bytes with hash X, found M bytes / hash Y". Files without the magic
-// (h5py's, other tools') are left alone.
+// HDF5 file: expected N bytes with hash X, found M bytes / hash Y". A first line within fewer
+// than half of its bytes of the magic is a damaged header of ours, a pf::Error too. Files
+// without anything like the magic (h5py's, other tools') are left alone.
 void check(const std::string& path);
 
 }  // namespace pf::h5_integrity

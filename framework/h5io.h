@@ -27,7 +27,8 @@
 //   file's length and a 64-bit hash of every byte after the user block. H5Reader checks them
 //   before HDF5 parses anything: a truncated or corrupt file is one line, "<path>: corrupt or
 //   truncated HDF5 file: expected N bytes with hash X, found M bytes / hash Y", never a crash
-//   inside HDF5. Files without the magic (h5py, other tools) are read as before.
+//   inside HDF5. A damaged magic line (fewer than half of its bytes changed) is refused too.
+//   Files without the magic (h5py, other tools) are read as before.
 #pragma once
 #include <cstdint>
 #include <string>
