@@ -2,10 +2,11 @@
 // PyTorch references, all measured in the same run on the same GPU, printed as one table.
 //
 //   bench_flash_bias [--peers bench/flash_bias_peers.py] [--python python3] [--no-peers] [--reps N]
-//                    [--only I] [--no-dbias] [--deterministic] [--sections dense,relpos,varlen]
+//                    [--only I] [--no-dbias] [--no-dq] [--deterministic] [--sections dense,relpos,varlen]
 //
 // - Ours: fp16 Q, K, V, bias, all four gradients, default (non-deterministic) backward; median of
-//   --reps timed runs (CUDA events), after warm-up. Inputs are random (never zeros).
+//   --reps timed runs (CUDA events), after warm-up. Inputs are random (never zeros). --no-dbias and
+//   --no-dq leave that gradient out (the difference is its share of the backward's time).
 // - Memory floor: bytes that must move ÷ the device-to-device copy bandwidth measured here
 //   (bytes read + written). Forward: Q, K, V, O and the bias once. Forward+backward adds the
 //   bias again, dB, dO, dQ, dK and dV.
@@ -152,7 +153,7 @@ Ours time_launches(const FlashBiasBwdParams& p, int reps) {
   return r;
 }
 
-Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
+Ours time_ours(const Shape& s, int reps, bool want_dbias, bool want_dq, bool deterministic) {
   const size_t bnhd = size_t(s.B) * s.N * s.H * s.D;
   const size_t bias_n = size_t(s.shared ? 1 : s.B) * s.H * s.N * s.N;
   Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2),
@@ -185,7 +186,7 @@ Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
   p.bias_head_stride = int64_t(s.N) * s.N;
   p.bias_row_stride = s.N;
   p.dout = dout.p;
-  p.dq = dq.p;
+  p.dq = want_dq ? dq.p : nullptr;
   p.dk = dk.p;
   p.dv = dv.p;
   p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
@@ -198,8 +199,8 @@ Ours time_ours(const Shape& s, int reps, bool want_dbias, bool deterministic) {
 }
 
 // Relative-position mode: q, k, v, dO fp16 (B,N,H,D); table fp32 (H, 2R+1) when R >= 0, else no
-// bias at all. Backward: dQ, dK, dV and (R >= 0) dT.
-Ours time_relpos(int B, int H, int N, int D, int R, int reps, bool deterministic) {
+// bias at all. Backward: dQ (unless !want_dq), dK, dV and (R >= 0) dT.
+Ours time_relpos(int B, int H, int N, int D, int R, int reps, bool want_dq, bool deterministic) {
   const size_t bnhd = size_t(B) * N * H * D;
   Buf q(bnhd * 2), k(bnhd * 2), v(bnhd * 2), out(bnhd * 2), dout(bnhd * 2), dq(bnhd * 2), dk(bnhd * 2),
       dv(bnhd * 2);
@@ -233,7 +234,7 @@ Ours time_relpos(int B, int H, int N, int D, int R, int reps, bool deterministic
     p.drelpos_table = dtable.p;
   }
   p.dout = dout.p;
-  p.dq = dq.p;
+  p.dq = want_dq ? dq.p : nullptr;
   p.dk = dk.p;
   p.dv = dv.p;
   p.dout_stride = p.dq_stride = p.dk_stride = p.dv_stride = st;
@@ -332,6 +333,7 @@ int main(int argc, char** argv) try {
   int reps = 50;
   int only = -1;               // --only i: the i-th shape alone
   bool want_dbias = true;      // --no-dbias: backward without the bias gradient
+  bool want_dq = true;         // --no-dq: backward without dQ (the dense and relpos sections)
   bool deterministic = false;  // --deterministic: the bitwise-reproducible backward
   std::string sections = "dense,relpos,varlen";
   for (int i = 1; i < argc; ++i) {
@@ -348,6 +350,8 @@ int main(int argc, char** argv) try {
       only = std::atoi(argv[++i]);
     else if (a == "--no-dbias")
       want_dbias = false;
+    else if (a == "--no-dq")
+      want_dq = false;
     else if (a == "--deterministic")
       deterministic = true;
     else if (a == "--sections" && i + 1 < argc)
@@ -356,7 +360,7 @@ int main(int argc, char** argv) try {
       PF_FAIL(
           "unknown argument '"
           << a
-          << "'; expected --peers PATH, --python EXE, --no-peers, --reps N, --only I, --no-dbias, --deterministic, --sections dense,relpos,varlen");
+          << "'; expected --peers PATH, --python EXE, --no-peers, --reps N, --only I, --no-dbias, --no-dq, --deterministic, --sections dense,relpos,varlen");
   }
   const bool run_dense = sections.find("dense") != std::string::npos;
   const bool run_relpos = sections.find("relpos") != std::string::npos;
@@ -385,9 +389,9 @@ int main(int argc, char** argv) try {
   using pf::kernels::cuda::FlashBiasPath;
   std::map<std::string, Ours> ours, portable;
   for (const Shape& s : shapes) {
-    ours[key(s)] = time_ours(s, reps, want_dbias, deterministic);
+    ours[key(s)] = time_ours(s, reps, want_dbias, want_dq, deterministic);
     pf::kernels::cuda::set_flash_bias_path(FlashBiasPath::kPortable);
-    portable[key(s)] = time_ours(s, reps, want_dbias, deterministic);
+    portable[key(s)] = time_ours(s, reps, want_dbias, want_dq, deterministic);
     pf::kernels::cuda::set_flash_bias_path(FlashBiasPath::kAuto);
     const Ours& o = ours[key(s)];
     const Ours& po = portable[key(s)];
@@ -435,8 +439,8 @@ int main(int argc, char** argv) try {
   std::vector<RelRow> rel_rows;
   const int rB = 4, rH = 8, rN = 2048, rD = 64, rR = rN - 1;
   if (run_relpos) {
-    const Ours rel = time_relpos(rB, rH, rN, rD, rR, reps, deterministic);
-    const Ours none = time_relpos(rB, rH, rN, rD, -1, reps, deterministic);
+    const Ours rel = time_relpos(rB, rH, rN, rD, rR, reps, want_dq, deterministic);
+    const Ours none = time_relpos(rB, rH, rN, rD, -1, reps, want_dq, deterministic);
     std::printf("ours relpos %d,%d,%d,%d R=%d: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", rB, rH, rN, rD,
                 rR, rel.fwd, rel.bwd, rel.fwdbwd);
     std::printf("ours no bias %d,%d,%d,%d: fwd %.3f ms, bwd %.3f ms, fwd+bwd %.3f ms\n", rB, rH, rN, rD,
@@ -445,8 +449,8 @@ int main(int argc, char** argv) try {
     rel_rows.push_back({"ours", rel.fwd, rel.fwdbwd});
     rel_rows.push_back({"ours-nobias", none.fwd, none.fwdbwd});
     if (!deterministic) {  // the bitwise-reproducible backward: dQ by its own kernel, dT by partial rows
-      const Ours det = time_relpos(rB, rH, rN, rD, rR, reps, true);
-      const Ours det_none = time_relpos(rB, rH, rN, rD, -1, reps, true);
+      const Ours det = time_relpos(rB, rH, rN, rD, rR, reps, want_dq, true);
+      const Ours det_none = time_relpos(rB, rH, rN, rD, -1, reps, want_dq, true);
       rel_rows.push_back({"ours-det", det.fwd, det.fwdbwd});
       rel_rows.push_back({"ours-det-nobias", det_none.fwd, det_none.fwdbwd});
     }

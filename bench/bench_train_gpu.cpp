@@ -5,7 +5,7 @@
 // ratios.
 //
 //   bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] [--unfused[=OPS]] [--data=MODE]
-//                   [--graph=MODE] [key=value overrides ...]
+//                   [--graph=MODE] [--attention=MODE] [key=value overrides ...]
 //
 //   --profile     after the timed steps, as many again with the profile on; prints the split
 //                 (ms per step per category, % of the profiled step) before the JSON line.
@@ -27,6 +27,12 @@
 //                    one after the other from the same initial weights (compare), printing
 //                    eager and replay ms per step and their ratio (tokens_per_s, ms_per_step
 //                    and peak_mib of the JSON line are the replay's where it ran)
+//   --attention=auto|portable|compare  the flash-bias kernels the steps run
+//                    (kernels/cuda/flash_bias.h): the default choice (auto: the Hopper kernels on
+//                    an H100/H200 where they cover the problem), the portable kernels only, or
+//                    both (compare): after the warm-up, three rounds of `steps` steps on each
+//                    path in turn, printing each path's median ms per step and their ratio (the
+//                    JSON line is auto's); not with --graph or --profile
 //
 // Prints one JSON line last: {"tokens_per_s": ..., "ms_per_step": ..., "peak_mib": ..., ...}
 #include <algorithm>
@@ -46,6 +52,7 @@
 #include "framework/precision.h"
 #include "framework/profile.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/flash_bias.h"
 #include "models/pairbias.h"
 #include "run/modes.h"
 #include "run/train_step.h"
@@ -129,10 +136,11 @@ int main(int argc, char** argv) {
   try {
     PF_CHECK(argc >= 2,
              "usage: bench_train_gpu CONFIG [warmup=5] [steps=30] [--profile] "
-             "[--unfused] [--data=fixed|sync|prefetch] [key=value ...]");
+             "[--unfused] [--data=fixed|sync|prefetch] [--graph=off|on|compare] "
+             "[--attention=auto|portable|compare] [key=value ...]");
     int warmup = 5, steps = 30;
     bool profile_on = false;
-    std::string data_mode = "fixed", graph_mode;
+    std::string data_mode = "fixed", graph_mode, attention = "auto";
     std::vector<std::string> overrides, unfused;
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
@@ -150,6 +158,8 @@ int main(int argc, char** argv) {
         data_mode = a.substr(7);
       else if (a.rfind("--graph=", 0) == 0)
         graph_mode = a.substr(8);
+      else if (a.rfind("--attention=", 0) == 0)
+        attention = a.substr(12);
       else
         overrides.push_back(a);
     }
@@ -162,6 +172,13 @@ int main(int argc, char** argv) {
              "--data must be fixed, sync or prefetch, got '" << data_mode << "'");
     PF_CHECK(graph_mode.empty() || graph_mode == "off" || graph_mode == "on" || graph_mode == "compare",
              "--graph must be off, on or compare, got '" << graph_mode << "'");
+    PF_CHECK(attention == "auto" || attention == "portable" || attention == "compare",
+             "--attention must be auto, portable or compare, got '" << attention << "'");
+    PF_CHECK(attention != "compare" || (graph_mode.empty() && !profile_on),
+             "--attention=compare times eager steps without the profile: not with --graph or --profile");
+    using kernels::cuda::FlashBiasPath;
+    kernels::cuda::set_flash_bias_path(attention == "portable" ? FlashBiasPath::kPortable
+                                                               : FlashBiasPath::kAuto);
     PF_CHECK(steps >= 1 && warmup >= 0,
              "steps must be >= 1 and warmup >= 0, got steps=" << steps << " warmup=" << warmup);
     const Config cfg = load_config(argv[1], overrides);
@@ -219,6 +236,22 @@ int main(int argc, char** argv) {
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
     timed_steps(warmup);
+    if (attention == "compare") {  // both paths, alternating, from the same (warmed-up) run
+      std::vector<double> ms[2];
+      for (int round = 0; round < 3; ++round)
+        for (int path = 0; path < 2; ++path) {
+          kernels::cuda::set_flash_bias_path(path == 0 ? FlashBiasPath::kAuto : FlashBiasPath::kPortable);
+          timed_steps(1);  // the other path's first step (its workspace sizes) outside the timing
+          ms[path].push_back(1e3 * timed_steps(steps) / steps);
+        }
+      kernels::cuda::set_flash_bias_path(FlashBiasPath::kAuto);
+      for (auto& v : ms) std::sort(v.begin(), v.end());
+      std::printf(
+          "# %s, %s, B %d N %d: attention auto %.3f ms/step, portable %.3f ms/step (%.3fx); three rounds, sorted: "
+          "auto %.3f %.3f %.3f, portable %.3f %.3f %.3f\n",
+          argv[1], t.precision.c_str(), B, N, ms[0][1], ms[1][1], ms[1][1] / ms[0][1], ms[0][0], ms[0][1],
+          ms[0][2], ms[1][0], ms[1][1], ms[1][2]);
+    }
     cuda_reset_peak_memory();
     const double sec = timed_steps(steps);
     const CudaMemoryStats m = cuda_memory_stats();
@@ -241,10 +274,10 @@ int main(int argc, char** argv) {
         "{\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"peak_mib\": %.1f, "
         "\"peak_reserved_mib\": %.1f, \"loss\": %.5f, \"B\": %d, \"N\": %d, "
         "\"precision\": \"%s\", \"steps\": %d, \"fusion\": \"%s\", \"data\": \"%s\", "
-        "\"profiled_ms_per_step\": %.3f}\n",
+        "\"profiled_ms_per_step\": %.3f, \"attention\": \"%s\"}\n",
         double(B) * N * steps / sec, 1e3 * sec / steps, m.peak_allocated / 1048576.0,
         m.peak_reserved / 1048576.0, loss, B, N, t.precision.c_str(), steps, fusion.c_str(),
-        data_mode.c_str(), profiled_ms);
+        data_mode.c_str(), profiled_ms, attention.c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train_gpu: %s\n", e.what());
