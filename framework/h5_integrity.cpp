@@ -99,9 +99,9 @@ ssize_t read_full(int fd, unsigned char* p, size_t n) {
 }
 
 // How many of the first kMagicLen bytes of `head` differ from the magic line.
-size_t magic_differences(const unsigned char* head, size_t n) {
+size_t magic_differences(const unsigned char* head) {
   size_t differ = 0;
-  for (size_t i = 0; i < kMagicLen; ++i) differ += i >= n || head[i] != static_cast<unsigned char>(kMagic[i]);
+  for (size_t i = 0; i < kMagicLen; ++i) differ += head[i] != static_cast<unsigned char>(kMagic[i]);
   return differ;
 }
 
@@ -122,13 +122,13 @@ void check_integrity(const std::string& path) {
   ssize_t got = read_full(fd, head, kUserBlock);
   PF_CHECK(got >= 0, "cannot read HDF5 file " << path << ": " << std::strerror(errno));
   if (static_cast<size_t>(got) < kMagicLen) return;
-  const size_t differ = magic_differences(head, static_cast<size_t>(got));
+  const size_t differ = magic_differences(head);
   if (2 * differ >= kMagicLen) return;  // not ours
   if (differ > 0)
-    PF_FAIL(
-        path
-        << ": corrupt or truncated HDF5 file: the first line of its pairflash integrity header is damaged ("
-        << differ << " of its " << kMagicLen << " bytes differ from 'pairflash-h5 integrity v1')");
+    PF_FAIL(path << ": corrupt or truncated HDF5 file: the first line of its pairflash integrity header is "
+                    "damaged ("
+                 << differ << " of its " << kMagicLen << " bytes differ from '"
+                 << std::string(kMagic, kMagicLen - 1) << "')");
 
   // The header: "bytes N\nhash X\n" after the magic, then NULs up to the end of the user block.
   const std::string block(reinterpret_cast<const char*>(head), static_cast<size_t>(got));
