@@ -144,8 +144,8 @@ bool device_has_clusters() { return device_compute_capability() >= 90; }
 struct BwdPlan {
   DbiasMode dbias_mode = DbiasMode::kNone;
   bool shared_b = false, shared_h = false;
-  int nsb = 0, nsh = 0;  // dB accumulator slices
-  int64_t dbias_ld = 0;  // dB accumulator row pitch (multiple of 4 floats)
+  int nsb = 0, nsh = 0;  // dB slices: (B|1, H|1)
+  int64_t dbias_ld = 0;  // row pitch of the dB accumulator or stage (a multiple of kDbiasChunk)
   int cluster_size = 1;  // (b, h) pairs sharing one dB slice
   DrelMode drel_mode = DrelMode::kNone;
   int64_t drel_ld = 0;  // kPartial: floats per CTA row
@@ -163,11 +163,12 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
   plan.shared_b = !varlen && p.bias != nullptr && p.bias_batch_stride == 0 && p.B > 1;
   plan.shared_h = !varlen && p.bias != nullptr && p.bias_head_stride == 0 && p.H > 1;
   plan.cluster_size = (plan.shared_b ? p.B : 1) * (plan.shared_h ? p.H : 1);
-  // The Hopper backward (never deterministic) sums a broadcast dB in its fp32 accumulator.
+  // The Hopper backward stages a broadcast dB's per-(b, h) dS in the bias dtype.
   plan.hopper = use_hopper_backward(p);
   if (p.dbias != nullptr)
     plan.dbias_mode = !(plan.shared_b || plan.shared_h) ? DbiasMode::kDirect
-                      : !plan.hopper && plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
+                      : plan.hopper                     ? DbiasMode::kStaged
+                      : plan.cluster_size <= fb::kMaxClusterSize && device_has_clusters()
                           ? DbiasMode::kCluster
                       : p.deterministic ? DbiasMode::kGrouped
                                         : DbiasMode::kAtomic;
@@ -187,12 +188,16 @@ BwdPlan plan_backward(const FlashBiasBwdParams& p) {
     plan.off_dq = off;
     off += round256(rows * p.D * sizeof(float));
   }
-  if (plan.dbias_mode == DbiasMode::kAtomic || plan.dbias_mode == DbiasMode::kGrouped) {
+  if (plan.dbias_mode == DbiasMode::kAtomic || plan.dbias_mode == DbiasMode::kGrouped ||
+      plan.dbias_mode == DbiasMode::kStaged) {
     plan.nsb = plan.shared_b ? 1 : p.B;
     plan.nsh = plan.shared_h ? 1 : p.H;
-    plan.dbias_ld = (int64_t(p.Nk) + 3) / 4 * 4;
+    plan.dbias_ld = (int64_t(p.Nk) + fb::kDbiasChunk - 1) / fb::kDbiasChunk * fb::kDbiasChunk;
     plan.off_dbias = off;
-    off += round256(size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float));
+    // fp32 slices (nsb, nsh) for the accumulator; per (b, h) in the bias dtype for the stage
+    off += plan.dbias_mode == DbiasMode::kStaged
+               ? round256(size_t(p.B) * p.H * p.Nq * plan.dbias_ld * scalar_type_size(p.bias_dtype))
+               : round256(size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float));
   }
   if (p.drelpos_table != nullptr) {
     plan.drel_mode = p.deterministic ? DrelMode::kPartial : DrelMode::kAtomic;
@@ -303,8 +308,7 @@ const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p) {
       return "a dbias whose base or row / head / batch strides are not 16-byte multiples";
   }
   if (p.relpos_table != nullptr && flash_bias_bwd_sm90_stages(p) < 2)
-    return "a relative-position table window that leaves shared memory for fewer than two pipeline stages "
-           "beside a broadcast dbias's fp32 tile (head dim 128)";
+    return "a relative-position table window that leaves shared memory for fewer than two pipeline stages";
   return nullptr;
 }
 #endif
@@ -330,11 +334,14 @@ size_t flash_bias_backward_workspace_bytes(const FlashBiasBwdParams& p) { return
 
 namespace {
 
-// The plan's fp32 accumulators in the workspace (dQ of the atomic mode, dB of a bias shared by
-// more (b, h) pairs than a cluster takes), zeroed on the stream; null where the plan has none.
+// The plan's scratch for the gradients in the workspace: the fp32 accumulators (dQ of the atomic
+// mode, dB of a bias shared by more (b, h) pairs than a cluster takes), zeroed on the stream, or
+// the Hopper backward's dB stage (every element written by the kernel: not zeroed); null where
+// the plan has none.
 struct Accumulators {
   float* dq = nullptr;
-  float* dbias = nullptr;
+  float* dbias = nullptr;       // (nsb, nsh, Nq, dbias_ld) fp32
+  void* dbias_stage = nullptr;  // (B, H, Nq, dbias_ld) in the bias dtype
 };
 Accumulators zeroed_accumulators(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws,
                                  cudaStream_t stream) {
@@ -343,7 +350,9 @@ Accumulators zeroed_accumulators(const FlashBiasBwdParams& p, const BwdPlan& pla
     acc.dq = reinterpret_cast<float*>(ws + plan.off_dq);
     PF_CUDA_CHECK(cudaMemsetAsync(acc.dq, 0, size_t(p.B) * p.H * p.Nq * p.D * sizeof(float), stream));
   }
-  if (plan.nsb > 0) {
+  if (plan.dbias_mode == DbiasMode::kStaged) {
+    acc.dbias_stage = ws + plan.off_dbias;
+  } else if (plan.nsb > 0) {
     acc.dbias = reinterpret_cast<float*>(ws + plan.off_dbias);
     PF_CUDA_CHECK(cudaMemsetAsync(
         acc.dbias, 0, size_t(plan.nsb) * plan.nsh * p.Nq * plan.dbias_ld * sizeof(float), stream));
@@ -351,7 +360,19 @@ Accumulators zeroed_accumulators(const FlashBiasBwdParams& p, const BwdPlan& pla
   return acc;
 }
 
-// The accumulators into the gradients' dtypes and strides: dq = scale · Σ dS K, dbias = (or +=) Σ dS.
+// dbias (of type Dst) = (or +=) the sum of src's slices (flash_bias_dbias_sum_kernel).
+template <typename Src, typename Dst>
+void sum_dbias(const FlashBiasBwdParams& p, const BwdPlan& plan, const Src* src, int src_b, int src_h,
+               cudaStream_t stream) {
+  const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * ((p.Nk + fb::kDbiasChunk - 1) / fb::kDbiasChunk);
+  if (n == 0) return;
+  fb::flash_bias_dbias_sum_kernel<Src, Dst>
+      <<<grid_for(n, 256), 256, 0, stream>>>(p, src, plan.dbias_ld, src_b, src_h, plan.nsb, plan.nsh);
+  PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_sum_kernel");
+}
+
+// The accumulators into the gradients' dtypes and strides: dq = scale · Σ dS K, dbias = (or +=) Σ dS
+// (from the fp32 accumulator, or the stage summed over the (b, h) pairs sharing the bias).
 void finalize_accumulators(const FlashBiasBwdParams& p, const BwdPlan& plan, bool varlen,
                            const Accumulators& acc, cudaStream_t stream) {
   const int64_t rows = int64_t(p.B) * p.H * p.Nq;
@@ -359,15 +380,17 @@ void finalize_accumulators(const FlashBiasBwdParams& p, const BwdPlan& plan, boo
     fb::dispatch_dtype(p.dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
       fb::flash_bias_dq_finalize_kernel<T>
-          <<<grid_for(rows * p.D, 256), 256, 0, stream>>>(p, varlen, acc.dq, float(p.scale));
+          <<<grid_for(rows * p.D / 8, 256), 256, 0, stream>>>(p, varlen, acc.dq, float(p.scale));
       PF_CUDA_CHECK_LAUNCH("flash_bias_dq_finalize_kernel");
     });
-  if (acc.dbias != nullptr) {
-    const int64_t n = int64_t(plan.nsb) * plan.nsh * p.Nq * p.Nk;
-    fb::flash_bias_dbias_finalize_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
-        p, int(p.bias_dtype), acc.dbias, plan.dbias_ld, plan.nsb, plan.nsh);
-    PF_CUDA_CHECK_LAUNCH("flash_bias_dbias_finalize_kernel");
-  }
+  if (acc.dbias != nullptr || acc.dbias_stage != nullptr)
+    fb::dispatch_dtype(p.bias_dtype, [&](auto tag) {
+      using Dst = typename decltype(tag)::type;
+      if (acc.dbias != nullptr) sum_dbias<float, Dst>(p, plan, acc.dbias, plan.nsb, plan.nsh, stream);
+      if constexpr (!std::is_same_v<Dst, float>)  // the stage: the Hopper kernels, 16-bit biases only
+        if (acc.dbias_stage != nullptr)
+          sum_dbias<Dst, Dst>(p, plan, static_cast<const Dst*>(acc.dbias_stage), p.B, p.H, stream);
+    });
 }
 
 // The Hopper backward: padded row statistics, the main kernel, then the accumulators' conversion.
@@ -381,8 +404,8 @@ void hopper_backward(const FlashBiasBwdParams& p, const BwdPlan& plan, char* ws,
   w.delta = delta;
   w.lse2 = lse2;
   w.dq_accum = acc.dq;
-  w.dbias_accum = acc.dbias;
-  w.dbias_accum_ld = plan.dbias_ld;
+  w.dbias_stage = acc.dbias_stage;
+  w.dbias_stage_ld = plan.dbias_ld;
   fb::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {

@@ -1,7 +1,7 @@
 // Small kernels around the flash-bias backward:
 // - preprocess: Δ = rowsum(dO ∘ O), the softmax-Jacobian term of dS = P ∘ (dP − Δ);
-// - finalize: fp32 accumulators -> the gradients' own dtype and strides (dQ of the atomic mode,
-//   dB of a bias shared over the batch or heads);
+// - finalize: fp32 accumulators -> the gradients' own dtype and strides (dQ of the atomic mode),
+//   and dB of a bias shared over the batch or heads summed from its partial slices;
 // - the deterministic dT reduction: per-CTA partial rows -> dT, summed in a fixed order.
 // All are memory-bound element loops; one launch each.
 //
@@ -96,17 +96,36 @@ __global__ void flash_bias_bwd_padded_stats_kernel(const __grid_constant__ Flash
 }
 
 // dq_accum:(B,H,Nq,D) fp32 (unscaled Σ dS K) -> dq:(B,Nq,H,D) = scale · dq_accum
-// (packed: (H,Tq,D) -> (Tq,H,D))
+// (packed: (H,Tq,D) -> (Tq,H,D)). One thread per 8 columns of a row (every head dim is a multiple
+// of 8): two 16-byte loads, one 16-byte store where dq's base and strides allow it.
 template <typename T>
 __global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasBwdParams p, bool varlen,
                                               const float* acc, float scale) {
+  constexpr int C = 8;
   const StatRows sr = stat_rows(p, varlen);
-  const int64_t n = sr.rows * p.D;
+  const int chunks = p.D / C;
+  const int64_t n = sr.rows * chunks;
+  const bool vec_store = sizeof(T) * C % 16 == 0 && reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 &&
+                         p.dq_stride.row % C == 0 && p.dq_stride.head % C == 0 && p.dq_stride.batch % C == 0;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int d = int(idx % p.D);
-    T* dq = static_cast<T*>(p.dq) + sr.origin(idx / p.D, p.dq_stride);
-    dq[d] = from_float<T>(acc[idx] * scale);
+    const int64_t r = idx / chunks;
+    const int c0 = int(idx - r * chunks) * C;
+    const float4* a = reinterpret_cast<const float4*>(acc + r * p.D + c0);
+    const float4 a0 = a[0], a1 = a[1];
+    const float x[C] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    T o[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) o[c] = from_float<T>(x[c] * scale);
+    T* dq = static_cast<T*>(p.dq) + sr.origin(r, p.dq_stride) + c0;
+    if (vec_store) {
+#pragma unroll
+      for (int k = 0; k < int(sizeof(o) / 16); ++k)
+        reinterpret_cast<uint4*>(dq)[k] = reinterpret_cast<uint4*>(o)[k];
+    } else {
+#pragma unroll
+      for (int c = 0; c < C; ++c) dq[c] = o[c];
+    }
   }
 }
 
@@ -140,33 +159,60 @@ __global__ void flash_bias_drel_reduce_kernel(const __grid_constant__ FlashBiasB
   }
 }
 
-// acc:(nsb,nsh,Nq,ld) fp32 -> dbias:(B|1,H|1,Nq,Nk) in the bias dtype, = or += (p.dbias_accumulate).
-__global__ void flash_bias_dbias_finalize_kernel(const __grid_constant__ FlashBiasBwdParams p, int kind,
-                                                 const float* acc, int64_t ld, int nsb, int nsh) {
-  const int64_t n = int64_t(nsb) * nsh * p.Nq * p.Nk;
-  const int elt = bias_elt_size(kind);
+// dB of a bias shared over the batch and / or the heads, from per-slice partial sums:
+// src:(src_b, src_h, Nq, ld) of Src (ld a multiple of kDbiasChunk, 16-byte aligned) ->
+// dbias:(nsb, nsh, Nq, Nk) of Dst, = or += (p.dbias_accumulate). dB slice (bs, hs) sums the
+// source slices (sb, sh) with sb = bs (src_b = nsb) or every sb (nsb = 1), likewise sh, in order
+// (b outer, h inner) in fp32, rounded once: deterministic. Two uses: the fp32 accumulator of the
+// portable kernels (src_b = nsb, src_h = nsh: one slice each, a conversion) and the Hopper
+// backward's per-(b, h) dS in the bias dtype (src_b = B, src_h = H). One thread per kDbiasChunk
+// consecutive keys of one row, vector loads, vector stores where dbias allows them.
+constexpr int kDbiasChunk = 8;
+template <typename Src, typename Dst>
+__global__ void flash_bias_dbias_sum_kernel(const __grid_constant__ FlashBiasBwdParams p, const Src* src,
+                                            int64_t ld, int src_b, int src_h, int nsb, int nsh) {
+  constexpr int C = kDbiasChunk;
+  const int chunks = (p.Nk + C - 1) / C, gb = src_b / nsb, gh = src_h / nsh;
+  const int64_t rows = int64_t(nsb) * nsh * p.Nq, n = rows * chunks;
+  // 16-byte stores of C elements: dbias aligned, every row's start a multiple of C elements
+  const bool vec_store = sizeof(Dst) * C % 16 == 0 && reinterpret_cast<uintptr_t>(p.dbias) % 16 == 0 &&
+                         p.dbias_row_stride % C == 0 && p.dbias_head_stride % C == 0 &&
+                         p.dbias_batch_stride % C == 0;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int j = int(idx % p.Nk);
-    const int64_t row = idx / p.Nk;  // (bs, hs, i)
+    const int64_t row = idx / chunks;  // (bs, hs, i)
+    const int j0 = int(idx - row * chunks) * C;
     const int i = int(row % p.Nq);
-    const int hs = int((row / p.Nq) % nsh);
-    const int bs = int(row / (int64_t(p.Nq) * nsh));
-    float v = acc[row * ld + j];
-    char* dst =
-        static_cast<char*>(p.dbias) +
-        (bs * p.dbias_batch_stride + hs * p.dbias_head_stride + int64_t(i) * p.dbias_row_stride + j) * elt;
-    if (kind == int(ScalarType::F32)) {
-      float* x = reinterpret_cast<float*>(dst);
-      *x = p.dbias_accumulate ? *x + v : v;
-    } else if (kind == int(ScalarType::F16)) {
-      __half* x = reinterpret_cast<__half*>(dst);
-      if (p.dbias_accumulate) v += __half2float(*x);
-      *x = __float2half_rn(v);
+    const int hs = int((row / p.Nq) % nsh), bs = int(row / (int64_t(p.Nq) * nsh));
+    float sum[C] = {};
+    for (int db = 0; db < gb; ++db)
+      for (int dh = 0; dh < gh; ++dh) {
+        const int sb = bs * gb + db, sh = hs * gh + dh;
+        const Src* x = src + ((int64_t(sb) * src_h + sh) * p.Nq + i) * ld + j0;
+        Src v[C];
+#pragma unroll
+        for (int k = 0; k < int(sizeof(v) / 16); ++k)
+          reinterpret_cast<uint4*>(v)[k] = reinterpret_cast<const uint4*>(x)[k];
+#pragma unroll
+        for (int c = 0; c < C; ++c) sum[c] += to_float(v[c]);
+      }
+    Dst* out = static_cast<Dst*>(p.dbias) + bs * p.dbias_batch_stride + hs * p.dbias_head_stride +
+               int64_t(i) * p.dbias_row_stride + j0;
+    if (vec_store && j0 + C <= p.Nk) {
+      Dst o[C];
+      if (p.dbias_accumulate)
+#pragma unroll
+        for (int k = 0; k < int(sizeof(o) / 16); ++k)
+          reinterpret_cast<uint4*>(o)[k] = reinterpret_cast<const uint4*>(out)[k];
+#pragma unroll
+      for (int c = 0; c < C; ++c)
+        o[c] = from_float<Dst>(p.dbias_accumulate ? to_float(o[c]) + sum[c] : sum[c]);
+#pragma unroll
+      for (int k = 0; k < int(sizeof(o) / 16); ++k)
+        reinterpret_cast<uint4*>(out)[k] = reinterpret_cast<uint4*>(o)[k];
     } else {
-      __nv_bfloat16* x = reinterpret_cast<__nv_bfloat16*>(dst);
-      if (p.dbias_accumulate) v += __bfloat162float(*x);
-      *x = __float2bfloat16_rn(v);
+      for (int c = 0; c < C && j0 + c < p.Nk; ++c)
+        out[c] = from_float<Dst>(p.dbias_accumulate ? to_float(out[c]) + sum[c] : sum[c]);
     }
   }
 }

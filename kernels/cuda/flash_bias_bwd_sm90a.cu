@@ -15,10 +15,11 @@
 //     dV_w += Pᵀ dO_i,  dK_w += dSᵀ Q_i                      wgmma, A from registers
 //     dS → shared memory (stmatrix, transposed back: the 64 × 128 tile of this query block)
 //     dQ_i[:, half w] = dS K[:, half w]                     wgmma over all 128 keys
-//     dQ added into the fp32 accumulator in global memory (red.global.add.v2.f32)
-//   and dB leaves from the dS tile: stored by TMA into dbias (the bias not broadcast), or — a bias
-//   shared over the batch or heads — written in fp32 to a second tile and added by a TMA
-//   reduce-add into the fp32 accumulator that flash_bias_dbias_finalize_kernel converts.
+//     dQ into a shared-memory staging tile, added into the fp32 accumulator in global memory by
+//     TMA reduce-adds (cp.reduce.async.bulk.tensor, whole 128-byte lines)
+//   and dB leaves from the dS tile by TMA stores: into dbias (the bias not broadcast), or — a bias
+//   shared over the batch or heads — into the (B,H,Nq,ld) stage that flash_bias_dbias_sum_kernel
+//   then sums over the (b, h) pairs sharing it, in a fixed order.
 //   Two named barriers per query block order the dS tile's writers and readers (both warpgroups'
 //   halves, the dQ products of the block before, the TMA store or reduce of the block before).
 // At the end dK = scale · Σ dSᵀ Q and dV are stored from registers; dQ = scale · accumulator is
@@ -38,14 +39,14 @@
 // global atomics and of the end bins' shared ones).
 //
 // Preconditions (flash_bias_bwd_sm90_unsupported): fp16 / bf16, D 32 / 64 / 128, a dense batch,
-// a bias (if any) of the inputs' dtype with 16-byte rows, dbias either broadcast (then
-// accumulated in fp32) or written whole (=, 16-byte rows), a relative-position table window of at
+// a bias (if any) of the inputs' dtype with 16-byte rows, dbias either broadcast (then staged per
+// (b, h)) or written whole (=, 16-byte rows), a relative-position table window of at
 // most kSm90RelposMaxBins bins, not deterministic.
 //
 // Shared memory: K, V (128 × D each), the dS tile (64 × 128, two 128-byte-swizzled panels of 64
-// keys), the table part (rel_bytes: a multiple of 1024, 0 without a table: two sets of 8 dT
-// strips, then the window), the fp32 dS tile (only with a broadcast bias: four panels of 32
-// keys), then n_stages × {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats
+// keys), the dQ staging tile (64 × 2·DQ fp32: one 128-byte-swizzled panel of 32 columns per
+// consumer warpgroup, or one shared by both at D = 32), the table part (rel_bytes: a multiple of 1024, 0 without a table: two sets of 8 dT
+// strips, then the window), then n_stages × {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats
 // each)}, then the mbarriers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -78,25 +79,27 @@ constexpr int BM = 64, BN = 128;  // query rows per block, keys per CTA (64 per 
 // dT: each consumer warp's 80 diagonal sums of a query block, staged for the block's pass
 constexpr int kStripLen = 80, kStripBytes = 2 * 8 * kStripLen * 4;  // two sets: by the block's parity
 
-enum DbiasMode : int { kNoDbias = 0, kStore = 1, kReduceAdd = 2 };
-
 template <int D>
 struct Shape {
   static constexpr int kRowBytes = fb90::panel_bytes(D);  // Q/K/V/dO swizzle width (one panel)
   static constexpr int kPanels = 2 * D / kRowBytes;
   static constexpr int kKBytes = BN * D * 2, kQBytes = BM * D * 2;
-  static constexpr int kDsBytes = BM * BN * 2, kDs32Bytes = BM * BN * 4;
+  static constexpr int kDsBytes = BM * BN * 2;
   // dQ columns per product: a warpgroup's half of D, in two passes at D = 128 (registers)
   static constexpr int kDq = D == 128 ? 32 : D / 2;
+  // the dQ staging tile: both warpgroups' products of one pass, 64 rows × 2·kDq fp32 as panels of
+  // 32 columns (128-byte rows, the TMA reduce-add's box)
+  static constexpr int kDqPanels = 2 * kDq / 32, kDqBytes = BM * 2 * kDq * 4;
   static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
 };
 
 struct Args {
   CUtensorMap q, k, v, dout, bias,
-      dbias;           // dbias: the gradient (kStore) or its fp32 accumulator (kReduceAdd)
+      dbias;           // dbias (B,H,Nq,Nk): the gradient or, a broadcast bias, the stage of dS per (b, h)
   const float* lse2;   // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
-  float* dq_accum;     // (B,H,Nq,D) fp32 Σ dS K, or null (dQ not wanted)
+  CUtensorMap dq_map;  // the fp32 dQ accumulator (B,H,Nq,D) += Σ dS K, boxes of 32 columns × 64 rows
+  int want_dq;
   void* dk;
   BNHDStrides dk_stride;
   void* dv;
@@ -104,7 +107,7 @@ struct Args {
   const uint8_t* kpm;    // (B, Nk) or null
   fb90::CtaOrder order;  // over (key block, h, b)
   int H, Nq, Nk, nq_pad;
-  int has_bias, dbias_mode;
+  int has_bias, store_dbias;
   int bias_shared_b, bias_shared_h;
   int causal;
   int n_stages, stage_bytes, stage_tx;
@@ -179,7 +182,7 @@ __device__ __forceinline__ void warp_diagonal_sums(const float (&ds)[BM / 2], in
     sums[m] = (two ? w[2 * m + 1] : w[2 * m]) + __shfl_sync(kAll, two ? w[2 * m] : w[2 * m + 1], src2);
 }
 
-// q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) -> dk,dv:(B,Nk,H,D), dq_accum += , dbias
+// q,dout:(B,Nq,H,D) k,v:(B,Nk,H,D) bias:(B|1,H|1,Nq,Nk) -> dk,dv:(B,Nk,H,D), dq accumulator += , dbias
 // grid: one CTA per (128 keys, h, b) in a.order, 384 threads, dynamic shared memory as launch() computes.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const __grid_constant__ Args a) {
@@ -193,8 +196,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
   char* sDs = sV + Sh::kKBytes;
   // the table part: the dT strips, then the window of float2 {T·log2 e, dT}
   constexpr int kOffRel = 2 * Sh::kKBytes + Sh::kDsBytes, kOffWin = kOffRel + kStripBytes;
-  char* sDs32 = smem + kOffRel + a.rel_bytes;  // only with kReduceAdd
-  char* sStages = sDs32 + (a.dbias_mode == kReduceAdd ? Sh::kDs32Bytes : 0);
+  char* sDq = smem + kOffRel + a.rel_bytes;  // the dQ staging tile
+  char* sStages = sDq + Sh::kDqBytes;
   uint64_t* full = reinterpret_cast<uint64_t*>(sStages + a.n_stages * a.stage_bytes);
   uint64_t* empty = full + kMaxStages;
   uint64_t* kv_full = empty + kMaxStages;
@@ -427,25 +430,10 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       // stored transposed: dS[query][key]
       sm90::stmatrix_x4_trans(sDs + sm90::trans_x4_offset<BM>(lane, 64 * cw + 16 * warp, 8 * j), dsa[j / 2]);
     }
-    if (a.dbias_mode == kReduceAdd) {  // fp32 copy for the reduce-add: four panels of 32 keys
-#pragma unroll
-      for (int j = 0; j < BM / 8; ++j)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            *reinterpret_cast<float*>(sDs32 + sm90::panel_offset<BM>(8 * j + 2 * t + e, 4 * (kr + 8 * hf))) =
-                dp[4 * j + 2 * hf + e];
-    }
     sm90::fence_proxy_async_smem();
     sm90::named_barrier<256>(2);
-    if (leader && a.dbias_mode != kNoDbias) {
-      if (a.dbias_mode == kStore) {
-        for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, i0, hb, bb);
-      } else {
-        for (int p = 0; p < 4; ++p)
-          sm90::tma_reduce_add_4d(&a.dbias, sDs32 + p * BM * 128, n0 + 32 * p, i0, hb, bb);
-      }
+    if (leader && a.store_dbias) {
+      for (int p = 0; p < 2; ++p) sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, i0, h, b);
       sm90::bulk_commit();
     }
     // dT: the block's 191 diagonals n0 − i0 − 63 … n0 − i0 + 127, one per thread of the first six
@@ -477,55 +465,88 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
       }
     }
 
-    // dV, dK and the stage are done with; the stage goes back to the producer
-    sm90::wgmma_wait<0>();
-    sm90::fence_regs(dv);
-    sm90::fence_regs(dk);
-    // Q_i, dO_i, bias, lse, Δ all read. Every thread releases its own reads of lse and Δ (plain
-    // shared loads of bulk-copied data): compute-sanitizer's racecheck does not carry one lane's
-    // release across __syncwarp and reported the next round's bulk copy as a race with them.
-    sm90::mbar_arrive(&empty[stage]);
-    if (++stage == a.n_stages) {
-      stage = 0;
-      phase ^= 1;
-    }
-
     // dQ_i[:, columns of warpgroup cw] = dS (64 × 128 keys, K-major) · K[:, those columns] (MN-major),
-    // DQ columns at a time, added into the fp32 accumulator
-    if (a.dq_accum != nullptr) {
-      float* acc = a.dq_accum + ((int64_t(b) * a.H + h) * Nq + i0) * D;
+    // DQ columns at a time, through the staging tile into the fp32 accumulator: both warpgroups
+    // write their pass's fragments (staging column 32·cw + column − c0 at D ≥ 64, the column itself
+    // at D = 32), then the leader adds each panel by one TMA reduce-add (rows past Nq clipped). The
+    // staging is free again once the leader's reduce-adds have read it: bulk_wait_read before
+    // barrier 1 of the next block, or before the second pass at D = 128.
+    auto issue_dq = [&](int pass, float(&dq)[DQ / 2]) {
+      const int col_byte = 2 * (cw * (D / 2) + pass * DQ);  // column c0, in bytes of a K row
+      const char* sKc = sK + (col_byte / RB) * BN * RB + col_byte % RB;
+      sm90::wgmma_fence();
 #pragma unroll
-      for (int c0 = cw * (D / 2); c0 < (cw + 1) * (D / 2); c0 += DQ) {
-        float dq[DQ / 2];
-        const int col_byte = 2 * c0;  // in bytes of a K row
-        const char* sKc = sK + (col_byte / RB) * BN * RB + col_byte % RB;
-        sm90::wgmma_fence();
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        const int byte = ks * 32;
+        const uint64_t da =
+            sm90::desc_advance(sm90::make_desc<128>(sDs + (byte / 128) * BM * 128), byte % 128);
+        const uint64_t db = sm90::make_desc<RB>(sKc + ks * 16 * RB, BN * RB);
+        sm90::Wgmma<DQ, kBf16>::ss_mn(dq, da, db, ks > 0);
+      }
+    };
+    auto add_dq = [&](int pass, float(&dq)[DQ / 2]) {
+      sm90::fence_regs(dq);
+      if (pass > 0) {  // the first pass's reduce-adds have read the staging
+        if (leader) sm90::bulk_wait_read<0>();
+        sm90::named_barrier<256>(5);
+      }
+      const int sc0 = cw * DQ;  // the staging column of this warpgroup's column c0
 #pragma unroll
-        for (int ks = 0; ks < BN / 16; ++ks) {
-          const int byte = ks * 32;
-          const uint64_t da =
-              sm90::desc_advance(sm90::make_desc<128>(sDs + (byte / 128) * BM * 128), byte % 128);
-          const uint64_t db = sm90::make_desc<RB>(sKc + ks * 16 * RB, BN * RB);
-          sm90::Wgmma<DQ, kBf16>::ss_mn(dq, da, db, ks > 0);
-        }
-        sm90::wgmma_commit();
-        sm90::wgmma_wait<0>();
-        sm90::fence_regs(dq);
+      for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int r = 16 * warp + g + 8 * hf;
-          if (i0 + r < Nq)
+        for (int j = 0; j < DQ / 8; ++j)
+          *reinterpret_cast<float2*>(
+              sDq + sm90::panel_offset<BM>(16 * warp + g + 8 * hf, 4 * (sc0 + 8 * j + 2 * t))) =
+              make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+      sm90::fence_proxy_async_smem();
+      sm90::named_barrier<256>(4);
+      if (leader) {
+        // panel q holds warpgroup q's columns (D = 32: both warpgroups' 32 columns)
+        for (int q = 0; q < Sh::kDqPanels; ++q)
+          sm90::tma_reduce_add_4d(&a.dq_map, sDq + q * BM * 128, q * (D / 2) + pass * DQ, i0, h, b);
+        sm90::bulk_commit();
+      }
+    };
+    // dV, dK and the stage are done with; the stage goes back to the producer
+    auto release_stage = [&] {
+      sm90::fence_regs(dv);
+      sm90::fence_regs(dk);
+      // Q_i, dO_i, bias, lse, Δ all read. Every thread releases its own reads of lse and Δ (plain
+      // shared loads of bulk-copied data): compute-sanitizer's racecheck does not carry one lane's
+      // release across __syncwarp and reported the next round's bulk copy as a race with them.
+      sm90::mbar_arrive(&empty[stage]);
+      if (++stage == a.n_stages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    };
+    if constexpr (D <= 64) {
+      // one pass, issued before the wait for dV and dK (its own commit group, empty without dQ)
+      float dq[DQ / 2];
+      if (a.want_dq) issue_dq(0, dq);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<1>();
+      release_stage();
+      sm90::wgmma_wait<0>();
+      if (a.want_dq) add_dq(0, dq);
+    } else {  // two passes (registers): dQ after dV and dK
+      sm90::wgmma_wait<0>();
+      release_stage();
+      if (a.want_dq) {
 #pragma unroll
-            for (int j = 0; j < DQ / 8; ++j)
-              sm90::red_add_f32x2(acc + int64_t(r) * D + c0 + 8 * j + 2 * t, dq[4 * j + 2 * hf],
-                                  dq[4 * j + 2 * hf + 1]);
+        for (int pass = 0; pass < D / 2 / DQ; ++pass) {
+          float dq[DQ / 2];
+          issue_dq(pass, dq);
+          sm90::wgmma_commit();
+          sm90::wgmma_wait<0>();
+          add_dq(pass, dq);
         }
       }
     }
   }
 
-  // causal, dB stored whole: the query blocks before qb_first see none of these keys, dB = 0 there
-  if (a.causal && a.dbias_mode == kStore && qb_first > 0) {
+  // causal: the query blocks before qb_first see none of these keys, dS = 0 there
+  if (a.causal && a.store_dbias && qb_first > 0) {
     if (leader) sm90::bulk_wait_read<0>();
     sm90::named_barrier<256>(1);
     for (int i = ctid; i < Sh::kDsBytes / 16; i += 256)
@@ -535,7 +556,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
     if (leader) {
       for (int qb = 0; qb < qb_first; ++qb)
         for (int p = 0; p < 2; ++p)
-          sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, qb * BM, hb, bb);
+          sm90::tma_store_4d(&a.dbias, sDs + p * BM * 128, n0 + 64 * p, qb * BM, h, b);
       sm90::bulk_commit();
     }
   }
@@ -575,21 +596,21 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 }
 
 // The shared-memory layout's sizes: a stage's transaction bytes and its 1024-aligned size, the
-// fixed part (alignment slack, K, V, the dS tiles, the table window, the mbarriers) and as many
+// fixed part (alignment slack, K, V, the dS tile, the dQ staging, the table window, the mbarriers) and as many
 // stages (up to kMaxStages) as fit beside it in `smem_optin` bytes.
 struct SmemPlan {
   int stage_tx = 0, stage_bytes = 0, rel_bytes = 0, fixed = 0, n_stages = 0;
 };
 template <int D>
-SmemPlan smem_plan(bool has_bias, bool reduce_add, bool relpos, int rel_bins, int smem_optin) {
+SmemPlan smem_plan(bool has_bias, bool relpos, int rel_bins, int smem_optin) {
   using Sh = Shape<D>;
   SmemPlan m;
   m.stage_tx = 2 * Sh::kQBytes + (has_bias ? Sh::kDsBytes : 0) + 2 * BM * 4;
   m.stage_bytes = (m.stage_tx + 1023) / 1024 * 1024;  // every stage 1024-byte aligned (swizzled tiles)
   // the dT strips, then a float2 per bin
   m.rel_bytes = relpos ? (rel_bins * 8 + kStripBytes + 1023) / 1024 * 1024 : 0;
-  m.fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + m.rel_bytes +
-            (reduce_add ? Sh::kDs32Bytes : 0) + (2 * kMaxStages + 1) * 8;
+  m.fixed = 1024 /* alignment */ + 2 * Sh::kKBytes + Sh::kDsBytes + Sh::kDqBytes + m.rel_bytes +
+            (2 * kMaxStages + 1) * 8;
   m.n_stages = std::min(kMaxStages, (smem_optin - m.fixed) / m.stage_bytes);
   return m;
 }
@@ -610,22 +631,22 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
     a.bias = fb90::pair_map(p.bias, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.bias_batch_stride, p.bias_head_stride,
                             p.bias_row_stride, BM);
   }
-  a.dbias_mode = kNoDbias;
-  if (p.dbias != nullptr && ws.dbias_accum != nullptr) {  // broadcast bias: fp32 (nsb, nsh, Nq, ld)
-    a.dbias_mode = kReduceAdd;
-    const int64_t ld = ws.dbias_accum_ld;
-    a.dbias = fb90::pair_map(ws.dbias_accum, 4, false, p.B, p.H, p.Nq, p.Nk,
-                             a.bias_shared_b ? 0 : (a.bias_shared_h ? 1 : p.H) * p.Nq * ld,
-                             a.bias_shared_h ? 0 : p.Nq * ld, ld, BM);
+  a.store_dbias = p.dbias != nullptr;
+  if (p.dbias != nullptr && ws.dbias_stage != nullptr) {  // broadcast bias: the stage (B, H, Nq, ld)
+    const int64_t ld = ws.dbias_stage_ld;
+    a.dbias =
+        fb90::pair_map(ws.dbias_stage, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.H * p.Nq * ld, p.Nq * ld, ld, BM);
   } else if (p.dbias != nullptr) {
-    a.dbias_mode = kStore;
     a.dbias = fb90::pair_map(p.dbias, 2, kBf16, p.B, p.H, p.Nq, p.Nk, p.dbias_batch_stride,
                              p.dbias_head_stride, p.dbias_row_stride, BM);
   }
   a.lse2 = ws.lse2;
   a.delta = ws.delta;
   a.nq_pad = ws.nq_pad;
-  a.dq_accum = p.dq != nullptr ? ws.dq_accum : nullptr;
+  a.want_dq = p.dq != nullptr;
+  if (a.want_dq)  // (B,H,Nq,D) fp32, row-major: a "pair" tensor of Nq × D per (b, h)
+    a.dq_map = fb90::pair_map(ws.dq_accum, 4, false, p.B, p.H, p.Nq, D, int64_t(p.H) * p.Nq * D,
+                              int64_t(p.Nq) * D, D, BM);
   a.dk = p.dk;
   a.dk_stride = p.dk_stride;
   a.dv = p.dv;
@@ -647,8 +668,7 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
                                                                          << kSm90RelposMaxBins);
 
   const int smem_optin = smem_optin_bytes();
-  const SmemPlan m =
-      smem_plan<D>(a.has_bias, a.dbias_mode == kReduceAdd, p.relpos_table != nullptr, rel_bins, smem_optin);
+  const SmemPlan m = smem_plan<D>(a.has_bias, p.relpos_table != nullptr, rel_bins, smem_optin);
   a.stage_tx = m.stage_tx;
   a.stage_bytes = m.stage_bytes;
   a.rel_bytes = m.rel_bytes;
@@ -669,14 +689,13 @@ void launch(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws, cu
 }  // namespace fb90_bwd
 
 int flash_bias_bwd_sm90_stages(const FlashBiasBwdParams& p) {
-  const bool broadcast = (p.bias_batch_stride == 0 && p.B > 1) || (p.bias_head_stride == 0 && p.H > 1);
-  const bool has_bias = p.bias != nullptr, reduce_add = p.dbias != nullptr && has_bias && broadcast;
+  const bool has_bias = p.bias != nullptr;
   const bool relpos = p.relpos_table != nullptr;
   const int bins = relpos_window_bins(p.relpos_clip, p.Nq), optin = smem_optin_bytes();
   switch (p.D) {
-    case 32: return fb90_bwd::smem_plan<32>(has_bias, reduce_add, relpos, bins, optin).n_stages;
-    case 64: return fb90_bwd::smem_plan<64>(has_bias, reduce_add, relpos, bins, optin).n_stages;
-    case 128: return fb90_bwd::smem_plan<128>(has_bias, reduce_add, relpos, bins, optin).n_stages;
+    case 32: return fb90_bwd::smem_plan<32>(has_bias, relpos, bins, optin).n_stages;
+    case 64: return fb90_bwd::smem_plan<64>(has_bias, relpos, bins, optin).n_stages;
+    case 128: return fb90_bwd::smem_plan<128>(has_bias, relpos, bins, optin).n_stages;
     default: break;
   }
   return 0;

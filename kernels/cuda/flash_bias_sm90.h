@@ -35,23 +35,24 @@ const char* flash_bias_fwd_sm90_unsupported(const FlashBiasParams& p);
 void flash_bias_fwd_sm90(const FlashBiasParams& p, cudaStream_t stream);
 
 // The Hopper backward (flash_bias_bwd_sm90a.cu): dK, dV and dB (a bias not broadcast) straight
-// from the kernel; dQ (and dB of a broadcast bias) through fp32 accumulators that the portable
-// finalize kernels convert. The row statistics it reads are padded to whole 64-row blocks.
+// from the kernel; dQ through an fp32 accumulator that the portable finalize kernel converts; dB
+// of a broadcast bias as each (b, h)'s dS in the bias dtype into a stage that
+// flash_bias_dbias_sum_kernel sums. The row statistics it reads are padded to whole 64-row blocks.
 struct FlashBiasBwdSm90Workspace {
   const float* lse2 = nullptr;  // (B,H,nq_pad): lse·log2 e, +inf for a row without attended keys and past Nq
   const float* delta = nullptr;  // (B,H,nq_pad): Δ = rowsum(dO ∘ O), 0 past Nq
   int nq_pad = 0;                // Nq rounded up to 64
   float* dq_accum = nullptr;     // (B,H,Nq,D), zeroed; used when dq is wanted
-  float* dbias_accum = nullptr;  // (B|1,H|1,Nq,ld), zeroed: dB of a broadcast bias; null otherwise
-  int64_t dbias_accum_ld = 0;    // a multiple of 4 floats
+  void* dbias_stage = nullptr;   // (B,H,Nq,ld) in the bias dtype: dS of a broadcast bias; null otherwise
+  int64_t dbias_stage_ld = 0;    // a multiple of 8 elements
 };
 
 // nullptr if the Hopper backward covers `p` (device aside), else what it does not cover: what
 // the forward does not, and a bias of another dtype than the inputs, a gradient dbias to add into
 // (dbias_accumulate) or with rows not 16-byte multiples where the bias is not broadcast, the
-// deterministic mode (dQ, a broadcast dB and dT are summed with fp32 atomics), and a layout that
-// leaves fewer than two pipeline stages in shared memory (flash_bias_bwd_sm90_stages: head dim 128
-// with a broadcast dbias beside a large relative-position table window).
+// deterministic mode (dQ and dT are summed with fp32 atomics), and a layout that leaves fewer than
+// two pipeline stages in shared memory (flash_bias_bwd_sm90_stages: a large relative-position
+// table window at head dim 128).
 const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p);
 
 // The number of pipeline stages the Hopper backward's shared memory holds for `p` (of at most 4;
@@ -59,7 +60,7 @@ const char* flash_bias_bwd_sm90_unsupported(const FlashBiasBwdParams& p);
 int flash_bias_bwd_sm90_stages(const FlashBiasBwdParams& p);
 
 // Queues the Hopper backward's main kernel (p validated, the workspace's row statistics written
-// and its accumulators zeroed, drelpos_table zeroed unless dbias_accumulate; the device must be
+// and its dQ accumulator zeroed, drelpos_table zeroed unless dbias_accumulate; the device must be
 // sm_90).
 void flash_bias_bwd_sm90(const FlashBiasBwdParams& p, const FlashBiasBwdSm90Workspace& ws,
                          cudaStream_t stream);

@@ -245,6 +245,8 @@ enum class DbiasMode : int {
   kGrouped = 3,  // shared, deterministic: a CTA loops over the sharing (b, h) in a fixed order
   kCluster = 4,  // shared by at most 8 (b, h): those CTAs form a thread-block cluster and sum their
                  // fp32 dS tiles through distributed shared memory in rank order (deterministic)
+  kStaged = 5,   // shared, the Hopper backward: each (b, h) stores its dS in the bias dtype into a
+                 // staging buffer (B,H,Nq,ld); flash_bias_dbias_sum_kernel sums it in a fixed order
 };
 
 constexpr int kMaxClusterSize = 8;  // portable cluster size
