@@ -45,6 +45,15 @@ __device__ __forceinline__ StatRows stat_rows(const FlashBiasParams& p, bool var
   return s;
 }
 
+// Whether every row of a tensor of elem_bytes-sized elements, at base + s0·i0 + s1·i1 + s2·i2
+// elements, starts on a 16-byte boundary (base aligned, every stride whole 16-byte chunks): then a
+// thread whose columns start at a multiple of 16 bytes can load or store them 16 bytes at a time.
+__device__ __forceinline__ bool rows_16b_aligned(const void* base, int elem_bytes, int64_t s0, int64_t s1,
+                                                 int64_t s2) {
+  const int64_t c = 16 / elem_bytes;
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && s0 % c == 0 && s1 % c == 0 && s2 % c == 0;
+}
+
 // Σ_c o[c]·d[c] over a row of D elements, by one warp (every lane gets the sum).
 template <typename T>
 __device__ __forceinline__ float warp_row_dot(const T* o, const T* d, int D) {
@@ -105,8 +114,9 @@ __global__ void flash_bias_dq_finalize_kernel(const __grid_constant__ FlashBiasB
   const StatRows sr = stat_rows(p, varlen);
   const int chunks = p.D / C;
   const int64_t n = sr.rows * chunks;
-  const bool vec_store = sizeof(T) * C % 16 == 0 && reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 &&
-                         p.dq_stride.row % C == 0 && p.dq_stride.head % C == 0 && p.dq_stride.batch % C == 0;
+  static_assert(sizeof(T) * C % 16 == 0, "whole 16-byte stores");
+  const bool vec_store =
+      rows_16b_aligned(p.dq, sizeof(T), p.dq_stride.batch, p.dq_stride.row, p.dq_stride.head);
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = idx / chunks;
@@ -174,10 +184,10 @@ __global__ void flash_bias_dbias_sum_kernel(const __grid_constant__ FlashBiasBwd
   constexpr int C = kDbiasChunk;
   const int chunks = (p.Nk + C - 1) / C, gb = src_b / nsb, gh = src_h / nsh;
   const int64_t rows = int64_t(nsb) * nsh * p.Nq, n = rows * chunks;
-  // 16-byte stores of C elements: dbias aligned, every row's start a multiple of C elements
-  const bool vec_store = sizeof(Dst) * C % 16 == 0 && reinterpret_cast<uintptr_t>(p.dbias) % 16 == 0 &&
-                         p.dbias_row_stride % C == 0 && p.dbias_head_stride % C == 0 &&
-                         p.dbias_batch_stride % C == 0;
+  // C elements in 16-byte stores where every dbias row starts 16-byte aligned
+  static_assert(sizeof(Dst) * C % 16 == 0, "whole 16-byte stores");
+  const bool vec_store =
+      rows_16b_aligned(p.dbias, sizeof(Dst), p.dbias_batch_stride, p.dbias_head_stride, p.dbias_row_stride);
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = idx / chunks;  // (bs, hs, i)

@@ -40,14 +40,14 @@
 //
 // Preconditions (flash_bias_bwd_sm90_unsupported): fp16 / bf16, D 32 / 64 / 128, a dense batch,
 // a bias (if any) of the inputs' dtype with 16-byte rows, dbias either broadcast (then staged per
-// (b, h)) or written whole (=, 16-byte rows), a relative-position table window of at
-// most kSm90RelposMaxBins bins, not deterministic.
+// (b, h)) or written whole (=, 16-byte rows), a relative-position table window of at most
+// kSm90RelposMaxBins bins, not deterministic.
 //
 // Shared memory: K, V (128 × D each), the dS tile (64 × 128, two 128-byte-swizzled panels of 64
 // keys), the dQ staging tile (64 × 2·DQ fp32: one 128-byte-swizzled panel of 32 columns per
-// consumer warpgroup, or one shared by both at D = 32), the table part (rel_bytes: a multiple of 1024, 0 without a table: two sets of 8 dT
-// strips, then the window), then n_stages × {Q_i, dO_i (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats
-// each)}, then the mbarriers.
+// consumer warpgroup, or one shared by both at D = 32), the table part (rel_bytes: a multiple of
+// 1024, 0 without a table: two sets of 8 dT strips, then the window), then n_stages × {Q_i, dO_i
+// (64 × D), bias (64 × 128), lse·log2 e and Δ (64 floats each)}, then the mbarriers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -596,8 +596,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bias_bwd_sm90_kernel(const 
 }
 
 // The shared-memory layout's sizes: a stage's transaction bytes and its 1024-aligned size, the
-// fixed part (alignment slack, K, V, the dS tile, the dQ staging, the table window, the mbarriers) and as many
-// stages (up to kMaxStages) as fit beside it in `smem_optin` bytes.
+// fixed part (alignment slack, K, V, the dS tile, the dQ staging, the table window, the mbarriers)
+// and as many stages (up to kMaxStages) as fit beside it in `smem_optin` bytes.
 struct SmemPlan {
   int stage_tx = 0, stage_bytes = 0, rel_bytes = 0, fixed = 0, n_stages = 0;
 };
